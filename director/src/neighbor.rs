@@ -1,0 +1,215 @@
+//! Real-server MAC addresses from the kernel's neighbour table, over
+//! rtnetlink. Direct routing only needs the next-hop MAC of each real
+//! server, and the kernel already knows how to find it (ARP / ND): we read
+//! its table, and ask it to resolve what is missing.
+
+use std::{collections::HashMap, fmt, net::IpAddr};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::LinkAttribute,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+};
+
+/// Errors talking to the kernel about links and neighbours.
+#[derive(Debug, thiserror::Error)]
+pub enum NeighborError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    #[error("interface {0} has no Ethernet address")]
+    NoMac(String),
+    #[error("netlink request failed: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the kernel knows about one neighbour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Neighbor {
+    /// Resolved (reachable, stale, being re-probed, or static).
+    Resolved(Mac),
+    /// Resolution is under way.
+    Incomplete,
+    /// Resolution failed: the host did not answer.
+    Failed,
+}
+
+/// Link facts needed by the dataplane.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub mac: Mac,
+}
+
+/// A handle on the kernel's neighbour table for one interface.
+pub struct Neighbors {
+    handle: rtnetlink::Handle,
+    link: LinkInfo,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Neighbors {
+    fn drop(&mut self) {
+        self._connection.abort();
+    }
+}
+
+impl Neighbors {
+    /// Opens a netlink connection and looks up `interface`.
+    pub async fn open(interface: &str) -> Result<Neighbors, NeighborError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        let connection = tokio::spawn(connection);
+        let mut links = handle.link().get().match_name(interface.to_string()).execute();
+        let link = match links.try_next().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Err(NeighborError::NoInterface(interface.to_string())),
+            // The kernel answers ENODEV for an unknown name.
+            Err(rtnetlink::Error::NetlinkError(_)) => {
+                return Err(NeighborError::NoInterface(interface.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(bytes);
+                    Some(Mac(m))
+                }
+                _ => None,
+            })
+            .ok_or_else(|| NeighborError::NoMac(interface.to_string()))?;
+        Ok(Neighbors {
+            handle,
+            link: LinkInfo {
+                index: link.header.index,
+                mac,
+            },
+            _connection: connection,
+        })
+    }
+
+    /// The interface's index and MAC.
+    pub fn link(&self) -> LinkInfo {
+        self.link
+    }
+
+    /// Every neighbour the kernel has on our interface.
+    pub async fn dump(&self) -> Result<HashMap<IpAddr, Neighbor>, NeighborError> {
+        let mut out = HashMap::new();
+        let mut stream = self.handle.neighbours().get().execute();
+        while let Some(msg) = stream.try_next().await? {
+            if msg.header.ifindex != self.link.index {
+                continue;
+            }
+            let mut addr = None;
+            let mut mac = None;
+            for a in &msg.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        addr = Some(IpAddr::V4(*v4));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        addr = Some(IpAddr::V6(*v6));
+                    }
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(b);
+                        mac = Some(Mac(m));
+                    }
+                    _ => {}
+                }
+            }
+            let Some(addr) = addr else { continue };
+            out.insert(addr, classify(msg.header.state, mac));
+        }
+        Ok(out)
+    }
+
+    /// Asks the kernel to resolve `addr` on our interface (an `NTF_USE`
+    /// request: the kernel sends an ARP request or neighbour solicitation
+    /// as if it had a packet to send). The answer lands in the table.
+    pub async fn solicit(&self, addr: IpAddr) -> Result<(), NeighborError> {
+        self.handle
+            .neighbours()
+            .add(self.link.index, addr)
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await?;
+        Ok(())
+    }
+}
+
+/// Maps a kernel neighbour state to what the dataplane may use.
+fn classify(state: NeighbourState, mac: Option<Mac>) -> Neighbor {
+    match (state, mac) {
+        (NeighbourState::Failed, _) => Neighbor::Failed,
+        (NeighbourState::Incomplete | NeighbourState::None, _) => Neighbor::Incomplete,
+        (
+            NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp,
+            Some(mac),
+        ) if mac != Mac::default() => Neighbor::Resolved(mac),
+        _ => Neighbor::Incomplete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_states() {
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            classify(NeighbourState::Reachable, Some(m)),
+            Neighbor::Resolved(m)
+        );
+        assert_eq!(classify(NeighbourState::Stale, Some(m)), Neighbor::Resolved(m));
+        assert_eq!(classify(NeighbourState::Failed, Some(m)), Neighbor::Failed);
+        assert_eq!(classify(NeighbourState::Incomplete, None), Neighbor::Incomplete);
+        assert_eq!(classify(NeighbourState::Reachable, None), Neighbor::Incomplete);
+        assert_eq!(
+            classify(NeighbourState::Reachable, Some(Mac::default())),
+            Neighbor::Incomplete
+        );
+    }
+
+    #[test]
+    fn mac_display() {
+        assert_eq!(
+            Mac([0x02, 0xab, 0, 1, 0x10, 0xff]).to_string(),
+            "02:ab:00:01:10:ff"
+        );
+    }
+}
