@@ -27,8 +27,7 @@ use network_types::{
 };
 
 #[map(name = "SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(BACKEND_SLOTS, 0);

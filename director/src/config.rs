@@ -360,7 +360,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -501,13 +505,17 @@ protocol = "udp"
 
     #[test]
     fn wrong_type() {
-        let e = err("[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = \"http\"\n");
+        let e = err(
+            "[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = \"http\"\n",
+        );
         assert!(e.starts_with("test.toml:5:8: "), "{e}");
     }
 
     #[test]
     fn port_out_of_range() {
-        let e = err("[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 70000\n");
+        let e = err(
+            "[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 70000\n",
+        );
         assert!(e.starts_with("test.toml:5:"), "{e}");
     }
 
@@ -522,7 +530,9 @@ protocol = "udp"
 
     #[test]
     fn duplicate_virtual_server() {
-        let text = GOOD.replace("port = 53", "port = 80").replace("\"udp\"", "\"tcp\"");
+        let text = GOOD
+            .replace("port = 53", "port = 80")
+            .replace("\"udp\"", "\"tcp\"");
         let e = err(&text);
         assert!(e.starts_with("test.toml:21:1: "), "{e}");
         assert!(e.contains("defined twice"), "{e}");
@@ -576,7 +586,9 @@ protocol = "udp"
 
     #[test]
     fn bad_protocol_value() {
-        let e = err("[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"sctp\"\n");
+        let e = err(
+            "[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"sctp\"\n",
+        );
         assert!(e.starts_with("test.toml:6:12: "), "{e}");
     }
 

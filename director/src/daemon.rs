@@ -60,7 +60,11 @@ impl Resolver {
         let servers = config
             .virtual_server
             .iter()
-            .flat_map(|vs| vs.real_server.iter().map(|rs| (rs.address, Resolution::Pending)))
+            .flat_map(|vs| {
+                vs.real_server
+                    .iter()
+                    .map(|rs| (rs.address, Resolution::Pending))
+            })
             .collect();
         Resolver { servers }
     }

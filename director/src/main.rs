@@ -11,7 +11,11 @@ use director::config::Config;
 const DEFAULT_CONFIG: &str = "/etc/director/director.toml";
 
 #[derive(Parser)]
-#[command(name = "director", version, about = "XDP-accelerated LVS-DR load balancer with VRRP")]
+#[command(
+    name = "director",
+    version,
+    about = "XDP-accelerated LVS-DR load balancer with VRRP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

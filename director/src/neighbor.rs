@@ -81,7 +81,11 @@ impl Neighbors {
     pub async fn open(interface: &str) -> Result<Neighbors, NeighborError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         let connection = tokio::spawn(connection);
-        let mut links = handle.link().get().match_name(interface.to_string()).execute();
+        let mut links = handle
+            .link()
+            .get()
+            .match_name(interface.to_string())
+            .execute();
         let link = match links.try_next().await {
             Ok(Some(link)) => link,
             Ok(None) => return Err(NeighborError::NoInterface(interface.to_string())),
@@ -195,10 +199,19 @@ mod tests {
             classify(NeighbourState::Reachable, Some(m)),
             Neighbor::Resolved(m)
         );
-        assert_eq!(classify(NeighbourState::Stale, Some(m)), Neighbor::Resolved(m));
+        assert_eq!(
+            classify(NeighbourState::Stale, Some(m)),
+            Neighbor::Resolved(m)
+        );
         assert_eq!(classify(NeighbourState::Failed, Some(m)), Neighbor::Failed);
-        assert_eq!(classify(NeighbourState::Incomplete, None), Neighbor::Incomplete);
-        assert_eq!(classify(NeighbourState::Reachable, None), Neighbor::Incomplete);
+        assert_eq!(
+            classify(NeighbourState::Incomplete, None),
+            Neighbor::Incomplete
+        );
+        assert_eq!(
+            classify(NeighbourState::Reachable, None),
+            Neighbor::Incomplete
+        );
         assert_eq!(
             classify(NeighbourState::Reachable, Some(Mac::default())),
             Neighbor::Incomplete

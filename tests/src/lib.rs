@@ -1,1 +1,52 @@
+//! The lab: network-namespace topologies shared by `cargo xtask lab`, the
+//! integration tests and the benchmarks.
+//!
+//! A lab is a bridge "switch" in its own namespace, and one namespace per
+//! host (a client, N directors, M real servers), each with an `eth0` veth
+//! plugged into the switch. Every name is unique per run (`dlab-<pid>-<n>`),
+//! so labs run side by side with other runs; dropping a [`Lab`] kills its
+//! processes and deletes its namespaces, also when a test panics.
+//! `cargo xtask lab clean` removes what a killed run left behind.
+//!
+//! The veth/XDP quirks of this machine are applied here, in one place:
+//! - **XDP_TX on a veth is dropped unless the peer veth also runs an XDP
+//!   program**, so every director's switch-side port gets a two-instruction
+//!   `XDP_PASS` program ([`xdp_pass`]).
+//! - **Checksum offload:** a veth sender leaves TCP/UDP checksums partial;
+//!   after XDP_TX the real server would drop them, so the client's `eth0`
+//!   has `tx` offload off (real NICs checksum in hardware).
+//!
+//! Real servers are LVS-DR real servers: the VIP on `lo`, `arp_ignore=1`,
+//! `arp_announce=2`, and an nginx that answers `GET /` with its own name.
 
+pub mod http;
+pub mod lab;
+pub mod netns;
+pub mod xdp_pass;
+
+pub use lab::{Lab, LabSpec, Node};
+pub use netns::{Netns, Proc};
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// The `director` binary under test: `$DIRECTOR_BIN`, or the one cargo built
+/// next to the running test (`target/<profile>/director`). `cargo xtask
+/// test` builds it first and sets `DIRECTOR_BIN`.
+pub fn director_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DIRECTOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/director
+    if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
+        let candidate = profile_dir.join("director");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "director binary not found: run `cargo build -p director` first, or `cargo xtask test`, or set DIRECTOR_BIN"
+    )
+}

@@ -246,7 +246,11 @@ impl XdpDataplane {
     }
 
     /// Counters of one real server of a service, summed over CPUs.
-    pub fn backend_traffic(&self, plan: &ServicePlan, address: IpAddr) -> Result<Traffic, XdpError> {
+    pub fn backend_traffic(
+        &self,
+        plan: &ServicePlan,
+        address: IpAddr,
+    ) -> Result<Traffic, XdpError> {
         match self.backend_ids.get(&(service_key(plan), address)) {
             Some(id) => self.read_counters(MAP_BACKEND_STATS, *id),
             None => Ok(Traffic::default()),
@@ -280,7 +284,9 @@ impl XdpDataplane {
         }
     }
 
-    fn services_map(&mut self) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
+    fn services_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
         Ok(BpfHashMap::try_from(
             self.ebpf
                 .map_mut(MAP_SERVICES)
@@ -383,4 +389,3 @@ fn spawn_logger(logger: EbpfLogger<&'static dyn log::Log>) -> tokio::task::JoinH
         }
     })
 }
-

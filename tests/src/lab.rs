@@ -1,0 +1,342 @@
+//! The topology builder.
+//!
+//! ```text
+//!                 switch namespace: bridge br0
+//!        +-----------+-------------+-------------+
+//!        |           |             |             |
+//!     client     director1..N   rs1..M (VIP on lo, nginx)
+//!    10.0.0.2    10.0.0.10+i    10.0.0.20+j
+//!                        VIP 10.0.0.100
+//! ```
+//! Every host namespace has one interface, `eth0`, in 10.0.0.0/24.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    netns::{Netns, Proc, destroy_netns},
+    xdp_pass,
+};
+
+/// Prefix of every namespace a lab creates (`cargo xtask lab clean` looks
+/// for it).
+pub const PREFIX: &str = "dlab-";
+/// The virtual IP the lab's real servers serve.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// The client's address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Prefix length of the lab subnet.
+pub const PREFIX_LEN: u8 = 24;
+
+/// Address of director `i` (0-based).
+pub fn director_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+}
+
+/// Address of real server `j` (0-based).
+pub fn real_server_ip(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 20 + j as u8)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub directors: usize,
+    pub real_servers: usize,
+    /// Put the VIP on the first director's `eth0` (until VRRP does it).
+    pub vip_on_director: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            directors: 1,
+            real_servers: 2,
+            vip_on_director: true,
+        }
+    }
+}
+
+/// One host of the lab.
+#[derive(Debug)]
+pub struct Node {
+    /// Role name: `client`, `director1`, `rs1`...
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    /// Name of this host's port on the switch.
+    pub port: String,
+}
+
+impl Node {
+    /// MAC address of `eth0`.
+    pub fn mac(&self) -> Result<String> {
+        let out = self.ns.ip(&["link", "show", "eth0"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+            .context("eth0 has no Ethernet address")
+    }
+
+    /// Whether an XDP program is attached to `eth0` (any mode).
+    pub fn xdp_attached(&self) -> Result<bool> {
+        let out = self.ns.ip(&["-d", "link", "show", "eth0"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.contains("prog/xdp"))
+    }
+
+    /// Runs `f` on a thread inside this host's namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.ns.run(f)
+    }
+}
+
+/// A running lab. Dropping it kills its processes and deletes everything.
+pub struct Lab {
+    pub id: String,
+    /// Scratch directory for configs and logs (removed on drop unless
+    /// `DIRECTOR_LAB_KEEP` is set).
+    pub dir: PathBuf,
+    // Drop order: processes, then hosts, then the switch.
+    servers: Vec<Proc>,
+    pub client: Node,
+    pub directors: Vec<Node>,
+    pub real_servers: Vec<Node>,
+    switch: Netns,
+}
+
+impl Lab {
+    /// Builds the topology and starts the real servers' HTTP servers.
+    pub fn build(spec: &LabSpec) -> Result<Lab> {
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!("the lab needs root (network namespaces, XDP)");
+        }
+        let id = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let switch = Netns::create(&format!("{id}-sw"))?;
+        switch.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+
+        let host = |name: &str, ip: Ipv4Addr| -> Result<Node> {
+            let ns = Netns::create(&format!("{id}-{name}"))?;
+            let port = format!("p-{name}");
+            switch.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            Ok(Node {
+                name: name.to_string(),
+                ns,
+                ip,
+                port,
+            })
+        };
+
+        let client = host("client", CLIENT_IP)?;
+        // Quirk: veth leaves TCP/UDP checksums partial; after XDP_TX the real
+        // server would drop them. Real NICs checksum in hardware.
+        client.ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+
+        let mut directors = Vec::new();
+        for i in 0..spec.directors {
+            let d = host(&format!("director{}", i + 1), director_ip(i))?;
+            // Quirk: XDP_TX on a veth is dropped unless its peer runs XDP.
+            xdp_pass::attach(&switch, &d.port, &format!("{id}-{}", d.name))?;
+            if i == 0 && spec.vip_on_director {
+                d.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+            }
+            directors.push(d);
+        }
+
+        let mut real_servers = Vec::new();
+        let mut servers = Vec::new();
+        for j in 0..spec.real_servers {
+            let rs = host(&format!("rs{}", j + 1), real_server_ip(j))?;
+            // LVS-DR real server: holds the VIP, never answers ARP for it.
+            rs.ns
+                .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for iface in ["all", "eth0"] {
+                rs.ns
+                    .sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
+                rs.ns
+                    .sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
+            }
+            servers.push(start_nginx(&rs, &dir)?);
+            real_servers.push(rs);
+        }
+
+        let lab = Lab {
+            id,
+            dir,
+            servers,
+            client,
+            directors,
+            real_servers,
+            switch,
+        };
+        lab.wait_for_real_servers(Duration::from_secs(10))?;
+        Ok(lab)
+    }
+
+    /// The switch namespace (for captures and fault injection).
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// Writes a file into the lab directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Path of a file in the lab directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn wait_for_real_servers(&self, timeout: Duration) -> Result<()> {
+        let targets: Vec<SocketAddr> = self
+            .real_servers
+            .iter()
+            .map(|rs| SocketAddr::from((rs.ip, 80)))
+            .collect();
+        let deadline = Instant::now() + timeout;
+        let ready = self.client.run(move || {
+            targets.iter().all(|t| {
+                while Instant::now() < deadline {
+                    if TcpStream::connect_timeout(t, Duration::from_millis(200)).is_ok() {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                false
+            })
+        })?;
+        if !ready {
+            let logs: Vec<String> = self.servers.iter().map(|p| p.log()).collect();
+            bail!("real servers' HTTP did not come up: {logs:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        if std::env::var_os("DIRECTOR_LAB_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts nginx in `rs`'s namespace, answering `GET /` with the host's name.
+fn start_nginx(rs: &Node, dir: &Path) -> Result<Proc> {
+    let base = dir.join(&rs.name);
+    std::fs::create_dir_all(base.join("tmp"))?;
+    let b = base.display();
+    let conf = format!(
+        r#"worker_processes 1;
+pid {b}/nginx.pid;
+error_log {b}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {b}/tmp/body;
+    proxy_temp_path {b}/tmp/proxy;
+    fastcgi_temp_path {b}/tmp/fastcgi;
+    uwsgi_temp_path {b}/tmp/uwsgi;
+    scgi_temp_path {b}/tmp/scgi;
+    server {{
+        listen 80 reuseport;
+        default_type text/plain;
+        location / {{ return 200 "{name}\n"; }}
+    }}
+}}
+"#,
+        name = rs.name
+    );
+    let conf_path = base.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let conf_str = conf_path.to_string_lossy().to_string();
+    let err_log = format!("{b}/error.log");
+    rs.ns.spawn(
+        "nginx",
+        &["-e", &err_log, "-c", &conf_str, "-g", "daemon off;"],
+        &base.join("nginx.out"),
+    )
+}
+
+/// Whether the run that created `name` (`dlab-<pid>-...`) is still alive.
+fn owner_alive(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes namespaces and scratch directories left by lab runs whose
+/// process is gone (or all of them with `all`). Returns what was removed.
+pub fn clean(all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let list = |dir: &Path| -> Vec<(String, PathBuf)> {
+        let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+                    .filter(|(n, _)| n.starts_with(PREFIX) && (all || !owner_alive(n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for (name, _) in list(Path::new("/run/netns")) {
+        destroy_netns(&name);
+        removed.push(name);
+    }
+    for (name, path) in list(&std::env::temp_dir()) {
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path.display().to_string());
+        }
+        let _ = name;
+    }
+    Ok(removed)
+}
