@@ -140,8 +140,8 @@ mod tests {
 
     #[test]
     fn capacities_are_consistent() {
-        assert!(MAX_REAL_SERVERS_PER_SERVICE <= MAX_REAL_SERVERS);
-        assert!(MAX_SERVICES > 0);
+        const { assert!(MAX_REAL_SERVERS_PER_SERVICE <= MAX_REAL_SERVERS) };
+        const { assert!(MAX_SERVICES > 0) };
         // The last bank of the last service ends exactly at the array end.
         assert_eq!(
             bank_start(MAX_SERVICES - 1, 1) + MAX_REAL_SERVERS_PER_SERVICE,

@@ -100,7 +100,7 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
     };
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so no partially written value is ever read.
-    let service = match unsafe { SERVICES.get(&key) } {
+    let service = match unsafe { SERVICES.get(key) } {
         Some(service) => *service,
         None => return Err(Pass),
     };

@@ -451,7 +451,7 @@ protocol = "udp"
         assert_eq!(c.global.xdp_mode, XdpMode::Auto);
         assert_eq!(c.virtual_server.len(), 2);
         let vs = &c.virtual_server[0];
-        assert_eq!(vs.address, "10.0.0.100".parse::<IpAddr>().unwrap());
+        assert_eq!(vs.address, "10.0.0.100".parse::<IpAddr>().expect("ip"));
         assert_eq!(vs.protocol, Protocol::Tcp);
         assert_eq!(vs.real_server[0].weight, 2);
         assert_eq!(vs.real_server[1].weight, 1, "weight defaults to 1");

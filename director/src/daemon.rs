@@ -81,10 +81,10 @@ impl Resolver {
                 // progress: keep what we had, and ask (again).
                 Some(Neighbor::Incomplete) | None => *state,
             };
-            if !matches!(table.get(addr), Some(Neighbor::Resolved(_))) {
-                if let Err(e) = neighbors.solicit(*addr).await {
-                    warn!(real_server = %addr, error = %e, "cannot ask the kernel to resolve real server");
-                }
+            if !matches!(table.get(addr), Some(Neighbor::Resolved(_)))
+                && let Err(e) = neighbors.solicit(*addr).await
+            {
+                warn!(real_server = %addr, error = %e, "cannot ask the kernel to resolve real server");
             }
             if next != *state {
                 match next {

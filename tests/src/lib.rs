@@ -22,6 +22,7 @@
 pub mod http;
 pub mod lab;
 pub mod netns;
+pub mod scenario;
 pub mod xdp_pass;
 
 pub use lab::{Lab, LabSpec, Node};
@@ -39,10 +40,11 @@ pub fn director_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/director
-    if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-        let candidate = profile_dir.join("director");
-        if candidate.exists() {
+    // target/<profile>/deps/<test> or target/<profile>/xtask
+    // -> target/<profile>/director
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("director");
+        if candidate.is_file() {
             return Ok(candidate);
         }
     }

@@ -10,8 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use director_tests::{
-    Lab, LabSpec, director_bin, http,
+    Lab, LabSpec, http,
     lab::{VIP, director_ip},
+    scenario,
 };
 use nix::sys::signal::Signal;
 
@@ -22,46 +23,14 @@ const PHANTOM: &str = "10.0.0.99";
 fn forwards_http_to_real_servers_in_dr_mode() -> Result<()> {
     let lab = Lab::build(&LabSpec::default())?;
     let director = &lab.directors[0];
+    let mut real_servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    real_servers.push(PHANTOM.to_string());
     let config = lab.write(
         "director.toml",
-        &format!(
-            r#"
-[global]
-router_id = "lab-director"
-interface = "eth0"
-state_dir = "{state}"
-
-[[virtual_server]]
-address = "{VIP}"
-port = 80
-protocol = "tcp"
-
-  [[virtual_server.real_server]]
-  address = "{rs1}"
-  port = 80
-
-  [[virtual_server.real_server]]
-  address = "{rs2}"
-
-  [[virtual_server.real_server]]
-  address = "{PHANTOM}"
-"#,
-            state = lab.path("state").display(),
-            rs1 = lab.real_servers[0].ip,
-            rs2 = lab.real_servers[1].ip,
-        ),
+        &scenario::http_config(&lab, "lab-director", &real_servers),
     )?;
-    let bin = director_bin()?;
-    let bin = bin.to_string_lossy();
-    let config_arg = config.to_string_lossy();
-    let mut daemon = director.ns.spawn(
-        &bin,
-        &["run", "--config", &config_arg],
-        &lab.path("director.log"),
-    )?;
-    daemon.wait_for_log(Duration::from_secs(20), |log| {
-        log.contains("real_servers=2")
-    })?;
+    let mut daemon = scenario::spawn_director(&lab, 0, &config)?;
+    scenario::wait_forwarding(&mut daemon, 2)?;
     ensure!(
         director.xdp_attached()?,
         "no XDP program on the director's eth0"
@@ -130,13 +99,7 @@ protocol = "tcp"
         "XDP program left on eth0 after the daemon exited"
     );
     let log = daemon.log();
-    let forwarded: u64 = log
-        .lines()
-        .find(|l| l.contains("forwarded in total"))
-        .and_then(|l| l.split("packets=").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .context("no traffic summary in the log")?;
+    let forwarded = scenario::forwarded_packets(&log).context("no traffic summary in the log")?;
     // Each request is at least SYN, ACK+request, FIN from the client.
     ensure!(forwarded >= 600, "only {forwarded} packets forwarded");
 

@@ -1,1 +1,170 @@
-fn main() {}
+//! `cargo xtask ...`: everything beyond `cargo build`.
+//!
+//! - `setup`: install what the build, the lab and the tests need (idempotent)
+//! - `lab`: the product's main job, shown on a built-in lab
+//! - `lab clean`: remove namespaces left by killed runs
+//! - `test`: the whole test suite (runs setup first)
+//! - `lint`: rustfmt, clippy for the workspace, clippy for the eBPF crate
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build, the lab and the tests need (idempotent).
+    Setup,
+    /// Run the director on a built-in lab and show what it does.
+    Lab {
+        #[command(subcommand)]
+        action: Option<LabAction>,
+        /// Requests the client sends through the VIP.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Keep the lab's configs and logs (in /tmp/dlab-*).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the whole test suite (unit and lab integration tests) as root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
+    Lint,
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Remove namespaces and scratch files left by lab runs that died.
+    Clean {
+        /// Also remove labs whose run is still alive.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::run(setup::Verbosity::Report),
+        Cmd::Lab {
+            action: Some(LabAction::Clean { all }),
+            ..
+        } => {
+            let removed = director_tests::lab::clean(all)?;
+            if removed.is_empty() {
+                println!("lab clean: nothing to remove");
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+        Cmd::Lab {
+            action: None,
+            requests,
+            keep,
+        } => {
+            setup::run(setup::Verbosity::Quiet)?;
+            let bin = build_director()?;
+            demo::run(&bin, requests, keep)
+        }
+        Cmd::Test { args } => {
+            setup::run(setup::Verbosity::Quiet)?;
+            let bin = build_director()?;
+            let mut cmd = cargo();
+            cmd.args(["test"])
+                .env("DIRECTOR_BIN", &bin)
+                .arg("--")
+                .args(args);
+            exec(&mut cmd)
+        }
+        Cmd::Lint => lint(),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `cargo` with the environment of the toolchain that runs us.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, failing when it fails.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds the daemon (with its embedded XDP program); returns the binary.
+fn build_director() -> Result<PathBuf> {
+    println!("building director (daemon + XDP program)...");
+    exec(cargo().args(["build", "--quiet", "-p", "director"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("debug").join("director");
+    if !bin.exists() {
+        bail!("{} missing after the build", bin.display());
+    }
+    Ok(bin)
+}
+
+fn lint() -> Result<()> {
+    exec(cargo().args(["fmt", "--all", "--check"]))?;
+    exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate is linted on its own: its panic handler clashes with
+    // std's when the two sides are unified.
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "director-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    exec(&mut ebpf)?;
+    println!("lint: clean");
+    Ok(())
+}
