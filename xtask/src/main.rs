@@ -93,7 +93,7 @@ fn main() -> Result<()> {
                 .env("DIRECTOR_BIN", &bin)
                 .arg("--")
                 .args(args);
-            exec(&mut cmd)
+            test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
     }
@@ -121,6 +121,40 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one line that
+/// totals every test binary: `tests: N passed, M failed`.
+fn test_with_summary(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(what))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("test time: {:.0?}", started.elapsed());
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
     }
     Ok(())
 }
