@@ -5,90 +5,209 @@
 //! its bytes. Capacities (map sizes) live here too, so both sides agree.
 //!
 //! Byte order: addresses and ports are stored exactly as they appear on the
-//! wire (network byte order), so the XDP program never swaps bytes.
+//! wire (network byte order), so the XDP program never swaps bytes. IPv4
+//! addresses occupy the first 4 bytes of a 16-byte address field; the rest
+//! is zero, and a family flag keeps IPv4 and IPv6 keys apart.
 #![no_std]
 
 /// Maximum number of virtual services (VIP, port, protocol).
 pub const MAX_SERVICES: u32 = 256;
-/// Maximum number of real servers across all services.
+/// Maximum number of real servers across all services (a real server
+/// listed by two services counts twice). Ids fit in a `u16` table entry.
 pub const MAX_REAL_SERVERS: u32 = 4096;
 /// Maximum number of real servers in one service.
 pub const MAX_REAL_SERVERS_PER_SERVICE: u32 = 256;
-/// Slots in the backend array: two banks per service, so the daemon writes
-/// a service's new backend list into the idle bank and then switches the
-/// service over with one atomic map update.
-pub const BACKEND_SLOTS: u32 = MAX_SERVICES * 2 * MAX_REAL_SERVERS_PER_SERVICE;
+/// Maglev lookup table size per service: a prime, at least 100 times the
+/// largest number of real servers a service may have.
+pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Table entries per element of the Maglev array (entries are `u16`).
+pub const MAGLEV_LANES: u32 = 4;
+/// Array elements per Maglev table (rounded up).
+pub const MAGLEV_ELEMS_PER_TABLE: u32 = MAGLEV_TABLE_SIZE.div_ceil(MAGLEV_LANES);
+/// Elements of the Maglev array: two banks per service, so a new table is
+/// written into the idle bank and the service is switched over with one
+/// atomic map update.
+pub const MAGLEV_ELEMS: u32 = MAX_SERVICES * 2 * MAGLEV_ELEMS_PER_TABLE;
+/// Table entry meaning "no real server" (the service has none usable).
+pub const NO_BACKEND: u16 = u16::MAX;
+/// Entries of the flow table (an LRU: the least recently used flows are
+/// evicted first when it is full).
+pub const MAX_FLOWS: u32 = 262_144;
+/// Entries of the persistence (client affinity) table.
+pub const MAX_PERSIST: u32 = 65_536;
 
-/// First slot of `bank` (0 or 1) of the service with index `service_id`.
-pub const fn bank_start(service_id: u32, bank: u32) -> u32 {
-    (service_id * 2 + bank) * MAX_REAL_SERVERS_PER_SERVICE
+/// First element of `bank` (0 or 1) of the service with index `id`.
+pub const fn maglev_base(id: u32, bank: u32) -> u32 {
+    (id * 2 + bank) * MAGLEV_ELEMS_PER_TABLE
 }
 
 /// Name of the service map in the eBPF object.
 pub const MAP_SERVICES: &str = "SERVICES";
-/// Name of the real-server (backend) array in the eBPF object.
+/// Name of the real-server array in the eBPF object.
 pub const MAP_BACKENDS: &str = "BACKENDS";
-/// Name of the per-CPU per-service counters in the eBPF object.
+/// Name of the Maglev table array in the eBPF object.
+pub const MAP_MAGLEV: &str = "MAGLEV";
+/// Name of the flow table.
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Name of the persistence table.
+pub const MAP_PERSIST: &str = "PERSIST";
+/// Name of the per-CPU per-service counters.
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
-/// Name of the per-CPU per-backend counters in the eBPF object.
+/// Name of the per-CPU per-real-server counters.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// Name of the global settings array (one element).
+pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the XDP entry point in the eBPF object.
 pub const PROG_DIRECTOR: &str = "director";
+/// Every map the program pins (and the daemon adopts after a restart).
+pub const PINNED_MAPS: [&str; 8] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_FLOWS,
+    MAP_PERSIST,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_SETTINGS,
+];
 
-/// IP protocol numbers used in [`ServiceKey::protocol`].
+/// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
+/// [`ServiceKey::flags`]: the address is IPv6.
+pub const KEY_V6: u8 = 1;
+/// [`ServiceKey::flags`]: the entry that fragments of this VIP and protocol
+/// use (fragments after the first carry no ports).
+pub const KEY_FRAGMENT: u8 = 2;
+
 /// Key of the service map: one virtual service.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct ServiceKey {
-    /// Virtual IPv4 address, network byte order (as on the wire).
-    pub vip: [u8; 4],
-    /// Destination port, network byte order (as on the wire).
+    /// Virtual address, as on the wire (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Destination port, network byte order; 0 for "any port".
     pub port: [u8; 2],
     /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
     pub protocol: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// [`KEY_V6`], [`KEY_FRAGMENT`].
+    pub flags: u8,
 }
 
 impl ServiceKey {
-    /// Builds a key from host-order values.
-    pub const fn new(vip: [u8; 4], port: u16, protocol: u8) -> Self {
+    /// An IPv4 service key from host-order values.
+    pub const fn v4(addr: [u8; 4], port: u16, protocol: u8) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr[0];
+        a[1] = addr[1];
+        a[2] = addr[2];
+        a[3] = addr[3];
         Self {
-            vip,
+            addr: a,
             port: port.to_be_bytes(),
             protocol,
-            _pad: 0,
+            flags: 0,
         }
+    }
+
+    /// An IPv6 service key from host-order values.
+    pub const fn v6(addr: [u8; 16], port: u16, protocol: u8) -> Self {
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            protocol,
+            flags: KEY_V6,
+        }
+    }
+
+    /// Port in host order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
     }
 }
 
-/// Value of the service map: where the service's real servers are.
+/// [`ServiceValue::flags`]: hash on the client address only (`sh`).
+pub const SVC_SOURCE_HASH: u32 = 1;
+/// [`ServiceValue::flags`]: client affinity for `persistence_timeout`.
+pub const SVC_PERSISTENT: u32 = 2;
+
+/// Value of the service map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Index of this service in the per-service counter array.
+    /// Index of this service in the per-service counters.
     pub id: u32,
-    /// Index of the first real server in the backend array.
-    pub backend_start: u32,
-    /// Number of consecutive usable real servers (MAC resolved) from
-    /// `backend_start`; zero means "pass to the kernel".
-    pub backend_count: u32,
+    /// First element of the active Maglev table ([`maglev_base`]).
+    pub table: u32,
+    /// [`SVC_SOURCE_HASH`], [`SVC_PERSISTENT`].
+    pub flags: u32,
+    /// Client affinity in seconds (with [`SVC_PERSISTENT`]).
+    pub persistence_timeout: u32,
 }
 
-/// One real server as the XDP program sees it.
+/// [`Backend::flags`]: existing flows may still use this server (it is
+/// configured; weight 0 drains but keeps this flag).
+pub const BACKEND_USABLE: u8 = 1;
+
+/// One real server (of one service) as the XDP program sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// Destination MAC written into forwarded frames.
     pub mac: [u8; 6],
+    /// [`BACKEND_USABLE`].
+    pub flags: u8,
+    /// 4 or 6 (user space only).
+    pub family: u8,
+    /// Bumped each time this slot is given to another server, so flows
+    /// pinned to the previous owner are re-hashed instead of following.
+    pub generation: u32,
+    /// Index of the owning service (user space only).
+    pub service: u32,
+    /// Real server address (user space only: adoption after restart).
+    pub addr: [u8; 16],
     /// Always zero.
+    pub _pad: [u8; 4],
+}
+
+/// [`FlowKey::flags`]: the addresses are IPv6.
+pub const FLOW_V6: u8 = 1;
+
+/// Key of the flow table: the client-to-VIP 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub protocol: u8,
+    /// [`FLOW_V6`].
+    pub flags: u8,
     pub _pad: [u8; 2],
-    /// Index of this real server in the per-backend counter array.
-    pub id: u32,
+}
+
+/// Value of the flow table: which real server a flow was given to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// Real server id (index in the backend array).
+    pub backend: u32,
+    /// The backend slot's generation when the flow was placed.
+    pub generation: u32,
+    /// Last time a packet of this flow was seen (coarse clock, ns);
+    /// maintained for UDP only, whose flows expire.
+    pub atime: u64,
+}
+
+/// Key of the persistence table: one client of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    pub src: [u8; 16],
+    pub service: u32,
 }
 
 /// Per-CPU traffic counters (summed over CPUs by the daemon).
@@ -99,6 +218,16 @@ pub struct Counters {
     pub packets: u64,
     /// Bytes forwarded (whole frames, as seen by XDP).
     pub bytes: u64,
+    /// Flows placed on a real server (flow-table inserts).
+    pub new_flows: u64,
+}
+
+/// Global settings written by the daemon (element 0 of `SETTINGS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// UDP flows idle for longer than this (ns) are placed again.
+    pub udp_timeout_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -111,7 +240,15 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Backend {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PersistKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 #[cfg(test)]
@@ -122,31 +259,86 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         // The sum of the field sizes equals the struct size: no hidden bytes.
-        assert_eq!(size_of::<ServiceKey>(), 4 + 2 + 1 + 1);
-        assert_eq!(size_of::<ServiceValue>(), 3 * 4);
-        assert_eq!(size_of::<Backend>(), 6 + 2 + 4);
-        assert_eq!(size_of::<Counters>(), 2 * 8);
+        assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<ServiceValue>(), 4 * 4);
+        assert_eq!(size_of::<Backend>(), 6 + 1 + 1 + 4 + 4 + 16 + 4);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<FlowValue>(), 4 + 4 + 8);
+        assert_eq!(size_of::<PersistKey>(), 16 + 4);
+        assert_eq!(size_of::<Counters>(), 3 * 8);
+        assert_eq!(size_of::<Settings>(), 8);
     }
 
     #[test]
-    fn service_key_stores_port_in_network_order() {
-        let key = ServiceKey::new([10, 0, 0, 100], 80, IPPROTO_TCP);
+    fn service_keys_store_wire_order() {
+        let key = ServiceKey::v4([10, 0, 0, 100], 80, IPPROTO_TCP);
         assert_eq!(key.port, [0, 80]);
-        assert_eq!(key.vip, [10, 0, 0, 100]);
-        let key = ServiceKey::new([10, 0, 0, 100], 0x1f90, IPPROTO_UDP);
+        assert_eq!(&key.addr[..4], &[10, 0, 0, 100]);
+        assert_eq!(&key.addr[4..], &[0; 12]);
+        assert_eq!(key.flags, 0);
+        assert_eq!(key.port(), 80);
+        let key = ServiceKey::v6([0xfd; 16], 0x1f90, IPPROTO_UDP);
         assert_eq!(key.port, [0x1f, 0x90]);
-        assert_eq!(key.protocol, 17);
+        assert_eq!(key.flags, KEY_V6);
     }
 
     #[test]
     fn capacities_are_consistent() {
         const { assert!(MAX_REAL_SERVERS_PER_SERVICE <= MAX_REAL_SERVERS) };
-        const { assert!(MAX_SERVICES > 0) };
-        // The last bank of the last service ends exactly at the array end.
+        // Real server ids fit in a table entry, with NO_BACKEND to spare.
+        const { assert!(MAX_REAL_SERVERS < NO_BACKEND as u32) };
+        // At least 100 table entries per real server.
+        const { assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_REAL_SERVERS_PER_SERVICE) };
+        assert_eq!(maglev_base(0, 1), MAGLEV_ELEMS_PER_TABLE);
         assert_eq!(
-            bank_start(MAX_SERVICES - 1, 1) + MAX_REAL_SERVERS_PER_SERVICE,
-            BACKEND_SLOTS
+            maglev_base(MAX_SERVICES - 1, 1) + MAGLEV_ELEMS_PER_TABLE,
+            MAGLEV_ELEMS
         );
-        assert_eq!(bank_start(0, 1), MAX_REAL_SERVERS_PER_SERVICE);
+        assert!(MAGLEV_ELEMS_PER_TABLE * MAGLEV_LANES >= MAGLEV_TABLE_SIZE);
     }
+}
+
+/// The murmur3 finaliser: spreads every input bit over the output.
+#[inline(always)]
+pub const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// XOR of the four 32-bit words of an address (IPv4: its only word).
+#[inline(always)]
+pub const fn fold_addr(a: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+        ^ u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
+        ^ u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
+        ^ u32::from_ne_bytes([a[12], a[13], a[14], a[15]])
+}
+
+/// Hash of a client-to-VIP flow (`mh`): the same on every director, so any
+/// director places a flow on the same real server.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let s = fold_addr(&key.src);
+    let d = fold_addr(&key.dst);
+    let p = u32::from_ne_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]);
+    fmix32(
+        s.wrapping_mul(0x9e37_79b1) ^ d.rotate_left(16) ^ p.wrapping_mul(0x85eb_ca6b)
+            ^ key.protocol as u32,
+    )
+}
+
+/// Hash of the addresses alone: fragments (no ports after the first).
+#[inline(always)]
+pub const fn addr_hash(src: &[u8; 16], dst: &[u8; 16]) -> u32 {
+    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ fold_addr(dst).rotate_left(16))
+}
+
+/// Hash of the client address alone (`sh`, source hashing).
+#[inline(always)]
+pub const fn source_hash(src: &[u8; 16]) -> u32 {
+    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995)
 }

@@ -1,36 +1,58 @@
 //! The director's XDP program: LVS direct routing by MAC rewrite.
 //!
 //! For a frame addressed to a virtual service (VIP, port, protocol) it picks
-//! a real server, rewrites the destination MAC to the real server's and the
-//! source MAC to ours (the frame's old destination), and sends the frame
-//! back out of the same interface (`XDP_TX`). The IP packet is untouched:
-//! the real server holds the VIP on `lo` and answers the client directly.
+//! a real server and rewrites the destination MAC to the real server's and
+//! the source MAC to ours (the frame's old destination), then sends the
+//! frame back out of the same interface (`XDP_TX`). The IP packet is not
+//! touched: the real server holds the VIP on `lo` and answers the client
+//! directly.
 //!
-//! Everything else is passed to the kernel untouched.
+//! Choosing the real server:
+//! 1. the flow table (LRU): an established flow keeps its real server while
+//!    servers are added, removed or re-weighted;
+//! 2. otherwise, with persistence, the client's previous server;
+//! 3. otherwise the service's Maglev table, indexed by the flow hash (or the
+//!    client address with `sh`), which every director computes identically.
+//!
+//! Fragments are placed by addresses alone (fragments after the first have
+//! no ports); ICMP "fragmentation needed" / ICMPv6 "packet too big" for a
+//! VIP follow the flow they quote. Everything else (other traffic, VLAN
+//! tags, truncated or malformed headers) goes to the kernel untouched, and
+//! nothing is ever read past the end of the frame.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_SLOTS, Backend, Counters, IPPROTO_TCP, IPPROTO_UDP, MAX_REAL_SERVERS, MAX_SERVICES,
-    ServiceKey, ServiceValue,
-};
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, IPPROTO_TCP, IPPROTO_UDP,
+    KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_PERSIST,
+    MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey, SVC_PERSISTENT, SVC_SOURCE_HASH,
+    ServiceKey, ServiceValue, Settings, addr_hash, flow_hash, source_hash,
 };
 
 #[map(name = "SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES * 2, 0);
 
 #[map(name = "BACKENDS")]
-static BACKENDS: Array<Backend> = Array::with_max_entries(BACKEND_SLOTS, 0);
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_REAL_SERVERS, 0);
+
+#[map(name = "MAGLEV")]
+static MAGLEV: Array<[u16; 4]> = Array::with_max_entries(MAGLEV_ELEMS, 0);
+
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "PERSIST")]
+static PERSIST: LruHashMap<PersistKey, FlowValue> = LruHashMap::with_max_entries(MAX_PERSIST, 0);
 
 #[map(name = "SERVICE_STATS")]
 static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -38,7 +60,26 @@ static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 #[map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REAL_SERVERS, 0);
 
-/// A frame we cannot or should not handle: the caller passes it to the kernel.
+#[map(name = "SETTINGS")]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPV6_FRAGMENT: u8 = 44;
+/// IPv6 extension headers we step over (hop-by-hop, routing, destination).
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DSTOPTS: u8 = 60;
+/// At most this many IPv6 extension headers are walked (a verifier bound,
+/// and more than real traffic carries); deeper chains go to the kernel.
+const IPV6_MAX_EXT: usize = 4;
+
+/// A frame we do not forward: the caller passes it to the kernel.
 struct Pass;
 
 #[xdp]
@@ -62,100 +103,386 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Pass> {
     Ok((start + offset) as *mut T)
 }
 
+/// Reads a `T` (byte array) at `offset`.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Pass> {
+    // SAFETY: ptr_at checked that the whole T is inside the frame; T is a
+    // byte array, so any alignment is fine.
+    Ok(unsafe { *ptr_at::<T>(ctx, offset)? })
+}
+
+/// What the IP layer told us about a frame.
+struct Packet {
+    key: FlowKey,
+    /// Offset of the transport header.
+    l4: usize,
+    /// The packet is a fragment (first or later).
+    fragment: bool,
+}
+
 #[inline(always)]
 fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked that the whole header is inside the frame.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Err(Pass);
-    }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-    // SAFETY: as above.
-    let ip = unsafe { &*ip };
-    let protocol = ip.proto;
-    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
-        return Err(Pass);
-    }
-    // Fragments: only the first carries the ports. Until the dataplane
-    // hashes fragments on addresses alone, the kernel gets them all.
-    if ip.frags[0] & 0x3f != 0 || ip.frags[1] != 0 {
-        return Err(Pass);
-    }
-    // The header length field is 4 bits, so this is at most 60 bytes: the
-    // mask also gives the verifier a bounded offset.
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ihl < Ipv4Hdr::LEN {
-        return Err(Pass); // malformed header length
-    }
-    // TCP and UDP both start with source port, destination port.
-    let ports: *const [u8; 4] = ptr_at(ctx, EthHdr::LEN + ihl)?;
-    // SAFETY: ptr_at checked the four port bytes are inside the frame.
-    let ports = unsafe { *ports };
-
-    let key = ServiceKey {
-        vip: ip.dst_addr,
-        port: [ports[2], ports[3]],
-        protocol,
-        _pad: 0,
+    let ethertype = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
+    let mut packet = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx)?,
+        ETH_P_IPV6 => parse_ipv6(ctx)?,
+        // ARP, VLAN tags and everything else are the kernel's.
+        _ => return Err(Pass),
     };
-    // SAFETY: the value is copied out at once; the daemon replaces entries
-    // whole, so no partially written value is ever read.
-    let service = match unsafe { SERVICES.get(key) } {
-        Some(service) => *service,
-        None => return Err(Pass),
-    };
-    if service.backend_count == 0 {
+    let v6 = packet.key.flags & FLOW_V6 != 0;
+    let protocol = packet.key.protocol;
+    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
+        if packet.fragment {
+            return forward_fragment(ctx, &packet.key);
+        }
+        let ports: [u8; 4] = read(ctx, packet.l4)?;
+        packet.key.sport = [ports[0], ports[1]];
+        packet.key.dport = [ports[2], ports[3]];
+        forward_flow(ctx, &packet.key)
+    } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
+        forward_icmp_error(ctx, &packet)
+    } else {
+        Err(Pass)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Pass> {
+    let h: [u8; IPV4_LEN] = read(ctx, ETH_LEN)?;
+    if h[0] >> 4 != 4 {
         return Err(Pass);
     }
+    // The header length field is 4 bits, so at most 60 bytes: the mask also
+    // gives the verifier a bounded offset.
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < IPV4_LEN {
+        return Err(Pass); // malformed
+    }
+    let mut key = FlowKey {
+        protocol: h[9],
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&h[12..16]);
+    key.dst[..4].copy_from_slice(&h[16..20]);
+    // More-fragments flag or a fragment offset: a fragment.
+    let fragment = h[6] & 0x3f != 0 || h[7] != 0;
+    Ok(Packet {
+        key,
+        l4: ETH_LEN + ihl,
+        fragment,
+    })
+}
 
-    // Source-address and port hash: a flow always maps to the same server.
-    let hash = flow_hash(ip.src_addr, [ports[0], ports[1]]);
-    let index = service.backend_start + hash % service.backend_count;
-    let backend = match BACKENDS.get(index) {
-        Some(backend) => *backend,
-        None => return Err(Pass), // index past the array (daemon bug): do not trust it
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
+    let h: [u8; IPV6_LEN] = read(ctx, ETH_LEN)?;
+    if h[0] >> 4 != 6 {
+        return Err(Pass);
+    }
+    let mut key = FlowKey {
+        flags: FLOW_V6,
+        ..FlowKey::default()
+    };
+    key.src.copy_from_slice(&h[8..24]);
+    key.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut offset = ETH_LEN + IPV6_LEN;
+    let mut fragment = false;
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let ext: [u8; 2] = read(ctx, offset)?;
+                next = ext[0];
+                offset += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let ext: [u8; 8] = read(ctx, offset)?;
+                next = ext[0];
+                offset += 8;
+                fragment = true;
+            }
+            _ => break,
+        }
+    }
+    key.protocol = next;
+    Ok(Packet {
+        key,
+        l4: offset,
+        fragment,
+    })
+}
+
+/// The service for a flow: exact port first, then the VIP's "any port"
+/// service.
+#[inline(always)]
+fn find_service(key: &FlowKey) -> Option<ServiceValue> {
+    let mut skey = ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        protocol: key.protocol,
+        flags: if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
+    };
+    // SAFETY (both lookups): the value is copied out at once; the daemon
+    // replaces entries whole.
+    if let Some(v) = unsafe { SERVICES.get(&skey) } {
+        return Some(*v);
+    }
+    skey.port = [0, 0];
+    unsafe { SERVICES.get(&skey) }.copied()
+}
+
+/// The real server id at `hash` in the service's Maglev table.
+#[inline(always)]
+fn maglev(service: &ServiceValue, hash: u32) -> Option<u32> {
+    let slot = hash % MAGLEV_TABLE_SIZE;
+    let elem = MAGLEV.get(service.table + slot / MAGLEV_LANES)?;
+    let id = elem[(slot % MAGLEV_LANES) as usize];
+    if id == NO_BACKEND { None } else { Some(id as u32) }
+}
+
+/// A usable backend by id, with the generation it has now.
+#[inline(always)]
+fn backend(id: u32) -> Option<Backend> {
+    let b = BACKENDS.get(id)?;
+    if b.flags & BACKEND_USABLE == 0 {
+        return None;
+    }
+    Some(*b)
+}
+
+#[inline(always)]
+fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
+    let service = find_service(key).ok_or(Pass)?;
+    let udp = key.protocol == IPPROTO_UDP;
+    // UDP flows expire (they have no end); TCP flows live until the LRU
+    // evicts them.
+    let now = if udp {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        0
     };
 
+    // 1. Established flow.
+    // SAFETY: the value is copied out at once.
+    if let Some(flow) = unsafe { FLOWS.get(key) }.copied() {
+        let fresh = !udp || now.wrapping_sub(flow.atime) < udp_timeout();
+        if fresh
+            && let Some(b) = backend(flow.backend)
+            && b.generation == flow.generation
+        {
+            if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
+                // Refresh the idle time at most once a second per flow.
+                let _ = FLOWS.insert(
+                    key,
+                    &FlowValue {
+                        atime: now,
+                        ..flow
+                    },
+                    0,
+                );
+            }
+            count(ctx, &service, flow.backend, false);
+            return Ok(rewrite(ctx, &b));
+        }
+    }
+
+    // 2. A new flow (or one whose server left): place it.
+    let (id, b) = place(key, &service, now)?;
+    let _ = FLOWS.insert(
+        key,
+        &FlowValue {
+            backend: id,
+            generation: b.generation,
+            atime: now,
+        },
+        0,
+    );
+    count(ctx, &service, id, true);
+    Ok(rewrite(ctx, &b))
+}
+
+/// Chooses the real server for a new flow: the client's previous one with
+/// persistence, else the Maglev table.
+#[inline(always)]
+fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backend), Pass> {
+    let persistent = service.flags & SVC_PERSISTENT != 0;
+    let pkey = PersistKey {
+        src: key.src,
+        service: service.id,
+    };
+    let now = if persistent && now == 0 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        now
+    };
+    if persistent {
+        // SAFETY: copied out at once.
+        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
+            && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
+            && let Some(b) = backend(p.backend)
+            && b.generation == p.generation
+        {
+            let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
+            return Ok((p.backend, b));
+        }
+    }
+    let hash = if service.flags & SVC_SOURCE_HASH != 0 {
+        source_hash(&key.src)
+    } else {
+        flow_hash(key)
+    };
+    let id = maglev(service, hash).ok_or(Pass)?;
+    let b = backend(id).ok_or(Pass)?;
+    if persistent {
+        let _ = PERSIST.insert(
+            &pkey,
+            &FlowValue {
+                backend: id,
+                generation: b.generation,
+                atime: now,
+            },
+            0,
+        );
+    }
+    Ok((id, b))
+}
+
+#[inline(always)]
+fn udp_timeout() -> u64 {
+    match SETTINGS.get(0) {
+        Some(s) if s.udp_timeout_ns != 0 => s.udp_timeout_ns,
+        _ => 300_000_000_000, // 300 s, as IPVS
+    }
+}
+
+/// Fragments go by addresses alone, through the VIP's fragment entry.
+#[inline(always)]
+fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
+    let skey = ServiceKey {
+        addr: key.dst,
+        port: [0, 0],
+        protocol: key.protocol,
+        flags: KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
+    };
+    // SAFETY: copied out at once.
+    let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
+    let id = maglev(&service, addr_hash(&key.src, &key.dst)).ok_or(Pass)?;
+    let b = backend(id).ok_or(Pass)?;
+    count(ctx, &service, id, false);
+    Ok(rewrite(ctx, &b))
+}
+
+/// ICMP "fragmentation needed" (IPv4 type 3 code 4) or ICMPv6 "packet too
+/// big" (type 2) sent to a VIP quotes a packet the real server sent from
+/// the VIP to a client: send it to that real server, so path MTU discovery
+/// works through the director.
+#[inline(always)]
+fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
+    let v6 = packet.key.flags & FLOW_V6 != 0;
+    let icmp: [u8; 2] = read(ctx, packet.l4)?;
+    let inner = packet.l4 + 8;
+    let mut key = FlowKey {
+        flags: packet.key.flags,
+        ..FlowKey::default()
+    };
+    let ports_at = if v6 {
+        if icmp[0] != 2 {
+            return Err(Pass);
+        }
+        let h: [u8; IPV6_LEN] = read(ctx, inner)?;
+        key.protocol = h[6];
+        // Quoted packet: VIP -> client. The flow is client -> VIP.
+        key.dst.copy_from_slice(&h[8..24]);
+        key.src.copy_from_slice(&h[24..40]);
+        inner + IPV6_LEN
+    } else {
+        if icmp[0] != 3 || icmp[1] != 4 {
+            return Err(Pass);
+        }
+        let h: [u8; IPV4_LEN] = read(ctx, inner)?;
+        let ihl = ((h[0] & 0x0f) as usize) * 4; // masked: bounded for the verifier
+        if ihl < IPV4_LEN {
+            return Err(Pass);
+        }
+        key.protocol = h[9];
+        key.dst[..4].copy_from_slice(&h[12..16]);
+        key.src[..4].copy_from_slice(&h[16..20]);
+        inner + ihl
+    };
+    // The ICMP error must be addressed to the VIP the quoted packet came from.
+    if key.dst != packet.key.dst {
+        return Err(Pass);
+    }
+    if key.protocol != IPPROTO_TCP && key.protocol != IPPROTO_UDP {
+        return Err(Pass);
+    }
+    let ports: [u8; 4] = read(ctx, ports_at)?;
+    key.dport = [ports[0], ports[1]];
+    key.sport = [ports[2], ports[3]];
+    let service = find_service(&key).ok_or(Pass)?;
+    // SAFETY: copied out at once.
+    let id = match unsafe { FLOWS.get(&key) }.copied() {
+        Some(flow) => flow.backend,
+        None => {
+            let hash = if service.flags & SVC_SOURCE_HASH != 0 {
+                source_hash(&key.src)
+            } else {
+                flow_hash(&key)
+            };
+            maglev(&service, hash).ok_or(Pass)?
+        }
+    };
+    let b = backend(id).ok_or(Pass)?;
+    count(ctx, &service, id, false);
+    Ok(rewrite(ctx, &b))
+}
+
+#[inline(always)]
+fn count(ctx: &XdpContext, service: &ServiceValue, backend: u32, new_flow: bool) {
     let len = (ctx.data_end() - ctx.data()) as u64;
+    let new = new_flow as u64;
     if let Some(stats) = SERVICE_STATS.get_ptr_mut(service.id) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let stats = unsafe { &mut *stats };
         if stats.packets == 0 {
-            // Once per service per CPU: the first frame forwarded.
+            // Once per service per CPU (rate-limited by construction).
             info!(
                 ctx,
-                "first packet for service {} forwarded to real server {}", service.id, backend.id
+                "first packet for service {} forwarded to real server {}", service.id, backend
             );
         }
         stats.packets += 1;
         stats.bytes += len;
+        stats.new_flows += new;
     }
-    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend.id) {
+    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend) {
         // SAFETY: as above.
         let stats = unsafe { &mut *stats };
         stats.packets += 1;
         stats.bytes += len;
+        stats.new_flows += new;
     }
-
-    // SAFETY: `eth` was bounds-checked above and nothing changed the frame size.
-    unsafe {
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = backend.mac;
-    }
-    Ok(xdp_action::XDP_TX)
 }
 
-/// A cheap, well-mixed hash of the client's address and port.
+/// dst MAC = the real server, src MAC = us (the frame's old destination).
 #[inline(always)]
-fn flow_hash(addr: [u8; 4], port: [u8; 2]) -> u32 {
-    let mut h = u32::from_ne_bytes(addr) ^ ((u16::from_ne_bytes(port) as u32) << 16);
-    // murmur3 finaliser
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
+fn rewrite(ctx: &XdpContext, b: &Backend) -> u32 {
+    let Ok(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        // Unreachable: the frame was parsed past its Ethernet header. The
+        // check is for the verifier.
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: ptr_at checked both MAC fields are inside the frame.
+    unsafe {
+        let macs = &mut *eth;
+        let mut out = [0u8; 12];
+        out[..6].copy_from_slice(&b.mac);
+        out[6..].copy_from_slice(&macs[..6]);
+        *macs = out;
+    }
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

@@ -13,6 +13,9 @@ use std::{
 };
 
 use director_common::{MAX_REAL_SERVERS, MAX_REAL_SERVERS_PER_SERVICE, MAX_SERVICES};
+
+/// Default idle time after which a UDP flow is placed again (as IPVS).
+pub const DEFAULT_UDP_TIMEOUT: u32 = 300;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
@@ -47,6 +50,9 @@ pub struct Global {
     /// or `generic`.
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// Seconds a UDP flow may stay idle before it is placed again.
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout: u32,
 }
 
 /// How the XDP program is attached.
@@ -64,11 +70,50 @@ pub enum XdpMode {
 #[serde(deny_unknown_fields)]
 pub struct VirtualServer {
     pub address: IpAddr,
+    /// 0 serves every port of the VIP (like an IPVS fwmark service).
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Scheduler (keepalived's `lb_algo` / `lvs_sched`): `mh` or `sh`.
+    #[serde(default, alias = "lb_algo", alias = "lvs_sched")]
+    pub scheduler: Scheduler,
+    /// Forwarding method (keepalived's `lb_kind` / `lvs_method`): only `dr`.
+    #[serde(default, alias = "lvs_method")]
+    pub lb_kind: LbKind,
+    /// Seconds a client sticks to its real server (0: off).
+    #[serde(default)]
+    pub persistence_timeout: u32,
     #[serde(default)]
     pub real_server: Vec<RealServer>,
+}
+
+/// How a virtual server spreads new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Maglev hashing of the whole flow (addresses, ports, protocol).
+    #[default]
+    Mh,
+    /// Maglev hashing of the client address only.
+    Sh,
+}
+
+impl Scheduler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Mh => "mh",
+            Scheduler::Sh => "sh",
+        }
+    }
+}
+
+/// Forwarding method. Only direct routing exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum LbKind {
+    #[default]
+    #[serde(alias = "DR")]
+    #[serde(rename = "dr")]
+    Dr,
 }
 
 /// Transport protocol of a virtual service.
@@ -125,6 +170,10 @@ fn default_state_dir() -> PathBuf {
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_udp_timeout() -> u32 {
+    DEFAULT_UDP_TIMEOUT
 }
 
 /// A configuration that could not be read or is not valid.
@@ -241,6 +290,12 @@ impl Config {
                 "must not be empty",
             ));
         }
+        if g.udp_timeout == 0 {
+            return Err(problem(
+                vec![Key("global"), Key("udp_timeout")],
+                "must be at least 1 second",
+            ));
+        }
         if self.virtual_server.len() > MAX_SERVICES as usize {
             return Err(problem(
                 vec![Key("virtual_server")],
@@ -254,20 +309,12 @@ impl Config {
         let mut total = 0usize;
         for (i, vs) in self.virtual_server.iter().enumerate() {
             let at = |k: &'static str| vec![Key("virtual_server"), Index(i), Key(k)];
-            if vs.address.is_ipv6() {
-                return Err(problem(
-                    at("address"),
-                    "IPv6 virtual servers are not supported yet",
-                ));
-            }
-            if vs.address.is_unspecified() || vs.address.is_multicast() {
+            if vs.address.is_unspecified() || vs.address.is_multicast() || vs.address.is_loopback()
+            {
                 return Err(problem(
                     at("address"),
                     format!("{} cannot be a virtual address", vs.address),
                 ));
-            }
-            if vs.port == 0 {
-                return Err(problem(at("port"), "must be between 1 and 65535"));
             }
             if !services.insert((vs.address, vs.port, vs.protocol)) {
                 return Err(problem(
@@ -319,6 +366,7 @@ impl Config {
                 }
                 if let Some(port) = rs.port
                     && port != vs.port
+                    && vs.port != 0
                 {
                     return Err(problem(
                         at("port"),

@@ -1,41 +1,55 @@
 //! The daemon: one event loop that keeps the dataplane equal to the config
-//! and to what the kernel knows about the real servers.
+//! and to what the kernel knows about the real servers, and answers the
+//! control socket.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::IpAddr,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
-use tokio::signal::unix::{SignalKind, signal};
+use futures::StreamExt as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
+    control::{self, ControlError, Pending, Request, Response},
     dataplane::{
         BackendPlan, ServicePlan,
-        xdp::{XdpDataplane, XdpError},
+        xdp::{XdpDataplane, XdpError, XdpOptions},
     },
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
+    status::{RealServerStatus, Status, VirtualServerStatus},
 };
 
 /// How often unresolved real servers are retried.
 const RESOLVE_RETRY: Duration = Duration::from_millis(200);
-/// How often the neighbour table is re-read once everything is resolved.
-const REFRESH: Duration = Duration::from_secs(1);
+/// How often the neighbour table is re-read when nothing changes.
+const REFRESH: Duration = Duration::from_secs(5);
+/// Directory under the state directory where the dataplane is pinned.
+pub const PIN_DIR: &str = "bpf";
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("state directory {path}: {source}")]
     StateDir {
-        path: String,
+        path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot mount a bpffs at {path}: {source}")]
+    Bpffs { path: PathBuf, source: nix::Error },
     #[error(transparent)]
     Neighbor(#[from] NeighborError),
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -87,14 +101,17 @@ impl Resolver {
                 warn!(real_server = %addr, error = %e, "cannot ask the kernel to resolve real server");
             }
             if next != *state {
-                match next {
-                    Resolution::Resolved(mac) => {
+                match (state.clone(), next) {
+                    (Resolution::Resolved(old), Resolution::Resolved(mac)) => {
+                        info!(real_server = %addr, old = %old, new = %mac, "real server MAC changed")
+                    }
+                    (_, Resolution::Resolved(mac)) => {
                         info!(real_server = %addr, %mac, "real server MAC resolved")
                     }
-                    Resolution::Failed => {
+                    (_, Resolution::Failed) => {
                         warn!(real_server = %addr, "real server does not answer ARP/ND: not forwarding to it")
                     }
-                    Resolution::Pending => {}
+                    (_, Resolution::Pending) => {}
                 }
                 *state = next;
             }
@@ -113,42 +130,176 @@ impl Resolver {
     }
 }
 
-/// The dataplane plan for `config` given the MACs known so far: servers
-/// with weight 0 or no MAC take no traffic.
+/// The dataplane plan for `config` given the MACs known so far.
 fn plan(config: &Config, resolver: &Resolver) -> Vec<ServicePlan> {
     config
         .virtual_server
         .iter()
-        .filter_map(|vs| {
-            let IpAddr::V4(address) = vs.address else {
-                return None; // rejected by validation
-            };
-            let backends = vs
+        .map(|vs| ServicePlan {
+            address: vs.address,
+            port: vs.port,
+            protocol: vs.protocol,
+            scheduler: vs.scheduler,
+            persistence_timeout: vs.persistence_timeout,
+            backends: vs
                 .real_server
                 .iter()
-                .filter(|rs| rs.weight > 0)
-                .filter_map(|rs| {
-                    resolver.mac(&rs.address).map(|mac| BackendPlan {
-                        address: rs.address,
-                        mac,
-                    })
+                .map(|rs| BackendPlan {
+                    address: rs.address,
+                    weight: rs.weight,
+                    mac: resolver.mac(&rs.address),
                 })
-                .collect();
-            Some(ServicePlan {
-                address,
-                port: vs.port,
-                protocol: vs.protocol,
-                backends,
-            })
+                .collect(),
         })
         .collect()
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// The pin directory for a state directory.
+pub fn pin_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(PIN_DIR)
+}
+
+/// Makes sure `dir` is a bpffs mount point (mounting one if needed).
+fn ensure_bpffs(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(dir).map_err(|source| DaemonError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, point, fstype) = (f.next(), f.next(), f.next());
+        fstype == Some("bpf") && point.map(Path::new) == Some(canonical.as_path())
+    });
+    if !mounted {
+        nix::mount::mount(
+            Some("bpf"),
+            &canonical,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| DaemonError::Bpffs {
+            path: canonical.clone(),
+            source,
+        })?;
+        info!(path = %canonical.display(), "mounted a bpffs for the pinned dataplane");
+    }
+    Ok(())
+}
+
+/// Removes the pinned dataplane of `state_dir` (detaching the program).
+pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
+    let dir = pin_dir(state_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::dataplane::xdp::flush(&dir)?)
+}
+
+/// Everything the event loop owns.
+struct Daemon {
+    config: Config,
+    resolver: Resolver,
+    dataplane: XdpDataplane,
+    applied: Option<Vec<ServicePlan>>,
+}
+
+impl Daemon {
+    /// Re-plans and applies when anything changed.
+    fn sync(&mut self) -> Result<(), XdpError> {
+        let next = plan(&self.config, &self.resolver);
+        if self.applied.as_ref() == Some(&next) {
+            return Ok(());
+        }
+        self.dataplane
+            .apply(&next, self.config.global.udp_timeout)?;
+        for s in &next {
+            let ready = s
+                .backends
+                .iter()
+                .filter(|b| b.mac.is_some() && b.weight > 0)
+                .count();
+            let before = self.applied.as_ref().and_then(|a| {
+                a.iter().find(|p| p.key() == s.key()).map(|p| {
+                    p.backends
+                        .iter()
+                        .filter(|b| b.mac.is_some() && b.weight > 0)
+                        .count()
+                })
+            });
+            if before != Some(ready) {
+                info!(service = %s.name(), real_servers = ready, "forwarding");
+            }
+        }
+        self.applied = Some(next);
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        let g = &self.config.global;
+        let plans = self.applied.clone().unwrap_or_default();
+        let virtual_servers = self
+            .config
+            .virtual_server
+            .iter()
+            .zip(plans.iter())
+            .map(|(vs, plan)| {
+                let t = self.dataplane.service_traffic(plan).unwrap_or_default();
+                VirtualServerStatus {
+                    address: vs.address.to_string(),
+                    port: vs.port,
+                    protocol: vs.protocol.to_string(),
+                    scheduler: vs.scheduler.as_str().to_string(),
+                    persistence_timeout: vs.persistence_timeout,
+                    packets: t.packets,
+                    bytes: t.bytes,
+                    new_flows: t.new_flows,
+                    real_servers: vs
+                        .real_server
+                        .iter()
+                        .map(|rs| {
+                            let t = self
+                                .dataplane
+                                .backend_traffic(plan, rs.address)
+                                .unwrap_or_default();
+                            RealServerStatus {
+                                address: rs.address.to_string(),
+                                port: rs.port.unwrap_or(vs.port),
+                                weight: rs.weight,
+                                mac: self.resolver.mac(&rs.address).map(|m| m.to_string()),
+                                packets: t.packets,
+                                bytes: t.bytes,
+                                new_flows: t.new_flows,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            router_id: g.router_id.clone(),
+            dataplane: "xdp".to_string(),
+            xdp_mode: Some(self.dataplane.mode().as_str().to_string()),
+            interface: g.interface.clone(),
+            virtual_servers,
+        }
+    }
+
+    fn answer(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
+/// keeps forwarding; the next `director run` adopts it.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let g = &config.global;
+    let g = config.global.clone();
     std::fs::create_dir_all(&g.state_dir).map_err(|source| DaemonError::StateDir {
-        path: g.state_dir.display().to_string(),
+        path: g.state_dir.clone(),
         source,
     })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -163,13 +314,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         virtual_servers = config.virtual_server.len(),
         "director starting"
     );
-    let mut dataplane = XdpDataplane::attach(&g.interface, g.xdp_mode)?;
+    let pins = pin_dir(&g.state_dir);
+    ensure_bpffs(&pins)?;
+    let dataplane = XdpDataplane::open(&XdpOptions {
+        interface: g.interface.clone(),
+        mode: g.xdp_mode,
+        pin_dir: Some(pins),
+    })?;
+    let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
+    let control = control::serve(&g.state_dir, control_tx)?;
+    let mut neigh_events = neighbors.events()?;
 
-    let mut resolver = Resolver::new(&config);
-    let mut applied: Option<Vec<ServicePlan>> = None;
-    let mut forwarding: HashMap<(IpAddr, u16), usize> = HashMap::new();
+    let mut daemon = Daemon {
+        resolver: Resolver::new(&config),
+        config,
+        dataplane,
+        applied: None,
+    };
     let result = loop {
-        let delay = match resolver.refresh(&neighbors).await {
+        let delay = match daemon.resolver.refresh(&neighbors).await {
             Ok(true) => RESOLVE_RETRY,
             Ok(false) => REFRESH,
             Err(e) => {
@@ -177,54 +340,45 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 REFRESH
             }
         };
-        let next = plan(&config, &resolver);
-        if applied.as_ref() != Some(&next) {
-            if let Err(e) = dataplane.apply(&next) {
-                break Err(e.into());
-            }
-            for s in &next {
-                let n = s.backends.len();
-                if forwarding.insert((s.address.into(), s.port), n) != Some(n) {
-                    info!(
-                        service = %format!("{}:{}/{}", s.address, s.port, s.protocol),
-                        real_servers = n,
-                        "forwarding"
-                    );
-                }
-            }
-            applied = Some(next);
+        if let Err(e) = daemon.sync() {
+            break Err(e.into());
         }
         tokio::select! {
             _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); break Ok(()); }
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); break Ok(()); }
+            Some((request, reply)) = control_rx.recv() => {
+                let _ = reply.send(daemon.answer(request));
+            }
+            Some(()) = neigh_events.next() => {}
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    if let Some(plan) = &applied {
+    control.abort();
+    let _ = std::fs::remove_file(daemon.config.global.state_dir.join(control::SOCKET));
+    if let Some(plan) = &daemon.applied {
         for s in plan {
-            if let Ok(t) = dataplane.service_traffic(s) {
+            if let Ok(t) = daemon.dataplane.service_traffic(s) {
                 info!(
-                    service = %format!("{}:{}/{}", s.address, s.port, s.protocol),
+                    service = %s.name(),
                     packets = t.packets,
                     bytes = t.bytes,
+                    new_flows = t.new_flows,
                     "forwarded in total"
                 );
             }
         }
     }
-    dataplane.detach();
+    daemon.dataplane.release();
     info!("director stopped");
     result
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     #[test]
-    fn plan_leaves_out_unresolved_and_zero_weight_servers() {
+    fn plan_carries_weights_and_known_macs() {
         let config = Config::parse(
             Path::new("t.toml"),
             r#"
@@ -233,6 +387,8 @@ interface = "eth0"
 [[virtual_server]]
 address = "10.0.0.100"
 port = 80
+scheduler = "sh"
+persistence_timeout = 30
   [[virtual_server.real_server]]
   address = "10.0.0.11"
   [[virtual_server.real_server]]
@@ -246,16 +402,15 @@ port = 80
         let mut resolver = Resolver::new(&config);
         let mac = Mac([2, 0, 0, 0, 0, 11]);
         let a11: IpAddr = "10.0.0.11".parse().expect("ip");
-        let a13: IpAddr = "10.0.0.13".parse().expect("ip");
         resolver.servers.insert(a11, Resolution::Resolved(mac));
-        resolver.servers.insert(a13, Resolution::Resolved(mac));
         let p = plan(&config, &resolver);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].port, 80);
-        assert_eq!(
-            p[0].backends,
-            vec![BackendPlan { address: a11, mac }],
-            "10.0.0.12 is unresolved and 10.0.0.13 has weight 0"
-        );
+        assert_eq!(p[0].persistence_timeout, 30);
+        assert_eq!(p[0].scheduler, crate::config::Scheduler::Sh);
+        assert_eq!(p[0].backends.len(), 3);
+        assert_eq!(p[0].backends[0].mac, Some(mac));
+        assert_eq!(p[0].backends[1].mac, None, "10.0.0.12 is unresolved");
+        assert_eq!(p[0].backends[2].weight, 0);
     }
 }

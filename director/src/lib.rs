@@ -1,6 +1,9 @@
 //! The director daemon as a library: the binary in `main.rs` is a thin CLI.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod maglev;
 pub mod dataplane;
 pub mod neighbor;
+pub mod status;

@@ -154,6 +154,26 @@ impl Neighbors {
         Ok(out)
     }
 
+    /// A stream that yields whenever the kernel's neighbour table changes
+    /// for our interface (RTNLGRP_NEIGH events).
+    pub fn events(&self) -> Result<impl futures::Stream<Item = ()> + Unpin + use<>, NeighborError> {
+        use futures::StreamExt as _;
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage;
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])?;
+        tokio::spawn(connection);
+        let index = self.link.index;
+        Ok(Box::pin(messages.filter_map(move |(msg, _)| async move {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+                ) if n.header.ifindex == index => Some(()),
+                _ => None,
+            }
+        })))
+    }
+
     /// Asks the kernel to resolve `addr` on our interface (an `NTF_USE`
     /// request: the kernel sends an ARP request or neighbour solicitation
     /// as if it had a packet to send). The answer lands in the table.

@@ -1,54 +1,90 @@
 //! The XDP dataplane: loads `director-ebpf`, attaches it to the interface,
 //! and keeps its maps equal to the daemon's plan.
 //!
-//! Updates never show a packet a half-written service: each service owns two
-//! banks of backend slots; a new backend list is written into the idle bank
-//! and the service entry (bank start, count) is then replaced in one map
-//! update, which the kernel makes atomic for readers.
+//! - **Atomic table swaps:** each service owns two banks of the Maglev
+//!   array; a new table is written into the idle bank, then the service
+//!   entry is switched to it with one map update.
+//! - **Restart without loss:** with a pin directory (on a bpffs), the maps
+//!   and the XDP link are pinned there. The daemon exiting leaves the
+//!   program forwarding; the next daemon loads its program with the same
+//!   maps, swaps it into the pinned link atomically, reads back which ids
+//!   it had given to which service and real server, and reconciles.
+//! - **Real-server slots** carry a generation, bumped when a slot changes
+//!   owner, so flows of a removed server are re-hashed, never inherited.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{Xdp, xdp::XdpLinkId, xdp::XdpMode as AyaXdpMode},
+    programs::{
+        TestRun, TestRunOptions, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId, XdpMode as AyaXdpMode},
+    },
     util::nr_cpus,
 };
 use aya_log::EbpfLogger;
 use director_common::{
-    Backend, Counters, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAX_REAL_SERVERS, MAX_SERVICES, PROG_DIRECTOR, ServiceKey, ServiceValue, bank_start,
+    BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE, MAGLEV_LANES,
+    MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_SETTINGS, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PINNED_MAPS,
+    PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
+    maglev_base,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
-use super::{BackendPlan, ServicePlan, Traffic};
-use crate::config::XdpMode;
+use super::{ServicePlan, Traffic, key_name};
+use crate::{
+    config::{Scheduler, XdpMode},
+    maglev,
+};
 
 /// The XDP program, built by build.rs and embedded in the binary.
-static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director"));
+pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director"));
+
+/// The pinned link, in the pin directory.
+const LINK_PIN: &str = "link";
+/// Beside the pin directory (bpffs holds only BPF objects): the interface
+/// and mode of the pinned link, `interface mode`.
+const LINK_INFO: &str = "xdp-link";
+
+fn link_info_path(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join(LINK_INFO)
+}
 
 /// Errors from loading, attaching or programming the XDP dataplane.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error("the XDP program is missing from this binary (built with AYA_BUILD_SKIP)")]
     NotBuilt,
-    #[error("cannot load the XDP program: {0}")]
+    #[error(
+        "cannot load the XDP program: {0} (if pinned maps from an incompatible version exist, remove them with `director run --flush`)"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("XDP program error: {0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("XDP map error: {0}")]
     Map(#[from] aya::maps::MapError),
-    #[error("map {0} is missing from the XDP program")]
-    MissingMap(&'static str),
+    #[error("{0} is missing from the XDP program")]
+    Missing(&'static str),
     #[error("cannot attach XDP to {interface} in {mode} mode: {source}")]
     Attach {
         interface: String,
         mode: &'static str,
         source: aya::programs::ProgramError,
+    },
+    #[error("pinned XDP link: {0}")]
+    Link(String),
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("out of {0} slots")]
     Capacity(&'static str),
@@ -56,7 +92,7 @@ pub enum XdpError {
     Cpus(String),
 }
 
-/// The mode the program ended up attached in.
+/// The mode the program runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     Native,
@@ -70,259 +106,520 @@ impl AttachMode {
             AttachMode::Generic => "generic",
         }
     }
+
+    fn parse(s: &str) -> Option<AttachMode> {
+        match s.trim() {
+            "native" => Some(AttachMode::Native),
+            "generic" => Some(AttachMode::Generic),
+            _ => None,
+        }
+    }
+}
+
+/// Where the program is attached and how it outlives the daemon.
+enum Attachment {
+    /// Attached through a link pinned in bpffs: survives the daemon.
+    Pinned,
+    /// Attached through a link owned by this process (no pin directory).
+    Owned(XdpLinkId),
+    /// Loaded for BPF_PROG_TEST_RUN only.
+    None,
 }
 
 /// What is installed for one service.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Installed {
     id: u32,
     bank: u32,
-    backends: Vec<BackendPlan>,
+    value: ServiceValue,
+    /// The active table, when this process wrote it.
+    table: Option<Vec<u16>>,
 }
 
-/// The loaded, attached XDP program and the daemon's view of its maps.
+/// A real server's slot in the backend array.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u32,
+    written: Backend,
+}
+
+/// Keeps the program's log ring buffer alive (it must outlive the load).
+enum Logger {
+    /// A task forwards records to our log.
+    Task(tokio::task::JoinHandle<()>),
+    /// Held but not read (test runs).
+    Held(#[allow(dead_code)] EbpfLogger<&'static dyn log::Log>),
+}
+
+/// The loaded XDP program and the daemon's view of its maps.
 pub struct XdpDataplane {
-    // Field order matters on drop: the logger task goes first.
-    logger: Option<tokio::task::JoinHandle<()>>,
+    logger: Option<Logger>,
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attachment: Attachment,
     interface: String,
     mode: AttachMode,
     services: HashMap<ServiceKey, Installed>,
-    backend_ids: HashMap<(ServiceKey, IpAddr), u32>,
+    fragments: BTreeMap<ServiceKey, ServiceValue>,
+    slots: HashMap<(ServiceKey, IpAddr), Slot>,
+    generations: Vec<u32>,
+    settings: Option<Settings>,
+}
+
+/// How to open the dataplane.
+#[derive(Debug, Clone)]
+pub struct XdpOptions {
+    pub interface: String,
+    pub mode: XdpMode,
+    /// A directory on a bpffs for pinned maps and the link; `None` ties the
+    /// dataplane's life to this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl XdpDataplane {
-    /// Loads the program and attaches it to `interface`. Must be called
-    /// inside a tokio runtime (the program's log records are read by a task).
-    pub fn attach(interface: &str, mode: XdpMode) -> Result<XdpDataplane, XdpError> {
-        if PROGRAM.is_empty() {
-            return Err(XdpError::NotBuilt);
-        }
-        let mut ebpf = EbpfLoader::new().load(PROGRAM)?;
-        // The logger owns the log ring buffer: keep it alive for as long as
-        // the program is loaded.
+    /// Loads the program (adopting pinned maps when they exist) and attaches
+    /// it, or swaps it into an existing pinned link without a gap. Must be
+    /// called inside a tokio runtime (the program's logs are read by a task).
+    pub fn open(opts: &XdpOptions) -> Result<XdpDataplane, XdpError> {
+        let mut ebpf = load(opts.pin_dir.as_deref())?;
         let logger = match EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(spawn_logger(logger)),
+            Ok(logger) => Some(Logger::Task(spawn_logger(logger))),
             Err(e) => {
                 warn!(error = %e, "XDP program logs unavailable");
                 None
             }
         };
-        let program: &mut Xdp = ebpf
-            .program_mut(PROG_DIRECTOR)
-            .ok_or(XdpError::MissingMap(PROG_DIRECTOR))?
-            .try_into()?;
+        let interface = opts.interface.clone();
+        let program = xdp_program(&mut ebpf)?;
         program.load()?;
-        let attach = |program: &mut Xdp, mode: AttachMode| {
-            let flags = match mode {
-                AttachMode::Native => AyaXdpMode::Driver,
-                AttachMode::Generic => AyaXdpMode::Skb,
-            };
-            program
-                .attach(interface, flags)
-                .map_err(|source| XdpError::Attach {
-                    interface: interface.to_string(),
-                    mode: mode.as_str(),
-                    source,
-                })
+
+        let (attachment, mode) = match &opts.pin_dir {
+            Some(dir) => attach_pinned(program, dir, &interface, opts.mode)?,
+            None => {
+                let (id, mode) = attach_new(program, &interface, opts.mode)?;
+                (Attachment::Owned(id), mode)
+            }
         };
-        let (link, mode) = match mode {
-            XdpMode::Native => (attach(program, AttachMode::Native)?, AttachMode::Native),
-            XdpMode::Generic => (attach(program, AttachMode::Generic)?, AttachMode::Generic),
-            XdpMode::Auto => match attach(program, AttachMode::Native) {
-                Ok(link) => (link, AttachMode::Native),
-                Err(e) => {
-                    warn!(error = %e, "native XDP unavailable, using generic (skb) mode: expect lower throughput");
-                    (attach(program, AttachMode::Generic)?, AttachMode::Generic)
-                }
-            },
-        };
-        info!(interface, mode = mode.as_str(), "XDP program attached");
-        Ok(XdpDataplane {
+        let mut dp = XdpDataplane {
             logger,
             ebpf,
-            link: Some(link),
-            interface: interface.to_string(),
+            attachment,
+            interface,
             mode,
             services: HashMap::new(),
-            backend_ids: HashMap::new(),
-        })
+            fragments: BTreeMap::new(),
+            slots: HashMap::new(),
+            generations: vec![0; MAX_REAL_SERVERS as usize],
+            settings: None,
+        };
+        dp.adopt()?;
+        Ok(dp)
     }
 
-    /// The mode the program is attached in.
+    /// Loads the program without attaching it, for BPF_PROG_TEST_RUN.
+    pub fn load_for_test() -> Result<XdpDataplane, XdpError> {
+        let mut ebpf = load(None)?;
+        // Keep the log ring buffer alive (it must outlive the program load);
+        // records are not read.
+        let logger = EbpfLogger::init(&mut ebpf).ok();
+        let program = xdp_program(&mut ebpf)?;
+        program.load()?;
+        let dp = XdpDataplane {
+            logger: logger.map(Logger::Held),
+            ebpf,
+            attachment: Attachment::None,
+            interface: String::new(),
+            mode: AttachMode::Native,
+            services: HashMap::new(),
+            fragments: BTreeMap::new(),
+            slots: HashMap::new(),
+            generations: vec![0; MAX_REAL_SERVERS as usize],
+            settings: None,
+        };
+        Ok(dp)
+    }
+
+    /// The mode the program runs in.
     pub fn mode(&self) -> AttachMode {
         self.mode
     }
 
-    /// Makes the maps match `plan`: services not in it are removed; changed
-    /// services are switched to their new backend list atomically.
-    pub fn apply(&mut self, plan: &[ServicePlan]) -> Result<(), XdpError> {
-        let wanted: HashMap<ServiceKey, &ServicePlan> =
-            plan.iter().map(|s| (service_key(s), s)).collect();
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the
+    /// verdict and the frame as the program left it.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, u64), XdpError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROG_DIRECTOR)
+            .ok_or(XdpError::Missing(PROG_DIRECTOR))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((
+            result.return_value,
+            out,
+            result.duration.as_nanos() as u64,
+        ))
+    }
 
-        // Removed services first, so their slots can be reused.
+    /// Direct access to the program, for benchmarks.
+    pub fn program(&self) -> Result<&Xdp, XdpError> {
+        Ok(self
+            .ebpf
+            .program(PROG_DIRECTOR)
+            .ok_or(XdpError::Missing(PROG_DIRECTOR))?
+            .try_into()?)
+    }
+
+    /// Makes the maps match `plan`.
+    pub fn apply(&mut self, plan: &[ServicePlan], udp_timeout_s: u32) -> Result<(), XdpError> {
+        let settings = Settings {
+            udp_timeout_ns: u64::from(udp_timeout_s) * 1_000_000_000,
+        };
+        if self.settings != Some(settings) {
+            let mut array: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(MAP_SETTINGS)?)?;
+            array.set(0, settings, 0)?;
+            self.settings = Some(settings);
+        }
+        let wanted: BTreeMap<ServiceKey, &ServicePlan> =
+            plan.iter().map(|s| (s.key(), s)).collect();
+
+        // Services that left: stop matching them, then free their slots.
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
             .filter(|k| !wanted.contains_key(k))
             .copied()
             .collect();
-        for key in gone {
-            self.services_map()?.remove(&key)?;
-            self.services.remove(&key);
-            info!(service = %key_display(&key), "virtual service removed from the dataplane");
+        for key in &gone {
+            self.services_map()?.remove(key)?;
+            self.services.remove(key);
+            info!(service = %key_name(key), "virtual service removed from the dataplane");
         }
-        self.backend_ids.retain(|(key, addr), _| {
-            wanted
-                .get(key)
-                .is_some_and(|s| s.backends.iter().any(|b| b.address == *addr))
-        });
 
+        let mut retired = Vec::new();
         for (key, service) in &wanted {
-            if self
-                .services
-                .get(key)
-                .is_some_and(|i| i.backends == service.backends)
-            {
-                continue;
-            }
-            let (id, bank, new) = match self.services.get(key) {
-                Some(i) => (i.id, 1 - i.bank, false),
-                None => (self.free_service_id()?, 0, true),
-            };
-            let mut slots = Vec::with_capacity(service.backends.len());
-            for b in &service.backends {
-                let bid = self.backend_id(*key, b.address)?;
-                slots.push(Backend {
-                    mac: b.mac.0,
-                    _pad: [0; 2],
-                    id: bid,
-                });
-            }
-            if new {
-                self.zero_service_stats(id)?;
-            }
-            let start = bank_start(id, bank);
-            {
-                let mut backends: Array<&mut MapData, Backend> = Array::try_from(
-                    self.ebpf
-                        .map_mut(MAP_BACKENDS)
-                        .ok_or(XdpError::MissingMap(MAP_BACKENDS))?,
-                )?;
-                for (i, slot) in slots.iter().enumerate() {
-                    backends.set(start + i as u32, slot, 0)?;
+            // Service id, zeroed counters for a new one.
+            let id = match self.services.get(key) {
+                Some(i) => i.id,
+                None => {
+                    let id = self.free_service_id()?;
+                    self.zero_counters(MAP_SERVICE_STATS, id)?;
+                    id
                 }
+            };
+            // Real-server slots: write new and changed ones first, so the
+            // table never points at a slot not yet written.
+            let mut entries = Vec::new();
+            for b in &service.backends {
+                let slot = self.slot(*key, id, b.address)?;
+                let usable = b.mac.is_some();
+                let mut next = slot.written;
+                next.mac = b.mac.map(|m| m.0).unwrap_or([0; 6]);
+                next.flags = if usable { BACKEND_USABLE } else { 0 };
+                if next != slot.written {
+                    self.write_backend(slot.id, &next)?;
+                    if let Some(s) = self.slots.get_mut(&(*key, b.address)) {
+                        s.written = next;
+                    }
+                }
+                if usable {
+                    entries.push(maglev::Entry {
+                        address: b.address,
+                        weight: b.weight,
+                        id: slot.id as u16,
+                    });
+                }
+            }
+            let table = maglev::build(&entries, MAGLEV_TABLE_SIZE);
+            let flags = match service.scheduler {
+                Scheduler::Sh => SVC_SOURCE_HASH,
+                Scheduler::Mh => 0,
+            } | if service.persistence_timeout > 0 {
+                SVC_PERSISTENT
+            } else {
+                0
+            };
+            let installed = self.services.get(key).cloned();
+            let same_table = installed
+                .as_ref()
+                .and_then(|i| i.table.as_ref())
+                .is_some_and(|t| *t == table);
+            let bank = match &installed {
+                Some(i) if same_table => i.bank,
+                Some(i) => 1 - i.bank,
+                None => 0,
+            };
+            if !same_table {
+                self.write_table(maglev_base(id, bank), &table)?;
             }
             let value = ServiceValue {
                 id,
-                backend_start: start,
-                backend_count: slots.len() as u32,
+                table: maglev_base(id, bank),
+                flags,
+                persistence_timeout: service.persistence_timeout,
             };
-            self.services_map()?.insert(key, value, 0)?;
-            info!(
-                service = %key_display(key),
-                backends = ?service.backends.iter().map(|b| b.address).collect::<Vec<_>>(),
-                "virtual service programmed"
-            );
+            if installed.as_ref().map(|i| i.value) != Some(value) {
+                self.services_map()?.insert(key, value, 0)?;
+                let live: Vec<String> = entries
+                    .iter()
+                    .filter(|e| e.weight > 0)
+                    .map(|e| e.address.to_string())
+                    .collect();
+                info!(
+                    service = %service.name(),
+                    scheduler = service.scheduler.as_str(),
+                    real_servers = ?live,
+                    "virtual service programmed"
+                );
+            }
             self.services.insert(
                 *key,
                 Installed {
                     id,
                     bank,
-                    backends: service.backends.clone(),
+                    value,
+                    table: Some(table),
                 },
             );
+            // Slots of real servers no longer in this service.
+            for (k, addr) in self.slots.keys() {
+                if k == key && !service.backends.iter().any(|b| b.address == *addr) {
+                    retired.push((*k, *addr));
+                }
+            }
         }
+        for key in &gone {
+            retired.extend(self.slots.keys().filter(|(k, _)| k == key).copied());
+        }
+        // Only now that no table points at them: retire removed servers.
+        // Their flows find the slot unusable and are placed again.
+        for k in retired {
+            if let Some(slot) = self.slots.remove(&k) {
+                let cleared = Backend {
+                    generation: slot.written.generation,
+                    ..Backend::default()
+                };
+                self.write_backend(slot.id, &cleared)?;
+            }
+        }
+        self.sync_fragments()?;
         Ok(())
     }
 
-    /// Counters of one service, summed over CPUs (zero if not installed).
-    pub fn service_traffic(&self, plan: &ServicePlan) -> Result<Traffic, XdpError> {
-        let Some(installed) = self.services.get(&service_key(plan)) else {
-            return Ok(Traffic::default());
-        };
-        self.read_counters(MAP_SERVICE_STATS, installed.id)
+    /// Counters of a service, summed over CPUs.
+    pub fn service_traffic(&self, service: &ServicePlan) -> Result<Traffic, XdpError> {
+        match self.services.get(&service.key()) {
+            Some(i) => self.read_counters(MAP_SERVICE_STATS, i.id),
+            None => Ok(Traffic::default()),
+        }
     }
 
     /// Counters of one real server of a service, summed over CPUs.
     pub fn backend_traffic(
         &self,
-        plan: &ServicePlan,
+        service: &ServicePlan,
         address: IpAddr,
     ) -> Result<Traffic, XdpError> {
-        match self.backend_ids.get(&(service_key(plan), address)) {
-            Some(id) => self.read_counters(MAP_BACKEND_STATS, *id),
+        match self.slots.get(&(service.key(), address)) {
+            Some(slot) => self.read_counters(MAP_BACKEND_STATS, slot.id),
             None => Ok(Traffic::default()),
         }
     }
 
-    /// Detaches the program and unloads everything. Teardown lives here, in
-    /// one place, for every way the daemon stops.
-    pub fn detach(mut self) {
-        self.teardown();
+    /// Leaves the dataplane running for the next daemon when it is pinned;
+    /// detaches it otherwise. Called on every daemon exit.
+    pub fn release(mut self) {
+        match std::mem::replace(&mut self.attachment, Attachment::None) {
+            Attachment::Pinned => info!(
+                interface = %self.interface,
+                "daemon exiting; the pinned XDP dataplane keeps forwarding"
+            ),
+            Attachment::Owned(link) => self.detach_owned(link),
+            Attachment::None => {}
+        }
     }
 
-    fn teardown(&mut self) {
-        if let Some(link) = self.link.take() {
-            let result = self
-                .ebpf
-                .program_mut(PROG_DIRECTOR)
-                .ok_or(XdpError::MissingMap(PROG_DIRECTOR))
-                .and_then(|p| {
-                    let p: &mut Xdp = p.try_into()?;
-                    p.detach(link)?;
-                    Ok(())
-                });
-            match result {
-                Ok(()) => info!(interface = %self.interface, "XDP program detached"),
-                Err(e) => warn!(interface = %self.interface, error = %e, "detaching XDP failed"),
+    fn detach_owned(&mut self, link: XdpLinkId) {
+        let result = xdp_program(&mut self.ebpf).and_then(|p| Ok(p.detach(link)?));
+        match result {
+            Ok(()) => info!(interface = %self.interface, "XDP program detached"),
+            Err(e) => warn!(interface = %self.interface, error = %e, "detaching XDP failed"),
+        }
+    }
+
+    /// Reads back what a previous daemon installed in pinned maps.
+    fn adopt(&mut self) -> Result<(), XdpError> {
+        let services: Vec<(ServiceKey, ServiceValue)> = {
+            let map: BpfHashMap<&MapData, ServiceKey, ServiceValue> =
+                BpfHashMap::try_from(self.map(MAP_SERVICES)?)?;
+            map.iter().filter_map(Result::ok).collect()
+        };
+        let mut by_id = HashMap::new();
+        for (key, value) in services {
+            if key.flags & KEY_FRAGMENT != 0 {
+                self.fragments.insert(key, value);
+                continue;
+            }
+            let bank = (value.table / MAGLEV_ELEMS_PER_TABLE) % 2;
+            by_id.insert(value.id, key);
+            self.services.insert(
+                key,
+                Installed {
+                    id: value.id,
+                    bank,
+                    value,
+                    table: None,
+                },
+            );
+        }
+        let all: Vec<Backend> = {
+            let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
+            (0..MAX_REAL_SERVERS)
+                .map(|id| backends.get(&id, 0))
+                .collect::<Result<_, _>>()?
+        };
+        let mut adopted = Vec::new();
+        for (id, b) in (0u32..).zip(all) {
+            self.generations[id as usize] = b.generation;
+            if b.family == 0 {
+                continue;
+            }
+            let Some(key) = by_id.get(&b.service) else {
+                continue;
+            };
+            let addr = match b.family {
+                4 => IpAddr::V4(Ipv4Addr::new(b.addr[0], b.addr[1], b.addr[2], b.addr[3])),
+                _ => IpAddr::V6(Ipv6Addr::from(b.addr)),
+            };
+            adopted.push(((*key, addr), Slot { id, written: b }));
+        }
+        if !self.services.is_empty() {
+            info!(
+                services = self.services.len(),
+                real_servers = adopted.len(),
+                "adopted the running dataplane"
+            );
+        }
+        self.slots.extend(adopted);
+        Ok(())
+    }
+
+    /// The slot of a service's real server, allocated on first use.
+    fn slot(&mut self, key: ServiceKey, service_id: u32, address: IpAddr) -> Result<Slot, XdpError> {
+        if let Some(slot) = self.slots.get(&(key, address)) {
+            return Ok(*slot);
+        }
+        let used: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
+        let id = (0..MAX_REAL_SERVERS)
+            .find(|id| !used.contains(id))
+            .ok_or(XdpError::Capacity("real server"))?;
+        let generation = self.generations[id as usize].wrapping_add(1);
+        self.generations[id as usize] = generation;
+        let (family, addr) = match address {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (4, b)
+            }
+            IpAddr::V6(a) => (6, a.octets()),
+        };
+        let written = Backend {
+            mac: [0; 6],
+            flags: 0,
+            family,
+            generation,
+            service: service_id,
+            addr,
+            _pad: [0; 4],
+        };
+        self.zero_counters(MAP_BACKEND_STATS, id)?;
+        self.write_backend(id, &written)?;
+        let slot = Slot { id, written };
+        self.slots.insert((key, address), slot);
+        Ok(slot)
+    }
+
+    /// Fragments of a VIP and protocol follow its any-port service, or else
+    /// its lowest port's: one entry per (VIP, protocol).
+    fn sync_fragments(&mut self) -> Result<(), XdpError> {
+        let mut wanted: BTreeMap<ServiceKey, ServiceValue> = BTreeMap::new();
+        let mut keys: Vec<&ServiceKey> = self.services.keys().collect();
+        keys.sort_by_key(|k| (k.addr, k.protocol, k.flags, k.port()));
+        for key in keys {
+            let frag = ServiceKey {
+                port: [0, 0],
+                flags: key.flags | KEY_FRAGMENT,
+                ..*key
+            };
+            wanted
+                .entry(frag)
+                .or_insert(self.services[key].value);
+        }
+        let stale: Vec<ServiceKey> = self
+            .fragments
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.services_map()?.remove(&k)?;
+            self.fragments.remove(&k);
+        }
+        for (k, v) in wanted {
+            if self.fragments.get(&k) != Some(&v) {
+                self.services_map()?.insert(k, v, 0)?;
+                self.fragments.insert(k, v);
             }
         }
-        if let Some(task) = self.logger.take() {
-            task.abort();
+        Ok(())
+    }
+
+    fn write_table(&mut self, base: u32, table: &[u16]) -> Result<(), XdpError> {
+        let mut array: Array<&mut MapData, [u16; 4]> = Array::try_from(self.map_mut(MAP_MAGLEV)?)?;
+        for (i, chunk) in table.chunks(MAGLEV_LANES as usize).enumerate() {
+            let mut elem = [NO_BACKEND; 4];
+            elem[..chunk.len()].copy_from_slice(chunk);
+            array.set(base + i as u32, elem, 0)?;
         }
+        Ok(())
+    }
+
+    fn write_backend(&mut self, id: u32, b: &Backend) -> Result<(), XdpError> {
+        let mut array: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
+        array.set(id, b, 0)?;
+        Ok(())
     }
 
     fn services_map(
         &mut self,
     ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
-        Ok(BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(MAP_SERVICES)
-                .ok_or(XdpError::MissingMap(MAP_SERVICES))?,
-        )?)
+        Ok(BpfHashMap::try_from(self.map_mut(MAP_SERVICES)?)?)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, XdpError> {
+        self.ebpf.map(name).ok_or(XdpError::Missing(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, XdpError> {
+        self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))
     }
 
     fn free_service_id(&self) -> Result<u32, XdpError> {
-        let used: BTreeSet<u32> = self.services.values().map(|i| i.id).collect();
+        let used: std::collections::HashSet<u32> = self.services.values().map(|i| i.id).collect();
         (0..MAX_SERVICES)
             .find(|id| !used.contains(id))
             .ok_or(XdpError::Capacity("service"))
     }
 
-    fn backend_id(&mut self, key: ServiceKey, address: IpAddr) -> Result<u32, XdpError> {
-        if let Some(id) = self.backend_ids.get(&(key, address)) {
-            return Ok(*id);
-        }
-        let used: BTreeSet<u32> = self.backend_ids.values().copied().collect();
-        let id = (0..MAX_REAL_SERVERS)
-            .find(|id| !used.contains(id))
-            .ok_or(XdpError::Capacity("real server"))?;
-        self.backend_ids.insert((key, address), id);
-        // A reused id must not inherit the previous owner's counters.
-        self.zero_counters(MAP_BACKEND_STATS, id)?;
-        Ok(id)
-    }
-
-    fn zero_service_stats(&mut self, id: u32) -> Result<(), XdpError> {
-        self.zero_counters(MAP_SERVICE_STATS, id)
-    }
-
     fn zero_counters(&mut self, map: &'static str, index: u32) -> Result<(), XdpError> {
         let cpus = nr_cpus().map_err(|(_, e)| XdpError::Cpus(e.to_string()))?;
         let mut array: PerCpuArray<&mut MapData, Counters> =
-            PerCpuArray::try_from(self.ebpf.map_mut(map).ok_or(XdpError::MissingMap(map))?)?;
+            PerCpuArray::try_from(self.map_mut(map)?)?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
             .map_err(|e| XdpError::Cpus(e.to_string()))?;
         array.set(index, zeros, 0)?;
@@ -330,37 +627,143 @@ impl XdpDataplane {
     }
 
     fn read_counters(&self, map: &'static str, index: u32) -> Result<Traffic, XdpError> {
-        let array: PerCpuArray<&MapData, Counters> =
-            PerCpuArray::try_from(self.ebpf.map(map).ok_or(XdpError::MissingMap(map))?)?;
+        let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
         let values = array.get(&index, 0)?;
         Ok(values.iter().fold(Traffic::default(), |t, c| Traffic {
             packets: t.packets + c.packets,
             bytes: t.bytes + c.bytes,
+            new_flows: t.new_flows + c.new_flows,
         }))
     }
 }
 
 impl Drop for XdpDataplane {
     fn drop(&mut self) {
-        self.teardown();
+        if let Attachment::Owned(link) = std::mem::replace(&mut self.attachment, Attachment::None)
+        {
+            self.detach_owned(link);
+        }
+        if let Some(Logger::Task(task)) = self.logger.take() {
+            task.abort();
+        }
     }
 }
 
-fn service_key(s: &ServicePlan) -> ServiceKey {
-    ServiceKey::new(s.address.octets(), s.port, s.protocol.number())
+fn load(pin_dir: Option<&Path>) -> Result<Ebpf, XdpError> {
+    if PROGRAM.is_empty() {
+        return Err(XdpError::NotBuilt);
+    }
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok(loader.load(PROGRAM)?)
 }
 
-fn key_display(key: &ServiceKey) -> String {
-    let proto = match key.protocol {
-        director_common::IPPROTO_TCP => "tcp",
-        director_common::IPPROTO_UDP => "udp",
-        _ => "?",
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    Ok(ebpf
+        .program_mut(PROG_DIRECTOR)
+        .ok_or(XdpError::Missing(PROG_DIRECTOR))?
+        .try_into()?)
+}
+
+/// Attaches with a new link, native first when `mode` allows.
+fn attach_new(
+    program: &mut Xdp,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<(XdpLinkId, AttachMode), XdpError> {
+    let attach = |program: &mut Xdp, mode: AttachMode| {
+        let flags = match mode {
+            AttachMode::Native => AyaXdpMode::Driver,
+            AttachMode::Generic => AyaXdpMode::Skb,
+        };
+        program
+            .attach(interface, flags)
+            .map_err(|source| XdpError::Attach {
+                interface: interface.to_string(),
+                mode: mode.as_str(),
+                source,
+            })
     };
-    format!(
-        "{}:{}/{proto}",
-        std::net::Ipv4Addr::from(key.vip),
-        u16::from_be_bytes(key.port)
-    )
+    let result = match mode {
+        XdpMode::Native => (attach(program, AttachMode::Native)?, AttachMode::Native),
+        XdpMode::Generic => (attach(program, AttachMode::Generic)?, AttachMode::Generic),
+        XdpMode::Auto => match attach(program, AttachMode::Native) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(e) => {
+                warn!(error = %e, "native XDP unavailable, using generic (skb) mode: expect lower throughput");
+                (attach(program, AttachMode::Generic)?, AttachMode::Generic)
+            }
+        },
+    };
+    info!(interface, mode = result.1.as_str(), "XDP program attached");
+    Ok(result)
+}
+
+/// Attaches through a link pinned in `dir`: replaces the program in an
+/// existing link for the same interface (no gap in forwarding), or attaches
+/// and pins a new link.
+fn attach_pinned(
+    program: &mut Xdp,
+    dir: &Path,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<(Attachment, AttachMode), XdpError> {
+    let link_path = dir.join(LINK_PIN);
+    let info = std::fs::read_to_string(link_info_path(dir)).unwrap_or_default();
+    let mut info = info.split_whitespace();
+    let (pinned_iface, pinned_mode) = (info.next(), info.next().and_then(AttachMode::parse));
+    if link_path.exists() {
+        if pinned_iface == Some(interface) {
+            let pinned = PinnedLink::from_pin(&link_path)
+                .map_err(|e| XdpError::Link(format!("{}: {e}", link_path.display())))?;
+            let fd_link: FdLink = pinned.into();
+            let link = XdpLink::try_from(fd_link)
+                .map_err(|e| XdpError::Link(format!("not an XDP link: {e}")))?;
+            program.attach_to_link(link)?;
+            let mode = pinned_mode.unwrap_or(AttachMode::Native);
+            info!(interface, mode = mode.as_str(), "XDP program replaced in the pinned link, without a gap");
+            return Ok((Attachment::Pinned, mode));
+        }
+        // The interface changed: the old link goes.
+        warn!(
+            old = pinned_iface.unwrap_or("?"),
+            new = interface,
+            "interface changed; detaching the pinned XDP link"
+        );
+        let _ = std::fs::remove_file(&link_path);
+    }
+    let (id, mode) = attach_new(program, interface, mode)?;
+    let link = program.take_link(id)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| XdpError::Link(e.to_string()))?;
+    fd_link
+        .pin(&link_path)
+        .map_err(|e| XdpError::Link(format!("pinning at {}: {e}", link_path.display())))?;
+    let info = link_info_path(dir);
+    std::fs::write(&info, format!("{interface} {}\n", mode.as_str()))
+        .map_err(|source| XdpError::PinDir { path: info, source })?;
+    Ok((Attachment::Pinned, mode))
+}
+
+/// Removes the pinned dataplane in `dir`: unpinning the link detaches the
+/// program; unpinning the maps frees them. Returns what was removed.
+pub fn flush(dir: &Path) -> Result<Vec<String>, XdpError> {
+    let mut removed = Vec::new();
+    let mut paths = vec![dir.join(LINK_PIN), link_info_path(dir)];
+    paths.extend(PINNED_MAPS.iter().map(|name| dir.join(name)));
+    for path in paths {
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| XdpError::PinDir {
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path.display().to_string());
+        }
+    }
+    Ok(removed)
 }
 
 /// Forwards the XDP program's log records to our log, as they arrive.

@@ -1,0 +1,190 @@
+//! The control socket: a Unix stream socket in the state directory
+//! (`director.sock`, mode 0600). One request per connection, one line of
+//! JSON each way: `{"command":"status"}` answers the [`Status`] document.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, warn};
+
+use crate::status::Status;
+
+/// File name of the socket in the state directory.
+pub const SOCKET: &str = "director.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Status(Box<Status>),
+    Error { error: String },
+}
+
+/// A request waiting for the event loop's answer.
+pub type Pending = (Request, oneshot::Sender<Response>);
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the daemon at {path}: {source} (is `director run` running with this state directory?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad answer from the daemon: {0}")]
+    Answer(String),
+}
+
+/// Binds the socket (replacing a stale one) and serves it until the
+/// returned task is aborted. Requests go to `tx`.
+pub fn serve(
+    state_dir: &Path,
+    tx: mpsc::Sender<Pending>,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+    let path = state_dir.join(SOCKET);
+    let err = |source| ControlError::Socket {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, tx).await {
+                    debug!(error = %e, "control connection ended");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    let response = match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+    {
+        Err(_) => Response::Error {
+            error: "timed out reading the request".into(),
+        },
+        Ok(Err(e)) => Response::Error {
+            error: format!("cannot read the request: {e}"),
+        },
+        Ok(Ok(_)) => match parse_request(&line) {
+            Err(error) => Response::Error { error },
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                if tx.send((request, reply)).await.is_err() {
+                    Response::Error {
+                        error: "the daemon is stopping".into(),
+                    }
+                } else {
+                    answer.await.unwrap_or(Response::Error {
+                        error: "the daemon dropped the request".into(),
+                    })
+                }
+            }
+        },
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot encode the answer: {e}\"}}")
+    });
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Parses one request line (`{"command":"status"}`, or the bare word).
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let line = line.trim();
+    if line == "status" {
+        return Ok(Request::Status);
+    }
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Sends `request` to the daemon whose state directory is `state_dir`.
+pub fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+    let path = state_dir.join(SOCKET);
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let io = |source| ControlError::Socket {
+        path: path.clone(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(request).map_err(|e| ControlError::Answer(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Answer(format!("{e}: {answer:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(parse_request("{\"command\":\"status\"}\n"), Ok(Request::Status));
+        assert_eq!(parse_request("status\n"), Ok(Request::Status));
+        assert!(parse_request("{\"command\":\"reboot\"}").is_err());
+        assert!(parse_request("{\"command\":\"status\",\"x\":1}").is_err());
+        assert!(parse_request("\u{0}\u{1}garbage").is_err());
+        assert!(parse_request("").is_err());
+    }
+
+    #[test]
+    fn error_answers_are_json() {
+        let text = serde_json::to_string(&Response::Error {
+            error: "nope".into(),
+        })
+        .expect("encodes");
+        assert_eq!(text, "{\"error\":\"nope\"}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The status document (`director status --json`, the control socket) and
+//! its table rendering. Field names are a contract: extend, never rename.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole director.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub router_id: String,
+    /// `xdp` (or `ipvs`).
+    pub dataplane: String,
+    /// `native` or `generic` for XDP.
+    pub xdp_mode: Option<String>,
+    pub interface: String,
+    pub virtual_servers: Vec<VirtualServerStatus>,
+}
+
+/// One virtual service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtualServerStatus {
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub scheduler: String,
+    pub persistence_timeout: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub real_servers: Vec<RealServerStatus>,
+}
+
+/// One real server of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealServerStatus {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    /// `null` until the kernel has resolved it.
+    pub mac: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+fn endpoint(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// A table in the spirit of `ipvsadm -Ln --stats`.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let mode = s
+        .xdp_mode
+        .as_deref()
+        .map(|m| format!(", {m} mode"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "director {} on {} (dataplane {}{mode})",
+        s.router_id, s.interface, s.dataplane
+    );
+    let _ = writeln!(
+        out,
+        "{:<5} {:<42} {:<6} {:>7} {:>12} {:>14} {:>10}",
+        "Prot", "LocalAddress:Port", "Sched", "Weight", "Packets", "Bytes", "NewFlows"
+    );
+    let _ = writeln!(
+        out,
+        "  -> {:<43} {:<17} {:>7} {:>12} {:>14} {:>10}",
+        "RemoteAddress:Port", "MAC", "", "", "", ""
+    );
+    for vs in &s.virtual_servers {
+        let sched = if vs.persistence_timeout > 0 {
+            format!("{} persistent {}", vs.scheduler, vs.persistence_timeout)
+        } else {
+            vs.scheduler.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:<5} {:<42} {:<6} {:>7} {:>12} {:>14} {:>10}",
+            vs.protocol.to_uppercase(),
+            endpoint(&vs.address, vs.port),
+            sched,
+            "",
+            vs.packets,
+            vs.bytes,
+            vs.new_flows
+        );
+        for rs in &vs.real_servers {
+            let _ = writeln!(
+                out,
+                "  -> {:<43} {:<17} {:>7} {:>12} {:>14} {:>10}",
+                endpoint(&rs.address, rs.port),
+                rs.mac.as_deref().unwrap_or("(unresolved)"),
+                rs.weight,
+                rs.packets,
+                rs.bytes,
+                rs.new_flows
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            router_id: "lb1".into(),
+            dataplane: "xdp".into(),
+            xdp_mode: Some("native".into()),
+            interface: "eth0".into(),
+            virtual_servers: vec![VirtualServerStatus {
+                address: "10.0.0.100".into(),
+                port: 80,
+                protocol: "tcp".into(),
+                scheduler: "mh".into(),
+                persistence_timeout: 0,
+                packets: 10,
+                bytes: 1000,
+                new_flows: 2,
+                real_servers: vec![RealServerStatus {
+                    address: "10.0.0.20".into(),
+                    port: 80,
+                    weight: 1,
+                    mac: None,
+                    packets: 10,
+                    bytes: 1000,
+                    new_flows: 2,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let v: serde_json::Value = serde_json::to_value(sample()).expect("encodes");
+        for k in ["router_id", "dataplane", "virtual_servers"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        let vs = &v["virtual_servers"][0];
+        for k in ["address", "port", "protocol", "scheduler", "real_servers"] {
+            assert!(vs.get(k).is_some(), "{k}");
+        }
+        let rs = &vs["real_servers"][0];
+        for k in ["address", "port", "weight", "mac", "packets", "bytes", "new_flows"] {
+            assert!(rs.get(k).is_some(), "{k}");
+        }
+        assert!(rs["mac"].is_null());
+        assert_eq!(vs["port"], 80);
+    }
+
+    #[test]
+    fn table_lists_services_and_servers() {
+        let t = render(&sample());
+        assert!(t.contains("TCP   10.0.0.100:80"), "{t}");
+        assert!(t.contains("-> 10.0.0.20:80"), "{t}");
+        assert!(t.contains("(unresolved)"), "{t}");
+        assert_eq!(endpoint("fd00::1", 80), "[fd00::1]:80");
+    }
+}
