@@ -3,6 +3,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod frames;
 pub mod maglev;
 pub mod dataplane;
 pub mod neighbor;

@@ -1,0 +1,376 @@
+//! The XDP program run through BPF_PROG_TEST_RUN on crafted frames: the
+//! verdict, the rewritten MACs, and that nothing else in the frame changes.
+//! Needs root (it loads a BPF program), not a network namespace.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use director::{
+    config::{Protocol, Scheduler},
+    dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
+    frames::{self, ACK, DIRECTOR_MAC, Frag, SYN},
+    neighbor::Mac,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn mac_of(i: u8) -> Mac {
+    Mac([0x02, 0, 0, 0, 1, i])
+}
+
+fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]) -> ServicePlan {
+    ServicePlan {
+        address: ip(vip),
+        port,
+        protocol,
+        scheduler: Scheduler::Mh,
+        persistence_timeout: 0,
+        backends: servers
+            .iter()
+            .enumerate()
+            .map(|(i, (a, w))| BackendPlan {
+                address: ip(a),
+                weight: *w,
+                mac: Some(mac_of(i as u8 + 1)),
+            })
+            .collect(),
+    }
+}
+
+fn loaded(plan: &[ServicePlan]) -> XdpDataplane {
+    let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
+    dp.apply(plan, 300).expect("apply");
+    dp
+}
+
+/// Runs a frame; checks that a TX only rewrote the MACs; returns the verdict
+/// and the destination MAC.
+fn run(dp: &XdpDataplane, frame: &[u8]) -> (u32, [u8; 6]) {
+    let (verdict, out, _) = dp.test_run(frame, 1).expect("test run");
+    assert_ne!(verdict, 0, "XDP_ABORTED");
+    assert_eq!(out.len(), frame.len(), "frame length changed");
+    if verdict == XDP_TX {
+        assert_eq!(&out[6..12], &DIRECTOR_MAC, "source MAC must be the director's");
+        assert_eq!(&out[12..], &frame[12..], "a rewrite may only change the MACs");
+    } else {
+        assert_eq!(out, frame, "a passed frame must be untouched");
+    }
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&out[..6]);
+    (verdict, dst)
+}
+
+fn web() -> Vec<ServicePlan> {
+    vec![
+        service(
+            "10.0.0.100",
+            80,
+            Protocol::Tcp,
+            &[("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)],
+        ),
+        service(
+            "10.0.0.100",
+            53,
+            Protocol::Udp,
+            &[("10.0.0.20", 1), ("10.0.0.21", 1)],
+        ),
+        service(
+            "fd00::100",
+            80,
+            Protocol::Tcp,
+            &[("fd00::20", 1), ("fd00::21", 1), ("fd00::22", 1)],
+        ),
+    ]
+}
+
+#[test]
+fn tcp_to_a_vip_is_forwarded_and_flows_stick() {
+    let dp = loaded(&web());
+    let mut seen = BTreeSet::new();
+    for port in 1000..1300u16 {
+        let f = frames::tcp_frame(ip("10.1.0.1"), port, ip("10.0.0.100"), 80, SYN);
+        let (v, mac) = run(&dp, &f);
+        assert_eq!(v, XDP_TX);
+        seen.insert(mac);
+        // Later packets of the same flow go to the same server.
+        let f = frames::tcp_frame(ip("10.1.0.1"), port, ip("10.0.0.100"), 80, ACK);
+        assert_eq!(run(&dp, &f), (XDP_TX, mac));
+    }
+    let expected: BTreeSet<[u8; 6]> = (1..=3).map(|i| mac_of(i).0).collect();
+    assert_eq!(seen, expected, "all three servers get flows");
+}
+
+#[test]
+fn other_traffic_passes_untouched() {
+    let dp = loaded(&web());
+    for f in [
+        // Not a VIP.
+        frames::tcp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.10"), 80, SYN),
+        // A VIP, but a port without a service.
+        frames::tcp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.100"), 22, SYN),
+        // A VIP and port, but the other protocol.
+        frames::udp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.100"), 80),
+        // ICMP echo to the VIP.
+        frames::l4_frame(ip("10.1.0.1"), ip("10.0.0.100"), 1, &[8, 0, 0, 0, 0, 1, 0, 1]),
+        // ARP.
+        frames::ethernet(0x0806, &[0u8; 28]),
+        // A VLAN-tagged frame (not handled: the kernel's).
+        frames::ethernet(0x8100, &[0, 5, 0x08, 0x00, 0x45, 0, 0, 40]),
+        // IPv6 to a non-VIP.
+        frames::tcp_frame(ip("fd00::1"), 1000, ip("fd00::10"), 80, SYN),
+    ] {
+        assert_eq!(run(&dp, &f).0, XDP_PASS, "{f:02x?}");
+    }
+}
+
+#[test]
+fn udp_and_ipv6_services() {
+    let dp = loaded(&web());
+    let f = frames::udp_frame(ip("10.1.0.1"), 5353, ip("10.0.0.100"), 53);
+    let (v, mac) = run(&dp, &f);
+    assert_eq!(v, XDP_TX);
+    assert!(mac == mac_of(1).0 || mac == mac_of(2).0);
+    let f = frames::tcp_frame(ip("fd00::1:1"), 40000, ip("fd00::100"), 80, SYN);
+    assert_eq!(run(&dp, &f).0, XDP_TX);
+}
+
+#[test]
+fn truncated_frames_never_abort_or_read_past_the_end() {
+    let dp = loaded(&web());
+    for full in [
+        frames::tcp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.100"), 80, SYN),
+        frames::tcp_frame(ip("fd00::1"), 1000, ip("fd00::100"), 80, SYN),
+    ] {
+        // Without the destination port nothing can be matched.
+        let ports_end = if full[12] == 0x08 {
+            14 + 20 + 4
+        } else {
+            14 + 40 + 4
+        };
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header.
+        for len in 14..full.len() {
+            let (v, _) = run(&dp, &full[..len]);
+            if len < ports_end {
+                assert_eq!(v, XDP_PASS, "len {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv4_options_are_handled() {
+    let dp = loaded(&web());
+    let tcp = frames::tcp(1234, 80, SYN);
+    let opts = [0x94, 0x04, 0, 0]; // router alert
+    let f = frames::ethernet(
+        0x0800,
+        &frames::ipv4([10, 1, 0, 1], [10, 0, 0, 100], 6, Frag::default(), &opts, &tcp),
+    );
+    assert_eq!(run(&dp, &f).0, XDP_TX);
+    // A header length below 20 bytes is malformed: the kernel's.
+    let mut bad = f.clone();
+    bad[14] = 0x44;
+    assert_eq!(run(&dp, &bad).0, XDP_PASS);
+}
+
+#[test]
+fn fragments_of_a_datagram_go_to_one_server() {
+    let dp = loaded(&web());
+    for client in 1..40u8 {
+        let src = [10, 2, 0, client];
+        let first = frames::ethernet(
+            0x0800,
+            &frames::ipv4(
+                src,
+                [10, 0, 0, 100],
+                17,
+                Frag {
+                    more: true,
+                    offset: 0,
+                },
+                &[],
+                &frames::udp(999, 53, &[0u8; 64]),
+            ),
+        );
+        let second = frames::ethernet(
+            0x0800,
+            &frames::ipv4(
+                src,
+                [10, 0, 0, 100],
+                17,
+                Frag {
+                    more: false,
+                    offset: 9,
+                },
+                &[],
+                &[0u8; 40],
+            ),
+        );
+        let (v1, m1) = run(&dp, &first);
+        let (v2, m2) = run(&dp, &second);
+        assert_eq!((v1, v2), (XDP_TX, XDP_TX));
+        assert_eq!(m1, m2, "fragments of one datagram split across servers");
+    }
+    // IPv6: fragment header, then TCP in the first fragment only.
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (ip("fd00::2:1"), ip("fd00::100")) else {
+        unreachable!()
+    };
+    let mut p1 = frames::ipv6_fragment(6, 0, true, 7);
+    p1.extend_from_slice(&frames::tcp(999, 80, SYN));
+    let first = frames::ethernet(0x86dd, &frames::ipv6(s.octets(), d.octets(), 44, &p1));
+    let mut p2 = frames::ipv6_fragment(6, 3, false, 7);
+    p2.extend_from_slice(&[0u8; 24]);
+    let second = frames::ethernet(0x86dd, &frames::ipv6(s.octets(), d.octets(), 44, &p2));
+    let (v1, m1) = run(&dp, &first);
+    let (v2, m2) = run(&dp, &second);
+    assert_eq!((v1, v2), (XDP_TX, XDP_TX));
+    assert_eq!(m1, m2);
+}
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let dp = loaded(&web());
+    let client = ip("10.3.0.1");
+    for port in 2000..2050u16 {
+        let syn = frames::tcp_frame(client, port, ip("10.0.0.100"), 80, SYN);
+        let (_, mac) = run(&dp, &syn);
+        // The real server's reply VIP:80 -> client:port, quoted by a router.
+        let quoted = frames::ipv4(
+            [10, 0, 0, 100],
+            [10, 3, 0, 1],
+            6,
+            Frag::default(),
+            &[],
+            &frames::tcp(80, port, ACK)[..8],
+        );
+        let err = frames::icmp_error_frame(ip("10.9.9.9"), ip("10.0.0.100"), 3, 4, &quoted);
+        assert_eq!(run(&dp, &err), (XDP_TX, mac), "port {port}");
+        // Other ICMP errors (port unreachable) are the kernel's.
+        let other = frames::icmp_error_frame(ip("10.9.9.9"), ip("10.0.0.100"), 3, 3, &quoted);
+        assert_eq!(run(&dp, &other).0, XDP_PASS);
+    }
+    // ICMPv6 packet too big.
+    let client = ip("fd00::3:1");
+    let syn = frames::tcp_frame(client, 3000, ip("fd00::100"), 80, SYN);
+    let (_, mac) = run(&dp, &syn);
+    let (IpAddr::V6(c), IpAddr::V6(v)) = (client, ip("fd00::100")) else {
+        unreachable!()
+    };
+    let quoted = frames::ipv6(v.octets(), c.octets(), 6, &frames::tcp(80, 3000, ACK)[..8]);
+    let err = frames::icmp_error_frame(ip("fd00::9"), ip("fd00::100"), 2, 0, &quoted);
+    assert_eq!(run(&dp, &err), (XDP_TX, mac));
+    // A bogus quoted header: passed.
+    let err = frames::icmp_error_frame(ip("fd00::9"), ip("fd00::100"), 2, 0, &[0u8; 12]);
+    assert_eq!(run(&dp, &err).0, XDP_PASS);
+}
+
+#[test]
+fn draining_keeps_flows_and_removal_rehashes_them() {
+    let mut plan = web();
+    let mut dp = loaded(&plan);
+    let flows: Vec<Vec<u8>> = (0..300u16)
+        .map(|p| frames::tcp_frame(ip("10.4.0.1"), 10000 + p, ip("10.0.0.100"), 80, SYN))
+        .collect();
+    let before: Vec<[u8; 6]> = flows.iter().map(|f| run(&dp, f).1).collect();
+    let drained = mac_of(2).0;
+    assert!(before.contains(&drained));
+
+    // Weight 0: existing flows stay, new flows avoid the server.
+    plan[0].backends[1].weight = 0;
+    dp.apply(&plan, 300).expect("apply");
+    let after: Vec<[u8; 6]> = flows.iter().map(|f| run(&dp, f).1).collect();
+    assert_eq!(before, after, "draining moved established flows");
+    for p in 0..300u16 {
+        let f = frames::tcp_frame(ip("10.5.0.1"), 20000 + p, ip("10.0.0.100"), 80, SYN);
+        assert_ne!(run(&dp, &f).1, drained, "a new flow went to a draining server");
+    }
+
+    // Removal: its flows are placed again; the others do not move.
+    plan[0].backends.remove(1);
+    dp.apply(&plan, 300).expect("apply");
+    for (f, old) in flows.iter().zip(&before) {
+        let (v, now) = run(&dp, f);
+        assert_eq!(v, XDP_TX);
+        assert_ne!(now, drained, "a flow still goes to a removed server");
+        if *old != drained {
+            assert_eq!(now, *old, "a flow of a surviving server moved");
+        }
+    }
+}
+
+#[test]
+fn any_port_source_hash_and_persistence() {
+    let servers = [("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)];
+    let any = service("10.0.0.200", 0, Protocol::Tcp, &servers);
+    let mut sh = service("10.0.0.201", 443, Protocol::Tcp, &servers);
+    sh.scheduler = Scheduler::Sh;
+    let mut sticky = service("10.0.0.202", 443, Protocol::Tcp, &servers);
+    sticky.persistence_timeout = 60;
+    let dp = loaded(&[any, sh, sticky]);
+    for dport in [1u16, 80, 8443, 65535] {
+        let f = frames::tcp_frame(ip("10.6.0.1"), 1000, ip("10.0.0.200"), dport, SYN);
+        assert_eq!(run(&dp, &f).0, XDP_TX, "any-port service, port {dport}");
+    }
+    for vip in ["10.0.0.201", "10.0.0.202"] {
+        for client in 1..20u8 {
+            let macs: BTreeSet<[u8; 6]> = (0..20u16)
+                .map(|p| {
+                    let src = IpAddr::from([10, 7, 0, client]);
+                    run(&dp, &frames::tcp_frame(src, 3000 + p, ip(vip), 443, SYN)).1
+                })
+                .collect();
+            assert_eq!(macs.len(), 1, "{vip}: one client spread over {macs:?}");
+        }
+    }
+}
+
+#[test]
+fn counters_count_packets_bytes_and_new_flows() {
+    let plan = web();
+    let dp = loaded(&plan);
+    let mut per_mac: BTreeMap<[u8; 6], u64> = BTreeMap::new();
+    let mut bytes = 0u64;
+    for p in 0..50u16 {
+        for flags in [SYN, ACK, ACK] {
+            let f = frames::tcp_frame(ip("10.8.0.1"), 5000 + p, ip("10.0.0.100"), 80, flags);
+            bytes += f.len() as u64;
+            *per_mac.entry(run(&dp, &f).1).or_default() += 1;
+        }
+    }
+    let t = dp.service_traffic(&plan[0]).expect("counters");
+    assert_eq!(t.packets, 150);
+    assert_eq!(t.bytes, bytes);
+    assert_eq!(t.new_flows, 50);
+    for (i, b) in plan[0].backends.iter().enumerate() {
+        let t = dp.backend_traffic(&plan[0], b.address).expect("counters");
+        let want = per_mac.get(&mac_of(i as u8 + 1).0).copied().unwrap_or(0);
+        assert_eq!(t.packets, want, "{}", b.address);
+        assert_eq!(t.new_flows * 3, want);
+    }
+}
+
+#[test]
+fn unresolved_servers_get_nothing() {
+    let mut plan = web();
+    plan[0].backends[0].mac = None;
+    plan[0].backends[2].mac = None;
+    let dp = loaded(&plan);
+    for p in 0..100u16 {
+        let f = frames::tcp_frame(ip("10.9.0.1"), p + 1, ip("10.0.0.100"), 80, SYN);
+        assert_eq!(run(&dp, &f), (XDP_TX, mac_of(2).0));
+    }
+    let mut none = web();
+    for b in &mut none[0].backends {
+        b.mac = None;
+    }
+    let dp = loaded(&none);
+    let f = frames::tcp_frame(ip("10.9.0.1"), 1, ip("10.0.0.100"), 80, SYN);
+    assert_eq!(run(&dp, &f).0, XDP_PASS, "no usable server: the kernel's");
+}
