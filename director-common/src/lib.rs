@@ -251,6 +251,53 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
 }
 
+/// The murmur3 finaliser: spreads every input bit over the output.
+#[inline(always)]
+pub const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// XOR of the four 32-bit words of an address (IPv4: its only word).
+#[inline(always)]
+pub const fn fold_addr(a: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+        ^ u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
+        ^ u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
+        ^ u32::from_ne_bytes([a[12], a[13], a[14], a[15]])
+}
+
+/// Hash of a client-to-VIP flow (`mh`): the same on every director, so any
+/// director places a flow on the same real server.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let s = fold_addr(&key.src);
+    let d = fold_addr(&key.dst);
+    let p = u32::from_ne_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]);
+    fmix32(
+        s.wrapping_mul(0x9e37_79b1)
+            ^ d.rotate_left(16)
+            ^ p.wrapping_mul(0x85eb_ca6b)
+            ^ key.protocol as u32,
+    )
+}
+
+/// Hash of the addresses alone: fragments (no ports after the first).
+#[inline(always)]
+pub const fn addr_hash(src: &[u8; 16], dst: &[u8; 16]) -> u32 {
+    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ fold_addr(dst).rotate_left(16))
+}
+
+/// Hash of the client address alone (`sh`, source hashing).
+#[inline(always)]
+pub const fn source_hash(src: &[u8; 16]) -> u32 {
+    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,51 +341,6 @@ mod tests {
             maglev_base(MAX_SERVICES - 1, 1) + MAGLEV_ELEMS_PER_TABLE,
             MAGLEV_ELEMS
         );
-        assert!(MAGLEV_ELEMS_PER_TABLE * MAGLEV_LANES >= MAGLEV_TABLE_SIZE);
+        const { assert!(MAGLEV_ELEMS_PER_TABLE * MAGLEV_LANES >= MAGLEV_TABLE_SIZE) };
     }
-}
-
-/// The murmur3 finaliser: spreads every input bit over the output.
-#[inline(always)]
-pub const fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
-}
-
-/// XOR of the four 32-bit words of an address (IPv4: its only word).
-#[inline(always)]
-pub const fn fold_addr(a: &[u8; 16]) -> u32 {
-    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
-        ^ u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
-        ^ u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
-        ^ u32::from_ne_bytes([a[12], a[13], a[14], a[15]])
-}
-
-/// Hash of a client-to-VIP flow (`mh`): the same on every director, so any
-/// director places a flow on the same real server.
-#[inline(always)]
-pub const fn flow_hash(key: &FlowKey) -> u32 {
-    let s = fold_addr(&key.src);
-    let d = fold_addr(&key.dst);
-    let p = u32::from_ne_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]);
-    fmix32(
-        s.wrapping_mul(0x9e37_79b1) ^ d.rotate_left(16) ^ p.wrapping_mul(0x85eb_ca6b)
-            ^ key.protocol as u32,
-    )
-}
-
-/// Hash of the addresses alone: fragments (no ports after the first).
-#[inline(always)]
-pub const fn addr_hash(src: &[u8; 16], dst: &[u8; 16]) -> u32 {
-    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ fold_addr(dst).rotate_left(16))
-}
-
-/// Hash of the client address alone (`sh`, source hashing).
-#[inline(always)]
-pub const fn source_hash(src: &[u8; 16]) -> u32 {
-    fmix32(fold_addr(src).wrapping_mul(0x9e37_79b1) ^ 0x5bd1_e995)
 }

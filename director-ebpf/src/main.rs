@@ -38,8 +38,7 @@ use director_common::{
 };
 
 #[map(name = "SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES * 2, 0);
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES * 2, 0);
 
 #[map(name = "BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_REAL_SERVERS, 0);
@@ -224,11 +223,11 @@ fn find_service(key: &FlowKey) -> Option<ServiceValue> {
     };
     // SAFETY (both lookups): the value is copied out at once; the daemon
     // replaces entries whole.
-    if let Some(v) = unsafe { SERVICES.get(&skey) } {
+    if let Some(v) = unsafe { SERVICES.get(skey) } {
         return Some(*v);
     }
     skey.port = [0, 0];
-    unsafe { SERVICES.get(&skey) }.copied()
+    unsafe { SERVICES.get(skey) }.copied()
 }
 
 /// The real server id at `hash` in the service's Maglev table.
@@ -237,7 +236,11 @@ fn maglev(service: &ServiceValue, hash: u32) -> Option<u32> {
     let slot = hash % MAGLEV_TABLE_SIZE;
     let elem = MAGLEV.get(service.table + slot / MAGLEV_LANES)?;
     let id = elem[(slot % MAGLEV_LANES) as usize];
-    if id == NO_BACKEND { None } else { Some(id as u32) }
+    if id == NO_BACKEND {
+        None
+    } else {
+        Some(id as u32)
+    }
 }
 
 /// A usable backend by id, with the generation it has now.
@@ -273,14 +276,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
         {
             if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
                 // Refresh the idle time at most once a second per flow.
-                let _ = FLOWS.insert(
-                    key,
-                    &FlowValue {
-                        atime: now,
-                        ..flow
-                    },
-                    0,
-                );
+                let _ = FLOWS.insert(key, FlowValue { atime: now, ..flow }, 0);
             }
             count(ctx, &service, flow.backend, false);
             return Ok(rewrite(ctx, &b));
@@ -291,7 +287,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
     let (id, b) = place(key, &service, now)?;
     let _ = FLOWS.insert(
         key,
-        &FlowValue {
+        FlowValue {
             backend: id,
             generation: b.generation,
             atime: now,
@@ -319,12 +315,12 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     };
     if persistent {
         // SAFETY: copied out at once.
-        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
+        if let Some(p) = unsafe { PERSIST.get(pkey) }.copied()
             && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
             && let Some(b) = backend(p.backend)
             && b.generation == p.generation
         {
-            let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
+            let _ = PERSIST.insert(pkey, FlowValue { atime: now, ..p }, 0);
             return Ok((p.backend, b));
         }
     }
@@ -337,8 +333,8 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     let b = backend(id).ok_or(Pass)?;
     if persistent {
         let _ = PERSIST.insert(
-            &pkey,
-            &FlowValue {
+            pkey,
+            FlowValue {
                 backend: id,
                 generation: b.generation,
                 atime: now,
@@ -367,7 +363,7 @@ fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
         flags: KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
     };
     // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
+    let service = unsafe { SERVICES.get(skey) }.copied().ok_or(Pass)?;
     let id = maglev(&service, addr_hash(&key.src, &key.dst)).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     count(ctx, &service, id, false);
@@ -423,7 +419,7 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
     key.sport = [ports[2], ports[3]];
     let service = find_service(&key).ok_or(Pass)?;
     // SAFETY: copied out at once.
-    let id = match unsafe { FLOWS.get(&key) }.copied() {
+    let id = match unsafe { FLOWS.get(key) }.copied() {
         Some(flow) => flow.backend,
         None => {
             let hash = if service.flags & SVC_SOURCE_HASH != 0 {

@@ -50,7 +50,9 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot reach the daemon at {path}: {source} (is `director run` running with this state directory?)")]
+    #[error(
+        "cannot reach the daemon at {path}: {source} (is `director run` running with this state directory?)"
+    )]
     Connect {
         path: PathBuf,
         source: std::io::Error,
@@ -101,34 +103,32 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -> st
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
-    let response = match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
-        .await
-    {
-        Err(_) => Response::Error {
-            error: "timed out reading the request".into(),
-        },
-        Ok(Err(e)) => Response::Error {
-            error: format!("cannot read the request: {e}"),
-        },
-        Ok(Ok(_)) => match parse_request(&line) {
-            Err(error) => Response::Error { error },
-            Ok(request) => {
-                let (reply, answer) = oneshot::channel();
-                if tx.send((request, reply)).await.is_err() {
-                    Response::Error {
-                        error: "the daemon is stopping".into(),
+    let response =
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+            Err(_) => Response::Error {
+                error: "timed out reading the request".into(),
+            },
+            Ok(Err(e)) => Response::Error {
+                error: format!("cannot read the request: {e}"),
+            },
+            Ok(Ok(_)) => match parse_request(&line) {
+                Err(error) => Response::Error { error },
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if tx.send((request, reply)).await.is_err() {
+                        Response::Error {
+                            error: "the daemon is stopping".into(),
+                        }
+                    } else {
+                        answer.await.unwrap_or(Response::Error {
+                            error: "the daemon dropped the request".into(),
+                        })
                     }
-                } else {
-                    answer.await.unwrap_or(Response::Error {
-                        error: "the daemon dropped the request".into(),
-                    })
                 }
-            }
-        },
-    };
-    let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
-        format!("{{\"error\":\"cannot encode the answer: {e}\"}}")
-    });
+            },
+        };
+    let mut text = serde_json::to_string(&response)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the answer: {e}\"}}"));
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await
@@ -157,7 +157,8 @@ pub fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlE
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    let mut line = serde_json::to_string(request).map_err(|e| ControlError::Answer(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(request).map_err(|e| ControlError::Answer(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
@@ -171,7 +172,10 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        assert_eq!(parse_request("{\"command\":\"status\"}\n"), Ok(Request::Status));
+        assert_eq!(
+            parse_request("{\"command\":\"status\"}\n"),
+            Ok(Request::Status)
+        );
         assert_eq!(parse_request("status\n"), Ok(Request::Status));
         assert!(parse_request("{\"command\":\"reboot\"}").is_err());
         assert!(parse_request("{\"command\":\"status\",\"x\":1}").is_err());

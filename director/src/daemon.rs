@@ -101,7 +101,7 @@ impl Resolver {
                 warn!(real_server = %addr, error = %e, "cannot ask the kernel to resolve real server");
             }
             if next != *state {
-                match (state.clone(), next) {
+                match (*state, next) {
                     (Resolution::Resolved(old), Resolution::Resolved(mac)) => {
                         info!(real_server = %addr, old = %old, new = %mac, "real server MAC changed")
                     }
@@ -120,6 +120,18 @@ impl Resolver {
             }
         }
         Ok(unresolved)
+    }
+
+    /// Starts from the MACs a previous daemon used, so a restart does not
+    /// take servers out while the kernel re-resolves them.
+    fn seed(&mut self, known: Vec<(IpAddr, Mac)>) {
+        for (addr, mac) in known {
+            if let Some(state) = self.servers.get_mut(&addr)
+                && *state == Resolution::Pending
+            {
+                *state = Resolution::Resolved(mac);
+            }
+        }
     }
 
     fn mac(&self, addr: &IpAddr) -> Option<Mac> {
@@ -325,8 +337,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let control = control::serve(&g.state_dir, control_tx)?;
     let mut neigh_events = neighbors.events()?;
 
+    let mut resolver = Resolver::new(&config);
+    resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
-        resolver: Resolver::new(&config),
+        resolver,
         config,
         dataplane,
         applied: None,

@@ -114,7 +114,14 @@ pub fn l4_frame(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => ethernet(
             0x0800,
-            &ipv4(s.octets(), d.octets(), protocol, Frag::default(), &[], payload),
+            &ipv4(
+                s.octets(),
+                d.octets(),
+                protocol,
+                Frag::default(),
+                &[],
+                payload,
+            ),
         ),
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             ethernet(0x86dd, &ipv6(s.octets(), d.octets(), protocol, payload))

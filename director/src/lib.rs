@@ -3,8 +3,8 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod frames;
 pub mod maglev;
-pub mod dataplane;
 pub mod neighbor;
 pub mod status;

@@ -141,12 +141,8 @@ mod tests {
             let removed = all[n / 2].id;
             let rest: Vec<Entry> = all.iter().copied().filter(|e| e.id != removed).collect();
             let after = build(&rest, M);
-            let moved = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| b != a)
-                .count() as f64
-                / f64::from(M);
+            let moved =
+                before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / f64::from(M);
             let ideal = 1.0 / n as f64;
             // Every slot of the removed server must move; Maglev moves a
             // little more than that, and the paper's bound is loose.

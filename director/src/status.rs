@@ -151,7 +151,15 @@ mod tests {
             assert!(vs.get(k).is_some(), "{k}");
         }
         let rs = &vs["real_servers"][0];
-        for k in ["address", "port", "weight", "mac", "packets", "bytes", "new_flows"] {
+        for k in [
+            "address",
+            "port",
+            "weight",
+            "mac",
+            "packets",
+            "bytes",
+            "new_flows",
+        ] {
             assert!(rs.get(k).is_some(), "{k}");
         }
         assert!(rs["mac"].is_null());

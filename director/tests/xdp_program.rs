@@ -57,8 +57,16 @@ fn run(dp: &XdpDataplane, frame: &[u8]) -> (u32, [u8; 6]) {
     assert_ne!(verdict, 0, "XDP_ABORTED");
     assert_eq!(out.len(), frame.len(), "frame length changed");
     if verdict == XDP_TX {
-        assert_eq!(&out[6..12], &DIRECTOR_MAC, "source MAC must be the director's");
-        assert_eq!(&out[12..], &frame[12..], "a rewrite may only change the MACs");
+        assert_eq!(
+            &out[6..12],
+            &DIRECTOR_MAC,
+            "source MAC must be the director's"
+        );
+        assert_eq!(
+            &out[12..],
+            &frame[12..],
+            "a rewrite may only change the MACs"
+        );
     } else {
         assert_eq!(out, frame, "a passed frame must be untouched");
     }
@@ -118,7 +126,12 @@ fn other_traffic_passes_untouched() {
         // A VIP and port, but the other protocol.
         frames::udp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.100"), 80),
         // ICMP echo to the VIP.
-        frames::l4_frame(ip("10.1.0.1"), ip("10.0.0.100"), 1, &[8, 0, 0, 0, 0, 1, 0, 1]),
+        frames::l4_frame(
+            ip("10.1.0.1"),
+            ip("10.0.0.100"),
+            1,
+            &[8, 0, 0, 0, 0, 1, 0, 1],
+        ),
         // ARP.
         frames::ethernet(0x0806, &[0u8; 28]),
         // A VLAN-tagged frame (not handled: the kernel's).
@@ -171,7 +184,14 @@ fn ipv4_options_are_handled() {
     let opts = [0x94, 0x04, 0, 0]; // router alert
     let f = frames::ethernet(
         0x0800,
-        &frames::ipv4([10, 1, 0, 1], [10, 0, 0, 100], 6, Frag::default(), &opts, &tcp),
+        &frames::ipv4(
+            [10, 1, 0, 1],
+            [10, 0, 0, 100],
+            6,
+            Frag::default(),
+            &opts,
+            &tcp,
+        ),
     );
     assert_eq!(run(&dp, &f).0, XDP_TX);
     // A header length below 20 bytes is malformed: the kernel's.
@@ -289,7 +309,11 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
     assert_eq!(before, after, "draining moved established flows");
     for p in 0..300u16 {
         let f = frames::tcp_frame(ip("10.5.0.1"), 20000 + p, ip("10.0.0.100"), 80, SYN);
-        assert_ne!(run(&dp, &f).1, drained, "a new flow went to a draining server");
+        assert_ne!(
+            run(&dp, &f).1,
+            drained,
+            "a new flow went to a draining server"
+        );
     }
 
     // Removal: its flows are placed again; the others do not move.

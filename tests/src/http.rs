@@ -3,9 +3,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -60,6 +64,111 @@ pub struct Tally {
     pub by_body: BTreeMap<String, usize>,
     /// The first few errors, for diagnosis.
     pub errors: Vec<String>,
+}
+
+/// One HTTP/1.1 keep-alive connection: several requests on one TCP flow.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<KeepAlive> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+            addr,
+        })
+    }
+
+    /// `GET path` on this connection.
+    pub fn get(&mut self, path: &str) -> Result<Response> {
+        let addr = self.addr;
+        write!(
+            self.reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: director-lab\r\n\r\n"
+        )?;
+        let mut status_line = String::new();
+        if self.reader.read_line(&mut status_line)? == 0 {
+            bail!("connection closed");
+        }
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no HTTP status line")?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("connection closed in the headers");
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().context("content-length")?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            body: String::from_utf8_lossy(&body).to_string(),
+        })
+    }
+}
+
+/// Sends requests back to back, each on a new connection, until `stop` is
+/// set.
+pub fn hammer_until(addr: SocketAddr, stop: Arc<AtomicBool>, timeout: Duration) -> Tally {
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::Relaxed) {
+        let one = hammer(addr, 1, timeout);
+        tally.ok += one.ok;
+        tally.failed += one.failed;
+        for (k, v) in one.by_body {
+            *tally.by_body.entry(k).or_default() += v;
+        }
+        if tally.errors.len() < 5 {
+            tally.errors.extend(one.errors);
+        }
+        if one.failed > 0 {
+            // Do not spin on an immediate refusal.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    tally
+}
+
+/// Runs `f` while a thread keeps requests flowing to `addr` from `node`'s
+/// namespace; returns `f`'s result and the traffic's tally.
+pub fn under_load<T>(
+    ns: &crate::Netns,
+    addr: SocketAddr,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Tally)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = ns.spawn_thread(move || hammer_until(addr, flag, Duration::from_secs(2)));
+    let started = Instant::now();
+    // Let the load get going before acting.
+    while started.elapsed() < Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = f();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let tally = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    Ok((result?, tally))
 }
 
 /// Sends `n` sequential requests, each on a new connection (so each is a

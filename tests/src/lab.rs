@@ -8,10 +8,12 @@
 //!    10.0.0.2    10.0.0.10+i    10.0.0.20+j
 //!                        VIP 10.0.0.100
 //! ```
-//! Every host namespace has one interface, `eth0`, in 10.0.0.0/24.
+//! Every host namespace has one interface, `eth0`, in 10.0.0.0/24 and
+//! fd00::/64 (host `10.0.0.N` is also `fd00::N`); the VIPs are 10.0.0.100
+//! and fd00::100.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -20,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    netns::{Netns, Proc, destroy_netns},
+    netns::{Netns, Proc, destroy_netns, sh},
     xdp_pass,
 };
 
@@ -29,8 +31,17 @@ use crate::{
 pub const PREFIX: &str = "dlab-";
 /// The virtual IP the lab's real servers serve.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// The IPv6 virtual IP.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 /// The client's address.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Ports the real servers' HTTP server listens on.
+pub const HTTP_PORTS: [u16; 2] = [80, 8080];
+
+/// The IPv6 twin of a lab IPv4 address (10.0.0.N -> fd00::N).
+pub fn v6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip.octets()[3]))
+}
 /// Prefix length of the lab subnet.
 pub const PREFIX_LEN: u8 = 24;
 
@@ -77,6 +88,20 @@ pub struct Node {
 }
 
 impl Node {
+    /// The host's IPv6 address.
+    pub fn ip6(&self) -> Ipv6Addr {
+        v6_of(self.ip)
+    }
+
+    /// The host's address in `family` (4 or 6).
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.ip6().into()
+        } else {
+            self.ip.into()
+        }
+    }
+
     /// MAC address of `eth0`.
     pub fn mac(&self) -> Result<String> {
         let out = self.ns.ip(&["link", "show", "eth0"])?;
@@ -107,8 +132,9 @@ pub struct Lab {
     /// Scratch directory for configs and logs (removed on drop unless
     /// `DIRECTOR_LAB_KEEP` is set).
     pub dir: PathBuf,
-    // Drop order: processes, then hosts, then the switch.
+    // Drop order: processes, then mounts, then hosts, then the switch.
     servers: Vec<Proc>,
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
     pub client: Node,
     pub directors: Vec<Node>,
     pub real_servers: Vec<Node>,
@@ -144,6 +170,10 @@ impl Lab {
 
         let host = |name: &str, ip: Ipv4Addr| -> Result<Node> {
             let ns = Netns::create(&format!("{id}-{name}"))?;
+            // Addresses usable at once: no duplicate address detection.
+            for iface in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
+            }
             let port = format!("p-{name}");
             switch.ip(&[
                 "link",
@@ -159,6 +189,15 @@ impl Lab {
             ])?;
             switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
             ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", v6_of(ip)),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             Ok(Node {
                 name: name.to_string(),
@@ -180,6 +219,15 @@ impl Lab {
             xdp_pass::attach(&switch, &d.port, &format!("{id}-{}", d.name))?;
             if i == 0 && spec.vip_on_director {
                 d.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+                d.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
             }
             directors.push(d);
         }
@@ -188,9 +236,20 @@ impl Lab {
         let mut servers = Vec::new();
         for j in 0..spec.real_servers {
             let rs = host(&format!("rs{}", j + 1), real_server_ip(j))?;
-            // LVS-DR real server: holds the VIP, never answers ARP for it.
+            // LVS-DR real server: holds the VIP, never answers ARP for it
+            // (IPv6 answers neighbour solicitations only for addresses on
+            // the interface asked, so the VIP on lo stays silent).
             rs.ns
                 .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            rs.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{VIP6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])?;
             for iface in ["all", "eth0"] {
                 rs.ns
                     .sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
@@ -205,6 +264,7 @@ impl Lab {
             id,
             dir,
             servers,
+            mounts: std::sync::Mutex::new(Vec::new()),
             client,
             directors,
             real_servers,
@@ -224,6 +284,26 @@ impl Lab {
         let path = self.dir.join(name);
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// A state directory for a director, with a bpffs mounted at its `bpf`
+    /// subdirectory in the host's mount namespace. (`ip netns exec` gives
+    /// the daemon a private mount namespace: a bpffs it mounted itself would
+    /// vanish with it, and the pinned dataplane with it.) Unmounted when the
+    /// lab drops.
+    pub fn state_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(format!("state-{name}"));
+        let bpf = dir.join("bpf");
+        let mut mounts = self
+            .mounts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lab mount list poisoned"))?;
+        if !mounts.contains(&bpf) {
+            std::fs::create_dir_all(&bpf)?;
+            sh("mount", &["-t", "bpf", "bpf", &bpf.to_string_lossy()])?;
+            mounts.push(bpf);
+        }
+        Ok(dir)
     }
 
     /// Path of a file in the lab directory.
@@ -260,6 +340,14 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
+        if let Ok(mounts) = self.mounts.lock() {
+            for m in mounts.iter() {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(m)
+                    .status();
+            }
+        }
         if std::env::var_os("DIRECTOR_LAB_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -285,6 +373,9 @@ http {{
     scgi_temp_path {b}/tmp/scgi;
     server {{
         listen 80 reuseport;
+        listen [::]:80 reuseport;
+        listen 8080 reuseport;
+        listen [::]:8080 reuseport;
         default_type text/plain;
         location / {{ return 200 "{name}\n"; }}
     }}
@@ -332,7 +423,18 @@ pub fn clean(all: bool) -> Result<Vec<String>> {
         destroy_netns(&name);
         removed.push(name);
     }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for (name, path) in list(&std::env::temp_dir()) {
+        let prefix = format!("{}/", path.display());
+        for point in mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&prefix))
+        {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", point])
+                .status();
+        }
         if std::fs::remove_dir_all(&path).is_ok() {
             removed.push(path.display().to_string());
         }

@@ -98,16 +98,24 @@ impl Netns {
     /// socket it opens lives here. Async code inside should build its own
     /// current-thread runtime on that thread.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        let handle = std::thread::spawn(move || -> Result<T> {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-            Ok(f())
-        });
-        match handle.join() {
+        match self.spawn_thread(f).join() {
             Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+
+    /// Like [`Netns::run`], but returns at once: join the handle for the
+    /// result.
+    pub fn spawn_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        std::thread::spawn(move || -> Result<T> {
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+            Ok(f())
+        })
     }
 
     /// Pids of the processes inside the namespace.

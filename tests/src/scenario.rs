@@ -9,26 +9,38 @@ use crate::{Lab, Proc, director_bin, lab::VIP};
 
 /// A director config for `lab`: the VIP on port 80/tcp served by the given
 /// real-server addresses, state kept in the lab directory.
-pub fn http_config(lab: &Lab, router_id: &str, real_servers: &[String]) -> String {
-    let mut config = format!(
-        r#"[global]
-router_id = "{router_id}"
-interface = "eth0"
-state_dir = "{state}"
+pub fn http_config(lab: &Lab, router_id: &str, real_servers: &[String]) -> Result<String> {
+    let mut config = global_config(lab, router_id)?;
+    config.push_str(&virtual_server(&VIP.to_string(), 80, real_servers, &[]));
+    Ok(config)
+}
 
-[[virtual_server]]
-address = "{VIP}"
-port = 80
-protocol = "tcp"
-"#,
-        state = lab.path(&format!("state-{router_id}")).display(),
-    );
+/// The `[global]` table for director `router_id` of the lab.
+pub fn global_config(lab: &Lab, router_id: &str) -> Result<String> {
+    Ok(format!(
+        "[global]\nrouter_id = \"{router_id}\"\ninterface = \"eth0\"\nstate_dir = \"{}\"\n",
+        lab.state_dir(router_id)?.display()
+    ))
+}
+
+/// A `[[virtual_server]]` table; `weights` gives (address, weight) overrides.
+pub fn virtual_server(
+    vip: &str,
+    port: u16,
+    real_servers: &[String],
+    weights: &[(&str, u32)],
+) -> String {
+    let mut s =
+        format!("\n[[virtual_server]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\n");
     for rs in real_servers {
-        config.push_str(&format!(
-            "\n  [[virtual_server.real_server]]\n  address = \"{rs}\"\n  port = 80\n"
+        s.push_str(&format!(
+            "\n  [[virtual_server.real_server]]\n  address = \"{rs}\"\n"
         ));
+        if let Some((_, w)) = weights.iter().find(|(a, _)| a == rs) {
+            s.push_str(&format!("  weight = {w}\n"));
+        }
     }
-    config
+    s
 }
 
 /// Starts `director run --config CONFIG` on director `index` of the lab,
@@ -56,6 +68,52 @@ pub fn forwarded_packets(log: &str) -> Option<u64> {
         .and_then(|l| l.split("packets=").nth(1))
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+/// `director status --json --state-dir DIR`, parsed.
+pub fn status(state_dir: &Path) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(director_bin()?)
+        .args(["status", "--json", "--state-dir"])
+        .arg(state_dir)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "director status failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Waits until the daemon's status satisfies `pred`.
+pub fn wait_status(
+    state_dir: &Path,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match status(state_dir) {
+            Ok(s) if pred(&s) => return Ok(s),
+            Ok(s) => last = Some(s.to_string()),
+            Err(e) => last = Some(format!("{e:#}")),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("status never matched within {timeout:?}; last: {last:?}")
+}
+
+/// Whether every real server of every virtual server has a MAC.
+pub fn all_resolved(s: &serde_json::Value) -> bool {
+    s["virtual_servers"].as_array().is_some_and(|v| {
+        !v.is_empty()
+            && v.iter().all(|vs| {
+                vs["real_servers"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|rs| rs["mac"].is_string()))
+            })
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn forwards_http_to_real_servers_in_dr_mode() -> Result<()> {
     real_servers.push(PHANTOM.to_string());
     let config = lab.write(
         "director.toml",
-        &scenario::http_config(&lab, "lab-director", &real_servers),
+        &scenario::http_config(&lab, "lab-director", &real_servers)?,
     )?;
     let mut daemon = scenario::spawn_director(&lab, 0, &config)?;
     scenario::wait_forwarding(&mut daemon, 2)?;
@@ -87,30 +87,47 @@ fn forwards_http_to_real_servers_in_dr_mode() -> Result<()> {
         "no log line from the XDP program:\n{log}"
     );
 
-    // Clean stop on SIGTERM, nothing left in the kernel.
+    // SIGTERM stops the daemon cleanly; the pinned dataplane keeps
+    // forwarding (the daemon is only the control plane).
     let code = daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
     ensure!(
         code == Some(0),
         "director exited with {code:?}:\n{}",
         daemon.log()
     );
-    ensure!(
-        !director.xdp_attached()?,
-        "XDP program left on eth0 after the daemon exited"
-    );
     let log = daemon.log();
     let forwarded = scenario::forwarded_packets(&log).context("no traffic summary in the log")?;
     // Each request is at least SYN, ACK+request, FIN from the client.
     ensure!(forwarded >= 600, "only {forwarded} packets forwarded");
+    ensure!(
+        director.xdp_attached()?,
+        "the dataplane left with the daemon"
+    );
+    let tally = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(3)))?;
+    ensure!(
+        tally.ok == 20,
+        "not forwarding without the daemon: {tally:?}"
+    );
 
-    // Without the XDP program nobody forwards: the director's own stack
-    // refuses port 80.
+    // `director run --flush` removes it: nothing is left in the kernel, and
+    // the director's own stack refuses port 80.
+    let bin = director_tests::director_bin()?;
+    director.ns.exec(
+        &bin.to_string_lossy(),
+        &["run", "--flush", "--config", &config.to_string_lossy()],
+    )?;
+    ensure!(
+        !director.xdp_attached()?,
+        "XDP program left on eth0 after the flush"
+    );
     let after = lab
         .client
         .run(move || http::get(vip, "/", Duration::from_secs(2)))?;
     ensure!(
         after.is_err(),
-        "VIP still answered after the daemon stopped: {after:?}"
+        "VIP still answered after the flush: {after:?}"
     );
     Ok(())
 }

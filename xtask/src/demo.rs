@@ -39,7 +39,7 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
     }
 
     let real_servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
-    let config_text = scenario::http_config(&lab, "director1", &real_servers);
+    let config_text = scenario::http_config(&lab, "director1", &real_servers)?;
     let config = lab.write("director.toml", &config_text)?;
     println!("\n== config ({}) ==\n{config_text}", config.display());
 

@@ -148,7 +148,7 @@ enum Logger {
     /// A task forwards records to our log.
     Task(tokio::task::JoinHandle<()>),
     /// Held but not read (test runs).
-    Held(#[allow(dead_code)] EbpfLogger<&'static dyn log::Log>),
+    Held(#[allow(dead_code)] Box<EbpfLogger<&'static dyn log::Log>>),
 }
 
 /// The loaded XDP program and the daemon's view of its maps.
@@ -224,7 +224,7 @@ impl XdpDataplane {
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
         let dp = XdpDataplane {
-            logger: logger.map(Logger::Held),
+            logger: logger.map(|l| Logger::Held(Box::new(l))),
             ebpf,
             attachment: Attachment::None,
             interface: String::new(),
@@ -259,11 +259,7 @@ impl XdpDataplane {
             ..Default::default()
         })?;
         out.truncate(result.data_size_out as usize);
-        Ok((
-            result.return_value,
-            out,
-            result.duration.as_nanos() as u64,
-        ))
+        Ok((result.return_value, out, result.duration.as_nanos() as u64))
     }
 
     /// Direct access to the program, for benchmarks.
@@ -281,7 +277,8 @@ impl XdpDataplane {
             udp_timeout_ns: u64::from(udp_timeout_s) * 1_000_000_000,
         };
         if self.settings != Some(settings) {
-            let mut array: Array<&mut MapData, Settings> = Array::try_from(self.map_mut(MAP_SETTINGS)?)?;
+            let mut array: Array<&mut MapData, Settings> =
+                Array::try_from(self.map_mut(MAP_SETTINGS)?)?;
             array.set(0, settings, 0)?;
             self.settings = Some(settings);
         }
@@ -411,6 +408,16 @@ impl XdpDataplane {
         Ok(())
     }
 
+    /// MACs of the real servers found in adopted (pinned) maps: the last
+    /// ones a previous daemon used.
+    pub fn known_macs(&self) -> Vec<(IpAddr, crate::neighbor::Mac)> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.written.flags & BACKEND_USABLE != 0)
+            .map(|((_, addr), s)| (*addr, crate::neighbor::Mac(s.written.mac)))
+            .collect()
+    }
+
     /// Counters of a service, summed over CPUs.
     pub fn service_traffic(&self, service: &ServicePlan) -> Result<Traffic, XdpError> {
         match self.services.get(&service.key()) {
@@ -510,7 +517,12 @@ impl XdpDataplane {
     }
 
     /// The slot of a service's real server, allocated on first use.
-    fn slot(&mut self, key: ServiceKey, service_id: u32, address: IpAddr) -> Result<Slot, XdpError> {
+    fn slot(
+        &mut self,
+        key: ServiceKey,
+        service_id: u32,
+        address: IpAddr,
+    ) -> Result<Slot, XdpError> {
         if let Some(slot) = self.slots.get(&(key, address)) {
             return Ok(*slot);
         }
@@ -556,9 +568,7 @@ impl XdpDataplane {
                 flags: key.flags | KEY_FRAGMENT,
                 ..*key
             };
-            wanted
-                .entry(frag)
-                .or_insert(self.services[key].value);
+            wanted.entry(frag).or_insert(self.services[key].value);
         }
         let stale: Vec<ServiceKey> = self
             .fragments
@@ -639,8 +649,7 @@ impl XdpDataplane {
 
 impl Drop for XdpDataplane {
     fn drop(&mut self) {
-        if let Attachment::Owned(link) = std::mem::replace(&mut self.attachment, Attachment::None)
-        {
+        if let Attachment::Owned(link) = std::mem::replace(&mut self.attachment, Attachment::None) {
             self.detach_owned(link);
         }
         if let Some(Logger::Task(task)) = self.logger.take() {
@@ -725,7 +734,11 @@ fn attach_pinned(
                 .map_err(|e| XdpError::Link(format!("not an XDP link: {e}")))?;
             program.attach_to_link(link)?;
             let mode = pinned_mode.unwrap_or(AttachMode::Native);
-            info!(interface, mode = mode.as_str(), "XDP program replaced in the pinned link, without a gap");
+            info!(
+                interface,
+                mode = mode.as_str(),
+                "XDP program replaced in the pinned link, without a gap"
+            );
             return Ok((Attachment::Pinned, mode));
         }
         // The interface changed: the old link goes.
