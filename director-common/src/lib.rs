@@ -151,13 +151,18 @@ pub struct ServiceValue {
 /// configured; weight 0 drains but keeps this flag).
 pub const BACKEND_USABLE: u8 = 1;
 
+/// [`Backend::flags`]: weight 0. Established flows continue, but a TCP SYN
+/// that hits one of its flow entries (a client reusing a port) is placed
+/// again, so a draining server gets no new connection at all.
+pub const BACKEND_DRAINING: u8 = 2;
+
 /// One real server (of one service) as the XDP program sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// Destination MAC written into forwarded frames.
     pub mac: [u8; 6],
-    /// [`BACKEND_USABLE`].
+    /// [`BACKEND_USABLE`], [`BACKEND_DRAINING`].
     pub flags: u8,
     /// 4 or 6 (user space only).
     pub family: u8,

@@ -21,6 +21,12 @@
 //! nothing is ever read past the end of the frame.
 #![no_std]
 #![no_main]
+// Map keys and values go by reference: passing them by value copies them
+// onto the BPF stack, which is 512 bytes for the whole call chain.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by-value map arguments cost BPF stack"
+)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
@@ -31,10 +37,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, IPPROTO_TCP, IPPROTO_UDP,
-    KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_PERSIST,
-    MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey, SVC_PERSISTENT, SVC_SOURCE_HASH,
-    ServiceKey, ServiceValue, Settings, addr_hash, flow_hash, source_hash,
+    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, IPPROTO_TCP,
+    IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS,
+    MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey, SVC_PERSISTENT,
+    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, addr_hash, flow_hash, source_hash,
 };
 
 #[map(name = "SERVICES")]
@@ -137,7 +143,7 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
         let ports: [u8; 4] = read(ctx, packet.l4)?;
         packet.key.sport = [ports[0], ports[1]];
         packet.key.dport = [ports[2], ports[3]];
-        forward_flow(ctx, &packet.key)
+        forward_flow(ctx, &packet.key, packet.l4)
     } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
         forward_icmp_error(ctx, &packet)
     } else {
@@ -223,11 +229,11 @@ fn find_service(key: &FlowKey) -> Option<ServiceValue> {
     };
     // SAFETY (both lookups): the value is copied out at once; the daemon
     // replaces entries whole.
-    if let Some(v) = unsafe { SERVICES.get(skey) } {
+    if let Some(v) = unsafe { SERVICES.get(&skey) } {
         return Some(*v);
     }
     skey.port = [0, 0];
-    unsafe { SERVICES.get(skey) }.copied()
+    unsafe { SERVICES.get(&skey) }.copied()
 }
 
 /// The real server id at `hash` in the service's Maglev table.
@@ -254,7 +260,7 @@ fn backend(id: u32) -> Option<Backend> {
 }
 
 #[inline(always)]
-fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
+fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass> {
     let service = find_service(key).ok_or(Pass)?;
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until the LRU
@@ -273,10 +279,11 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
         if fresh
             && let Some(b) = backend(flow.backend)
             && b.generation == flow.generation
+            && !(b.flags & BACKEND_DRAINING != 0 && is_new_tcp_connection(ctx, key, l4))
         {
             if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
                 // Refresh the idle time at most once a second per flow.
-                let _ = FLOWS.insert(key, FlowValue { atime: now, ..flow }, 0);
+                let _ = FLOWS.insert(key, &FlowValue { atime: now, ..flow }, 0);
             }
             count(ctx, &service, flow.backend, false);
             return Ok(rewrite(ctx, &b));
@@ -287,7 +294,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
     let (id, b) = place(key, &service, now)?;
     let _ = FLOWS.insert(
         key,
-        FlowValue {
+        &FlowValue {
             backend: id,
             generation: b.generation,
             atime: now,
@@ -296,6 +303,19 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
     );
     count(ctx, &service, id, true);
     Ok(rewrite(ctx, &b))
+}
+
+/// A TCP SYN without ACK: a client opening a connection. Only asked about
+/// flows of draining servers, so the common path never reads the flags.
+#[inline(always)]
+fn is_new_tcp_connection(ctx: &XdpContext, key: &FlowKey, l4: usize) -> bool {
+    if key.protocol != IPPROTO_TCP {
+        return false;
+    }
+    match read::<[u8; 14]>(ctx, l4) {
+        Ok(h) => h[13] & 0x12 == 0x02,
+        Err(Pass) => false,
+    }
 }
 
 /// Chooses the real server for a new flow: the client's previous one with
@@ -315,12 +335,12 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     };
     if persistent {
         // SAFETY: copied out at once.
-        if let Some(p) = unsafe { PERSIST.get(pkey) }.copied()
+        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
             && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
             && let Some(b) = backend(p.backend)
             && b.generation == p.generation
         {
-            let _ = PERSIST.insert(pkey, FlowValue { atime: now, ..p }, 0);
+            let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
             return Ok((p.backend, b));
         }
     }
@@ -333,8 +353,8 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     let b = backend(id).ok_or(Pass)?;
     if persistent {
         let _ = PERSIST.insert(
-            pkey,
-            FlowValue {
+            &pkey,
+            &FlowValue {
                 backend: id,
                 generation: b.generation,
                 atime: now,
@@ -363,7 +383,7 @@ fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
         flags: KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
     };
     // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(skey) }.copied().ok_or(Pass)?;
+    let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
     let id = maglev(&service, addr_hash(&key.src, &key.dst)).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     count(ctx, &service, id, false);
@@ -419,7 +439,7 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
     key.sport = [ports[2], ports[3]];
     let service = find_service(&key).ok_or(Pass)?;
     // SAFETY: copied out at once.
-    let id = match unsafe { FLOWS.get(key) }.copied() {
+    let id = match unsafe { FLOWS.get(&key) }.copied() {
         Some(flow) => flow.backend,
         None => {
             let hash = if service.flags & SVC_SOURCE_HASH != 0 {

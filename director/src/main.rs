@@ -72,7 +72,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config } => {
+            // The error already reads FILE:LINE:COL: problem; print it as is.
+            if let Err(e) = check_config(&config) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            Ok(())
+        }
         Command::Run { config, flush } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -106,21 +113,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(path: &Path) -> anyhow::Result<()> {
-    match Config::load(path) {
-        Ok(c) => {
-            let real: usize = c.virtual_server.iter().map(|v| v.real_server.len()).sum();
-            println!(
-                "{}: ok ({} virtual servers, {} real servers)",
-                path.display(),
-                c.virtual_server.len(),
-                real
-            );
-            Ok(())
-        }
-        // The error already reads FILE:LINE:COL: problem.
-        Err(e) => bail!("{e}"),
-    }
+fn check_config(path: &Path) -> Result<(), director::config::ConfigError> {
+    let c = Config::load(path)?;
+    let real: usize = c.virtual_server.iter().map(|v| v.real_server.len()).sum();
+    println!(
+        "{}: ok ({} virtual servers, {} real servers)",
+        path.display(),
+        c.virtual_server.len(),
+        real
+    );
+    Ok(())
 }
 
 fn state_dir_of(state_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {

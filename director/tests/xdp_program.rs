@@ -305,8 +305,11 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
     // Weight 0: existing flows stay, new flows avoid the server.
     plan[0].backends[1].weight = 0;
     dp.apply(&plan, 300).expect("apply");
-    let after: Vec<[u8; 6]> = flows.iter().map(|f| run(&dp, f).1).collect();
-    assert_eq!(before, after, "draining moved established flows");
+    let acks: Vec<Vec<u8>> = (0..300u16)
+        .map(|p| frames::tcp_frame(ip("10.4.0.1"), 10000 + p, ip("10.0.0.100"), 80, ACK))
+        .collect();
+    let after: Vec<[u8; 6]> = acks.iter().map(|f| run(&dp, f).1).collect();
+    assert!(before == after, "draining moved established flows");
     for p in 0..300u16 {
         let f = frames::tcp_frame(ip("10.5.0.1"), 20000 + p, ip("10.0.0.100"), 80, SYN);
         assert_ne!(
@@ -315,11 +318,32 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
             "a new flow went to a draining server"
         );
     }
+    // A new connection reusing the 5-tuple of a draining flow (a SYN) is
+    // placed again; the old flow's other packets are not affected before it.
+    let reused: Vec<usize> = (0..flows.len()).filter(|i| before[*i] == drained).collect();
+    assert!(!reused.is_empty());
+    for i in &reused {
+        let port = 10000 + *i as u16;
+        let ack = frames::tcp_frame(ip("10.4.0.1"), port, ip("10.0.0.100"), 80, ACK);
+        assert_eq!(
+            run(&dp, &ack).1,
+            drained,
+            "an established flow left a draining server"
+        );
+        assert_ne!(
+            run(&dp, &flows[*i]).1,
+            drained,
+            "a reused port reopened a draining server"
+        );
+    }
 
     // Removal: its flows are placed again; the others do not move.
     plan[0].backends.remove(1);
     dp.apply(&plan, 300).expect("apply");
-    for (f, old) in flows.iter().zip(&before) {
+    for (i, (f, old)) in acks.iter().zip(&before).enumerate() {
+        if reused.contains(&i) {
+            continue; // already moved by the SYN above
+        }
         let (v, now) = run(&dp, f);
         assert_eq!(v, XDP_TX);
         assert_ne!(now, drained, "a flow still goes to a removed server");

@@ -89,7 +89,7 @@ fn main() -> Result<()> {
             setup::run(setup::Verbosity::Quiet)?;
             let bin = build_director()?;
             let mut cmd = cargo();
-            cmd.args(["test"])
+            cmd.args(["test", "--no-fail-fast"])
                 .env("DIRECTOR_BIN", &bin)
                 .arg("--")
                 .args(args);

@@ -30,11 +30,11 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use director_common::{
-    BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE, MAGLEV_LANES,
-    MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_SETTINGS, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PINNED_MAPS,
-    PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
-    maglev_base,
+    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE,
+    MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND,
+    PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue,
+    Settings, maglev_base,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
@@ -317,7 +317,11 @@ impl XdpDataplane {
                 let usable = b.mac.is_some();
                 let mut next = slot.written;
                 next.mac = b.mac.map(|m| m.0).unwrap_or([0; 6]);
-                next.flags = if usable { BACKEND_USABLE } else { 0 };
+                next.flags = match (usable, b.weight) {
+                    (false, _) => 0,
+                    (true, 0) => BACKEND_USABLE | BACKEND_DRAINING,
+                    (true, _) => BACKEND_USABLE,
+                };
                 if next != slot.written {
                     self.write_backend(slot.id, &next)?;
                     if let Some(s) = self.slots.get_mut(&(*key, b.address)) {
