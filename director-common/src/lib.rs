@@ -59,6 +59,8 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the XDP entry point in the eBPF object.
 pub const PROG_DIRECTOR: &str = "director";
+/// Name of the benchmark floor program (MAC swap + XDP_TX).
+pub const PROG_FLOOR: &str = "floor";
 /// Every map the program pins (and the daemon adopts after a restart).
 pub const PINNED_MAPS: [&str; 8] = [
     MAP_SERVICES,

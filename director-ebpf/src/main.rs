@@ -501,6 +501,24 @@ fn rewrite(ctx: &XdpContext, b: &Backend) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The benchmark floor: swap the MACs and send the frame back. Not used by
+/// the daemon; `cargo xtask bench xdp` reports costs relative to it.
+#[xdp]
+pub fn floor(ctx: XdpContext) -> u32 {
+    let Ok(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: ptr_at checked both MAC fields are inside the frame.
+    unsafe {
+        let macs = &mut *eth;
+        let mut out = [0u8; 12];
+        out[..6].copy_from_slice(&macs[6..]);
+        out[6..].copy_from_slice(&macs[..6]);
+        *macs = out;
+    }
+    xdp_action::XDP_TX
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -47,6 +47,11 @@ enum Cmd {
     },
     /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
     Lint,
+    /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program).
+    Bench {
+        /// Which benchmark: xdp.
+        what: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +101,21 @@ fn main() -> Result<()> {
             test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
+        Cmd::Bench { what } => {
+            setup::run(setup::Verbosity::Quiet)?;
+            match what.as_str() {
+                "xdp" => exec(cargo().args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "director",
+                    "--example",
+                    "bench_xdp",
+                ])),
+                other => bail!("unknown benchmark {other:?}; known: xdp"),
+            }
+        }
     }
 }
 
