@@ -33,6 +33,11 @@ pub const NO_BACKEND: u16 = u16::MAX;
 /// Entries of the flow table (an LRU: the least recently used flows are
 /// evicted first when it is full).
 pub const MAX_FLOWS: u32 = 262_144;
+/// Bits in the VIP filter: a frame whose destination's bucket bit is clear
+/// is not for a VIP, which costs one inlined array lookup to learn.
+pub const VIP_FILTER_BITS: u32 = 65_536;
+/// `u64` words of the VIP filter array.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// Entries of the persistence (client affinity) table.
 pub const MAX_PERSIST: u32 = 65_536;
 
@@ -55,6 +60,8 @@ pub const MAP_PERSIST: &str = "PERSIST";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 /// Name of the per-CPU per-real-server counters.
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+/// Name of the VIP filter bitmap.
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
 /// Name of the global settings array (one element).
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the XDP entry point in the eBPF object.
@@ -62,7 +69,8 @@ pub const PROG_DIRECTOR: &str = "director";
 /// Name of the benchmark floor program (MAC swap + XDP_TX).
 pub const PROG_FLOOR: &str = "floor";
 /// Every map the program pins (and the daemon adopts after a restart).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
+    MAP_VIP_FILTER,
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -204,6 +212,11 @@ pub struct FlowValue {
     pub backend: u32,
     /// The backend slot's generation when the flow was placed.
     pub generation: u32,
+    /// The service's counter index (established flows never look the
+    /// service up).
+    pub service: u32,
+    /// Always zero.
+    pub _pad: u32,
     /// Last time a packet of this flow was seen (coarse clock, ns);
     /// maintained for UDP only, whose flows expire.
     pub atime: u64,
@@ -293,6 +306,12 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     )
 }
 
+/// The VIP filter bit of a destination address.
+#[inline(always)]
+pub const fn vip_bucket(addr: &[u8; 16]) -> u32 {
+    fmix32(fold_addr(addr)) & (VIP_FILTER_BITS - 1)
+}
+
 /// Hash of the addresses alone: fragments (no ports after the first).
 #[inline(always)]
 pub const fn addr_hash(src: &[u8; 16], dst: &[u8; 16]) -> u32 {
@@ -317,7 +336,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 4 * 4);
         assert_eq!(size_of::<Backend>(), 6 + 1 + 1 + 4 + 4 + 16 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<FlowValue>(), 4 + 4 + 8);
+        assert_eq!(size_of::<FlowValue>(), 4 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<PersistKey>(), 16 + 4);
         assert_eq!(size_of::<Counters>(), 3 * 8);
         assert_eq!(size_of::<Settings>(), 8);

@@ -40,7 +40,8 @@ use director_common::{
     BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, IPPROTO_TCP,
     IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS,
     MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey, SVC_PERSISTENT,
-    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, addr_hash, flow_hash, source_hash,
+    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash,
+    source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -64,6 +65,9 @@ static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 
 #[map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REAL_SERVERS, 0);
+
+#[map(name = "VIP_FILTER")]
+static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -134,6 +138,13 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
         // ARP, VLAN tags and everything else are the kernel's.
         _ => return Err(Pass),
     };
+    // Not for a VIP (most of a director's own traffic): one inlined array
+    // lookup, no hash-map lookup.
+    let bucket = vip_bucket(&packet.key.dst);
+    match VIP_FILTER.get(bucket / 64) {
+        Some(word) if word & (1u64 << (bucket % 64)) != 0 => {}
+        _ => return Err(Pass),
+    }
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let protocol = packet.key.protocol;
     if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
@@ -261,7 +272,6 @@ fn backend(id: u32) -> Option<Backend> {
 
 #[inline(always)]
 fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass> {
-    let service = find_service(key).ok_or(Pass)?;
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until the LRU
     // evicts them.
@@ -272,7 +282,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass>
         0
     };
 
-    // 1. Established flow.
+    // 1. An established flow: no service lookup at all.
     // SAFETY: the value is copied out at once.
     if let Some(flow) = unsafe { FLOWS.get(key) }.copied() {
         let fresh = !udp || now.wrapping_sub(flow.atime) < udp_timeout();
@@ -285,23 +295,26 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass>
                 // Refresh the idle time at most once a second per flow.
                 let _ = FLOWS.insert(key, &FlowValue { atime: now, ..flow }, 0);
             }
-            count(ctx, &service, flow.backend, false);
+            count(ctx, flow.service, flow.backend, false);
             return Ok(rewrite(ctx, &b));
         }
     }
 
     // 2. A new flow (or one whose server left): place it.
+    let service = find_service(key).ok_or(Pass)?;
     let (id, b) = place(key, &service, now)?;
     let _ = FLOWS.insert(
         key,
         &FlowValue {
             backend: id,
             generation: b.generation,
+            service: service.id,
+            _pad: 0,
             atime: now,
         },
         0,
     );
-    count(ctx, &service, id, true);
+    count(ctx, service.id, id, true);
     Ok(rewrite(ctx, &b))
 }
 
@@ -357,6 +370,8 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
             &FlowValue {
                 backend: id,
                 generation: b.generation,
+                service: service.id,
+                _pad: 0,
                 atime: now,
             },
             0,
@@ -386,7 +401,7 @@ fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
     let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
     let id = maglev(&service, addr_hash(&key.src, &key.dst)).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
-    count(ctx, &service, id, false);
+    count(ctx, service.id, id, false);
     Ok(rewrite(ctx, &b))
 }
 
@@ -451,22 +466,22 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
         }
     };
     let b = backend(id).ok_or(Pass)?;
-    count(ctx, &service, id, false);
+    count(ctx, service.id, id, false);
     Ok(rewrite(ctx, &b))
 }
 
 #[inline(always)]
-fn count(ctx: &XdpContext, service: &ServiceValue, backend: u32, new_flow: bool) {
+fn count(ctx: &XdpContext, service: u32, backend: u32, new_flow: bool) {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let new = new_flow as u64;
-    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service.id) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let stats = unsafe { &mut *stats };
         if stats.packets == 0 {
             // Once per service per CPU (rate-limited by construction).
             info!(
                 ctx,
-                "first packet for service {} forwarded to real server {}", service.id, backend
+                "first packet for service {} forwarded to real server {}", service, backend
             );
         }
         stats.packets += 1;

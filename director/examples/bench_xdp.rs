@@ -19,7 +19,7 @@ use aya::{
 };
 use director::{
     config::{Protocol, Scheduler},
-    dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane, xdp::PROGRAM},
+    dataplane::{BackendPlan, ServicePlan, xdp::PROGRAM, xdp::XdpDataplane},
     frames::{self, ACK, SYN},
     neighbor::Mac,
 };
@@ -62,7 +62,11 @@ fn repeat_ns(program: &Xdp, frame: &[u8], expect: u32) -> Result<f64> {
             repeat: REPEAT,
             ..Default::default()
         })?;
-        ensure!(r.return_value == expect, "verdict {} not {expect}", r.return_value);
+        ensure!(
+            r.return_value == expect,
+            "verdict {} not {expect}",
+            r.return_value
+        );
         best = best.min(r.duration.as_nanos() as f64);
     }
     Ok(best)
@@ -80,7 +84,11 @@ fn single_ns(program: &Xdp, make: impl Fn(u32) -> Vec<u8>, expect: u32) -> Resul
             repeat: 1,
             ..Default::default()
         })?;
-        ensure!(r.return_value == expect, "verdict {} not {expect}", r.return_value);
+        ensure!(
+            r.return_value == expect,
+            "verdict {} not {expect}",
+            r.return_value
+        );
         total += r.duration.as_nanos();
     }
     Ok(total as f64 / f64::from(SINGLE_RUNS))
@@ -107,7 +115,9 @@ fn new_flow(i: u32) -> Vec<u8> {
 }
 
 fn main() -> Result<()> {
-    let mut floor_obj = EbpfLoader::new().load(PROGRAM).context("loading the object")?;
+    let mut floor_obj = EbpfLoader::new()
+        .load(PROGRAM)
+        .context("loading the object")?;
     let floor: &mut Xdp = floor_obj
         .program_mut(PROG_FLOOR)
         .context("floor program")?
@@ -150,7 +160,10 @@ fn main() -> Result<()> {
     let new_cost = floor_rep + (new_single - floor_single);
 
     println!("XDP per-packet cost (BPF_PROG_TEST_RUN), ratio to the floor measured in this run");
-    println!("  {:<44} {:>8.1} ns", "floor: MAC swap + XDP_TX (repeat)", floor_rep);
+    println!(
+        "  {:<44} {:>8.1} ns",
+        "floor: MAC swap + XDP_TX (repeat)", floor_rep
+    );
     let row = |name: &str, ns: f64, target: Option<f64>| {
         let ratio = ns / floor_rep;
         let verdict = match target {
@@ -161,13 +174,28 @@ fn main() -> Result<()> {
         println!("  {name:<44} {ns:>8.1} ns  {ratio:>5.2}x floor{verdict}");
     };
     row("non-VIP packet (XDP_PASS)", non_vip_rep, None);
-    row("established TCP flow, IPv4 (flow-table hit)", est4_rep, Some(1.5));
-    row("established TCP flow, IPv6 (flow-table hit)", est6_rep, None);
-    row("new TCP flow (Maglev + flow insert) [*]", new_cost, Some(2.5));
+    row(
+        "established TCP flow, IPv4 (flow-table hit)",
+        est4_rep,
+        Some(1.5),
+    );
+    row(
+        "established TCP flow, IPv6 (flow-table hit)",
+        est6_rep,
+        None,
+    );
+    row(
+        "new TCP flow (Maglev + flow insert) [*]",
+        new_cost,
+        Some(2.5),
+    );
     println!(
         "  [*] single-run loop of {SINGLE_RUNS} distinct flows: {new_single:.1} ns vs floor {floor_single:.1} ns the same way; extra cost added to the floor's repeat figure"
     );
-    println!("  counters: {} new flows placed, {} packets forwarded", after.new_flows, after.packets);
+    println!(
+        "  counters: {} new flows placed, {} packets forwarded",
+        after.new_flows, after.packets
+    );
     match (live_mpps(floor, &est4), live_mpps(prog, &est4)) {
         (Ok(f), Ok(p)) => println!(
             "live frames (BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX on lo): director {p:.2} Mpps, floor {f:.2} Mpps ({:.2}x)",

@@ -32,9 +32,9 @@ use aya_log::EbpfLogger;
 use director_common::{
     BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE,
     MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND,
-    PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue,
-    Settings, maglev_base,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_VIP_FILTER, MAX_REAL_SERVERS, MAX_SERVICES,
+    NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey,
+    ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
@@ -163,6 +163,8 @@ pub struct XdpDataplane {
     slots: HashMap<(ServiceKey, IpAddr), Slot>,
     generations: Vec<u32>,
     settings: Option<Settings>,
+    /// The VIP filter as written to the map.
+    filter: Vec<u64>,
 }
 
 /// How to open the dataplane.
@@ -210,6 +212,7 @@ impl XdpDataplane {
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
+            filter: vec![0; VIP_FILTER_WORDS as usize],
         };
         dp.adopt()?;
         Ok(dp)
@@ -234,6 +237,7 @@ impl XdpDataplane {
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
+            filter: vec![0; VIP_FILTER_WORDS as usize],
         };
         Ok(dp)
     }
@@ -284,6 +288,16 @@ impl XdpDataplane {
         }
         let wanted: BTreeMap<ServiceKey, &ServicePlan> =
             plan.iter().map(|s| (s.key(), s)).collect();
+        // The VIP filter lets through old and new VIPs while they change,
+        // then exactly the new ones.
+        let new_filter = vip_filter(wanted.keys());
+        let union: Vec<u64> = self
+            .filter
+            .iter()
+            .zip(&new_filter)
+            .map(|(a, b)| a | b)
+            .collect();
+        self.write_filter(union)?;
 
         // Services that left: stop matching them, then free their slots.
         let gone: Vec<ServiceKey> = self
@@ -409,6 +423,24 @@ impl XdpDataplane {
             }
         }
         self.sync_fragments()?;
+        self.write_filter(new_filter)?;
+        Ok(())
+    }
+
+    fn write_filter(&mut self, words: Vec<u64>) -> Result<(), XdpError> {
+        let changed: Vec<(u32, u64)> = (0u32..)
+            .zip(words.iter().zip(&self.filter))
+            .filter(|(_, (new, old))| new != old)
+            .map(|(i, (new, _))| (i, *new))
+            .collect();
+        if !changed.is_empty() {
+            let mut array: Array<&mut MapData, u64> =
+                Array::try_from(self.map_mut(MAP_VIP_FILTER)?)?;
+            for (i, word) in changed {
+                array.set(i, word, 0)?;
+            }
+        }
+        self.filter = words;
         Ok(())
     }
 
@@ -465,6 +497,12 @@ impl XdpDataplane {
 
     /// Reads back what a previous daemon installed in pinned maps.
     fn adopt(&mut self) -> Result<(), XdpError> {
+        self.filter = {
+            let array: Array<&MapData, u64> = Array::try_from(self.map(MAP_VIP_FILTER)?)?;
+            (0..VIP_FILTER_WORDS)
+                .map(|i| array.get(&i, 0))
+                .collect::<Result<_, _>>()?
+        };
         let services: Vec<(ServiceKey, ServiceValue)> = {
             let map: BpfHashMap<&MapData, ServiceKey, ServiceValue> =
                 BpfHashMap::try_from(self.map(MAP_SERVICES)?)?;
@@ -660,6 +698,17 @@ impl Drop for XdpDataplane {
             task.abort();
         }
     }
+}
+
+/// The VIP filter bitmap for a set of services.
+fn vip_filter<'a>(keys: impl Iterator<Item = &'a ServiceKey>) -> Vec<u64> {
+    use director_common::vip_bucket;
+    let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+    for key in keys {
+        let bucket = vip_bucket(&key.addr);
+        words[(bucket / 64) as usize] |= 1 << (bucket % 64);
+    }
+    words
 }
 
 fn load(pin_dir: Option<&Path>) -> Result<Ebpf, XdpError> {
