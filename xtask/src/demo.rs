@@ -54,7 +54,11 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
             .iter()
             .map(|r| r.addr(v6).to_string())
             .collect();
-        let vip = if v6 { VIP6.to_string() } else { VIP.to_string() };
+        let vip = if v6 {
+            VIP6.to_string()
+        } else {
+            VIP.to_string()
+        };
         config_text.push_str(&scenario::virtual_server(&vip, 80, &servers, &[]));
     }
     let config = lab.write("director.toml", &config_text)?;
@@ -182,7 +186,10 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         println!("  configs and logs kept in {}", lab.dir.display());
     }
     ensure!(ok, "some requests failed or a real server got none");
-    ensure!(restart_load.failed == 0, "requests failed during the restart");
+    ensure!(
+        restart_load.failed == 0,
+        "requests failed during the restart"
+    );
     ensure!(ping_ok, "the director's own address did not answer ping");
     ensure!(still_attached, "the dataplane stopped with the daemon");
     ensure!(!after_flush, "flush left the XDP program attached");
