@@ -8,3 +8,4 @@ pub mod frames;
 pub mod maglev;
 pub mod neighbor;
 pub mod status;
+pub mod vrrp;
