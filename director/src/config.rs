@@ -31,6 +31,182 @@ pub struct Config {
     pub global: Global,
     #[serde(default)]
     pub virtual_server: Vec<VirtualServer>,
+    #[serde(default)]
+    pub vrrp_instance: Vec<VrrpInstance>,
+    #[serde(default)]
+    pub vrrp_script: Vec<VrrpScript>,
+}
+
+/// `[[vrrp_instance]]`: one virtual router (keepalived's `vrrp_instance`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstance {
+    /// The instance's name (keepalived's `vrrp_instance NAME`).
+    pub name: String,
+    /// Interface for adverts and addresses; defaults to `global.interface`.
+    pub interface: Option<String>,
+    pub virtual_router_id: u8,
+    /// 1-255; 255 means we own the addresses.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Seconds between adverts: whole seconds for v2, 0.01-40.95 for v3.
+    #[serde(default = "default_advert_int")]
+    pub advert_int: f64,
+    /// VRRP version, 2 or 3.
+    #[serde(default = "default_vrrp_version")]
+    pub version: u8,
+    /// Initial state: `backup` (default) or `master` (become master at once).
+    #[serde(default)]
+    pub state: InitialState,
+    /// Do not take over from a lower-priority master.
+    #[serde(default)]
+    pub nopreempt: bool,
+    /// Seconds after startup before a higher priority preempts.
+    #[serde(default)]
+    pub preempt_delay: f64,
+    /// Addresses held by the master: `ADDR` or `ADDR/PREFIX`.
+    pub virtual_ipaddress: Vec<String>,
+    /// Source address for unicast adverts (default: the interface's).
+    pub unicast_src_ip: Option<IpAddr>,
+    /// Send adverts to these peers instead of multicast.
+    #[serde(default)]
+    pub unicast_peer: Vec<IpAddr>,
+    pub authentication: Option<Authentication>,
+    /// Interfaces whose loss puts the instance in Fault.
+    #[serde(default)]
+    pub track_interface: Vec<String>,
+    /// `[[vrrp_script]]` names that adjust priority or force Fault.
+    #[serde(default)]
+    pub track_script: Vec<String>,
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+    pub notify_stop: Option<String>,
+    /// Called with: INSTANCE, name, state (MASTER/BACKUP/FAULT/STOP), priority.
+    pub notify: Option<String>,
+    /// Seconds after becoming master before a second burst of gratuitous ARPs.
+    #[serde(default = "default_garp_delay")]
+    pub garp_master_delay: u32,
+    /// Gratuitous ARPs (or unsolicited NAs) per burst.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_master_repeat: u32,
+    /// Seconds between refresh bursts while master (0: none).
+    #[serde(default)]
+    pub garp_master_refresh: u32,
+}
+
+/// keepalived's `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum InitialState {
+    #[default]
+    #[serde(rename = "backup", alias = "BACKUP")]
+    Backup,
+    #[serde(rename = "master", alias = "MASTER")]
+    Master,
+}
+
+/// `authentication = { auth_type = "PASS", auth_pass = "..." }` (v2 only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authentication {
+    pub auth_type: String,
+    pub auth_pass: String,
+}
+
+/// `[[vrrp_script]]`: a check whose result adjusts an instance's priority.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpScript {
+    pub name: String,
+    /// Command line, run without a shell.
+    pub script: String,
+    /// Seconds between runs.
+    #[serde(default = "default_script_interval")]
+    pub interval: f64,
+    /// Seconds before a run is killed and counted as failed (default: interval).
+    pub timeout: Option<f64>,
+    /// 0: failure means Fault; > 0: added while it succeeds; < 0: subtracted
+    /// while it fails.
+    #[serde(default)]
+    pub weight: i32,
+    /// Successes needed to count as up again.
+    #[serde(default = "one")]
+    pub rise: u32,
+    /// Failures needed to count as down.
+    #[serde(default = "one")]
+    pub fall: u32,
+}
+
+fn default_priority() -> u8 {
+    100
+}
+fn default_advert_int() -> f64 {
+    1.0
+}
+fn default_vrrp_version() -> u8 {
+    2
+}
+fn default_garp_delay() -> u32 {
+    5
+}
+fn default_garp_repeat() -> u32 {
+    5
+}
+fn default_script_interval() -> f64 {
+    1.0
+}
+fn one() -> u32 {
+    1
+}
+
+/// A parsed `virtual_ipaddress` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualAddress {
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+/// Parses `ADDR` or `ADDR/PREFIX` (default prefix: /32 or /128).
+pub fn parse_virtual_address(s: &str) -> Result<VirtualAddress, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let address: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IP address"))?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => match p.trim().parse::<u8>() {
+            Ok(p) if p <= max => p,
+            _ => return Err(format!("`{s}`: prefix must be 0-{max}")),
+        },
+    };
+    Ok(VirtualAddress { address, prefix })
+}
+
+impl VrrpInstance {
+    /// The parsed virtual addresses (validated at load).
+    pub fn addresses(&self) -> Vec<VirtualAddress> {
+        self.virtual_ipaddress
+            .iter()
+            .filter_map(|s| parse_virtual_address(s).ok())
+            .collect()
+    }
+
+    /// Whether the instance runs over IPv6.
+    pub fn is_ipv6(&self) -> bool {
+        self.addresses()
+            .first()
+            .is_some_and(|a| a.address.is_ipv6())
+    }
+
+    /// The advert interval in centiseconds.
+    pub fn advert_interval_cs(&self) -> u16 {
+        (self.advert_int * 100.0).round() as u16
+    }
 }
 
 /// `[global]`: settings for the whole director (keepalived's `global_defs`).
@@ -390,6 +566,7 @@ impl Config {
                 }
             }
         }
+        self.validate_vrrp()?;
         if total > MAX_REAL_SERVERS as usize {
             return Err(problem(
                 vec![Key("virtual_server")],
@@ -397,6 +574,190 @@ impl Config {
                     "{total} real servers in all; the dataplane holds at most {MAX_REAL_SERVERS}"
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_vrrp(&self) -> Result<(), Problem> {
+        use Seg::{Index, Key};
+        let mut names = HashSet::new();
+        let mut routers = HashSet::new();
+        for (i, s) in self.vrrp_script.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("vrrp_script"), Index(i), Key(k)];
+            if s.name.is_empty() || !names.insert(s.name.clone()) {
+                return Err(problem(
+                    at("name"),
+                    format!("script name `{}` is empty or used twice", s.name),
+                ));
+            }
+            if s.script.trim().is_empty() {
+                return Err(problem(at("script"), "must not be empty"));
+            }
+            if !(s.interval > 0.0 && s.interval <= 3600.0) {
+                return Err(problem(
+                    at("interval"),
+                    "must be between 0 and 3600 seconds",
+                ));
+            }
+            if s.timeout.is_some_and(|t| !(t > 0.0 && t <= 3600.0)) {
+                return Err(problem(at("timeout"), "must be between 0 and 3600 seconds"));
+            }
+            if !(-254..=254).contains(&s.weight) {
+                return Err(problem(at("weight"), "must be between -254 and 254"));
+            }
+            if s.rise == 0 || s.fall == 0 {
+                return Err(problem(
+                    at(if s.rise == 0 { "rise" } else { "fall" }),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let mut instances = HashSet::new();
+        for (i, v) in self.vrrp_instance.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("vrrp_instance"), Index(i), Key(k)];
+            if v.name.is_empty() || !instances.insert(v.name.clone()) {
+                return Err(problem(
+                    at("name"),
+                    format!("instance name `{}` is empty or used twice", v.name),
+                ));
+            }
+            if v.virtual_router_id == 0 {
+                return Err(problem(
+                    at("virtual_router_id"),
+                    "must be between 1 and 255",
+                ));
+            }
+            if v.priority == 0 {
+                return Err(problem(at("priority"), "must be between 1 and 255"));
+            }
+            match v.version {
+                2 => {
+                    if v.advert_int.fract() != 0.0 || !(1.0..=255.0).contains(&v.advert_int) {
+                        return Err(problem(
+                            at("advert_int"),
+                            "VRRP version 2 needs whole seconds between 1 and 255 (sub-second intervals need version = 3)",
+                        ));
+                    }
+                }
+                3 => {
+                    let cs = v.advert_int * 100.0;
+                    if !(1.0..=4095.0).contains(&cs) || (cs - cs.round()).abs() > 1e-6 {
+                        return Err(problem(
+                            at("advert_int"),
+                            "VRRP version 3 needs 0.01 to 40.95 seconds, in steps of 0.01",
+                        ));
+                    }
+                }
+                _ => return Err(problem(at("version"), "must be 2 or 3")),
+            }
+            if !(v.preempt_delay >= 0.0 && v.preempt_delay <= 1000.0) {
+                return Err(problem(
+                    at("preempt_delay"),
+                    "must be between 0 and 1000 seconds",
+                ));
+            }
+            if v.virtual_ipaddress.is_empty() {
+                return Err(problem(
+                    at("virtual_ipaddress"),
+                    "at least one address is needed",
+                ));
+            }
+            let mut family = None;
+            for (j, s) in v.virtual_ipaddress.iter().enumerate() {
+                let at = vec![
+                    Key("vrrp_instance"),
+                    Index(i),
+                    Key("virtual_ipaddress"),
+                    Index(j),
+                ];
+                let a = parse_virtual_address(s).map_err(|m| problem(at.clone(), m))?;
+                let v6 = a.address.is_ipv6();
+                if *family.get_or_insert(v6) != v6 {
+                    return Err(problem(
+                        at,
+                        format!(
+                            "{} is of the wrong family: one instance holds IPv4 or IPv6 addresses, not both",
+                            a.address
+                        ),
+                    ));
+                }
+                if v6 && v.version == 2 {
+                    return Err(problem(
+                        at,
+                        "VRRP version 2 is IPv4 only; use version = 3 for IPv6",
+                    ));
+                }
+            }
+            let v6 = family.unwrap_or(false);
+            for (j, peer) in v.unicast_peer.iter().enumerate() {
+                if peer.is_ipv6() != v6 {
+                    return Err(problem(
+                        vec![
+                            Key("vrrp_instance"),
+                            Index(i),
+                            Key("unicast_peer"),
+                            Index(j),
+                        ],
+                        format!("{peer} is not of the instance's address family"),
+                    ));
+                }
+            }
+            if let Some(src) = v.unicast_src_ip
+                && src.is_ipv6() != v6
+            {
+                return Err(problem(
+                    at("unicast_src_ip"),
+                    format!("{src} is not of the instance's address family"),
+                ));
+            }
+            if let Some(auth) = &v.authentication {
+                if v.version != 2 {
+                    return Err(problem(
+                        at("authentication"),
+                        "authentication exists in VRRP version 2 only (RFC 5798 removed it)",
+                    ));
+                }
+                if !auth.auth_type.eq_ignore_ascii_case("PASS") {
+                    return Err(problem(
+                        at("authentication"),
+                        format!("auth_type `{}` is not supported; use PASS", auth.auth_type),
+                    ));
+                }
+                if auth.auth_pass.is_empty() || auth.auth_pass.len() > 8 {
+                    return Err(problem(
+                        at("authentication"),
+                        "auth_pass must be 1 to 8 characters",
+                    ));
+                }
+            }
+            for (j, name) in v.track_script.iter().enumerate() {
+                if !self.vrrp_script.iter().any(|s| &s.name == name) {
+                    return Err(problem(
+                        vec![
+                            Key("vrrp_instance"),
+                            Index(i),
+                            Key("track_script"),
+                            Index(j),
+                        ],
+                        format!("no [[vrrp_script]] named `{name}`"),
+                    ));
+                }
+            }
+            let iface = v
+                .interface
+                .clone()
+                .unwrap_or_else(|| self.global.interface.clone());
+            if !routers.insert((iface.clone(), v.virtual_router_id, v6)) {
+                return Err(problem(
+                    at("virtual_router_id"),
+                    format!(
+                        "virtual router {} is used twice on {iface}",
+                        v.virtual_router_id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -638,6 +999,91 @@ protocol = "udp"
             "[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"sctp\"\n",
         );
         assert!(e.starts_with("test.toml:6:12: "), "{e}");
+    }
+
+    const VRRP: &str = r#"
+[global]
+interface = "eth0"
+
+[[vrrp_script]]
+name = "chk_nginx"
+script = "/usr/bin/pgrep nginx"
+weight = -20
+
+[[vrrp_instance]]
+name = "VI_1"
+virtual_router_id = 51
+priority = 150
+advert_int = 1
+virtual_ipaddress = ["10.0.0.100/24", "10.0.0.101"]
+authentication = { auth_type = "PASS", auth_pass = "secret" }
+track_script = ["chk_nginx"]
+"#;
+
+    #[test]
+    fn parses_vrrp_instances() {
+        let c = parse(VRRP).expect("valid");
+        let v = &c.vrrp_instance[0];
+        assert_eq!(v.version, 2, "keepalived's default version");
+        assert_eq!(v.state, InitialState::Backup);
+        assert!(!v.nopreempt);
+        assert_eq!(v.advert_interval_cs(), 100);
+        let a = v.addresses();
+        assert_eq!(a[0].prefix, 24);
+        assert_eq!(a[1].prefix, 32);
+        assert_eq!(c.vrrp_script[0].weight, -20);
+        let c = parse(&VRRP.replace("priority = 150", "priority = 150\nstate = \"MASTER\""))
+            .expect("valid");
+        assert_eq!(c.vrrp_instance[0].state, InitialState::Master);
+    }
+
+    #[test]
+    fn vrrp_errors_name_the_key() {
+        let e = err(&VRRP.replace("advert_int = 1", "advert_int = 0.5"));
+        assert!(e.starts_with("test.toml:14:1: "), "{e}");
+        assert!(e.contains("version = 3"), "{e}");
+        let v3 = VRRP.replace("advert_int = 1", "advert_int = 0.5\nversion = 3");
+        let e = err(&v3);
+        assert!(
+            e.contains("authentication exists in VRRP version 2 only"),
+            "{e}"
+        );
+        let e = err(&VRRP.replace("virtual_router_id = 51", "virtual_router_id = 0"));
+        assert!(
+            e.starts_with("test.toml:12:1: ") && e.contains("1 and 255"),
+            "{e}"
+        );
+        let e = err(&VRRP.replace("virtual_router_id = 51", "virtual_router_id = 256"));
+        assert!(e.starts_with("test.toml:12:"), "{e}");
+        let e = err(&VRRP.replace("\"10.0.0.101\"", "\"fd00::1\""));
+        assert!(e.contains("wrong family"), "{e}");
+        assert!(e.contains("virtual_ipaddress[1]"), "{e}");
+        let e = err(&VRRP.replace("[\"chk_nginx\"]", "[\"chk_apache\"]"));
+        assert!(e.contains("no [[vrrp_script]] named `chk_apache`"), "{e}");
+        let e = err(&VRRP.replace("\"10.0.0.101\"", "\"10.0.0.300\""));
+        assert!(e.contains("not an IP address"), "{e}");
+        let e = err(&VRRP.replace(
+            "auth_pass = \"secret\"",
+            "auth_pass = \"waytoolongpassword\"",
+        ));
+        assert!(e.contains("1 to 8"), "{e}");
+        let v3 = VRRP
+            .replace("advert_int = 1", "advert_int = 0.005\nversion = 3")
+            .replace(
+                "authentication = { auth_type = \"PASS\", auth_pass = \"secret\" }\n",
+                "",
+            );
+        assert!(err(&v3).contains("0.01 to 40.95"));
+        let ok = VRRP
+            .replace("advert_int = 1", "advert_int = 0.01\nversion = 3")
+            .replace(
+                "authentication = { auth_type = \"PASS\", auth_pass = \"secret\" }\n",
+                "",
+            );
+        assert_eq!(
+            parse(&ok).expect("valid").vrrp_instance[0].advert_interval_cs(),
+            1
+        );
     }
 
     #[test]

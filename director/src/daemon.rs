@@ -25,6 +25,7 @@ use crate::{
     },
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
     status::{RealServerStatus, Status, VirtualServerStatus},
+    vrrp::instance::{Vrrp, VrrpError},
 };
 
 /// How often unresolved real servers are retried.
@@ -52,6 +53,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Vrrp(#[from] VrrpError),
 }
 
 /// What we know of one real server's MAC.
@@ -216,6 +219,7 @@ struct Daemon {
     resolver: Resolver,
     dataplane: XdpDataplane,
     applied: Option<Vec<ServicePlan>>,
+    vrrp: Option<Vrrp>,
 }
 
 impl Daemon {
@@ -296,6 +300,7 @@ impl Daemon {
             xdp_mode: Some(self.dataplane.mode().as_str().to_string()),
             interface: g.interface.clone(),
             virtual_servers,
+            vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
         }
     }
 
@@ -336,6 +341,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let control = control::serve(&g.state_dir, control_tx)?;
     let mut neigh_events = neighbors.events()?;
+    let vrrp = Vrrp::start(&config)?;
 
     let mut resolver = Resolver::new(&config);
     resolver.seed(dataplane.known_macs());
@@ -344,6 +350,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config,
         dataplane,
         applied: None,
+        vrrp: Some(vrrp),
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
@@ -367,6 +374,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = tokio::time::sleep(delay) => {}
         }
     };
+    // Masters hand over first (priority 0), then the control plane goes.
+    if let Some(vrrp) = daemon.vrrp.take() {
+        vrrp.stop().await;
+    }
     control.abort();
     let _ = std::fs::remove_file(daemon.config.global.state_dir.join(control::SOCKET));
     if let Some(plan) = &daemon.applied {

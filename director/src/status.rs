@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::vrrp::instance::InstanceStatus;
+
 /// The whole director.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -15,6 +17,9 @@ pub struct Status {
     pub xdp_mode: Option<String>,
     pub interface: String,
     pub virtual_servers: Vec<VirtualServerStatus>,
+    /// VRRP instances.
+    #[serde(default)]
+    pub vrrp: Vec<InstanceStatus>,
 }
 
 /// One virtual service.
@@ -65,6 +70,27 @@ pub fn render(s: &Status) -> String {
         "director {} on {} (dataplane {}{mode})",
         s.router_id, s.interface, s.dataplane
     );
+    if !s.vrrp.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>4} {:<8} {:>8} {:>9} {:<22} {:>11}",
+            "VRRP instance", "VRID", "State", "Priority", "Effective", "Master", "Transitions"
+        );
+        for v in &s.vrrp {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>4} {:<8} {:>8} {:>9} {:<22} {:>11}",
+                v.name,
+                v.virtual_router_id,
+                v.state.to_uppercase(),
+                v.priority,
+                v.effective_priority,
+                v.master_address.as_deref().unwrap_or("-"),
+                v.transitions
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
         "{:<5} {:<42} {:<6} {:>7} {:>12} {:>14} {:>10}",
@@ -137,6 +163,7 @@ mod tests {
                     new_flows: 2,
                 }],
             }],
+            vrrp: vec![],
         }
     }
 

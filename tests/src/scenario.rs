@@ -116,6 +116,42 @@ pub fn all_resolved(s: &serde_json::Value) -> bool {
     })
 }
 
+/// A director config with one VRRP instance holding the lab VIPs and the
+/// HTTP service on them; `extra` lines go into the `[[vrrp_instance]]`.
+pub fn vrrp_config(lab: &Lab, router_id: &str, priority: u8, extra: &str) -> Result<String> {
+    let mut c = global_config(lab, router_id)?;
+    c.push_str(&format!(
+        "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\npriority = {priority}\nvirtual_ipaddress = [\"{VIP}/32\"]\n{extra}\n"
+    ));
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    c.push_str(&virtual_server(&VIP.to_string(), 80, &servers, &[]));
+    Ok(c)
+}
+
+/// The state of VRRP instance `name` in a daemon's status.
+pub fn vrrp_state(state_dir: &Path, name: &str) -> Option<String> {
+    let s = status(state_dir).ok()?;
+    s["vrrp"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+}
+
+/// Waits until instance `name` of the daemon is in `state`.
+pub fn wait_vrrp_state(state_dir: &Path, name: &str, state: &str, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        last = vrrp_state(state_dir, name);
+        if last.as_deref() == Some(state) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("{name} is {last:?}, not {state}, after {timeout:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,10 @@ pub enum Action {
     Announce,
     RemoveAddresses,
     /// Entered a new state (notify scripts, logs, counters).
-    Transition { from: State, to: State },
+    Transition {
+        from: State,
+        to: State,
+    },
 }
 
 /// Fixed parameters of an instance.
@@ -255,11 +258,14 @@ impl Machine {
                     self.become_master(now, &mut actions);
                 }
             }
-            (State::Backup, Event::Advert {
-                src,
-                priority,
-                interval_cs,
-            }) => {
+            (
+                State::Backup,
+                Event::Advert {
+                    src,
+                    priority,
+                    interval_cs,
+                },
+            ) => {
                 let preempt_held = self
                     .started
                     .is_some_and(|s| now < s + self.params.preempt_delay);
@@ -284,11 +290,14 @@ impl Machine {
                     self.deadline = Some(now + self.advert_interval());
                 }
             }
-            (State::Master, Event::Advert {
-                src,
-                priority,
-                interval_cs,
-            }) => {
+            (
+                State::Master,
+                Event::Advert {
+                    src,
+                    priority,
+                    interval_cs,
+                },
+            ) => {
                 if priority == 0 {
                     actions.push(Action::SendAdvert(self.priority));
                     self.deadline = Some(now + self.advert_interval());
@@ -470,7 +479,10 @@ mod tests {
         let a = m.step(Event::Timer, t0 + Duration::from_secs(1));
         assert_eq!(a, vec![Action::SendAdvert(255)]);
         assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(2)));
-        let a = m.step(advert("10.0.0.11", 0, 100), t0 + Duration::from_millis(1500));
+        let a = m.step(
+            advert("10.0.0.11", 0, 100),
+            t0 + Duration::from_millis(1500),
+        );
         assert_eq!(a, vec![Action::SendAdvert(255)]);
     }
 
@@ -482,7 +494,13 @@ mod tests {
         let mut b = Machine::new(params(3, 200, 100));
         b.step(Event::Startup, t0);
         let d = b.deadline();
-        assert!(b.step(advert("10.0.0.11", 100, 100), t0 + Duration::from_millis(10)).is_empty());
+        assert!(
+            b.step(
+                advert("10.0.0.11", 100, 100),
+                t0 + Duration::from_millis(10)
+            )
+            .is_empty()
+        );
         assert_eq!(b.deadline(), d, "a lower master must not reset the timer");
         // nopreempt: the lower master is accepted.
         let mut p = params(3, 200, 100);

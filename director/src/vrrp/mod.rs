@@ -3,4 +3,6 @@
 //! virtual addresses.
 
 pub mod fsm;
+pub mod instance;
+pub mod net;
 pub mod packet;

@@ -290,7 +290,11 @@ mod tests {
     #[test]
     fn v3_roundtrip_ipv4_and_ipv6() {
         for (src, dst, addrs) in [
-            ("10.0.0.11", "224.0.0.18", vec![ip("10.0.0.100"), ip("10.0.0.101")]),
+            (
+                "10.0.0.11",
+                "224.0.0.18",
+                vec![ip("10.0.0.100"), ip("10.0.0.101")],
+            ),
             ("fe80::1", "ff02::12", vec![ip("fd00::100")]),
         ] {
             let a = Advert {
@@ -334,8 +338,14 @@ mod tests {
         let src = ip("10.0.0.11");
         let dst = ip("224.0.0.18");
         let good = fix_v2_checksum(KEEPALIVED_V2.to_vec());
-        assert_eq!(Advert::decode(&good[..7], false, src, dst), Err(Reject::Short));
-        assert_eq!(Advert::decode(&good[..19], false, src, dst), Err(Reject::Length));
+        assert_eq!(
+            Advert::decode(&good[..7], false, src, dst),
+            Err(Reject::Short)
+        );
+        assert_eq!(
+            Advert::decode(&good[..19], false, src, dst),
+            Err(Reject::Length)
+        );
         let mut bad = good.clone();
         bad[2] = 200; // priority changed, checksum not
         assert_eq!(Advert::decode(&bad, false, src, dst), Err(Reject::Checksum));

@@ -1,0 +1,748 @@
+//! The VRRP runtime: every instance's event loop on one dedicated thread
+//! (real-time priority when allowed, so a busy machine does not delay
+//! adverts), with tracking (interfaces, scripts) and notify scripts.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{Instant, sleep_until},
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    fsm::{Action, Event, Machine, Params, State},
+    net::{self, NetError, Received, VrrpSocket},
+    packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
+};
+use crate::{
+    config::{Config, InitialState, VrrpInstance, VrrpScript},
+    neighbor::{NeighborError, Neighbors},
+};
+
+/// Errors starting VRRP.
+#[derive(Debug, thiserror::Error)]
+pub enum VrrpError {
+    #[error("vrrp_instance {name}: {source}")]
+    Net { name: String, source: NetError },
+    #[error("vrrp_instance {name}: {source}")]
+    Link { name: String, source: NeighborError },
+    #[error("vrrp_instance {0}: no address to send adverts from (set unicast_src_ip)")]
+    NoSource(String),
+    #[error("cannot start the VRRP thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the VRRP thread stopped while starting")]
+    Gone,
+}
+
+/// One instance in the status document (a contract: extend, never rename).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// `master`, `backup`, `fault` or `init`.
+    pub state: String,
+    /// Configured priority.
+    pub priority: u8,
+    /// Priority after tracking, as advertised.
+    pub effective_priority: u8,
+    pub virtual_router_id: u8,
+    /// The current master as far as we know; ours when master.
+    pub master_address: Option<String>,
+    pub transitions: u64,
+    pub version: u8,
+    pub advert_int: f64,
+    pub interface: String,
+    pub virtual_ipaddress: Vec<String>,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Dropped packets by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+enum Command {
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The running VRRP instances.
+pub struct Vrrp {
+    statuses: Vec<Arc<Mutex<InstanceStatus>>>,
+    commands: Vec<mpsc::Sender<Command>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Vrrp {
+    /// Starts every `[[vrrp_instance]]` on a dedicated thread. Returns once
+    /// each instance has its socket (or the first error).
+    pub fn start(config: &Config) -> Result<Vrrp, VrrpError> {
+        let mut statuses = Vec::new();
+        let mut commands = Vec::new();
+        let mut receivers = Vec::new();
+        for inst in &config.vrrp_instance {
+            let status = Arc::new(Mutex::new(InstanceStatus {
+                name: inst.name.clone(),
+                state: State::Init.as_str().to_string(),
+                priority: inst.priority,
+                effective_priority: inst.priority,
+                virtual_router_id: inst.virtual_router_id,
+                master_address: None,
+                transitions: 0,
+                version: inst.version,
+                advert_int: inst.advert_int,
+                interface: inst
+                    .interface
+                    .clone()
+                    .unwrap_or_else(|| config.global.interface.clone()),
+                virtual_ipaddress: inst.virtual_ipaddress.clone(),
+                adverts_sent: 0,
+                adverts_received: 0,
+                rejected: BTreeMap::new(),
+            }));
+            let (tx, rx) = mpsc::channel(8);
+            statuses.push(status);
+            commands.push(tx);
+            receivers.push(rx);
+        }
+        if config.vrrp_instance.is_empty() {
+            return Ok(Vrrp {
+                statuses,
+                commands,
+                thread: None,
+            });
+        }
+        let config = config.clone();
+        let shared = statuses.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), VrrpError>>();
+        let thread = std::thread::Builder::new()
+            .name("vrrp".into())
+            .spawn(move || {
+                raise_priority();
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(VrrpError::Thread(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(run_all(config, shared, receivers, ready_tx));
+            })
+            .map_err(VrrpError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Vrrp {
+                statuses,
+                commands,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(VrrpError::Gone),
+        }
+    }
+
+    /// Every instance's status.
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        self.statuses
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+            .collect()
+    }
+
+    /// Graceful stop: masters send priority 0 and release their addresses.
+    pub async fn stop(mut self) {
+        let mut waits = Vec::new();
+        for c in &self.commands {
+            let (tx, rx) = oneshot::channel();
+            if c.send(Command::Shutdown(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
+/// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
+fn raise_priority() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the current thread.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if r != 0 {
+        debug!(errno = r, "VRRP thread keeps normal scheduling");
+    }
+}
+
+async fn run_all(
+    config: Config,
+    statuses: Vec<Arc<Mutex<InstanceStatus>>>,
+    receivers: Vec<mpsc::Receiver<Command>>,
+    ready: std::sync::mpsc::Sender<Result<(), VrrpError>>,
+) {
+    let scripts = start_scripts(&config.vrrp_script);
+    let notifier = start_notifier();
+    let mut tasks = Vec::new();
+    for ((inst, status), rx) in config.vrrp_instance.iter().zip(statuses).zip(receivers) {
+        let iface = inst
+            .interface
+            .clone()
+            .unwrap_or_else(|| config.global.interface.clone());
+        match Runner::open(inst.clone(), iface, status, &scripts, notifier.clone()).await {
+            Ok(runner) => tasks.push(tokio::spawn(runner.run(rx))),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One instance with its socket and machine.
+struct Runner {
+    cfg: VrrpInstance,
+    iface: String,
+    ifindex: u32,
+    mac: crate::neighbor::Mac,
+    handle: rtnetlink::Handle,
+    _links: Neighbors,
+    socket: VrrpSocket,
+    machine: Machine,
+    status: Arc<Mutex<InstanceStatus>>,
+    scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
+    garp_at: Option<Instant>,
+    garp_bursts_left: u32,
+}
+
+impl Runner {
+    async fn open(
+        cfg: VrrpInstance,
+        iface: String,
+        status: Arc<Mutex<InstanceStatus>>,
+        scripts: &BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
+        notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
+    ) -> Result<Runner, VrrpError> {
+        let name = cfg.name.clone();
+        let links = Neighbors::open(&iface)
+            .await
+            .map_err(|source| VrrpError::Link {
+                name: name.clone(),
+                source,
+            })?;
+        let link = links.link();
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| VrrpError::Net {
+            name: name.clone(),
+            source: NetError::Io {
+                what: "netlink".into(),
+                source: e,
+            },
+        })?;
+        tokio::spawn(connection);
+        let v6 = cfg.is_ipv6();
+        let src = match cfg.unicast_src_ip {
+            Some(a) => a,
+            None => net::primary_address(&handle, link.index, v6)
+                .await
+                .map_err(|source| VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| VrrpError::NoSource(name.clone()))?,
+        };
+        let socket = VrrpSocket::open(&iface, link.index, src, cfg.unicast_peer.is_empty())
+            .map_err(|source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            })?;
+        let machine = Machine::new(Params {
+            version: cfg.version,
+            priority: cfg.priority,
+            advert_interval_cs: cfg.advert_interval_cs(),
+            preempt: !cfg.nopreempt,
+            preempt_delay: Duration::from_secs_f64(cfg.preempt_delay),
+            start_as_master: cfg.state == InitialState::Master,
+            primary: src,
+        });
+        let scripts = cfg
+            .track_script
+            .iter()
+            .filter_map(|n| scripts.get(n).cloned())
+            .collect();
+        info!(
+            instance = %cfg.name,
+            vrid = cfg.virtual_router_id,
+            interface = %iface,
+            source = %src,
+            version = cfg.version,
+            mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
+            "VRRP instance starting"
+        );
+        Ok(Runner {
+            iface,
+            ifindex: link.index,
+            mac: link.mac,
+            handle,
+            _links: links,
+            socket,
+            machine,
+            status,
+            scripts,
+            notifier,
+            garp_at: None,
+            garp_bursts_left: 0,
+            cfg,
+        })
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let actions = self.machine.step(Event::Startup, std::time::Instant::now());
+        if !actions.contains(&Action::AddAddresses) {
+            // Not master: addresses left by a daemon that died must go.
+            self.perform(vec![Action::RemoveAddresses]).await;
+        }
+        self.perform(actions).await;
+        let mut tracking = tokio::time::interval(Duration::from_millis(100));
+        let mut tracked = (false, self.cfg.priority);
+        loop {
+            let far = Instant::now() + Duration::from_secs(3600);
+            let deadline = self
+                .machine
+                .deadline()
+                .map(Instant::from_std)
+                .unwrap_or(far);
+            let garp = self.garp_at.unwrap_or(far);
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => {
+                    let done = cmd.map(|Command::Shutdown(done)| done);
+                    let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
+                    self.perform(actions).await;
+                    self.notify("STOP");
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                r = self.socket.recv() => match r {
+                    Ok(p) => self.received(p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = sleep_until(deadline) => {
+                    // Adverts that arrived while we were busy count first:
+                    // a loaded machine must not declare a live master dead.
+                    while let Ok(Some(p)) = self.socket.try_recv() {
+                        self.received(p).await;
+                    }
+                    let actions = self.machine.step(Event::Timer, std::time::Instant::now());
+                    self.perform(actions).await;
+                }
+                _ = sleep_until(garp) => self.garp_burst(),
+                _ = tracking.tick() => {
+                    let now = self.tracking();
+                    if now != tracked {
+                        let t = std::time::Instant::now();
+                        if now.1 != tracked.1 {
+                            info!(instance = %self.cfg.name, old = tracked.1, new = now.1, "effective priority changed");
+                            let a = self.machine.step(Event::Priority(now.1), t);
+                            self.perform(a).await;
+                        }
+                        if now.0 != tracked.0 {
+                            let a = self.machine.step(Event::Fault(now.0), t);
+                            self.perform(a).await;
+                        }
+                        tracked = now;
+                    }
+                }
+            }
+        }
+    }
+
+    /// (fault, effective priority) from tracked interfaces and scripts.
+    fn tracking(&self) -> (bool, u8) {
+        let mut fault = false;
+        for i in &self.cfg.track_interface {
+            let state = std::fs::read_to_string(format!("/sys/class/net/{i}/operstate"))
+                .unwrap_or_default();
+            if !matches!(state.trim(), "up" | "unknown") {
+                fault = true;
+            }
+        }
+        let mut priority = i32::from(self.cfg.priority);
+        for (weight, rx) in &self.scripts {
+            match (*rx.borrow(), *weight) {
+                (Some(false), 0) => fault = true,
+                (Some(false), w) if w < 0 => priority += w,
+                (Some(true), w) if w > 0 => priority += w,
+                _ => {}
+            }
+        }
+        (fault, priority.clamp(1, 254) as u8)
+    }
+
+    async fn received(&mut self, p: Received) {
+        match self.check(&p) {
+            Ok(advert) => {
+                self.bump(|s| s.adverts_received += 1);
+                let actions = self.machine.step(
+                    Event::Advert {
+                        src: p.src,
+                        priority: advert.priority,
+                        interval_cs: advert.interval_cs,
+                    },
+                    std::time::Instant::now(),
+                );
+                self.perform(actions).await;
+            }
+            Err(Reject::Vrid) => {} // another virtual router on the link
+            Err(reason) => {
+                let first = self.bump(|s| {
+                    let n = s.rejected.entry(reason.label().to_string()).or_insert(0);
+                    *n += 1;
+                    *n
+                });
+                // Rate-limited: the first of each reason, then every 1000th.
+                if first == 1 || first.is_multiple_of(1000) {
+                    warn!(instance = %self.cfg.name, from = %p.src, %reason, count = first, "VRRP packet dropped");
+                }
+            }
+        }
+    }
+
+    /// RFC 5798 7.1 / RFC 3768 7.1 receive checks.
+    fn check(&self, p: &Received) -> Result<Advert, Reject> {
+        if p.src == self.socket.source() {
+            return Err(Reject::Own);
+        }
+        let v6 = p.src.is_ipv6();
+        let advert = Advert::decode(&p.payload, v6, p.src, p.dst)?;
+        if advert.vrid != self.cfg.virtual_router_id {
+            return Err(Reject::Vrid);
+        }
+        if p.ttl != TTL {
+            return Err(Reject::Ttl);
+        }
+        if advert.version != self.cfg.version {
+            return Err(Reject::Version);
+        }
+        if !self.cfg.unicast_peer.is_empty() && !self.cfg.unicast_peer.contains(&p.src) {
+            return Err(Reject::Source);
+        }
+        if advert.version == 2 {
+            if advert.interval_cs != self.cfg.advert_interval_cs() {
+                return Err(Reject::Interval);
+            }
+            let (auth_type, data) = advert.auth.unwrap_or((0, [0; 8]));
+            match &self.cfg.authentication {
+                Some(a) if auth_type != AUTH_PASS || data != auth_data(&a.auth_pass) => {
+                    return Err(Reject::Auth);
+                }
+                Some(_) => {}
+                None if auth_type != 0 => return Err(Reject::Auth),
+                None => {}
+            }
+        }
+        let mut ours: Vec<IpAddr> = self.cfg.addresses().iter().map(|a| a.address).collect();
+        let mut theirs = advert.addresses.clone();
+        ours.sort();
+        theirs.sort();
+        if advert.priority != 255 && advert.priority != 0 && ours != theirs {
+            return Err(Reject::Addresses);
+        }
+        Ok(advert)
+    }
+
+    fn bump<T>(&self, f: impl FnOnce(&mut InstanceStatus) -> T) -> T
+    where
+        T: Default,
+    {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => T::default(),
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::SendAdvert(priority) => self.send_advert(priority),
+                Action::AddAddresses => {
+                    for a in self.cfg.addresses() {
+                        if let Err(e) = net::add_address(&self.handle, self.ifindex, a).await {
+                            error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
+                        }
+                    }
+                }
+                Action::Announce => {
+                    self.garp_bursts_left = 1;
+                    self.announce();
+                    self.garp_at = Some(
+                        Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_delay)),
+                    );
+                }
+                Action::RemoveAddresses => {
+                    self.garp_at = None;
+                    for a in self.cfg.addresses() {
+                        if let Err(e) = net::remove_address(&self.handle, self.ifindex, a).await {
+                            error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
+                        }
+                    }
+                }
+                Action::Transition { from, to } => {
+                    info!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        old = from.as_str(),
+                        new = to.as_str(),
+                        priority = self.machine.priority(),
+                        master = ?self.machine.master(),
+                        "VRRP state change"
+                    );
+                    let name = match to {
+                        State::Master => Some("MASTER"),
+                        State::Backup => Some("BACKUP"),
+                        State::Fault => Some("FAULT"),
+                        State::Init => None,
+                    };
+                    if let Some(n) = name {
+                        self.notify(n);
+                    }
+                }
+            }
+        }
+        let (state, prio, master, transitions) = (
+            self.machine.state(),
+            self.machine.priority(),
+            self.machine.master(),
+            self.machine.transitions(),
+        );
+        self.bump(|s| {
+            s.state = state.as_str().to_string();
+            s.effective_priority = prio;
+            s.master_address = master.map(|m| m.to_string());
+            s.transitions = transitions;
+        });
+    }
+
+    fn send_advert(&mut self, priority: u8) {
+        let advert = Advert {
+            version: self.cfg.version,
+            vrid: self.cfg.virtual_router_id,
+            priority,
+            interval_cs: self.cfg.advert_interval_cs(),
+            addresses: self.cfg.addresses().iter().map(|a| a.address).collect(),
+            auth: self
+                .cfg
+                .authentication
+                .as_ref()
+                .map(|a| (AUTH_PASS, auth_data(&a.auth_pass))),
+        };
+        let src = self.socket.source();
+        let targets: Vec<IpAddr> = if self.cfg.unicast_peer.is_empty() {
+            vec![if src.is_ipv6() {
+                MULTICAST_V6.into()
+            } else {
+                MULTICAST_V4.into()
+            }]
+        } else {
+            self.cfg.unicast_peer.clone()
+        };
+        for dst in targets {
+            match self.socket.send(dst, &advert.encode(src, dst)) {
+                Ok(()) => {
+                    self.bump(|s| s.adverts_sent += 1);
+                }
+                Err(e) => warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent"),
+            }
+        }
+    }
+
+    /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
+    fn announce(&self) {
+        let addrs = self.cfg.addresses();
+        let v4: Vec<_> = addrs
+            .iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V4(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let v6: Vec<_> = addrs
+            .iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V6(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        for _ in 0..self.cfg.garp_master_repeat.max(1) {
+            if let Err(e) = net::send_garps(self.ifindex, self.mac, &v4) {
+                warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP failed");
+            }
+            if let Err(e) = net::send_nas(&self.iface, self.ifindex, self.mac, &v6) {
+                warn!(instance = %self.cfg.name, error = %e, "neighbour advertisement failed");
+            }
+        }
+    }
+
+    /// The delayed second burst, then refreshes every garp_master_refresh.
+    fn garp_burst(&mut self) {
+        if self.machine.state() != State::Master {
+            self.garp_at = None;
+            return;
+        }
+        self.announce();
+        if self.garp_bursts_left > 0 {
+            self.garp_bursts_left -= 1;
+        }
+        self.garp_at = (self.cfg.garp_master_refresh > 0)
+            .then(|| Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
+    }
+
+    /// Queues the notify scripts for `state` (run in order, off this loop).
+    fn notify(&self, state: &str) {
+        let specific = match state {
+            "MASTER" => &self.cfg.notify_master,
+            "BACKUP" => &self.cfg.notify_backup,
+            "FAULT" => &self.cfg.notify_fault,
+            _ => &self.cfg.notify_stop,
+        };
+        let mut jobs = Vec::new();
+        if let Some(cmd) = specific.as_deref().and_then(shlex::split) {
+            jobs.push(cmd);
+        }
+        if let Some(mut cmd) = self.cfg.notify.as_deref().and_then(shlex::split) {
+            cmd.extend([
+                "INSTANCE".to_string(),
+                self.cfg.name.clone(),
+                state.to_string(),
+                self.machine.priority().to_string(),
+            ]);
+            jobs.push(cmd);
+        }
+        if !jobs.is_empty() {
+            let _ = self.notifier.send(jobs);
+        }
+    }
+}
+
+/// Runs notify scripts one at a time, in order, each cut at 30 s.
+fn start_notifier() -> mpsc::UnboundedSender<Vec<Vec<String>>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<String>>>();
+    tokio::spawn(async move {
+        while let Some(jobs) = rx.recv().await {
+            for argv in jobs {
+                let Some((program, args)) = argv.split_first() else {
+                    continue;
+                };
+                let child = tokio::process::Command::new(program)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn();
+                match child {
+                    Ok(mut child) => {
+                        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                            Ok(Ok(status)) if !status.success() => {
+                                warn!(script = %program, %status, "notify script failed")
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                let _ = child.kill().await;
+                                warn!(script = %program, "notify script killed after 30 s");
+                            }
+                        }
+                    }
+                    Err(e) => warn!(script = %program, error = %e, "cannot run notify script"),
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// One task per `[[vrrp_script]]`; results (`None` until the first verdict)
+/// are shared with every instance tracking it.
+fn start_scripts(scripts: &[VrrpScript]) -> BTreeMap<String, (i32, watch::Receiver<Option<bool>>)> {
+    let mut out = BTreeMap::new();
+    for s in scripts {
+        let (tx, rx) = watch::channel(None);
+        out.insert(s.name.clone(), (s.weight, rx));
+        let s = s.clone();
+        tokio::spawn(async move {
+            let Some(argv) = shlex::split(&s.script) else {
+                error!(script = %s.name, "cannot parse the script command line");
+                return;
+            };
+            let interval = Duration::from_secs_f64(s.interval);
+            let timeout = Duration::from_secs_f64(s.timeout.unwrap_or(s.interval));
+            let (mut ok_run, mut bad_run) = (0u32, 0u32);
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let ok = run_check(&argv, timeout).await;
+                if ok {
+                    ok_run += 1;
+                    bad_run = 0;
+                } else {
+                    bad_run += 1;
+                    ok_run = 0;
+                }
+                let current = *tx.borrow();
+                let next = match current {
+                    Some(true) if bad_run >= s.fall => Some(false),
+                    Some(false) if ok_run >= s.rise => Some(true),
+                    None if ok_run >= s.rise => Some(true),
+                    None if bad_run >= s.fall => Some(false),
+                    c => c,
+                };
+                if next != current {
+                    info!(script = %s.name, healthy = ?next, "tracked script changed");
+                    let _ = tx.send(next);
+                }
+            }
+        });
+    }
+    out
+}
+
+async fn run_check(argv: &[String], timeout: Duration) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match child {
+        Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                let _ = child.kill().await;
+                false
+            }
+        },
+        Err(_) => false,
+    }
+}

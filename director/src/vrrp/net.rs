@@ -1,0 +1,527 @@
+//! VRRP on the wire and on the interface: the raw IP-protocol-112 socket,
+//! the virtual addresses (rtnetlink), and their announcement (gratuitous
+//! ARP, unsolicited neighbour advertisement).
+
+use std::{
+    io,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
+    os::fd::{AsRawFd as _, RawFd},
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
+};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
+use crate::{config::VirtualAddress, neighbor::Mac};
+
+/// Errors of the VRRP network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("interface {0} has no usable {1} address")]
+    NoAddress(String, &'static str),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Io { what, source }
+}
+
+/// A received IP packet carrying VRRP.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TTL / hop limit on arrival.
+    pub ttl: u8,
+    pub payload: Vec<u8>,
+}
+
+/// The raw VRRP sockets of one instance, bound to its interface: one to
+/// receive (not bound to an address: a raw socket bound to an address only
+/// sees packets sent to that address, not to the multicast group) and one
+/// to send from our address.
+pub struct VrrpSocket {
+    fd: AsyncFd<Socket>,
+    tx: Socket,
+    v6: bool,
+    ifindex: u32,
+    src: IpAddr,
+}
+
+const IPV6_RECVPKTINFO: libc::c_int = 49;
+const IPV6_RECVHOPLIMIT: libc::c_int = 51;
+const IPV6_PKTINFO: libc::c_int = 50;
+const IPV6_HOPLIMIT: libc::c_int = 52;
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a plain int option on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl VrrpSocket {
+    /// Opens the socket on `interface` with source address `src`; joins the
+    /// VRRP multicast group unless `multicast` is false (unicast peers).
+    pub fn open(
+        interface: &str,
+        ifindex: u32,
+        src: IpAddr,
+        multicast: bool,
+    ) -> Result<VrrpSocket, NetError> {
+        let tx = Self::raw(interface, ifindex, src, false, true)?;
+        let rx = Self::raw(interface, ifindex, src, multicast, false)?;
+        rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
+        // SAFETY: the socket is owned by the AsyncFd and closed only with it.
+        let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
+            .map_err(|e| io_err("registering the socket")(e.into()))?;
+        Ok(VrrpSocket {
+            fd,
+            tx,
+            v6: src.is_ipv6(),
+            ifindex,
+            src,
+        })
+    }
+
+    fn raw(
+        interface: &str,
+        ifindex: u32,
+        src: IpAddr,
+        join: bool,
+        bind: bool,
+    ) -> Result<Socket, NetError> {
+        let multicast = join;
+        let v6 = src.is_ipv6();
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let s = Socket::new(
+            domain,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IPPROTO_VRRP))),
+        )
+        .map_err(io_err("raw VRRP socket (needs CAP_NET_RAW)"))?;
+        s.bind_device(Some(interface.as_bytes()))
+            .map_err(io_err(format!("binding to {interface}")))?;
+        if v6 {
+            s.set_multicast_hops_v6(u32::from(TTL))
+                .map_err(io_err("hop limit"))?;
+            s.set_unicast_hops_v6(u32::from(TTL))
+                .map_err(io_err("hop limit"))?;
+            s.set_multicast_loop_v6(false)
+                .map_err(io_err("multicast loop"))?;
+            s.set_multicast_if_v6(ifindex)
+                .map_err(io_err("multicast interface"))?;
+            let fd = s.as_raw_fd();
+            setsockopt_int(fd, libc::IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                .map_err(io_err("IPV6_RECVPKTINFO"))?;
+            setsockopt_int(fd, libc::IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+                .map_err(io_err("IPV6_RECVHOPLIMIT"))?;
+            if multicast {
+                s.join_multicast_v6(&MULTICAST_V6, ifindex)
+                    .map_err(io_err("joining ff02::12"))?;
+            }
+            if bind {
+                let IpAddr::V6(a) = src else { unreachable!() };
+                let scope = if a.is_unicast_link_local() {
+                    ifindex
+                } else {
+                    0
+                };
+                s.bind(&SockAddr::from(SocketAddrV6::new(a, 0, 0, scope)))
+                    .map_err(io_err(format!("binding to {src}")))?;
+            }
+        } else {
+            s.set_ttl_v4(u32::from(TTL)).map_err(io_err("TTL"))?;
+            s.set_multicast_ttl_v4(u32::from(TTL))
+                .map_err(io_err("multicast TTL"))?;
+            s.set_multicast_loop_v4(false)
+                .map_err(io_err("multicast loop"))?;
+            let IpAddr::V4(a) = src else { unreachable!() };
+            s.set_multicast_if_v4(&a)
+                .map_err(io_err("multicast interface"))?;
+            if multicast {
+                s.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(ifindex))
+                    .map_err(io_err("joining 224.0.0.18"))?;
+            }
+            if bind {
+                s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                    .map_err(io_err(format!("binding to {src}")))?;
+            }
+        }
+        if !bind {
+            // The sending socket never reads: keep its queue empty.
+            let _ = s.set_recv_buffer_size(1 << 16);
+        } else {
+            let _ = s.set_recv_buffer_size(0);
+        }
+        Ok(s)
+    }
+
+    /// Our source address.
+    pub fn source(&self) -> IpAddr {
+        self.src
+    }
+
+    /// Sends one VRRP message to `dst`.
+    pub fn send(&self, dst: IpAddr, message: &[u8]) -> Result<(), NetError> {
+        let addr = match dst {
+            IpAddr::V6(a) => {
+                let scope = if a.is_multicast() || a.is_unicast_link_local() {
+                    self.ifindex
+                } else {
+                    0
+                };
+                SockAddr::from(SocketAddrV6::new(a, 0, 0, scope))
+            }
+            IpAddr::V4(_) => SockAddr::from(SocketAddr::new(dst, 0)),
+        };
+        self.tx
+            .send_to(message, &addr)
+            .map_err(io_err(format!("sending an advert to {dst}")))?;
+        Ok(())
+    }
+
+    /// Waits for the next packet.
+    pub async fn recv(&self) -> Result<Received, NetError> {
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(io_err("waiting for adverts"))?;
+            match guard.try_io(|fd| self.recv_now(fd.get_ref())) {
+                Ok(r) => return r.map_err(io_err("receiving an advert")),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// A packet already queued, if any (never waits).
+    pub fn try_recv(&self) -> Result<Option<Received>, NetError> {
+        match self.recv_now(self.fd.get_ref()) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io_err("receiving an advert")(e)),
+        }
+    }
+
+    fn recv_now(&self, s: &Socket) -> io::Result<Received> {
+        if self.v6 {
+            recv_v6(s.as_raw_fd())
+        } else {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+            let (n, _) = s.recv_from(&mut buf)?;
+            // SAFETY: recv_from initialised the first n bytes.
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            // An IPv4 raw socket delivers the IP header.
+            if b.len() < 20 || b[0] >> 4 != 4 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "short IPv4 packet",
+                ));
+            }
+            let ihl = usize::from(b[0] & 0x0f) * 4;
+            if ihl < 20 || b.len() < ihl {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad IPv4 header length",
+                ));
+            }
+            Ok(Received {
+                src: IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])),
+                dst: IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])),
+                ttl: b[8],
+                payload: b[ihl..].to_vec(),
+            })
+        }
+    }
+}
+
+/// recvmsg on an IPv6 raw socket: the source from the address, the
+/// destination and hop limit from ancillary data.
+fn recv_v6(fd: RawFd) -> io::Result<Received> {
+    let mut buf = [0u8; 2048];
+    let mut ctrl = [0u8; 256];
+    // SAFETY: zeroed sockaddr_in6 is valid.
+    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: zeroed msghdr, then every pointer set to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut from as *mut libc::sockaddr_in6 as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = ctrl.len();
+    // SAFETY: msg points at buffers that outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut dst = None;
+    let mut ttl = 0u8;
+    // SAFETY: walking the control buffer the kernel filled, with its macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 {
+                if (*c).cmsg_type == IPV6_PKTINFO {
+                    let info = std::ptr::read_unaligned(data as *const libc::in6_pktinfo);
+                    dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                } else if (*c).cmsg_type == IPV6_HOPLIMIT {
+                    let v = std::ptr::read_unaligned(data as *const libc::c_int);
+                    ttl = v.clamp(0, 255) as u8;
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let dst =
+        dst.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no destination address"))?;
+    Ok(Received {
+        src: IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)),
+        dst: IpAddr::V6(dst),
+        ttl,
+        payload: buf[..n as usize].to_vec(),
+    })
+}
+
+/// The interface's primary address of a family: IPv4 non-secondary, IPv6
+/// link-local (RFC 5798 5.1.2.1: adverts come from the link-local address).
+pub async fn primary_address(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    v6: bool,
+) -> Result<Option<IpAddr>, NetError> {
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    let mut found = None;
+    while let Some(msg) = stream.try_next().await? {
+        let secondary = msg.header.flags.contains(AddressHeaderFlags::Secondary);
+        for a in &msg.attributes {
+            let addr = match (a, v6) {
+                (AddressAttribute::Local(ip @ IpAddr::V4(_)), false) => *ip,
+                (AddressAttribute::Address(ip @ IpAddr::V6(v)), true)
+                    if v.is_unicast_link_local() =>
+                {
+                    *ip
+                }
+                _ => continue,
+            };
+            if !secondary && found.is_none() {
+                found = Some(addr);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Adds a virtual address (IPv6 without duplicate address detection, so it
+/// is usable at once). An address already present is fine.
+pub async fn add_address(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    a: VirtualAddress,
+) -> Result<(), NetError> {
+    let mut req = handle.address().add(ifindex, a.address, a.prefix).replace();
+    if a.address.is_ipv6() {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req.execute().await?;
+    Ok(())
+}
+
+/// Removes a virtual address. An address already gone is fine.
+pub async fn remove_address(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    a: VirtualAddress,
+) -> Result<(), NetError> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = if a.address.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    msg.header.prefix_len = a.prefix;
+    msg.header.index = ifindex;
+    msg.attributes.push(AddressAttribute::Local(a.address));
+    msg.attributes.push(AddressAttribute::Address(a.address));
+    match handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        // EADDRNOTAVAIL: not there.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `addr` is configured on the interface.
+pub async fn has_address(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    addr: IpAddr,
+) -> Result<bool, NetError> {
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    while let Some(msg) = stream.try_next().await? {
+        if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == addr)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A gratuitous ARP for `vip` from `mac` (an ARP request for our own
+/// address, broadcast), as keepalived sends.
+pub fn garp_frame(mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, request
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&vip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&vip.octets());
+    f
+}
+
+/// Sends gratuitous ARPs for `vips` on `ifindex`.
+pub fn send_garps(ifindex: u32, mac: Mac, vips: &[Ipv4Addr]) -> Result<(), NetError> {
+    if vips.is_empty() {
+        return Ok(());
+    }
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    let s = Socket::new(
+        Domain::PACKET,
+        Type::RAW,
+        Some(Protocol::from(i32::from(proto))),
+    )
+    .map_err(io_err("packet socket for gratuitous ARP"))?;
+    // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
+    let addr = unsafe {
+        let (_, addr) = SockAddr::try_init(|storage, len| {
+            let ll = storage as *mut libc::sockaddr_ll;
+            (*ll).sll_family = libc::AF_PACKET as u16;
+            (*ll).sll_protocol = proto;
+            (*ll).sll_ifindex = ifindex as i32;
+            (*ll).sll_halen = 6;
+            (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
+            *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            Ok(())
+        })
+        .map_err(io_err("sockaddr_ll"))?;
+        addr
+    };
+    for vip in vips {
+        s.send_to(&garp_frame(mac, *vip), &addr)
+            .map_err(io_err(format!("gratuitous ARP for {vip}")))?;
+    }
+    Ok(())
+}
+
+/// An unsolicited neighbour advertisement for `vip` (RFC 4861 7.2.6):
+/// override flag, target link-layer address option. The kernel fills in
+/// the ICMPv6 checksum.
+pub fn unsolicited_na(mac: Mac, vip: Ipv6Addr) -> Vec<u8> {
+    let mut m = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    m.extend_from_slice(&vip.octets());
+    m.extend_from_slice(&[2, 1]);
+    m.extend_from_slice(&mac.0);
+    m
+}
+
+/// Sends unsolicited NAs for `vips` to all-nodes on `interface`.
+pub fn send_nas(
+    interface: &str,
+    ifindex: u32,
+    mac: Mac,
+    vips: &[Ipv6Addr],
+) -> Result<(), NetError> {
+    if vips.is_empty() {
+        return Ok(());
+    }
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+        .map_err(io_err("ICMPv6 socket for neighbour advertisements"))?;
+    s.bind_device(Some(interface.as_bytes()))
+        .map_err(io_err("binding the ICMPv6 socket"))?;
+    s.set_multicast_hops_v6(255).map_err(io_err("hop limit"))?;
+    s.set_multicast_if_v6(ifindex)
+        .map_err(io_err("multicast interface"))?;
+    let all_nodes = SockAddr::from(SocketAddrV6::new(
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        0,
+        0,
+        ifindex,
+    ));
+    for vip in vips {
+        s.send_to(&unsolicited_na(mac, *vip), &all_nodes)
+            .map_err(io_err(format!("neighbour advertisement for {vip}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_layout() {
+        let f = garp_frame(Mac([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(f.len(), 42);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[20..22], &[0, 1], "an ARP request");
+        assert_eq!(&f[28..32], &[10, 0, 0, 100], "sender = VIP");
+        assert_eq!(&f[38..42], &[10, 0, 0, 100], "target = VIP");
+    }
+
+    #[test]
+    fn na_layout() {
+        let m = unsolicited_na(Mac([2, 0, 0, 0, 0, 1]), "fd00::100".parse().expect("ip"));
+        assert_eq!(m[0], 136);
+        assert_eq!(m[4] & 0x20, 0x20, "override flag");
+        assert_eq!(m.len(), 8 + 16 + 8);
+        assert_eq!(&m[24..26], &[2, 1], "target link-layer address option");
+    }
+}

@@ -1,0 +1,167 @@
+//! VRRP between two directors in the lab: election, failover on kill -9,
+//! preemption (and nopreempt), graceful handover, unicast, IPv6.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use director_tests::{Lab, LabSpec, Proc, http, lab::VIP, scenario};
+use nix::sys::signal::Signal;
+
+fn lab() -> Result<Lab> {
+    Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })
+}
+
+fn start(lab: &Lab, i: usize, config: &str) -> Result<Proc> {
+    let name = format!("director{}", i + 1);
+    let path = lab.write(&format!("{name}.toml"), config)?;
+    scenario::spawn_director(lab, i, &path)
+}
+
+/// Whether director `i` holds the VIP on eth0.
+fn holds_vip(lab: &Lab, i: usize) -> Result<bool> {
+    let out = lab.directors[i]
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")))
+}
+
+const FAST: &str = "version = 3\nadvert_int = 0.1";
+
+#[test]
+fn failover_preemption_and_graceful_handover() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, FAST)?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
+    let mut d1 = start(&lab, 0, &c1)?;
+    let mut d2 = start(&lab, 1, &c2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    ensure!(holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?, "VIP placement");
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "through the master: {t:?}");
+    let st = scenario::status(&s2)?;
+    ensure!(st["vrrp"][0]["master_address"] == "10.0.0.10", "{st}");
+    ensure!(st["vrrp"][0]["virtual_router_id"] == 51, "{st}");
+    ensure!(st["vrrp"][0]["priority"] == 100, "{st}");
+    let before = st["vrrp"][0]["transitions"].as_u64().unwrap_or(0);
+
+    // kill -9 the master: the backup takes over and requests resume.
+    let killed = Instant::now();
+    d1.stop(Signal::SIGKILL, Duration::from_secs(2))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    let took = killed.elapsed();
+    ensure!(took < Duration::from_secs(2), "takeover took {took:?}");
+    ensure!(holds_vip(&lab, 1)?, "the new master does not hold the VIP");
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "after failover: {t:?}");
+
+    // The old master returns with a higher priority and preempts; on its
+    // way up it drops the VIP it left behind.
+    let mut d1 = start(&lab, 0, &c1)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    ensure!(
+        holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?,
+        "VIP after preemption"
+    );
+    let trans = scenario::status(&s2)?["vrrp"][0]["transitions"].as_u64();
+    ensure!(
+        trans == Some(before + 2),
+        "director2 transitions {trans:?}, {before} before the failover"
+    );
+
+    // Graceful stop: priority 0, the backup takes over after its skew time
+    // (0.061 s at priority 100 and 0.1 s adverts), well before 3 intervals.
+    let stopped = Instant::now();
+    let code = d1.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    ensure!(code == Some(0), "exit {code:?}");
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    let took = stopped.elapsed();
+    ensure!(!holds_vip(&lab, 0)?, "a stopped master kept the VIP");
+    ensure!(
+        took < Duration::from_millis(300),
+        "graceful handover took {took:?}"
+    );
+    let log = d2.log();
+    ensure!(log.contains("VRRP state change"), "{log}");
+    d2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn nopreempt_keeps_the_current_master() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let extra = format!("{FAST}\nnopreempt = true");
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra)?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, &extra)?;
+    // director2 alone first: it becomes master.
+    let _d2 = start(&lab, 1, &c2)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(10))?;
+    // director1, with a higher priority, joins and stays backup.
+    let _d1 = start(&lab, 0, &c1)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("backup"));
+    ensure!(scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("master"));
+    Ok(())
+}
+
+#[test]
+fn unicast_peers_and_authentication() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let extra = |peer: &str, pass: &str| {
+        format!(
+            "unicast_peer = [\"{peer}\"]\nauthentication = {{ auth_type = \"PASS\", auth_pass = \"{pass}\" }}"
+        )
+    };
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra("10.0.0.11", "s3cret"))?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, &extra("10.0.0.10", "s3cret"))?;
+    let mut d1 = start(&lab, 0, &c1)?;
+    let _d2 = start(&lab, 1, &c2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let st = scenario::status(&s2)?;
+    ensure!(st["vrrp"][0]["adverts_received"].as_u64() > Some(0), "{st}");
+    d1.stop(Signal::SIGKILL, Duration::from_secs(2))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(6))?;
+    Ok(())
+}
+
+#[test]
+fn wrong_password_is_rejected_and_counted() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let pass =
+        |p: &str| format!("authentication = {{ auth_type = \"PASS\", auth_pass = \"{p}\" }}");
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &pass("right"))?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, &pass("wrong"))?;
+    let _d1 = start(&lab, 0, &c1)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    let _d2 = start(&lab, 1, &c2)?;
+    // director2 never accepts director1's adverts: it becomes master too.
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(10))?;
+    let st = scenario::status(&s2)?;
+    ensure!(st["vrrp"][0]["rejected"]["auth"].as_u64() > Some(0), "{st}");
+    Ok(())
+}
