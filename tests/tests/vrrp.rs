@@ -165,3 +165,89 @@ fn wrong_password_is_rejected_and_counted() -> Result<()> {
     ensure!(st["vrrp"][0]["rejected"]["auth"].as_u64() > Some(0), "{st}");
     Ok(())
 }
+
+#[test]
+fn ipv6_failover() -> Result<()> {
+    use director_tests::lab::VIP6;
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let config = |name: &str, priority: u8| -> Result<String> {
+        let mut c = scenario::global_config(&lab, name)?;
+        c.push_str(&format!(
+            "\n[[vrrp_instance]]\nname = \"VI_6\"\nvirtual_router_id = 61\npriority = {priority}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP6}\"]\n"
+        ));
+        let servers: Vec<String> = lab
+            .real_servers
+            .iter()
+            .map(|r| r.ip6().to_string())
+            .collect();
+        c.push_str(&scenario::virtual_server(
+            &VIP6.to_string(),
+            80,
+            &servers,
+            &[],
+        ));
+        Ok(c)
+    };
+    let mut d1 = start(&lab, 0, &config("director1", 150)?)?;
+    let _d2 = start(&lab, 1, &config("director2", 100)?)?;
+    scenario::wait_vrrp_state(&s1, "VI_6", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_6", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    // IPv6 adverts come from the master's link-local address.
+    let st = scenario::wait_status(&s2, Duration::from_secs(5), |s| {
+        s["vrrp"][0]["master_address"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("fe80::"))
+    })?;
+    ensure!(st["vrrp"][0]["adverts_received"].as_u64() > Some(0), "{st}");
+    let vip = SocketAddr::from((VIP6, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "{t:?}");
+    d1.stop(Signal::SIGKILL, Duration::from_secs(2))?;
+    scenario::wait_vrrp_state(&s2, "VI_6", "master", Duration::from_secs(5))?;
+    // The unsolicited neighbour advertisement moved the client over.
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "after failover: {t:?}");
+    Ok(())
+}
+
+#[test]
+fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    // The check: "is the flag file there" (as "is nginx alive" would be).
+    let flag = lab.path("nginx-alive");
+    std::fs::write(&flag, "")?;
+    let script = format!(
+        "\n[[vrrp_script]]\nname = \"chk_nginx\"\nscript = \"/usr/bin/test -e {}\"\ninterval = 0.2\nweight = -100\nfall = 2\nrise = 2\n",
+        flag.display()
+    );
+    let extra = format!("{FAST}\ntrack_script = [\"chk_nginx\"]");
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra)? + &script;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
+    let _d1 = start(&lab, 0, &c1)?;
+    let _d2 = start(&lab, 1, &c2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    // The check fails on the master: its priority drops to 50, the backup
+    // (100) preempts and takes the VIP.
+    std::fs::remove_file(&flag)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
+    let st = scenario::status(&s1)?;
+    ensure!(st["vrrp"][0]["effective_priority"] == 50, "{st}");
+    ensure!(st["vrrp"][0]["priority"] == 150, "{st}");
+    ensure!(holds_vip(&lab, 1)? && !holds_vip(&lab, 0)?);
+    // It recovers: priority 150 again, and it preempts back.
+    std::fs::write(&flag, "")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+    Ok(())
+}

@@ -270,7 +270,8 @@ impl VrrpSocket {
 /// destination and hop limit from ancillary data.
 fn recv_v6(fd: RawFd) -> io::Result<Received> {
     let mut buf = [0u8; 2048];
-    let mut ctrl = [0u8; 256];
+    // cmsghdr needs 8-byte alignment: a u64 buffer gives it.
+    let mut ctrl = [0u64; 32];
     // SAFETY: zeroed sockaddr_in6 is valid.
     let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
@@ -284,7 +285,7 @@ fn recv_v6(fd: RawFd) -> io::Result<Received> {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = ctrl.len();
+    msg.msg_controllen = std::mem::size_of_val(&ctrl);
     // SAFETY: msg points at buffers that outlive the call.
     let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
