@@ -248,6 +248,12 @@ pub struct Counters {
 pub struct Settings {
     /// UDP flows idle for longer than this (ns) are placed again.
     pub udp_timeout_ns: u64,
+    /// Our interface's MAC: only frames addressed to it are forwarded (a
+    /// switch flooding unknown unicast must not make us forward a frame
+    /// meant for another director).
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
@@ -339,7 +345,7 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 4 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<PersistKey>(), 16 + 4);
         assert_eq!(size_of::<Counters>(), 3 * 8);
-        assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<Settings>(), 8 + 6 + 2);
     }
 
     #[test]

@@ -145,6 +145,13 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
         Some(word) if word & (1u64 << (bucket % 64)) != 0 => {}
         _ => return Err(Pass),
     }
+    // Only frames addressed to us: under unknown-unicast flooding another
+    // director's frames reach us too.
+    let dst_mac: [u8; 6] = read(ctx, 0)?;
+    match SETTINGS.get(0) {
+        Some(s) if s.mac == dst_mac => {}
+        _ => return Err(Pass),
+    }
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let protocol = packet.key.protocol;
     if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {

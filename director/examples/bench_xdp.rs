@@ -20,7 +20,7 @@ use aya::{
 use director::{
     config::{Protocol, Scheduler},
     dataplane::{BackendPlan, ServicePlan, xdp::PROGRAM, xdp::XdpDataplane},
-    frames::{self, ACK, SYN},
+    frames::{self, ACK, DIRECTOR_MAC, SYN},
     neighbor::Mac,
 };
 use director_common::PROG_FLOOR;
@@ -130,7 +130,7 @@ fn main() -> Result<()> {
         service("fd00::100", &["fd00::20", "fd00::21", "fd00::22"]),
     ];
     let mut dp = XdpDataplane::load_for_test()?;
-    dp.apply(&plan, 300)?;
+    dp.apply(&plan, 300, Mac(DIRECTOR_MAC))?;
     let prog = dp.program()?;
 
     const PASS: u32 = 2;

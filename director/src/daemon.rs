@@ -220,6 +220,8 @@ struct Daemon {
     dataplane: XdpDataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,
+    /// Our interface's MAC.
+    mac: Mac,
 }
 
 impl Daemon {
@@ -230,7 +232,7 @@ impl Daemon {
             return Ok(());
         }
         self.dataplane
-            .apply(&next, self.config.global.udp_timeout)?;
+            .apply(&next, self.config.global.udp_timeout, self.mac)?;
         for s in &next {
             let ready = s
                 .backends
@@ -351,6 +353,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         dataplane,
         applied: None,
         vrrp: Some(vrrp),
+        mac: link.mac,
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {

@@ -46,7 +46,7 @@ fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]) ->
 
 fn loaded(plan: &[ServicePlan]) -> XdpDataplane {
     let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
-    dp.apply(plan, 300).expect("apply");
+    dp.apply(plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
     dp
 }
 
@@ -138,6 +138,12 @@ fn other_traffic_passes_untouched() {
         frames::ethernet(0x8100, &[0, 5, 0x08, 0x00, 0x45, 0, 0, 40]),
         // IPv6 to a non-VIP.
         frames::tcp_frame(ip("fd00::1"), 1000, ip("fd00::10"), 80, SYN),
+        // To a VIP, but flooded to us: addressed to another MAC.
+        {
+            let mut f = frames::tcp_frame(ip("10.1.0.1"), 1000, ip("10.0.0.100"), 80, SYN);
+            f[5] ^= 0xff;
+            f
+        },
     ] {
         assert_eq!(run(&dp, &f).0, XDP_PASS, "{f:02x?}");
     }
@@ -304,7 +310,7 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
 
     // Weight 0: existing flows stay, new flows avoid the server.
     plan[0].backends[1].weight = 0;
-    dp.apply(&plan, 300).expect("apply");
+    dp.apply(&plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
     let acks: Vec<Vec<u8>> = (0..300u16)
         .map(|p| frames::tcp_frame(ip("10.4.0.1"), 10000 + p, ip("10.0.0.100"), 80, ACK))
         .collect();
@@ -339,7 +345,7 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
 
     // Removal: its flows are placed again; the others do not move.
     plan[0].backends.remove(1);
-    dp.apply(&plan, 300).expect("apply");
+    dp.apply(&plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
     for (i, (f, old)) in acks.iter().zip(&before).enumerate() {
         if reused.contains(&i) {
             continue; // already moved by the SYN above

@@ -6,6 +6,7 @@
 //! - `test`: the whole test suite (runs setup first)
 //! - `lint`: rustfmt, clippy for the workspace, clippy for the eBPF crate
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -47,10 +48,14 @@ enum Cmd {
     },
     /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
     Lint,
-    /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program).
+    /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program),
+    /// `failover` (outage after kill -9 of the master, vs keepalived).
     Bench {
-        /// Which benchmark: xdp.
+        /// Which benchmark: xdp, failover.
         what: String,
+        /// failover: also run a 10 ms pair under CPU load this many seconds.
+        #[arg(long, default_value_t = 0)]
+        soak: u64,
     },
 }
 
@@ -101,9 +106,15 @@ fn main() -> Result<()> {
             test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
-        Cmd::Bench { what } => {
+        Cmd::Bench { what, soak } => {
             setup::run(setup::Verbosity::Quiet)?;
             match what.as_str() {
+                "failover" => {
+                    let bin = build_director()?;
+                    // SAFETY: single-threaded at this point.
+                    unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
+                    bench::run(soak)
+                }
                 "xdp" => exec(cargo().args([
                     "run",
                     "--quiet",
@@ -113,7 +124,7 @@ fn main() -> Result<()> {
                     "--example",
                     "bench_xdp",
                 ])),
-                other => bail!("unknown benchmark {other:?}; known: xdp"),
+                other => bail!("unknown benchmark {other:?}; known: xdp, failover"),
             }
         }
     }

@@ -275,10 +275,17 @@ impl XdpDataplane {
             .try_into()?)
     }
 
-    /// Makes the maps match `plan`.
-    pub fn apply(&mut self, plan: &[ServicePlan], udp_timeout_s: u32) -> Result<(), XdpError> {
+    /// Makes the maps match `plan`. `mac` is our interface's address.
+    pub fn apply(
+        &mut self,
+        plan: &[ServicePlan],
+        udp_timeout_s: u32,
+        mac: crate::neighbor::Mac,
+    ) -> Result<(), XdpError> {
         let settings = Settings {
             udp_timeout_ns: u64::from(udp_timeout_s) * 1_000_000_000,
+            mac: mac.0,
+            _pad: [0; 2],
         };
         if self.settings != Some(settings) {
             let mut array: Array<&mut MapData, Settings> =

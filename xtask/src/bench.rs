@@ -1,0 +1,294 @@
+//! `cargo xtask bench failover`: the client-visible outage when the VRRP
+//! master dies, director pairs against keepalived pairs with the same
+//! settings, in the same run. "Dies" is kill -9 of its VRRP speaker plus
+//! its link going down at the same instant: a killed director's pinned
+//! dataplane would otherwise keep forwarding the VIP it still holds (and
+//! so would the dataplane beside keepalived), which hides the VRRP part. `--soak SECONDS` then runs a 10 ms pair under
+//! CPU load and counts false failovers.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use director_tests::{Lab, LabSpec, Proc, http, lab::VIP, scenario};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+struct Setting {
+    label: &'static str,
+    version: u8,
+    interval: &'static str,
+}
+
+const SETTINGS: [Setting; 3] = [
+    Setting {
+        label: "v2, 1 s",
+        version: 2,
+        interval: "1",
+    },
+    Setting {
+        label: "v3, 100 ms",
+        version: 3,
+        interval: "0.1",
+    },
+    Setting {
+        label: "v3, 10 ms",
+        version: 3,
+        interval: "0.01",
+    },
+];
+
+pub fn run(soak: u64) -> Result<()> {
+    println!(
+        "failover: longest gap in successful HTTP requests to the VIP when the master dies (kill -9 + link down)"
+    );
+    println!(
+        "  {:<12} {:>12} {:>12} {:>10}",
+        "setting", "director", "keepalived", "ratio"
+    );
+    for s in &SETTINGS {
+        let d = outage(s, Kind::Director)?;
+        let k = outage(s, Kind::Keepalived)?;
+        println!(
+            "  {:<12} {:>10.0}ms {:>10.0}ms {:>9.2}x{}",
+            s.label,
+            d.as_secs_f64() * 1000.0,
+            k.as_secs_f64() * 1000.0,
+            d.as_secs_f64() / k.as_secs_f64(),
+            if d <= k {
+                ""
+            } else {
+                "  (target <= 1.0: MISSED)"
+            }
+        );
+    }
+    if soak > 0 {
+        soak_run(soak)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Director,
+    Keepalived,
+}
+
+/// The master (director 0) and backup (director 1) of one pair.
+struct Pair {
+    master: Vec<Proc>,
+    _backup: Vec<Proc>,
+    master_pids: Vec<i32>,
+}
+
+fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
+    let extra = format!("version = {}\nadvert_int = {}", s.version, s.interval);
+    let mut procs = Vec::new();
+    let mut pids = Vec::new();
+    for (i, prio) in [(0usize, 150u8), (1, 100)] {
+        let name = format!("director{}", i + 1);
+        let mut ps = Vec::new();
+        match kind {
+            Kind::Director => {
+                let c = scenario::vrrp_config(lab, &name, prio, &extra)?;
+                let p = lab.write(&format!("{name}.toml"), &c)?;
+                ps.push(scenario::spawn_director(lab, i, &p)?);
+            }
+            Kind::Keepalived => {
+                let servers: Vec<String> =
+                    lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+                let c = scenario::http_config(lab, &name, &servers)?;
+                let p = lab.write(&format!("{name}.toml"), &c)?;
+                ps.push(scenario::spawn_director(lab, i, &p)?);
+                let (k, vrrp_pid) = keepalived(lab, i, prio, s)?;
+                ps.push(k);
+                if i == 0 {
+                    pids.push(vrrp_pid);
+                }
+            }
+        }
+        if i == 0 {
+            pids.extend(ps.last().and_then(|p| p.pid()).map(|p| p as i32));
+        }
+        procs.push(ps);
+    }
+    let backup = procs.pop().context("backup")?;
+    let master = procs.pop().context("master")?;
+    Ok(Pair {
+        master,
+        _backup: backup,
+        master_pids: pids,
+    })
+}
+
+/// keepalived for director `i`; returns it and the path of its VRRP child's
+/// pid file (read once it exists).
+fn keepalived(lab: &Lab, i: usize, prio: u8, s: &Setting) -> Result<(Proc, i32)> {
+    let dir = lab.path(&format!("ka{i}"));
+    std::fs::create_dir_all(&dir)?;
+    let conf = format!(
+        "global_defs {{\n  router_id ka{i}\n  vrrp_version {}\n  vrrp_garp_master_delay 0\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int {}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+        s.version, s.interval
+    );
+    let path = dir.join("keepalived.conf");
+    std::fs::write(&path, conf)?;
+    let vrrp_pid: PathBuf = dir.join("vrrp.pid");
+    let proc = lab.directors[i].ns.spawn(
+        "keepalived",
+        &[
+            "-n",
+            "-l",
+            "-D",
+            "-f",
+            &path.to_string_lossy(),
+            "-p",
+            &dir.join("keepalived.pid").to_string_lossy(),
+            "-r",
+            &vrrp_pid.to_string_lossy(),
+        ],
+        &dir.join("keepalived.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&vrrp_pid)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok((proc, pid));
+        }
+        if Instant::now() > deadline {
+            bail!("keepalived wrote no VRRP pid file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
+    let s1 = lab.state_dir("director1")?;
+    match kind {
+        Kind::Director => {
+            scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(15))?
+        }
+        Kind::Keepalived => {
+            let ka = pair.master.last_mut().context("keepalived")?;
+            ka.wait_for_log(Duration::from_secs(15), |l| {
+                l.contains("Entering MASTER STATE")
+            })?;
+        }
+    }
+    for s in ["director1", "director2"] {
+        scenario::wait_status(
+            &lab.state_dir(s)?,
+            Duration::from_secs(10),
+            scenario::all_resolved,
+        )?;
+    }
+    Ok(())
+}
+
+/// Longest gap between successful requests around a kill -9 of the master.
+fn outage(s: &Setting, kind: Kind) -> Result<Duration> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let mut pair = start_pair(&lab, s, kind)?;
+    wait_master_serving(&lab, kind, &mut pair)?;
+    // Let the backup settle (it must have heard the master).
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let vip = SocketAddr::from((VIP, 80));
+    let client = lab.client.ns.spawn_thread(move || {
+        let mut ok_times = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            // Short timeouts: a request caught by the failure must not hide
+            // how soon the VIP answers again.
+            if http::get(vip, "/", Duration::from_millis(20)).is_ok_and(|r| r.status == 200) {
+                ok_times.push(Instant::now());
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        ok_times
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    for pid in &pair.master_pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    // Enough for a v2 takeover (3 x 1 s + skew) plus margin.
+    let wait = if s.version == 2 { 6000 } else { 2000 };
+    std::thread::sleep(Duration::from_millis(wait));
+    stop.store(true, Ordering::Relaxed);
+    let times = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let gap = times
+        .windows(2)
+        .filter(|w| w[1] > killed)
+        .map(|w| w[1] - w[0])
+        .max()
+        .context("no requests succeeded after the kill")?;
+    ensure!(
+        times.last().is_some_and(|t| *t > killed + gap / 2),
+        "requests never resumed after the kill"
+    );
+    drop(pair);
+    Ok(gap)
+}
+
+/// A director pair at 10 ms adverts with both cores busy: any transition
+/// after convergence is a false failover.
+fn soak_run(seconds: u64) -> Result<()> {
+    let s = &SETTINGS[2];
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let mut pair = start_pair(&lab, s, Kind::Director)?;
+    wait_master_serving(&lab, Kind::Director, &mut pair)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let transitions = |dir: &std::path::Path| -> Result<u64> {
+        scenario::status(dir)?["vrrp"][0]["transitions"]
+            .as_u64()
+            .context("transitions")
+    };
+    let (t1, t2) = (transitions(&s1)?, transitions(&s2)?);
+    let load: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    println!("soak: director pair at 10 ms adverts, 4 busy loops on 2 cores, {seconds} s");
+    std::thread::sleep(Duration::from_secs(seconds));
+    for mut c in load {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (n1, n2) = (transitions(&s1)? - t1, transitions(&s2)? - t2);
+    let st = scenario::status(&s2)?;
+    println!(
+        "soak: false failovers: {} (master transitions {n1}, backup transitions {n2}); backup received {} adverts",
+        n1.max(n2),
+        st["vrrp"][0]["adverts_received"]
+    );
+    Ok(())
+}
