@@ -35,6 +35,22 @@ pub struct Config {
     pub vrrp_instance: Vec<VrrpInstance>,
     #[serde(default)]
     pub vrrp_script: Vec<VrrpScript>,
+    #[serde(default)]
+    pub vrrp_sync_group: Vec<VrrpSyncGroup>,
+}
+
+/// `[[vrrp_sync_group]]`: instances that change state together.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpSyncGroup {
+    pub name: String,
+    /// Member `vrrp_instance` names.
+    pub group: Vec<String>,
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+    /// Called with: GROUP, name, state.
+    pub notify: Option<String>,
 }
 
 /// `[[vrrp_instance]]`: one virtual router (keepalived's `vrrp_instance`).
@@ -612,6 +628,25 @@ impl Config {
                     at(if s.rise == 0 { "rise" } else { "fall" }),
                     "must be at least 1",
                 ));
+            }
+        }
+        let mut members = HashSet::new();
+        let mut group_names = HashSet::new();
+        for (i, g) in self.vrrp_sync_group.iter().enumerate() {
+            if g.name.is_empty() || !group_names.insert(g.name.clone()) {
+                return Err(problem(
+                    vec![Key("vrrp_sync_group"), Index(i), Key("name")],
+                    format!("group name `{}` is empty or used twice", g.name),
+                ));
+            }
+            for (j, m) in g.group.iter().enumerate() {
+                let at = vec![Key("vrrp_sync_group"), Index(i), Key("group"), Index(j)];
+                if !self.vrrp_instance.iter().any(|v| &v.name == m) {
+                    return Err(problem(at, format!("no [[vrrp_instance]] named `{m}`")));
+                }
+                if !members.insert(m.clone()) {
+                    return Err(problem(at, format!("`{m}` is in two sync groups")));
+                }
             }
         }
         let mut instances = HashSet::new();

@@ -23,19 +23,23 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
     director_tests::lab::clean(false)?;
 
     let lab = Lab::build(&LabSpec {
-        directors: 1,
+        directors: 2,
         real_servers: 3,
-        vip_on_director: true,
+        vip_on_director: false,
     })?;
     let d = &lab.directors[0];
     println!();
     println!("== lab {} ==", lab.id);
     println!("  client      {} / {}", lab.client.ip, lab.client.ip6());
-    println!(
-        "  director1   {} / {}  (holds the VIPs {VIP} and {VIP6}, runs XDP on eth0)",
-        d.ip,
-        d.ip6()
-    );
+    for (i, dir) in lab.directors.iter().enumerate() {
+        println!(
+            "  {:<11} {} / {}  (VRRP priority {}, XDP on eth0)",
+            dir.name,
+            dir.ip,
+            dir.ip6(),
+            if i == 0 { 150 } else { 100 }
+        );
+    }
     for rs in &lab.real_servers {
         println!(
             "  {:<11} {} / {}  (VIPs on lo, arp_ignore=1, nginx answers \"{}\")",
@@ -47,25 +51,43 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
     }
 
     let state = lab.state_dir("director1")?;
-    let mut config_text = scenario::global_config(&lab, "director1")?;
-    for v6 in [false, true] {
-        let servers: Vec<String> = lab
-            .real_servers
-            .iter()
-            .map(|r| r.addr(v6).to_string())
-            .collect();
-        let vip = if v6 {
-            VIP6.to_string()
-        } else {
-            VIP.to_string()
-        };
-        config_text.push_str(&scenario::virtual_server(&vip, 80, &servers, &[]));
-    }
-    let config = lab.write("director.toml", &config_text)?;
-    println!("\n== config ({}) ==\n{config_text}", config.display());
+    let state2 = lab.state_dir("director2")?;
+    let config_for = |name: &str, priority: u8| -> Result<String> {
+        let mut c = scenario::global_config(&lab, name)?;
+        for (v6, vrid) in [(false, 51), (true, 61)] {
+            let servers: Vec<String> = lab
+                .real_servers
+                .iter()
+                .map(|r| r.addr(v6).to_string())
+                .collect();
+            let vip = if v6 {
+                VIP6.to_string()
+            } else {
+                VIP.to_string()
+            };
+            c.push_str(&format!(
+                "\n[[vrrp_instance]]\nname = \"VI_{vrid}\"\nvirtual_router_id = {vrid}\npriority = {priority}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{vip}\"]\n"
+            ));
+            c.push_str(&scenario::virtual_server(&vip, 80, &servers, &[]));
+        }
+        Ok(c)
+    };
+    let config_text = config_for("director1", 150)?;
+    let config = lab.write("director1.toml", &config_text)?;
+    let config2 = lab.write("director2.toml", &config_for("director2", 100)?)?;
+    println!(
+        "\n== config of director1 ({}) ==\n{config_text}",
+        config.display()
+    );
 
     let mut daemon = scenario::spawn_director(&lab, 0, &config)?;
+    let mut daemon2 = scenario::spawn_director(&lab, 1, &config2)?;
+    for vi in ["VI_51", "VI_61"] {
+        scenario::wait_vrrp_state(&state, vi, "master", Duration::from_secs(15))?;
+        scenario::wait_vrrp_state(&state2, vi, "backup", Duration::from_secs(15))?;
+    }
     scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    scenario::wait_status(&state2, Duration::from_secs(20), scenario::all_resolved)?;
 
     let mut tallies = Vec::new();
     for vip in [SocketAddr::from((VIP, 80)), SocketAddr::from((VIP6, 80))] {
@@ -80,45 +102,81 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         .ns
         .exec("ping", &["-c", "1", "-W", "2", &director_ip(0).to_string()])
         .is_ok();
+    let vrrp_table = std::process::Command::new(bin)
+        .args(["status", "--state-dir"])
+        .arg(&state2)
+        .output()?;
 
     let status = std::process::Command::new(bin)
         .args(["status", "--state-dir"])
         .arg(&state)
         .output()?;
     println!(
-        "\n== director status ==\n{}",
+        "\n== director1 status ==\n{}",
         String::from_utf8_lossy(&status.stdout)
     );
+    let table = String::from_utf8_lossy(&vrrp_table.stdout);
+    println!(
+        "== director2 status (VRRP part) ==\n{}",
+        table.split("\n\n").next().unwrap_or("")
+    );
 
-    // Restart the daemon while the client keeps sending requests: the
-    // pinned dataplane forwards on its own, the new daemon adopts it.
-    println!("== restarting the daemon under load ==");
+    // Restart the backup's daemon while the client keeps sending requests:
+    // its pinned dataplane forwards on its own, the new daemon adopts it.
+    println!("== restarting director2's daemon under load ==");
     let vip4 = SocketAddr::from((VIP, 80));
     let ((), restart_load) = http::under_load(&lab.client.ns, vip4, || {
-        daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+        daemon2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
         std::thread::sleep(Duration::from_millis(300));
-        daemon = scenario::spawn_director(&lab, 0, &config)?;
-        scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+        daemon2 = scenario::spawn_director(&lab, 1, &config2)?;
+        scenario::wait_status(&state2, Duration::from_secs(20), scenario::all_resolved)?;
         Ok(())
     })?;
 
+    // The master dies (its daemon is killed and its link goes down): the
+    // backup takes both VIPs; the client's requests resume.
+    println!("== director1 dies (kill -9 + link down) under load ==");
+    let started = std::time::Instant::now();
+    let ((), failover_load) = http::under_load(&lab.client.ns, vip4, || {
+        daemon.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        d.ns.ip(&["link", "set", "eth0", "down"])?;
+        for vi in ["VI_51", "VI_61"] {
+            scenario::wait_vrrp_state(&state2, vi, "master", Duration::from_secs(5))?;
+        }
+        Ok(())
+    })?;
+    let takeover = started.elapsed();
+    let after_failover = tallies_ok(&lab)?;
+
+    // It comes back with a higher priority and preempts.
+    println!("== director1 comes back ==");
+    d.ns.ip(&["link", "set", "eth0", "up"])?;
+    daemon = scenario::spawn_director(&lab, 0, &config)?;
+    for vi in ["VI_51", "VI_61"] {
+        scenario::wait_vrrp_state(&state, vi, "master", Duration::from_secs(15))?;
+        scenario::wait_vrrp_state(&state2, vi, "backup", Duration::from_secs(15))?;
+    }
+    let after_preempt = tallies_ok(&lab)?;
+
     daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    daemon2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
     let log = daemon.log();
     let still_attached = d.xdp_attached()?;
-    std::process::Command::new(bin)
-        .args(["flush", "--state-dir"])
-        .arg(&state)
-        .output()?;
-    let after_flush = d.xdp_attached()?;
+    for st in [&state, &state2] {
+        std::process::Command::new(bin)
+            .args(["flush", "--state-dir"])
+            .arg(st)
+            .output()?;
+    }
+    let after_flush = d.xdp_attached()? || lab.directors[1].xdp_attached()?;
 
-    println!("\n== director log (second run) ==");
+    println!("\n== director1 log (after it came back) ==");
     for line in log.lines().filter(|l| {
         [
             "XDP program",
             "adopted",
-            "MAC resolved",
+            "VRRP state change",
             "forwarding",
-            "first packet",
             "forwarded in total",
             "pinned",
             "stopped",
@@ -153,9 +211,28 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         ok &= tally.failed == 0 && by.values().all(|n| *n > 0);
     }
     println!(
-        "  daemon restart under load      {} requests during the restart, {} failed",
+        "  daemon restart under load      {} requests during director2's restart, {} failed",
         restart_load.ok + restart_load.failed,
         restart_load.failed
+    );
+    println!(
+        "  master died                    director2 took both VIPs {:.0} ms after the kill; {} of {} requests failed meanwhile; afterwards {}",
+        takeover.as_secs_f64() * 1000.0,
+        failover_load.failed,
+        failover_load.ok + failover_load.failed,
+        if after_failover {
+            "all requests answered"
+        } else {
+            "REQUESTS FAILING"
+        }
+    );
+    println!(
+        "  master came back               it preempted (priority 150 > 100); afterwards {}",
+        if after_preempt {
+            "all requests answered"
+        } else {
+            "REQUESTS FAILING"
+        }
     );
     println!(
         "  director's own traffic         ping {}: {}",
@@ -191,10 +268,27 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         "requests failed during the restart"
     );
     ensure!(ping_ok, "the director's own address did not answer ping");
+    ensure!(
+        after_failover && after_preempt,
+        "requests failed after a failover"
+    );
+    ensure!(takeover < Duration::from_secs(2), "the takeover was slow");
     ensure!(still_attached, "the dataplane stopped with the daemon");
     ensure!(!after_flush, "flush left the XDP program attached");
     println!(
-        "\nOK: the director load-balanced both VIPs over three real servers in DR mode, survived a restart without losing a request, and left nothing behind after the flush."
+        "\nOK: two directors shared the VIPs with VRRP and load-balanced them over three real servers in DR mode; a daemon restart lost no request, the backup took over when the master died, the master preempted on its return, and the flush left nothing behind."
     );
     Ok(())
+}
+
+/// 20 requests to each VIP, all answered.
+fn tallies_ok(lab: &Lab) -> Result<bool> {
+    let mut ok = true;
+    for vip in [SocketAddr::from((VIP, 80)), SocketAddr::from((VIP6, 80))] {
+        let t = lab
+            .client
+            .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+        ok &= t.ok == 20;
+    }
+    Ok(ok)
 }

@@ -47,6 +47,8 @@ pub enum Event {
     Fault(bool),
     /// The effective priority changed (tracking weights).
     Priority(u8),
+    /// A `vrrp_sync_group` peer entered this state: follow it.
+    Follow(State),
 }
 
 /// Outputs, performed by the caller in order.
@@ -95,6 +97,10 @@ pub struct Machine {
     started: Option<Instant>,
     master: Option<IpAddr>,
     transitions: u64,
+    /// Held in Backup by its sync group: accept any master (no preemption)
+    /// until the group moves again, so followers do not fight the member
+    /// that decided.
+    held: bool,
 }
 
 fn cs(n: u64) -> Duration {
@@ -112,6 +118,7 @@ impl Machine {
             started: None,
             master: None,
             transitions: 0,
+            held: false,
         }
     }
 
@@ -177,6 +184,7 @@ impl Machine {
     }
 
     fn become_master(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.held = false;
         // RFC 5798 6.4.1 / 6.4.2: send an advert, announce, arm the timer.
         actions.push(Action::SendAdvert(self.priority));
         actions.push(Action::AddAddresses);
@@ -244,6 +252,28 @@ impl Machine {
                 self.deadline = None;
                 self.go(State::Fault, &mut actions);
             }
+            // Sync groups (keepalived): members move together.
+            (from, Event::Follow(to)) if from != to => match to {
+                State::Master if from != State::Init => {
+                    self.master = None;
+                    self.become_master(now, &mut actions);
+                }
+                State::Backup if from != State::Init => {
+                    self.master_adver_interval_cs = self.params.advert_interval_cs;
+                    self.become_backup(now, &mut actions);
+                    self.held = true;
+                }
+                State::Fault if from != State::Init => {
+                    if from == State::Master {
+                        actions.push(Action::SendAdvert(0));
+                        actions.push(Action::RemoveAddresses);
+                    }
+                    self.deadline = None;
+                    self.go(State::Fault, &mut actions);
+                }
+                _ => {}
+            },
+            (_, Event::Follow(_)) => {}
             (_, Event::Priority(p)) => {
                 // An owner stays an owner.
                 if self.params.priority != 255 {
@@ -272,7 +302,11 @@ impl Machine {
                 if priority == 0 {
                     // The master is leaving: take over after the skew time.
                     self.deadline = Some(now + self.skew());
-                } else if !self.params.preempt || priority >= self.priority || preempt_held {
+                } else if !self.params.preempt
+                    || self.held
+                    || priority >= self.priority
+                    || preempt_held
+                {
                     if self.params.version == 3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
@@ -570,6 +604,32 @@ mod tests {
         let mut o = Machine::new(params(3, 255, 100));
         o.step(Event::Priority(50), t0);
         assert_eq!(o.priority(), 255);
+    }
+
+    #[test]
+    fn sync_group_members_follow() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(3, 100, 100));
+        m.step(Event::Startup, t0);
+        let a = m.step(Event::Follow(State::Master), t0);
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+        assert!(a.contains(&Action::AddAddresses));
+        let a = m.step(Event::Follow(State::Fault), t0);
+        assert!(a.contains(&Action::RemoveAddresses));
+        assert_eq!(m.state(), State::Fault);
+        assert!(m.step(Event::Follow(State::Fault), t0).is_empty());
+        let a = m.step(Event::Follow(State::Backup), t0);
+        assert_eq!(transitions(&a), vec![(State::Fault, State::Backup)]);
+        // A follower held in Backup accepts a lower master (no preemption)...
+        let t1 = t0 + Duration::from_secs(1);
+        m.step(advert("10.0.0.11", 50, 100), t1);
+        assert_eq!(m.deadline(), Some(t1 + m.master_down_interval()));
+        // ...but still takes over when the master goes silent.
+        let a = m.step(Event::Timer, t1 + m.master_down_interval());
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+        // Not started: nothing to follow.
+        let mut idle = Machine::new(params(3, 100, 100));
+        assert!(idle.step(Event::Follow(State::Master), t0).is_empty());
     }
 
     #[test]

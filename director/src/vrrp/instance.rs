@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{broadcast, mpsc, oneshot, watch},
     time::{Instant, sleep_until},
 };
 use tracing::{debug, error, info, warn};
@@ -22,7 +22,7 @@ use super::{
     packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
 };
 use crate::{
-    config::{Config, InitialState, VrrpInstance, VrrpScript},
+    config::{Config, InitialState, VrrpInstance, VrrpScript, VrrpSyncGroup},
     neighbor::{NeighborError, Neighbors},
 };
 
@@ -194,13 +194,35 @@ async fn run_all(
 ) {
     let scripts = start_scripts(&config.vrrp_script);
     let notifier = start_notifier();
+    let groups: Vec<(VrrpSyncGroup, broadcast::Sender<(String, State)>)> = config
+        .vrrp_sync_group
+        .iter()
+        .map(|g| (g.clone(), broadcast::channel(64).0))
+        .collect();
     let mut tasks = Vec::new();
     for ((inst, status), rx) in config.vrrp_instance.iter().zip(statuses).zip(receivers) {
         let iface = inst
             .interface
             .clone()
             .unwrap_or_else(|| config.global.interface.clone());
-        match Runner::open(inst.clone(), iface, status, &scripts, notifier.clone()).await {
+        let group = groups
+            .iter()
+            .find(|(g, _)| g.group.contains(&inst.name))
+            .map(|(g, tx)| SyncGroup {
+                config: g.clone(),
+                rx: tx.subscribe(),
+                tx: tx.clone(),
+            });
+        match Runner::open(
+            inst.clone(),
+            iface,
+            status,
+            &scripts,
+            notifier.clone(),
+            group,
+        )
+        .await
+        {
             Ok(runner) => tasks.push(tokio::spawn(runner.run(rx))),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -214,8 +236,18 @@ async fn run_all(
     }
 }
 
+/// This instance's `vrrp_sync_group`, if any.
+struct SyncGroup {
+    config: VrrpSyncGroup,
+    tx: broadcast::Sender<(String, State)>,
+    rx: broadcast::Receiver<(String, State)>,
+}
+
 /// One instance with its socket and machine.
 struct Runner {
+    group: Option<SyncGroup>,
+    /// Performing a `Follow`: transitions are not re-broadcast as our own.
+    following: bool,
     cfg: VrrpInstance,
     iface: String,
     ifindex: u32,
@@ -238,6 +270,7 @@ impl Runner {
         status: Arc<Mutex<InstanceStatus>>,
         scripts: &BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
         notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
+        group: Option<SyncGroup>,
     ) -> Result<Runner, VrrpError> {
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
@@ -295,6 +328,8 @@ impl Runner {
             "VRRP instance starting"
         );
         Ok(Runner {
+            group,
+            following: false,
             iface,
             ifindex: link.index,
             mac: link.mac,
@@ -328,6 +363,12 @@ impl Runner {
                 .map(Instant::from_std)
                 .unwrap_or(far);
             let garp = self.garp_at.unwrap_or(far);
+            let peer = async {
+                match self.group.as_mut() {
+                    Some(g) => g.rx.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 cmd = commands.recv() => {
@@ -357,6 +398,14 @@ impl Runner {
                     self.perform(actions).await;
                 }
                 _ = sleep_until(garp) => self.garp_burst(),
+                Some((member, state)) = peer => {
+                    if member != self.cfg.name && state != self.machine.state() {
+                        let a = self.machine.step(Event::Follow(state), std::time::Instant::now());
+                        self.following = true;
+                        self.perform(a).await;
+                        self.following = false;
+                    }
+                }
                 _ = tracking.tick() => {
                     let now = self.tracking();
                     if now != tracked {
@@ -526,6 +575,14 @@ impl Runner {
                     if let Some(n) = name {
                         self.notify(n);
                     }
+                    if !self.following
+                        && let Some(g) = &self.group
+                    {
+                        let _ = g.tx.send((self.cfg.name.clone(), to));
+                        if let Some(n) = name {
+                            self.notify_group(&g.config, n);
+                        }
+                    }
                 }
             }
         }
@@ -636,6 +693,29 @@ impl Runner {
                 state.to_string(),
                 self.machine.priority().to_string(),
             ]);
+            jobs.push(cmd);
+        }
+        if !jobs.is_empty() {
+            let _ = self.notifier.send(jobs);
+        }
+    }
+}
+
+impl Runner {
+    /// The group's notify scripts, run by the member that moved first.
+    fn notify_group(&self, g: &VrrpSyncGroup, state: &str) {
+        let specific = match state {
+            "MASTER" => &g.notify_master,
+            "BACKUP" => &g.notify_backup,
+            "FAULT" => &g.notify_fault,
+            _ => &None,
+        };
+        let mut jobs = Vec::new();
+        if let Some(cmd) = specific.as_deref().and_then(shlex::split) {
+            jobs.push(cmd);
+        }
+        if let Some(mut cmd) = g.notify.as_deref().and_then(shlex::split) {
+            cmd.extend(["GROUP".to_string(), g.name.clone(), state.to_string()]);
             jobs.push(cmd);
         }
         if !jobs.is_empty() {
