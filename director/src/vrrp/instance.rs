@@ -179,8 +179,10 @@ impl Vrrp {
 /// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
 fn raise_priority() {
     let param = libc::sched_param { sched_priority: 10 };
+    // SCHED_RESET_ON_FORK: scripts we start run with normal scheduling.
+    let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
     // SAFETY: plain syscall on the current thread.
-    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) };
     if r != 0 {
         debug!(errno = r, "VRRP thread keeps normal scheduling");
     }
@@ -393,6 +395,19 @@ impl Runner {
                     // a loaded machine must not declare a live master dead.
                     while let Ok(Some(p)) = self.socket.try_recv() {
                         self.received(p).await;
+                    }
+                    if self.machine.state() == State::Backup
+                        && self.machine.deadline().is_some_and(|d| d <= std::time::Instant::now())
+                    {
+                        // One more look a moment later (half an interval, at
+                        // most 5 ms): on a loaded machine the kernel may
+                        // still hold the advert in a softirq backlog.
+                        let grace = (self.machine.master_adver_interval() / 2)
+                            .min(Duration::from_millis(5));
+                        tokio::time::sleep(grace).await;
+                        while let Ok(Some(p)) = self.socket.try_recv() {
+                            self.received(p).await;
+                        }
                     }
                     let actions = self.machine.step(Event::Timer, std::time::Instant::now());
                     self.perform(actions).await;
