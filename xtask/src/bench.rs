@@ -270,14 +270,16 @@ fn soak_run(seconds: u64) -> Result<()> {
             .context("transitions")
     };
     let (t1, t2) = (transitions(&s1)?, transitions(&s2)?);
-    let load: Vec<std::process::Child> = (0..4)
+    // One busy loop per core: "both cores loaded".
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let load: Vec<std::process::Child> = (0..cores)
         .map(|_| {
             std::process::Command::new("sh")
                 .args(["-c", "while :; do :; done"])
                 .spawn()
         })
         .collect::<std::io::Result<_>>()?;
-    println!("soak: director pair at 10 ms adverts, 4 busy loops on 2 cores, {seconds} s");
+    println!("soak: director pair at 10 ms adverts, {cores} busy loops on {cores} cores, {seconds} s");
     std::thread::sleep(Duration::from_secs(seconds));
     for mut c in load {
         let _ = c.kill();

@@ -319,9 +319,18 @@ impl Machine {
 
             // 6.4.3 Master.
             (State::Master, Event::Timer) => {
-                if self.deadline.is_some_and(|d| now >= d) {
+                if let Some(d) = self.deadline.filter(|d| now >= *d) {
                     actions.push(Action::SendAdvert(self.priority));
-                    self.deadline = Some(now + self.advert_interval());
+                    // Keep the cadence: the next advert is due one interval
+                    // after this one was due, so timer lateness does not
+                    // stretch every interval (unless we fell a whole
+                    // interval behind).
+                    let next = d + self.advert_interval();
+                    self.deadline = Some(if next > now {
+                        next
+                    } else {
+                        now + self.advert_interval()
+                    });
                 }
             }
             (
@@ -510,7 +519,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(params(3, 255, 100));
         m.step(Event::Startup, t0);
-        let a = m.step(Event::Timer, t0 + Duration::from_secs(1));
+        // Fired 3 ms late: the next advert stays on the 1 s cadence.
+        let a = m.step(Event::Timer, t0 + Duration::from_millis(1003));
         assert_eq!(a, vec![Action::SendAdvert(255)]);
         assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(2)));
         let a = m.step(

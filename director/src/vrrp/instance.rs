@@ -399,11 +399,13 @@ impl Runner {
                     if self.machine.state() == State::Backup
                         && self.machine.deadline().is_some_and(|d| d <= std::time::Instant::now())
                     {
-                        // One more look a moment later (half an interval, at
-                        // most 5 ms): on a loaded machine the kernel may
-                        // still hold the advert in a softirq backlog.
-                        let grace = (self.machine.master_adver_interval() / 2)
-                            .min(Duration::from_millis(5));
+                        // One more look a moment later (one interval, at most
+                        // 10 ms): on a loaded machine the kernel may still
+                        // hold the advert in a softirq backlog.
+                        let grace = self
+                            .machine
+                            .master_adver_interval()
+                            .min(Duration::from_millis(10));
                         tokio::time::sleep(grace).await;
                         while let Ok(Some(p)) = self.socket.try_recv() {
                             self.received(p).await;
