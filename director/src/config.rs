@@ -275,6 +275,25 @@ pub struct VirtualServer {
     /// Seconds a client sticks to its real server (0: off).
     #[serde(default)]
     pub persistence_timeout: u32,
+    /// Seconds between health checks of this service's real servers
+    /// (a checker's own `delay_loop` overrides it).
+    #[serde(default = "default_delay_loop")]
+    pub delay_loop: f64,
+    /// Minimum total weight of healthy real servers for the service to be
+    /// up (keepalived's `quorum`); below it the sorry server takes over.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// Up at `quorum + hysteresis`, down below `quorum - hysteresis`.
+    #[serde(default)]
+    pub hysteresis: u32,
+    /// Run when quorum is gained / lost.
+    pub quorum_up: Option<String>,
+    pub quorum_down: Option<String>,
+    /// Receives the traffic while quorum is lost (`ADDR`, same port).
+    pub sorry_server: Option<IpAddr>,
+    /// Real servers start down until their checks pass (keepalived `alpha`).
+    #[serde(default)]
+    pub alpha: bool,
     #[serde(default)]
     pub real_server: Vec<RealServer>,
 }
@@ -346,6 +365,162 @@ pub struct RealServer {
     pub port: Option<u16>,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// A failed server keeps its flows with weight 0 instead of leaving.
+    #[serde(default)]
+    pub inhibit_on_failure: bool,
+    pub tcp_check: Option<TcpCheck>,
+    pub http_get: Option<HttpCheck>,
+    pub misc_check: Option<MiscCheck>,
+    pub udp_check: Option<UdpCheck>,
+    pub dns_check: Option<DnsCheck>,
+}
+
+/// Settings every checker shares (keepalived's names).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CheckCommon {
+    /// Address to probe instead of the real server's.
+    pub connect_ip: Option<IpAddr>,
+    /// Port to probe instead of the service's.
+    pub connect_port: Option<u16>,
+    /// Source address of probes.
+    pub bindto: Option<IpAddr>,
+    /// Seconds before an attempt fails (default 5).
+    pub connect_timeout: Option<f64>,
+    /// Extra attempts before a round counts as failed (default 1).
+    pub retry: Option<u32>,
+    /// Seconds between attempts of one round (default 1).
+    pub delay_before_retry: Option<f64>,
+    /// Seconds between rounds (default: the virtual server's).
+    pub delay_loop: Option<f64>,
+    /// Successful rounds needed to come back (default 1).
+    pub rise: Option<u32>,
+    /// Seconds of random delay before the first round (default: up to the
+    /// delay loop), so many checks do not fire in lock-step.
+    pub warmup: Option<f64>,
+}
+
+/// `tcp_check`: a TCP connection succeeds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+}
+
+/// `http_get`: each URL answers with an accepted status (and body).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    pub url: Vec<HttpUrl>,
+    /// Host header (and later SNI).
+    pub virtualhost: Option<String>,
+}
+
+/// One URL of an `http_get`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUrl {
+    pub path: String,
+    /// Accepted statuses: `200`, `"200-299"`, or a list of either (default
+    /// 200-299).
+    pub status_code: Option<StatusCodes>,
+    /// MD5 of the body, hex (keepalived's `digest`).
+    pub digest: Option<String>,
+    /// A regular expression the body must match.
+    pub regex: Option<String>,
+}
+
+/// `status_code = 200`, `"200-299"` or `[200, "300-302"]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StatusCodes {
+    One(u16),
+    Range(String),
+    List(Vec<StatusCode>),
+}
+
+/// One element of a `status_code` list.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StatusCode {
+    One(u16),
+    Range(String),
+}
+
+/// `misc_check`: an external command; exit 0 is healthy.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiscCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    pub misc_path: String,
+    /// Seconds before the command is killed (default: connect_timeout).
+    pub misc_timeout: Option<f64>,
+    /// Exit codes 2-255 set the weight to code - 2 (keepalived).
+    #[serde(default)]
+    pub misc_dynamic: bool,
+}
+
+/// `udp_check`: send a payload; optionally require a reply.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub require_reply: bool,
+}
+
+/// `dns_check`: a query that must get an answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    /// Record type: A, AAAA, NS, MX, TXT, SOA, CNAME (default A).
+    #[serde(default = "default_dns_type")]
+    pub r#type: String,
+    /// Name to ask for (default ".").
+    #[serde(default = "default_dns_name")]
+    pub name: String,
+}
+
+fn default_delay_loop() -> f64 {
+    6.0
+}
+fn default_dns_type() -> String {
+    "A".into()
+}
+fn default_dns_name() -> String {
+    ".".into()
+}
+
+/// Parses a status range like `"200-299"` or `"204"`.
+pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (100..=599).contains(&a).then_some(())?;
+    (a <= b && b <= 599).then_some((a, b))
+}
+
+impl StatusCodes {
+    /// The accepted ranges, or an error naming the bad entry.
+    pub fn ranges(&self) -> Result<Vec<(u16, u16)>, String> {
+        let one = |c: &StatusCode| match c {
+            StatusCode::One(n) => parse_status_range(&n.to_string()).ok_or(format!("{n} is not an HTTP status")),
+            StatusCode::Range(r) => parse_status_range(r).ok_or(format!("`{r}` is not a status or range like 200-299")),
+        };
+        match self {
+            StatusCodes::One(n) => Ok(vec![one(&StatusCode::One(*n))?]),
+            StatusCodes::Range(r) => Ok(vec![one(&StatusCode::Range(r.clone()))?]),
+            StatusCodes::List(l) => l.iter().map(one).collect(),
+        }
+    }
 }
 
 fn default_router_id() -> String {

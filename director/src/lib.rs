@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod frames;
+pub mod health;
 pub mod maglev;
 pub mod neighbor;
 pub mod status;

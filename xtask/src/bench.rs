@@ -288,9 +288,44 @@ fn soak_run(seconds: u64) -> Result<()> {
     let (n1, n2) = (transitions(&s1)? - t1, transitions(&s2)? - t2);
     let st = scenario::status(&s2)?;
     println!(
-        "soak: false failovers: {} (master transitions {n1}, backup transitions {n2}); backup received {} adverts",
-        n1.max(n2),
+        "soak: director: false failovers: {} (master transitions {n1}, backup transitions {n2}); backup received {} adverts",
+        n2.div_ceil(2),
         st["vrrp"][0]["adverts_received"]
+    );
+    let log = pair._backup.first().map(|p| p.log()).unwrap_or_default();
+    for l in log.lines().filter(|l| l.contains("new=\"master\"")) {
+        println!("soak:   {}", l.split_once("Z ").map(|x| x.1).unwrap_or(l).trim());
+    }
+    drop(pair);
+    drop(lab);
+
+    // keepalived, same settings and load, for comparison.
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let mut master = keepalived(&lab, 0, 150, s)?.0;
+    master.wait_for_log(Duration::from_secs(15), |l| l.contains("Entering MASTER STATE"))?;
+    let backup = keepalived(&lab, 1, 100, s)?.0;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = backup.log().matches("Entering MASTER STATE").count();
+    let load: Vec<std::process::Child> = (0..cores)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    for mut c in load {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let after = backup.log().matches("Entering MASTER STATE").count();
+    println!(
+        "soak: keepalived: false failovers: {} (same settings, load and duration)",
+        after - before
     );
     Ok(())
 }

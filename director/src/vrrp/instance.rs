@@ -263,6 +263,8 @@ struct Runner {
     notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
     garp_at: Option<Instant>,
     garp_bursts_left: u32,
+    /// When the last valid advert from another router arrived.
+    last_advert: Option<std::time::Instant>,
 }
 
 impl Runner {
@@ -344,6 +346,7 @@ impl Runner {
             notifier,
             garp_at: None,
             garp_bursts_left: 0,
+            last_advert: None,
             cfg,
         })
     }
@@ -468,6 +471,7 @@ impl Runner {
     async fn received(&mut self, p: Received) {
         match self.check(&p) {
             Ok(advert) => {
+                self.last_advert = Some(std::time::Instant::now());
                 self.bump(|s| s.adverts_received += 1);
                 let actions = self.machine.step(
                     Event::Advert {
@@ -574,6 +578,9 @@ impl Runner {
                     }
                 }
                 Action::Transition { from, to } => {
+                    let silence_ms = self
+                        .last_advert
+                        .map(|t| t.elapsed().as_secs_f64() * 1000.0);
                     info!(
                         instance = %self.cfg.name,
                         vrid = self.cfg.virtual_router_id,
@@ -581,6 +588,7 @@ impl Runner {
                         new = to.as_str(),
                         priority = self.machine.priority(),
                         master = ?self.machine.master(),
+                        since_last_advert_ms = ?silence_ms,
                         "VRRP state change"
                     );
                     let name = match to {

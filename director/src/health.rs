@@ -1,0 +1,747 @@
+//! Health checks of real servers (keepalived's checkers): `tcp_check`,
+//! `http_get`, `misc_check`, `udp_check`, `dns_check`.
+//!
+//! One task per distinct probe (kind, target, parameters), however many
+//! services list the server. A round is one attempt plus `retry` more,
+//! `delay_before_retry` apart; a failed round takes the server down at once
+//! (keepalived's behaviour), `rise` successful rounds bring it back. The
+//! first round waits a random `warmup` so thousands of checks do not fire
+//! in lock-step. Every probe is cut at its timeout; a misbehaving script is
+//! killed; nothing a server sends is trusted beyond a bounded read.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use md5::{Digest as _, Md5};
+use rand::Rng as _;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpSocket, UdpSocket},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::config::{CheckCommon, Config, RealServer, VirtualServer};
+
+/// Longest HTTP response read (headers and body).
+const MAX_HTTP: usize = 1 << 20;
+/// Longest output kept from a script.
+const MAX_SCRIPT_OUTPUT: usize = 4096;
+
+/// What one probe does.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Tcp,
+    Http {
+        urls: Vec<UrlSpec>,
+        host: Option<String>,
+    },
+    Misc {
+        argv: Vec<String>,
+        dynamic: bool,
+    },
+    Udp {
+        payload: Vec<u8>,
+        require_reply: bool,
+    },
+    Dns {
+        qtype: u16,
+        name: String,
+    },
+}
+
+/// One URL of an HTTP check.
+#[derive(Debug, Clone)]
+pub struct UrlSpec {
+    pub path: String,
+    pub ranges: Vec<(u16, u16)>,
+    pub digest: Option<String>,
+    pub regex: Option<Regex>,
+}
+
+/// A probe and its timing.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    pub kind: Kind,
+    pub target: SocketAddr,
+    pub bindto: Option<IpAddr>,
+    pub timeout: Duration,
+    pub retry: u32,
+    pub delay_before_retry: Duration,
+    pub delay_loop: Duration,
+    pub rise: u32,
+    pub warmup: Duration,
+    /// Start down (keepalived `alpha`).
+    pub alpha: bool,
+}
+
+impl CheckSpec {
+    /// Identity for sharing: the same probe of the same target is run once.
+    pub fn key(&self) -> String {
+        format!(
+            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+            self.kind,
+            self.target,
+            self.bindto,
+            self.timeout,
+            self.retry,
+            self.delay_before_retry,
+            self.delay_loop,
+            self.rise
+        )
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// `misc_dynamic`: the weight the script asked for.
+    pub weight: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn ok() -> Outcome {
+        Outcome {
+            ok: true,
+            weight: None,
+            error: None,
+        }
+    }
+    fn fail(e: impl Into<String>) -> Outcome {
+        Outcome {
+            ok: false,
+            weight: None,
+            error: Some(e.into()),
+        }
+    }
+}
+
+/// The live state of one probe (shared with the status document).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeState {
+    pub healthy: bool,
+    pub weight: Option<u32>,
+    /// Unix time of the last round, seconds.
+    pub last_check: Option<f64>,
+    pub last_error: Option<String>,
+    /// Duration of the last attempt, seconds.
+    pub latency: Option<f64>,
+}
+
+/// Probe states by key.
+pub type Board = Arc<Mutex<HashMap<String, ProbeState>>>;
+
+/// Builds the probes of one real server of a service.
+pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
+    let mut out = Vec::new();
+    let base = |c: &CheckCommon, default_port: u16| CheckSpec {
+        kind: Kind::Tcp,
+        target: SocketAddr::new(
+            c.connect_ip.unwrap_or(rs.address),
+            c.connect_port.unwrap_or(default_port),
+        ),
+        bindto: c.bindto,
+        timeout: secs(c.connect_timeout.unwrap_or(5.0)),
+        retry: c.retry.unwrap_or(1),
+        delay_before_retry: secs(c.delay_before_retry.unwrap_or(1.0)),
+        delay_loop: secs(c.delay_loop.unwrap_or(vs.delay_loop)),
+        rise: c.rise.unwrap_or(1).max(1),
+        warmup: secs(c.warmup.unwrap_or(c.delay_loop.unwrap_or(vs.delay_loop))),
+        alpha: vs.alpha,
+    };
+    let port = rs.port.unwrap_or(vs.port);
+    if let Some(c) = &rs.tcp_check {
+        out.push(base(&c.common, port));
+    }
+    if let Some(c) = &rs.http_get {
+        let urls = c
+            .url
+            .iter()
+            .map(|u| UrlSpec {
+                path: u.path.clone(),
+                ranges: u
+                    .status_code
+                    .as_ref()
+                    .and_then(|s| s.ranges().ok())
+                    .unwrap_or_else(|| vec![(200, 299)]),
+                digest: u.digest.as_ref().map(|d| d.to_ascii_lowercase()),
+                regex: u.regex.as_deref().and_then(|r| Regex::new(r).ok()),
+            })
+            .collect();
+        out.push(CheckSpec {
+            kind: Kind::Http {
+                urls,
+                host: c.virtualhost.clone(),
+            },
+            ..base(&c.common, port)
+        });
+    }
+    if let Some(c) = &rs.misc_check {
+        let mut spec = base(&c.common, port);
+        if let Some(t) = c.misc_timeout {
+            spec.timeout = secs(t);
+        }
+        spec.kind = Kind::Misc {
+            argv: shlex::split(&c.misc_path).unwrap_or_default(),
+            dynamic: c.misc_dynamic,
+        };
+        out.push(spec);
+    }
+    if let Some(c) = &rs.udp_check {
+        out.push(CheckSpec {
+            kind: Kind::Udp {
+                payload: c.payload.as_bytes().to_vec(),
+                require_reply: c.require_reply,
+            },
+            ..base(&c.common, port)
+        });
+    }
+    if let Some(c) = &rs.dns_check {
+        out.push(CheckSpec {
+            kind: Kind::Dns {
+                qtype: dns_type(&c.r#type).unwrap_or(1),
+                name: c.name.clone(),
+            },
+            ..base(&c.common, 53)
+        });
+    }
+    out
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+/// DNS record type numbers for the names `dns_check` accepts.
+pub fn dns_type(name: &str) -> Option<u16> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "A" => 1,
+        "NS" => 2,
+        "CNAME" => 5,
+        "SOA" => 6,
+        "MX" => 15,
+        "TXT" => 16,
+        "AAAA" => 28,
+        _ => return None,
+    })
+}
+
+/// Every distinct probe of a config, by key.
+pub fn all_specs(config: &Config) -> HashMap<String, CheckSpec> {
+    let mut out = HashMap::new();
+    for vs in &config.virtual_server {
+        for rs in &vs.real_server {
+            for spec in specs_for(vs, rs) {
+                out.entry(spec.key()).or_insert(spec);
+            }
+        }
+    }
+    out
+}
+
+/// A probe's health changed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub key: String,
+    pub healthy: bool,
+}
+
+/// Starts one task per probe. Returns the shared board; changes are sent
+/// to `tx`. Tasks stop when the returned handles are aborted.
+pub fn start(
+    specs: HashMap<String, CheckSpec>,
+    tx: mpsc::Sender<Change>,
+) -> (Board, Vec<tokio::task::JoinHandle<()>>) {
+    let board: Board = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for (key, spec) in specs {
+        if let Ok(mut b) = board.lock() {
+            b.insert(
+                key.clone(),
+                ProbeState {
+                    healthy: !spec.alpha,
+                    weight: None,
+                    last_check: None,
+                    last_error: None,
+                    latency: None,
+                },
+            );
+        }
+        let board = board.clone();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(run_probe(key, spec, board, tx)));
+    }
+    (board, tasks)
+}
+
+async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<Change>) {
+    let warmup = if spec.warmup.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::rng().random_range(Duration::ZERO..spec.warmup)
+    };
+    tokio::time::sleep(warmup).await;
+    let mut healthy = !spec.alpha;
+    let mut successes = 0u32;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        let mut outcome = Outcome::fail("not run");
+        let mut latency = Duration::ZERO;
+        for attempt in 0..=spec.retry {
+            if attempt > 0 {
+                tokio::time::sleep(spec.delay_before_retry).await;
+            }
+            let started = tokio::time::Instant::now();
+            outcome = match tokio::time::timeout(spec.timeout, probe(&spec)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
+            };
+            latency = started.elapsed();
+            if outcome.ok {
+                break;
+            }
+        }
+        let was = healthy;
+        if outcome.ok {
+            successes += 1;
+            if !healthy && successes >= spec.rise {
+                healthy = true;
+            }
+        } else {
+            successes = 0;
+            healthy = false;
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
+        if let Ok(mut b) = board.lock() {
+            b.insert(
+                key.clone(),
+                ProbeState {
+                    healthy,
+                    weight: outcome.weight,
+                    last_check: now,
+                    last_error: outcome.error.clone(),
+                    latency: Some(latency.as_secs_f64()),
+                },
+            );
+        }
+        if healthy != was {
+            if healthy {
+                info!(target_addr = %spec.target, check = kind_name(&spec.kind), "real server healthy");
+            } else {
+                warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "real server failed its check");
+            }
+        }
+        // Every round reports (weights from misc_dynamic may change too).
+        let _ = tx.send(Change {
+            key: key.clone(),
+            healthy,
+        })
+        .await;
+        next += spec.delay_loop;
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Tcp => "tcp_check",
+        Kind::Http { .. } => "http_get",
+        Kind::Misc { .. } => "misc_check",
+        Kind::Udp { .. } => "udp_check",
+        Kind::Dns { .. } => "dns_check",
+    }
+}
+
+/// One attempt (the caller bounds it with the timeout).
+pub async fn probe(spec: &CheckSpec) -> Outcome {
+    match &spec.kind {
+        Kind::Tcp => match connect(spec).await {
+            Ok(_) => Outcome::ok(),
+            Err(e) => Outcome::fail(e),
+        },
+        Kind::Http { urls, host } => {
+            for u in urls {
+                if let Err(e) = http_once(spec, u, host.as_deref()).await {
+                    return Outcome::fail(format!("{}: {e}", u.path));
+                }
+            }
+            Outcome::ok()
+        }
+        Kind::Misc { argv, dynamic } => misc(argv, *dynamic, spec.timeout).await,
+        Kind::Udp {
+            payload,
+            require_reply,
+        } => udp(spec, payload, *require_reply).await,
+        Kind::Dns { qtype, name } => dns(spec, *qtype, name).await,
+    }
+}
+
+async fn connect(spec: &CheckSpec) -> Result<tokio::net::TcpStream, String> {
+    let socket = if spec.target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(b) = spec.bindto {
+        socket
+            .bind(SocketAddr::new(b, 0))
+            .map_err(|e| format!("bind {b}: {e}"))?;
+    }
+    socket
+        .connect(spec.target)
+        .await
+        .map_err(|e| format!("connect {}: {e}", spec.target))
+}
+
+async fn http_once(spec: &CheckSpec, u: &UrlSpec, host: Option<&str>) -> Result<(), String> {
+    let mut s = connect(spec).await?;
+    let host = host.map(str::to_string).unwrap_or_else(|| spec.target.to_string());
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: director-check\r\nConnection: close\r\n\r\n",
+        u.path
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    (&mut s)
+        .take(MAX_HTTP as u64)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let (status, body) = parse_http(&raw)?;
+    if !u.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
+        return Err(format!("status {status}"));
+    }
+    if let Some(want) = &u.digest {
+        let got = hex(&Md5::digest(body));
+        if &got != want {
+            return Err(format!("digest {got}, expected {want}"));
+        }
+    }
+    if let Some(re) = &u.regex
+        && !re.is_match(&String::from_utf8_lossy(body))
+    {
+        return Err(format!("body does not match /{}/", re.as_str()));
+    }
+    Ok(())
+}
+
+/// Status and body of a raw HTTP/1.x response.
+pub fn parse_http(raw: &[u8]) -> Result<(u16, &[u8]), String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no HTTP status line")?;
+    Ok((status, &raw[end + 4..]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn misc(argv: &[String], dynamic: bool, timeout: Duration) -> Outcome {
+    let Some((program, args)) = argv.split_first() else {
+        return Outcome::fail("empty misc_path");
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Outcome::fail(format!("cannot run {program}: {e}")),
+    };
+    // Drain (and bound) its output so a chatty script cannot block or
+    // fill memory.
+    let mut out = child.stdout.take();
+    let drain = async move {
+        let mut kept = Vec::new();
+        if let Some(o) = out.as_mut() {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = o.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < MAX_SCRIPT_OUTPUT {
+                    kept.extend_from_slice(&buf[..n.min(MAX_SCRIPT_OUTPUT - kept.len())]);
+                }
+            }
+        }
+        kept
+    };
+    let run = async {
+        let (status, _) = tokio::join!(child.wait(), drain);
+        status
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => {
+            let _ = child.kill().await;
+            Outcome::fail(format!("{program} killed after {timeout:?}"))
+        }
+        Ok(Err(e)) => Outcome::fail(format!("{program}: {e}")),
+        Ok(Ok(status)) => match status.code() {
+            Some(0) => Outcome::ok(),
+            Some(code) if dynamic && code >= 2 => Outcome {
+                ok: true,
+                weight: Some(code as u32 - 2),
+                error: None,
+            },
+            Some(code) => Outcome::fail(format!("{program} exited {code}")),
+            None => Outcome::fail(format!("{program} killed by a signal")),
+        },
+    }
+}
+
+async fn udp_socket(spec: &CheckSpec) -> Result<UdpSocket, String> {
+    let local = spec.bindto.unwrap_or(if spec.target.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([0u16; 8])
+    });
+    let s = UdpSocket::bind(SocketAddr::new(local, 0))
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    s.connect(spec.target)
+        .await
+        .map_err(|e| format!("connect {}: {e}", spec.target))?;
+    Ok(s)
+}
+
+async fn udp(spec: &CheckSpec, payload: &[u8], require_reply: bool) -> Outcome {
+    let s = match udp_socket(spec).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(e),
+    };
+    if let Err(e) = s.send(payload).await {
+        return Outcome::fail(format!("send: {e}"));
+    }
+    let mut buf = [0u8; 2048];
+    // Without a required reply, success is "no port unreachable came back"
+    // within a short wait.
+    let wait = if require_reply {
+        spec.timeout
+    } else {
+        spec.timeout.min(Duration::from_millis(500))
+    };
+    match tokio::time::timeout(wait, s.recv(&mut buf)).await {
+        Ok(Ok(_)) => Outcome::ok(),
+        Ok(Err(e)) => Outcome::fail(format!("{e}")),
+        Err(_) if require_reply => Outcome::fail("no reply"),
+        Err(_) => Outcome::ok(),
+    }
+}
+
+/// A DNS query for `name`/`qtype` with id `id`, recursion desired.
+pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        let l = &label.as_bytes()[..label.len().min(63)];
+        q.push(l.len() as u8);
+        q.extend_from_slice(l);
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+/// Checks a DNS answer to query `id`: a response, no error, an answer.
+pub fn dns_answer_ok(id: u16, r: &[u8]) -> Result<(), String> {
+    if r.len() < 12 {
+        return Err("short DNS answer".into());
+    }
+    if u16::from_be_bytes([r[0], r[1]]) != id {
+        return Err("DNS answer to another query".into());
+    }
+    if r[2] & 0x80 == 0 {
+        return Err("not a DNS response".into());
+    }
+    let rcode = r[3] & 0x0f;
+    if rcode != 0 {
+        return Err(format!("DNS rcode {rcode}"));
+    }
+    if u16::from_be_bytes([r[6], r[7]]) == 0 {
+        return Err("no answer records".into());
+    }
+    Ok(())
+}
+
+async fn dns(spec: &CheckSpec, qtype: u16, name: &str) -> Outcome {
+    let s = match udp_socket(spec).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(e),
+    };
+    let id: u16 = rand::rng().random();
+    if let Err(e) = s.send(&dns_query(id, name, qtype)).await {
+        return Outcome::fail(format!("send: {e}"));
+    }
+    let mut buf = [0u8; 4096];
+    match s.recv(&mut buf).await {
+        Ok(n) => match dns_answer_ok(id, &buf[..n]) {
+            Ok(()) => Outcome::ok(),
+            Err(e) => Outcome::fail(e),
+        },
+        Err(e) => Outcome::fail(format!("{e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_http_responses() {
+        let (s, b) = parse_http(b"HTTP/1.1 503 Unavailable\r\nX: y\r\n\r\nsorry").expect("ok");
+        assert_eq!((s, b), (503, &b"sorry"[..]));
+        assert!(parse_http(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_http(b"garbage\r\n\r\n").is_err());
+        assert!(parse_http(b"").is_err());
+    }
+
+    #[test]
+    fn dns_query_and_answer() {
+        let q = dns_query(0x1234, "example.com.", 1);
+        assert_eq!(&q[..4], &[0x12, 0x34, 0x01, 0x00]);
+        assert_eq!(&q[12..], b"\x07example\x03com\x00\x00\x01\x00\x01");
+        let mut a = q.clone();
+        a[2] |= 0x80;
+        a[7] = 1;
+        assert_eq!(dns_answer_ok(0x1234, &a), Ok(()));
+        assert!(dns_answer_ok(0x9999, &a).is_err());
+        a[3] = 3; // NXDOMAIN
+        assert!(dns_answer_ok(0x1234, &a).is_err());
+        assert!(dns_answer_ok(0x1234, &a[..5]).is_err());
+        assert_eq!(dns_type("aaaa"), Some(28));
+        assert_eq!(dns_type("SPF"), None);
+    }
+
+    fn spec(kind: Kind, target: SocketAddr) -> CheckSpec {
+        CheckSpec {
+            kind,
+            target,
+            bindto: None,
+            timeout: Duration::from_secs(2),
+            retry: 0,
+            delay_before_retry: Duration::ZERO,
+            delay_loop: Duration::from_secs(1),
+            rise: 1,
+            warmup: Duration::ZERO,
+            alpha: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_against_a_real_local_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.starts_with("GET /fail") {
+                    "HTTP/1.0 500 Oops\r\n\r\nbroken".to_string()
+                } else {
+                    "HTTP/1.0 200 OK\r\n\r\nhello world".to_string()
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        assert!(probe(&spec(Kind::Tcp, addr)).await.ok);
+        let url = |path: &str, digest: Option<&str>, regex: Option<&str>| UrlSpec {
+            path: path.into(),
+            ranges: vec![(200, 299)],
+            digest: digest.map(String::from),
+            regex: regex.map(|r| Regex::new(r).expect("regex")),
+        };
+        let http = |u: UrlSpec| spec(Kind::Http { urls: vec![u], host: None }, addr);
+        assert!(probe(&http(url("/", None, None))).await.ok);
+        let o = probe(&http(url("/fail", None, None))).await;
+        assert!(!o.ok && o.error.as_deref().is_some_and(|e| e.contains("status 500")), "{o:?}");
+        // md5("hello world")
+        let md5 = "5eb63bbbe01eeed093cb22bb8f5acdc3";
+        assert!(probe(&http(url("/", Some(md5), None))).await.ok);
+        assert!(!probe(&http(url("/", Some("00"), None))).await.ok);
+        assert!(probe(&http(url("/", None, Some("wor.d")))).await.ok);
+        assert!(!probe(&http(url("/", None, Some("^nope")))).await.ok);
+        // A closed port.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert!(!probe(&spec(Kind::Tcp, closed)).await.ok);
+    }
+
+    #[tokio::test]
+    async fn misc_check_exit_codes_timeouts_and_dynamic_weights() {
+        let t = Duration::from_secs(2);
+        let sh = |s: &str| vec!["/bin/sh".to_string(), "-c".to_string(), s.to_string()];
+        assert!(misc(&sh("exit 0"), false, t).await.ok);
+        assert!(!misc(&sh("exit 1"), false, t).await.ok);
+        assert_eq!(misc(&sh("exit 7"), true, t).await.weight, Some(5));
+        assert!(!misc(&sh("exit 7"), false, t).await.ok);
+        // A hung script is killed at the timeout.
+        let started = std::time::Instant::now();
+        let o = misc(&sh("sleep 30"), false, Duration::from_millis(300)).await;
+        assert!(!o.ok && started.elapsed() < Duration::from_secs(5), "{o:?}");
+        // Huge output does not block or blow up.
+        assert!(misc(&sh("head -c 20000000 /dev/zero; exit 0"), false, Duration::from_secs(10)).await.ok);
+        assert!(!misc(&["/nonexistent/check".to_string()], false, t).await.ok);
+    }
+
+    #[tokio::test]
+    async fn udp_check_sees_port_unreachable_and_replies() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = server.recv_from(&mut buf).await {
+                let _ = server.send_to(&buf[..n], from).await;
+            }
+        });
+        let udp = |require_reply, target| spec(
+            Kind::Udp {
+                payload: b"ping".to_vec(),
+                require_reply,
+            },
+            target,
+        );
+        assert!(probe(&udp(true, addr)).await.ok);
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.local_addr().expect("addr")
+        };
+        assert!(!probe(&udp(false, closed)).await.ok, "ICMP port unreachable must fail");
+    }
+}
