@@ -512,8 +512,12 @@ impl StatusCodes {
     /// The accepted ranges, or an error naming the bad entry.
     pub fn ranges(&self) -> Result<Vec<(u16, u16)>, String> {
         let one = |c: &StatusCode| match c {
-            StatusCode::One(n) => parse_status_range(&n.to_string()).ok_or(format!("{n} is not an HTTP status")),
-            StatusCode::Range(r) => parse_status_range(r).ok_or(format!("`{r}` is not a status or range like 200-299")),
+            StatusCode::One(n) => {
+                parse_status_range(&n.to_string()).ok_or(format!("{n} is not an HTTP status"))
+            }
+            StatusCode::Range(r) => {
+                parse_status_range(r).ok_or(format!("`{r}` is not a status or range like 200-299"))
+            }
         };
         match self {
             StatusCodes::One(n) => Ok(vec![one(&StatusCode::One(*n))?]),
@@ -683,6 +687,20 @@ impl Config {
                     format!("{} cannot be a virtual address", vs.address),
                 ));
             }
+            if !(vs.delay_loop > 0.0 && vs.delay_loop <= 86_400.0) {
+                return Err(problem(
+                    at("delay_loop"),
+                    "must be between 0 and 86400 seconds",
+                ));
+            }
+            if let Some(sorry) = vs.sorry_server
+                && sorry.is_ipv4() != vs.address.is_ipv4()
+            {
+                return Err(problem(
+                    at("sorry_server"),
+                    "must be of the virtual address's family",
+                ));
+            }
             if !services.insert((vs.address, vs.port, vs.protocol)) {
                 return Err(problem(
                     at("address"),
@@ -755,6 +773,7 @@ impl Config {
                         format!("real server {} is listed twice", rs.address),
                     ));
                 }
+                self.validate_checks(i, j, rs)?;
             }
         }
         self.validate_vrrp()?;
@@ -771,6 +790,127 @@ impl Config {
 }
 
 impl Config {
+    fn validate_checks(&self, i: usize, j: usize, rs: &RealServer) -> Result<(), Problem> {
+        use Seg::{Index, Key};
+        let at = |check: &'static str, k: &'static str| {
+            vec![
+                Key("virtual_server"),
+                Index(i),
+                Key("real_server"),
+                Index(j),
+                Key(check),
+                Key(k),
+            ]
+        };
+        let common: [(&'static str, Option<&CheckCommon>); 5] = [
+            ("tcp_check", rs.tcp_check.as_ref().map(|c| &c.common)),
+            ("http_get", rs.http_get.as_ref().map(|c| &c.common)),
+            ("misc_check", rs.misc_check.as_ref().map(|c| &c.common)),
+            ("udp_check", rs.udp_check.as_ref().map(|c| &c.common)),
+            ("dns_check", rs.dns_check.as_ref().map(|c| &c.common)),
+        ];
+        for (name, c) in common {
+            let Some(c) = c else { continue };
+            for (k, v) in [
+                ("connect_timeout", c.connect_timeout),
+                ("delay_before_retry", c.delay_before_retry),
+                ("delay_loop", c.delay_loop),
+                ("warmup", c.warmup),
+            ] {
+                if let Some(v) = v
+                    && !(0.0..=86_400.0).contains(&v)
+                {
+                    return Err(problem(at(name, k), "must be between 0 and 86400 seconds"));
+                }
+            }
+            if c.connect_timeout == Some(0.0) || c.delay_loop == Some(0.0) {
+                let k = if c.connect_timeout == Some(0.0) {
+                    "connect_timeout"
+                } else {
+                    "delay_loop"
+                };
+                return Err(problem(at(name, k), "must be more than 0"));
+            }
+            if c.rise == Some(0) {
+                return Err(problem(at(name, "rise"), "must be at least 1"));
+            }
+            if let Some(ip) = c.connect_ip
+                && ip.is_ipv4() != rs.address.is_ipv4()
+            {
+                return Err(problem(
+                    at(name, "connect_ip"),
+                    "must be of the real server's address family",
+                ));
+            }
+        }
+        if let Some(h) = &rs.http_get {
+            if h.url.is_empty() {
+                return Err(problem(at("http_get", "url"), "at least one url is needed"));
+            }
+            for (k, u) in h.url.iter().enumerate() {
+                let at = |f: &'static str| {
+                    vec![
+                        Key("virtual_server"),
+                        Index(i),
+                        Key("real_server"),
+                        Index(j),
+                        Key("http_get"),
+                        Key("url"),
+                        Index(k),
+                        Key(f),
+                    ]
+                };
+                if !u.path.starts_with('/') {
+                    return Err(problem(at("path"), "must start with /"));
+                }
+                if let Some(sc) = &u.status_code {
+                    sc.ranges().map_err(|m| problem(at("status_code"), m))?;
+                }
+                if let Some(d) = &u.digest
+                    && (d.len() != 32 || !d.chars().all(|c| c.is_ascii_hexdigit()))
+                {
+                    return Err(problem(at("digest"), "must be an MD5 sum: 32 hex digits"));
+                }
+                if let Some(r) = &u.regex
+                    && let Err(e) = regex::Regex::new(r)
+                {
+                    return Err(problem(
+                        at("regex"),
+                        format!("not a valid regular expression: {e}"),
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &rs.misc_check {
+            if shlex::split(&m.misc_path).is_none_or(|v| v.is_empty()) {
+                return Err(problem(
+                    at("misc_check", "misc_path"),
+                    "must be a command line",
+                ));
+            }
+            if let Some(t) = m.misc_timeout
+                && !(t > 0.0 && t <= 86_400.0)
+            {
+                return Err(problem(
+                    at("misc_check", "misc_timeout"),
+                    "must be between 0 and 86400 seconds",
+                ));
+            }
+        }
+        if let Some(d) = &rs.dns_check
+            && crate::health::dns_type(&d.r#type).is_none()
+        {
+            return Err(problem(
+                at("dns_check", "type"),
+                format!(
+                    "`{}` is not one of A, AAAA, NS, MX, TXT, SOA, CNAME",
+                    d.r#type
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_vrrp(&self) -> Result<(), Problem> {
         use Seg::{Index, Key};
         let mut names = HashSet::new();
@@ -1294,6 +1434,47 @@ track_script = ["chk_nginx"]
             parse(&ok).expect("valid").vrrp_instance[0].advert_interval_cs(),
             1
         );
+    }
+
+    #[test]
+    fn health_check_keys() {
+        let base = "[global]\ninterface = \"eth0\"\n[[virtual_server]]\naddress = \"10.0.0.1\"\nport = 80\nquorum = 2\nsorry_server = \"10.0.0.9\"\n[[virtual_server.real_server]]\naddress = \"10.0.0.2\"\n";
+        let ok = format!(
+            "{base}[virtual_server.real_server.http_get]\nconnect_timeout = 2\nretry = 2\nurl = [{{ path = \"/health\", status_code = \"200-204\", digest = \"5eb63bbbe01eeed093cb22bb8f5acdc3\" }}, {{ path = \"/\", status_code = [200, \"301-302\"], regex = \"ok\" }}]\n[virtual_server.real_server.tcp_check]\nconnect_port = 8080\n[virtual_server.real_server.misc_check]\nmisc_path = \"/usr/local/bin/check --fast\"\nmisc_dynamic = true\n"
+        );
+        let c = parse(&ok).expect("valid");
+        let rs = &c.virtual_server[0].real_server[0];
+        assert_eq!(rs.http_get.as_ref().map(|h| h.url.len()), Some(2));
+        assert_eq!(
+            rs.tcp_check.as_ref().and_then(|t| t.common.connect_port),
+            Some(8080)
+        );
+        assert_eq!(c.virtual_server[0].quorum, 2);
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.http_get]\nurl = [{{ path = \"/\", status_code = \"700\" }}]\n"
+        ));
+        assert!(e.contains("status_code") && e.contains("700"), "{e}");
+        assert!(e.starts_with("test.toml:11:"), "{e}");
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.http_get]\nurl = [{{ path = \"/\", digest = \"xyz\" }}]\n"
+        ));
+        assert!(e.contains("MD5"), "{e}");
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.http_get]\nurl = [{{ path = \"/\", regex = \"(\" }}]\n"
+        ));
+        assert!(e.contains("regular expression"), "{e}");
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.tcp_check]\nconnect_timeout = -1\n"
+        ));
+        assert!(e.contains("tcp_check.connect_timeout"), "{e}");
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.tcp_check]\nconect_port = 1\n"
+        ));
+        assert!(e.contains("conect_port"), "{e}");
+        let e = err(&format!(
+            "{base}[virtual_server.real_server.dns_check]\ntype = \"SPF\"\n"
+        ));
+        assert!(e.contains("SPF"), "{e}");
     }
 
     #[test]

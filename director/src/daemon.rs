@@ -17,12 +17,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, VirtualServer},
     control::{self, ControlError, Pending, Request, Response},
     dataplane::{
         BackendPlan, ServicePlan,
         xdp::{XdpDataplane, XdpError, XdpOptions},
     },
+    health::{self, Board},
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
     status::{RealServerStatus, Status, VirtualServerStatus},
     vrrp::instance::{Vrrp, VrrpError},
@@ -80,7 +81,9 @@ impl Resolver {
             .flat_map(|vs| {
                 vs.real_server
                     .iter()
-                    .map(|rs| (rs.address, Resolution::Pending))
+                    .map(|rs| rs.address)
+                    .chain(vs.sorry_server)
+                    .map(|a| (a, Resolution::Pending))
             })
             .collect();
         Resolver { servers }
@@ -145,28 +148,103 @@ impl Resolver {
     }
 }
 
-/// The dataplane plan for `config` given the MACs known so far.
-fn plan(config: &Config, resolver: &Resolver) -> Vec<ServicePlan> {
-    config
+/// Health of one real server of a service: healthy, and a weight a
+/// `misc_dynamic` check asked for.
+fn server_health(
+    board: &Board,
+    vs: &VirtualServer,
+    rs: &crate::config::RealServer,
+) -> (bool, Option<u32>) {
+    let specs = health::specs_for(vs, rs);
+    let Ok(b) = board.lock() else {
+        return (true, None);
+    };
+    let mut healthy = true;
+    let mut weight = None;
+    for spec in specs {
+        if let Some(p) = b.get(&spec.key()) {
+            healthy &= p.healthy;
+            weight = weight.or(p.weight);
+        } else {
+            healthy &= !vs.alpha;
+        }
+    }
+    (healthy, weight)
+}
+
+/// Quorum bookkeeping of one service (keepalived's quorum and hysteresis).
+fn quorum_next(vs: &VirtualServer, up: Option<bool>, healthy_weight: u64) -> bool {
+    let q = u64::from(vs.quorum);
+    let h = u64::from(vs.hysteresis);
+    match up {
+        None => healthy_weight >= q,
+        Some(true) => healthy_weight + h >= q,
+        Some(false) => healthy_weight >= q + h,
+    }
+}
+
+/// The dataplane plan for `config` given MACs, health and quorum. Updates
+/// `quorum` with each service's state; returns the services whose quorum
+/// changed (for the quorum_up / quorum_down scripts).
+fn plan(
+    config: &Config,
+    resolver: &Resolver,
+    board: &Board,
+    quorum: &mut BTreeMap<usize, bool>,
+) -> (Vec<ServicePlan>, Vec<(usize, bool)>) {
+    let mut changed = Vec::new();
+    let plans = config
         .virtual_server
         .iter()
-        .map(|vs| ServicePlan {
-            address: vs.address,
-            port: vs.port,
-            protocol: vs.protocol,
-            scheduler: vs.scheduler,
-            persistence_timeout: vs.persistence_timeout,
-            backends: vs
+        .enumerate()
+        .map(|(i, vs)| {
+            let mut healthy_weight = 0u64;
+            let mut backends: Vec<BackendPlan> = vs
                 .real_server
                 .iter()
-                .map(|rs| BackendPlan {
-                    address: rs.address,
-                    weight: rs.weight,
-                    mac: resolver.mac(&rs.address),
+                .filter_map(|rs| {
+                    let (healthy, dynamic) = server_health(board, vs, rs);
+                    let weight = dynamic.unwrap_or(rs.weight);
+                    if healthy {
+                        healthy_weight += u64::from(weight);
+                    }
+                    let weight = match (healthy, rs.inhibit_on_failure) {
+                        (true, _) => weight,
+                        // Failed but inhibited: drains instead of leaving.
+                        (false, true) => 0,
+                        (false, false) => return None,
+                    };
+                    Some(BackendPlan {
+                        address: rs.address,
+                        weight,
+                        mac: resolver.mac(&rs.address),
+                    })
                 })
-                .collect(),
+                .collect();
+            let before = quorum.get(&i).copied();
+            let up = quorum_next(vs, before, healthy_weight);
+            quorum.insert(i, up);
+            if before.is_some() && before != Some(up) {
+                changed.push((i, up));
+            }
+            if !up && let Some(sorry) = vs.sorry_server {
+                backends = vec![BackendPlan {
+                    address: sorry,
+                    weight: 1,
+                    mac: resolver.mac(&sorry),
+                }];
+            }
+            ServicePlan {
+                address: vs.address,
+                port: vs.port,
+                protocol: vs.protocol,
+                scheduler: vs.scheduler,
+                persistence_timeout: vs.persistence_timeout,
+                backends,
+            }
         })
-        .collect()
+        .collect();
+    (plans, changed)
 }
 
 /// The pin directory for a state directory.
@@ -217,6 +295,8 @@ pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
 struct Daemon {
     config: Config,
     resolver: Resolver,
+    board: Board,
+    quorum: BTreeMap<usize, bool>,
     dataplane: XdpDataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,
@@ -227,7 +307,36 @@ struct Daemon {
 impl Daemon {
     /// Re-plans and applies when anything changed.
     fn sync(&mut self) -> Result<(), XdpError> {
-        let next = plan(&self.config, &self.resolver);
+        let (next, quorum_changes) =
+            plan(&self.config, &self.resolver, &self.board, &mut self.quorum);
+        for (i, up) in quorum_changes {
+            let vs = &self.config.virtual_server[i];
+            let name = crate::dataplane::service_key(vs.address, vs.port, vs.protocol);
+            let name = crate::dataplane::key_name(&name);
+            if up {
+                info!(service = %name, "quorum gained");
+            } else {
+                warn!(service = %name, sorry_server = ?vs.sorry_server, "quorum lost");
+            }
+            let script = if up { &vs.quorum_up } else { &vs.quorum_down };
+            if let Some(argv) = script.as_deref().and_then(shlex::split)
+                && let Some((program, args)) = argv.split_first()
+            {
+                let child = tokio::process::Command::new(program)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .spawn();
+                match child {
+                    // Reaped in the background; never blocks the loop.
+                    Ok(mut c) => {
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(60), c.wait()).await;
+                        });
+                    }
+                    Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
+                }
+            }
+        }
         if self.applied.as_ref() == Some(&next) {
             return Ok(());
         }
@@ -263,7 +372,8 @@ impl Daemon {
             .virtual_server
             .iter()
             .zip(plans.iter())
-            .map(|(vs, plan)| {
+            .enumerate()
+            .map(|(i, (vs, plan))| {
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
                 VirtualServerStatus {
                     address: vs.address.to_string(),
@@ -271,6 +381,7 @@ impl Daemon {
                     protocol: vs.protocol.to_string(),
                     scheduler: vs.scheduler.as_str().to_string(),
                     persistence_timeout: vs.persistence_timeout,
+                    quorum_up: self.quorum.get(&i).copied().unwrap_or(true),
                     packets: t.packets,
                     bytes: t.bytes,
                     new_flows: t.new_flows,
@@ -282,7 +393,12 @@ impl Daemon {
                                 .dataplane
                                 .backend_traffic(plan, rs.address)
                                 .unwrap_or_default();
+                            let (healthy, _) = server_health(&self.board, vs, rs);
+                            let (last_check, last_error) = self.last_check(vs, rs);
                             RealServerStatus {
+                                healthy,
+                                last_check,
+                                last_error,
                                 address: rs.address.to_string(),
                                 port: rs.port.unwrap_or(vs.port),
                                 weight: rs.weight,
@@ -304,6 +420,30 @@ impl Daemon {
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
         }
+    }
+
+    /// The most recent check of a real server and its error, if any.
+    fn last_check(
+        &self,
+        vs: &VirtualServer,
+        rs: &crate::config::RealServer,
+    ) -> (Option<f64>, Option<String>) {
+        let Ok(b) = self.board.lock() else {
+            return (None, None);
+        };
+        let mut last = None::<f64>;
+        let mut error = None;
+        for spec in health::specs_for(vs, rs) {
+            if let Some(p) = b.get(&spec.key()) {
+                if let Some(t) = p.last_check {
+                    last = Some(last.map_or(t, |l| l.max(t)));
+                }
+                if p.last_error.is_some() {
+                    error = p.last_error.clone();
+                }
+            }
+        }
+        (last, error)
     }
 
     fn answer(&self, request: Request) -> Response {
@@ -343,12 +483,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let control = control::serve(&g.state_dir, control_tx)?;
     let mut neigh_events = neighbors.events()?;
+    let (health_tx, mut health_rx) = mpsc::channel::<health::Change>(1024);
+    let (board, checks) = health::start(health::all_specs(&config), health_tx);
     let vrrp = Vrrp::start(&config)?;
 
     let mut resolver = Resolver::new(&config);
     resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
         resolver,
+        board,
+        quorum: BTreeMap::new(),
         config,
         dataplane,
         applied: None,
@@ -374,6 +518,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 let _ = reply.send(daemon.answer(request));
             }
             Some(()) = neigh_events.next() => {}
+            Some(_) = health_rx.recv() => {
+                // Coalesce a burst of changes into one re-plan.
+                while health_rx.try_recv().is_ok() {}
+            }
             _ = tokio::time::sleep(delay) => {}
         }
     };
@@ -382,6 +530,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         vrrp.stop().await;
     }
     control.abort();
+    for c in checks {
+        c.abort();
+    }
     let _ = std::fs::remove_file(daemon.config.global.state_dir.join(control::SOCKET));
     if let Some(plan) = &daemon.applied {
         for s in plan {
@@ -431,7 +582,8 @@ persistence_timeout = 30
         let mac = Mac([2, 0, 0, 0, 0, 11]);
         let a11: IpAddr = "10.0.0.11".parse().expect("ip");
         resolver.servers.insert(a11, Resolution::Resolved(mac));
-        let p = plan(&config, &resolver);
+        let board = Board::default();
+        let (p, _) = plan(&config, &resolver, &board, &mut BTreeMap::new());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].port, 80);
         assert_eq!(p[0].persistence_timeout, 30);

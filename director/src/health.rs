@@ -310,6 +310,10 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
             }
         }
         let was = healthy;
+        let was_weight = board
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&key).and_then(|p| p.weight));
         if outcome.ok {
             successes += 1;
             if !healthy && successes >= spec.rise {
@@ -342,12 +346,16 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
                 warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "real server failed its check");
             }
         }
-        // Every round reports (weights from misc_dynamic may change too).
-        let _ = tx.send(Change {
-            key: key.clone(),
-            healthy,
-        })
-        .await;
+        // Changes only (health, or a misc_dynamic weight): the daemon
+        // re-plans on each.
+        if healthy != was || outcome.weight != was_weight {
+            let _ = tx
+                .send(Change {
+                    key: key.clone(),
+                    healthy,
+                })
+                .await;
+        }
         next += spec.delay_loop;
         let now = tokio::time::Instant::now();
         if next < now {
@@ -411,7 +419,9 @@ async fn connect(spec: &CheckSpec) -> Result<tokio::net::TcpStream, String> {
 
 async fn http_once(spec: &CheckSpec, u: &UrlSpec, host: Option<&str>) -> Result<(), String> {
     let mut s = connect(spec).await?;
-    let host = host.map(str::to_string).unwrap_or_else(|| spec.target.to_string());
+    let host = host
+        .map(str::to_string)
+        .unwrap_or_else(|| spec.target.to_string());
     let req = format!(
         "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: director-check\r\nConnection: close\r\n\r\n",
         u.path
@@ -564,7 +574,11 @@ pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(32);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
         let l = &label.as_bytes()[..label.len().min(63)];
         q.push(l.len() as u8);
         q.extend_from_slice(l);
@@ -662,11 +676,15 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_and_http_against_a_real_local_server() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -685,10 +703,21 @@ mod tests {
             digest: digest.map(String::from),
             regex: regex.map(|r| Regex::new(r).expect("regex")),
         };
-        let http = |u: UrlSpec| spec(Kind::Http { urls: vec![u], host: None }, addr);
+        let http = |u: UrlSpec| {
+            spec(
+                Kind::Http {
+                    urls: vec![u],
+                    host: None,
+                },
+                addr,
+            )
+        };
         assert!(probe(&http(url("/", None, None))).await.ok);
         let o = probe(&http(url("/fail", None, None))).await;
-        assert!(!o.ok && o.error.as_deref().is_some_and(|e| e.contains("status 500")), "{o:?}");
+        assert!(
+            !o.ok && o.error.as_deref().is_some_and(|e| e.contains("status 500")),
+            "{o:?}"
+        );
         // md5("hello world")
         let md5 = "5eb63bbbe01eeed093cb22bb8f5acdc3";
         assert!(probe(&http(url("/", Some(md5), None))).await.ok);
@@ -716,13 +745,23 @@ mod tests {
         let o = misc(&sh("sleep 30"), false, Duration::from_millis(300)).await;
         assert!(!o.ok && started.elapsed() < Duration::from_secs(5), "{o:?}");
         // Huge output does not block or blow up.
-        assert!(misc(&sh("head -c 20000000 /dev/zero; exit 0"), false, Duration::from_secs(10)).await.ok);
+        assert!(
+            misc(
+                &sh("head -c 20000000 /dev/zero; exit 0"),
+                false,
+                Duration::from_secs(10)
+            )
+            .await
+            .ok
+        );
         assert!(!misc(&["/nonexistent/check".to_string()], false, t).await.ok);
     }
 
     #[tokio::test]
     async fn udp_check_sees_port_unreachable_and_replies() {
-        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(async move {
             let mut buf = [0u8; 64];
@@ -730,18 +769,23 @@ mod tests {
                 let _ = server.send_to(&buf[..n], from).await;
             }
         });
-        let udp = |require_reply, target| spec(
-            Kind::Udp {
-                payload: b"ping".to_vec(),
-                require_reply,
-            },
-            target,
-        );
+        let udp = |require_reply, target| {
+            spec(
+                Kind::Udp {
+                    payload: b"ping".to_vec(),
+                    require_reply,
+                },
+                target,
+            )
+        };
         assert!(probe(&udp(true, addr)).await.ok);
         let closed = {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             s.local_addr().expect("addr")
         };
-        assert!(!probe(&udp(false, closed)).await.ok, "ICMP port unreachable must fail");
+        assert!(
+            !probe(&udp(false, closed)).await.ok,
+            "ICMP port unreachable must fail"
+        );
     }
 }

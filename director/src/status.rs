@@ -30,6 +30,8 @@ pub struct VirtualServerStatus {
     pub protocol: String,
     pub scheduler: String,
     pub persistence_timeout: u32,
+    /// Whether the healthy real servers' weights reach `quorum`.
+    pub quorum_up: bool,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -44,6 +46,12 @@ pub struct RealServerStatus {
     pub weight: u32,
     /// `null` until the kernel has resolved it.
     pub mac: Option<String>,
+    /// Passing its health checks (true when it has none).
+    pub healthy: bool,
+    /// Unix time of its last check, seconds (`null` before the first).
+    pub last_check: Option<f64>,
+    /// Why its last check failed, if it did.
+    pub last_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -123,7 +131,11 @@ pub fn render(s: &Status) -> String {
                 out,
                 "  -> {:<43} {:<17} {:>7} {:>12} {:>14} {:>10}",
                 endpoint(&rs.address, rs.port),
-                rs.mac.as_deref().unwrap_or("(unresolved)"),
+                match (rs.healthy, rs.mac.as_deref()) {
+                    (false, _) => "(failed check)",
+                    (true, Some(m)) => m,
+                    (true, None) => "(unresolved)",
+                },
                 rs.weight,
                 rs.packets,
                 rs.bytes,
@@ -150,6 +162,7 @@ mod tests {
                 protocol: "tcp".into(),
                 scheduler: "mh".into(),
                 persistence_timeout: 0,
+                quorum_up: true,
                 packets: 10,
                 bytes: 1000,
                 new_flows: 2,
@@ -158,6 +171,9 @@ mod tests {
                     port: 80,
                     weight: 1,
                     mac: None,
+                    healthy: true,
+                    last_check: None,
+                    last_error: None,
                     packets: 10,
                     bytes: 1000,
                     new_flows: 2,

@@ -274,6 +274,27 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Stops real server `j`'s HTTP server (it stops answering; the host
+    /// stays up).
+    pub fn stop_http(&mut self, j: usize) -> Result<()> {
+        if let Some(p) = self.servers.get_mut(j) {
+            let _ = p.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        }
+        // nginx workers outlive a killed master: kill everything in that
+        // host's namespace (pkill would reach other labs' servers too).
+        self.real_servers[j].ns.kill_all();
+        Ok(())
+    }
+
+    /// Starts real server `j`'s HTTP server again.
+    pub fn start_http(&mut self, j: usize) -> Result<()> {
+        let p = start_nginx(&self.real_servers[j], &self.dir)?;
+        if j < self.servers.len() {
+            self.servers[j] = p;
+        }
+        Ok(())
+    }
+
     /// The switch namespace (for captures and fault injection).
     pub fn switch(&self) -> &Netns {
         &self.switch

@@ -147,7 +147,8 @@ pub fn destroy_netns(name: &str) {
 }
 
 impl Netns {
-    fn kill_all(&self) {
+    /// Kills every process in the namespace.
+    pub fn kill_all(&self) {
         for _ in 0..50 {
             let pids = self.pids();
             if pids.is_empty() {

@@ -279,7 +279,9 @@ fn soak_run(seconds: u64) -> Result<()> {
                 .spawn()
         })
         .collect::<std::io::Result<_>>()?;
-    println!("soak: director pair at 10 ms adverts, {cores} busy loops on {cores} cores, {seconds} s");
+    println!(
+        "soak: director pair at 10 ms adverts, {cores} busy loops on {cores} cores, {seconds} s"
+    );
     std::thread::sleep(Duration::from_secs(seconds));
     for mut c in load {
         let _ = c.kill();
@@ -294,7 +296,10 @@ fn soak_run(seconds: u64) -> Result<()> {
     );
     let log = pair._backup.first().map(|p| p.log()).unwrap_or_default();
     for l in log.lines().filter(|l| l.contains("new=\"master\"")) {
-        println!("soak:   {}", l.split_once("Z ").map(|x| x.1).unwrap_or(l).trim());
+        println!(
+            "soak:   {}",
+            l.split_once("Z ").map(|x| x.1).unwrap_or(l).trim()
+        );
     }
     drop(pair);
     drop(lab);
@@ -306,7 +311,9 @@ fn soak_run(seconds: u64) -> Result<()> {
         vip_on_director: false,
     })?;
     let mut master = keepalived(&lab, 0, 150, s)?.0;
-    master.wait_for_log(Duration::from_secs(15), |l| l.contains("Entering MASTER STATE"))?;
+    master.wait_for_log(Duration::from_secs(15), |l| {
+        l.contains("Entering MASTER STATE")
+    })?;
     let backup = keepalived(&lab, 1, 100, s)?.0;
     std::thread::sleep(Duration::from_secs(2));
     let before = backup.log().matches("Entering MASTER STATE").count();

@@ -578,9 +578,7 @@ impl Runner {
                     }
                 }
                 Action::Transition { from, to } => {
-                    let silence_ms = self
-                        .last_advert
-                        .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+                    let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
                     info!(
                         instance = %self.cfg.name,
                         vrid = self.cfg.virtual_router_id,
