@@ -97,10 +97,6 @@ pub struct Machine {
     started: Option<Instant>,
     master: Option<IpAddr>,
     transitions: u64,
-    /// Held in Backup by its sync group: accept any master (no preemption)
-    /// until the group moves again, so followers do not fight the member
-    /// that decided.
-    held: bool,
 }
 
 fn cs(n: u64) -> Duration {
@@ -118,7 +114,6 @@ impl Machine {
             started: None,
             master: None,
             transitions: 0,
-            held: false,
         }
     }
 
@@ -184,7 +179,6 @@ impl Machine {
     }
 
     fn become_master(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        self.held = false;
         // RFC 5798 6.4.1 / 6.4.2: send an advert, announce, arm the timer.
         actions.push(Action::SendAdvert(self.priority));
         actions.push(Action::AddAddresses);
@@ -261,7 +255,6 @@ impl Machine {
                 State::Backup if from != State::Init => {
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
                     self.become_backup(now, &mut actions);
-                    self.held = true;
                 }
                 State::Fault if from != State::Init => {
                     if from == State::Master {
@@ -302,11 +295,7 @@ impl Machine {
                 if priority == 0 {
                     // The master is leaving: take over after the skew time.
                     self.deadline = Some(now + self.skew());
-                } else if !self.params.preempt
-                    || self.held
-                    || priority >= self.priority
-                    || preempt_held
-                {
+                } else if !self.params.preempt || priority >= self.priority || preempt_held {
                     if self.params.version == 3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
@@ -630,13 +619,6 @@ mod tests {
         assert!(m.step(Event::Follow(State::Fault), t0).is_empty());
         let a = m.step(Event::Follow(State::Backup), t0);
         assert_eq!(transitions(&a), vec![(State::Fault, State::Backup)]);
-        // A follower held in Backup accepts a lower master (no preemption)...
-        let t1 = t0 + Duration::from_secs(1);
-        m.step(advert("10.0.0.11", 50, 100), t1);
-        assert_eq!(m.deadline(), Some(t1 + m.master_down_interval()));
-        // ...but still takes over when the master goes silent.
-        let a = m.step(Event::Timer, t1 + m.master_down_interval());
-        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
         // Not started: nothing to follow.
         let mut idle = Machine::new(params(3, 100, 100));
         assert!(idle.step(Event::Follow(State::Master), t0).is_empty());

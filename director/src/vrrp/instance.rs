@@ -196,10 +196,15 @@ async fn run_all(
 ) {
     let scripts = start_scripts(&config.vrrp_script);
     let notifier = start_notifier();
-    let groups: Vec<(VrrpSyncGroup, broadcast::Sender<(String, State)>)> = config
+    type GroupShared = (
+        VrrpSyncGroup,
+        broadcast::Sender<(String, State)>,
+        Arc<Mutex<BTreeMap<String, u8>>>,
+    );
+    let groups: Vec<GroupShared> = config
         .vrrp_sync_group
         .iter()
-        .map(|g| (g.clone(), broadcast::channel(64).0))
+        .map(|g| (g.clone(), broadcast::channel(64).0, Arc::default()))
         .collect();
     let mut tasks = Vec::new();
     for ((inst, status), rx) in config.vrrp_instance.iter().zip(statuses).zip(receivers) {
@@ -209,11 +214,12 @@ async fn run_all(
             .unwrap_or_else(|| config.global.interface.clone());
         let group = groups
             .iter()
-            .find(|(g, _)| g.group.contains(&inst.name))
-            .map(|(g, tx)| SyncGroup {
+            .find(|(g, _, _)| g.group.contains(&inst.name))
+            .map(|(g, tx, priorities)| SyncGroup {
                 config: g.clone(),
                 rx: tx.subscribe(),
                 tx: tx.clone(),
+                priorities: priorities.clone(),
             });
         match Runner::open(
             inst.clone(),
@@ -238,11 +244,15 @@ async fn run_all(
     }
 }
 
-/// This instance's `vrrp_sync_group`, if any.
+/// This instance's `vrrp_sync_group`, if any. Members advertise the
+/// lowest effective priority of the group (a tracked check failing on one
+/// member lowers them all, so peers take them over together), and Fault
+/// spreads to every member.
 struct SyncGroup {
     config: VrrpSyncGroup,
     tx: broadcast::Sender<(String, State)>,
     rx: broadcast::Receiver<(String, State)>,
+    priorities: Arc<Mutex<BTreeMap<String, u8>>>,
 }
 
 /// One instance with its socket and machine.
@@ -414,7 +424,18 @@ impl Runner {
                             self.received(p).await;
                         }
                     }
-                    let actions = self.machine.step(Event::Timer, std::time::Instant::now());
+                    let now = std::time::Instant::now();
+                    if self.machine.state() == State::Master
+                        && let Some(due) = self.machine.deadline()
+                        && now.saturating_duration_since(due) > self.machine.master_adver_interval()
+                    {
+                        warn!(
+                            instance = %self.cfg.name,
+                            late_ms = now.saturating_duration_since(due).as_secs_f64() * 1000.0,
+                            "VRRP advert sent late: this machine is overloaded"
+                        );
+                    }
+                    let actions = self.machine.step(Event::Timer, now);
                     self.perform(actions).await;
                 }
                 _ = sleep_until(garp) => self.garp_burst(),
@@ -465,7 +486,18 @@ impl Runner {
                 _ => {}
             }
         }
-        (fault, priority.clamp(1, 254) as u8)
+        let own = priority.clamp(1, 254) as u8;
+        let effective = match &self.group {
+            Some(g) => match g.priorities.lock() {
+                Ok(mut p) => {
+                    p.insert(self.cfg.name.clone(), own);
+                    p.values().copied().min().unwrap_or(own)
+                }
+                Err(_) => own,
+            },
+            None => own,
+        };
+        (fault, effective)
     }
 
     async fn received(&mut self, p: Received) {
@@ -601,7 +633,10 @@ impl Runner {
                     if !self.following
                         && let Some(g) = &self.group
                     {
-                        let _ = g.tx.send((self.cfg.name.clone(), to));
+                        // Fault spreads to the group, and so does leaving it.
+                        if to == State::Fault || from == State::Fault {
+                            let _ = g.tx.send((self.cfg.name.clone(), to));
+                        }
                         if let Some(n) = name {
                             self.notify_group(&g.config, n);
                         }
