@@ -331,8 +331,9 @@ fn soak_run(seconds: u64) -> Result<()> {
     }
     let after = backup.log().matches("Entering MASTER STATE").count();
     println!(
-        "soak: keepalived: false failovers: {} (same settings, load and duration)",
+        "soak: keepalived: false failovers: {} (same settings, load and duration, XDP dataplane beside it)",
         after - before
     );
+    drop(pair);
     Ok(())
 }
