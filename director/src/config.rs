@@ -245,6 +245,9 @@ pub struct Global {
     /// Seconds a UDP flow may stay idle before it is placed again.
     #[serde(default = "default_udp_timeout")]
     pub udp_timeout: u32,
+    /// Where to serve Prometheus `/metrics` and `/status` over HTTP
+    /// (`ADDR:PORT`; none by default).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// How the XDP program is attached.

@@ -29,6 +29,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
+    /// Re-read the config file and apply the difference.
+    Reload,
 }
 
 /// The daemon's answer.
@@ -37,6 +39,7 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     Error { error: String },
+    Ok { ok: bool },
 }
 
 /// A request waiting for the event loop's answer.
@@ -137,8 +140,10 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -> st
 /// Parses one request line (`{"command":"status"}`, or the bare word).
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let line = line.trim();
-    if line == "status" {
-        return Ok(Request::Status);
+    match line {
+        "status" => return Ok(Request::Status),
+        "reload" => return Ok(Request::Reload),
+        _ => {}
     }
     serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
 }

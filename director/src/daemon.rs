@@ -56,6 +56,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Vrrp(#[from] VrrpError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// What we know of one real server's MAC.
@@ -294,8 +296,11 @@ pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
 /// Everything the event loop owns.
 struct Daemon {
     config: Config,
+    /// Where the config came from (reloads read it again).
+    config_path: PathBuf,
     resolver: Resolver,
     board: Board,
+    checks: Option<health::Checks>,
     quorum: BTreeMap<usize, bool>,
     dataplane: XdpDataplane,
     applied: Option<Vec<ServicePlan>>,
@@ -394,11 +399,12 @@ impl Daemon {
                                 .backend_traffic(plan, rs.address)
                                 .unwrap_or_default();
                             let (healthy, _) = server_health(&self.board, vs, rs);
-                            let (last_check, last_error) = self.last_check(vs, rs);
+                            let (last_check, last_error, check_latency) = self.last_check(vs, rs);
                             RealServerStatus {
                                 healthy,
                                 last_check,
                                 last_error,
+                                check_latency,
                                 address: rs.address.to_string(),
                                 port: rs.port.unwrap_or(vs.port),
                                 weight: rs.weight,
@@ -427,12 +433,13 @@ impl Daemon {
         &self,
         vs: &VirtualServer,
         rs: &crate::config::RealServer,
-    ) -> (Option<f64>, Option<String>) {
+    ) -> (Option<f64>, Option<String>, Option<f64>) {
         let Ok(b) = self.board.lock() else {
-            return (None, None);
+            return (None, None, None);
         };
         let mut last = None::<f64>;
         let mut error = None;
+        let mut latency = None::<f64>;
         for spec in health::specs_for(vs, rs) {
             if let Some(p) = b.get(&spec.key()) {
                 if let Some(t) = p.last_check {
@@ -441,21 +448,74 @@ impl Daemon {
                 if p.last_error.is_some() {
                     error = p.last_error.clone();
                 }
+                if let Some(t) = p.latency {
+                    latency = Some(latency.map_or(t, |l| l.max(t)));
+                }
             }
         }
-        (last, error)
+        (last, error, latency)
     }
 
     fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
+            Request::Reload => Response::Error {
+                error: "reload is handled by the event loop".into(),
+            },
         }
+    }
+
+    /// Re-reads the config file and applies the difference. On any error
+    /// nothing changes and the error (FILE:LINE:COL: ...) is returned.
+    async fn reload(&mut self) -> Result<(), String> {
+        let new = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let (old_g, new_g) = (&self.config.global, &new.global);
+        for (key, changed) in [
+            ("global.interface", old_g.interface != new_g.interface),
+            ("global.state_dir", old_g.state_dir != new_g.state_dir),
+            ("global.xdp_mode", old_g.xdp_mode != new_g.xdp_mode),
+            (
+                "global.metrics_address",
+                old_g.metrics_address != new_g.metrics_address,
+            ),
+        ] {
+            if changed {
+                return Err(format!(
+                    "{}: changing {key} needs a restart of the daemon",
+                    self.config_path.display()
+                ));
+            }
+        }
+        if let Some(vrrp) = self.vrrp.as_mut() {
+            vrrp.reconfigure(&new).await.map_err(|e| e.to_string())?;
+        }
+        // Real servers: keep what is known of those that stay.
+        let mut resolver = Resolver::new(&new);
+        for (addr, state) in resolver.servers.iter_mut() {
+            if let Some(old) = self.resolver.servers.get(addr) {
+                *state = *old;
+            }
+        }
+        self.resolver = resolver;
+        if let Some(checks) = self.checks.as_mut() {
+            checks.update(health::all_specs(&new));
+        }
+        // Quorum state is by service position: start it afresh.
+        self.quorum.clear();
+        self.config = new;
+        self.sync().map_err(|e| e.to_string())?;
+        info!(
+            virtual_servers = self.config.virtual_server.len(),
+            vrrp_instances = self.config.vrrp_instance.len(),
+            "configuration reloaded"
+        );
+        Ok(())
     }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
 /// keeps forwarding; the next `director run` adopts it.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     let g = config.global.clone();
     std::fs::create_dir_all(&g.state_dir).map_err(|source| DaemonError::StateDir {
         path: g.state_dir.clone(),
@@ -463,6 +523,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
 
     let neighbors = Neighbors::open(&g.interface).await?;
     let link = neighbors.link();
@@ -481,10 +542,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         pin_dir: Some(pins),
     })?;
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
+    let metrics = match g.metrics_address {
+        Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone()).await?),
+        None => None,
+    };
     let control = control::serve(&g.state_dir, control_tx)?;
     let mut neigh_events = neighbors.events()?;
     let (health_tx, mut health_rx) = mpsc::channel::<health::Change>(1024);
-    let (board, checks) = health::start(health::all_specs(&config), health_tx);
+    let mut checks = health::Checks::new(health_tx);
+    checks.update(health::all_specs(&config));
+    let board = checks.board();
     let vrrp = Vrrp::start(&config)?;
 
     let mut resolver = Resolver::new(&config);
@@ -492,6 +559,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut daemon = Daemon {
         resolver,
         board,
+        checks: Some(checks),
+        config_path,
         quorum: BTreeMap::new(),
         config,
         dataplane,
@@ -514,8 +583,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::select! {
             _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); break Ok(()); }
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); break Ok(()); }
+            _ = sighup.recv() => {
+                info!(signal = "SIGHUP", "reloading the configuration");
+                if let Err(e) = daemon.reload().await {
+                    error!("reload refused, nothing changed: {e}");
+                }
+            }
             Some((request, reply)) = control_rx.recv() => {
-                let _ = reply.send(daemon.answer(request));
+                let answer = match request {
+                    Request::Reload => match daemon.reload().await {
+                        Ok(()) => Response::Ok { ok: true },
+                        Err(e) => {
+                            error!("reload refused, nothing changed: {e}");
+                            Response::Error { error: e }
+                        }
+                    },
+                    other => daemon.answer(other),
+                };
+                let _ = reply.send(answer);
             }
             Some(()) = neigh_events.next() => {}
             Some(_) = health_rx.recv() => {
@@ -530,9 +615,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         vrrp.stop().await;
     }
     control.abort();
-    for c in checks {
-        c.abort();
+    if let Some(m) = metrics {
+        m.abort();
     }
+    drop(daemon.checks.take());
     let _ = std::fs::remove_file(daemon.config.global.state_dir.join(control::SOCKET));
     if let Some(plan) = &daemon.applied {
         for s in plan {

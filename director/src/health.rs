@@ -254,32 +254,78 @@ pub struct Change {
     pub healthy: bool,
 }
 
-/// Starts one task per probe. Returns the shared board; changes are sent
-/// to `tx`. Tasks stop when the returned handles are aborted.
-pub fn start(
-    specs: HashMap<String, CheckSpec>,
+/// The running probes: one task per distinct probe, their shared board.
+pub struct Checks {
+    board: Board,
+    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Change>,
-) -> (Board, Vec<tokio::task::JoinHandle<()>>) {
-    let board: Board = Arc::new(Mutex::new(HashMap::new()));
-    let mut tasks = Vec::new();
-    for (key, spec) in specs {
-        if let Ok(mut b) = board.lock() {
-            b.insert(
-                key.clone(),
-                ProbeState {
-                    healthy: !spec.alpha,
-                    weight: None,
-                    last_check: None,
-                    last_error: None,
-                    latency: None,
-                },
-            );
+}
+
+impl Checks {
+    /// No probes yet; changes will be sent to `tx`.
+    pub fn new(tx: mpsc::Sender<Change>) -> Checks {
+        Checks {
+            board: Board::default(),
+            tasks: HashMap::new(),
+            tx,
         }
-        let board = board.clone();
-        let tx = tx.clone();
-        tasks.push(tokio::spawn(run_probe(key, spec, board, tx)));
     }
-    (board, tasks)
+
+    /// The shared state of every probe.
+    pub fn board(&self) -> Board {
+        self.board.clone()
+    }
+
+    /// Runs exactly `specs`: probes that are unchanged keep running (and
+    /// their state), removed ones stop, new ones start.
+    pub fn update(&mut self, specs: HashMap<String, CheckSpec>) {
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|k| !specs.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(t) = self.tasks.remove(&key) {
+                t.abort();
+            }
+            if let Ok(mut b) = self.board.lock() {
+                b.remove(&key);
+            }
+        }
+        for (key, spec) in specs {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            if let Ok(mut b) = self.board.lock() {
+                b.insert(
+                    key.clone(),
+                    ProbeState {
+                        healthy: !spec.alpha,
+                        weight: None,
+                        last_check: None,
+                        last_error: None,
+                        latency: None,
+                    },
+                );
+            }
+            let task = tokio::spawn(run_probe(
+                key.clone(),
+                spec,
+                self.board.clone(),
+                self.tx.clone(),
+            ));
+            self.tasks.insert(key, task);
+        }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
 }
 
 async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<Change>) {

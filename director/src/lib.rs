@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod frames;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbor;
 pub mod status;
 pub mod vrrp;

@@ -53,6 +53,9 @@ enum Command {
         /// Print the status document as JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 1) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
         /// State directory of the daemon (where its control socket is).
         #[arg(long)]
         state_dir: Option<PathBuf>,
@@ -60,6 +63,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Reload the running daemon's configuration (like SIGHUP): the new file
+    /// is validated first; on error nothing changes and the error is printed.
+    Reload {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
     Flush {
         #[arg(long)]
@@ -81,6 +94,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Run { config, flush } => {
+            let path = config.clone();
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -92,16 +106,38 @@ fn main() -> ExitCode {
                 flush_state(&config.global.state_dir)
             } else {
                 init_logging();
-                run(config).inspect_err(|e| tracing::error!("{e:#}"))
+                run(config, path).inspect_err(|e| tracing::error!("{e:#}"))
             }
         }
         Command::Status {
             json,
+            watch,
             state_dir,
             config,
-        } => state_dir_of(state_dir, config).and_then(|dir| show_status(&dir, json)),
+        } => state_dir_of(state_dir, config).and_then(|dir| match watch {
+            None => show_status(&dir, json),
+            Some(every) => loop {
+                // Clear the screen and home the cursor, like watch(1).
+                print!("\x1b[2J\x1b[H");
+                show_status(&dir, json)?;
+                std::thread::sleep(std::time::Duration::from_secs_f64(every.clamp(0.1, 3600.0)));
+            },
+        }),
         Command::Flush { state_dir, config } => {
             state_dir_of(state_dir, config).and_then(|dir| flush_state(&dir))
+        }
+        Command::Reload { state_dir, config } => {
+            state_dir_of(state_dir, config).and_then(|dir| reload(&dir))
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "director",
+                &mut std::io::stdout(),
+            );
+            Ok(())
         }
     };
     match result {
@@ -146,6 +182,22 @@ fn show_status(state_dir: &Path, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Response::Error { error } => bail!("the daemon answered: {error}"),
+        Response::Ok { .. } => bail!("unexpected answer from the daemon"),
+    }
+}
+
+fn reload(state_dir: &Path) -> anyhow::Result<()> {
+    match control::request(state_dir, &Request::Reload)? {
+        Response::Ok { .. } => {
+            println!("reloaded");
+            Ok(())
+        }
+        Response::Error { error } => {
+            // The daemon's error already names FILE:LINE:COL.
+            eprintln!("{error}");
+            std::process::exit(1);
+        }
+        Response::Status(_) => bail!("unexpected answer from the daemon"),
     }
 }
 
@@ -160,12 +212,12 @@ fn flush_state(state_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(config))?;
+    runtime.block_on(daemon::run(config, path))?;
     Ok(())
 }
 

@@ -52,6 +52,9 @@ pub struct RealServerStatus {
     pub last_check: Option<f64>,
     /// Why its last check failed, if it did.
     pub last_error: Option<String>,
+    /// Duration of its last check, seconds.
+    #[serde(default)]
+    pub check_latency: Option<f64>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -174,6 +177,7 @@ mod tests {
                     healthy: true,
                     last_check: None,
                     last_error: None,
+                    check_latency: None,
                     packets: 10,
                     bytes: 1000,
                     new_flows: 2,

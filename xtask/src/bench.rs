@@ -47,7 +47,10 @@ const SETTINGS: [Setting; 3] = [
     },
 ];
 
-pub fn run(soak: u64) -> Result<()> {
+pub fn run(soak: u64, soak_only: bool) -> Result<()> {
+    if soak_only {
+        return soak_run(soak.max(1));
+    }
     println!(
         "failover: longest gap in successful HTTP requests to the VIP when the master dies (kill -9 + link down)"
     );

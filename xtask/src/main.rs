@@ -56,6 +56,9 @@ enum Cmd {
         /// failover: also run a 10 ms pair under CPU load this many seconds.
         #[arg(long, default_value_t = 0)]
         soak: u64,
+        /// failover: skip the outage measurements (soak only).
+        #[arg(long)]
+        soak_only: bool,
     },
 }
 
@@ -106,14 +109,18 @@ fn main() -> Result<()> {
             test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
-        Cmd::Bench { what, soak } => {
+        Cmd::Bench {
+            what,
+            soak,
+            soak_only,
+        } => {
             setup::run(setup::Verbosity::Quiet)?;
             match what.as_str() {
                 "failover" => {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
-                    bench::run(soak)
+                    bench::run(soak, soak_only)
                 }
                 "xdp" => exec(cargo().args([
                     "run",

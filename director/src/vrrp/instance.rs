@@ -39,6 +39,8 @@ pub enum VrrpError {
     Thread(std::io::Error),
     #[error("the VRRP thread stopped while starting")]
     Gone,
+    #[error("{0} need a restart of the daemon")]
+    NeedsRestart(&'static str),
 }
 
 /// One instance in the status document (a contract: extend, never rename).
@@ -69,115 +71,204 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Asks the VRRP thread to start one instance.
+struct StartCmd {
+    inst: VrrpInstance,
+    iface: String,
+    status: Arc<Mutex<InstanceStatus>>,
+    commands: mpsc::Receiver<Command>,
+    ready: std::sync::mpsc::Sender<Result<(), VrrpError>>,
+}
+
+/// One running instance, as the daemon sees it.
+struct Handle {
+    config: VrrpInstance,
+    status: Arc<Mutex<InstanceStatus>>,
+    commands: mpsc::Sender<Command>,
+}
+
 /// The running VRRP instances.
 pub struct Vrrp {
-    statuses: Vec<Arc<Mutex<InstanceStatus>>>,
-    commands: Vec<mpsc::Sender<Command>>,
+    instances: Vec<Handle>,
+    start_tx: Option<mpsc::UnboundedSender<StartCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    interface: String,
+    scripts: Vec<VrrpScript>,
+    groups: Vec<VrrpSyncGroup>,
+}
+
+fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
+    Arc::new(Mutex::new(InstanceStatus {
+        name: inst.name.clone(),
+        state: State::Init.as_str().to_string(),
+        priority: inst.priority,
+        effective_priority: inst.priority,
+        virtual_router_id: inst.virtual_router_id,
+        master_address: None,
+        transitions: 0,
+        version: inst.version,
+        advert_int: inst.advert_int,
+        interface: iface.to_string(),
+        virtual_ipaddress: inst.virtual_ipaddress.clone(),
+        adverts_sent: 0,
+        adverts_received: 0,
+        rejected: BTreeMap::new(),
+    }))
 }
 
 impl Vrrp {
     /// Starts every `[[vrrp_instance]]` on a dedicated thread. Returns once
     /// each instance has its socket (or the first error).
     pub fn start(config: &Config) -> Result<Vrrp, VrrpError> {
-        let mut statuses = Vec::new();
-        let mut commands = Vec::new();
-        let mut receivers = Vec::new();
-        for inst in &config.vrrp_instance {
-            let status = Arc::new(Mutex::new(InstanceStatus {
-                name: inst.name.clone(),
-                state: State::Init.as_str().to_string(),
-                priority: inst.priority,
-                effective_priority: inst.priority,
-                virtual_router_id: inst.virtual_router_id,
-                master_address: None,
-                transitions: 0,
-                version: inst.version,
-                advert_int: inst.advert_int,
-                interface: inst
-                    .interface
-                    .clone()
-                    .unwrap_or_else(|| config.global.interface.clone()),
-                virtual_ipaddress: inst.virtual_ipaddress.clone(),
-                adverts_sent: 0,
-                adverts_received: 0,
-                rejected: BTreeMap::new(),
-            }));
-            let (tx, rx) = mpsc::channel(8);
-            statuses.push(status);
-            commands.push(tx);
-            receivers.push(rx);
-        }
+        let mut vrrp = Vrrp {
+            instances: Vec::new(),
+            start_tx: None,
+            thread: None,
+            interface: config.global.interface.clone(),
+            scripts: config.vrrp_script.clone(),
+            groups: config.vrrp_sync_group.clone(),
+        };
         if config.vrrp_instance.is_empty() {
-            return Ok(Vrrp {
-                statuses,
-                commands,
-                thread: None,
-            });
+            return Ok(vrrp);
         }
-        let config = config.clone();
-        let shared = statuses.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), VrrpError>>();
+        let (start_tx, start_rx) = mpsc::unbounded_channel::<StartCmd>();
+        let scripts = config.vrrp_script.clone();
+        let groups = config.vrrp_sync_group.clone();
         let thread = std::thread::Builder::new()
             .name("vrrp".into())
             .spawn(move || {
                 raise_priority();
-                let runtime = match tokio::runtime::Builder::new_current_thread()
+                match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(VrrpError::Thread(e)));
-                        return;
-                    }
-                };
-                runtime.block_on(run_all(config, shared, receivers, ready_tx));
+                    Ok(runtime) => runtime.block_on(run_all(scripts, groups, start_rx)),
+                    Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
+                }
             })
             .map_err(VrrpError::Thread)?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Vrrp {
-                statuses,
-                commands,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => Err(VrrpError::Gone),
+        vrrp.start_tx = Some(start_tx);
+        vrrp.thread = Some(thread);
+        for inst in &config.vrrp_instance {
+            vrrp.start_instance(inst.clone())?;
         }
+        Ok(vrrp)
+    }
+
+    fn start_instance(&mut self, inst: VrrpInstance) -> Result<(), VrrpError> {
+        let iface = inst
+            .interface
+            .clone()
+            .unwrap_or_else(|| self.interface.clone());
+        let status = new_status(&inst, &iface);
+        let (tx, rx) = mpsc::channel(8);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let start_tx = self.start_tx.as_ref().ok_or(VrrpError::Gone)?;
+        start_tx
+            .send(StartCmd {
+                inst: inst.clone(),
+                iface,
+                status: status.clone(),
+                commands: rx,
+                ready: ready_tx,
+            })
+            .map_err(|_| VrrpError::Gone)?;
+        ready_rx.recv().map_err(|_| VrrpError::Gone)??;
+        self.instances.push(Handle {
+            config: inst,
+            status,
+            commands: tx,
+        });
+        Ok(())
+    }
+
+    /// Applies a new configuration: unchanged instances keep running (no
+    /// flap, no priority-0 advert); removed or changed ones stop gracefully;
+    /// new or changed ones start. Script and sync-group changes need a
+    /// restart (the error says so and nothing changes).
+    pub async fn reconfigure(&mut self, config: &Config) -> Result<(), VrrpError> {
+        if config.vrrp_script != self.scripts || config.vrrp_sync_group != self.groups {
+            return Err(VrrpError::NeedsRestart(
+                "vrrp_script and vrrp_sync_group changes",
+            ));
+        }
+        if config.global.interface != self.interface {
+            return Err(VrrpError::NeedsRestart("global.interface"));
+        }
+        if self.start_tx.is_none() && !config.vrrp_instance.is_empty() {
+            // No VRRP thread yet: start one as `start` would.
+            let started = Vrrp::start(config)?;
+            let old = std::mem::replace(self, started);
+            old.stop().await;
+            return Ok(());
+        }
+        let keep: Vec<bool> = self
+            .instances
+            .iter()
+            .map(|h| config.vrrp_instance.contains(&h.config))
+            .collect();
+        let mut kept = Vec::new();
+        for (h, keep) in std::mem::take(&mut self.instances).into_iter().zip(keep) {
+            if keep {
+                kept.push(h);
+            } else {
+                info!(instance = %h.config.name, "VRRP instance removed or changed by reload");
+                shutdown(&h).await;
+            }
+        }
+        self.instances = kept;
+        for inst in &config.vrrp_instance {
+            if !self.instances.iter().any(|h| &h.config == inst) {
+                self.start_instance(inst.clone())?;
+            }
+        }
+        // Keep the config's order.
+        self.instances.sort_by_key(|h| {
+            config
+                .vrrp_instance
+                .iter()
+                .position(|i| i.name == h.config.name)
+        });
+        Ok(())
     }
 
     /// Every instance's status.
     pub fn statuses(&self) -> Vec<InstanceStatus> {
-        self.statuses
+        self.instances
             .iter()
-            .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+            .filter_map(|h| h.status.lock().ok().map(|s| s.clone()))
             .collect()
     }
 
     /// Graceful stop: masters send priority 0 and release their addresses.
     pub async fn stop(mut self) {
-        let mut waits = Vec::new();
-        for c in &self.commands {
-            let (tx, rx) = oneshot::channel();
-            if c.send(Command::Shutdown(tx)).await.is_ok() {
-                waits.push(rx);
-            }
+        for h in std::mem::take(&mut self.instances) {
+            shutdown(&h).await;
         }
-        for w in waits {
-            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
-        }
+        self.start_tx = None;
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }
 
+async fn shutdown(h: &Handle) {
+    let (tx, rx) = oneshot::channel();
+    if h.commands.send(Command::Shutdown(tx)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+    }
+}
+
 /// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
 /// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
 fn raise_priority() {
+    // Lock the process's memory too (keepalived does the same): a page
+    // fault on this thread would wait for the address-space lock, which a
+    // normal-priority thread may hold while the machine is busy.
+    // SAFETY: plain syscall; failure only costs determinism.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "memory not locked");
+    }
     let param = libc::sched_param { sched_priority: 10 };
     // SCHED_RESET_ON_FORK: scripts we start run with normal scheduling.
     let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
@@ -189,32 +280,26 @@ fn raise_priority() {
 }
 
 async fn run_all(
-    config: Config,
-    statuses: Vec<Arc<Mutex<InstanceStatus>>>,
-    receivers: Vec<mpsc::Receiver<Command>>,
-    ready: std::sync::mpsc::Sender<Result<(), VrrpError>>,
+    scripts: Vec<VrrpScript>,
+    groups: Vec<VrrpSyncGroup>,
+    mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
-    let scripts = start_scripts(&config.vrrp_script);
+    let scripts = start_scripts(&scripts);
     let notifier = start_notifier();
     type GroupShared = (
         VrrpSyncGroup,
         broadcast::Sender<(String, State)>,
         Arc<Mutex<BTreeMap<String, u8>>>,
     );
-    let groups: Vec<GroupShared> = config
-        .vrrp_sync_group
-        .iter()
-        .map(|g| (g.clone(), broadcast::channel(64).0, Arc::default()))
+    let groups: Vec<GroupShared> = groups
+        .into_iter()
+        .map(|g| (g, broadcast::channel(64).0, Arc::default()))
         .collect();
     let mut tasks = Vec::new();
-    for ((inst, status), rx) in config.vrrp_instance.iter().zip(statuses).zip(receivers) {
-        let iface = inst
-            .interface
-            .clone()
-            .unwrap_or_else(|| config.global.interface.clone());
+    while let Some(cmd) = starts.recv().await {
         let group = groups
             .iter()
-            .find(|(g, _, _)| g.group.contains(&inst.name))
+            .find(|(g, _, _)| g.group.contains(&cmd.inst.name))
             .map(|(g, tx, priorities)| SyncGroup {
                 config: g.clone(),
                 rx: tx.subscribe(),
@@ -222,23 +307,25 @@ async fn run_all(
                 priorities: priorities.clone(),
             });
         match Runner::open(
-            inst.clone(),
-            iface,
-            status,
+            cmd.inst,
+            cmd.iface,
+            cmd.status,
             &scripts,
             notifier.clone(),
             group,
         )
         .await
         {
-            Ok(runner) => tasks.push(tokio::spawn(runner.run(rx))),
+            Ok(runner) => {
+                tasks.push(tokio::spawn(runner.run(cmd.commands)));
+                let _ = cmd.ready.send(Ok(()));
+            }
             Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
+                let _ = cmd.ready.send(Err(e));
             }
         }
     }
-    let _ = ready.send(Ok(()));
+    // The daemon dropped its end: wait for the instances it shut down.
     for t in tasks {
         let _ = t.await;
     }

@@ -1,0 +1,356 @@
+//! Prometheus metrics and the status JSON over HTTP, on
+//! `global.metrics_address`: `/metrics` (Prometheus text format) and
+//! `/status` (the same document as `director status --json`). Both are
+//! built from one status snapshot taken by the event loop.
+
+use std::net::SocketAddr;
+
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    control::{Pending, Request, Response},
+    status::Status,
+};
+
+type Labels = Vec<(String, String)>;
+
+/// Errors starting the metrics server.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics_address {addr}: {source}")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn gauge(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The Prometheus text exposition of a status snapshot.
+pub fn render(s: &Status) -> String {
+    let mut reg = Registry::with_prefix("director");
+    let info = gauge(&mut reg, "dataplane_info", "Dataplane in use (value 1)");
+    info.get_or_create(&l(&[
+        ("dataplane", &s.dataplane),
+        ("xdp_mode", s.xdp_mode.as_deref().unwrap_or("")),
+        ("router_id", &s.router_id),
+    ]))
+    .set(1.0);
+
+    let vs_packets = counter(
+        &mut reg,
+        "virtual_server_packets",
+        "Frames forwarded for the virtual server",
+    );
+    let vs_bytes = counter(
+        &mut reg,
+        "virtual_server_bytes",
+        "Bytes forwarded for the virtual server",
+    );
+    let vs_flows = counter(
+        &mut reg,
+        "virtual_server_new_flows",
+        "Flows placed for the virtual server",
+    );
+    let vs_quorum = gauge(
+        &mut reg,
+        "virtual_server_quorum_up",
+        "1 while the virtual server has quorum",
+    );
+    let rs_packets = counter(
+        &mut reg,
+        "real_server_packets",
+        "Frames forwarded to the real server",
+    );
+    let rs_bytes = counter(
+        &mut reg,
+        "real_server_bytes",
+        "Bytes forwarded to the real server",
+    );
+    let rs_flows = counter(
+        &mut reg,
+        "real_server_new_flows",
+        "Flows placed on the real server",
+    );
+    let rs_healthy = gauge(
+        &mut reg,
+        "real_server_healthy",
+        "1 while the real server passes its checks",
+    );
+    let rs_weight = gauge(&mut reg, "real_server_weight", "Configured weight");
+    let rs_latency = gauge(
+        &mut reg,
+        "real_server_check_latency_seconds",
+        "Duration of the last health check",
+    );
+    let rs_resolved = gauge(
+        &mut reg,
+        "real_server_mac_resolved",
+        "1 when the real server's MAC is known",
+    );
+    for vs in &s.virtual_servers {
+        let port = vs.port.to_string();
+        let base = [
+            ("address", vs.address.as_str()),
+            ("port", port.as_str()),
+            ("protocol", vs.protocol.as_str()),
+        ];
+        vs_packets.get_or_create(&l(&base)).inc_by(vs.packets);
+        vs_bytes.get_or_create(&l(&base)).inc_by(vs.bytes);
+        vs_flows.get_or_create(&l(&base)).inc_by(vs.new_flows);
+        vs_quorum
+            .get_or_create(&l(&base))
+            .set(if vs.quorum_up { 1.0 } else { 0.0 });
+        for rs in &vs.real_servers {
+            let mut labels = l(&base);
+            labels.push(("real_server".into(), rs.address.clone()));
+            rs_packets.get_or_create(&labels).inc_by(rs.packets);
+            rs_bytes.get_or_create(&labels).inc_by(rs.bytes);
+            rs_flows.get_or_create(&labels).inc_by(rs.new_flows);
+            rs_healthy
+                .get_or_create(&labels)
+                .set(if rs.healthy { 1.0 } else { 0.0 });
+            rs_weight.get_or_create(&labels).set(f64::from(rs.weight));
+            rs_resolved
+                .get_or_create(&labels)
+                .set(if rs.mac.is_some() { 1.0 } else { 0.0 });
+            if let Some(t) = rs.check_latency {
+                rs_latency.get_or_create(&labels).set(t);
+            }
+        }
+    }
+
+    let state = gauge(&mut reg, "vrrp_state", "1 for the instance's current state");
+    let prio = gauge(&mut reg, "vrrp_priority", "Configured priority");
+    let eprio = gauge(
+        &mut reg,
+        "vrrp_effective_priority",
+        "Advertised priority after tracking",
+    );
+    let trans = counter(&mut reg, "vrrp_transitions", "State changes");
+    let sent = counter(&mut reg, "vrrp_adverts_sent", "Advertisements sent");
+    let recv = counter(
+        &mut reg,
+        "vrrp_adverts_received",
+        "Valid advertisements received",
+    );
+    let dropped = counter(
+        &mut reg,
+        "vrrp_adverts_dropped",
+        "Received packets dropped, by reason",
+    );
+    for v in &s.vrrp {
+        let vrid = v.virtual_router_id.to_string();
+        let base = [("instance", v.name.as_str()), ("vrid", vrid.as_str())];
+        for st in ["init", "backup", "master", "fault"] {
+            let mut labels = l(&base);
+            labels.push(("state".into(), st.into()));
+            state
+                .get_or_create(&labels)
+                .set(if v.state == st { 1.0 } else { 0.0 });
+        }
+        prio.get_or_create(&l(&base)).set(f64::from(v.priority));
+        eprio
+            .get_or_create(&l(&base))
+            .set(f64::from(v.effective_priority));
+        trans.get_or_create(&l(&base)).inc_by(v.transitions);
+        sent.get_or_create(&l(&base)).inc_by(v.adverts_sent);
+        recv.get_or_create(&l(&base)).inc_by(v.adverts_received);
+        for (reason, n) in &v.rejected {
+            let mut labels = l(&base);
+            labels.push(("reason".into(), reason.clone()));
+            dropped.get_or_create(&labels).inc_by(*n);
+        }
+    }
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+async fn snapshot(tx: &mpsc::Sender<Pending>) -> Option<Status> {
+    let (reply, answer) = oneshot::channel();
+    tx.send((Request::Status, reply)).await.ok()?;
+    match answer.await.ok()? {
+        Response::Status(s) => Some(*s),
+        _ => None,
+    }
+}
+
+/// Serves `/metrics` and `/status` on `addr` until the task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    tx: mpsc::Sender<Pending>,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError { addr, source })?;
+    let t1 = tx.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let tx = t1.clone();
+                async move {
+                    match snapshot(&tx).await {
+                        Some(s) => (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            render(&s),
+                        )
+                            .into_response(),
+                        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let tx = tx.clone();
+                async move {
+                    match snapshot(&tx).await {
+                        Some(s) => (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            serde_json::to_string(&s).unwrap_or_default(),
+                        )
+                            .into_response(),
+                        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                            .into_response(),
+                    }
+                }
+            }),
+        );
+    info!(%addr, "metrics and status served over HTTP");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{InstanceStatus, RealServerStatus, VirtualServerStatus};
+
+    #[test]
+    fn a_real_prometheus_parser_reads_the_metrics() {
+        let s = Status {
+            router_id: "lb1".into(),
+            dataplane: "xdp".into(),
+            xdp_mode: Some("native".into()),
+            interface: "eth0".into(),
+            virtual_servers: vec![VirtualServerStatus {
+                address: "10.0.0.100".into(),
+                port: 80,
+                protocol: "tcp".into(),
+                scheduler: "mh".into(),
+                persistence_timeout: 0,
+                quorum_up: true,
+                packets: 42,
+                bytes: 4200,
+                new_flows: 7,
+                real_servers: vec![RealServerStatus {
+                    address: "10.0.0.20".into(),
+                    port: 80,
+                    weight: 3,
+                    mac: Some("02:00:00:00:00:01".into()),
+                    healthy: false,
+                    last_check: Some(1.0),
+                    last_error: Some("refused".into()),
+                    check_latency: Some(0.002),
+                    packets: 40,
+                    bytes: 4000,
+                    new_flows: 6,
+                }],
+            }],
+            vrrp: vec![InstanceStatus {
+                name: "VI_1".into(),
+                state: "master".into(),
+                priority: 150,
+                effective_priority: 130,
+                virtual_router_id: 51,
+                master_address: Some("10.0.0.10".into()),
+                transitions: 2,
+                version: 3,
+                advert_int: 0.1,
+                interface: "eth0".into(),
+                virtual_ipaddress: vec!["10.0.0.100".into()],
+                adverts_sent: 100,
+                adverts_received: 5,
+                rejected: [("checksum".to_string(), 3u64)].into(),
+            }],
+        };
+        let text = render(&s);
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+        let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert_eq!(value("director_virtual_server_packets_total", None), 42.0);
+        assert_eq!(
+            value(
+                "director_real_server_healthy",
+                Some(("real_server", "10.0.0.20"))
+            ),
+            0.0
+        );
+        assert_eq!(value("director_real_server_weight", None), 3.0);
+        assert_eq!(value("director_vrrp_state", Some(("state", "master"))), 1.0);
+        assert_eq!(value("director_vrrp_state", Some(("state", "backup"))), 0.0);
+        assert_eq!(value("director_vrrp_effective_priority", None), 130.0);
+        assert_eq!(
+            value(
+                "director_vrrp_adverts_dropped_total",
+                Some(("reason", "checksum"))
+            ),
+            3.0
+        );
+        assert_eq!(value("director_vrrp_transitions_total", None), 2.0);
+        assert_eq!(
+            value("director_dataplane_info", Some(("xdp_mode", "native"))),
+            1.0
+        );
+    }
+}

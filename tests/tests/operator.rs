@@ -1,0 +1,170 @@
+//! Operator experience in the lab: Prometheus metrics and /status over
+//! HTTP, live reload (success under load with zero failures and zero VRRP
+//! transitions; failure changing nothing), shell completions.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{Lab, LabSpec, director_bin, http, lab::VIP, scenario};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn config(lab: &Lab, servers: usize, vrrp_priority: u8) -> Result<String> {
+    let mut c = scenario::global_config(lab, "director1")?;
+    c.push_str("metrics_address = \"10.0.0.10:9100\"\n");
+    c.push_str(&format!(
+        "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 71\npriority = {vrrp_priority}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"10.0.0.101\"]\n"
+    ));
+    let rs: Vec<String> = lab
+        .real_servers
+        .iter()
+        .take(servers)
+        .map(|r| r.ip.to_string())
+        .collect();
+    c.push_str(&scenario::virtual_server(&VIP.to_string(), 80, &rs, &[]));
+    Ok(c)
+}
+
+fn fetch(lab: &Lab, path: &'static str) -> Result<String> {
+    let addr = SocketAddr::from(([10, 0, 0, 10], 9100));
+    let r = lab
+        .client
+        .run(move || http::get(addr, path, Duration::from_secs(3)))??;
+    ensure!(r.status == 200, "{path}: HTTP {}", r.status);
+    Ok(r.body)
+}
+
+fn reload(state: &std::path::Path) -> Result<(bool, String)> {
+    let out = Command::new(director_bin()?)
+        .args(["reload", "--state-dir"])
+        .arg(state)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
+#[test]
+fn metrics_status_and_live_reload() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let path = lab.write("director.toml", &config(&lab, 3, 150)?)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(10))?;
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 30, Duration::from_secs(2)))?;
+    ensure!(t.ok == 30, "{t:?}");
+
+    // Prometheus text, read by a real parser.
+    let text = fetch(&lab, "/metrics")?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .context("the exposition does not parse")?;
+    let sample = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    ensure!(
+        sample("director_virtual_server_packets_total").is_some_and(|v| v >= 90.0),
+        "{text}"
+    );
+    ensure!(
+        sample("director_vrrp_adverts_sent_total").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    ensure!(
+        sample("director_real_server_healthy") == Some(1.0),
+        "{text}"
+    );
+    // /status is the status document.
+    let status: serde_json::Value = serde_json::from_str(&fetch(&lab, "/status")?)?;
+    ensure!(status["router_id"] == "director1", "{status}");
+    let transitions = status["vrrp"][0]["transitions"].clone();
+
+    // A good reload while the client sends requests: rs3 leaves, nothing
+    // fails, the VRRP instance does not move.
+    lab.write("director.toml", &config(&lab, 2, 150)?)?;
+    let ((ok, err), load) = http::under_load(&lab.client.ns, vip, || reload(&state))?;
+    ensure!(ok, "reload failed: {err}");
+    ensure!(
+        load.failed == 0 && load.ok > 0,
+        "requests failed during the reload: {load:?}"
+    );
+    let s = scenario::status(&state)?;
+    ensure!(
+        s["virtual_servers"][0]["real_servers"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2),
+        "{s}"
+    );
+    ensure!(
+        s["vrrp"][0]["transitions"] == transitions,
+        "VRRP flapped on reload: {s}"
+    );
+    ensure!(s["vrrp"][0]["state"] == "master", "{s}");
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 30, Duration::from_secs(2)))?;
+    ensure!(t.ok == 30 && !t.by_body.contains_key("rs3"), "{t:?}");
+
+    // A bad reload changes nothing and says where the problem is.
+    let good = std::fs::read_to_string(&path)?;
+    lab.write(
+        "director.toml",
+        &good.replace("port = 80", "port = 80\nbogus_key = 1"),
+    )?;
+    let (ok, err) = reload(&state)?;
+    ensure!(!ok, "a bad config was accepted");
+    ensure!(
+        err.contains("director.toml:") && err.contains("bogus_key"),
+        "{err}"
+    );
+    // The same through SIGHUP: the daemon logs and carries on.
+    let pid = d.pid().context("pid")?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(d.running(), "SIGHUP with a bad config killed the daemon");
+    ensure!(d.log().contains("reload refused"), "{}", d.log());
+    let s = scenario::status(&state)?;
+    ensure!(
+        s["virtual_servers"][0]["real_servers"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2),
+        "{s}"
+    );
+    // A change that needs a restart is refused too.
+    lab.write("director.toml", &good.replace("\"eth0\"", "\"eth1\""))?;
+    let (ok, err) = reload(&state)?;
+    ensure!(!ok && err.contains("needs a restart"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn shell_completions() -> Result<()> {
+    let out = Command::new(director_bin()?)
+        .args(["completions", "bash"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains("check-config"),
+        "{text}"
+    );
+    Ok(())
+}
