@@ -49,6 +49,10 @@ pub enum Event {
     Priority(u8),
     /// A `vrrp_sync_group` peer entered this state: follow it.
     Follow(State),
+    /// Our own timer fired late (this machine was starved of CPU): a backup
+    /// cannot trust the silence it measured, so it waits one more
+    /// Master_Adver_Interval before declaring the master dead.
+    Starved,
 }
 
 /// Outputs, performed by the caller in order.
@@ -267,6 +271,10 @@ impl Machine {
                 _ => {}
             },
             (_, Event::Follow(_)) => {}
+            (State::Backup, Event::Starved) => {
+                self.deadline = Some(now + self.master_adver_interval());
+            }
+            (_, Event::Starved) => {}
             (_, Event::Priority(p)) => {
                 // An owner stays an owner.
                 if self.params.priority != 255 {
@@ -622,6 +630,17 @@ mod tests {
         // Not started: nothing to follow.
         let mut idle = Machine::new(params(3, 100, 100));
         assert!(idle.step(Event::Follow(State::Master), t0).is_empty());
+    }
+
+    #[test]
+    fn a_starved_backup_waits_one_more_interval() {
+        let t0 = Instant::now();
+        let mut b = Machine::new(params(3, 100, 1));
+        b.step(Event::Startup, t0);
+        let late = t0 + Duration::from_millis(200);
+        assert!(b.step(Event::Starved, late).is_empty());
+        assert_eq!(b.deadline(), Some(late + Duration::from_millis(10)));
+        assert_eq!(b.state(), State::Backup);
     }
 
     #[test]

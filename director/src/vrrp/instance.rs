@@ -497,7 +497,8 @@ impl Runner {
                         self.received(p).await;
                     }
                     if self.machine.state() == State::Backup
-                        && self.machine.deadline().is_some_and(|d| d <= std::time::Instant::now())
+                        && let Some(due) = self.machine.deadline()
+                        && due <= std::time::Instant::now()
                     {
                         // One more look a moment later (one interval, at most
                         // 10 ms): on a loaded machine the kernel may still
@@ -509,6 +510,22 @@ impl Runner {
                         tokio::time::sleep(grace).await;
                         while let Ok(Some(p)) = self.socket.try_recv() {
                             self.received(p).await;
+                        }
+                        // Woken far later than due: we were starved, and so
+                        // may the master have been. The silence we measured
+                        // is not evidence; wait one more interval.
+                        let late = std::time::Instant::now().saturating_duration_since(due);
+                        if self.machine.deadline() == Some(due)
+                            && late > self.machine.master_adver_interval() + grace
+                        {
+                            warn!(
+                                instance = %self.cfg.name,
+                                late_ms = late.as_secs_f64() * 1000.0,
+                                "VRRP timer fired late: this machine is overloaded; giving the master one more interval"
+                            );
+                            let a = self.machine.step(Event::Starved, std::time::Instant::now());
+                            self.perform(a).await;
+                            continue;
                         }
                     }
                     let now = std::time::Instant::now();
