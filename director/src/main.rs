@@ -71,6 +71,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show the VRRP adverts seen on an interface, grouped by virtual
+    /// router; flags two masters for one VRID as a split brain.
+    WatchVrrp {
+        /// Interface to watch.
+        interface: String,
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Print the final picture as JSON (with --duration).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
@@ -129,6 +141,11 @@ fn main() -> ExitCode {
         Command::Reload { state_dir, config } => {
             state_dir_of(state_dir, config).and_then(|dir| reload(&dir))
         }
+        Command::WatchVrrp {
+            interface,
+            duration,
+            json,
+        } => watch_vrrp(&interface, duration, json),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(
@@ -184,6 +201,35 @@ fn show_status(state_dir: &Path, json: bool) -> anyhow::Result<()> {
         Response::Error { error } => bail!("the daemon answered: {error}"),
         Response::Ok { .. } => bail!("unexpected answer from the daemon"),
     }
+}
+
+fn watch_vrrp(interface: &str, duration: Option<f64>, json: bool) -> anyhow::Result<()> {
+    use director::vrrp::watch;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let link = director::neighbor::Neighbors::open(interface).await?.link();
+        let w = watch::watch(
+            interface,
+            link.index,
+            duration.map(|d| std::time::Duration::from_secs_f64(d.clamp(0.1, 86_400.0))),
+            |w| {
+                if !json {
+                    print!("\x1b[2J\x1b[H{}", watch::render(&w.routers()));
+                }
+            },
+        )
+        .await?;
+        let routers = w.routers();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&routers)?);
+        } else {
+            print!("{}", watch::render(&routers));
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn reload(state_dir: &Path) -> anyhow::Result<()> {

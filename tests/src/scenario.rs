@@ -152,6 +152,22 @@ pub fn wait_vrrp_state(state_dir: &Path, name: &str, state: &str, timeout: Durat
     anyhow::bail!("{name} is {last:?}, not {state}, after {timeout:?}")
 }
 
+/// `director watch-vrrp eth0 --duration SECS --json` in `ns`, parsed.
+pub fn watch_vrrp(ns: &crate::Netns, seconds: f64) -> Result<serde_json::Value> {
+    let bin = director_bin()?;
+    let out = ns.exec(
+        &bin.to_string_lossy(),
+        &[
+            "watch-vrrp",
+            "eth0",
+            "--duration",
+            &seconds.to_string(),
+            "--json",
+        ],
+    )?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,13 @@ fn director_master_keepalived_backup() -> Result<()> {
     wait_keepalived(&mut ka, "master", Duration::from_secs(5))?;
     requests_work(&lab)?;
 
+    // watch-vrrp decodes keepalived's adverts: one master, no split brain.
+    let w = scenario::watch_vrrp(&lab.client.ns, 1.5)?;
+    let r = &w[0];
+    ensure!(r["vrid"] == 51 && r["split_brain"] == false, "{w}");
+    ensure!(r["advertisers"][0]["address"] == "10.0.0.11", "{w}");
+    ensure!(r["advertisers"][0]["priority"] == 100, "{w}");
+
     // The director returns with a higher priority: keepalived yields.
     let _d1 = director_vrrp(&lab, 0, 150, FAST)?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;

@@ -163,6 +163,15 @@ fn wrong_password_is_rejected_and_counted() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(10))?;
     let st = scenario::status(&s2)?;
     ensure!(st["vrrp"][0]["rejected"]["auth"].as_u64() > Some(0), "{st}");
+    // watch-vrrp, from the client, sees both advertise: a split brain.
+    let w = scenario::watch_vrrp(&lab.client.ns, 2.5)?;
+    let r = w
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["vrid"] == 51))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(r["split_brain"] == true, "{w}");
+    ensure!(r["advertisers"].as_array().map(Vec::len) == Some(2), "{w}");
     Ok(())
 }
 

@@ -6,3 +6,4 @@ pub mod fsm;
 pub mod instance;
 pub mod net;
 pub mod packet;
+pub mod watch;

@@ -110,6 +110,29 @@ impl VrrpSocket {
         })
     }
 
+    /// A receive-only socket for watching a link's adverts (multicast group
+    /// joined); `send` is not meant to be used on it.
+    pub fn listen(interface: &str, ifindex: u32, v6: bool) -> Result<VrrpSocket, NetError> {
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let tx = Self::raw(interface, ifindex, any, false, false)?;
+        let rx = Self::raw(interface, ifindex, any, true, false)?;
+        rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
+        // SAFETY: the socket is owned by the AsyncFd and closed only with it.
+        let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
+            .map_err(|e| io_err("registering the socket")(e.into()))?;
+        Ok(VrrpSocket {
+            fd,
+            tx,
+            v6,
+            ifindex,
+            src: any,
+        })
+    }
+
     fn raw(
         interface: &str,
         ifindex: u32,
