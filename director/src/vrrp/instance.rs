@@ -348,12 +348,11 @@ struct Runner {
     /// Performing a `Follow`: transitions are not re-broadcast as our own.
     following: bool,
     cfg: VrrpInstance,
-    iface: String,
     ifindex: u32,
-    mac: crate::neighbor::Mac,
     handle: rtnetlink::Handle,
     _links: Neighbors,
     socket: VrrpSocket,
+    announcer: net::Announcer,
     machine: Machine,
     status: Arc<Mutex<InstanceStatus>>,
     scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
@@ -405,6 +404,13 @@ impl Runner {
                 name: name.clone(),
                 source,
             })?;
+        let announcer =
+            net::Announcer::open(&iface, link.index, link.mac, v6).map_err(|source| {
+                VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
         let machine = Machine::new(Params {
             version: cfg.version,
             priority: cfg.priority,
@@ -431,12 +437,11 @@ impl Runner {
         Ok(Runner {
             group,
             following: false,
-            iface,
             ifindex: link.index,
-            mac: link.mac,
             handle,
             _links: links,
             socket,
+            announcer,
             machine,
             status,
             scripts,
@@ -813,10 +818,10 @@ impl Runner {
             })
             .collect();
         for _ in 0..self.cfg.garp_master_repeat.max(1) {
-            if let Err(e) = net::send_garps(self.ifindex, self.mac, &v4) {
+            if let Err(e) = self.announcer.garps(&v4) {
                 warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP failed");
             }
-            if let Err(e) = net::send_nas(&self.iface, self.ifindex, self.mac, &v6) {
+            if let Err(e) = self.announcer.nas(&v6) {
                 warn!(instance = %self.cfg.name, error = %e, "neighbour advertisement failed");
             }
         }

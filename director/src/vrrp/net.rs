@@ -451,38 +451,88 @@ pub fn garp_frame(mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// Sends gratuitous ARPs for `vips` on `ifindex`.
-pub fn send_garps(ifindex: u32, mac: Mac, vips: &[Ipv4Addr]) -> Result<(), NetError> {
-    if vips.is_empty() {
-        return Ok(());
-    }
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    let s = Socket::new(
-        Domain::PACKET,
-        Type::RAW,
-        Some(Protocol::from(i32::from(proto))),
-    )
-    .map_err(io_err("packet socket for gratuitous ARP"))?;
-    // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
-    let addr = unsafe {
-        let (_, addr) = SockAddr::try_init(|storage, len| {
-            let ll = storage as *mut libc::sockaddr_ll;
-            (*ll).sll_family = libc::AF_PACKET as u16;
-            (*ll).sll_protocol = proto;
-            (*ll).sll_ifindex = ifindex as i32;
-            (*ll).sll_halen = 6;
-            (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
-            *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            Ok(())
+/// Sockets for announcing addresses, opened once per instance: closing a
+/// packet socket waits for an RCU grace period, which can take tens of
+/// milliseconds on a busy machine - too long for a VRRP loop at 10 ms.
+pub struct Announcer {
+    ifindex: u32,
+    mac: Mac,
+    arp: Socket,
+    arp_to: SockAddr,
+    na: Option<Socket>,
+}
+
+impl Announcer {
+    pub fn open(interface: &str, ifindex: u32, mac: Mac, v6: bool) -> Result<Announcer, NetError> {
+        let proto = (libc::ETH_P_ARP as u16).to_be();
+        // Protocol 0: a send-only packet socket receives nothing.
+        let arp = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
+            .map_err(io_err("packet socket for gratuitous ARP"))?;
+        // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
+        let arp_to = unsafe {
+            let (_, addr) = SockAddr::try_init(|storage, len| {
+                let ll = storage as *mut libc::sockaddr_ll;
+                (*ll).sll_family = libc::AF_PACKET as u16;
+                (*ll).sll_protocol = proto;
+                (*ll).sll_ifindex = ifindex as i32;
+                (*ll).sll_halen = 6;
+                (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
+                *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                Ok(())
+            })
+            .map_err(io_err("sockaddr_ll"))?;
+            addr
+        };
+        let na = if v6 {
+            let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+                .map_err(io_err("ICMPv6 socket for neighbour advertisements"))?;
+            s.bind_device(Some(interface.as_bytes()))
+                .map_err(io_err("binding the ICMPv6 socket"))?;
+            s.set_multicast_hops_v6(255).map_err(io_err("hop limit"))?;
+            s.set_multicast_if_v6(ifindex)
+                .map_err(io_err("multicast interface"))?;
+            // Send-only: filter out every ICMPv6 type on receive.
+            let _ = s.set_recv_buffer_size(0);
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Announcer {
+            ifindex,
+            mac,
+            arp,
+            arp_to,
+            na,
         })
-        .map_err(io_err("sockaddr_ll"))?;
-        addr
-    };
-    for vip in vips {
-        s.send_to(&garp_frame(mac, *vip), &addr)
-            .map_err(io_err(format!("gratuitous ARP for {vip}")))?;
     }
-    Ok(())
+
+    /// Gratuitous ARPs for `vips`.
+    pub fn garps(&self, vips: &[Ipv4Addr]) -> Result<(), NetError> {
+        for vip in vips {
+            self.arp
+                .send_to(&garp_frame(self.mac, *vip), &self.arp_to)
+                .map_err(io_err(format!("gratuitous ARP for {vip}")))?;
+        }
+        Ok(())
+    }
+
+    /// Unsolicited NAs for `vips` to all-nodes.
+    pub fn nas(&self, vips: &[Ipv6Addr]) -> Result<(), NetError> {
+        let Some(s) = &self.na else {
+            return Ok(());
+        };
+        let all_nodes = SockAddr::from(SocketAddrV6::new(
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            0,
+            0,
+            self.ifindex,
+        ));
+        for vip in vips {
+            s.send_to(&unsolicited_na(self.mac, *vip), &all_nodes)
+                .map_err(io_err(format!("neighbour advertisement for {vip}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// An unsolicited neighbour advertisement for `vip` (RFC 4861 7.2.6):
@@ -494,36 +544,6 @@ pub fn unsolicited_na(mac: Mac, vip: Ipv6Addr) -> Vec<u8> {
     m.extend_from_slice(&[2, 1]);
     m.extend_from_slice(&mac.0);
     m
-}
-
-/// Sends unsolicited NAs for `vips` to all-nodes on `interface`.
-pub fn send_nas(
-    interface: &str,
-    ifindex: u32,
-    mac: Mac,
-    vips: &[Ipv6Addr],
-) -> Result<(), NetError> {
-    if vips.is_empty() {
-        return Ok(());
-    }
-    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
-        .map_err(io_err("ICMPv6 socket for neighbour advertisements"))?;
-    s.bind_device(Some(interface.as_bytes()))
-        .map_err(io_err("binding the ICMPv6 socket"))?;
-    s.set_multicast_hops_v6(255).map_err(io_err("hop limit"))?;
-    s.set_multicast_if_v6(ifindex)
-        .map_err(io_err("multicast interface"))?;
-    let all_nodes = SockAddr::from(SocketAddrV6::new(
-        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-        0,
-        0,
-        ifindex,
-    ));
-    for vip in vips {
-        s.send_to(&unsolicited_na(mac, *vip), &all_nodes)
-            .map_err(io_err(format!("neighbour advertisement for {vip}")))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
