@@ -109,6 +109,9 @@ pub struct VrrpInstance {
     /// Seconds between refresh bursts while master (0: none).
     #[serde(default)]
     pub garp_master_refresh: u32,
+    /// This router has no peers: do not warn that none is ever heard.
+    #[serde(default)]
+    pub standalone: bool,
 }
 
 /// keepalived's `state`.

@@ -165,6 +165,16 @@ pub fn render(s: &Status) -> String {
         "vrrp_adverts_dropped",
         "Received packets dropped, by reason",
     );
+    let split = counter(
+        &mut reg,
+        "vrrp_split_brains",
+        "Times another master was heard while master",
+    );
+    let peer = gauge(
+        &mut reg,
+        "vrrp_peer_seen",
+        "1 once another router's advert has been heard",
+    );
     for v in &s.vrrp {
         let vrid = v.virtual_router_id.to_string();
         let base = [("instance", v.name.as_str()), ("vrid", vrid.as_str())];
@@ -182,6 +192,9 @@ pub fn render(s: &Status) -> String {
         trans.get_or_create(&l(&base)).inc_by(v.transitions);
         sent.get_or_create(&l(&base)).inc_by(v.adverts_sent);
         recv.get_or_create(&l(&base)).inc_by(v.adverts_received);
+        split.get_or_create(&l(&base)).inc_by(v.split_brains);
+        peer.get_or_create(&l(&base))
+            .set(if v.peer_seen { 1.0 } else { 0.0 });
         for (reason, n) in &v.rejected {
             let mut labels = l(&base);
             labels.push(("reason".into(), reason.clone()));
@@ -310,6 +323,8 @@ mod tests {
                 adverts_sent: 100,
                 adverts_received: 5,
                 rejected: [("checksum".to_string(), 3u64)].into(),
+                split_brains: 1,
+                peer_seen: true,
             }],
         };
         let text = render(&s);

@@ -328,3 +328,68 @@ fn sync_group_moves_instances_together_and_notifies() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn split_brain_is_detected_reported_and_healed() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let log = lab.path("notify.log");
+    let extra = format!(
+        "{FAST}\nnotify = \"/bin/sh -c 'echo \\\"$*\\\" >> {}' notify\"",
+        log.display()
+    );
+    let _d1 = start(
+        &lab,
+        0,
+        &scenario::vrrp_config(&lab, "director1", 150, &extra)?,
+    )?;
+    let _d2 = start(
+        &lab,
+        1,
+        &scenario::vrrp_config(&lab, "director2", 100, &extra)?,
+    )?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s2, Duration::from_secs(5), |s| {
+        s["vrrp"][0]["peer_seen"] == true
+    })?;
+
+    // A firewall on director2 drops VRRP: it stops hearing the master and
+    // takes over too. Two masters.
+    let nft = |args: &str| -> Result<()> {
+        lab.directors[1].ns.exec("nft", &[args])?;
+        Ok(())
+    };
+    nft("add table inet lab")?;
+    nft("add chain inet lab input { type filter hook input priority 0 ; }")?;
+    nft("add rule inet lab input meta l4proto 112 drop")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    ensure!(
+        holds_vip(&lab, 0)? && holds_vip(&lab, 1)?,
+        "both hold the VIP"
+    );
+
+    // The partition heals: director1 hears director2's adverts, reports the
+    // split brain, asserts itself; within an advert interval or two only
+    // one master is left, and it announced the VIP again.
+    let healed = Instant::now();
+    nft("delete table inet lab")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(2))?;
+    let took = healed.elapsed();
+    ensure!(took < Duration::from_millis(500), "healing took {took:?}");
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
+    ensure!(!holds_vip(&lab, 1)?, "the loser kept the VIP");
+    let st = scenario::status(&s1)?;
+    ensure!(st["vrrp"][0]["split_brains"].as_u64() >= Some(1), "{st}");
+    std::thread::sleep(Duration::from_millis(300));
+    let notes = std::fs::read_to_string(&log)?;
+    ensure!(notes.contains("INSTANCE VI_1 SPLIT_BRAIN"), "{notes}");
+    // Requests go to the VIP's one master.
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "{t:?}");
+    Ok(())
+}

@@ -14,6 +14,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "lab: reachability checks"),
     ("ethtool", "lab: checksum offload off on veth clients"),
     ("procps", "lab: sysctl"),
+    ("nftables", "tests: fault injection (dropping VRRP)"),
     ("tcpdump", "tests: captures"),
     ("tshark", "tests: VRRP decoding"),
     ("nginx-light", "lab: real servers' HTTP"),

@@ -70,6 +70,13 @@ pub enum Action {
         from: State,
         to: State,
     },
+    /// As master we heard another master for our virtual router: a split
+    /// brain (adverts were lost between us). `yielded` says which of us
+    /// stays (RFC 5798 6.4.3 decides).
+    SplitBrain {
+        other: IpAddr,
+        yielded: bool,
+    },
 }
 
 /// Fixed parameters of an instance.
@@ -344,14 +351,28 @@ impl Machine {
                 } else if priority > self.priority
                     || (priority == self.priority && src > self.params.primary)
                 {
+                    actions.push(Action::SplitBrain {
+                        other: src,
+                        yielded: true,
+                    });
                     if self.params.version == 3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
                     self.master = Some(src);
                     self.become_backup(now, &mut actions);
+                } else {
+                    // A lower-priority master: the RFC discards it. We also
+                    // assert ourselves at once (it yields on this advert, not
+                    // an interval later) and re-announce our addresses, so
+                    // clients that followed the other master come back.
+                    actions.push(Action::SplitBrain {
+                        other: src,
+                        yielded: false,
+                    });
+                    actions.push(Action::SendAdvert(self.priority));
+                    actions.push(Action::Announce);
+                    self.deadline = Some(now + self.advert_interval());
                 }
-                // Else: a lower priority master (split brain healing, or a
-                // restarting peer): discard; our next advert wins.
             }
 
             (State::Init | State::Fault, Event::Advert { .. } | Event::Timer) => {}
@@ -499,15 +520,32 @@ mod tests {
         m.step(Event::Timer, t0 + m.master_down_interval());
         assert_eq!(m.state(), State::Master);
         let t1 = t0 + Duration::from_secs(5);
-        // Lower priority: discarded.
-        assert!(m.step(advert("10.0.0.11", 50, 100), t1).is_empty());
-        // Equal priority from a lower address: discarded.
-        assert!(m.step(advert("10.0.0.9", 100, 100), t1).is_empty());
+        // Lower priority: we stay; the split brain is reported and we assert
+        // ourselves at once.
+        let a = m.step(advert("10.0.0.11", 50, 100), t1);
+        assert_eq!(
+            a,
+            vec![
+                Action::SplitBrain {
+                    other: ip("10.0.0.11"),
+                    yielded: false
+                },
+                Action::SendAdvert(100),
+                Action::Announce
+            ]
+        );
+        // Equal priority from a lower address: we stay too.
+        let a = m.step(advert("10.0.0.9", 100, 100), t1);
+        assert!(transitions(&a).is_empty());
         assert_eq!(m.state(), State::Master);
         // Equal priority from a higher address: yield.
         let a = m.step(advert("10.0.0.11", 100, 100), t1);
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
         assert!(a.contains(&Action::RemoveAddresses));
+        assert!(a.contains(&Action::SplitBrain {
+            other: ip("10.0.0.11"),
+            yielded: true
+        }));
         assert_eq!(m.master(), Some(ip("10.0.0.11")));
     }
 

@@ -65,6 +65,13 @@ pub struct InstanceStatus {
     pub adverts_received: u64,
     /// Dropped packets by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Times another master was heard while we were master.
+    #[serde(default)]
+    pub split_brains: u64,
+    /// Whether any other router's advert was ever heard (a firewall that
+    /// drops VRRP shows up here before the first failover does).
+    #[serde(default)]
+    pub peer_seen: bool,
 }
 
 enum Command {
@@ -113,6 +120,8 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
         adverts_sent: 0,
         adverts_received: 0,
         rejected: BTreeMap::new(),
+        split_brains: 0,
+        peer_seen: false,
     }))
 }
 
@@ -461,6 +470,7 @@ impl Runner {
         }
         self.perform(actions).await;
         let mut tracking = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
         let mut tracked = (false, self.cfg.priority);
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
@@ -557,6 +567,16 @@ impl Runner {
                     }
                 }
                 _ = tracking.tick() => {
+                    ticks += 1;
+                    // Every 30 s: a router that never heard a peer says so.
+                    if ticks % 300 == 1 && !self.cfg.standalone && self.last_advert.is_none() && ticks > 1 {
+                        warn!(
+                            instance = %self.cfg.name,
+                            vrid = self.cfg.virtual_router_id,
+                            state = self.machine.state().as_str(),
+                            "VRRP peer never seen: no other router's advert has arrived since start; if this router has peers, their adverts are being dropped (firewall?) or misconfigured (set standalone = true if it is alone)"
+                        );
+                    }
                     let now = self.tracking();
                     if now != tracked {
                         let t = std::time::Instant::now();
@@ -613,7 +633,10 @@ impl Runner {
         match self.check(&p) {
             Ok(advert) => {
                 self.last_advert = Some(std::time::Instant::now());
-                self.bump(|s| s.adverts_received += 1);
+                self.bump(|s| {
+                    s.adverts_received += 1;
+                    s.peer_seen = true;
+                });
                 let actions = self.machine.step(
                     Event::Advert {
                         src: p.src,
@@ -717,6 +740,18 @@ impl Runner {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
                         }
                     }
+                }
+                Action::SplitBrain { other, yielded } => {
+                    warn!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        other = %other,
+                        our_priority = self.machine.priority(),
+                        outcome = if yielded { "we yield" } else { "we stay master" },
+                        "VRRP split brain: another master for our virtual router"
+                    );
+                    self.bump(|s| s.split_brains += 1);
+                    self.notify("SPLIT_BRAIN");
                 }
                 Action::Transition { from, to } => {
                     let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
