@@ -647,6 +647,13 @@ impl Config {
         Ok(config)
     }
 
+    /// Validates a configuration built in memory (runtime changes); the
+    /// error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.validate()
+            .map_err(|p| format!("`{}`: {}", key_string(&p.path), p.message))
+    }
+
     /// Semantic checks that serde cannot express. Reports the first problem.
     fn validate(&self) -> Result<(), Problem> {
         use Seg::{Index, Key};

@@ -31,6 +31,29 @@ pub enum Request {
     Status,
     /// Re-read the config file and apply the difference.
     Reload,
+    /// Change one real server at runtime, without editing the file.
+    RealServer(RealServerChange),
+}
+
+/// `director real-server ACTION ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealServerChange {
+    /// add, remove, weight, drain, enable.
+    pub action: String,
+    /// The virtual server: address, port, protocol.
+    pub vip: std::net::IpAddr,
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// The real server.
+    pub address: std::net::IpAddr,
+    /// For add and weight.
+    pub weight: Option<u32>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
 }
 
 /// The daemon's answer.

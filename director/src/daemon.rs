@@ -307,6 +307,8 @@ struct Daemon {
     vrrp: Option<Vrrp>,
     /// Our interface's MAC.
     mac: Mac,
+    /// Weights of drained real servers, for `enable`.
+    drained: BTreeMap<(IpAddr, u16, IpAddr), u32>,
 }
 
 impl Daemon {
@@ -459,8 +461,8 @@ impl Daemon {
     fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Reload => Response::Error {
-                error: "reload is handled by the event loop".into(),
+            Request::Reload | Request::RealServer(_) => Response::Error {
+                error: "handled by the event loop".into(),
             },
         }
     }
@@ -489,6 +491,85 @@ impl Daemon {
         if let Some(vrrp) = self.vrrp.as_mut() {
             vrrp.reconfigure(&new).await.map_err(|e| e.to_string())?;
         }
+        self.adopt(new)?;
+        info!(
+            virtual_servers = self.config.virtual_server.len(),
+            vrrp_instances = self.config.vrrp_instance.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// `director real-server ...`: changes the running config (not the
+    /// file); a later reload reads the file again.
+    fn change_real_server(&mut self, c: &crate::control::RealServerChange) -> Result<(), String> {
+        let mut new = self.config.clone();
+        let protocol = match c.protocol.as_str() {
+            "tcp" => crate::config::Protocol::Tcp,
+            "udp" => crate::config::Protocol::Udp,
+            p => return Err(format!("protocol `{p}`: use tcp or udp")),
+        };
+        let vs = new
+            .virtual_server
+            .iter_mut()
+            .find(|v| v.address == c.vip && v.port == c.port && v.protocol == protocol)
+            .ok_or_else(|| format!("no virtual server {}:{}/{}", c.vip, c.port, c.protocol))?;
+        let pos = vs.real_server.iter().position(|r| r.address == c.address);
+        let key = (c.vip, c.port, c.address);
+        match (c.action.as_str(), pos) {
+            ("add", Some(_)) => return Err(format!("{} is already a real server", c.address)),
+            ("add", None) => vs.real_server.push(crate::config::RealServer {
+                address: c.address,
+                port: None,
+                weight: c.weight.unwrap_or(1),
+                inhibit_on_failure: false,
+                tcp_check: None,
+                http_get: None,
+                misc_check: None,
+                udp_check: None,
+                dns_check: None,
+            }),
+            (_, None) => {
+                return Err(format!(
+                    "{} is not a real server of that service",
+                    c.address
+                ));
+            }
+            ("remove", Some(i)) => {
+                vs.real_server.remove(i);
+            }
+            ("weight", Some(i)) => {
+                vs.real_server[i].weight = c.weight.ok_or("weight needs --weight N")?;
+            }
+            ("drain", Some(i)) => {
+                let w = vs.real_server[i].weight;
+                if w > 0 {
+                    self.drained.insert(key, w);
+                }
+                vs.real_server[i].weight = 0;
+            }
+            ("enable", Some(i)) => {
+                vs.real_server[i].weight = self.drained.remove(&key).unwrap_or(1);
+            }
+            (a, _) => {
+                return Err(format!(
+                    "unknown action `{a}`: add, remove, weight, drain, enable"
+                ));
+            }
+        }
+        new.check()?;
+        self.adopt(new)?;
+        info!(
+            action = %c.action,
+            virtual_server = %format!("{}:{}/{}", c.vip, c.port, c.protocol),
+            real_server = %c.address,
+            "real server changed at runtime"
+        );
+        Ok(())
+    }
+
+    /// Makes `new` the running configuration (already validated).
+    fn adopt(&mut self, new: Config) -> Result<(), String> {
         // Real servers: keep what is known of those that stay.
         let mut resolver = Resolver::new(&new);
         for (addr, state) in resolver.servers.iter_mut() {
@@ -504,11 +585,6 @@ impl Daemon {
         self.quorum.clear();
         self.config = new;
         self.sync().map_err(|e| e.to_string())?;
-        info!(
-            virtual_servers = self.config.virtual_server.len(),
-            vrrp_instances = self.config.vrrp_instance.len(),
-            "configuration reloaded"
-        );
         Ok(())
     }
 }
@@ -567,6 +643,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         applied: None,
         vrrp: Some(vrrp),
         mac: link.mac,
+        drained: BTreeMap::new(),
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
@@ -591,6 +668,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             }
             Some((request, reply)) = control_rx.recv() => {
                 let answer = match request {
+                    Request::RealServer(change) => match daemon.change_real_server(&change) {
+                        Ok(()) => Response::Ok { ok: true },
+                        Err(e) => Response::Error { error: e },
+                    },
                     Request::Reload => match daemon.reload().await {
                         Ok(()) => Response::Ok { ok: true },
                         Err(e) => {

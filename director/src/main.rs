@@ -83,6 +83,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change a real server of the running daemon without editing the file
+    /// (a reload reads the file again): add, remove, weight, drain, enable.
+    RealServer {
+        /// add, remove, weight, drain (weight 0, remembering the weight) or
+        /// enable (back to the remembered weight).
+        #[arg(value_parser = ["add", "remove", "weight", "drain", "enable"])]
+        action: String,
+        /// The virtual server's address.
+        #[arg(long)]
+        vip: std::net::IpAddr,
+        /// The virtual server's port.
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// The real server's address.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// For add and weight.
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
@@ -146,6 +172,33 @@ fn main() -> ExitCode {
             duration,
             json,
         } => watch_vrrp(&interface, duration, json),
+        Command::RealServer {
+            action,
+            vip,
+            port,
+            protocol,
+            address,
+            weight,
+            state_dir,
+            config,
+        } => state_dir_of(state_dir, config).and_then(|dir| {
+            let change = control::RealServerChange {
+                action,
+                vip,
+                port,
+                protocol,
+                address,
+                weight,
+            };
+            match control::request(&dir, &Request::RealServer(change))? {
+                Response::Ok { .. } => {
+                    println!("done");
+                    Ok(())
+                }
+                Response::Error { error } => bail!("{error}"),
+                Response::Status(_) => bail!("unexpected answer from the daemon"),
+            }
+        }),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

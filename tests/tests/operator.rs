@@ -169,3 +169,80 @@ fn shell_completions() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn runtime_real_server_changes() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let path = lab.write("director.toml", &config(&lab, 3, 150, false)?)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    let rs = |action: &str, address: &str, weight: Option<u32>| -> Result<(bool, String)> {
+        let mut cmd = Command::new(director_bin()?);
+        cmd.args(["real-server", action, "--vip", "10.0.0.100", "--port", "80"])
+            .args(["--address", address, "--state-dir"])
+            .arg(&state);
+        if let Some(w) = weight {
+            cmd.args(["--weight", &w.to_string()]);
+        }
+        let out = cmd.output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        ))
+    };
+    let weights = || -> Result<Vec<(String, u64)>> {
+        let s = scenario::status(&state)?;
+        Ok(s["virtual_servers"][0]["real_servers"]
+            .as_array()
+            .context("real servers")?
+            .iter()
+            .map(|r| {
+                (
+                    r["address"].as_str().unwrap_or("").to_string(),
+                    r["weight"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect())
+    };
+    let vip = SocketAddr::from((VIP, 80));
+    let served = |n: usize| {
+        lab.client
+            .run(move || http::hammer(vip, n, Duration::from_secs(2)))
+    };
+
+    // drain: weight 0, no new flows; enable: the old weight again.
+    let (ok, err) = rs("drain", "10.0.0.22", None)?;
+    ensure!(ok, "{err}");
+    ensure!(
+        weights()?[2] == ("10.0.0.22".to_string(), 0),
+        "{:?}",
+        weights()?
+    );
+    let t = served(40)?;
+    ensure!(t.ok == 40 && !t.by_body.contains_key("rs3"), "{t:?}");
+    ensure!(rs("enable", "10.0.0.22", None)?.0);
+    ensure!(weights()?[2].1 == 1);
+    // weight, remove, add.
+    ensure!(rs("weight", "10.0.0.20", Some(5))?.0);
+    ensure!(weights()?[0].1 == 5);
+    ensure!(rs("remove", "10.0.0.21", None)?.0);
+    ensure!(weights()?.len() == 2);
+    let t = served(40)?;
+    ensure!(t.ok == 40 && !t.by_body.contains_key("rs2"), "{t:?}");
+    ensure!(rs("add", "10.0.0.21", Some(2))?.0);
+    ensure!(weights()?.contains(&("10.0.0.21".to_string(), 2)));
+    // Errors are errors, and change nothing.
+    let (ok, err) = rs("add", "10.0.0.21", None)?;
+    ensure!(!ok && err.contains("already"), "{err}");
+    let (ok, err) = rs("remove", "10.0.0.99", None)?;
+    ensure!(!ok && err.contains("not a real server"), "{err}");
+    let (ok, err) = rs("weight", "10.0.0.20", Some(70000))?;
+    ensure!(!ok && err.contains("weight"), "{err}");
+    ensure!(weights()?[0].1 == 5);
+    Ok(())
+}

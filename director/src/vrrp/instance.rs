@@ -515,13 +515,11 @@ impl Runner {
                         && let Some(due) = self.machine.deadline()
                         && due <= std::time::Instant::now()
                     {
-                        // One more look a moment later (one interval, at most
-                        // 10 ms): on a loaded machine the kernel may still
-                        // hold the advert in a softirq backlog.
-                        let grace = self
-                            .machine
-                            .master_adver_interval()
-                            .min(Duration::from_millis(10));
+                        // One more look a moment later (a quarter interval,
+                        // at most 5 ms): on a loaded machine the kernel may
+                        // still hold the advert in a softirq backlog.
+                        let grace = (self.machine.master_adver_interval() / 4)
+                            .min(Duration::from_millis(5));
                         tokio::time::sleep(grace).await;
                         while let Ok(Some(p)) = self.socket.try_recv() {
                             self.received(p).await;
