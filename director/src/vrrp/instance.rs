@@ -515,21 +515,12 @@ impl Runner {
                         && let Some(due) = self.machine.deadline()
                         && due <= std::time::Instant::now()
                     {
-                        // One more look a moment later (a quarter interval,
-                        // at most 5 ms): on a loaded machine the kernel may
-                        // still hold the advert in a softirq backlog.
-                        let grace = (self.machine.master_adver_interval() / 4)
-                            .min(Duration::from_millis(5));
-                        tokio::time::sleep(grace).await;
-                        while let Ok(Some(p)) = self.socket.try_recv() {
-                            self.received(p).await;
-                        }
                         // Woken far later than due: we were starved, and so
                         // may the master have been. The silence we measured
                         // is not evidence; wait one more interval.
                         let late = std::time::Instant::now().saturating_duration_since(due);
                         if self.machine.deadline() == Some(due)
-                            && late > self.machine.master_adver_interval() + grace
+                            && late > self.machine.master_adver_interval()
                         {
                             warn!(
                                 instance = %self.cfg.name,
