@@ -54,6 +54,9 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
     let state2 = lab.state_dir("director2")?;
     let config_for = |name: &str, priority: u8| -> Result<String> {
         let mut c = scenario::global_config(&lab, name)?;
+        if name == "director1" {
+            c.push_str("metrics_address = \"10.0.0.10:9100\"\n");
+        }
         for (v6, vrid) in [(false, 51), (true, 61)] {
             let servers: Vec<String> = lab
                 .real_servers
@@ -68,7 +71,18 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
             c.push_str(&format!(
                 "\n[[vrrp_instance]]\nname = \"VI_{vrid}\"\nvirtual_router_id = {vrid}\npriority = {priority}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{vip}\"]\n"
             ));
-            c.push_str(&scenario::virtual_server(&vip, 80, &servers, &[]));
+            c.push_str(&format!(
+                "\n[[virtual_server]]\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\ndelay_loop = 0.3\n"
+            ));
+            for rs in &servers {
+                c.push_str(&format!(
+                    "\n  [[virtual_server.real_server]]\n  address = \"{rs}\"\n"
+                ));
+                // Health checks on the IPv4 service.
+                if !v6 {
+                    c.push_str("  [virtual_server.real_server.http_get]\n  connect_timeout = 0.5\n  retry = 0\n  url = [{ path = \"/\", status_code = 200 }]\n");
+                }
+            }
         }
         Ok(c)
     };
@@ -157,6 +171,45 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
     }
     let after_preempt = tallies_ok(&lab)?;
 
+    // Health checks: rs3's web server dies; director1 notices and stops
+    // sending it traffic; it comes back and returns to the pool.
+    println!("== rs3's nginx dies, then comes back ==");
+    let rs3 = &lab.real_servers[2];
+    rs3.ns.kill_all();
+    let unhealthy =
+        |s: &serde_json::Value| s["virtual_servers"][0]["real_servers"][2]["healthy"] == false;
+    let detected = scenario::wait_status(&state, Duration::from_secs(5), unhealthy).is_ok();
+    let during = lab
+        .client
+        .run(move || http::hammer(vip4, 60, Duration::from_secs(2)))?;
+    let base = lab.dir.join("rs3");
+    let conf = base.join("nginx.conf").to_string_lossy().to_string();
+    let err_log = base.join("error.log").to_string_lossy().to_string();
+    let _nginx = rs3.ns.spawn(
+        "nginx",
+        &["-e", &err_log, "-c", &conf, "-g", "daemon off;"],
+        &base.join("nginx2.out"),
+    )?;
+    let recovered = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        s["virtual_servers"][0]["real_servers"][2]["healthy"] == true
+    })
+    .is_ok();
+    let after = lab
+        .client
+        .run(move || http::hammer(vip4, 60, Duration::from_secs(2)))?;
+
+    // Metrics, as Prometheus would scrape them.
+    let metrics_addr = SocketAddr::from(([10, 0, 0, 10], 9100));
+    let metrics = lab
+        .client
+        .run(move || http::get(metrics_addr, "/metrics", Duration::from_secs(2)))?
+        .map(|r| r.body)
+        .unwrap_or_default();
+    let samples: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("director_"))
+        .collect();
+
     daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
     daemon2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
     let log = daemon.log();
@@ -234,6 +287,29 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         }
     );
     println!(
+        "  health check                   rs3 {} as failed; meanwhile {}/{} requests answered, {} by rs3; after its return rs3 answered {} of {}",
+        if detected { "detected" } else { "NOT detected" },
+        during.ok,
+        during.ok + during.failed,
+        during.by_body.get("rs3").copied().unwrap_or(0),
+        after.by_body.get("rs3").copied().unwrap_or(0),
+        after.ok + after.failed
+    );
+    println!(
+        "  metrics                        {} samples at http://10.0.0.10:9100/metrics, e.g.",
+        samples.len()
+    );
+    for l in samples
+        .iter()
+        .filter(|l| {
+            l.starts_with("director_vrrp_state") && l.ends_with(" 1.0")
+                || l.starts_with("director_real_server_healthy")
+        })
+        .take(4)
+    {
+        println!("                                   {l}");
+    }
+    println!(
         "  director's own traffic         ping {}: {}",
         director_ip(0),
         if ping_ok {
@@ -271,11 +347,20 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         after_failover && after_preempt,
         "requests failed after a failover"
     );
+    ensure!(
+        detected && recovered,
+        "the health check did not see rs3 fail and return"
+    );
+    ensure!(
+        during.failed == 0 && !during.by_body.contains_key("rs3"),
+        "traffic reached a failed server"
+    );
+    ensure!(!samples.is_empty(), "no metrics");
     ensure!(takeover < Duration::from_secs(2), "the takeover was slow");
     ensure!(still_attached, "the dataplane stopped with the daemon");
     ensure!(!after_flush, "flush left the XDP program attached");
     println!(
-        "\nOK: two directors shared the VIPs with VRRP and load-balanced them over three real servers in DR mode; a daemon restart lost no request, the backup took over when the master died, the master preempted on its return, and the flush left nothing behind."
+        "\nOK: two directors shared the VIPs with VRRP and load-balanced them over three real servers in DR mode; a daemon restart lost no request, the backup took over when the master died, the master preempted on its return, a failed real server left the pool and came back, metrics were served, and the flush left nothing behind."
     );
     Ok(())
 }
