@@ -219,6 +219,8 @@ impl Lab {
             xdp_pass::attach(&switch, &d.port, &format!("{id}-{}", d.name))?;
             if i == 0 && spec.vip_on_director {
                 d.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+                // Deprecated (preferred_lft 0), as VRRP adds it: never the
+                // source of the director's own connections.
                 d.ns.ip(&[
                     "-6",
                     "addr",
@@ -227,6 +229,8 @@ impl Lab {
                     "dev",
                     "eth0",
                     "nodad",
+                    "preferred_lft",
+                    "0",
                 ])?;
             }
             directors.push(d);

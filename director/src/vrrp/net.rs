@@ -385,9 +385,15 @@ pub async fn add_address(
 ) -> Result<(), NetError> {
     let mut req = handle.address().add(ifindex, a.address, a.prefix).replace();
     if a.address.is_ipv6() {
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        let attrs = &mut req.message_mut().attributes;
+        attrs.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        // Preferred lifetime 0 (valid forever): the VIP is never chosen as
+        // the source of our own connections - a health check sent from the
+        // VIP would be answered to the real server itself, which holds it.
+        let mut lifetimes = netlink_packet_route::address::CacheInfo::default();
+        lifetimes.ifa_preferred = 0;
+        lifetimes.ifa_valid = u32::MAX;
+        attrs.push(AddressAttribute::CacheInfo(lifetimes));
     }
     req.execute().await?;
     Ok(())
