@@ -353,6 +353,10 @@ struct SyncGroup {
 
 /// One instance with its socket and machine.
 struct Runner {
+    /// The parsed `virtual_ipaddress` list (parsed once, not per packet).
+    vips: Vec<crate::config::VirtualAddress>,
+    /// Their addresses, sorted: what a valid advert must carry.
+    vip_set: Vec<IpAddr>,
     group: Option<SyncGroup>,
     /// Performing a `Follow`: transitions are not re-broadcast as our own.
     following: bool,
@@ -443,7 +447,12 @@ impl Runner {
             mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
             "VRRP instance starting"
         );
+        let vips = cfg.addresses();
+        let mut vip_set: Vec<IpAddr> = vips.iter().map(|a| a.address).collect();
+        vip_set.sort();
         Ok(Runner {
+            vips,
+            vip_set,
             group,
             following: false,
             ifindex: link.index,
@@ -684,11 +693,9 @@ impl Runner {
                 None => {}
             }
         }
-        let mut ours: Vec<IpAddr> = self.cfg.addresses().iter().map(|a| a.address).collect();
         let mut theirs = advert.addresses.clone();
-        ours.sort();
         theirs.sort();
-        if advert.priority != 255 && advert.priority != 0 && ours != theirs {
+        if advert.priority != 255 && advert.priority != 0 && self.vip_set != theirs {
             return Err(Reject::Addresses);
         }
         Ok(advert)
@@ -709,7 +716,7 @@ impl Runner {
             match action {
                 Action::SendAdvert(priority) => self.send_advert(priority),
                 Action::AddAddresses => {
-                    for a in self.cfg.addresses() {
+                    for a in self.vips.clone() {
                         if let Err(e) = net::add_address(&self.handle, self.ifindex, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
@@ -724,7 +731,7 @@ impl Runner {
                 }
                 Action::RemoveAddresses => {
                     self.garp_at = None;
-                    for a in self.cfg.addresses() {
+                    for a in self.vips.clone() {
                         if let Err(e) = net::remove_address(&self.handle, self.ifindex, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
                         }
@@ -797,7 +804,7 @@ impl Runner {
             vrid: self.cfg.virtual_router_id,
             priority,
             interval_cs: self.cfg.advert_interval_cs(),
-            addresses: self.cfg.addresses().iter().map(|a| a.address).collect(),
+            addresses: self.vips.iter().map(|a| a.address).collect(),
             auth: self
                 .cfg
                 .authentication
@@ -826,7 +833,7 @@ impl Runner {
 
     /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
     fn announce(&self) {
-        let addrs = self.cfg.addresses();
+        let addrs = &self.vips;
         let v4: Vec<_> = addrs
             .iter()
             .filter_map(|a| match a.address {

@@ -95,19 +95,7 @@ impl VrrpSocket {
         src: IpAddr,
         multicast: bool,
     ) -> Result<VrrpSocket, NetError> {
-        let tx = Self::raw(interface, ifindex, src, false, true)?;
-        let rx = Self::raw(interface, ifindex, src, multicast, false)?;
-        rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
-        // SAFETY: the socket is owned by the AsyncFd and closed only with it.
-        let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
-            .map_err(|e| io_err("registering the socket")(e.into()))?;
-        Ok(VrrpSocket {
-            fd,
-            tx,
-            v6: src.is_ipv6(),
-            ifindex,
-            src,
-        })
+        Self::build(interface, ifindex, src, multicast, true)
     }
 
     /// A receive-only socket for watching a link's adverts (multicast group
@@ -118,8 +106,20 @@ impl VrrpSocket {
         } else {
             Ipv4Addr::UNSPECIFIED.into()
         };
-        let tx = Self::raw(interface, ifindex, any, false, false)?;
-        let rx = Self::raw(interface, ifindex, any, true, false)?;
+        Self::build(interface, ifindex, any, true, false)
+    }
+
+    /// The receive socket (joined to the group when `join`) and the send
+    /// socket (bound to `src` when `bind_tx`).
+    fn build(
+        interface: &str,
+        ifindex: u32,
+        src: IpAddr,
+        join: bool,
+        bind_tx: bool,
+    ) -> Result<VrrpSocket, NetError> {
+        let tx = Self::raw(interface, ifindex, src, false, bind_tx)?;
+        let rx = Self::raw(interface, ifindex, src, join, false)?;
         rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
         // SAFETY: the socket is owned by the AsyncFd and closed only with it.
         let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
@@ -127,9 +127,9 @@ impl VrrpSocket {
         Ok(VrrpSocket {
             fd,
             tx,
-            v6,
+            v6: src.is_ipv6(),
             ifindex,
-            src: any,
+            src,
         })
     }
 
