@@ -94,6 +94,9 @@ pub struct VrrpInstance {
     /// `[[vrrp_script]]` names that adjust priority or force Fault.
     #[serde(default)]
     pub track_script: Vec<String>,
+    /// Virtual servers whose quorum adjusts priority or forces Fault.
+    #[serde(default)]
+    pub track_virtual_server: Vec<TrackVirtualServer>,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -112,6 +115,20 @@ pub struct VrrpInstance {
     /// This router has no peers: do not warn that none is ever heard.
     #[serde(default)]
     pub standalone: bool,
+}
+
+/// One `track_virtual_server` entry: while the virtual server has lost
+/// quorum, a negative `weight` lowers the priority, 0 forces Fault; a
+/// positive weight is added while it has quorum (keepalived's weights).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackVirtualServer {
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub weight: i32,
 }
 
 /// keepalived's `state`.
@@ -334,7 +351,9 @@ pub enum LbKind {
 }
 
 /// Transport protocol of a virtual service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Deserialize, Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -376,9 +395,33 @@ pub struct RealServer {
     pub inhibit_on_failure: bool,
     pub tcp_check: Option<TcpCheck>,
     pub http_get: Option<HttpCheck>,
+    /// `http_get` over TLS (rustls).
+    pub ssl_get: Option<HttpCheck>,
     pub misc_check: Option<MiscCheck>,
     pub udp_check: Option<UdpCheck>,
     pub dns_check: Option<DnsCheck>,
+    /// Probe through the clients' path: a SYN to the VIP sent to this real
+    /// server's MAC (and an ARP question for the VIP it must not answer).
+    pub dr_check: Option<DrCheck>,
+}
+
+impl RealServer {
+    /// A real server with no checks.
+    pub fn new(address: IpAddr, weight: u32) -> RealServer {
+        RealServer {
+            address,
+            port: None,
+            weight,
+            inhibit_on_failure: false,
+            tcp_check: None,
+            http_get: None,
+            ssl_get: None,
+            misc_check: None,
+            udp_check: None,
+            dns_check: None,
+            dr_check: None,
+        }
+    }
 }
 
 /// Settings every checker shares (keepalived's names).
@@ -401,6 +444,9 @@ pub struct CheckCommon {
     pub delay_loop: Option<f64>,
     /// Successful rounds needed to come back (default 1).
     pub rise: Option<u32>,
+    /// Failed rounds in a row needed to go down (default 1, keepalived's
+    /// behaviour: `retry` attempts make one round).
+    pub fall: Option<u32>,
     /// Seconds of random delay before the first round (default: up to the
     /// delay loop), so many checks do not fire in lock-step.
     pub warmup: Option<f64>,
@@ -421,8 +467,17 @@ pub struct HttpCheck {
     #[serde(flatten)]
     pub common: CheckCommon,
     pub url: Vec<HttpUrl>,
-    /// Host header (and later SNI).
+    /// Host header (and, for `ssl_get`, the TLS server name).
     pub virtualhost: Option<String>,
+    /// `ssl_get` only: send `virtualhost` as SNI (default true).
+    pub enable_sni: Option<bool>,
+    /// `ssl_get` only: verify the server's certificate chain and name
+    /// (default false, as keepalived: real servers often use self-signed
+    /// certificates).
+    pub verify_certificate: Option<bool>,
+    /// `ssl_get` only: PEM file of the CAs to trust (implies
+    /// `verify_certificate`; default: the system's store).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One URL of an `http_get`.
@@ -480,6 +535,22 @@ pub struct UdpCheck {
     pub payload: String,
     #[serde(default)]
     pub require_reply: bool,
+}
+
+/// `dr_check`: the real server answers through the direct-routing path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    /// Also fail when the real server answers ARP for the VIP (IPv4;
+    /// default true).
+    #[serde(default = "yes")]
+    pub arp: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `dns_check`: a query that must get an answer.
@@ -815,9 +886,11 @@ impl Config {
                 Key(k),
             ]
         };
-        let common: [(&'static str, Option<&CheckCommon>); 5] = [
+        let common: [(&'static str, Option<&CheckCommon>); 7] = [
             ("tcp_check", rs.tcp_check.as_ref().map(|c| &c.common)),
             ("http_get", rs.http_get.as_ref().map(|c| &c.common)),
+            ("ssl_get", rs.ssl_get.as_ref().map(|c| &c.common)),
+            ("dr_check", rs.dr_check.as_ref().map(|c| &c.common)),
             ("misc_check", rs.misc_check.as_ref().map(|c| &c.common)),
             ("udp_check", rs.udp_check.as_ref().map(|c| &c.common)),
             ("dns_check", rs.dns_check.as_ref().map(|c| &c.common)),
@@ -844,8 +917,9 @@ impl Config {
                 };
                 return Err(problem(at(name, k), "must be more than 0"));
             }
-            if c.rise == Some(0) {
-                return Err(problem(at(name, "rise"), "must be at least 1"));
+            if c.rise == Some(0) || c.fall == Some(0) {
+                let k = if c.rise == Some(0) { "rise" } else { "fall" };
+                return Err(problem(at(name, k), "must be at least 1"));
             }
             if let Some(ip) = c.connect_ip
                 && ip.is_ipv4() != rs.address.is_ipv4()
@@ -856,9 +930,26 @@ impl Config {
                 ));
             }
         }
-        if let Some(h) = &rs.http_get {
+        for (check, h) in [("http_get", &rs.http_get), ("ssl_get", &rs.ssl_get)] {
+            let Some(h) = h else { continue };
             if h.url.is_empty() {
-                return Err(problem(at("http_get", "url"), "at least one url is needed"));
+                return Err(problem(at(check, "url"), "at least one url is needed"));
+            }
+            if check == "http_get" {
+                for (k, set) in [
+                    ("enable_sni", h.enable_sni.is_some()),
+                    ("verify_certificate", h.verify_certificate.is_some()),
+                    ("ca_file", h.ca_file.is_some()),
+                ] {
+                    if set {
+                        return Err(problem(at(check, k), "only for ssl_get (TLS)"));
+                    }
+                }
+            }
+            if let Some(f) = &h.ca_file
+                && let Err(e) = crate::health::load_ca_file(f)
+            {
+                return Err(problem(at(check, "ca_file"), e));
             }
             for (k, u) in h.url.iter().enumerate() {
                 let at = |f: &'static str| {
@@ -867,7 +958,7 @@ impl Config {
                         Index(i),
                         Key("real_server"),
                         Index(j),
-                        Key("http_get"),
+                        Key(check),
                         Key("url"),
                         Index(k),
                         Key(f),
@@ -907,6 +998,27 @@ impl Config {
                 return Err(problem(
                     at("misc_check", "misc_timeout"),
                     "must be between 0 and 86400 seconds",
+                ));
+            }
+        }
+        if let Some(d) = &rs.dr_check {
+            let vs = &self.virtual_server[i];
+            if vs.protocol != Protocol::Tcp {
+                return Err(problem(
+                    at("dr_check", "connect_port"),
+                    "dr_check probes TCP services only",
+                ));
+            }
+            if vs.port == 0 && d.common.connect_port.is_none() {
+                return Err(problem(
+                    at("dr_check", "connect_port"),
+                    "is needed for a service on every port (port = 0)",
+                ));
+            }
+            if d.common.connect_ip.is_some() {
+                return Err(problem(
+                    at("dr_check", "connect_ip"),
+                    "dr_check always probes the virtual address through the real server",
                 ));
             }
         }
@@ -1106,6 +1218,33 @@ impl Config {
                         ],
                         format!("no [[vrrp_script]] named `{name}`"),
                     ));
+                }
+            }
+            for (j, t) in v.track_virtual_server.iter().enumerate() {
+                let at = |k: &'static str| {
+                    vec![
+                        Key("vrrp_instance"),
+                        Index(i),
+                        Key("track_virtual_server"),
+                        Index(j),
+                        Key(k),
+                    ]
+                };
+                if !self.virtual_server.iter().any(|vs| {
+                    vs.address == t.address && vs.port == t.port && vs.protocol == t.protocol
+                }) {
+                    return Err(problem(
+                        at("address"),
+                        format!(
+                            "no [[virtual_server]] {}",
+                            crate::dataplane::key_name(&crate::dataplane::service_key(
+                                t.address, t.port, t.protocol
+                            ))
+                        ),
+                    ));
+                }
+                if !(-254..=254).contains(&t.weight) {
+                    return Err(problem(at("weight"), "must be between -254 and 254"));
                 }
             }
             let iface = v

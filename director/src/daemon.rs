@@ -3,9 +3,10 @@
 //! control socket.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -140,6 +141,17 @@ impl Resolver {
                 *state = Resolution::Resolved(mac);
             }
         }
+    }
+
+    /// Every resolved MAC.
+    fn resolved(&self) -> HashMap<IpAddr, Mac> {
+        self.servers
+            .iter()
+            .filter_map(|(a, r)| match r {
+                Resolution::Resolved(m) => Some((*a, *m)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn mac(&self, addr: &IpAddr) -> Option<Mac> {
@@ -309,6 +321,8 @@ struct Daemon {
     mac: Mac,
     /// Weights of drained real servers, for `enable`.
     drained: BTreeMap<(IpAddr, u16, IpAddr), u32>,
+    /// Resolved real-server MACs, shared with `dr_check` probes.
+    macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
 }
 
 impl Daemon {
@@ -343,6 +357,19 @@ impl Daemon {
                     Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
                 }
             }
+        }
+        if let Some(vrrp) = &self.vrrp {
+            vrrp.set_quorum(
+                self.config
+                    .virtual_server
+                    .iter()
+                    .enumerate()
+                    .map(|(i, vs)| {
+                        let up = self.quorum.get(&i).copied().unwrap_or(true);
+                        ((vs.address, vs.port, vs.protocol), up)
+                    })
+                    .collect(),
+            );
         }
         if self.applied.as_ref() == Some(&next) {
             return Ok(());
@@ -518,17 +545,10 @@ impl Daemon {
         let key = (c.vip, c.port, c.address);
         match (c.action.as_str(), pos) {
             ("add", Some(_)) => return Err(format!("{} is already a real server", c.address)),
-            ("add", None) => vs.real_server.push(crate::config::RealServer {
-                address: c.address,
-                port: None,
-                weight: c.weight.unwrap_or(1),
-                inhibit_on_failure: false,
-                tcp_check: None,
-                http_get: None,
-                misc_check: None,
-                udp_check: None,
-                dns_check: None,
-            }),
+            ("add", None) => vs.real_server.push(crate::config::RealServer::new(
+                c.address,
+                c.weight.unwrap_or(1),
+            )),
             (_, None) => {
                 return Err(format!(
                     "{} is not a real server of that service",
@@ -626,6 +646,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     let mut neigh_events = neighbors.events()?;
     let (health_tx, mut health_rx) = mpsc::channel::<health::Change>(1024);
     let mut checks = health::Checks::new(health_tx);
+    let macs = Arc::new(Mutex::new(HashMap::new()));
+    checks.set_path_env(health::PathEnv {
+        ifindex: link.index,
+        mac: link.mac,
+        macs: macs.clone(),
+    });
     checks.update(health::all_specs(&config));
     let board = checks.board();
     let vrrp = Vrrp::start(&config)?;
@@ -644,6 +670,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         vrrp: Some(vrrp),
         mac: link.mac,
         drained: BTreeMap::new(),
+        macs,
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
@@ -654,6 +681,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 REFRESH
             }
         };
+        let resolved = daemon.resolver.resolved();
+        if let Ok(mut m) = daemon.macs.lock()
+            && *m != resolved
+        {
+            *m = resolved;
+        }
         if let Err(e) = daemon.sync() {
             break Err(e.into());
         }

@@ -1,5 +1,6 @@
 //! Health checks of real servers (keepalived's checkers): `tcp_check`,
-//! `http_get`, `misc_check`, `udp_check`, `dns_check`.
+//! `http_get`, `ssl_get`, `misc_check`, `udp_check`, `dns_check`, and our
+//! `dr_check` (through the direct-routing path, see [`crate::drpath`]).
 //!
 //! One task per distinct probe (kind, target, parameters), however many
 //! services list the server. A round is one attempt plus `retry` more,
@@ -12,7 +13,8 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -21,13 +23,23 @@ use rand::Rng as _;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpSocket, UdpSocket},
     sync::mpsc,
 };
 use tracing::{info, warn};
 
-use crate::config::{CheckCommon, Config, RealServer, VirtualServer};
+use tokio_rustls::rustls::{
+    self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+};
+
+use crate::{
+    config::{CheckCommon, Config, HttpCheck, RealServer, VirtualServer},
+    neighbor::Mac,
+};
 
 /// Longest HTTP response read (headers and body).
 const MAX_HTTP: usize = 1 << 20;
@@ -41,6 +53,8 @@ pub enum Kind {
     Http {
         urls: Vec<UrlSpec>,
         host: Option<String>,
+        /// `ssl_get`.
+        tls: Option<TlsSpec>,
     },
     Misc {
         argv: Vec<String>,
@@ -54,6 +68,30 @@ pub enum Kind {
         qtype: u16,
         name: String,
     },
+    /// `dr_check`: a SYN to `vip`:port (the target's port) in a frame to
+    /// the real server's MAC.
+    DrPath {
+        vip: IpAddr,
+        arp: bool,
+    },
+}
+
+/// TLS settings of an `ssl_get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// Server name sent (SNI) and verified.
+    pub sni: Option<String>,
+    pub verify: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a `dr_check` needs from the daemon: our link, and the real
+/// servers' MACs as the daemon resolved them.
+#[derive(Debug, Clone)]
+pub struct PathEnv {
+    pub ifindex: u32,
+    pub mac: Mac,
+    pub macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
 }
 
 /// One URL of an HTTP check.
@@ -76,6 +114,7 @@ pub struct CheckSpec {
     pub delay_before_retry: Duration,
     pub delay_loop: Duration,
     pub rise: u32,
+    pub fall: u32,
     pub warmup: Duration,
     /// Start down (keepalived `alpha`).
     pub alpha: bool,
@@ -85,7 +124,7 @@ impl CheckSpec {
     /// Identity for sharing: the same probe of the same target is run once.
     pub fn key(&self) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}",
             self.kind,
             self.target,
             self.bindto,
@@ -93,7 +132,8 @@ impl CheckSpec {
             self.retry,
             self.delay_before_retry,
             self.delay_loop,
-            self.rise
+            self.rise,
+            self.fall
         )
     }
 }
@@ -121,6 +161,44 @@ impl Outcome {
             weight: None,
             error: Some(e.into()),
         }
+    }
+}
+
+/// Rise/fall bookkeeping of one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub healthy: bool,
+    successes: u32,
+    failures: u32,
+}
+
+impl Verdict {
+    pub fn new(healthy: bool) -> Verdict {
+        Verdict {
+            healthy,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Counts one round; `rise` good rounds in a row bring a server back,
+    /// `fall` bad ones take it down. Returns whether health changed.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+        let was = self.healthy;
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= rise {
+                self.healthy = true;
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= fall {
+                self.healthy = false;
+            }
+        }
+        self.healthy != was
     }
 }
 
@@ -154,6 +232,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
         delay_before_retry: secs(c.delay_before_retry.unwrap_or(1.0)),
         delay_loop: secs(c.delay_loop.unwrap_or(vs.delay_loop)),
         rise: c.rise.unwrap_or(1).max(1),
+        fall: c.fall.unwrap_or(1).max(1),
         warmup: secs(c.warmup.unwrap_or(c.delay_loop.unwrap_or(vs.delay_loop))),
         alpha: vs.alpha,
     };
@@ -161,7 +240,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     if let Some(c) = &rs.tcp_check {
         out.push(base(&c.common, port));
     }
-    if let Some(c) = &rs.http_get {
+    let http = |c: &HttpCheck, tls: bool| {
         let urls = c
             .url
             .iter()
@@ -176,10 +255,34 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
                 regex: u.regex.as_deref().and_then(|r| Regex::new(r).ok()),
             })
             .collect();
-        out.push(CheckSpec {
+        let tls = tls.then(|| TlsSpec {
+            sni: c
+                .virtualhost
+                .clone()
+                .filter(|_| c.enable_sni.unwrap_or(true)),
+            verify: c.verify_certificate.unwrap_or(false) || c.ca_file.is_some(),
+            ca_file: c.ca_file.clone(),
+        });
+        CheckSpec {
             kind: Kind::Http {
                 urls,
                 host: c.virtualhost.clone(),
+                tls,
+            },
+            ..base(&c.common, port)
+        }
+    };
+    if let Some(c) = &rs.http_get {
+        out.push(http(c, false));
+    }
+    if let Some(c) = &rs.ssl_get {
+        out.push(http(c, true));
+    }
+    if let Some(c) = &rs.dr_check {
+        out.push(CheckSpec {
+            kind: Kind::DrPath {
+                vip: vs.address,
+                arp: c.arp,
             },
             ..base(&c.common, port)
         });
@@ -259,6 +362,7 @@ pub struct Checks {
     board: Board,
     tasks: HashMap<String, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Change>,
+    env: Option<PathEnv>,
 }
 
 impl Checks {
@@ -268,7 +372,13 @@ impl Checks {
             board: Board::default(),
             tasks: HashMap::new(),
             tx,
+            env: None,
         }
+    }
+
+    /// What `dr_check` probes started from now on use.
+    pub fn set_path_env(&mut self, env: PathEnv) {
+        self.env = Some(env);
     }
 
     /// The shared state of every probe.
@@ -312,6 +422,7 @@ impl Checks {
             let task = tokio::spawn(run_probe(
                 key.clone(),
                 spec,
+                self.env.clone(),
                 self.board.clone(),
                 self.tx.clone(),
             ));
@@ -328,15 +439,20 @@ impl Drop for Checks {
     }
 }
 
-async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<Change>) {
+async fn run_probe(
+    key: String,
+    spec: CheckSpec,
+    env: Option<PathEnv>,
+    board: Board,
+    tx: mpsc::Sender<Change>,
+) {
     let warmup = if spec.warmup.is_zero() {
         Duration::ZERO
     } else {
         rand::rng().random_range(Duration::ZERO..spec.warmup)
     };
     tokio::time::sleep(warmup).await;
-    let mut healthy = !spec.alpha;
-    let mut successes = 0u32;
+    let mut verdict = Verdict::new(!spec.alpha);
     let mut next = tokio::time::Instant::now();
     loop {
         let mut outcome = Outcome::fail("not run");
@@ -346,7 +462,8 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
                 tokio::time::sleep(spec.delay_before_retry).await;
             }
             let started = tokio::time::Instant::now();
-            outcome = match tokio::time::timeout(spec.timeout, probe(&spec)).await {
+            outcome = match tokio::time::timeout(spec.timeout, probe_in(&spec, env.as_ref())).await
+            {
                 Ok(o) => o,
                 Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
             };
@@ -355,20 +472,12 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
                 break;
             }
         }
-        let was = healthy;
         let was_weight = board
             .lock()
             .ok()
             .and_then(|b| b.get(&key).and_then(|p| p.weight));
-        if outcome.ok {
-            successes += 1;
-            if !healthy && successes >= spec.rise {
-                healthy = true;
-            }
-        } else {
-            successes = 0;
-            healthy = false;
-        }
+        let changed = verdict.record(outcome.ok, spec.rise, spec.fall);
+        let healthy = verdict.healthy;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -385,7 +494,7 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
                 },
             );
         }
-        if healthy != was {
+        if changed {
             if healthy {
                 info!(target_addr = %spec.target, check = kind_name(&spec.kind), "real server healthy");
             } else {
@@ -394,7 +503,7 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
         }
         // Changes only (health, or a misc_dynamic weight): the daemon
         // re-plans on each.
-        if healthy != was || outcome.weight != was_weight {
+        if changed || outcome.weight != was_weight {
             let _ = tx
                 .send(Change {
                     key: key.clone(),
@@ -414,7 +523,9 @@ async fn run_probe(key: String, spec: CheckSpec, board: Board, tx: mpsc::Sender<
 fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Tcp => "tcp_check",
-        Kind::Http { .. } => "http_get",
+        Kind::Http { tls: None, .. } => "http_get",
+        Kind::Http { tls: Some(_), .. } => "ssl_get",
+        Kind::DrPath { .. } => "dr_check",
         Kind::Misc { .. } => "misc_check",
         Kind::Udp { .. } => "udp_check",
         Kind::Dns { .. } => "dns_check",
@@ -423,14 +534,19 @@ fn kind_name(k: &Kind) -> &'static str {
 
 /// One attempt (the caller bounds it with the timeout).
 pub async fn probe(spec: &CheckSpec) -> Outcome {
+    probe_in(spec, None).await
+}
+
+/// One attempt, with what `dr_check` needs.
+pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
     match &spec.kind {
         Kind::Tcp => match connect(spec).await {
             Ok(_) => Outcome::ok(),
             Err(e) => Outcome::fail(e),
         },
-        Kind::Http { urls, host } => {
+        Kind::Http { urls, host, tls } => {
             for u in urls {
-                if let Err(e) = http_once(spec, u, host.as_deref()).await {
+                if let Err(e) = http_once(spec, u, host.as_deref(), tls.as_ref()).await {
                     return Outcome::fail(format!("{}: {e}", u.path));
                 }
             }
@@ -442,6 +558,34 @@ pub async fn probe(spec: &CheckSpec) -> Outcome {
             require_reply,
         } => udp(spec, payload, *require_reply).await,
         Kind::Dns { qtype, name } => dns(spec, *qtype, name).await,
+        Kind::DrPath { vip, arp } => dr_path(spec, env, *vip, *arp).await,
+    }
+}
+
+async fn dr_path(spec: &CheckSpec, env: Option<&PathEnv>, vip: IpAddr, arp: bool) -> Outcome {
+    let Some(env) = env else {
+        return Outcome::fail("dr_check needs the daemon's interface");
+    };
+    let rs = spec.target.ip();
+    let Some(rs_mac) = env.macs.lock().ok().and_then(|m| m.get(&rs).copied()) else {
+        return Outcome::fail(format!("MAC of {rs} not resolved"));
+    };
+    let p = crate::drpath::PathProbe {
+        ifindex: env.ifindex,
+        our_mac: env.mac,
+        rs_mac,
+        rs,
+        src: spec.bindto,
+        vip,
+        port: spec.target.port(),
+        arp,
+        // Inside the caller's cut, so the probe's own verdict is reported.
+        timeout: spec.timeout.mul_f64(0.9),
+    };
+    match tokio::task::spawn_blocking(move || crate::drpath::probe(&p)).await {
+        Ok(Ok(())) => Outcome::ok(),
+        Ok(Err(e)) => Outcome::fail(e),
+        Err(e) => Outcome::fail(format!("probe task: {e}")),
     }
 }
 
@@ -463,8 +607,13 @@ async fn connect(spec: &CheckSpec) -> Result<tokio::net::TcpStream, String> {
         .map_err(|e| format!("connect {}: {e}", spec.target))
 }
 
-async fn http_once(spec: &CheckSpec, u: &UrlSpec, host: Option<&str>) -> Result<(), String> {
-    let mut s = connect(spec).await?;
+async fn http_once(
+    spec: &CheckSpec,
+    u: &UrlSpec,
+    host: Option<&str>,
+    tls: Option<&TlsSpec>,
+) -> Result<(), String> {
+    let s = connect(spec).await?;
     let host = host
         .map(str::to_string)
         .unwrap_or_else(|| spec.target.to_string());
@@ -472,15 +621,25 @@ async fn http_once(spec: &CheckSpec, u: &UrlSpec, host: Option<&str>) -> Result<
         "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: director-check\r\nConnection: close\r\n\r\n",
         u.path
     );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    (&mut s)
-        .take(MAX_HTTP as u64)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    let raw = match tls {
+        None => exchange(s, req.as_bytes()).await?,
+        Some(t) => {
+            let config = tls_config(t)?;
+            let name = match &t.sni {
+                Some(n) => {
+                    ServerName::try_from(n.clone()).map_err(|e| format!("server name {n}: {e}"))?
+                }
+                // No name: no SNI; a verified certificate must then name
+                // the address.
+                None => ServerName::IpAddress(spec.target.ip().into()),
+            };
+            let s = tokio_rustls::TlsConnector::from(config)
+                .connect(name, s)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            exchange(s, req.as_bytes()).await?
+        }
+    };
     let (status, body) = parse_http(&raw)?;
     if !u.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
         return Err(format!("status {status}"));
@@ -497,6 +656,126 @@ async fn http_once(spec: &CheckSpec, u: &UrlSpec, host: Option<&str>) -> Result<
         return Err(format!("body does not match /{}/", re.as_str()));
     }
     Ok(())
+}
+
+/// Sends `request`, reads the response to its end (bounded).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+) -> Result<Vec<u8>, String> {
+    s.write_all(request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    match (&mut s).take(MAX_HTTP as u64).read_to_end(&mut raw).await {
+        Ok(_) => Ok(raw),
+        // Many TLS servers close without close_notify once they have
+        // answered: what was read is the whole response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// The CA certificates in a PEM file.
+pub fn load_ca_file(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(roots)
+}
+
+/// TLS client settings, built once per (verify, CA file).
+fn tls_config(t: &TlsSpec) -> Result<Arc<ClientConfig>, String> {
+    type Cache = Mutex<HashMap<(bool, Option<PathBuf>), Arc<ClientConfig>>>;
+    static CACHE: LazyLock<Cache> = LazyLock::new(Cache::default);
+    let key = (t.verify, t.ca_file.clone());
+    if let Some(c) = CACHE.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(c);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let config = if t.verify {
+        let roots = match &t.ca_file {
+            Some(f) => load_ca_file(f)?,
+            None => {
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                roots
+            }
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    let config = Arc::new(config);
+    if let Ok(mut c) = CACHE.lock() {
+        c.insert(key, config.clone());
+    }
+    Ok(config)
+}
+
+/// keepalived's `SSL_GET` default: any certificate is accepted (the
+/// handshake signatures are still checked).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Status and body of a raw HTTP/1.x response.
@@ -715,6 +994,7 @@ mod tests {
             delay_before_retry: Duration::ZERO,
             delay_loop: Duration::from_secs(1),
             rise: 1,
+            fall: 1,
             warmup: Duration::ZERO,
             alpha: false,
         }
@@ -754,6 +1034,7 @@ mod tests {
                 Kind::Http {
                     urls: vec![u],
                     host: None,
+                    tls: None,
                 },
                 addr,
             )
@@ -776,6 +1057,215 @@ mod tests {
             l.local_addr().expect("addr")
         };
         assert!(!probe(&spec(Kind::Tcp, closed)).await.ok);
+    }
+
+    /// A real TLS server (rustls) with a fresh self-signed certificate for
+    /// `localhost` and 127.0.0.1; answers 500 on /fail; records the SNI.
+    async fn tls_server() -> (SocketAddr, String, Arc<Mutex<Vec<Option<String>>>>) {
+        use tokio_rustls::rustls::{ServerConfig, pki_types::PrivateKeyDer};
+        let key = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let seen = names.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    if let Ok(mut n) = seen.lock() {
+                        n.push(s.get_ref().1.server_name().map(str::to_string));
+                    }
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let resp = if buf[..n].starts_with(b"GET /fail") {
+                        "HTTP/1.0 500 Oops\r\n\r\nbroken"
+                    } else {
+                        "HTTP/1.0 200 OK\r\n\r\nsecure hello"
+                    };
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    // Some servers close without close_notify: this one
+                    // does, half the time.
+                    if rand::random::<bool>() {
+                        let _ = s.shutdown().await;
+                    }
+                });
+            }
+        });
+        (addr, key.cert.pem(), names)
+    }
+
+    #[tokio::test]
+    async fn ssl_get_against_a_real_tls_server() {
+        let (addr, pem, names) = tls_server().await;
+        let ssl = |path: &str, sni: Option<&str>, verify: bool, ca: Option<PathBuf>| {
+            spec(
+                Kind::Http {
+                    urls: vec![UrlSpec {
+                        path: path.into(),
+                        ranges: vec![(200, 299)],
+                        digest: None,
+                        regex: Some(Regex::new("secure").expect("regex")),
+                    }],
+                    host: sni.map(String::from),
+                    tls: Some(TlsSpec {
+                        sni: sni.map(String::from),
+                        verify,
+                        ca_file: ca,
+                    }),
+                },
+                addr,
+            )
+        };
+        // keepalived's default: any certificate.
+        let o = probe(&ssl("/", None, false, None)).await;
+        assert!(o.ok, "{o:?}");
+        let o = probe(&ssl("/fail", None, false, None)).await;
+        assert!(
+            !o.ok && o.error.as_deref().is_some_and(|e| e.contains("status 500")),
+            "{o:?}"
+        );
+        // SNI is the virtual host.
+        assert!(probe(&ssl("/", Some("localhost"), false, None)).await.ok);
+        let seen = names.lock().expect("names").clone();
+        assert!(
+            seen.contains(&None) && seen.contains(&Some("localhost".into())),
+            "{seen:?}"
+        );
+        // Verified: a self-signed certificate is refused by the system
+        // store, accepted with it as the CA file, and the name must match.
+        let o = probe(&ssl("/", Some("localhost"), true, None)).await;
+        assert!(
+            !o.ok
+                && o.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("TLS handshake")),
+            "{o:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("director-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &pem).expect("write");
+        assert!(
+            probe(&ssl("/", Some("localhost"), true, Some(ca.clone())))
+                .await
+                .ok
+        );
+        assert!(
+            probe(&ssl("/", None, true, Some(ca.clone()))).await.ok,
+            "IP SAN"
+        );
+        assert!(
+            !probe(&ssl("/", Some("other.example"), true, Some(ca.clone())))
+                .await
+                .ok
+        );
+        assert!(load_ca_file(&ca).is_ok());
+        std::fs::write(&ca, "not a pem").expect("write");
+        assert!(load_ca_file(&ca).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+        // Plain HTTP to a TLS port fails cleanly.
+        let plain = spec(
+            Kind::Http {
+                urls: vec![UrlSpec {
+                    path: "/".into(),
+                    ranges: vec![(200, 299)],
+                    digest: None,
+                    regex: None,
+                }],
+                host: None,
+                tls: None,
+            },
+            addr,
+        );
+        assert!(!probe(&plain).await.ok);
+    }
+
+    #[test]
+    fn rise_and_fall_count_rounds_in_a_row() {
+        let mut v = Verdict::new(true);
+        let rounds = [
+            true, false, true, false, false, true, true, false, true, true, true,
+        ];
+        let changes: Vec<usize> = rounds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ok)| v.record(*ok, 3, 2).then_some(i))
+            .collect();
+        assert_eq!(changes, vec![4, 10]);
+        // keepalived's default (fall 1): one bad round is enough.
+        let mut v = Verdict::new(true);
+        assert!(v.record(false, 1, 1) && !v.healthy);
+        assert!(v.record(true, 1, 1) && v.healthy);
+    }
+
+    /// A flapping server (a real script whose answer follows a pattern,
+    /// one character per round) through the running probe task.
+    #[tokio::test]
+    async fn flapping_server_with_rise_and_fall() {
+        let dir = std::env::temp_dir().join(format!("director-flap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let counter = dir.join("n");
+        std::fs::write(&counter, "0").expect("write");
+        // Round i exits with pattern[i] (past the end: 0).
+        let pattern = "0010110010001";
+        let script = format!(
+            "n=$(cat {c}); echo $((n+1)) > {c}; p={pattern}; exit ${{p:$n:1}}",
+            c = counter.display()
+        );
+        let mut s = spec(
+            Kind::Misc {
+                argv: vec!["/bin/bash".into(), "-c".into(), script],
+                dynamic: false,
+            },
+            "127.0.0.1:1".parse().expect("addr"),
+        );
+        s.delay_loop = Duration::from_millis(150);
+        s.rise = 3;
+        s.fall = 2;
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut checks = Checks::new(tx);
+        checks.update(HashMap::from([(s.key(), s)]));
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let c = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a change within 10 s")
+                .expect("change");
+            let round: u32 = std::fs::read_to_string(&counter)
+                .expect("read")
+                .trim()
+                .parse()
+                .expect("number");
+            seen.push((c.healthy, round));
+        }
+        // Down after the second failure in a row (round 6), back after the
+        // third success in a row (round 12); single blips change nothing.
+        assert_eq!(seen, vec![(false, 6), (true, 12)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod drpath;
 pub mod frames;
 pub mod health;
 pub mod maglev;

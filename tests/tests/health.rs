@@ -88,3 +88,135 @@ fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> R
     ensure!(by.keys().cloned().collect::<Vec<_>>() == ["rs1"], "{by:?}");
     Ok(())
 }
+
+/// `dr_check` probes through the clients' path (SYN to the VIP, framed to
+/// the real server's MAC): a real server that lost the VIP on `lo` fails it
+/// although its own address still answers, and so does one answering ARP
+/// for the VIP.
+#[test]
+fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let mut config = scenario::global_config(&lab, "director1")?;
+    config.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\n"
+    ));
+    for rs in &lab.real_servers {
+        config.push_str(&format!(
+            "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 0.5\nretry = 0\n[virtual_server.real_server.dr_check]\nconnect_timeout = 0.5\nretry = 0\n",
+            rs.ip
+        ));
+    }
+    let path = lab.write("director.toml", &config)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let both_healthy = |s: &serde_json::Value| {
+        scenario::all_resolved(s)
+            && s["virtual_servers"][0]["real_servers"][0]["last_check"].is_number()
+            && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
+            && rs_healthy(s, 0) == Some(true)
+            && rs_healthy(s, 1) == Some(true)
+    };
+    scenario::wait_status(&state, Duration::from_secs(20), both_healthy)?;
+
+    // rs1 loses the VIP on lo: its own address still accepts connections
+    // (tcp_check passes), the path through the VIP does not.
+    let vip_on_lo = |j: usize, op: &str| -> Result<()> {
+        lab.real_servers[j]
+            .ns
+            .ip(&["addr", op, &format!("{VIP}/32"), "dev", "lo"])?;
+        Ok(())
+    };
+    vip_on_lo(0, "del")?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(false)
+    })?;
+    let err = s["virtual_servers"][0]["real_servers"][0]["last_error"].to_string();
+    ensure!(err.contains("no answer through the VIP"), "{err}");
+    let by = served_by(&lab, 30)?;
+    ensure!(by.keys().cloned().collect::<Vec<_>>() == ["rs2"], "{by:?}");
+    vip_on_lo(0, "add")?;
+    scenario::wait_status(&state, Duration::from_secs(5), both_healthy)?;
+
+    // rs2 answers ARP for the VIP (arp_ignore 0): caught too.
+    let arp_ignore = |value: &str| -> Result<()> {
+        for iface in ["all", "eth0"] {
+            lab.real_servers[1]
+                .ns
+                .sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), value)?;
+        }
+        Ok(())
+    };
+    arp_ignore("0")?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 1) == Some(false)
+    })?;
+    let err = s["virtual_servers"][0]["real_servers"][1]["last_error"].to_string();
+    ensure!(err.contains("answers ARP for the VIP"), "{err}");
+    arp_ignore("1")?;
+    scenario::wait_status(&state, Duration::from_secs(5), both_healthy)?;
+    Ok(())
+}
+
+/// `track_virtual_server`: a director whose checks see the service lose
+/// quorum lowers its VRRP priority and hands the VIP over.
+#[test]
+fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let config = |name: &str, priority: u8| -> Result<String> {
+        let mut c = scenario::global_config(&lab, name)?;
+        c.push_str(&format!(
+            "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\npriority = {priority}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP}/32\"]\ntrack_virtual_server = [{{ address = \"{VIP}\", port = 80, weight = -100 }}]\n"
+        ));
+        c.push_str(&format!(
+            "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\n"
+        ));
+        for rs in &lab.real_servers {
+            c.push_str(&format!(
+                "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 0.3\nretry = 0\n",
+                rs.ip
+            ));
+        }
+        Ok(c)
+    };
+    let p1 = lab.write("director1.toml", &config("director1", 150)?)?;
+    let p2 = lab.write("director2.toml", &config("director2", 100)?)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+
+    // director1 loses its path to the real servers (its checks are
+    // dropped on the way out; forwarded client traffic is not affected).
+    let nft = |args: &str| -> Result<()> {
+        lab.directors[0].ns.exec("nft", &[args])?;
+        Ok(())
+    };
+    nft("add table inet lab")?;
+    nft("add chain inet lab out { type filter hook output priority 0 ; }")?;
+    nft("add rule inet lab out tcp dport 80 drop")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
+    let st = scenario::status(&s1)?;
+    ensure!(st["virtual_servers"][0]["quorum_up"] == false, "{st}");
+    ensure!(st["vrrp"][0]["effective_priority"] == 50, "{st}");
+    // Clients are served by director2 meanwhile.
+    let by = served_by(&lab, 20)?;
+    ensure!(by.len() == 2, "{by:?}");
+
+    // The path returns: quorum back, priority 150, director1 preempts.
+    nft("delete table inet lab")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+    let st = scenario::status(&s1)?;
+    ensure!(st["vrrp"][0]["effective_priority"] == 150, "{st}");
+    Ok(())
+}

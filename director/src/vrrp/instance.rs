@@ -94,8 +94,13 @@ struct Handle {
     commands: mpsc::Sender<Command>,
 }
 
+/// Whether each virtual server (address, port, protocol) has quorum, as
+/// the daemon last computed it (`track_virtual_server`).
+pub type QuorumBoard = Arc<Mutex<BTreeMap<(IpAddr, u16, crate::config::Protocol), bool>>>;
+
 /// The running VRRP instances.
 pub struct Vrrp {
+    quorum: QuorumBoard,
     instances: Vec<Handle>,
     start_tx: Option<mpsc::UnboundedSender<StartCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -130,6 +135,7 @@ impl Vrrp {
     /// each instance has its socket (or the first error).
     pub fn start(config: &Config) -> Result<Vrrp, VrrpError> {
         let mut vrrp = Vrrp {
+            quorum: QuorumBoard::default(),
             instances: Vec::new(),
             start_tx: None,
             thread: None,
@@ -143,6 +149,7 @@ impl Vrrp {
         let (start_tx, start_rx) = mpsc::unbounded_channel::<StartCmd>();
         let scripts = config.vrrp_script.clone();
         let groups = config.vrrp_sync_group.clone();
+        let quorum = vrrp.quorum.clone();
         let thread = std::thread::Builder::new()
             .name("vrrp".into())
             .spawn(move || {
@@ -151,7 +158,7 @@ impl Vrrp {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(run_all(scripts, groups, start_rx)),
+                    Ok(runtime) => runtime.block_on(run_all(scripts, groups, quorum, start_rx)),
                     Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
                 }
             })
@@ -189,6 +196,14 @@ impl Vrrp {
             commands: tx,
         });
         Ok(())
+    }
+
+    /// Publishes which virtual servers have quorum (read by instances
+    /// with `track_virtual_server` at their next tracking tick).
+    pub fn set_quorum(&self, quorum: BTreeMap<(IpAddr, u16, crate::config::Protocol), bool>) {
+        if let Ok(mut q) = self.quorum.lock() {
+            *q = quorum;
+        }
     }
 
     /// Applies a new configuration: unchanged instances keep running (no
@@ -291,6 +306,7 @@ fn raise_priority() {
 async fn run_all(
     scripts: Vec<VrrpScript>,
     groups: Vec<VrrpSyncGroup>,
+    quorum: QuorumBoard,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
     let scripts = start_scripts(&scripts);
@@ -322,6 +338,7 @@ async fn run_all(
             &scripts,
             notifier.clone(),
             group,
+            quorum.clone(),
         )
         .await
         {
@@ -369,6 +386,7 @@ struct Runner {
     machine: Machine,
     status: Arc<Mutex<InstanceStatus>>,
     scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    quorum: QuorumBoard,
     notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
     garp_at: Option<Instant>,
     garp_bursts_left: u32,
@@ -384,6 +402,7 @@ impl Runner {
         scripts: &BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
         notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
         group: Option<SyncGroup>,
+        quorum: QuorumBoard,
     ) -> Result<Runner, VrrpError> {
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
@@ -463,6 +482,7 @@ impl Runner {
             machine,
             status,
             scripts,
+            quorum,
             notifier,
             garp_at: None,
             garp_bursts_left: 0,
@@ -605,8 +625,18 @@ impl Runner {
             }
         }
         let mut priority = i32::from(self.cfg.priority);
-        for (weight, rx) in &self.scripts {
-            match (*rx.borrow(), *weight) {
+        let services: Vec<(Option<bool>, i32)> = match self.quorum.lock() {
+            Ok(q) => self
+                .cfg
+                .track_virtual_server
+                .iter()
+                .map(|t| (q.get(&(t.address, t.port, t.protocol)).copied(), t.weight))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let scripts = self.scripts.iter().map(|(w, rx)| (*rx.borrow(), *w));
+        for (up, weight) in scripts.chain(services) {
+            match (up, weight) {
                 (Some(false), 0) => fault = true,
                 (Some(false), w) if w < 0 => priority += w,
                 (Some(true), w) if w > 0 => priority += w,

@@ -457,6 +457,25 @@ pub fn garp_frame(mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     f
 }
 
+/// A packet-socket address: `ifindex`, EtherType `proto` (network order),
+/// destination `mac`.
+pub fn link_addr(ifindex: u32, proto: u16, mac: Mac) -> io::Result<SockAddr> {
+    // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
+    unsafe {
+        let (_, addr) = SockAddr::try_init(|storage, len| {
+            let ll = storage as *mut libc::sockaddr_ll;
+            (*ll).sll_family = libc::AF_PACKET as u16;
+            (*ll).sll_protocol = proto;
+            (*ll).sll_ifindex = ifindex as i32;
+            (*ll).sll_halen = 6;
+            (&mut (*ll).sll_addr)[..6].copy_from_slice(&mac.0);
+            *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            Ok(())
+        })?;
+        Ok(addr)
+    }
+}
+
 /// Sockets for announcing addresses, opened once per instance: closing a
 /// packet socket waits for an RCU grace period, which can take tens of
 /// milliseconds on a busy machine - too long for a VRRP loop at 10 ms.
@@ -474,21 +493,7 @@ impl Announcer {
         // Protocol 0: a send-only packet socket receives nothing.
         let arp = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
             .map_err(io_err("packet socket for gratuitous ARP"))?;
-        // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
-        let arp_to = unsafe {
-            let (_, addr) = SockAddr::try_init(|storage, len| {
-                let ll = storage as *mut libc::sockaddr_ll;
-                (*ll).sll_family = libc::AF_PACKET as u16;
-                (*ll).sll_protocol = proto;
-                (*ll).sll_ifindex = ifindex as i32;
-                (*ll).sll_halen = 6;
-                (&mut (*ll).sll_addr)[..6].copy_from_slice(&[0xff; 6]);
-                *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                Ok(())
-            })
-            .map_err(io_err("sockaddr_ll"))?;
-            addr
-        };
+        let arp_to = link_addr(ifindex, proto, Mac([0xff; 6])).map_err(io_err("sockaddr_ll"))?;
         let na = if v6 {
             let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
                 .map_err(io_err("ICMPv6 socket for neighbour advertisements"))?;

@@ -105,13 +105,14 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-fn pseudo_header(src: IpAddr, dst: IpAddr, len: usize) -> Vec<u8> {
+/// The IPv4 or IPv6 pseudo-header of an upper-layer checksum.
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(40);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, IPPROTO_VRRP]);
+            p.extend_from_slice(&[0, protocol]);
             p.extend_from_slice(&(len as u16).to_be_bytes());
         }
         _ => {
@@ -122,7 +123,7 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, len: usize) -> Vec<u8> {
             p.extend_from_slice(&v6(src));
             p.extend_from_slice(&v6(dst));
             p.extend_from_slice(&(len as u32).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, IPPROTO_VRRP]);
+            p.extend_from_slice(&[0, 0, 0, protocol]);
         }
     }
     p
@@ -158,7 +159,7 @@ impl Advert {
         let sum = if self.version == 2 {
             checksum(&[&b])
         } else {
-            checksum(&[&pseudo_header(src, dst, b.len()), &b])
+            checksum(&[&pseudo_header(src, dst, IPPROTO_VRRP, b.len()), &b])
         };
         b[6..8].copy_from_slice(&sum.to_be_bytes());
         b
@@ -193,7 +194,7 @@ impl Advert {
         let ok = if version == 2 {
             checksum(&[msg]) == 0
         } else {
-            checksum(&[&pseudo_header(src, dst, msg.len()), msg]) == 0
+            checksum(&[&pseudo_header(src, dst, IPPROTO_VRRP, msg.len()), msg]) == 0
         };
         if !ok {
             return Err(Reject::Checksum);
