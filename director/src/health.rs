@@ -212,6 +212,31 @@ pub struct ProbeState {
     pub last_error: Option<String>,
     /// Duration of the last attempt, seconds.
     pub latency: Option<f64>,
+    /// Rounds run.
+    #[serde(default)]
+    pub rounds: u64,
+    /// Rounds that started more than a tenth of `delay_loop` after their
+    /// schedule (a checker that cannot keep up).
+    #[serde(default)]
+    pub late_rounds: u64,
+    /// The latest start of any round after its schedule, seconds.
+    #[serde(default)]
+    pub max_late: f64,
+}
+
+impl ProbeState {
+    fn new(healthy: bool) -> ProbeState {
+        ProbeState {
+            healthy,
+            weight: None,
+            last_check: None,
+            last_error: None,
+            latency: None,
+            rounds: 0,
+            late_rounds: 0,
+            max_late: 0.0,
+        }
+    }
 }
 
 /// Probe states by key.
@@ -408,16 +433,7 @@ impl Checks {
                 continue;
             }
             if let Ok(mut b) = self.board.lock() {
-                b.insert(
-                    key.clone(),
-                    ProbeState {
-                        healthy: !spec.alpha,
-                        weight: None,
-                        last_check: None,
-                        last_error: None,
-                        latency: None,
-                    },
-                );
+                b.insert(key.clone(), ProbeState::new(!spec.alpha));
             }
             let task = tokio::spawn(run_probe(
                 key.clone(),
@@ -454,7 +470,9 @@ async fn run_probe(
     tokio::time::sleep(warmup).await;
     let mut verdict = Verdict::new(!spec.alpha);
     let mut next = tokio::time::Instant::now();
+    let late_limit = spec.delay_loop / 10;
     loop {
+        let late = tokio::time::Instant::now().saturating_duration_since(next);
         let mut outcome = Outcome::fail("not run");
         let mut latency = Duration::ZERO;
         for attempt in 0..=spec.retry {
@@ -482,17 +500,22 @@ async fn run_probe(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .ok();
-        if let Ok(mut b) = board.lock() {
-            b.insert(
-                key.clone(),
-                ProbeState {
-                    healthy,
-                    weight: outcome.weight,
-                    last_check: now,
-                    last_error: outcome.error.clone(),
-                    latency: Some(latency.as_secs_f64()),
-                },
-            );
+        // Updated in place: no allocation per round with thousands of
+        // probes sharing the lock. (The entry exists until the probe is
+        // stopped.)
+        if let Ok(mut b) = board.lock()
+            && let Some(p) = b.get_mut(&key)
+        {
+            p.healthy = healthy;
+            p.weight = outcome.weight;
+            p.last_check = now;
+            p.last_error.clone_from(&outcome.error);
+            p.latency = Some(latency.as_secs_f64());
+            p.rounds += 1;
+            if late > late_limit {
+                p.late_rounds += 1;
+            }
+            p.max_late = p.max_late.max(late.as_secs_f64());
         }
         if changed {
             if healthy {

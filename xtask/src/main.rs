@@ -7,6 +7,7 @@
 //! - `lint`: rustfmt, clippy for the workspace, clippy for the eBPF crate
 
 mod bench;
+mod bench_health;
 mod demo;
 mod setup;
 
@@ -49,9 +50,10 @@ enum Cmd {
     /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
     Lint,
     /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program),
-    /// `failover` (outage after kill -9 of the master, vs keepalived).
+    /// `failover` (outage after kill -9 of the master, vs keepalived),
+    /// `health` (10,000 real servers checked every second).
     Bench {
-        /// Which benchmark: xdp, failover.
+        /// Which benchmark: xdp, failover, health.
         what: String,
         /// failover: also run a 10 ms pair under CPU load this many seconds.
         #[arg(long, default_value_t = 0)]
@@ -131,7 +133,8 @@ fn main() -> Result<()> {
                     "--example",
                     "bench_xdp",
                 ])),
-                other => bail!("unknown benchmark {other:?}; known: xdp, failover"),
+                "health" => bench_health::run(),
+                other => bail!("unknown benchmark {other:?}; known: xdp, failover, health"),
             }
         }
     }
@@ -146,7 +149,7 @@ pub fn root() -> PathBuf {
 }
 
 /// `cargo` with the environment of the toolchain that runs us.
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd

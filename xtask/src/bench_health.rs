@@ -1,0 +1,127 @@
+//! `cargo xtask bench health`: the health checker against 10,000 real
+//! servers, each checked every second, TCP then HTTP. The servers are one
+//! real nginx in a lab real server that answers on every address of a /16
+//! (an AnyIP route on its loopback), routed from the director's namespace;
+//! the checker is the daemon's engine (`director::health::Checks`) in the
+//! `bench_health` example, release build. Reported: CPU of the checker
+//! process as a fraction of one core, rounds per second against the
+//! schedule, rounds started more than 10% of the interval late, and check
+//! latency. Baselines in the same run: 1,000 servers (scaling), and the
+//! floor - the same 10,000 connections per second made by one thread with
+//! blocking calls, which is what the kernel's TCP stack costs whatever the
+//! checker (on one machine, both ends' stack work lands on the prober).
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{Lab, LabSpec};
+
+use crate::{cargo, exec, root};
+
+/// The farm's addresses: NET.0.0/16.
+const NET: &str = "10.200";
+
+pub fn run() -> Result<()> {
+    println!("building the bench_health example (release)...");
+    exec(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "director",
+        "--example",
+        "bench_health",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let example = target.join("release/examples/bench_health");
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let rs = &lab.real_servers[0];
+    rs.ns.ip(&[
+        "route",
+        "add",
+        "local",
+        &format!("{NET}.0.0/16"),
+        "dev",
+        "lo",
+    ])?;
+    lab.directors[0].ns.ip(&[
+        "route",
+        "add",
+        &format!("{NET}.0.0/16"),
+        "via",
+        &rs.ip.to_string(),
+    ])?;
+    println!(
+        "health: every server checked once per second (delay_loop 1 s, connect_timeout 2 s, retry 0), 20 s measured after a 3 s warm-up"
+    );
+    println!(
+        "  {:<5} {:>7} {:>9} {:>7} {:>7} {:>11} {:>9} {:>11} {:>10} {:>10} {:>9}",
+        "check",
+        "servers",
+        "CPU/core",
+        "user",
+        "kernel",
+        "rounds/s",
+        "late",
+        "worst late",
+        "lat p50",
+        "lat p99",
+        "failing"
+    );
+    for kind in ["tcp", "http"] {
+        let mut cpu = Vec::new();
+        for (servers, floor) in [(1_000u32, false), (10_000, true), (10_000, false)] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", lab.directors[0].ns.name()])
+                .arg(&example)
+                .args(["--servers", &servers.to_string()])
+                .args(["--kind", kind, "--seconds", "20", "--net", NET])
+                .args(floor.then_some("--floor"))
+                .output()
+                .context("running bench_health")?;
+            ensure!(
+                out.status.success(),
+                "bench_health failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())?;
+            let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            let late = f("late_rounds");
+            let rounds = f("rounds");
+            cpu.push(f("cpu_core_fraction"));
+            println!(
+                "  {:<5} {:>7} {:>8.1}% {:>6.1}% {:>6.1}% {:>6.0}/{:<4.0} {:>8.3}% {:>8.1} ms {:>7.2} ms {:>7.2} ms {:>9}",
+                if floor { "floor" } else { kind },
+                servers,
+                100.0 * f("cpu_core_fraction"),
+                100.0 * f("user_fraction"),
+                100.0 * f("system_fraction"),
+                f("rounds_per_second"),
+                f("expected_per_second"),
+                100.0 * late / rounds.max(1.0),
+                1000.0 * f("max_late_max"),
+                1000.0 * f("latency_p50"),
+                1000.0 * f("latency_p99"),
+                r["unhealthy"],
+            );
+        }
+        if let [small, floor, big] = cpu[..] {
+            println!(
+                "  {kind}: CPU at 10,000 = {:.2}x the floor (same connections, blocking, one thread); {:.1}x CPU at 1,000 (10x the work)",
+                big / floor.max(1e-9),
+                big / small.max(1e-9)
+            );
+        }
+    }
+    println!(
+        "targets: under 25% of one core, no round more than 10% (100 ms) late; \"late\" is the share of rounds that were"
+    );
+    Ok(())
+}
