@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod drpath;
 pub mod frames;
 pub mod health;
+pub mod import;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

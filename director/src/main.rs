@@ -109,6 +109,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Translate a keepalived.conf (and its includes) into director's TOML,
+    /// printed on stdout. Every directive that cannot be translated is
+    /// listed on stderr as FILE:LINE (and as a comment in the output).
+    ImportKeepalived {
+        /// The keepalived configuration file.
+        file: PathBuf,
+        /// Exit with status 1 when anything was not translated.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
@@ -199,6 +209,28 @@ fn main() -> ExitCode {
                 Response::Status(_) => bail!("unexpected answer from the daemon"),
             }
         }),
+        Command::ImportKeepalived { file, strict } => match director::import::import(&file) {
+            Ok(imp) => {
+                print!("{}", imp.toml);
+                for w in &imp.warnings {
+                    eprintln!("{w}");
+                }
+                if !imp.warnings.is_empty() {
+                    eprintln!(
+                        "{} directive(s) not translated (listed above and as comments in the output)",
+                        imp.warnings.len()
+                    );
+                    if strict {
+                        return ExitCode::FAILURE;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -168,6 +168,70 @@ pub fn watch_vrrp(ns: &crate::Netns, seconds: f64) -> Result<serde_json::Value> 
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// A keepalived process started by [`spawn_keepalived`], with its files.
+pub struct Keepalived {
+    pub proc: Proc,
+    /// The directory holding its config, pid files and log.
+    pub dir: std::path::PathBuf,
+}
+
+impl Keepalived {
+    /// The pid of keepalived's VRRP child, once it wrote its pid file.
+    pub fn vrrp_pid(&self, timeout: Duration) -> Result<i32> {
+        let path = self.dir.join("vrrp.pid");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return Ok(pid);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("keepalived wrote no VRRP pid file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// keepalived with `conf` on director `index` of the lab, in the
+/// foreground, logging to the console (captured in its directory). A fresh
+/// directory per start: after kill -9, keepalived's pid files (and for a
+/// moment its VRRP child) outlive it.
+pub fn spawn_keepalived(lab: &Lab, index: usize, conf: &str) -> Result<Keepalived> {
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = lab.path(&format!("keepalived{index}-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("keepalived.conf");
+    std::fs::write(&path, conf)?;
+    let proc = lab.directors[index].ns.spawn(
+        "keepalived",
+        &[
+            "-n",
+            "-l",
+            "-D",
+            "-f",
+            &path.to_string_lossy(),
+            "-p",
+            &dir.join("keepalived.pid").to_string_lossy(),
+            "-r",
+            &dir.join("vrrp.pid").to_string_lossy(),
+        ],
+        &dir.join("keepalived.log"),
+    )?;
+    Ok(Keepalived { proc, dir })
+}
+
+/// A minimal keepalived.conf: one instance (VRID 51) holding the lab VIP.
+pub fn keepalived_conf(router_id: &str, priority: u8, version: u8, interval: &str) -> String {
+    format!(
+        "global_defs {{\n  router_id {router_id}\n  vrrp_version {version}\n  vrrp_garp_master_delay 0\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {interval}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

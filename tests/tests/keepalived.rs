@@ -17,36 +17,10 @@ fn lab() -> Result<Lab> {
     })
 }
 
-/// keepalived on director `i` of the lab, VRRP v3 at 100 ms.
+/// keepalived on director `i` of the lab.
 fn keepalived(lab: &Lab, i: usize, priority: u8, version: u8, interval: &str) -> Result<Proc> {
-    // A fresh directory per start: after kill -9, keepalived's pid files
-    // (and for a moment its VRRP child) outlive it.
-    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = lab.path(&format!("keepalived{i}-{n}"));
-    std::fs::create_dir_all(&dir)?;
-    let conf = format!(
-        "global_defs {{\n  router_id ka{i}\n  vrrp_version {version}\n  vrrp_garp_master_delay 0\n}}\n\
-         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {interval}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
-    );
-    let path = dir.join("keepalived.conf");
-    std::fs::write(&path, conf)?;
-    let d = dir.display();
-    lab.directors[i].ns.spawn(
-        "keepalived",
-        &[
-            "-n",
-            "-l",
-            "-D",
-            "-f",
-            &path.to_string_lossy(),
-            "-p",
-            &format!("{d}/keepalived.pid"),
-            "-r",
-            &format!("{d}/vrrp.pid"),
-        ],
-        &dir.join("keepalived.log"),
-    )
+    let conf = scenario::keepalived_conf(&format!("ka{i}"), priority, version, interval);
+    Ok(scenario::spawn_keepalived(lab, i, &conf)?.proc)
 }
 
 /// The director's dataplane alone (no VRRP) on director `i`.

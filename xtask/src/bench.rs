@@ -8,7 +8,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use director_tests::{Lab, LabSpec, Proc, http, lab::VIP, scenario};
 use nix::{
     sys::signal::{Signal, kill},
@@ -144,47 +143,12 @@ fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
     })
 }
 
-/// keepalived for director `i`; returns it and the path of its VRRP child's
-/// pid file (read once it exists).
+/// keepalived for director `i`; returns it and its VRRP child's pid.
 fn keepalived(lab: &Lab, i: usize, prio: u8, s: &Setting) -> Result<(Proc, i32)> {
-    let dir = lab.path(&format!("ka{i}"));
-    std::fs::create_dir_all(&dir)?;
-    let conf = format!(
-        "global_defs {{\n  router_id ka{i}\n  vrrp_version {}\n  vrrp_garp_master_delay 0\n}}\n\
-         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n  advert_int {}\n  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
-        s.version, s.interval
-    );
-    let path = dir.join("keepalived.conf");
-    std::fs::write(&path, conf)?;
-    let vrrp_pid: PathBuf = dir.join("vrrp.pid");
-    let proc = lab.directors[i].ns.spawn(
-        "keepalived",
-        &[
-            "-n",
-            "-l",
-            "-D",
-            "-f",
-            &path.to_string_lossy(),
-            "-p",
-            &dir.join("keepalived.pid").to_string_lossy(),
-            "-r",
-            &vrrp_pid.to_string_lossy(),
-        ],
-        &dir.join("keepalived.log"),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(&vrrp_pid)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            return Ok((proc, pid));
-        }
-        if Instant::now() > deadline {
-            bail!("keepalived wrote no VRRP pid file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let conf = scenario::keepalived_conf(&format!("ka{i}"), prio, s.version, s.interval);
+    let k = scenario::spawn_keepalived(lab, i, &conf)?;
+    let pid = k.vrrp_pid(Duration::from_secs(10))?;
+    Ok((k.proc, pid))
 }
 
 fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {

@@ -14,6 +14,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "lab: reachability checks"),
     ("ethtool", "lab: checksum offload off on veth clients"),
     ("procps", "lab: sysctl"),
+    (
+        "psmisc",
+        "tests: killall -0 in the imported keepalived corpus",
+    ),
     ("nftables", "tests: fault injection (dropping VRRP)"),
     ("tcpdump", "tests: captures"),
     ("tshark", "tests: VRRP decoding"),

@@ -1,0 +1,1171 @@
+//! `director import-keepalived FILE`: translates a keepalived.conf (with its
+//! `include` files) into director's TOML. Every directive either becomes a
+//! key or is reported as not translated, with its file and line: nothing is
+//! dropped silently.
+//!
+//! keepalived's grammar: one statement per line (`keyword args...`),
+//! `{ ... }` blocks, comments from `#` or `!`, double-quoted strings, and
+//! `include GLOB` anywhere.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use toml::{Table, Value};
+
+/// Errors that stop an import (everything else is a warning).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Where a statement came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A directive that was not translated, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub origin: Origin,
+    pub directive: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: `{}` not translated: {}",
+            self.origin, self.directive, self.reason
+        )
+    }
+}
+
+/// One statement: `keyword args... [{ children }]`.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub keyword: String,
+    pub args: Vec<String>,
+    pub children: Option<Vec<Node>>,
+    pub origin: Origin,
+}
+
+impl Node {
+    fn text(&self) -> String {
+        let mut s = self.keyword.clone();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(a);
+        }
+        s
+    }
+}
+
+/// The result of an import.
+#[derive(Debug)]
+pub struct Import {
+    pub toml: String,
+    pub warnings: Vec<Warning>,
+}
+
+/// Deepest `include` nesting followed.
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Open,
+    Close,
+    EndOfLine,
+}
+
+/// Splits one file into tokens with their line numbers.
+fn lex(text: &str) -> Vec<(Tok, usize)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line_no = n + 1;
+        let mut chars = line.chars().peekable();
+        let mut word = String::new();
+        let flush = |word: &mut String, out: &mut Vec<(Tok, usize)>| {
+            if !word.is_empty() {
+                out.push((Tok::Word(std::mem::take(word)), line_no));
+            }
+        };
+        while let Some(c) = chars.next() {
+            match c {
+                '#' | '!' if word.is_empty() => break,
+                '"' => {
+                    // A quoted string is one word (quotes removed).
+                    for q in chars.by_ref() {
+                        if q == '"' {
+                            break;
+                        }
+                        word.push(q);
+                    }
+                    out.push((Tok::Word(std::mem::take(&mut word)), line_no));
+                }
+                '{' => {
+                    flush(&mut word, &mut out);
+                    out.push((Tok::Open, line_no));
+                }
+                '}' => {
+                    flush(&mut word, &mut out);
+                    out.push((Tok::Close, line_no));
+                }
+                c if c.is_whitespace() => flush(&mut word, &mut out),
+                c => word.push(c),
+            }
+        }
+        flush(&mut word, &mut out);
+        out.push((Tok::EndOfLine, line_no));
+    }
+    out
+}
+
+/// A token with its origin, after includes are expanded.
+type Token = (Tok, Origin);
+
+/// Reads `path`, expanding `include` statements in place.
+fn tokens(path: &Path, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let toks = lex(&text);
+    let mut i = 0;
+    while i < toks.len() {
+        let (tok, line) = &toks[i];
+        let origin = Origin {
+            file: path.to_path_buf(),
+            line: *line,
+        };
+        let starts_line = i == 0 || matches!(toks[i - 1].0, Tok::EndOfLine | Tok::Open);
+        if starts_line && *tok == Tok::Word("include".into()) {
+            let Some((Tok::Word(pattern), _)) = toks.get(i + 1) else {
+                return Err(ImportError::Syntax {
+                    file: origin.file,
+                    line: origin.line,
+                    message: "include needs a file name".into(),
+                });
+            };
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(ImportError::Syntax {
+                    file: origin.file,
+                    line: origin.line,
+                    message: format!("includes nested deeper than {MAX_INCLUDE_DEPTH}"),
+                });
+            }
+            let base = path.parent().unwrap_or(Path::new("."));
+            for file in expand_glob(base, pattern).map_err(|source| ImportError::Read {
+                path: base.join(pattern),
+                source,
+            })? {
+                tokens(&file, depth + 1, out)?;
+            }
+            // Skip to the end of the include line.
+            while i < toks.len() && toks[i].0 != Tok::EndOfLine {
+                i += 1;
+            }
+            continue;
+        }
+        out.push((tok.clone(), origin));
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The files matching `pattern` (relative to `base` unless absolute);
+/// `*` and `?` are allowed in the last component. Sorted.
+fn expand_glob(base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+    let full = if Path::new(pattern).is_absolute() {
+        PathBuf::from(pattern)
+    } else {
+        base.join(pattern)
+    };
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return Ok(vec![full]);
+    }
+    let dir = full.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| wildcard(&name, &e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Shell-style `*` / `?` matching.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Builds the statement tree.
+fn parse(toks: &[Token], root: &Path) -> Result<Vec<Node>, ImportError> {
+    let mut pos = 0;
+    let nodes = parse_block(toks, &mut pos, false)?;
+    if pos < toks.len() {
+        let o = &toks[pos].1;
+        return Err(ImportError::Syntax {
+            file: o.file.clone(),
+            line: o.line,
+            message: "unexpected `}`".into(),
+        });
+    }
+    let _ = root;
+    Ok(nodes)
+}
+
+fn parse_block(toks: &[Token], pos: &mut usize, nested: bool) -> Result<Vec<Node>, ImportError> {
+    let mut nodes = Vec::new();
+    while *pos < toks.len() {
+        let (tok, origin) = &toks[*pos];
+        match tok {
+            Tok::EndOfLine => *pos += 1,
+            Tok::Close => {
+                if nested {
+                    *pos += 1;
+                    return Ok(nodes);
+                }
+                return Ok(nodes);
+            }
+            Tok::Open => {
+                // A block with no keyword: its statements join ours.
+                *pos += 1;
+                nodes.extend(parse_block(toks, pos, true)?);
+            }
+            Tok::Word(w) => {
+                let mut node = Node {
+                    keyword: w.clone(),
+                    args: Vec::new(),
+                    children: None,
+                    origin: origin.clone(),
+                };
+                *pos += 1;
+                // Arguments to the end of the line, or a block.
+                loop {
+                    match toks.get(*pos) {
+                        Some((Tok::Word(a), _)) => {
+                            node.args.push(a.clone());
+                            *pos += 1;
+                        }
+                        Some((Tok::EndOfLine, _)) => {
+                            // `keyword args` then `{` on the next line.
+                            let next = toks[*pos + 1..].iter().find(|(t, _)| *t != Tok::EndOfLine);
+                            if matches!(next, Some((Tok::Open, _))) {
+                                while toks[*pos].0 == Tok::EndOfLine {
+                                    *pos += 1;
+                                }
+                                continue;
+                            }
+                            *pos += 1;
+                            break;
+                        }
+                        Some((Tok::Open, _)) => {
+                            *pos += 1;
+                            node.children = Some(parse_block(toks, pos, true)?);
+                            break;
+                        }
+                        Some((Tok::Close, _)) | None => break,
+                    }
+                }
+                nodes.push(node);
+            }
+        }
+    }
+    if nested {
+        let o = toks.last().map(|t| t.1.clone());
+        return Err(ImportError::Syntax {
+            file: o.as_ref().map(|o| o.file.clone()).unwrap_or_default(),
+            line: o.map(|o| o.line).unwrap_or(0),
+            message: "a `{` block is never closed".into(),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Reads `path` (and its includes) and translates it.
+pub fn import(path: &Path) -> Result<Import, ImportError> {
+    let mut toks = Vec::new();
+    tokens(path, 0, &mut toks)?;
+    let nodes = parse(&toks, path)?;
+    let mut t = Translator::default();
+    t.run(&nodes);
+    let mut out = format!(
+        "# Imported from {} by `director import-keepalived`.\n# Check it with `director check-config --config FILE`.\n",
+        path.display()
+    );
+    for w in &t.warnings {
+        out.push_str(&format!("# {w}\n"));
+    }
+    out.push('\n');
+    out.push_str(&toml::to_string(&t.doc).unwrap_or_default());
+    Ok(Import {
+        toml: out,
+        warnings: t.warnings,
+    })
+}
+
+#[derive(Default)]
+struct Translator {
+    doc: Table,
+    warnings: Vec<Warning>,
+    /// global_defs values that become per-instance defaults.
+    instance_defaults: Vec<(String, Value)>,
+}
+
+/// Converts one keepalived argument to a TOML value.
+type Conv = fn(&str) -> Option<Value>;
+
+fn int(v: &str) -> Option<Value> {
+    v.parse::<i64>().ok().map(Value::Integer)
+}
+
+fn num(v: &str) -> Option<Value> {
+    match v.parse::<i64>() {
+        Ok(i) => Some(Value::Integer(i)),
+        Err(_) => v.parse::<f64>().ok().map(Value::Float),
+    }
+}
+
+fn string(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+impl Translator {
+    fn warn(&mut self, n: &Node, reason: impl Into<String>) {
+        self.warnings.push(Warning {
+            origin: n.origin.clone(),
+            directive: n.text(),
+            reason: reason.into(),
+        });
+    }
+
+    /// The single argument of `n` through `conv`, or a warning.
+    fn one(&mut self, n: &Node, conv: Conv) -> Option<Value> {
+        match n.args.as_slice() {
+            [a] => {
+                let v = conv(a);
+                if v.is_none() {
+                    self.warn(n, format!("`{a}` is not a valid value"));
+                }
+                v
+            }
+            _ => {
+                self.warn(n, "expected exactly one value");
+                None
+            }
+        }
+    }
+
+    fn run(&mut self, nodes: &[Node]) {
+        let mut global = Table::new();
+        // Pass 1: global_defs (defaults other blocks use).
+        for n in nodes.iter().filter(|n| n.keyword == "global_defs") {
+            for c in n.children.clone().unwrap_or_default() {
+                self.global_def(&c, &mut global);
+            }
+        }
+        let mut scripts = Vec::new();
+        let mut instances = Vec::new();
+        let mut groups = Vec::new();
+        let mut services = Vec::new();
+        for n in nodes {
+            match n.keyword.as_str() {
+                "global_defs" => {}
+                "vrrp_script" => scripts.extend(self.vrrp_script(n)),
+                "vrrp_instance" => instances.extend(self.vrrp_instance(n)),
+                "vrrp_sync_group" => groups.extend(self.sync_group(n)),
+                "virtual_server" => services.extend(self.virtual_server(n)),
+                "virtual_server_group" => self.warn(
+                    n,
+                    "virtual server groups are not supported; list each virtual server",
+                ),
+                "static_ipaddress" | "static_routes" | "static_rules" => self.warn(
+                    n,
+                    "static addresses and routes belong to the system's network configuration",
+                ),
+                _ => self.warn(n, "unknown top-level block"),
+            }
+        }
+        // The interface the dataplane attaches to: the first instance's.
+        let interface = instances
+            .iter()
+            .find_map(|i: &Table| i.get("interface").cloned());
+        match interface {
+            Some(i) => {
+                global.insert("interface".into(), i);
+            }
+            None => {
+                global.insert("interface".into(), string("eth0"));
+                self.warnings.push(Warning {
+                    origin: Origin {
+                        file: PathBuf::from("(import)"),
+                        line: 0,
+                    },
+                    directive: "global.interface".into(),
+                    reason: "keepalived has no such setting and no vrrp_instance names one: `eth0` was written, set the interface that receives the virtual IPs' traffic".into(),
+                });
+            }
+        }
+        // Keep router_id first for readability.
+        let mut g = Table::new();
+        if let Some(r) = global.remove("router_id") {
+            g.insert("router_id".into(), r);
+        }
+        g.extend(global);
+        self.doc.insert("global".into(), Value::Table(g));
+        for (key, list) in [
+            ("vrrp_script", scripts),
+            ("vrrp_instance", instances),
+            ("vrrp_sync_group", groups),
+            ("virtual_server", services),
+        ] {
+            if !list.is_empty() {
+                self.doc.insert(
+                    key.into(),
+                    Value::Array(list.into_iter().map(Value::Table).collect()),
+                );
+            }
+        }
+    }
+
+    fn global_def(&mut self, n: &Node, global: &mut Table) {
+        let instance_key = match n.keyword.as_str() {
+            "router_id" => {
+                if let Some(v) = self.one(n, |a| Some(string(a))) {
+                    global.insert("router_id".into(), v);
+                }
+                return;
+            }
+            "vrrp_version" => "version",
+            "vrrp_garp_master_delay" => "garp_master_delay",
+            "vrrp_garp_master_repeat" => "garp_master_repeat",
+            "vrrp_garp_master_refresh" => "garp_master_refresh",
+            "notification_email"
+            | "notification_email_from"
+            | "smtp_server"
+            | "smtp_connect_timeout"
+            | "smtp_helo_name"
+            | "smtp_alert" => {
+                self.warn(
+                    n,
+                    "director sends no mail: use notify scripts or the Prometheus metrics",
+                );
+                return;
+            }
+            "enable_script_security" | "script_user" => {
+                self.warn(
+                    n,
+                    "scripts run as the daemon's user; run director as the user scripts need",
+                );
+                return;
+            }
+            "vrrp_skip_check_adv_addr" => {
+                self.warn(
+                    n,
+                    "director always checks that adverts carry the configured addresses",
+                );
+                return;
+            }
+            "vrrp_strict" => {
+                self.warn(
+                    n,
+                    "director always applies RFC checks (TTL 255, checksums); v2 authentication stays allowed",
+                );
+                return;
+            }
+            _ => {
+                self.warn(n, "no director equivalent");
+                return;
+            }
+        };
+        if let Some(v) = self.one(n, int) {
+            self.instance_defaults.push((instance_key.into(), v));
+        }
+    }
+
+    fn vrrp_script(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a vrrp_script needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        for c in n.children.clone().unwrap_or_default() {
+            let (key, conv): (&str, Conv) = match c.keyword.as_str() {
+                "script" => ("script", |a| Some(string(a))),
+                "interval" => ("interval", num),
+                "timeout" => ("timeout", num),
+                "weight" => ("weight", int),
+                "rise" => ("rise", int),
+                "fall" => ("fall", int),
+                "user" => {
+                    self.warn(&c, "scripts run as the daemon's user");
+                    continue;
+                }
+                _ => {
+                    self.warn(&c, "unknown vrrp_script keyword");
+                    continue;
+                }
+            };
+            // `script` may be given unquoted as several words.
+            let v = if key == "script" && c.args.len() > 1 {
+                Some(string(&c.args.join(" ")))
+            } else {
+                self.one(&c, conv)
+            };
+            if let Some(v) = v {
+                t.insert(key.into(), v);
+            }
+        }
+        if !t.contains_key("script") {
+            self.warn(n, "a vrrp_script without `script` was skipped");
+            return None;
+        }
+        Some(t)
+    }
+
+    fn vrrp_instance(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a vrrp_instance needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        let mut addresses = Vec::new();
+        for c in n.children.clone().unwrap_or_default() {
+            let simple: Option<(&str, Conv)> = match c.keyword.as_str() {
+                "interface" => Some(("interface", |a| Some(string(a)))),
+                "virtual_router_id" => Some(("virtual_router_id", int)),
+                "priority" => Some(("priority", int)),
+                "advert_int" => Some(("advert_int", num)),
+                "version" => Some(("version", int)),
+                "preempt_delay" => Some(("preempt_delay", num)),
+                "unicast_src_ip" => Some(("unicast_src_ip", |a| Some(string(a)))),
+                "notify_master" => Some(("notify_master", |a| Some(string(a)))),
+                "notify_backup" => Some(("notify_backup", |a| Some(string(a)))),
+                "notify_fault" => Some(("notify_fault", |a| Some(string(a)))),
+                "notify_stop" => Some(("notify_stop", |a| Some(string(a)))),
+                "notify" => Some(("notify", |a| Some(string(a)))),
+                "garp_master_delay" => Some(("garp_master_delay", int)),
+                "garp_master_repeat" => Some(("garp_master_repeat", int)),
+                "garp_master_refresh" => Some(("garp_master_refresh", int)),
+                _ => None,
+            };
+            if let Some((key, conv)) = simple {
+                if let Some(v) = self.one(&c, conv) {
+                    t.insert(key.into(), v);
+                }
+                continue;
+            }
+            match c.keyword.as_str() {
+                "state" => match c.args.first().map(|s| s.to_ascii_uppercase()).as_deref() {
+                    Some("MASTER") => {
+                        t.insert("state".into(), string("master"));
+                    }
+                    Some("BACKUP") => {
+                        t.insert("state".into(), string("backup"));
+                    }
+                    _ => self.warn(&c, "state must be MASTER or BACKUP"),
+                },
+                "nopreempt" => {
+                    t.insert("nopreempt".into(), Value::Boolean(true));
+                }
+                "preempt" => {}
+                "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
+                    if c.keyword == "virtual_ipaddress_excluded" {
+                        self.warn(
+                            &c,
+                            "excluded addresses are added to virtual_ipaddress (they are announced in adverts)",
+                        );
+                    }
+                    for a in c.children.clone().unwrap_or_default() {
+                        let iface = t.get("interface").and_then(Value::as_str).map(String::from);
+                        let v6 = |s: &str| s.contains(':');
+                        let first = addresses.first().and_then(Value::as_str).map(v6);
+                        if first.is_some_and(|f| f != v6(&a.keyword)) {
+                            self.warn(
+                                &a,
+                                "an instance holds one address family (keepalived ignores this address too): make a separate instance for it",
+                            );
+                            continue;
+                        }
+                        addresses.push(string(&a.keyword));
+                        let mut rest = a.args.iter();
+                        while let Some(opt) = rest.next() {
+                            match (opt.as_str(), rest.next()) {
+                                ("dev", Some(d)) if Some(d) == iface.as_ref() => {}
+                                ("label", Some(_)) | ("brd", Some(_)) | ("scope", Some(_)) => {
+                                    self.warn(&a, format!("address option `{opt}` is ignored"));
+                                }
+                                _ => self.warn(
+                                    &a,
+                                    format!("address option `{opt}`: addresses live on the instance's interface"),
+                                ),
+                            }
+                        }
+                    }
+                }
+                "unicast_peer" => {
+                    let peers: Vec<Value> = c
+                        .children
+                        .clone()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|p| {
+                            if !p.args.is_empty() {
+                                self.warn(p, "peer options are ignored");
+                            }
+                            string(&p.keyword)
+                        })
+                        .collect();
+                    t.insert("unicast_peer".into(), Value::Array(peers));
+                }
+                "authentication" => {
+                    let mut auth = Table::new();
+                    for a in c.children.clone().unwrap_or_default() {
+                        match (a.keyword.as_str(), a.args.first()) {
+                            ("auth_type", Some(v)) => {
+                                auth.insert("auth_type".into(), string(v));
+                            }
+                            ("auth_pass", Some(v)) => {
+                                auth.insert("auth_pass".into(), string(v));
+                            }
+                            _ => self.warn(&a, "unknown authentication keyword"),
+                        }
+                    }
+                    t.insert("authentication".into(), Value::Table(auth));
+                }
+                "track_interface" | "track_script" => {
+                    let mut names = Vec::new();
+                    for a in c.children.clone().unwrap_or_default() {
+                        if !a.args.is_empty() {
+                            self.warn(
+                                &a,
+                                "a per-instance weight is not supported: the script's own weight applies (interfaces force Fault)",
+                            );
+                        }
+                        names.push(string(&a.keyword));
+                    }
+                    t.insert(c.keyword.clone(), Value::Array(names));
+                }
+                "use_vmac" | "vmac_xmit_base" => {
+                    self.warn(&c, "VMACs are not supported: the interface's MAC is used")
+                }
+                "dont_track_primary" => self.warn(&c, "the interface is always tracked"),
+                "smtp_alert" => self.warn(&c, "director sends no mail"),
+                "native_ipv6" => {}
+                _ => self.warn(&c, "no director equivalent"),
+            }
+        }
+        if !addresses.is_empty() {
+            t.insert("virtual_ipaddress".into(), Value::Array(addresses));
+        }
+        for (k, v) in self.instance_defaults.clone() {
+            if !t.contains_key(&k) {
+                t.insert(k, v);
+            }
+        }
+        // v3 is the only version with sub-second intervals and IPv6.
+        let ipv6 = t
+            .get("virtual_ipaddress")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|v| v.as_str().is_some_and(|s| s.contains(':')))
+            });
+        if ipv6 && !t.contains_key("version") {
+            t.insert("version".into(), Value::Integer(3));
+        }
+        Some(t)
+    }
+
+    fn sync_group(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a vrrp_sync_group needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        for c in n.children.clone().unwrap_or_default() {
+            match c.keyword.as_str() {
+                "group" => {
+                    let members = c
+                        .children
+                        .clone()
+                        .unwrap_or_default()
+                        .iter()
+                        .flat_map(|m| {
+                            std::iter::once(&m.keyword)
+                                .chain(&m.args)
+                                .map(|s| string(s))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    t.insert("group".into(), Value::Array(members));
+                }
+                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify") => {
+                    if let Some(v) = self.one(&c, |a| Some(string(a))) {
+                        t.insert(k.into(), v);
+                    }
+                }
+                _ => self.warn(&c, "no director equivalent"),
+            }
+        }
+        Some(t)
+    }
+
+    fn virtual_server(&mut self, n: &Node) -> Option<Table> {
+        let (address, port) = match n.args.as_slice() {
+            [kind, ..] if kind == "fwmark" || kind == "group" => {
+                self.warn(
+                    n,
+                    "fwmark and group virtual servers are not supported (a port-0 virtual server serves every port of an address)",
+                );
+                return None;
+            }
+            [a, p] => (a.clone(), p.clone()),
+            _ => {
+                self.warn(n, "expected `virtual_server ADDRESS PORT`");
+                return None;
+            }
+        };
+        let mut t = Table::new();
+        t.insert("address".into(), string(&address));
+        let Some(port_v) = int(&port) else {
+            self.warn(n, "the port is not a number");
+            return None;
+        };
+        t.insert("port".into(), port_v);
+        let mut real_servers = Vec::new();
+        let mut check_defaults = Table::new();
+        let mut virtualhost = None;
+        let children = n.children.clone().unwrap_or_default();
+        for c in &children {
+            match c.keyword.as_str() {
+                "delay_loop" => {
+                    if let Some(v) = self.one(c, num) {
+                        t.insert("delay_loop".into(), v);
+                    }
+                }
+                "lb_algo" | "lvs_sched" => {
+                    let algo = c.args.first().map(|s| s.to_ascii_lowercase());
+                    match algo.as_deref() {
+                        Some("mh") => {
+                            t.insert("scheduler".into(), string("mh"));
+                        }
+                        Some("sh") => {
+                            t.insert("scheduler".into(), string("sh"));
+                        }
+                        Some(other) => {
+                            t.insert("scheduler".into(), string("mh"));
+                            self.warn(
+                                c,
+                                format!(
+                                    "`{other}` has no XDP equivalent: Maglev hashing (`mh`) was written, which spreads new flows by weight and keeps them on one server"
+                                ),
+                            );
+                        }
+                        None => self.warn(c, "missing scheduler"),
+                    }
+                }
+                "lb_kind" | "lvs_method" => match c.args.first().map(|s| s.to_ascii_uppercase()) {
+                    Some(k) if k == "DR" => {
+                        t.insert("lb_kind".into(), string("dr"));
+                    }
+                    _ => {
+                        t.insert("lb_kind".into(), string("dr"));
+                        self.warn(
+                            c,
+                            "only direct routing (DR) exists: `dr` was written; real servers must hold the VIP on lo",
+                        );
+                    }
+                },
+                "protocol" => match c.args.first().map(|s| s.to_ascii_uppercase()).as_deref() {
+                    Some("TCP") => {
+                        t.insert("protocol".into(), string("tcp"));
+                    }
+                    Some("UDP") => {
+                        t.insert("protocol".into(), string("udp"));
+                    }
+                    _ => self.warn(c, "only TCP and UDP are supported"),
+                },
+                k @ ("persistence_timeout" | "quorum" | "hysteresis") => {
+                    if let Some(v) = self.one(c, int) {
+                        t.insert(k.into(), v);
+                    }
+                }
+                k @ ("quorum_up" | "quorum_down") => {
+                    if let Some(v) = self.one(c, |a| Some(string(a))) {
+                        t.insert(k.into(), v);
+                    }
+                }
+                "alpha" => {
+                    t.insert("alpha".into(), Value::Boolean(true));
+                }
+                "sorry_server" => match c.args.as_slice() {
+                    [a, p] => {
+                        t.insert("sorry_server".into(), string(a));
+                        if *p != port {
+                            self.warn(
+                                c,
+                                "direct routing keeps the port: the sorry server is used on the virtual port",
+                            );
+                        }
+                    }
+                    [a] => {
+                        t.insert("sorry_server".into(), string(a));
+                    }
+                    _ => self.warn(c, "expected `sorry_server ADDRESS PORT`"),
+                },
+                "virtualhost" => virtualhost = c.args.first().cloned(),
+                k @ ("connect_timeout" | "retry" | "delay_before_retry" | "warmup") => {
+                    if let Some(v) = self.one(c, num) {
+                        check_defaults.insert(k.into(), v);
+                    }
+                }
+                "real_server" => {}
+                "persistence_granularity" | "persistence_engine" => {
+                    self.warn(c, "persistence is per client address")
+                }
+                "omega"
+                | "ha_suspend"
+                | "ops"
+                | "one_packet_scheduler"
+                | "sorry_server_inhibit"
+                | "sorry_server_lvs_method" => self.warn(c, "no director equivalent"),
+                _ => self.warn(c, "no director equivalent"),
+            }
+        }
+        for c in children.iter().filter(|c| c.keyword == "real_server") {
+            if let Some(rs) = self.real_server(c, &port, &check_defaults, virtualhost.as_deref()) {
+                real_servers.push(Value::Table(rs));
+            }
+        }
+        if !real_servers.is_empty() {
+            t.insert("real_server".into(), Value::Array(real_servers));
+        }
+        Some(t)
+    }
+
+    fn real_server(
+        &mut self,
+        n: &Node,
+        vs_port: &str,
+        defaults: &Table,
+        virtualhost: Option<&str>,
+    ) -> Option<Table> {
+        let [address, port] = n.args.as_slice() else {
+            self.warn(n, "expected `real_server ADDRESS PORT`");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("address".into(), string(address));
+        // Direct routing cannot change the port: checks keep probing the
+        // real port.
+        let mut defaults = defaults.clone();
+        if port != vs_port {
+            self.warn(
+                n,
+                format!("direct routing keeps the virtual port {vs_port}: the real server gets traffic on it; checks still probe port {port}"),
+            );
+            if let Some(p) = int(port) {
+                defaults.insert("connect_port".into(), p);
+            }
+        }
+        for c in n.children.clone().unwrap_or_default() {
+            let checker = match c.keyword.as_str() {
+                "weight" => {
+                    if let Some(v) = self.one(&c, int) {
+                        t.insert("weight".into(), v);
+                    }
+                    continue;
+                }
+                "inhibit_on_failure" => {
+                    t.insert("inhibit_on_failure".into(), Value::Boolean(true));
+                    continue;
+                }
+                "TCP_CHECK" => "tcp_check",
+                "HTTP_GET" => "http_get",
+                "SSL_GET" => "ssl_get",
+                "MISC_CHECK" => "misc_check",
+                "DNS_CHECK" => "dns_check",
+                "UDP_CHECK" => "udp_check",
+                "notify_up" | "notify_down" => {
+                    self.warn(&c, "per-server notify is not supported: the logs and metrics record health changes");
+                    continue;
+                }
+                _ => {
+                    self.warn(&c, "no director equivalent");
+                    continue;
+                }
+            };
+            if t.contains_key(checker) {
+                self.warn(&c, "a second checker of the same kind is not supported");
+                continue;
+            }
+            let mut check = defaults.clone();
+            if (checker == "http_get" || checker == "ssl_get")
+                && let Some(v) = virtualhost
+            {
+                check.insert("virtualhost".into(), string(v));
+            }
+            let mut urls = Vec::new();
+            for k in c.children.clone().unwrap_or_default() {
+                self.check_key(checker, &k, &mut check, &mut urls);
+            }
+            if !urls.is_empty() {
+                check.insert("url".into(), Value::Array(urls));
+            }
+            if (checker == "http_get" || checker == "ssl_get") && !check.contains_key("url") {
+                self.warn(&c, "an HTTP check needs at least one url: skipped");
+                continue;
+            }
+            if checker == "misc_check" && !check.contains_key("misc_path") {
+                self.warn(&c, "a MISC_CHECK needs misc_path: skipped");
+                continue;
+            }
+            t.insert(checker.into(), Value::Table(check));
+        }
+        Some(t)
+    }
+
+    fn check_key(&mut self, checker: &str, k: &Node, check: &mut Table, urls: &mut Vec<Value>) {
+        let http = checker == "http_get" || checker == "ssl_get";
+        let key = match k.keyword.as_str() {
+            "connect_timeout" | "delay_before_retry" | "delay_loop" | "warmup" => {
+                k.keyword.as_str()
+            }
+            "retry" | "nb_get_retry" => "retry",
+            "connect_port" => "connect_port",
+            "connect_ip" | "bindto" => k.keyword.as_str(),
+            "url" if http => {
+                let mut u = Table::new();
+                let mut codes = Vec::new();
+                for f in k.children.clone().unwrap_or_default() {
+                    match (f.keyword.as_str(), f.args.first()) {
+                        ("path", Some(p)) => {
+                            u.insert("path".into(), string(p));
+                        }
+                        ("digest", Some(d)) => {
+                            u.insert("digest".into(), string(d));
+                        }
+                        ("regex", Some(r)) => {
+                            u.insert("regex".into(), string(r));
+                        }
+                        ("status_code", Some(_)) => {
+                            for a in &f.args {
+                                codes.push(int(a).unwrap_or_else(|| string(a)));
+                            }
+                        }
+                        _ => self.warn(&f, "no director equivalent"),
+                    }
+                }
+                match codes.len() {
+                    0 => {}
+                    1 => {
+                        u.insert("status_code".into(), codes.remove(0));
+                    }
+                    _ => {
+                        u.insert("status_code".into(), Value::Array(codes));
+                    }
+                }
+                if u.contains_key("path") {
+                    urls.push(Value::Table(u));
+                } else {
+                    self.warn(k, "a url without a path was skipped");
+                }
+                return;
+            }
+            "virtualhost" if http => "virtualhost",
+            "enable_sni" if checker == "ssl_get" => {
+                check.insert("enable_sni".into(), Value::Boolean(true));
+                return;
+            }
+            "misc_path" if checker == "misc_check" => {
+                check.insert("misc_path".into(), string(&k.args.join(" ")));
+                return;
+            }
+            "misc_timeout" if checker == "misc_check" => "misc_timeout",
+            "misc_dynamic" if checker == "misc_check" => {
+                check.insert("misc_dynamic".into(), Value::Boolean(true));
+                return;
+            }
+            "type" if checker == "dns_check" => "type",
+            "name" if checker == "dns_check" => "name",
+            "payload" if checker == "udp_check" => "payload",
+            "require_reply" if checker == "udp_check" => {
+                check.insert("require_reply".into(), Value::Boolean(true));
+                if !k.args.is_empty() {
+                    self.warn(
+                        k,
+                        "the expected reply content is not checked, only that one came",
+                    );
+                }
+                return;
+            }
+            "user" if checker == "misc_check" => {
+                self.warn(k, "scripts run as the daemon's user");
+                return;
+            }
+            _ => {
+                self.warn(k, format!("no {checker} equivalent"));
+                return;
+            }
+        };
+        let conv: Conv = match key {
+            "connect_ip" | "bindto" | "virtualhost" | "type" | "name" | "payload" => {
+                |a| Some(string(a))
+            }
+            "connect_port" | "retry" => int,
+            _ => num,
+        };
+        if let Some(v) = self.one(k, conv) {
+            check.insert(key.into(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("director-import-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn lexes_comments_quotes_and_braces() {
+        let toks = lex("vrrp_script chk{ # comment\n script \"/bin/pidof nginx\" ! more\n}");
+        let words: Vec<Tok> = toks.into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            words,
+            vec![
+                Tok::Word("vrrp_script".into()),
+                Tok::Word("chk".into()),
+                Tok::Open,
+                Tok::EndOfLine,
+                Tok::Word("script".into()),
+                Tok::Word("/bin/pidof nginx".into()),
+                Tok::EndOfLine,
+                Tok::Close,
+                Tok::EndOfLine,
+            ]
+        );
+        assert!(wildcard("*.conf", "a.conf") && !wildcard("*.conf", "a.conf.bak"));
+        assert!(wildcard("vs-??.conf", "vs-01.conf"));
+    }
+
+    #[test]
+    fn includes_globs_and_reports_untranslated_lines() {
+        let d = tmpdir("inc");
+        std::fs::create_dir_all(d.join("conf.d")).expect("dir");
+        write(
+            &d.join("conf.d"),
+            "b.conf",
+            "virtual_server 10.0.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  real_server 10.0.0.20 80 {\n    weight 2\n    SMTP_CHECK {\n    }\n  }\n}\n",
+        );
+        let main = write(
+            &d,
+            "keepalived.conf",
+            "global_defs {\n  router_id lb1\n  notification_email { ops@example.com }\n}\ninclude conf.d/*.conf\nvrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  virtual_ipaddress {\n    10.0.0.100/24 dev eth0\n  }\n  bogus_keyword 1\n}\n",
+        );
+        let imp = import(&main).expect("import");
+        let cfg: Table = toml::from_str(&imp.toml).expect("valid TOML");
+        assert_eq!(cfg["global"]["router_id"].as_str(), Some("lb1"));
+        assert_eq!(cfg["global"]["interface"].as_str(), Some("eth0"));
+        assert_eq!(
+            cfg["virtual_server"][0]["real_server"][0]["weight"].as_integer(),
+            Some(2)
+        );
+        let lines: Vec<String> = imp.warnings.iter().map(ToString::to_string).collect();
+        let has = |file: &str, line: usize, what: &str| {
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{file}:{line}:")) && l.contains(what))
+        };
+        assert!(
+            has("keepalived.conf", 3, "notification_email"),
+            "{lines:#?}"
+        );
+        assert!(has("keepalived.conf", 12, "bogus_keyword"), "{lines:#?}");
+        assert!(has("b.conf", 2, "lb_algo wrr"), "{lines:#?}");
+        assert!(has("b.conf", 6, "SMTP_CHECK"), "{lines:#?}");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        // Every warning is in the output as a comment too.
+        assert_eq!(imp.toml.matches("` not translated: ").count(), 4);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let d = tmpdir("syntax");
+        let p = write(&d, "k.conf", "vrrp_instance VI_1 {\n  priority 100\n");
+        let e = import(&p).expect_err("unclosed").to_string();
+        assert!(e.contains("k.conf:2") && e.contains("never closed"), "{e}");
+        let p = write(&d, "k2.conf", "}\n");
+        assert!(import(&p).is_err());
+        let p = write(&d, "k3.conf", "include missing.conf\n");
+        assert!(
+            import(&p)
+                .expect_err("missing")
+                .to_string()
+                .contains("missing.conf")
+        );
+        let p = write(&d, "loop.conf", "include loop.conf\n");
+        assert!(import(&p).expect_err("loop").to_string().contains("nested"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
