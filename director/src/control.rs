@@ -50,6 +50,9 @@ pub struct RealServerChange {
     pub address: std::net::IpAddr,
     /// For add and weight.
     pub weight: Option<u32>,
+    /// Also write the change to the config file.
+    #[serde(default)]
+    pub persist: bool,
 }
 
 fn tcp() -> String {

@@ -578,7 +578,33 @@ impl Daemon {
             }
         }
         new.check()?;
+        // Persisting: the edited file is prepared and validated before
+        // anything changes; it is written once the change is live.
+        let persisted = if c.persist {
+            let target = crate::persist::Target {
+                vip: c.vip,
+                port: c.port,
+                protocol,
+                address: c.address,
+            };
+            let after = new
+                .virtual_server
+                .iter()
+                .find(|v| v.address == c.vip && v.port == c.port && v.protocol == protocol)
+                .and_then(|v| v.real_server.iter().find(|r| r.address == c.address));
+            Some(
+                crate::persist::prepare(&self.config_path, target, after)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
         self.adopt(new)?;
+        if let Some(text) = persisted {
+            crate::persist::write_atomic(&self.config_path, &text)
+                .map_err(|e| format!("applied, but not persisted: {e}"))?;
+            info!(file = %self.config_path.display(), "real server change written to the config file");
+        }
         info!(
             action = %c.action,
             virtual_server = %format!("{}:{}/{}", c.vip, c.port, c.protocol),

@@ -11,5 +11,6 @@ pub mod import;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;
+pub mod persist;
 pub mod status;
 pub mod vrrp;

@@ -104,6 +104,10 @@ enum Command {
         /// For add and weight.
         #[arg(long)]
         weight: Option<u32>,
+        /// Also write the change into the daemon's config file (comments
+        /// and layout kept), so a reload or restart keeps it.
+        #[arg(long)]
+        persist: bool,
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long, short)]
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             protocol,
             address,
             weight,
+            persist,
             state_dir,
             config,
         } => state_dir_of(state_dir, config).and_then(|dir| {
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
                 protocol,
                 address,
                 weight,
+                persist,
             };
             match control::request(&dir, &Request::RealServer(change))? {
                 Response::Ok { .. } => {

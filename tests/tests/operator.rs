@@ -181,7 +181,7 @@ fn runtime_real_server_changes() -> Result<()> {
     let path = lab.write("director.toml", &config(&lab, 3, 150, false)?)?;
     let _d = scenario::spawn_director(&lab, 0, &path)?;
     scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
-    let rs = |action: &str, address: &str, weight: Option<u32>| -> Result<(bool, String)> {
+    let rs_cmd = |action: &str, address: &str, weight: Option<u32>, persist: bool| {
         let mut cmd = Command::new(director_bin()?);
         cmd.args(["real-server", action, "--vip", "10.0.0.100", "--port", "80"])
             .args(["--address", address, "--state-dir"])
@@ -189,12 +189,17 @@ fn runtime_real_server_changes() -> Result<()> {
         if let Some(w) = weight {
             cmd.args(["--weight", &w.to_string()]);
         }
+        if persist {
+            cmd.arg("--persist");
+        }
         let out = cmd.output()?;
-        Ok((
+        anyhow::Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).to_string(),
         ))
     };
+    let rs =
+        |action: &str, address: &str, weight: Option<u32>| rs_cmd(action, address, weight, false);
     let weights = || -> Result<Vec<(String, u64)>> {
         let s = scenario::status(&state)?;
         Ok(s["virtual_servers"][0]["real_servers"]
@@ -244,5 +249,29 @@ fn runtime_real_server_changes() -> Result<()> {
     let (ok, err) = rs("weight", "10.0.0.20", Some(70000))?;
     ensure!(!ok && err.contains("weight"), "{err}");
     ensure!(weights()?[0].1 == 5);
+
+    // Without --persist a reload reads the file again: the runtime changes
+    // are gone. With --persist they are in the file (comments kept) and
+    // survive the reload.
+    let original = std::fs::read_to_string(&path)?;
+    ensure!(reload(&state)?.0);
+    ensure!(weights()?.iter().all(|(_, w)| *w == 1), "{:?}", weights()?);
+    let (ok, err) = rs_cmd("weight", "10.0.0.20", Some(4), true)?;
+    ensure!(ok, "{err}");
+    ensure!(rs_cmd("remove", "10.0.0.22", None, true)?.0);
+    let (ok, err) = rs_cmd("drain", "10.0.0.21", None, true)?;
+    ensure!(ok, "{err}");
+    let written = std::fs::read_to_string(&path)?;
+    ensure!(
+        written != original && written.contains("weight = 4"),
+        "{written}"
+    );
+    ensure!(!written.contains("10.0.0.22"), "{written}");
+    ensure!(reload(&state)?.0);
+    let after = weights()?;
+    ensure!(
+        after == [("10.0.0.20".to_string(), 4), ("10.0.0.21".to_string(), 0)],
+        "{after:?}"
+    );
     Ok(())
 }
