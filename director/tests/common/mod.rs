@@ -1,0 +1,96 @@
+//! Helpers shared by the BPF_PROG_TEST_RUN tests of the XDP program.
+
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use director::{
+    config::{Protocol, Scheduler},
+    dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
+    frames::DIRECTOR_MAC,
+    neighbor::Mac,
+};
+
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+pub fn mac_of(i: u8) -> Mac {
+    Mac([0x02, 0, 0, 0, 1, i])
+}
+
+pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]) -> ServicePlan {
+    ServicePlan {
+        address: ip(vip),
+        port,
+        protocol,
+        scheduler: Scheduler::Mh,
+        persistence_timeout: 0,
+        backends: servers
+            .iter()
+            .enumerate()
+            .map(|(i, (a, w))| BackendPlan {
+                address: ip(a),
+                weight: *w,
+                mac: Some(mac_of(i as u8 + 1)),
+            })
+            .collect(),
+    }
+}
+
+pub fn loaded(plan: &[ServicePlan]) -> XdpDataplane {
+    let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
+    dp.apply(plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
+    dp
+}
+
+/// Runs a frame; checks that a TX only rewrote the MACs; returns the verdict
+/// and the destination MAC.
+pub fn run(dp: &XdpDataplane, frame: &[u8]) -> (u32, [u8; 6]) {
+    let (verdict, out, _) = dp.test_run(frame, 1).expect("test run");
+    assert_ne!(verdict, 0, "XDP_ABORTED");
+    assert_eq!(out.len(), frame.len(), "frame length changed");
+    if verdict == XDP_TX {
+        assert_eq!(
+            &out[6..12],
+            &DIRECTOR_MAC,
+            "source MAC must be the director's"
+        );
+        assert_eq!(
+            &out[12..],
+            &frame[12..],
+            "a rewrite may only change the MACs"
+        );
+    } else {
+        assert_eq!(out, frame, "a passed frame must be untouched");
+    }
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&out[..6]);
+    (verdict, dst)
+}
+
+pub fn web() -> Vec<ServicePlan> {
+    vec![
+        service(
+            "10.0.0.100",
+            80,
+            Protocol::Tcp,
+            &[("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)],
+        ),
+        service(
+            "10.0.0.100",
+            53,
+            Protocol::Udp,
+            &[("10.0.0.20", 1), ("10.0.0.21", 1)],
+        ),
+        service(
+            "fd00::100",
+            80,
+            Protocol::Tcp,
+            &[("fd00::20", 1), ("fd00::21", 1), ("fd00::22", 1)],
+        ),
+    ]
+}
