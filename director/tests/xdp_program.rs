@@ -9,7 +9,6 @@ use std::{
 
 use director::{
     config::{Protocol, Scheduler},
-    dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
     frames::{self, ACK, DIRECTOR_MAC, Frag, SYN},
     neighbor::Mac,
 };
