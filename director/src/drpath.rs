@@ -225,7 +225,7 @@ fn arp_request(our_mac: Mac, src: [u8; 4], rs_mac: Mac, vip: [u8; 4]) -> Vec<u8>
 
 /// What a frame that passed the filter is.
 #[derive(Debug, PartialEq, Eq)]
-enum Seen {
+pub(crate) enum Seen {
     ArpReply(Mac),
     Tcp { flags: u8, ack: u32 },
     Other,
@@ -233,7 +233,7 @@ enum Seen {
 
 /// Reads a frame the filter let through (it is still checked: bounds come
 /// from the frame, not from the filter).
-fn classify(f: &[u8], vip: IpAddr) -> Seen {
+pub(crate) fn classify(f: &[u8], vip: IpAddr) -> Seen {
     let ethertype = f.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let tcp_at = match ethertype {
         Some(ETH_ARP) => {

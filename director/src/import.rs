@@ -151,7 +151,12 @@ fn tokens(path: &Path, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportE
         path: path.to_path_buf(),
         source,
     })?;
-    let toks = lex(&text);
+    tokens_of(path, &text, depth, out)
+}
+
+/// The tokens of `text` (read from `path`), expanding includes.
+fn tokens_of(path: &Path, text: &str, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportError> {
+    let toks = lex(text);
     let mut i = 0;
     while i < toks.len() {
         let (tok, line) = &toks[i];
@@ -246,7 +251,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 /// Builds the statement tree.
 fn parse(toks: &[Token], root: &Path) -> Result<Vec<Node>, ImportError> {
     let mut pos = 0;
-    let nodes = parse_block(toks, &mut pos, false)?;
+    let nodes = parse_block(toks, &mut pos, 0)?;
     if pos < toks.len() {
         let o = &toks[pos].1;
         return Err(ImportError::Syntax {
@@ -259,7 +264,19 @@ fn parse(toks: &[Token], root: &Path) -> Result<Vec<Node>, ImportError> {
     Ok(nodes)
 }
 
-fn parse_block(toks: &[Token], pos: &mut usize, nested: bool) -> Result<Vec<Node>, ImportError> {
+/// Deepest `{` nesting accepted (keepalived's deepest is 4).
+const MAX_NESTING: usize = 16;
+
+fn parse_block(toks: &[Token], pos: &mut usize, depth: usize) -> Result<Vec<Node>, ImportError> {
+    let nested = depth > 0;
+    if depth > MAX_NESTING {
+        let o = &toks[pos.saturating_sub(1).min(toks.len().saturating_sub(1))].1;
+        return Err(ImportError::Syntax {
+            file: o.file.clone(),
+            line: o.line,
+            message: format!("blocks nested deeper than {MAX_NESTING}"),
+        });
+    }
     let mut nodes = Vec::new();
     while *pos < toks.len() {
         let (tok, origin) = &toks[*pos];
@@ -275,7 +292,7 @@ fn parse_block(toks: &[Token], pos: &mut usize, nested: bool) -> Result<Vec<Node
             Tok::Open => {
                 // A block with no keyword: its statements join ours.
                 *pos += 1;
-                nodes.extend(parse_block(toks, pos, true)?);
+                nodes.extend(parse_block(toks, pos, depth + 1)?);
             }
             Tok::Word(w) => {
                 let mut node = Node {
@@ -306,7 +323,7 @@ fn parse_block(toks: &[Token], pos: &mut usize, nested: bool) -> Result<Vec<Node
                         }
                         Some((Tok::Open, _)) => {
                             *pos += 1;
-                            node.children = Some(parse_block(toks, pos, true)?);
+                            node.children = Some(parse_block(toks, pos, depth + 1)?);
                             break;
                         }
                         Some((Tok::Close, _)) | None => break,
@@ -329,8 +346,17 @@ fn parse_block(toks: &[Token], pos: &mut usize, nested: bool) -> Result<Vec<Node
 
 /// Reads `path` (and its includes) and translates it.
 pub fn import(path: &Path) -> Result<Import, ImportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    import_text(path, &text)
+}
+
+/// Translates `text`, as read from `path` (includes are relative to it).
+pub fn import_text(path: &Path, text: &str) -> Result<Import, ImportError> {
     let mut toks = Vec::new();
-    tokens(path, 0, &mut toks)?;
+    tokens_of(path, text, 0, &mut toks)?;
     let nodes = parse(&toks, path)?;
     let mut t = Translator::default();
     t.run(&nodes);
@@ -339,7 +365,20 @@ pub fn import(path: &Path) -> Result<Import, ImportError> {
         path.display()
     );
     for w in &t.warnings {
-        out.push_str(&format!("# {w}\n"));
+        // Escaped: a comment cannot hold control characters.
+        let line: String = w
+            .to_string()
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
+        out.push_str(&format!("# {line}\n"));
     }
     out.push('\n');
     out.push_str(&toml::to_string(&t.doc).unwrap_or_default());

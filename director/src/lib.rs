@@ -6,6 +6,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod drpath;
 pub mod frames;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod import;
 pub mod maglev;

@@ -130,26 +130,9 @@ impl Neighbors {
             if msg.header.ifindex != self.link.index {
                 continue;
             }
-            let mut addr = None;
-            let mut mac = None;
-            for a in &msg.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        addr = Some(IpAddr::V4(*v4));
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        addr = Some(IpAddr::V6(*v6));
-                    }
-                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                        let mut m = [0u8; 6];
-                        m.copy_from_slice(b);
-                        mac = Some(Mac(m));
-                    }
-                    _ => {}
-                }
+            if let Some((addr, n)) = entry(&msg) {
+                out.insert(addr, n);
             }
-            let Some(addr) = addr else { continue };
-            out.insert(addr, classify(msg.header.state, mac));
         }
         Ok(out)
     }
@@ -188,6 +171,30 @@ impl Neighbors {
             .await?;
         Ok(())
     }
+}
+
+/// The address and state of one neighbour message (kernel bytes: a
+/// missing or odd-sized attribute makes no entry, never a panic).
+pub fn entry(msg: &netlink_packet_route::neighbour::NeighbourMessage) -> Option<(IpAddr, Neighbor)> {
+    let mut addr = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                addr = Some(IpAddr::V4(*v4));
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                addr = Some(IpAddr::V6(*v6));
+            }
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(b);
+                mac = Some(Mac(m));
+            }
+            _ => {}
+        }
+    }
+    Some((addr?, classify(msg.header.state, mac)))
 }
 
 /// Maps a kernel neighbour state to what the dataplane may use.

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_health;
+mod fuzz;
 mod demo;
 mod setup;
 
@@ -49,6 +50,15 @@ enum Cmd {
     },
     /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
     Lint,
+    /// Run the fuzz targets (cargo fuzz, nightly) from the checked-in
+    /// seeds; a crash is saved under fuzz/regressions and fails the run.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program),
     /// `failover` (outage after kill -9 of the master, vs keepalived),
     /// `health` (10,000 real servers checked every second).
@@ -111,6 +121,10 @@ fn main() -> Result<()> {
             test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
+        Cmd::Fuzz { time, targets } => {
+            setup::run(setup::Verbosity::Quiet)?;
+            fuzz::run(time, &targets)
+        }
         Cmd::Bench {
             what,
             soak,

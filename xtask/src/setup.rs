@@ -35,6 +35,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "build: bpf-linker"),
 ];
 
+/// cargo-fuzz release line.
+const CARGO_FUZZ_VERSION: &str = "0.13";
+
 /// bpf-linker release line that matches rustc's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -141,6 +144,26 @@ pub fn run(verbosity: Verbosity) -> Result<()> {
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
         )?;
         done.push("bpf-linker".to_string());
+    }
+
+    // cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`).
+    let fuzz = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["fuzz", "--version"])
+        .output();
+    if fuzz.as_ref().is_ok_and(|o| o.status.success()) {
+        say("cargo-fuzz");
+    } else {
+        println!("setup: installing cargo-fuzz (about 20 s)");
+        exec(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                &format!("^{CARGO_FUZZ_VERSION}"),
+            ]),
+        )?;
+        done.push("cargo-fuzz".to_string());
     }
 
     // bpffs, for pinned maps and programs.

@@ -52,7 +52,7 @@ pub enum Reject {
     Length,
     #[error("authentication failed")]
     Auth,
-    #[error("advertisement interval differs (v2)")]
+    #[error("advertisement interval is 0, or differs (v2)")]
     Interval,
     #[error("virtual addresses differ from ours")]
     Addresses,
@@ -204,6 +204,11 @@ impl Advert {
         } else {
             u16::from_be_bytes([bytes[4], bytes[5]]) & 0x0fff
         };
+        // An interval of 0 is not a VRRP interval: a backup adopting it
+        // (v3) would declare the master down at once, again and again.
+        if interval_cs == 0 {
+            return Err(Reject::Interval);
+        }
         let addresses = (0..count)
             .map(|i| {
                 let a = &bytes[8 + i * alen..8 + (i + 1) * alen];

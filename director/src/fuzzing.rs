@@ -1,0 +1,125 @@
+//! The invariants the fuzz targets (`fuzz/`) check, one function per
+//! parser that takes outside bytes. They live here so the checked-in seed
+//! corpora and every crash ever found run as ordinary tests too
+//! (`tests/fuzz_regressions.rs`). Each panics when an invariant breaks.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use crate::vrrp::packet::Advert;
+
+/// VRRP adverts (the first byte picks IPv4 or IPv6): decoding never panics;
+/// what decodes re-encodes to a packet that decodes to the same advert;
+/// `watch-vrrp`'s bookkeeping takes anything.
+pub fn vrrp_advert(data: &[u8]) {
+    let Some((&first, bytes)) = data.split_first() else {
+        return;
+    };
+    let v6 = first & 1 == 1;
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).into(),
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::new(10, 9, 0, 1).into(),
+            Ipv4Addr::new(224, 0, 0, 18).into(),
+        )
+    };
+    if let Ok(advert) = Advert::decode(bytes, v6, src, dst) {
+        let again = advert.encode(src, dst);
+        assert_eq!(
+            Advert::decode(&again, v6, src, dst).as_ref(),
+            Ok(&advert),
+            "decode(encode(advert)) differs"
+        );
+    }
+    let mut watch = crate::vrrp::watch::Watch::default();
+    watch.record(src, dst, first, bytes);
+    let _ = crate::vrrp::watch::render(&watch.routers());
+}
+
+/// The TOML config loader and validator: never panics; an accepted config
+/// written back as TOML is accepted again, unchanged.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("fuzz.toml");
+    if let Ok(config) = crate::config::Config::parse(path, text) {
+        let written = toml::to_string(&config).expect("an accepted config serializes");
+        let again = crate::config::Config::parse(path, &written)
+            .unwrap_or_else(|e| panic!("the written config is refused: {e}\n{written}"));
+        assert_eq!(again, config, "the config changed when written back");
+    }
+}
+
+/// The keepalived.conf importer: never panics; whatever it produces is
+/// valid TOML. (Includes are refused: fuzz input must not read files.)
+pub fn import_keepalived(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if text.contains("include") {
+        return;
+    }
+    if let Ok(imp) = crate::import::import_text(Path::new("/nonexistent/keepalived.conf"), text) {
+        toml::from_str::<toml::Table>(&imp.toml)
+            .unwrap_or_else(|e| panic!("the import is not TOML: {e}\n{}", imp.toml));
+    }
+}
+
+/// The control-socket protocol: never panics; an accepted request encodes
+/// and parses back to itself; the error answer is JSON.
+pub fn control_request(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::control::parse_request(line) {
+        Ok(request) => {
+            let json = serde_json::to_string(&request).expect("requests serialize");
+            assert_eq!(
+                crate::control::parse_request(&json).as_ref(),
+                Ok(&request),
+                "request round trip"
+            );
+        }
+        Err(error) => {
+            let answer = crate::control::Response::Error { error };
+            serde_json::to_string(&answer).expect("answers serialize");
+        }
+    }
+}
+
+/// Netlink neighbour messages, as the kernel would send them: parsing and
+/// our reading of them never panic.
+pub fn netlink_neighbour(data: &[u8]) {
+    use netlink_packet_core::Parseable as _;
+    use netlink_packet_route::neighbour::NeighbourMessage;
+    if let Ok(msg) = NeighbourMessage::parse(data) {
+        let _ = crate::neighbor::entry(&msg);
+    }
+}
+
+/// What real servers send back to probes (HTTP responses, DNS answers,
+/// frames caught by the DR-path check): never a panic.
+pub fn probe_replies(data: &[u8]) {
+    let _ = crate::health::parse_http(data);
+    let id = data.first().map_or(0, |b| u16::from(*b) << 8 | 0x34);
+    let _ = crate::health::dns_answer_ok(id, data);
+    let _ = crate::drpath::classify(data, Ipv4Addr::new(10, 0, 0, 100).into());
+    let _ = crate::drpath::classify(data, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into());
+}
+
+/// Every target, by name (for the regression test and `cargo xtask fuzz`).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("vrrp_advert", vrrp_advert),
+    ("config", config),
+    ("import_keepalived", import_keepalived),
+    ("control_request", control_request),
+    ("netlink_neighbour", netlink_neighbour),
+    ("probe_replies", probe_replies),
+];
