@@ -340,22 +340,17 @@ impl Daemon {
                 warn!(service = %name, sorry_server = ?vs.sorry_server, "quorum lost");
             }
             let script = if up { &vs.quorum_up } else { &vs.quorum_down };
-            if let Some(argv) = script.as_deref().and_then(shlex::split)
-                && let Some((program, args)) = argv.split_first()
-            {
-                let child = tokio::process::Command::new(program)
-                    .args(args)
-                    .stdin(std::process::Stdio::null())
-                    .spawn();
-                match child {
-                    // Reaped in the background; never blocks the loop.
-                    Ok(mut c) => {
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(Duration::from_secs(60), c.wait()).await;
-                        });
+            if let Some(argv) = script.as_deref().and_then(shlex::split) {
+                // Off the loop; cut at 60 s with everything it started.
+                tokio::spawn(async move {
+                    use crate::script::{Ended, Leftovers, run};
+                    let program = argv.first().cloned().unwrap_or_default();
+                    match run(&argv, Duration::from_secs(60), 0, Leftovers::Keep).await {
+                        Ok(r) if r.ended == Ended::Exited(0) => {}
+                        Ok(r) => warn!(script = %program, ended = ?r.ended, "quorum script failed"),
+                        Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
                     }
-                    Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
-                }
+                });
             }
         }
         if let Some(vrrp) = &self.vrrp {

@@ -823,57 +823,20 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn misc(argv: &[String], dynamic: bool, timeout: Duration) -> Outcome {
-    let Some((program, args)) = argv.split_first() else {
-        return Outcome::fail("empty misc_path");
-    };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Outcome::fail(format!("cannot run {program}: {e}")),
-    };
-    // Drain (and bound) its output so a chatty script cannot block or
-    // fill memory.
-    let mut out = child.stdout.take();
-    let drain = async move {
-        let mut kept = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = o.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if kept.len() < MAX_SCRIPT_OUTPUT {
-                    kept.extend_from_slice(&buf[..n.min(MAX_SCRIPT_OUTPUT - kept.len())]);
-                }
-            }
-        }
-        kept
-    };
-    let run = async {
-        let (status, _) = tokio::join!(child.wait(), drain);
-        status
-    };
-    match tokio::time::timeout(timeout, run).await {
-        Err(_) => {
-            let _ = child.kill().await;
-            Outcome::fail(format!("{program} killed after {timeout:?}"))
-        }
-        Ok(Err(e)) => Outcome::fail(format!("{program}: {e}")),
-        Ok(Ok(status)) => match status.code() {
-            Some(0) => Outcome::ok(),
-            Some(code) if dynamic && code >= 2 => Outcome {
+    use crate::script::{Ended, Leftovers, run};
+    let program = argv.first().map(String::as_str).unwrap_or("");
+    match run(argv, timeout, MAX_SCRIPT_OUTPUT, Leftovers::Kill).await {
+        Err(e) => Outcome::fail(e),
+        Ok(r) => match r.ended {
+            Ended::TimedOut => Outcome::fail(format!("{program} killed after {timeout:?}")),
+            Ended::Signalled => Outcome::fail(format!("{program} killed by a signal")),
+            Ended::Exited(0) => Outcome::ok(),
+            Ended::Exited(code) if dynamic && code >= 2 => Outcome {
                 ok: true,
                 weight: Some(code as u32 - 2),
                 error: None,
             },
-            Some(code) => Outcome::fail(format!("{program} exited {code}")),
-            None => Outcome::fail(format!("{program} killed by a signal")),
+            Ended::Exited(code) => Outcome::fail(format!("{program} exited {code}")),
         },
     }
 }

@@ -155,7 +155,12 @@ fn tokens(path: &Path, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportE
 }
 
 /// The tokens of `text` (read from `path`), expanding includes.
-fn tokens_of(path: &Path, text: &str, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportError> {
+fn tokens_of(
+    path: &Path,
+    text: &str,
+    depth: usize,
+    out: &mut Vec<Token>,
+) -> Result<(), ImportError> {
     let toks = lex(text);
     let mut i = 0;
     while i < toks.len() {

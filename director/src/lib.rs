@@ -14,5 +14,6 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbor;
 pub mod persist;
+pub mod script;
 pub mod status;
 pub mod vrrp;

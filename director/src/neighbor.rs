@@ -175,7 +175,9 @@ impl Neighbors {
 
 /// The address and state of one neighbour message (kernel bytes: a
 /// missing or odd-sized attribute makes no entry, never a panic).
-pub fn entry(msg: &netlink_packet_route::neighbour::NeighbourMessage) -> Option<(IpAddr, Neighbor)> {
+pub fn entry(
+    msg: &netlink_packet_route::neighbour::NeighbourMessage,
+) -> Option<(IpAddr, Neighbor)> {
     let mut addr = None;
     let mut mac = None;
     for a in &msg.attributes {

@@ -41,7 +41,11 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
                 bail!("unknown fuzz target {t:?}; known: {}", TARGETS.join(", "));
             }
         }
-        TARGETS.iter().copied().filter(|t| only.iter().any(|o| o == t)).collect()
+        TARGETS
+            .iter()
+            .copied()
+            .filter(|t| only.iter().any(|o| o == t))
+            .collect()
     };
     println!("fuzz: building the targets (release, AddressSanitizer)...");
     crate::exec(cargo_fuzz().args(["build", "-O"]))?;
@@ -86,7 +90,10 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
             for e in std::fs::read_dir(&artifacts)?.flatten() {
                 let dest = regressions.join(e.file_name());
                 std::fs::copy(e.path(), &dest)?;
-                println!("    saved {} (commit it: the test suite replays it)", dest.display());
+                println!(
+                    "    saved {} (commit it: the test suite replays it)",
+                    dest.display()
+                );
             }
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             for l in tail.iter().rev() {

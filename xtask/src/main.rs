@@ -8,8 +8,8 @@
 
 mod bench;
 mod bench_health;
-mod fuzz;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{

@@ -958,27 +958,16 @@ fn start_notifier() -> mpsc::UnboundedSender<Vec<Vec<String>>> {
     tokio::spawn(async move {
         while let Some(jobs) = rx.recv().await {
             for argv in jobs {
-                let Some((program, args)) = argv.split_first() else {
-                    continue;
-                };
-                let child = tokio::process::Command::new(program)
-                    .args(args)
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn();
-                match child {
-                    Ok(mut child) => {
-                        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                            Ok(Ok(status)) if !status.success() => {
-                                warn!(script = %program, %status, "notify script failed")
-                            }
-                            Ok(_) => {}
-                            Err(_) => {
-                                let _ = child.kill().await;
-                                warn!(script = %program, "notify script killed after 30 s");
-                            }
+                use crate::script::{Ended, Leftovers, run};
+                let program = argv.first().cloned().unwrap_or_default();
+                match run(&argv, Duration::from_secs(30), 0, Leftovers::Keep).await {
+                    Ok(r) => match r.ended {
+                        Ended::Exited(0) => {}
+                        Ended::TimedOut => {
+                            warn!(script = %program, "notify script killed after 30 s")
                         }
-                    }
+                        ended => warn!(script = %program, ?ended, "notify script failed"),
+                    },
                     Err(e) => warn!(script = %program, error = %e, "cannot run notify script"),
                 }
             }
@@ -1033,24 +1022,12 @@ fn start_scripts(scripts: &[VrrpScript]) -> BTreeMap<String, (i32, watch::Receiv
 }
 
 async fn run_check(argv: &[String], timeout: Duration) -> bool {
-    let Some((program, args)) = argv.split_first() else {
-        return false;
-    };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    match child {
-        Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(Ok(status)) => status.success(),
-            _ => {
-                let _ = child.kill().await;
-                false
-            }
-        },
-        Err(_) => false,
-    }
+    use crate::script::{Ended, Leftovers, run};
+    matches!(
+        run(argv, timeout, 0, Leftovers::Kill).await,
+        Ok(crate::script::Run {
+            ended: Ended::Exited(0),
+            ..
+        })
+    )
 }

@@ -1,0 +1,190 @@
+//! Running operator scripts (health `misc_check`, `vrrp_script`, notify
+//! and quorum scripts) with bounds: no shell, stdin closed, output drained
+//! and capped, cut at a timeout. Each script runs in its own process group,
+//! so a timeout kills everything it started (a script that forks forever
+//! included), and checks also kill what is left once the script exits.
+
+use std::{process::Stdio, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use tokio::io::AsyncReadExt as _;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by a signal (not ours).
+    Signalled,
+    /// Cut at the timeout (its process group was killed).
+    TimedOut,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub ended: Ended,
+    /// The first bytes of its standard output.
+    pub output: Vec<u8>,
+}
+
+/// What to do with processes the script leaves behind when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Kill them (checks: nothing may outlive a check).
+    Kill,
+    /// Leave them (notify scripts may start services in the background).
+    Keep,
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Runs `argv` (program and arguments, no shell) for at most `timeout`,
+/// keeping at most `keep` bytes of its output. Errors: it could not start.
+pub async fn run(
+    argv: &[String],
+    timeout: Duration,
+    keep: usize,
+    leftovers: Leftovers,
+) -> Result<Run, String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(if keep > 0 {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pid = child.id();
+    let mut out = child.stdout.take();
+    // Drained to the end so a chatty script never blocks on a full pipe;
+    // only `keep` bytes are kept.
+    let drain = async move {
+        let mut kept = Vec::new();
+        if let Some(o) = out.as_mut() {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = o.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = keep.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+        kept
+    };
+    let wait = async {
+        let status = child.wait().await;
+        // The script is done: what it left behind goes too (for checks),
+        // which also closes the pipe the drain is reading.
+        if leftovers == Leftovers::Kill {
+            kill_group(pid);
+        }
+        status
+    };
+    match tokio::time::timeout(timeout, async { tokio::join!(wait, drain) }).await {
+        Err(_) => {
+            kill_group(pid);
+            let _ = child.wait().await;
+            Ok(Run {
+                ended: Ended::TimedOut,
+                output: Vec::new(),
+            })
+        }
+        Ok((Err(e), _)) => Err(format!("{program}: {e}")),
+        Ok((Ok(status), output)) => Ok(Run {
+            ended: match status.code() {
+                Some(c) => Ended::Exited(c),
+                None => Ended::Signalled,
+            },
+            output,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(s: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), s.into()]
+    }
+
+    #[tokio::test]
+    async fn exit_codes_output_and_timeouts() {
+        let t = Duration::from_secs(5);
+        let r = run(&sh("echo hi; exit 3"), t, 100, Leftovers::Kill)
+            .await
+            .expect("run");
+        assert_eq!((r.ended, r.output), (Ended::Exited(3), b"hi\n".to_vec()));
+        let r = run(
+            &sh("sleep 30"),
+            Duration::from_millis(200),
+            0,
+            Leftovers::Kill,
+        )
+        .await
+        .expect("run");
+        assert_eq!(r.ended, Ended::TimedOut);
+        // Gigabytes of output: drained, capped, and cut at the timeout.
+        let started = std::time::Instant::now();
+        let r = run(&sh("yes"), Duration::from_millis(500), 64, Leftovers::Kill)
+            .await
+            .expect("run");
+        assert_eq!(r.ended, Ended::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            run(&["/nonexistent".into()], t, 0, Leftovers::Kill)
+                .await
+                .is_err()
+        );
+    }
+
+    /// A script that forks forever is cut at its timeout with everything it
+    /// started; a finished check leaves nothing behind.
+    #[tokio::test]
+    async fn fork_bombs_and_leftovers_are_killed() {
+        let marker = format!("director-script-test-{}", std::process::id());
+        let count = |m: &str| {
+            std::process::Command::new("pgrep")
+                .args(["-f", m])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+                .unwrap_or(0)
+        };
+        // Forks a new sleeper every 10 ms, forever (bounded by the test's
+        // own limit of 200 forks in case the kill fails).
+        let bomb = format!(
+            "i=0; while [ $i -lt 200 ]; do bash -c 'exec -a {marker} sleep 60' & i=$((i+1)); sleep 0.01; done; wait"
+        );
+        let r = run(&sh(&bomb), Duration::from_millis(500), 0, Leftovers::Kill)
+            .await
+            .expect("run");
+        assert_eq!(r.ended, Ended::TimedOut);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count(&marker), 0, "the fork bomb's children survived");
+        // A check that exits at once but leaves a sleeper behind.
+        let leave = format!("bash -c 'exec -a {marker}-left sleep 60' & exit 0");
+        let r = run(&sh(&leave), Duration::from_secs(5), 0, Leftovers::Kill)
+            .await
+            .expect("run");
+        assert_eq!(r.ended, Ended::Exited(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count(&format!("{marker}-left")), 0, "a leftover survived");
+    }
+}
