@@ -114,8 +114,11 @@ pub fn probe_replies(data: &[u8]) {
     let _ = crate::drpath::classify(data, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into());
 }
 
+/// One invariant check over outside bytes.
+pub type Check = fn(&[u8]);
+
 /// Every target, by name (for the regression test and `cargo xtask fuzz`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("vrrp_advert", vrrp_advert),
     ("config", config),
     ("import_keepalived", import_keepalived),
