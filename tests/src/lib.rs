@@ -20,6 +20,7 @@
 //! `arp_announce=2`, and an nginx that answers `GET /` with its own name.
 
 pub mod http;
+pub mod inject;
 pub mod lab;
 pub mod netns;
 pub mod scenario;

@@ -94,6 +94,9 @@ struct Handle {
     commands: mpsc::Sender<Command>,
 }
 
+/// Drop reasons are logged at most this often (each), with their count.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Whether each virtual server (address, port, protocol) has quorum, as
 /// the daemon last computed it (`track_virtual_server`).
 pub type QuorumBoard = Arc<Mutex<BTreeMap<(IpAddr, u16, crate::config::Protocol), bool>>>;
@@ -392,6 +395,9 @@ struct Runner {
     garp_bursts_left: u32,
     /// When the last valid advert from another router arrived.
     last_advert: Option<std::time::Instant>,
+    /// When each drop reason was last logged (one line per reason per
+    /// DROP_LOG_EVERY, however many packets a flood brings).
+    drop_logged: BTreeMap<Reject, std::time::Instant>,
 }
 
 impl Runner {
@@ -487,6 +493,7 @@ impl Runner {
             garp_at: None,
             garp_bursts_left: 0,
             last_advert: None,
+            drop_logged: BTreeMap::new(),
             cfg,
         })
     }
@@ -675,16 +682,22 @@ impl Runner {
                 );
                 self.perform(actions).await;
             }
-            Err(Reject::Vrid) => {} // another virtual router on the link
             Err(reason) => {
-                let first = self.bump(|s| {
+                let count = self.bump(|s| {
                     let n = s.rejected.entry(reason.label().to_string()).or_insert(0);
                     *n += 1;
                     *n
                 });
-                // Rate-limited: the first of each reason, then every 1000th.
-                if first == 1 || first.is_multiple_of(1000) {
-                    warn!(instance = %self.cfg.name, from = %p.src, %reason, count = first, "VRRP packet dropped");
+                // Another virtual router on the link is normal: counted,
+                // never logged. Others: one line per reason per interval.
+                let now = std::time::Instant::now();
+                let due = self
+                    .drop_logged
+                    .get(&reason)
+                    .is_none_or(|t| now.duration_since(*t) >= DROP_LOG_EVERY);
+                if reason != Reject::Vrid && due {
+                    self.drop_logged.insert(reason, now);
+                    warn!(instance = %self.cfg.name, from = %p.src, %reason, count, "VRRP packet dropped (logged at most every 10 s per reason)");
                 }
             }
         }
