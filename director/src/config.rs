@@ -268,6 +268,9 @@ pub struct Global {
     /// Where to serve Prometheus `/metrics` and `/status` over HTTP
     /// (`ADDR:PORT`; none by default).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Group allowed to use the control socket (mode 0660 instead of 0600;
+    /// root only by default).
+    pub control_group: Option<String>,
 }
 
 /// How the XDP program is attached.
@@ -749,6 +752,14 @@ impl Config {
             return Err(problem(
                 vec![Key("global"), Key("udp_timeout")],
                 "must be at least 1 second",
+            ));
+        }
+        if let Some(group) = &g.control_group
+            && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))
+        {
+            return Err(problem(
+                vec![Key("global"), Key("control_group")],
+                format!("no group named `{group}` on this system"),
             ));
         }
         if self.virtual_server.len() > MAX_SERVICES as usize {
@@ -1493,6 +1504,28 @@ protocol = "udp"
         }
         let e = err(&text);
         assert!(e.contains("at most"), "{e}");
+    }
+
+    /// Thousands of VIPs: refused at once, with the limit in the message.
+    #[test]
+    fn thousands_of_virtual_servers_are_refused_clearly() {
+        let mut text = String::from("[global]\ninterface = \"eth0\"\n");
+        for i in 0..5000u32 {
+            text.push_str(&format!(
+                "[[virtual_server]]\naddress = \"10.{}.{}.{}\"\nport = 80\n[[virtual_server.real_server]]\naddress = \"10.200.0.1\"\n",
+                i >> 16,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ));
+        }
+        let started = std::time::Instant::now();
+        let e = err(&text);
+        assert!(
+            e.contains("5000 virtual servers configured")
+                && e.contains(&format!("at most {MAX_SERVICES}")),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("control_group `{0}` does not exist")]
+    Group(String),
     #[error("bad answer from the daemon: {0}")]
     Answer(String),
 }
@@ -94,6 +96,7 @@ pub enum ControlError {
 /// returned task is aborted. Requests go to `tx`.
 pub fn serve(
     state_dir: &Path,
+    group: Option<&str>,
     tx: mpsc::Sender<Pending>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let path = state_dir.join(SOCKET);
@@ -107,7 +110,18 @@ pub fn serve(
         Err(e) => return Err(err(e)),
     }
     let listener = UnixListener::bind(&path).map_err(err)?;
+    // Root only, or root and one group.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    if let Some(name) = group {
+        let gid = nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ControlError::Group(name.to_string()))?
+            .gid;
+        nix::unistd::chown(&path, None, Some(gid))
+            .map_err(|e| err(std::io::Error::from_raw_os_error(e as i32)))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    }
     Ok(tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {

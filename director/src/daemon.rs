@@ -502,6 +502,10 @@ impl Daemon {
                 "global.metrics_address",
                 old_g.metrics_address != new_g.metrics_address,
             ),
+            (
+                "global.control_group",
+                old_g.control_group != new_g.control_group,
+            ),
         ] {
             if changed {
                 return Err(format!(
@@ -663,7 +667,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone()).await?),
         None => None,
     };
-    let control = control::serve(&g.state_dir, control_tx)?;
+    let control = control::serve(&g.state_dir, g.control_group.as_deref(), control_tx)?;
     let mut neigh_events = neighbors.events()?;
     let (health_tx, mut health_rx) = mpsc::channel::<health::Change>(1024);
     let mut checks = health::Checks::new(health_tx);

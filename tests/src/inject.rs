@@ -59,8 +59,23 @@ pub fn checksum(b: &[u8]) -> u16 {
 }
 
 /// A VRRPv2 advert (RFC 3768 5.1; valid unless the caller spoils it).
-pub fn advert_v2(vrid: u8, priority: u8, interval_s: u8, vip: Ipv4Addr, password: Option<&str>) -> Vec<u8> {
-    let mut b = vec![0x21, vrid, priority, 1, u8::from(password.is_some()), interval_s, 0, 0];
+pub fn advert_v2(
+    vrid: u8,
+    priority: u8,
+    interval_s: u8,
+    vip: Ipv4Addr,
+    password: Option<&str>,
+) -> Vec<u8> {
+    let mut b = vec![
+        0x21,
+        vrid,
+        priority,
+        1,
+        u8::from(password.is_some()),
+        interval_s,
+        0,
+        0,
+    ];
     b.extend_from_slice(&vip.octets());
     let mut auth = [0u8; 8];
     for (o, c) in auth.iter_mut().zip(password.unwrap_or("").bytes()) {
@@ -95,7 +110,11 @@ pub fn hostile_set(vrid: u8, vip: Ipv4Addr, password: &str) -> Vec<(&'static str
         // The right password, but from off the link (TTL below 255).
         ("ttl", 64, good.clone()),
         ("version", 255, version),
-        ("vrid", 255, advert_v2(vrid.wrapping_add(1), 254, 1, vip, Some(password))),
+        (
+            "vrid",
+            255,
+            advert_v2(vrid.wrapping_add(1), 254, 1, vip, Some(password)),
+        ),
         ("short", 255, good[..6].to_vec()),
         ("length", 255, long_count),
         ("interval", 255, zero_interval),

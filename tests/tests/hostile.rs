@@ -133,15 +133,24 @@ fn hostile_vrrp_traffic_changes_nothing_and_is_counted() -> Result<()> {
     // Nothing moved.
     std::thread::sleep(Duration::from_millis(300));
     let (v1, v2) = (vrrp(&s1)?, vrrp(&s2)?);
-    ensure!(v1["state"] == "master" && v2["state"] == "backup", "{v1}\n{v2}");
-    ensure!(v1["transitions"].as_u64() == t1 && v2["transitions"].as_u64() == t2, "{v1}\n{v2}");
+    ensure!(
+        v1["state"] == "master" && v2["state"] == "backup",
+        "{v1}\n{v2}"
+    );
+    ensure!(
+        v1["transitions"].as_u64() == t1 && v2["transitions"].as_u64() == t2,
+        "{v1}\n{v2}"
+    );
     let counted: u64 = v2["rejected"]
         .as_object()
         .context("rejected")?
         .values()
         .filter_map(|v| v.as_u64())
         .sum();
-    ensure!(counted >= sent, "backup counted {counted} drops of {sent} sent");
+    ensure!(
+        counted >= sent,
+        "backup counted {counted} drops of {sent} sent"
+    );
 
     // Metrics carry the same counts by reason.
     let addr = SocketAddr::from(([10, 0, 0, 10], 9100));
@@ -179,9 +188,114 @@ fn hostile_vrrp_traffic_changes_nothing_and_is_counted() -> Result<()> {
         }
     }
     let total: usize = per_reason.values().sum();
-    ensure!(total <= 2 * 7 * 3, "the log grew: {total} drop lines {per_reason:?}");
+    ensure!(
+        total <= 2 * 7 * 3,
+        "the log grew: {total} drop lines {per_reason:?}"
+    );
     eprintln!(
         "flood: {sent} packets in 10 s; backup counted {counted} drops; worst status answer {worst:?} over {asked} requests; {total} drop log lines"
     );
+    Ok(())
+}
+
+/// Sends raw bytes on the control socket; returns the answer line.
+fn raw_request(state: &Path, bytes: &[u8]) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(state.join("director.sock"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A peer that stops reading early may reset: the answer still counts.
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// `director status` as user nobody: (success, stderr).
+fn status_as_nobody(state: &Path) -> Result<(bool, String)> {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(director_tests::director_bin()?)
+        .args(["status", "--json", "--state-dir"])
+        .arg(state)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
+/// The control socket: root only (0600) unless `control_group` opens it to
+/// one group (0660); an unprivileged user gets nothing; malformed requests
+/// get an error answer and the daemon keeps answering.
+#[test]
+fn control_socket_refuses_strangers_and_survives_garbage() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let servers = vec![lab.real_servers[0].ip.to_string()];
+    let path = lab.write(
+        "d.toml",
+        &scenario::http_config(&lab, "director1", &servers)?,
+    )?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(10), |_| true)?;
+    let meta = std::fs::metadata(state.join("director.sock"))?;
+    ensure!(
+        meta.permissions().mode() & 0o777 == 0o600 && meta.uid() == 0,
+        "{meta:?}"
+    );
+    let (ok, err) = status_as_nobody(&state)?;
+    ensure!(
+        !ok && err.contains("Permission denied"),
+        "nobody got in: {err}"
+    );
+
+    // Garbage in, errors out.
+    let long = vec![b'x'; 2 << 20];
+    let cases: Vec<(&str, &[u8])> = vec![
+        ("binary", b"\x00\xff\xfe garbage\n"),
+        ("unknown command", b"{\"command\":\"format_disk\"}\n"),
+        ("wrong types", b"{\"command\":\"real_server\",\"action\":5,\"vip\":[]}\n"),
+        ("bad address", b"{\"command\":\"real_server\",\"action\":\"add\",\"vip\":\"10.0.0.999\",\"port\":80,\"address\":\"x\"}\n"),
+        ("empty", b""),
+        ("huge", &long),
+    ];
+    for (what, bytes) in cases {
+        let answer = raw_request(&state, bytes)?;
+        let v: serde_json::Value = serde_json::from_str(answer.trim())
+            .with_context(|| format!("{what}: not JSON: {answer:?}"))?;
+        ensure!(v["error"].is_string(), "{what}: {v}");
+    }
+    // An idle connection does not block others.
+    let _idle = std::os::unix::net::UnixStream::connect(state.join("director.sock"))?;
+    let t = Instant::now();
+    scenario::status(&state)?;
+    ensure!(
+        t.elapsed() < Duration::from_secs(1),
+        "status waited for the idle peer"
+    );
+
+    // control_group opens it to one group (nobody's own).
+    d.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))?;
+    let text = std::fs::read_to_string(&path)?.replacen(
+        "[global]\n",
+        "[global]\ncontrol_group = \"nogroup\"\n",
+        1,
+    );
+    std::fs::write(&path, text)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(10), |_| true)?;
+    let meta = std::fs::metadata(state.join("director.sock"))?;
+    ensure!(
+        meta.permissions().mode() & 0o777 == 0o660 && meta.gid() == 65534,
+        "{meta:?}"
+    );
+    let (ok, err) = status_as_nobody(&state)?;
+    ensure!(ok, "the group member was refused: {err}");
     Ok(())
 }
