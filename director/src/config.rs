@@ -268,9 +268,23 @@ pub struct Global {
     /// Where to serve Prometheus `/metrics` and `/status` over HTTP
     /// (`ADDR:PORT`; none by default).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Which dataplane forwards: `auto` (XDP, falling back to IPVS with a
+    /// log line saying why), `xdp` or `ipvs`.
+    #[serde(default)]
+    pub dataplane: DataplaneKind,
     /// Group allowed to use the control socket (mode 0660 instead of 0600;
     /// root only by default).
     pub control_group: Option<String>,
+}
+
+/// `global.dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    #[default]
+    Auto,
+    Xdp,
+    Ipvs,
 }
 
 /// How the XDP program is attached.
@@ -333,6 +347,12 @@ pub enum Scheduler {
     Mh,
     /// Maglev hashing of the client address only.
     Sh,
+    /// IPVS only (`dataplane = "ipvs"`): round robin, weighted round robin,
+    /// least connections, weighted least connections.
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
 }
 
 impl Scheduler {
@@ -340,6 +360,10 @@ impl Scheduler {
         match self {
             Scheduler::Mh => "mh",
             Scheduler::Sh => "sh",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
         }
     }
 }
@@ -780,6 +804,17 @@ impl Config {
                 return Err(problem(
                     at("address"),
                     format!("{} cannot be a virtual address", vs.address),
+                ));
+            }
+            if !matches!(vs.scheduler, Scheduler::Mh | Scheduler::Sh)
+                && self.global.dataplane != DataplaneKind::Ipvs
+            {
+                return Err(problem(
+                    at("scheduler"),
+                    format!(
+                        "`{}` needs dataplane = \"ipvs\"; the XDP dataplane schedules with Maglev (`mh`, or `sh` by client address)",
+                        vs.scheduler.as_str()
+                    ),
                 ));
             }
             if !(vs.delay_loop > 0.0 && vs.delay_loop <= 86_400.0) {

@@ -21,8 +21,8 @@ use crate::{
     config::{Config, VirtualServer},
     control::{self, ControlError, Pending, Request, Response},
     dataplane::{
-        BackendPlan, ServicePlan,
-        xdp::{XdpDataplane, XdpError, XdpOptions},
+        BackendPlan, Dataplane, DataplaneError, ServicePlan,
+        xdp::{XdpError, XdpOptions},
     },
     health::{self, Board},
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
@@ -51,6 +51,8 @@ pub enum DaemonError {
     Neighbor(#[from] NeighborError),
     #[error(transparent)]
     Xdp(#[from] XdpError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("cannot install signal handlers: {0}")]
@@ -299,10 +301,16 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DaemonError> {
 /// Removes the pinned dataplane of `state_dir` (detaching the program).
 pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
     let dir = pin_dir(state_dir);
-    if !dir.exists() {
-        return Ok(Vec::new());
+    let mut removed = Vec::new();
+    if dir.exists() {
+        removed.extend(crate::dataplane::xdp::flush(&dir)?);
     }
-    Ok(crate::dataplane::xdp::flush(&dir)?)
+    // The IPVS services this state directory's daemon created.
+    removed.extend(
+        crate::dataplane::ipvs::flush(state_dir)
+            .map_err(crate::dataplane::DataplaneError::from)?,
+    );
+    Ok(removed)
 }
 
 /// Everything the event loop owns.
@@ -314,7 +322,7 @@ struct Daemon {
     board: Board,
     checks: Option<health::Checks>,
     quorum: BTreeMap<usize, bool>,
-    dataplane: XdpDataplane,
+    dataplane: Dataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,
     /// Our interface's MAC.
@@ -327,7 +335,7 @@ struct Daemon {
 
 impl Daemon {
     /// Re-plans and applies when anything changed.
-    fn sync(&mut self) -> Result<(), XdpError> {
+    fn sync(&mut self) -> Result<(), DataplaneError> {
         let (next, quorum_changes) =
             plan(&self.config, &self.resolver, &self.board, &mut self.quorum);
         for (i, up) in quorum_changes {
@@ -444,8 +452,8 @@ impl Daemon {
             .collect();
         Status {
             router_id: g.router_id.clone(),
-            dataplane: "xdp".to_string(),
-            xdp_mode: Some(self.dataplane.mode().as_str().to_string()),
+            dataplane: self.dataplane.name().to_string(),
+            xdp_mode: self.dataplane.xdp_mode().map(str::to_string),
             interface: g.interface.clone(),
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
@@ -498,6 +506,7 @@ impl Daemon {
             ("global.interface", old_g.interface != new_g.interface),
             ("global.state_dir", old_g.state_dir != new_g.state_dir),
             ("global.xdp_mode", old_g.xdp_mode != new_g.xdp_mode),
+            ("global.dataplane", old_g.dataplane != new_g.dataplane),
             (
                 "global.metrics_address",
                 old_g.metrics_address != new_g.metrics_address,
@@ -657,11 +666,16 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     );
     let pins = pin_dir(&g.state_dir);
     ensure_bpffs(&pins)?;
-    let dataplane = XdpDataplane::open(&XdpOptions {
-        interface: g.interface.clone(),
-        mode: g.xdp_mode,
-        pin_dir: Some(pins),
-    })?;
+    let dataplane = Dataplane::open(
+        g.dataplane,
+        &XdpOptions {
+            interface: g.interface.clone(),
+            mode: g.xdp_mode,
+            pin_dir: Some(pins),
+        },
+        &g.state_dir,
+    )?;
+    info!(dataplane = dataplane.name(), xdp_mode = ?dataplane.xdp_mode(), "dataplane ready");
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {
         Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone()).await?),

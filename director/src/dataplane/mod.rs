@@ -2,19 +2,121 @@
 //!
 //! The daemon computes a [`ServicePlan`] per virtual service (its real
 //! servers with weights and MACs) and hands the whole set to the dataplane,
-//! which makes the kernel match it. Today the dataplane is XDP
-//! ([`xdp::XdpDataplane`]); kernel IPVS comes later behind the same plan.
+//! which makes the kernel match it: XDP ([`xdp::XdpDataplane`]), or the
+//! kernel's IPVS where XDP cannot run ([`ipvs::IpvsDataplane`]). VRRP,
+//! health checks, status and config never know which one runs.
 
+pub mod ipvs;
 pub mod xdp;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
+
+use tracing::warn;
 
 use director_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey};
 
 use crate::{
-    config::{Protocol, Scheduler},
+    config::{DataplaneKind, Protocol, Scheduler},
     neighbor::Mac,
 };
+
+/// Errors of either dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Xdp(#[from] xdp::XdpError),
+    #[error(transparent)]
+    Ipvs(#[from] ipvs::IpvsError),
+    #[error("no dataplane can run here: XDP: {xdp}; IPVS: {ipvs}")]
+    Neither {
+        xdp: xdp::XdpError,
+        ipvs: ipvs::IpvsError,
+    },
+}
+
+/// The running dataplane.
+pub enum Dataplane {
+    Xdp(xdp::XdpDataplane),
+    Ipvs(ipvs::IpvsDataplane),
+}
+
+impl Dataplane {
+    /// Opens the configured dataplane; `auto` tries XDP and falls back to
+    /// IPVS with one log line saying why.
+    pub fn open(
+        kind: DataplaneKind,
+        xdp_options: &xdp::XdpOptions,
+        state_dir: &Path,
+    ) -> Result<Dataplane, DataplaneError> {
+        match kind {
+            DataplaneKind::Xdp => Ok(Dataplane::Xdp(xdp::XdpDataplane::open(xdp_options)?)),
+            DataplaneKind::Ipvs => Ok(Dataplane::Ipvs(ipvs::IpvsDataplane::open(state_dir)?)),
+            DataplaneKind::Auto => match xdp::XdpDataplane::open(xdp_options) {
+                Ok(d) => Ok(Dataplane::Xdp(d)),
+                Err(xdp) => {
+                    warn!(error = %xdp, "XDP cannot run here: falling back to the kernel's IPVS");
+                    match ipvs::IpvsDataplane::open(state_dir) {
+                        Ok(d) => Ok(Dataplane::Ipvs(d)),
+                        Err(ipvs) => Err(DataplaneError::Neither { xdp, ipvs }),
+                    }
+                }
+            },
+        }
+    }
+
+    /// `xdp` or `ipvs` (the status document's `dataplane`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Dataplane::Xdp(_) => "xdp",
+            Dataplane::Ipvs(_) => "ipvs",
+        }
+    }
+
+    /// The XDP attach mode, when XDP runs.
+    pub fn xdp_mode(&self) -> Option<&'static str> {
+        match self {
+            Dataplane::Xdp(d) => Some(d.mode().as_str()),
+            Dataplane::Ipvs(_) => None,
+        }
+    }
+
+    pub fn apply(&mut self, plans: &[ServicePlan], udp_timeout: u32, mac: Mac) -> Result<(), DataplaneError> {
+        match self {
+            Dataplane::Xdp(d) => Ok(d.apply(plans, udp_timeout, mac)?),
+            Dataplane::Ipvs(d) => Ok(d.apply(plans, udp_timeout)?),
+        }
+    }
+
+    pub fn service_traffic(&self, plan: &ServicePlan) -> Result<Traffic, DataplaneError> {
+        match self {
+            Dataplane::Xdp(d) => Ok(d.service_traffic(plan)?),
+            Dataplane::Ipvs(d) => Ok(d.service_traffic(plan)?),
+        }
+    }
+
+    pub fn backend_traffic(&self, plan: &ServicePlan, address: IpAddr) -> Result<Traffic, DataplaneError> {
+        match self {
+            Dataplane::Xdp(d) => Ok(d.backend_traffic(plan, address)?),
+            Dataplane::Ipvs(d) => Ok(d.backend_traffic(plan, address)?),
+        }
+    }
+
+    /// MACs a previous run forwarded to (XDP's pinned maps).
+    pub fn known_macs(&self) -> Vec<(IpAddr, Mac)> {
+        match self {
+            Dataplane::Xdp(d) => d.known_macs(),
+            Dataplane::Ipvs(_) => Vec::new(),
+        }
+    }
+
+    /// Lets go without tearing down: the kernel keeps forwarding.
+    pub fn release(self) {
+        match self {
+            Dataplane::Xdp(d) => d.release(),
+            Dataplane::Ipvs(_) => {}
+        }
+    }
+}
 
 /// One virtual service as the dataplane should forward it.
 #[derive(Debug, Clone, PartialEq, Eq)]

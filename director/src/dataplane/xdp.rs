@@ -360,7 +360,8 @@ impl XdpDataplane {
             let table = maglev::build(&entries, MAGLEV_TABLE_SIZE);
             let flags = match service.scheduler {
                 Scheduler::Sh => SVC_SOURCE_HASH,
-                Scheduler::Mh => 0,
+                // The others are refused by the config check (IPVS only).
+                Scheduler::Mh | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc | Scheduler::Wlc => 0,
             } | if service.persistence_timeout > 0 {
                 SVC_PERSISTENT
             } else {

@@ -1,0 +1,435 @@
+//! The kernel IPVS dataplane, for where XDP cannot run: the same service
+//! plans, programmed over generic netlink in direct-routing mode. Changes
+//! are applied as a diff against what the kernel has; the daemon owns only
+//! the services it created (listed in `<state_dir>/ipvs-services.json`)
+//! and leaves every other IPVS service alone. Stopping the daemon leaves its
+//! services forwarding (like the pinned XDP dataplane); `director flush`
+//! removes them.
+
+pub mod netlink;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use self::netlink::*;
+use super::{ServicePlan, Traffic};
+use crate::config::Scheduler;
+
+/// The file listing the services this daemon created.
+pub const OWNED_FILE: &str = "ipvs-services.json";
+
+/// Errors of the IPVS dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum IpvsError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}: IPVS cannot serve every port without persistence; use the xdp dataplane or set persistence_timeout")]
+    AnyPort(String),
+    #[error("cannot record the owned IPVS services in {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A service's identity in IPVS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceId {
+    pub address: IpAddr,
+    pub port: u16,
+    /// IP protocol number.
+    pub protocol: u16,
+}
+
+impl ServiceId {
+    fn of(plan: &ServicePlan) -> ServiceId {
+        ServiceId {
+            address: plan.address,
+            port: plan.port,
+            protocol: u16::from(plan.protocol.number()),
+        }
+    }
+
+    fn af(&self) -> u16 {
+        if self.address.is_ipv4() { 2 } else { 10 }
+    }
+
+    /// The attributes naming the service.
+    fn attrs(&self) -> Vec<Attr> {
+        vec![
+            Attr::u16(SVC_ATTR_AF, self.af()),
+            Attr::u16(SVC_ATTR_PROTOCOL, self.protocol),
+            Attr::addr(SVC_ATTR_ADDR, self.address),
+            Attr::port(SVC_ATTR_PORT, self.port),
+        ]
+    }
+
+    fn name(&self) -> String {
+        let proto = match self.protocol {
+            6 => "tcp",
+            17 => "udp",
+            _ => "?",
+        };
+        match self.address {
+            IpAddr::V4(a) => format!("{a}:{}/{proto}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+/// IPVS scheduler names.
+pub fn scheduler_name(s: Scheduler) -> &'static str {
+    s.as_str()
+}
+
+/// What the kernel has for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KernelService {
+    scheduler: String,
+    flags: u32,
+    timeout: u32,
+}
+
+/// The IPVS dataplane.
+pub struct IpvsDataplane {
+    /// Behind a lock so status reads (`&self`) can ask the kernel too.
+    client: std::sync::Mutex<Client>,
+    owned_path: PathBuf,
+    owned: BTreeSet<ServiceId>,
+    udp_timeout: Option<u32>,
+}
+
+/// Loads a kernel module if it is not there (modprobe; failures are left
+/// to the operation that needs the module, which names what is missing).
+fn modprobe(module: &str) {
+    if Path::new("/sys/module").join(module).exists() {
+        return;
+    }
+    match std::process::Command::new("modprobe").arg(module).output() {
+        Ok(o) if o.status.success() => info!(module, "kernel module loaded"),
+        Ok(o) => warn!(module, error = %String::from_utf8_lossy(&o.stderr).trim(), "cannot load kernel module"),
+        Err(e) => warn!(module, error = %e, "cannot run modprobe"),
+    }
+}
+
+fn read_owned(path: &Path) -> BTreeSet<ServiceId> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+impl IpvsDataplane {
+    /// Connects to the kernel's IPVS (loading `ip_vs` when missing).
+    pub fn open(state_dir: &Path) -> Result<IpvsDataplane, IpvsError> {
+        modprobe("ip_vs");
+        let client = Client::open()?;
+        let owned_path = state_dir.join(OWNED_FILE);
+        let owned = read_owned(&owned_path);
+        if !owned.is_empty() {
+            info!(services = owned.len(), "adopting the IPVS services a previous run created");
+        }
+        Ok(IpvsDataplane {
+            client: std::sync::Mutex::new(client),
+            owned_path,
+            owned,
+            udp_timeout: None,
+        })
+    }
+
+    /// One request to the kernel.
+    fn request(&self, cmd: u8, attrs: Vec<Attr>, dump: bool, what: &str) -> Result<Vec<Vec<Attr>>, IpvsError> {
+        let mut client = self
+            .client
+            .lock()
+            .map_err(|_| NetlinkError::Decode("the netlink client lock is poisoned".into()))?;
+        Ok(client.request(cmd, attrs, dump, what)?)
+    }
+
+    fn services(&self) -> Result<BTreeMap<ServiceId, KernelService>, IpvsError> {
+        let replies = self.request(CMD_GET_SERVICE, Vec::new(), true, "listing services")?;
+        let mut out = BTreeMap::new();
+        for r in replies {
+            let Some(s) = nest(&r, CMD_ATTR_SERVICE) else {
+                continue;
+            };
+            let v6 = get_u16(s, SVC_ATTR_AF) == Some(10);
+            let (Some(address), Some(port), Some(protocol)) = (
+                get_addr(s, SVC_ATTR_ADDR, v6),
+                get_port(s, SVC_ATTR_PORT),
+                get_u16(s, SVC_ATTR_PROTOCOL),
+            ) else {
+                continue; // fwmark services are not ours
+            };
+            let flags = raw(s, SVC_ATTR_FLAGS)
+                .and_then(|b| b.get(..4))
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            out.insert(
+                ServiceId {
+                    address,
+                    port,
+                    protocol,
+                },
+                KernelService {
+                    scheduler: get_string(s, SVC_ATTR_SCHED_NAME).unwrap_or_default(),
+                    flags,
+                    timeout: get_u32(s, SVC_ATTR_TIMEOUT).unwrap_or(0),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// The destinations of a service: address -> (weight, forwarding, attrs).
+    fn dests(&self, id: &ServiceId) -> Result<BTreeMap<IpAddr, Vec<Attr>>, IpvsError> {
+        let replies = self.request(
+            CMD_GET_DEST,
+            vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
+            true,
+            &format!("listing the real servers of {}", id.name()),
+        )?;
+        let v6 = id.address.is_ipv6();
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| {
+                let d = nest(&r, CMD_ATTR_DEST)?.to_vec();
+                let v6 = get_u16(&d, DEST_ATTR_ADDR_FAMILY).map_or(v6, |f| f == 10);
+                Some((get_addr(&d, DEST_ATTR_ADDR, v6)?, d))
+            })
+            .collect())
+    }
+
+    fn service_attrs(id: &ServiceId, plan: &ServicePlan) -> Vec<Attr> {
+        let (flags, timeout) = if plan.persistence_timeout > 0 {
+            (SVC_F_PERSISTENT, plan.persistence_timeout)
+        } else {
+            (0, 0)
+        };
+        let netmask = if id.address.is_ipv4() { u32::MAX } else { 128 };
+        let mut a = id.attrs();
+        a.extend([
+            Attr::string(SVC_ATTR_SCHED_NAME, scheduler_name(plan.scheduler)),
+            Attr::Raw(
+                SVC_ATTR_FLAGS,
+                [flags.to_ne_bytes(), u32::MAX.to_ne_bytes()].concat(),
+            ),
+            Attr::u32(SVC_ATTR_TIMEOUT, timeout),
+            Attr::u32(SVC_ATTR_NETMASK, netmask),
+        ]);
+        a
+    }
+
+    fn dest_attrs(id: &ServiceId, address: IpAddr, weight: u32) -> Vec<Attr> {
+        vec![
+            Attr::addr(DEST_ATTR_ADDR, address),
+            Attr::port(DEST_ATTR_PORT, id.port),
+            Attr::u32(DEST_ATTR_FWD_METHOD, FWD_DROUTE),
+            Attr::u32(DEST_ATTR_WEIGHT, weight),
+            Attr::u32(DEST_ATTR_U_THRESH, 0),
+            Attr::u32(DEST_ATTR_L_THRESH, 0),
+            Attr::u16(DEST_ATTR_ADDR_FAMILY, id.af()),
+        ]
+    }
+
+    /// Makes the kernel's IPVS table match `plans` (only for services this
+    /// daemon owns), changing only what differs.
+    pub fn apply(&mut self, plans: &[ServicePlan], udp_timeout: u32) -> Result<(), IpvsError> {
+        for p in plans {
+            if p.port == 0 && p.persistence_timeout == 0 {
+                return Err(IpvsError::AnyPort(p.name()));
+            }
+        }
+        if self.udp_timeout != Some(udp_timeout) {
+            self.request(
+                CMD_SET_CONFIG,
+                vec![Attr::u32(CMD_ATTR_TIMEOUT_UDP, udp_timeout)],
+                false,
+                "setting the UDP timeout",
+            )?;
+            self.udp_timeout = Some(udp_timeout);
+        }
+        let kernel = self.services()?;
+        let wanted: BTreeSet<ServiceId> = plans.iter().map(ServiceId::of).collect();
+        // Ours first, so a crash between two steps still knows them.
+        let mut owned: BTreeSet<ServiceId> = self.owned.union(&wanted).copied().collect();
+        self.save_owned(&owned)?;
+        for plan in plans {
+            let id = ServiceId::of(plan);
+            let attrs = Self::service_attrs(&id, plan);
+            let want = KernelService {
+                scheduler: scheduler_name(plan.scheduler).to_string(),
+                flags: if plan.persistence_timeout > 0 { SVC_F_PERSISTENT } else { 0 },
+                timeout: plan.persistence_timeout,
+            };
+            match kernel.get(&id) {
+                None => {
+                    modprobe(&format!("ip_vs_{}", want.scheduler));
+                    self.request(
+                        CMD_NEW_SERVICE,
+                        vec![Attr::Nested(CMD_ATTR_SERVICE, attrs)],
+                        false,
+                        &format!("adding {}", id.name()),
+                    )?;
+                    info!(service = %id.name(), scheduler = %want.scheduler, "IPVS service added");
+                }
+                Some(k) if k.scheduler != want.scheduler || k.flags & SVC_F_PERSISTENT != want.flags || (want.flags != 0 && k.timeout != want.timeout) => {
+                    modprobe(&format!("ip_vs_{}", want.scheduler));
+                    self.request(
+                        CMD_SET_SERVICE,
+                        vec![Attr::Nested(CMD_ATTR_SERVICE, attrs)],
+                        false,
+                        &format!("updating {}", id.name()),
+                    )?;
+                    info!(service = %id.name(), scheduler = %want.scheduler, "IPVS service updated");
+                }
+                Some(_) => {}
+            }
+            let have = self.dests(&id)?;
+            let svc = Attr::Nested(CMD_ATTR_SERVICE, id.attrs());
+            for b in &plan.backends {
+                let dest = Attr::Nested(CMD_ATTR_DEST, Self::dest_attrs(&id, b.address, b.weight));
+                let cmd = match have.get(&b.address) {
+                    None => CMD_NEW_DEST,
+                    Some(d)
+                        if get_u32(d, DEST_ATTR_WEIGHT) != Some(b.weight)
+                            || get_u32(d, DEST_ATTR_FWD_METHOD).map(|f| f & 7) != Some(FWD_DROUTE) =>
+                    {
+                        CMD_SET_DEST
+                    }
+                    Some(_) => continue,
+                };
+                self.request(
+                    cmd,
+                    vec![svc.clone(), dest],
+                    false,
+                    &format!("real server {} of {}", b.address, id.name()),
+                )?;
+            }
+            for address in have.keys() {
+                if !plan.backends.iter().any(|b| b.address == *address) {
+                    let dest = Attr::Nested(
+                        CMD_ATTR_DEST,
+                        vec![
+                            Attr::addr(DEST_ATTR_ADDR, *address),
+                            Attr::port(DEST_ATTR_PORT, id.port),
+                            Attr::u16(DEST_ATTR_ADDR_FAMILY, id.af()),
+                        ],
+                    );
+                    self.request(
+                        CMD_DEL_DEST,
+                        vec![svc.clone(), dest],
+                        false,
+                        &format!("removing real server {address} of {}", id.name()),
+                    )?;
+                }
+            }
+        }
+        // Services we created that left the config.
+        for id in self.owned.difference(&wanted).copied().collect::<Vec<_>>() {
+            if kernel.contains_key(&id) {
+                self.request(
+                    CMD_DEL_SERVICE,
+                    vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
+                    false,
+                    &format!("removing {}", id.name()),
+                )?;
+                info!(service = %id.name(), "IPVS service removed");
+            }
+            owned.remove(&id);
+        }
+        self.save_owned(&owned)?;
+        self.owned = owned;
+        Ok(())
+    }
+
+    fn save_owned(&self, owned: &BTreeSet<ServiceId>) -> Result<(), IpvsError> {
+        let text = serde_json::to_vec(owned).unwrap_or_default();
+        let tmp = self.owned_path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.owned_path))
+            .map_err(|source| IpvsError::State {
+                path: self.owned_path.clone(),
+                source,
+            })
+    }
+
+    /// Traffic of a service from IPVS's own statistics (packets and bytes
+    /// in, connections).
+    pub fn service_traffic(&self, plan: &ServicePlan) -> Result<Traffic, IpvsError> {
+        let id = ServiceId::of(plan);
+        let replies = self.request(
+            CMD_GET_SERVICE,
+            vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
+            false,
+            &format!("reading {}", id.name()),
+        )?;
+        Ok(replies
+            .iter()
+            .find_map(|r| nest(r, CMD_ATTR_SERVICE).map(|s| traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS)))
+            .unwrap_or_default())
+    }
+
+    /// Traffic of one real server of a service.
+    pub fn backend_traffic(&self, plan: &ServicePlan, address: IpAddr) -> Result<Traffic, IpvsError> {
+        let id = ServiceId::of(plan);
+        Ok(self
+            .dests(&id)?
+            .get(&address)
+            .map(|d| traffic(d, DEST_ATTR_STATS64, DEST_ATTR_STATS))
+            .unwrap_or_default())
+    }
+}
+
+/// Statistics from a service or destination: 64-bit if present.
+fn traffic(attrs: &[Attr], stats64: u16, stats32: u16) -> Traffic {
+    if let Some(s) = nest(attrs, stats64) {
+        return Traffic {
+            packets: get_u64(s, STATS_ATTR_INPKTS).unwrap_or(0),
+            bytes: get_u64(s, STATS_ATTR_INBYTES).unwrap_or(0),
+            new_flows: get_u64(s, STATS_ATTR_CONNS).unwrap_or(0),
+        };
+    }
+    let Some(s) = nest(attrs, stats32) else {
+        return Traffic::default();
+    };
+    Traffic {
+        packets: get_u32(s, STATS_ATTR_INPKTS).map_or(0, u64::from),
+        bytes: get_u64(s, STATS_ATTR_INBYTES).unwrap_or(0),
+        new_flows: get_u32(s, STATS_ATTR_CONNS).map_or(0, u64::from),
+    }
+}
+
+/// Removes the IPVS services a daemon with `state_dir` created. Returns
+/// what was removed (nothing when it never ran with IPVS).
+pub fn flush(state_dir: &Path) -> Result<Vec<String>, IpvsError> {
+    let path = state_dir.join(OWNED_FILE);
+    let owned = read_owned(&path);
+    if owned.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(Vec::new());
+    }
+    let mut client = Client::open()?;
+    let mut removed = Vec::new();
+    for id in owned {
+        match client.request(
+            CMD_DEL_SERVICE,
+            vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
+            false,
+            &format!("removing {}", id.name()),
+        ) {
+            Ok(_) => removed.push(format!("IPVS service {}", id.name())),
+            // Already gone.
+            Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(removed)
+}
