@@ -307,8 +307,7 @@ pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
     }
     // The IPVS services this state directory's daemon created.
     removed.extend(
-        crate::dataplane::ipvs::flush(state_dir)
-            .map_err(crate::dataplane::DataplaneError::from)?,
+        crate::dataplane::ipvs::flush(state_dir).map_err(crate::dataplane::DataplaneError::from)?,
     );
     Ok(removed)
 }

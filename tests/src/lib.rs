@@ -24,6 +24,7 @@ pub mod inject;
 pub mod lab;
 pub mod netns;
 pub mod scenario;
+pub mod vm;
 pub mod xdp_pass;
 
 pub use lab::{Lab, LabSpec, Node};

@@ -29,14 +29,14 @@ pub enum DataplaneError {
     Ipvs(#[from] ipvs::IpvsError),
     #[error("no dataplane can run here: XDP: {xdp}; IPVS: {ipvs}")]
     Neither {
-        xdp: xdp::XdpError,
-        ipvs: ipvs::IpvsError,
+        xdp: Box<xdp::XdpError>,
+        ipvs: Box<ipvs::IpvsError>,
     },
 }
 
 /// The running dataplane.
 pub enum Dataplane {
-    Xdp(xdp::XdpDataplane),
+    Xdp(Box<xdp::XdpDataplane>),
     Ipvs(ipvs::IpvsDataplane),
 }
 
@@ -49,15 +49,20 @@ impl Dataplane {
         state_dir: &Path,
     ) -> Result<Dataplane, DataplaneError> {
         match kind {
-            DataplaneKind::Xdp => Ok(Dataplane::Xdp(xdp::XdpDataplane::open(xdp_options)?)),
+            DataplaneKind::Xdp => Ok(Dataplane::Xdp(Box::new(xdp::XdpDataplane::open(
+                xdp_options,
+            )?))),
             DataplaneKind::Ipvs => Ok(Dataplane::Ipvs(ipvs::IpvsDataplane::open(state_dir)?)),
             DataplaneKind::Auto => match xdp::XdpDataplane::open(xdp_options) {
-                Ok(d) => Ok(Dataplane::Xdp(d)),
+                Ok(d) => Ok(Dataplane::Xdp(Box::new(d))),
                 Err(xdp) => {
                     warn!(error = %xdp, "XDP cannot run here: falling back to the kernel's IPVS");
                     match ipvs::IpvsDataplane::open(state_dir) {
                         Ok(d) => Ok(Dataplane::Ipvs(d)),
-                        Err(ipvs) => Err(DataplaneError::Neither { xdp, ipvs }),
+                        Err(ipvs) => Err(DataplaneError::Neither {
+                            xdp: Box::new(xdp),
+                            ipvs: Box::new(ipvs),
+                        }),
                     }
                 }
             },
@@ -80,7 +85,12 @@ impl Dataplane {
         }
     }
 
-    pub fn apply(&mut self, plans: &[ServicePlan], udp_timeout: u32, mac: Mac) -> Result<(), DataplaneError> {
+    pub fn apply(
+        &mut self,
+        plans: &[ServicePlan],
+        udp_timeout: u32,
+        mac: Mac,
+    ) -> Result<(), DataplaneError> {
         match self {
             Dataplane::Xdp(d) => Ok(d.apply(plans, udp_timeout, mac)?),
             Dataplane::Ipvs(d) => Ok(d.apply(plans, udp_timeout)?),
@@ -94,7 +104,11 @@ impl Dataplane {
         }
     }
 
-    pub fn backend_traffic(&self, plan: &ServicePlan, address: IpAddr) -> Result<Traffic, DataplaneError> {
+    pub fn backend_traffic(
+        &self,
+        plan: &ServicePlan,
+        address: IpAddr,
+    ) -> Result<Traffic, DataplaneError> {
         match self {
             Dataplane::Xdp(d) => Ok(d.backend_traffic(plan, address)?),
             Dataplane::Ipvs(d) => Ok(d.backend_traffic(plan, address)?),
@@ -112,7 +126,7 @@ impl Dataplane {
     /// Lets go without tearing down: the kernel keeps forwarding.
     pub fn release(self) {
         match self {
-            Dataplane::Xdp(d) => d.release(),
+            Dataplane::Xdp(d) => (*d).release(),
             Dataplane::Ipvs(_) => {}
         }
     }

@@ -361,7 +361,9 @@ impl XdpDataplane {
             let flags = match service.scheduler {
                 Scheduler::Sh => SVC_SOURCE_HASH,
                 // The others are refused by the config check (IPVS only).
-                Scheduler::Mh | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc | Scheduler::Wlc => 0,
+                Scheduler::Mh | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc | Scheduler::Wlc => {
+                    0
+                }
             } | if service.persistence_timeout > 0 {
                 SVC_PERSISTENT
             } else {

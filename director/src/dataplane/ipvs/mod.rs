@@ -29,7 +29,9 @@ pub const OWNED_FILE: &str = "ipvs-services.json";
 pub enum IpvsError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("{0}: IPVS cannot serve every port without persistence; use the xdp dataplane or set persistence_timeout")]
+    #[error(
+        "{0}: IPVS cannot serve every port without persistence; use the xdp dataplane or set persistence_timeout"
+    )]
     AnyPort(String),
     #[error("cannot record the owned IPVS services in {path}: {source}")]
     State {
@@ -113,7 +115,9 @@ fn modprobe(module: &str) {
     }
     match std::process::Command::new("modprobe").arg(module).output() {
         Ok(o) if o.status.success() => info!(module, "kernel module loaded"),
-        Ok(o) => warn!(module, error = %String::from_utf8_lossy(&o.stderr).trim(), "cannot load kernel module"),
+        Ok(o) => {
+            warn!(module, error = %String::from_utf8_lossy(&o.stderr).trim(), "cannot load kernel module")
+        }
         Err(e) => warn!(module, error = %e, "cannot run modprobe"),
     }
 }
@@ -133,7 +137,10 @@ impl IpvsDataplane {
         let owned_path = state_dir.join(OWNED_FILE);
         let owned = read_owned(&owned_path);
         if !owned.is_empty() {
-            info!(services = owned.len(), "adopting the IPVS services a previous run created");
+            info!(
+                services = owned.len(),
+                "adopting the IPVS services a previous run created"
+            );
         }
         Ok(IpvsDataplane {
             client: std::sync::Mutex::new(client),
@@ -144,7 +151,13 @@ impl IpvsDataplane {
     }
 
     /// One request to the kernel.
-    fn request(&self, cmd: u8, attrs: Vec<Attr>, dump: bool, what: &str) -> Result<Vec<Vec<Attr>>, IpvsError> {
+    fn request(
+        &self,
+        cmd: u8,
+        attrs: Vec<Attr>,
+        dump: bool,
+        what: &str,
+    ) -> Result<Vec<Vec<Attr>>, IpvsError> {
         let mut client = self
             .client
             .lock()
@@ -265,7 +278,11 @@ impl IpvsDataplane {
             let attrs = Self::service_attrs(&id, plan);
             let want = KernelService {
                 scheduler: scheduler_name(plan.scheduler).to_string(),
-                flags: if plan.persistence_timeout > 0 { SVC_F_PERSISTENT } else { 0 },
+                flags: if plan.persistence_timeout > 0 {
+                    SVC_F_PERSISTENT
+                } else {
+                    0
+                },
                 timeout: plan.persistence_timeout,
             };
             match kernel.get(&id) {
@@ -279,7 +296,11 @@ impl IpvsDataplane {
                     )?;
                     info!(service = %id.name(), scheduler = %want.scheduler, "IPVS service added");
                 }
-                Some(k) if k.scheduler != want.scheduler || k.flags & SVC_F_PERSISTENT != want.flags || (want.flags != 0 && k.timeout != want.timeout) => {
+                Some(k)
+                    if k.scheduler != want.scheduler
+                        || k.flags & SVC_F_PERSISTENT != want.flags
+                        || (want.flags != 0 && k.timeout != want.timeout) =>
+                {
                     modprobe(&format!("ip_vs_{}", want.scheduler));
                     self.request(
                         CMD_SET_SERVICE,
@@ -299,7 +320,8 @@ impl IpvsDataplane {
                     None => CMD_NEW_DEST,
                     Some(d)
                         if get_u32(d, DEST_ATTR_WEIGHT) != Some(b.weight)
-                            || get_u32(d, DEST_ATTR_FWD_METHOD).map(|f| f & 7) != Some(FWD_DROUTE) =>
+                            || get_u32(d, DEST_ATTR_FWD_METHOD).map(|f| f & 7)
+                                != Some(FWD_DROUTE) =>
                     {
                         CMD_SET_DEST
                     }
@@ -372,12 +394,18 @@ impl IpvsDataplane {
         )?;
         Ok(replies
             .iter()
-            .find_map(|r| nest(r, CMD_ATTR_SERVICE).map(|s| traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS)))
+            .find_map(|r| {
+                nest(r, CMD_ATTR_SERVICE).map(|s| traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS))
+            })
             .unwrap_or_default())
     }
 
     /// Traffic of one real server of a service.
-    pub fn backend_traffic(&self, plan: &ServicePlan, address: IpAddr) -> Result<Traffic, IpvsError> {
+    pub fn backend_traffic(
+        &self,
+        plan: &ServicePlan,
+        address: IpAddr,
+    ) -> Result<Traffic, IpvsError> {
         let id = ServiceId::of(plan);
         Ok(self
             .dests(&id)?
@@ -426,7 +454,8 @@ pub fn flush(state_dir: &Path) -> Result<Vec<String>, IpvsError> {
         ) {
             Ok(_) => removed.push(format!("IPVS service {}", id.name())),
             // Already gone.
-            Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ESRCH) => {}
             Err(e) => return Err(e.into()),
         }
     }

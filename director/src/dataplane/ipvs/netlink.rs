@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Nla, NlaBuffer, NlasIterator,
-    NetlinkMessage, NetlinkPayload, ParseableParametrized,
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    Nla, NlaBuffer, NlasIterator, ParseableParametrized,
 };
 use netlink_packet_generic::{
     GenlFamily, GenlHeader, GenlMessage,
@@ -222,11 +222,15 @@ pub fn nest(attrs: &[Attr], kind: u16) -> Option<&[Attr]> {
 }
 
 pub fn get_u16(attrs: &[Attr], kind: u16) -> Option<u16> {
-    raw(attrs, kind)?.get(..2).map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    raw(attrs, kind)?
+        .get(..2)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
 }
 
 pub fn get_port(attrs: &[Attr], kind: u16) -> Option<u16> {
-    raw(attrs, kind)?.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    raw(attrs, kind)?
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
 }
 
 pub fn get_u32(attrs: &[Attr], kind: u16) -> Option<u32> {
@@ -397,7 +401,10 @@ mod tests {
                 Attr::addr(SVC_ATTR_ADDR, "10.0.0.100".parse().expect("ip")),
                 Attr::port(SVC_ATTR_PORT, 80),
                 Attr::string(SVC_ATTR_SCHED_NAME, "mh"),
-                Attr::Raw(SVC_ATTR_FLAGS, [0u32.to_ne_bytes(), u32::MAX.to_ne_bytes()].concat()),
+                Attr::Raw(
+                    SVC_ATTR_FLAGS,
+                    [0u32.to_ne_bytes(), u32::MAX.to_ne_bytes()].concat(),
+                ),
                 Attr::u32(SVC_ATTR_TIMEOUT, 0),
                 Attr::u32(SVC_ATTR_NETMASK, u32::MAX),
             ],
@@ -478,7 +485,10 @@ mod tests {
         dest.emit(&mut b);
         let parsed = parse_attrs(&b, Level::Command).expect("parse");
         let d = nest(&parsed, CMD_ATTR_DEST).expect("dest");
-        assert_eq!(get_addr(d, DEST_ATTR_ADDR, true), Some("fd00::20".parse().expect("ip")));
+        assert_eq!(
+            get_addr(d, DEST_ATTR_ADDR, true),
+            Some("fd00::20".parse().expect("ip"))
+        );
         assert_eq!(get_u32(d, DEST_ATTR_WEIGHT), Some(7));
         assert_eq!(get_u32(d, DEST_ATTR_FWD_METHOD), Some(FWD_DROUTE));
         let st = nest(d, DEST_ATTR_STATS64).expect("stats");
