@@ -21,6 +21,7 @@ router_id = "vm"
 interface = "eth0"
 state_dir = "/run/director"
 dataplane = "ipvs"
+udp_timeout = 120
 
 [[virtual_server]]
 address = "10.0.0.100"
@@ -92,6 +93,7 @@ done
 echo $! > /tmp/d.pid
 wait_for "ipvs | grep -q 10.0.0.21" 90 || echo "RESULT start=timeout"
 echo BEGIN ipvsadm1; ipvs; echo END ipvsadm1
+echo BEGIN timeouts; ip netns exec director ipvsadm -L --timeout; echo END timeouts
 echo BEGIN requests1; for i in 1 2 3 4 5 6 7 8 9; do get; done; echo END requests1
 echo BEGIN debug
 ip -n client neigh
@@ -193,6 +195,9 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     ensure!(line("10.0.0.20:80")[2..4] == ["Route", "1"], "{table}");
     ensure!(line("10.0.0.21:80")[2..4] == ["Route", "2"], "{table}");
     ensure!(table.matches("TCP ").count() == 1, "{table}");
+    // global.udp_timeout reached IPVS (SET_CONFIG).
+    let timeouts = vm::section(&out, "timeouts");
+    ensure!(timeouts.trim().ends_with(" 120"), "{timeouts}");
 
     // Clients are served by both real servers through the VIP.
     let requests = vm::section(&out, "requests1");

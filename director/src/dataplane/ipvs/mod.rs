@@ -462,3 +462,132 @@ pub fn flush(state_dir: &Path) -> Result<Vec<String>, IpvsError> {
     let _ = std::fs::remove_file(&path);
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Protocol,
+        dataplane::{BackendPlan, ServicePlan},
+    };
+
+    fn plan(address: &str, persistence: u32) -> ServicePlan {
+        ServicePlan {
+            address: address.parse().expect("ip"),
+            port: 443,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Wlc,
+            persistence_timeout: persistence,
+            backends: vec![BackendPlan {
+                address: "10.0.0.20".parse().expect("ip"),
+                weight: 0,
+                mac: None,
+            }],
+        }
+    }
+
+    /// Encodes a message the way `Client::request` does and parses it back
+    /// with the family's nesting rules.
+    fn wire(attrs: Vec<Attr>) -> Vec<Attr> {
+        let msg = netlink::IpvsMessage { cmd: 0, attrs };
+        let mut b = vec![0u8; netlink_packet_core::Emitable::buffer_len(&msg)];
+        netlink_packet_core::Emitable::emit(&msg, &mut b);
+        parse_attrs(&b, Level::Command).expect("parse")
+    }
+
+    /// Every message the dataplane sends, checked against ip_vs.h's
+    /// attributes: service identity, scheduler, persistence flags and
+    /// timeout, netmask; DR destinations with weight and thresholds; the UDP
+    /// timeout of SET_CONFIG.
+    #[test]
+    fn every_message_carries_the_ip_vs_h_attributes() {
+        // NEW_SERVICE / SET_SERVICE (persistent, IPv6).
+        let p = plan("fd00::100", 300);
+        let id = ServiceId::of(&p);
+        let got = wire(vec![Attr::Nested(
+            CMD_ATTR_SERVICE,
+            IpvsDataplane::service_attrs(&id, &p),
+        )]);
+        let s = nest(&got, CMD_ATTR_SERVICE).expect("service");
+        assert_eq!(get_u16(s, SVC_ATTR_AF), Some(10));
+        assert_eq!(get_u16(s, SVC_ATTR_PROTOCOL), Some(6));
+        assert_eq!(get_port(s, SVC_ATTR_PORT), Some(443));
+        assert_eq!(get_addr(s, SVC_ATTR_ADDR, true), Some(p.address));
+        assert_eq!(get_string(s, SVC_ATTR_SCHED_NAME).as_deref(), Some("wlc"));
+        let flags = raw(s, SVC_ATTR_FLAGS).expect("flags");
+        assert_eq!(flags.len(), 8, "struct ip_vs_flags {{ flags, mask }}");
+        assert_eq!(&flags[..4], &SVC_F_PERSISTENT.to_ne_bytes());
+        assert_eq!(get_u32(s, SVC_ATTR_TIMEOUT), Some(300));
+        assert_eq!(get_u32(s, SVC_ATTR_NETMASK), Some(128));
+        // Not persistent, IPv4: flags 0, timeout 0, netmask all ones.
+        let p4 = plan("10.0.0.100", 0);
+        let id4 = ServiceId::of(&p4);
+        let got = wire(vec![Attr::Nested(
+            CMD_ATTR_SERVICE,
+            IpvsDataplane::service_attrs(&id4, &p4),
+        )]);
+        let s = nest(&got, CMD_ATTR_SERVICE).expect("service");
+        assert_eq!(&raw(s, SVC_ATTR_FLAGS).expect("flags")[..4], &[0; 4]);
+        assert_eq!(get_u32(s, SVC_ATTR_NETMASK), Some(u32::MAX));
+        // DEL_SERVICE / GET_DEST: identity only.
+        let got = wire(vec![Attr::Nested(CMD_ATTR_SERVICE, id4.attrs())]);
+        let s = nest(&got, CMD_ATTR_SERVICE).expect("service");
+        assert_eq!(s.len(), 4);
+        assert_eq!(get_u16(s, SVC_ATTR_AF), Some(2));
+        // NEW_DEST / SET_DEST: DR, weight (0 drains), no thresholds.
+        let d = IpvsDataplane::dest_attrs(&id4, "10.0.0.20".parse().expect("ip"), 0);
+        let got = wire(vec![
+            Attr::Nested(CMD_ATTR_SERVICE, id4.attrs()),
+            Attr::Nested(CMD_ATTR_DEST, d),
+        ]);
+        let d = nest(&got, CMD_ATTR_DEST).expect("dest");
+        assert_eq!(get_u32(d, DEST_ATTR_FWD_METHOD), Some(FWD_DROUTE));
+        assert_eq!(get_u32(d, DEST_ATTR_WEIGHT), Some(0));
+        assert_eq!(get_u32(d, DEST_ATTR_U_THRESH), Some(0));
+        assert_eq!(get_u32(d, DEST_ATTR_L_THRESH), Some(0));
+        assert_eq!(get_port(d, DEST_ATTR_PORT), Some(443));
+        assert_eq!(get_u16(d, DEST_ATTR_ADDR_FAMILY), Some(2));
+        // SET_CONFIG: the UDP timeout.
+        let got = wire(vec![Attr::u32(CMD_ATTR_TIMEOUT_UDP, 300)]);
+        assert_eq!(get_u32(&got, CMD_ATTR_TIMEOUT_UDP), Some(300));
+        // Statistics of a reply, 64-bit preferred over 32-bit.
+        let st = vec![Attr::Nested(
+            SVC_ATTR_STATS,
+            vec![
+                Attr::u32(STATS_ATTR_CONNS, 3),
+                Attr::u32(STATS_ATTR_INPKTS, 21),
+                Attr::Raw(STATS_ATTR_INBYTES, 1170u64.to_ne_bytes().to_vec()),
+            ],
+        )];
+        let t = traffic(&st, SVC_ATTR_STATS64, SVC_ATTR_STATS);
+        assert_eq!((t.packets, t.bytes, t.new_flows), (21, 1170, 3));
+    }
+
+    #[test]
+    fn command_and_attribute_numbers_follow_ip_vs_h() {
+        // enum { IPVS_CMD_UNSPEC = 0, NEW_SERVICE, SET_SERVICE, DEL_SERVICE,
+        // GET_SERVICE, NEW_DEST, SET_DEST, DEL_DEST, GET_DEST, NEW_DAEMON,
+        // DEL_DAEMON, GET_DAEMON, SET_CONFIG, GET_CONFIG, SET_INFO,
+        // GET_INFO, ZERO, FLUSH }
+        assert_eq!(
+            [
+                CMD_NEW_SERVICE,
+                CMD_SET_SERVICE,
+                CMD_DEL_SERVICE,
+                CMD_GET_SERVICE
+            ],
+            [1, 2, 3, 4]
+        );
+        assert_eq!(
+            [CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST, CMD_GET_DEST],
+            [5, 6, 7, 8]
+        );
+        assert_eq!(CMD_SET_CONFIG, 12);
+        // IPVS_CMD_ATTR_{SERVICE=1, DEST, DAEMON, TIMEOUT_TCP, TIMEOUT_TCP_FIN, TIMEOUT_UDP}
+        assert_eq!(
+            [CMD_ATTR_SERVICE, CMD_ATTR_DEST, CMD_ATTR_TIMEOUT_UDP],
+            [1, 2, 6]
+        );
+        assert_eq!(FWD_DROUTE, 3);
+    }
+}

@@ -26,7 +26,7 @@ pub const CMD_NEW_DEST: u8 = 5;
 pub const CMD_SET_DEST: u8 = 6;
 pub const CMD_DEL_DEST: u8 = 7;
 pub const CMD_GET_DEST: u8 = 8;
-pub const CMD_SET_CONFIG: u8 = 16;
+pub const CMD_SET_CONFIG: u8 = 12;
 pub const CMD_GET_INFO: u8 = 15;
 
 // Command attributes (IPVS_CMD_ATTR_*).
