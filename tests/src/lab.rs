@@ -299,6 +299,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Puts a `size`-byte file with [`big_file_byte`] content on every real
+    /// server, served at `/big` at 512 KiB/s per connection.
+    pub fn write_big_file(&self, size: usize) -> Result<()> {
+        let content: Vec<u8> = (0..size).map(big_file_byte).collect();
+        for rs in &self.real_servers {
+            std::fs::write(self.dir.join(&rs.name).join("big.bin"), &content)?;
+        }
+        Ok(())
+    }
+
     /// The switch namespace (for captures and fault injection).
     pub fn switch(&self) -> &Netns {
         &self.switch
@@ -403,6 +413,8 @@ http {{
         listen [::]:8080 reuseport;
         default_type text/plain;
         location / {{ return 200 "{name}\n"; }}
+        # Long downloads (see `Lab::write_big_file`), at a bounded rate.
+        location = /big {{ alias {b}/big.bin; limit_rate 512k; default_type application/octet-stream; }}
     }}
 }}
 "#,
@@ -417,6 +429,12 @@ http {{
         &["-e", &err_log, "-c", &conf_str, "-g", "daemon off;"],
         &base.join("nginx.out"),
     )
+}
+
+/// Byte `i` of the lab's big file: a pattern a download can be checked
+/// against without keeping it.
+pub fn big_file_byte(i: usize) -> u8 {
+    ((i % 251) ^ (i / 251 % 256)) as u8
 }
 
 /// Whether the run that created `name` (`dlab-<pid>-...`) is still alive.
