@@ -97,6 +97,15 @@ pub struct VrrpInstance {
     /// Virtual servers whose quorum adjusts priority or forces Fault.
     #[serde(default)]
     pub track_virtual_server: Vec<TrackVirtualServer>,
+    /// More paths for the adverts (e.g. unicast over a dedicated link):
+    /// sent on every path, heard on any; the master is declared down only
+    /// when every path is silent.
+    #[serde(default)]
+    pub heartbeat: Vec<HeartbeatPath>,
+    /// Upstream addresses that must answer ICMP echo; losing one forces
+    /// Fault (an isolated director gives the VIP up).
+    #[serde(default)]
+    pub track_gateway: Vec<TrackGateway>,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -129,6 +138,39 @@ pub struct TrackVirtualServer {
     pub protocol: Protocol,
     #[serde(default)]
     pub weight: i32,
+}
+
+/// One extra heartbeat path of a VRRP instance.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatPath {
+    pub interface: String,
+    /// Peers on that path (none: multicast on the interface).
+    #[serde(default)]
+    pub unicast_peer: Vec<IpAddr>,
+    /// Source address on that path (default: the interface's).
+    pub unicast_src_ip: Option<IpAddr>,
+}
+
+/// One `track_gateway` entry: ICMP echo every `interval` seconds; `fall`
+/// unanswered in a row force Fault, `rise` answered lift it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackGateway {
+    pub address: IpAddr,
+    #[serde(default = "default_gateway_interval")]
+    pub interval: f64,
+    #[serde(default = "default_gateway_fall")]
+    pub fall: u32,
+    #[serde(default = "one")]
+    pub rise: u32,
+}
+
+fn default_gateway_interval() -> f64 {
+    1.0
+}
+fn default_gateway_fall() -> u32 {
+    3
 }
 
 /// keepalived's `state`.
@@ -1263,6 +1305,53 @@ impl Config {
                             Index(j),
                         ],
                         format!("no [[vrrp_script]] named `{name}`"),
+                    ));
+                }
+            }
+            for (j, h) in v.heartbeat.iter().enumerate() {
+                let at = |k: &'static str| {
+                    vec![
+                        Key("vrrp_instance"),
+                        Index(i),
+                        Key("heartbeat"),
+                        Index(j),
+                        Key(k),
+                    ]
+                };
+                if h.interface.is_empty() || h.interface.len() > 15 {
+                    return Err(problem(at("interface"), "not a valid interface name"));
+                }
+                if h.unicast_peer
+                    .iter()
+                    .chain(&h.unicast_src_ip)
+                    .any(|a| a.is_ipv6() != v6)
+                {
+                    return Err(problem(
+                        at("unicast_peer"),
+                        "must be of the instance's address family",
+                    ));
+                }
+            }
+            for (j, g) in v.track_gateway.iter().enumerate() {
+                let at = |k: &'static str| {
+                    vec![
+                        Key("vrrp_instance"),
+                        Index(i),
+                        Key("track_gateway"),
+                        Index(j),
+                        Key(k),
+                    ]
+                };
+                if !(g.interval >= 0.05 && g.interval <= 3600.0) {
+                    return Err(problem(
+                        at("interval"),
+                        "must be between 0.05 and 3600 seconds",
+                    ));
+                }
+                if g.fall == 0 || g.rise == 0 {
+                    return Err(problem(
+                        at(if g.fall == 0 { "fall" } else { "rise" }),
+                        "must be at least 1",
                     ));
                 }
             }

@@ -199,3 +199,137 @@ fn twenty_restarts_under_load_lose_almost_nothing() -> Result<()> {
     ensure!(holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?);
     Ok(())
 }
+
+fn nft(lab: &Lab, i: usize, rules: &[&str]) -> Result<()> {
+    for r in rules {
+        lab.directors[i].ns.exec("nft", &[r])?;
+    }
+    Ok(())
+}
+
+/// Two heartbeat paths (multicast on the service link, unicast on a
+/// dedicated link): VRRP dropped on the backup's service link changes
+/// nothing while the dedicated link carries the adverts; only when both
+/// paths are silent does the backup take over.
+#[test]
+fn a_redundant_heartbeat_path_prevents_a_false_failover() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    // The dedicated heartbeat link between the two directors.
+    let d2 = lab.directors[1].ns.name().to_string();
+    lab.directors[0].ns.ip(&[
+        "link", "add", "hb0", "type", "veth", "peer", "name", "hb0", "netns", &d2,
+    ])?;
+    for (i, a) in [(0, "192.168.77.1/24"), (1, "192.168.77.2/24")] {
+        lab.directors[i].ns.ip(&["addr", "add", a, "dev", "hb0"])?;
+        lab.directors[i].ns.ip(&["link", "set", "hb0", "up"])?;
+    }
+    let extra = |peer: &str| {
+        format!("{FAST}\nheartbeat = [{{ interface = \"hb0\", unicast_peer = [\"{peer}\"] }}]")
+    };
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra("192.168.77.2"))?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, &extra("192.168.77.1"))?;
+    let _d1 = scenario::spawn_director(&lab, 0, &lab.write("director1.toml", &c1)?)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &lab.write("director2.toml", &c2)?)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let transitions = |s: &Path| -> Result<serde_json::Value> {
+        Ok(scenario::status(s)?["vrrp"][0]["transitions"].clone())
+    };
+    let (t1, t2) = (transitions(&s1)?, transitions(&s2)?);
+
+    // The service link drops VRRP on the backup: the other path carries on.
+    nft(
+        &lab,
+        1,
+        &[
+            "add table inet lab",
+            "add chain inet lab input { type filter hook input priority 0 ; }",
+            "add rule inet lab input iifname \"eth0\" meta l4proto 112 drop",
+        ],
+    )?;
+    let received = |s: &Path| -> Result<u64> {
+        Ok(scenario::status(s)?["vrrp"][0]["adverts_received"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let before = received(&s2)?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        received(&s2)? >= before + 15,
+        "adverts stopped on the heartbeat path"
+    );
+    ensure!(
+        scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("backup")
+            && scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"),
+        "a failover happened with one path left"
+    );
+    ensure!(
+        transitions(&s1)? == t1 && transitions(&s2)? == t2,
+        "transitions moved"
+    );
+    ensure!(!holds_vip(&lab, 1)?, "the backup took the VIP");
+    let s = scenario::status(&s1)?;
+    ensure!(s["vrrp"][0]["split_brains"] == 0, "{s}");
+
+    // Both paths silent: now the backup declares the master down.
+    lab.directors[1].ns.ip(&["link", "set", "hb0", "down"])?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(3))?;
+    // Healed: one master again.
+    lab.directors[1].ns.ip(&["link", "set", "hb0", "up"])?;
+    lab.directors[1]
+        .ns
+        .exec("nft", &["delete table inet lab"])?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(3))?;
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
+    Ok(())
+}
+
+/// `track_gateway`: a director that cannot reach its upstream (ICMP echo
+/// to it goes unanswered) goes to Fault and gives the VIP up; it returns
+/// when the gateway answers again.
+#[test]
+fn an_isolated_director_gives_up_the_vip() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let gw = format!(
+        "{FAST}\ntrack_gateway = [{{ address = \"{}\", interval = 0.2, fall = 2 }}]",
+        director_tests::lab::CLIENT_IP
+    );
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &gw)?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &lab.write("director1.toml", &c1)?)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &lab.write("director2.toml", &c2)?)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    nft(
+        &lab,
+        0,
+        &[
+            "add table inet lab",
+            "add chain inet lab output { type filter hook output priority 0 ; }",
+            "add rule inet lab output icmp type echo-request drop",
+        ],
+    )?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    ensure!(
+        !holds_vip(&lab, 0)? && holds_vip(&lab, 1)?,
+        "the VIP did not move"
+    );
+    lab.directors[0]
+        .ns
+        .exec("nft", &["delete table inet lab"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+    Ok(())
+}

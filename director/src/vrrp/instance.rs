@@ -372,7 +372,30 @@ struct SyncGroup {
 }
 
 /// One instance with its socket and machine.
+/// One extra heartbeat path: its socket and peers (none: multicast).
+struct HbPath {
+    socket: VrrpSocket,
+    peers: Vec<IpAddr>,
+    _link: Neighbors,
+}
+
+/// The next advert from any extra path (never, without any).
+async fn recv_paths(paths: &[HbPath]) -> (usize, Result<Received, NetError>) {
+    if paths.is_empty() {
+        return std::future::pending().await;
+    }
+    let futures = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Box::pin(async move { (i, p.socket.recv().await) }));
+    futures::future::select_all(futures).await.0
+}
+
 struct Runner {
+    /// Extra heartbeat paths (`heartbeat`).
+    paths: Vec<HbPath>,
+    /// `track_gateway` verdicts (`None` until the first).
+    gateways: Vec<watch::Receiver<Option<bool>>>,
     /// The parsed `virtual_ipaddress` list (parsed once, not per packet).
     vips: Vec<crate::config::VirtualAddress>,
     /// Their addresses, sorted: what a valid advert must carry.
@@ -442,6 +465,46 @@ impl Runner {
                 name: name.clone(),
                 source,
             })?;
+        let mut paths = Vec::new();
+        for h in &cfg.heartbeat {
+            let net_err = |source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            };
+            let hb_link =
+                Neighbors::open(&h.interface)
+                    .await
+                    .map_err(|source| VrrpError::Link {
+                        name: name.clone(),
+                        source,
+                    })?;
+            let index = hb_link.link().index;
+            let src = match h.unicast_src_ip {
+                Some(a) => a,
+                None => net::primary_address(&handle, index, v6)
+                    .await
+                    .map_err(net_err)?
+                    .ok_or_else(|| {
+                        VrrpError::NoSource(format!("{name} (heartbeat {})", h.interface))
+                    })?,
+            };
+            let socket = VrrpSocket::open(&h.interface, index, src, h.unicast_peer.is_empty())
+                .map_err(|source| VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                })?;
+            info!(instance = %name, interface = %h.interface, source = %src, "VRRP heartbeat path");
+            paths.push(HbPath {
+                socket,
+                peers: h.unicast_peer.clone(),
+                _link: hb_link,
+            });
+        }
+        let gateways = cfg
+            .track_gateway
+            .iter()
+            .map(|g| start_gateway(&name, g.clone()))
+            .collect();
         let announcer =
             net::Announcer::open(&iface, link.index, link.mac, v6).map_err(|source| {
                 VrrpError::Net {
@@ -476,6 +539,8 @@ impl Runner {
         let mut vip_set: Vec<IpAddr> = vips.iter().map(|a| a.address).collect();
         vip_set.sort();
         Ok(Runner {
+            paths,
+            gateways,
             vips,
             vip_set,
             group,
@@ -535,9 +600,16 @@ impl Runner {
                     return;
                 }
                 r = self.socket.recv() => match r {
-                    Ok(p) => self.received(p).await,
+                    Ok(p) => self.received(None, p).await,
                     Err(e) => {
                         warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                (i, r) = recv_paths(&self.paths) => match r {
+                    Ok(p) => self.received(Some(i), p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
@@ -545,7 +617,12 @@ impl Runner {
                     // Adverts that arrived while we were busy count first:
                     // a loaded machine must not declare a live master dead.
                     while let Ok(Some(p)) = self.socket.try_recv() {
-                        self.received(p).await;
+                        self.received(None, p).await;
+                    }
+                    for i in 0..self.paths.len() {
+                        while let Ok(Some(p)) = self.paths[i].socket.try_recv() {
+                            self.received(Some(i), p).await;
+                        }
                     }
                     if self.machine.state() == State::Backup
                         && let Some(due) = self.machine.deadline()
@@ -632,6 +709,10 @@ impl Runner {
             }
         }
         let mut priority = i32::from(self.cfg.priority);
+        // An unreachable gateway forces Fault.
+        if self.gateways.iter().any(|g| *g.borrow() == Some(false)) {
+            fault = true;
+        }
         let services: Vec<(Option<bool>, i32)> = match self.quorum.lock() {
             Ok(q) => self
                 .cfg
@@ -664,8 +745,10 @@ impl Runner {
         (fault, effective)
     }
 
-    async fn received(&mut self, p: Received) {
-        match self.check(&p) {
+    /// An advert from the instance's own socket (`path` None) or a
+    /// heartbeat path.
+    async fn received(&mut self, path: Option<usize>, p: Received) {
+        match self.check(path, &p) {
             Ok(advert) => {
                 self.last_advert = Some(std::time::Instant::now());
                 self.bump(|s| {
@@ -704,8 +787,12 @@ impl Runner {
     }
 
     /// RFC 5798 7.1 / RFC 3768 7.1 receive checks.
-    fn check(&self, p: &Received) -> Result<Advert, Reject> {
-        if p.src == self.socket.source() {
+    fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
+        let (own, peers) = match path.and_then(|i| self.paths.get(i)) {
+            Some(h) => (h.socket.source(), &h.peers),
+            None => (self.socket.source(), &self.cfg.unicast_peer),
+        };
+        if p.src == own || p.src == self.socket.source() {
             return Err(Reject::Own);
         }
         let v6 = p.src.is_ipv6();
@@ -719,7 +806,7 @@ impl Runner {
         if advert.version != self.cfg.version {
             return Err(Reject::Version);
         }
-        if !self.cfg.unicast_peer.is_empty() && !self.cfg.unicast_peer.contains(&p.src) {
+        if !peers.is_empty() && !peers.contains(&p.src) {
             return Err(Reject::Source);
         }
         if advert.version == 2 {
@@ -872,6 +959,25 @@ impl Runner {
                 Err(e) => warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent"),
             }
         }
+        // The same advert on every heartbeat path.
+        for h in &self.paths {
+            let src = h.socket.source();
+            let group: IpAddr = if src.is_ipv6() {
+                MULTICAST_V6.into()
+            } else {
+                MULTICAST_V4.into()
+            };
+            let targets = if h.peers.is_empty() {
+                vec![group]
+            } else {
+                h.peers.clone()
+            };
+            for dst in targets {
+                if let Err(e) = h.socket.send(dst, &advert.encode(src, dst)) {
+                    warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent on a heartbeat path");
+                }
+            }
+        }
     }
 
     /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
@@ -987,6 +1093,40 @@ fn start_notifier() -> mpsc::UnboundedSender<Vec<Vec<String>>> {
         }
     });
     tx
+}
+
+/// Pings a tracked gateway every `interval`; its verdict (`None` until the
+/// first) follows `fall` / `rise` rounds in a row.
+fn start_gateway(instance: &str, g: crate::config::TrackGateway) -> watch::Receiver<Option<bool>> {
+    let (tx, rx) = watch::channel(None);
+    let instance = instance.to_string();
+    tokio::spawn(async move {
+        let interval = Duration::from_secs_f64(g.interval);
+        let mut ticker = tokio::time::interval(interval);
+        let mut verdict: Option<crate::health::Verdict> = None;
+        let mut seq = 0u16;
+        loop {
+            ticker.tick().await;
+            seq = seq.wrapping_add(1);
+            let address = g.address;
+            let wait = interval.min(Duration::from_secs(1));
+            let ok = tokio::task::spawn_blocking(move || net::ping(address, seq, wait))
+                .await
+                .unwrap_or(false);
+            let v = verdict.get_or_insert_with(|| crate::health::Verdict::new(ok));
+            let changed = v.record(ok, g.rise, g.fall);
+            let now = Some(v.healthy);
+            if changed || *tx.borrow() != now {
+                if v.healthy {
+                    info!(instance = %instance, gateway = %g.address, "tracked gateway reachable");
+                } else {
+                    warn!(instance = %instance, gateway = %g.address, "tracked gateway unreachable: Fault");
+                }
+                let _ = tx.send(now);
+            }
+        }
+    });
+    rx
 }
 
 /// One task per `[[vrrp_script]]`; results (`None` until the first verdict)
