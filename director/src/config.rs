@@ -314,9 +314,30 @@ pub struct Global {
     /// log line saying why), `xdp` or `ipvs`.
     #[serde(default)]
     pub dataplane: DataplaneKind,
+    /// Share flow-table exceptions with peer directors (XDP dataplane).
+    pub flow_sync: Option<FlowSyncConfig>,
     /// Group allowed to use the control socket (mode 0660 instead of 0600;
     /// root only by default).
     pub control_group: Option<String>,
+}
+
+/// `global.flow_sync`: where to listen, the peers, the shared key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSyncConfig {
+    /// `ADDR:PORT` to receive peers' flows on.
+    pub listen: std::net::SocketAddr,
+    /// `ADDR:PORT` of each peer director.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Shared secret authenticating the datagrams (HMAC-SHA256).
+    pub key: String,
+    /// Seconds between rounds (default 0.5).
+    #[serde(default = "default_sync_interval")]
+    pub interval: f64,
+}
+
+fn default_sync_interval() -> f64 {
+    0.5
 }
 
 /// `global.dataplane`.
@@ -819,6 +840,21 @@ impl Config {
                 vec![Key("global"), Key("udp_timeout")],
                 "must be at least 1 second",
             ));
+        }
+        if let Some(fs) = &g.flow_sync {
+            let at = |k: &'static str| vec![Key("global"), Key("flow_sync"), Key(k)];
+            if fs.key.len() < 8 {
+                return Err(problem(at("key"), "must be at least 8 characters"));
+            }
+            if fs.peers.is_empty() {
+                return Err(problem(at("peers"), "at least one peer is needed"));
+            }
+            if !(fs.interval >= 0.05 && fs.interval <= 60.0) {
+                return Err(problem(
+                    at("interval"),
+                    "must be between 0.05 and 60 seconds",
+                ));
+            }
         }
         if let Some(group) = &g.control_group
             && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))

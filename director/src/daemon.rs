@@ -61,6 +61,8 @@ pub enum DaemonError {
     Vrrp(#[from] VrrpError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("{0}")]
+    FlowSync(String),
 }
 
 /// What we know of one real server's MAC.
@@ -514,6 +516,7 @@ impl Daemon {
                 "global.control_group",
                 old_g.control_group != new_g.control_group,
             ),
+            ("global.flow_sync", old_g.flow_sync != new_g.flow_sync),
         ] {
             if changed {
                 return Err(format!(
@@ -693,6 +696,26 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     checks.update(health::all_specs(&config));
     let board = checks.board();
     let vrrp = Vrrp::start(&config)?;
+    // Flow-table sharing with peer directors.
+    let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
+        Some(fs) if dataplane.name() == "xdp" => {
+            let (sync, rx) =
+                crate::flowsync::FlowSync::start(fs.listen, fs.peers.clone(), fs.key.clone())
+                    .await
+                    .map_err(|e| DaemonError::FlowSync(e.to_string()))?;
+            info!(listen = %fs.listen, peers = fs.peers.len(), "flow sync on");
+            (
+                Some(sync),
+                Some(rx),
+                Some(tokio::time::interval(Duration::from_secs_f64(fs.interval))),
+            )
+        }
+        Some(_) => {
+            warn!("flow_sync needs the XDP dataplane: off (IPVS has its own sync daemon)");
+            (None, None, None)
+        }
+        None => (None, None, None),
+    };
 
     let mut resolver = Resolver::new(&config);
     resolver.seed(dataplane.known_macs());
@@ -755,6 +778,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 let _ = reply.send(answer);
             }
             Some(()) = neigh_events.next() => {}
+            _ = async { match sync_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                if let Some(sync) = flow_sync.as_mut() {
+                    let flows = daemon.dataplane.exception_flows(1 << 16);
+                    sync.send(&flows).await;
+                }
+            }
+            Some(flows) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                let added = daemon.dataplane.import_flows(&flows);
+                if added > 0 {
+                    info!(flows = added, "flows taken from a peer director");
+                }
+            }
             Some(_) = health_rx.recv() => {
                 // Coalesce a burst of changes into one re-plan.
                 while health_rx.try_recv().is_ok() {}

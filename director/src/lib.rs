@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod drpath;
+pub mod flowsync;
 pub mod frames;
 #[doc(hidden)]
 pub mod fuzzing;

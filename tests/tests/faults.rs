@@ -333,3 +333,97 @@ fn an_isolated_director_gives_up_the_vip() -> Result<()> {
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
     Ok(())
 }
+
+/// Flow sync: connections to a real server that is being drained are no
+/// longer what the Maglev tables say, so a new master could not recompute
+/// them - the master shares them with the backup, and they survive the
+/// master's death.
+#[test]
+fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<()> {
+    const SIZE: usize = 4 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let config = |name: &str, priority: u8, me: &str, peer: &str| -> Result<String> {
+        let global = scenario::global_config(&lab, name)?;
+        let sync = format!(
+            "flow_sync = {{ listen = \"{me}:8848\", peers = [\"{peer}:8848\"], key = \"lab-sync-key\", interval = 0.2 }}\n"
+        );
+        Ok(scenario::vrrp_config(&lab, name, priority, FAST)?.replacen(
+            &global,
+            &format!("{global}{sync}"),
+            1,
+        ))
+    };
+    let p1 = lab.write(
+        "director1.toml",
+        &config("director1", 150, "10.0.0.10", "10.0.0.11")?,
+    )?;
+    let p2 = lab.write(
+        "director2.toml",
+        &config("director2", 100, "10.0.0.11", "10.0.0.10")?,
+    )?;
+    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    lab.write_big_file(SIZE)?;
+    let downloads: Vec<_> = (0..30)
+        .map(|_| lab.client.ns.spawn_thread(move || download(SIZE)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let on_rs3 = scenario::status(&s1)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(on_rs3 > 0, "no download went to rs3");
+    // rs3 is drained on both directors: its flows are now exceptions.
+    for state in [&s1, &s2] {
+        let out = std::process::Command::new(director_tests::director_bin()?)
+            .args([
+                "real-server",
+                "drain",
+                "--vip",
+                "10.0.0.100",
+                "--port",
+                "80",
+            ])
+            .args(["--address", "10.0.0.22", "--state-dir"])
+            .arg(state)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The backup takes them within a few sync rounds.
+    let mut took = false;
+    for _ in 0..30 {
+        if d2.log().contains("flows taken from a peer director") {
+            took = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(took, "the backup got no flows: {}", d2.log());
+    // The master dies.
+    let pid = d1.pid().context("director1 pid")?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    let _ = d1.stop(Signal::SIGKILL, Duration::from_secs(5));
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    for (i, d) in downloads.into_iter().enumerate() {
+        d.join()
+            .map_err(|_| anyhow::anyhow!("download {i} panicked"))?
+            .and_then(|r| r)
+            .with_context(|| format!("download {i} (rs3 had {on_rs3} flows)"))?;
+    }
+    eprintln!("30 downloads completed, {on_rs3} of them on the drained rs3");
+    Ok(())
+}

@@ -115,6 +115,28 @@ impl Dataplane {
         }
     }
 
+    /// Flow-table exceptions to share with peers (XDP only).
+    pub fn exception_flows(&self, limit: usize) -> Vec<xdp::PinnedFlow> {
+        match self {
+            Dataplane::Xdp(d) => d.exception_flows(limit).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the flow table");
+                Vec::new()
+            }),
+            Dataplane::Ipvs(_) => Vec::new(),
+        }
+    }
+
+    /// Takes flows a peer shared (XDP only); returns how many were new.
+    pub fn import_flows(&mut self, flows: &[xdp::PinnedFlow]) -> usize {
+        match self {
+            Dataplane::Xdp(d) => d.import_flows(flows).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot write the flow table");
+                0
+            }),
+            Dataplane::Ipvs(_) => 0,
+        }
+    }
+
     /// MACs a previous run forwarded to (XDP's pinned maps).
     pub fn known_macs(&self) -> Vec<(IpAddr, Mac)> {
         match self {

@@ -36,6 +36,7 @@ use director_common::{
     NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey,
     ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
 };
+use director_common::{FlowKey, FlowValue, MAP_FLOWS, flow_hash, source_hash};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
@@ -165,6 +166,15 @@ pub struct XdpDataplane {
     settings: Option<Settings>,
     /// The VIP filter as written to the map.
     filter: Vec<u64>,
+}
+
+/// A flow and the real server it is pinned to, in terms both directors
+/// share (service key and real-server address, not local ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedFlow {
+    pub flow: FlowKey,
+    pub service: ServiceKey,
+    pub backend: IpAddr,
 }
 
 /// How to open the dataplane.
@@ -661,6 +671,102 @@ impl XdpDataplane {
         &mut self,
     ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
         Ok(BpfHashMap::try_from(self.map_mut(MAP_SERVICES)?)?)
+    }
+
+    /// Flows pinned to a real server the service's table would not pick
+    /// now (placed before the tables changed, e.g. to a draining server):
+    /// the ones a peer director could not recompute (flow sync). At most
+    /// `limit`.
+    pub fn exception_flows(&self, limit: usize) -> Result<Vec<PinnedFlow>, XdpError> {
+        let by_id: HashMap<u32, (ServiceKey, IpAddr, u32)> = self
+            .slots
+            .iter()
+            .map(|((k, a), s)| (s.id, (*k, *a, s.written.generation)))
+            .collect();
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(self.map(MAP_FLOWS)?)?;
+        let maglev_map: Array<&MapData, [u16; 4]> = Array::try_from(self.map(MAP_MAGLEV)?)?;
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            let Ok((key, value)) = entry else { continue };
+            let Some((service, backend, generation)) = by_id.get(&value.backend) else {
+                continue;
+            };
+            // A flow of a slot reused since: it will be re-hashed anyway.
+            if *generation != value.generation {
+                continue;
+            }
+            let Some(installed) = self.services.get(service) else {
+                continue;
+            };
+            let hash = if installed.value.flags & SVC_SOURCE_HASH != 0 {
+                source_hash(&key.src)
+            } else {
+                flow_hash(&key)
+            };
+            let slot = hash % MAGLEV_TABLE_SIZE;
+            let chosen = match &installed.table {
+                Some(t) => t.get(slot as usize).copied().map(u32::from),
+                None => maglev_map
+                    .get(&(installed.value.table + slot / MAGLEV_LANES), 0)
+                    .ok()
+                    .map(|e| u32::from(e[(slot % MAGLEV_LANES) as usize])),
+            };
+            if chosen == Some(value.backend) {
+                continue;
+            }
+            out.push(PinnedFlow {
+                flow: key,
+                service: *service,
+                backend: *backend,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds flows a peer pinned, translated to our real-server ids, unless
+    /// we already have an entry for the flow. Returns how many were added.
+    pub fn import_flows(&mut self, flows: &[PinnedFlow]) -> Result<usize, XdpError> {
+        // The program's clock (bpf_ktime_get_coarse_ns), for UDP idle times.
+        let now = {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime fills the timespec we pass.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let values: Vec<(FlowKey, FlowValue)> = flows
+            .iter()
+            .filter_map(|f| {
+                let slot = self.slots.get(&(f.service, f.backend))?;
+                let installed = self.services.get(&f.service)?;
+                Some((
+                    f.flow,
+                    FlowValue {
+                        backend: slot.id,
+                        generation: slot.written.generation,
+                        service: installed.id,
+                        _pad: 0,
+                        atime: now,
+                    },
+                ))
+            })
+            .collect();
+        let mut map: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(self.map_mut(MAP_FLOWS)?)?;
+        let mut added = 0;
+        for (k, v) in values {
+            // BPF_NOEXIST: never overrides what this director decided.
+            if map.insert(k, v, 1).is_ok() {
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, XdpError> {
