@@ -275,7 +275,7 @@ mod tests {
                 _pad: [0; 2],
             },
             service: ServiceKey::v4([10, 0, 0, 100], 80, 6),
-            backend: if i % 2 == 0 {
+            backend: if i.is_multiple_of(2) {
                 "10.0.0.20".parse().expect("ip")
             } else {
                 "fd00::20".parse().expect("ip")
