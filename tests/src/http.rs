@@ -198,6 +198,59 @@ pub fn hammer(addr: SocketAddr, n: usize, timeout: Duration) -> Tally {
     tally
 }
 
+/// How a long download went.
+#[derive(Debug, Clone, Copy)]
+pub struct Download {
+    pub took: Duration,
+    /// The longest wait between two reads (the client-visible stall).
+    pub max_stall: Duration,
+}
+
+/// Downloads `/big` (see `Lab::write_big_file`) from `addr`, checking
+/// every byte against [`crate::lab::big_file_byte`] and the length.
+pub fn download_big(addr: SocketAddr, size: usize) -> Result<Download> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(b"GET /big HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? != 1 {
+            bail!("closed in the headers");
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        bail!("{}", String::from_utf8_lossy(&head));
+    }
+    let mut at = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = Instant::now();
+    let mut max_stall = Duration::ZERO;
+    loop {
+        let n = s.read(&mut buf).context("reading the body")?;
+        max_stall = max_stall.max(last.elapsed());
+        last = Instant::now();
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            if *b != crate::lab::big_file_byte(at + k) {
+                bail!("byte {} is wrong", at + k);
+            }
+        }
+        at += n;
+    }
+    if at != size {
+        bail!("{at} of {size} bytes");
+    }
+    Ok(Download {
+        took: started.elapsed(),
+        max_stall,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,18 +3,13 @@
 //! the master for 10 s, and a restart loop under load.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use director_tests::{
-    Lab, LabSpec, Proc, http,
-    lab::{VIP, big_file_byte},
-    scenario,
-};
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{Lab, LabSpec, Proc, http, lab::VIP, scenario};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -50,40 +45,9 @@ fn holds_vip(lab: &Lab, i: usize) -> Result<bool> {
     Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")))
 }
 
-/// Downloads /big through the VIP, checking every byte and the length.
+/// Downloads /big through the VIP (every byte checked).
 fn download(size: usize) -> Result<Duration> {
-    let started = Instant::now();
-    let addr = SocketAddr::from((VIP, 80));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(b"GET /big HTTP/1.0\r\nHost: lab\r\n\r\n")?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        ensure!(s.read(&mut byte)? == 1, "closed in the headers");
-        head.push(byte[0]);
-    }
-    ensure!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let mut at = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = s.read(&mut buf).context("reading the body")?;
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            if *b != big_file_byte(at + k) {
-                bail!("byte {} is wrong", at + k);
-            }
-        }
-        at += n;
-    }
-    ensure!(at == size, "{at} of {size} bytes");
-    Ok(started.elapsed())
+    Ok(http::download_big(SocketAddr::from((VIP, 80)), size)?.took)
 }
 
 /// 50 long downloads (4 MiB at 512 KiB/s: ~8 s each) are open when the

@@ -104,6 +104,11 @@ struct Pair {
 }
 
 fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
+    start_pair_with(lab, s, kind, false)
+}
+
+/// A pair; `flow_sync` turns on flow sharing between the directors.
+fn start_pair_with(lab: &Lab, s: &Setting, kind: Kind, flow_sync: bool) -> Result<Pair> {
     let extra = format!("version = {}\nadvert_int = {}", s.version, s.interval);
     let mut procs = Vec::new();
     let mut pids = Vec::new();
@@ -112,7 +117,22 @@ fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
         let mut ps = Vec::new();
         match kind {
             Kind::Director => {
-                let c = scenario::vrrp_config(lab, &name, prio, &extra)?;
+                let mut c = scenario::vrrp_config(lab, &name, prio, &extra)?;
+                if flow_sync {
+                    let global = scenario::global_config(lab, &name)?;
+                    let (me, peer) = if i == 0 {
+                        ("10.0.0.10", "10.0.0.11")
+                    } else {
+                        ("10.0.0.11", "10.0.0.10")
+                    };
+                    c = c.replacen(
+                        &global,
+                        &format!(
+                            "{global}flow_sync = {{ listen = \"{me}:8848\", peers = [\"{peer}:8848\"], key = \"bench-sync-key\", interval = 0.2 }}\n"
+                        ),
+                        1,
+                    );
+                }
                 let p = lab.write(&format!("{name}.toml"), &c)?;
                 ps.push(scenario::spawn_director(lab, i, &p)?);
             }
@@ -319,4 +339,148 @@ fn soak_run(seconds: u64) -> Result<()> {
     );
     drop(pair);
     Ok(())
+}
+
+/// One HA scenario's outcome.
+struct HaRun {
+    survived: usize,
+    total: usize,
+    stalls: Vec<Duration>,
+}
+
+/// `cargo xtask bench ha`: 50 streaming downloads open through the VIP when
+/// the master dies (kill -9 + link down), VRRP v3 at 100 ms; with stable
+/// backends and with a real server drained before the failure (its flows
+/// are then exceptions to the Maglev tables), for director pairs with and
+/// without flow sync and for a keepalived pair beside the same XDP
+/// dataplane (no connection sync: the "keepalived without IPVS sync"
+/// baseline).
+pub fn run_ha() -> Result<()> {
+    println!(
+        "ha: 50 streaming downloads (4 MiB at 512 KiB/s each) open when the master dies (kill -9 + link down), VRRP v3 100 ms"
+    );
+    println!(
+        "  {:<46} {:>14} {:>12} {:>12}",
+        "setup", "survived", "stall p50", "stall max"
+    );
+    let cases: [(&str, Kind, bool, bool); 5] = [
+        (
+            "director pair, stable backends",
+            Kind::Director,
+            false,
+            false,
+        ),
+        (
+            "director pair, rs3 drained, flow sync",
+            Kind::Director,
+            true,
+            true,
+        ),
+        (
+            "director pair, rs3 drained, no flow sync",
+            Kind::Director,
+            true,
+            false,
+        ),
+        (
+            "keepalived pair + XDP, stable backends",
+            Kind::Keepalived,
+            false,
+            false,
+        ),
+        (
+            "keepalived pair + XDP, rs3 drained",
+            Kind::Keepalived,
+            true,
+            false,
+        ),
+    ];
+    for (label, kind, drain, sync) in cases {
+        let r = ha_once(kind, drain, sync)?;
+        let mut stalls = r.stalls.clone();
+        stalls.sort();
+        let pick = |q: f64| {
+            stalls
+                .get(((stalls.len().saturating_sub(1)) as f64 * q) as usize)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "  {:<46} {:>5}/{} {:>4.0}% {:>9.0} ms {:>9.0} ms",
+            label,
+            r.survived,
+            r.total,
+            100.0 * r.survived as f64 / r.total as f64,
+            pick(0.5),
+            pick(1.0)
+        );
+    }
+    println!(
+        "  (stall: the longest wait between two reads of a surviving download, i.e. the outage its client saw)"
+    );
+    Ok(())
+}
+
+fn ha_once(kind: Kind, drain: bool, sync: bool) -> Result<HaRun> {
+    const SIZE: usize = 4 << 20;
+    const N: usize = 50;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let mut pair = start_pair_with(&lab, &SETTINGS[1], kind, sync)?;
+    wait_master_serving(&lab, kind, &mut pair)?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads: Vec<_> = (0..N)
+        .map(|_| {
+            lab.client
+                .ns
+                .spawn_thread(move || http::download_big(vip, SIZE))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    if drain {
+        for name in ["director1", "director2"] {
+            let out = std::process::Command::new(director_tests::director_bin()?)
+                .args([
+                    "real-server",
+                    "drain",
+                    "--vip",
+                    "10.0.0.100",
+                    "--port",
+                    "80",
+                ])
+                .args(["--address", "10.0.0.22", "--state-dir"])
+                .arg(lab.state_dir(name)?)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A few sync rounds.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    for pid in &pair.master_pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    let mut survived = 0;
+    let mut stalls = Vec::new();
+    for d in downloads {
+        if let Ok(Ok(Ok(r))) = d.join() {
+            survived += 1;
+            stalls.push(r.max_stall);
+        }
+    }
+    drop(pair);
+    Ok(HaRun {
+        survived,
+        total: N,
+        stalls,
+    })
 }

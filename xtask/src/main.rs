@@ -61,9 +61,10 @@ enum Cmd {
     },
     /// Benchmarks (not tests): `xdp` (per-packet cost vs a floor program),
     /// `failover` (outage after kill -9 of the master, vs keepalived),
-    /// `health` (10,000 real servers checked every second).
+    /// `health` (10,000 real servers checked every second), `ha`
+    /// (connections surviving a master's death).
     Bench {
-        /// Which benchmark: xdp, failover, health.
+        /// Which benchmark: xdp, failover, health, ha.
         what: String,
         /// failover: also run a 10 ms pair under CPU load this many seconds.
         #[arg(long, default_value_t = 0)]
@@ -148,7 +149,13 @@ fn main() -> Result<()> {
                     "bench_xdp",
                 ])),
                 "health" => bench_health::run(),
-                other => bail!("unknown benchmark {other:?}; known: xdp, failover, health"),
+                "ha" => {
+                    let bin = build_director()?;
+                    // SAFETY: single-threaded at this point.
+                    unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
+                    bench::run_ha()
+                }
+                other => bail!("unknown benchmark {other:?}; known: xdp, failover, health, ha"),
             }
         }
     }
