@@ -314,11 +314,56 @@ pub struct Global {
     /// log line saying why), `xdp` or `ipvs`.
     #[serde(default)]
     pub dataplane: DataplaneKind,
+    /// Announce VIPs over BGP through BIRD 2 (`[global.bgp]`).
+    pub bgp: Option<BgpConfig>,
     /// Share flow-table exceptions with peer directors (XDP dataplane).
     pub flow_sync: Option<FlowSyncConfig>,
     /// Group allowed to use the control socket (mode 0660 instead of 0600;
     /// root only by default).
     pub control_group: Option<String>,
+}
+
+/// How VIPs reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BgpMode {
+    /// VRRP only: nothing is announced.
+    Vrrp,
+    /// Announce each VIP whose virtual server has quorum (active-active
+    /// directors behind ECMP).
+    #[default]
+    Bgp,
+    /// Announce only while this director is VRRP master for the VIP.
+    Both,
+}
+
+/// `[global.bgp]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    #[serde(default)]
+    pub mode: BgpMode,
+    /// BIRD's control socket.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
+    /// Files BIRD includes (`route VIP/32 blackhole;` lines); default
+    /// `<state_dir>/bird-vips4.conf` and `bird-vips6.conf`.
+    pub announce_file_v4: Option<PathBuf>,
+    pub announce_file_v6: Option<PathBuf>,
+    /// Seconds a VIP must be eligible before it is announced.
+    #[serde(default)]
+    pub announce_delay: f64,
+    /// Seconds between withdrawing every route and stopping (drain and
+    /// shutdown), so routers move traffic away first.
+    #[serde(default = "default_withdraw_wait")]
+    pub withdraw_wait: f64,
+}
+
+fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
+}
+fn default_withdraw_wait() -> f64 {
+    2.0
 }
 
 /// `global.flow_sync`: where to listen, the peers, the shared key.
@@ -840,6 +885,17 @@ impl Config {
                 vec![Key("global"), Key("udp_timeout")],
                 "must be at least 1 second",
             ));
+        }
+        if let Some(b) = &g.bgp {
+            let at = |k: &'static str| vec![Key("global"), Key("bgp"), Key(k)];
+            for (k, v) in [
+                ("announce_delay", b.announce_delay),
+                ("withdraw_wait", b.withdraw_wait),
+            ] {
+                if !(0.0..=3600.0).contains(&v) {
+                    return Err(problem(at(k), "must be between 0 and 3600 seconds"));
+                }
+            }
         }
         if let Some(fs) = &g.flow_sync {
             let at = |k: &'static str| vec![Key("global"), Key("flow_sync"), Key(k)];

@@ -33,6 +33,8 @@ pub enum Request {
     Reload,
     /// Change one real server at runtime, without editing the file.
     RealServer(RealServerChange),
+    /// Withdraw every BGP route, wait `withdraw_wait`, then stop.
+    Drain,
 }
 
 /// `director real-server ACTION ...`.
@@ -183,6 +185,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     match line {
         "status" => return Ok(Request::Status),
         "reload" => return Ok(Request::Reload),
+        "drain" => return Ok(Request::Drain),
         _ => {}
     }
     serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))

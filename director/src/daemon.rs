@@ -332,6 +332,12 @@ struct Daemon {
     drained: BTreeMap<(IpAddr, u16, IpAddr), u32>,
     /// Resolved real-server MACs, shared with `dr_check` probes.
     macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
+    /// BGP announcements through BIRD (`[global.bgp]`).
+    bird: Option<crate::bgp::Bird>,
+    /// Since when each VIP has been eligible for announcement.
+    eligible: BTreeMap<IpAddr, std::time::Instant>,
+    /// `director drain` or shutdown: announce nothing.
+    draining: bool,
 }
 
 impl Daemon {
@@ -492,9 +498,58 @@ impl Daemon {
     fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Reload | Request::RealServer(_) => Response::Error {
+            Request::Reload | Request::RealServer(_) | Request::Drain => Response::Error {
                 error: "handled by the event loop".into(),
             },
+        }
+    }
+
+    /// Makes BIRD announce the VIPs that should be: virtual servers with
+    /// quorum (and, in `both` mode, whose VRRP instance is master here),
+    /// each after `announce_delay`; nothing while draining.
+    fn announce(&mut self) {
+        let Some(b) = self.config.global.bgp.clone() else {
+            return;
+        };
+        if self.bird.is_none() {
+            return;
+        }
+        let masters: Vec<IpAddr> = self
+            .vrrp
+            .as_ref()
+            .map(Vrrp::statuses)
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| s.state == "master")
+            .flat_map(|s| s.virtual_ipaddress.clone())
+            .filter_map(|a| a.split('/').next().and_then(|a| a.parse().ok()))
+            .collect();
+        let now = std::time::Instant::now();
+        let mut eligible = BTreeMap::new();
+        if !self.draining {
+            for (i, vs) in self.config.virtual_server.iter().enumerate() {
+                let up = self.quorum.get(&i).copied().unwrap_or(true);
+                let vrrp_ok =
+                    b.mode != crate::config::BgpMode::Both || masters.contains(&vs.address);
+                if up && vrrp_ok {
+                    let since = self.eligible.get(&vs.address).copied().unwrap_or(now);
+                    eligible.insert(vs.address, since);
+                }
+            }
+        }
+        self.eligible = eligible;
+        let delay = Duration::from_secs_f64(b.announce_delay);
+        let wanted: std::collections::BTreeSet<IpAddr> = self
+            .eligible
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= delay)
+            .map(|(a, _)| *a)
+            .collect();
+        if let Some(bird) = self.bird.as_mut()
+            && let Err(e) = bird.set(&wanted)
+            && bird.first_failure(&e)
+        {
+            warn!(error = %e, "BGP announcement not updated (retrying)");
         }
     }
 
@@ -717,6 +772,23 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         None => (None, None, None),
     };
 
+    let bird = match &g.bgp {
+        Some(b) if b.mode != crate::config::BgpMode::Vrrp => {
+            let file = |f: &Option<PathBuf>, name: &str| {
+                f.clone().unwrap_or_else(|| g.state_dir.join(name))
+            };
+            info!(socket = %b.bird_socket.display(), mode = ?b.mode, "BGP announcements through BIRD");
+            Some(crate::bgp::Bird::new(
+                b.bird_socket.clone(),
+                file(&b.announce_file_v4, "bird-vips4.conf"),
+                file(&b.announce_file_v6, "bird-vips6.conf"),
+            ))
+        }
+        _ => None,
+    };
+    let mut bgp_tick = bird
+        .as_ref()
+        .map(|_| tokio::time::interval(Duration::from_millis(250)));
     let mut resolver = Resolver::new(&config);
     resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
@@ -732,6 +804,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         mac: link.mac,
         drained: BTreeMap::new(),
         macs,
+        bird,
+        eligible: BTreeMap::new(),
+        draining: false,
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
@@ -751,6 +826,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         if let Err(e) = daemon.sync() {
             break Err(e.into());
         }
+        daemon.announce();
         tokio::select! {
             _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); break Ok(()); }
             _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); break Ok(()); }
@@ -766,6 +842,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                         Ok(()) => Response::Ok { ok: true },
                         Err(e) => Response::Error { error: e },
                     },
+                    Request::Drain => {
+                        daemon.draining = true;
+                        daemon.announce();
+                        let wait = daemon.config.global.bgp.as_ref().map_or(0.0, |b| b.withdraw_wait);
+                        info!(withdraw_wait = wait, "draining: routes withdrawn, stopping after the wait");
+                        let _ = reply.send(Response::Ok { ok: true });
+                        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                        break Ok(());
+                    }
                     Request::Reload => match daemon.reload().await {
                         Ok(()) => Response::Ok { ok: true },
                         Err(e) => {
@@ -778,6 +863,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 let _ = reply.send(answer);
             }
             Some(()) = neigh_events.next() => {}
+            _ = async { match bgp_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {}
             _ = async { match sync_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
                 if let Some(sync) = flow_sync.as_mut() {
                     let flows = daemon.dataplane.exception_flows(1 << 16);
@@ -797,6 +883,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             _ = tokio::time::sleep(delay) => {}
         }
     };
+    // BGP: withdraw, and give the routers time to move traffic away.
+    if daemon.bird.is_some() && !daemon.draining {
+        daemon.draining = true;
+        daemon.announce();
+        let wait = daemon
+            .config
+            .global
+            .bgp
+            .as_ref()
+            .map_or(0.0, |b| b.withdraw_wait);
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
     // Masters hand over first (priority 0), then the control plane goes.
     if let Some(vrrp) = daemon.vrrp.take() {
         vrrp.stop().await;

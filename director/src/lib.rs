@@ -1,5 +1,6 @@
 //! The director daemon as a library: the binary in `main.rs` is a thin CLI.
 
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod daemon;

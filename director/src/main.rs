@@ -123,6 +123,14 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Drain this director: withdraw every BGP route, wait `withdraw_wait`,
+    /// then stop the daemon (returns once it has stopped).
+    Drain {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
@@ -214,6 +222,21 @@ fn main() -> ExitCode {
                 Response::Error { error } => bail!("{error}"),
                 Response::Status(_) => bail!("unexpected answer from the daemon"),
             }
+        }),
+        Command::Drain { state_dir, config } => state_dir_of(state_dir, config).and_then(|dir| {
+            match control::request(&dir, &Request::Drain)? {
+                Response::Ok { .. } => {}
+                Response::Error { error } => bail!("{error}"),
+                Response::Status(_) => bail!("unexpected answer from the daemon"),
+            }
+            println!("routes withdrawn; waiting for the daemon to stop");
+            let socket = dir.join(control::SOCKET);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            while socket.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            println!("drained");
+            Ok(())
         }),
         Command::ImportKeepalived { file, strict } => match director::import::import(&file) {
             Ok(imp) => {

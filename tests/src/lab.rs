@@ -168,44 +168,7 @@ impl Lab {
         ])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
-        let host = |name: &str, ip: Ipv4Addr| -> Result<Node> {
-            let ns = Netns::create(&format!("{id}-{name}"))?;
-            // Addresses usable at once: no duplicate address detection.
-            for iface in ["all", "default"] {
-                ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
-            }
-            let port = format!("p-{name}");
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
-            ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", v6_of(ip)),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            Ok(Node {
-                name: name.to_string(),
-                ns,
-                ip,
-                port,
-            })
-        };
+        let host = |name: &str, ip: Ipv4Addr| attach_host(&switch, &id, name, ip);
 
         let client = host("client", CLIENT_IP)?;
         // Quirk: veth leaves TCP/UDP checksums partial; after XDP_TX the real
@@ -297,6 +260,12 @@ impl Lab {
             self.servers[j] = p;
         }
         Ok(())
+    }
+
+    /// Another host on the lab's switch (a router, a second client...);
+    /// removed when the returned node is dropped.
+    pub fn add_host(&self, name: &str, ip: Ipv4Addr) -> Result<Node> {
+        attach_host(&self.switch, &self.id, name, ip)
     }
 
     /// Puts a `size`-byte file with [`big_file_byte`] content on every real
@@ -429,6 +398,46 @@ http {{
         &["-e", &err_log, "-c", &conf_str, "-g", "daemon off;"],
         &base.join("nginx.out"),
     )
+}
+
+/// A host `name` with `ip` on the lab's switch (namespace `<id>-<name>`).
+fn attach_host(switch: &Netns, id: &str, name: &str, ip: Ipv4Addr) -> Result<Node> {
+    let ns = Netns::create(&format!("{id}-{name}"))?;
+    // Addresses usable at once: no duplicate address detection.
+    for iface in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
+    }
+    let port = format!("p-{name}");
+    switch.ip(&[
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", v6_of(ip)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(Node {
+        name: name.to_string(),
+        ns,
+        ip,
+        port,
+    })
 }
 
 /// Byte `i` of the lab's big file: a pattern a download can be checked

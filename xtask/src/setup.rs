@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tests: VRRP decoding"),
     ("nginx-light", "lab: real servers' HTTP"),
     ("keepalived", "tests: VRRP interop"),
+    ("bird2", "tests: BGP announcement of VIPs (ECMP lab)"),
     ("ipvsadm", "tests: IPVS cross-check"),
     ("bpftool", "benchmarks: BPF_PROG_TEST_RUN"),
     ("qemu-system-x86", "tests: IPVS kernel VM"),
