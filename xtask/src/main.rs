@@ -7,6 +7,7 @@
 //! - `lint`: rustfmt, clippy for the workspace, clippy for the eBPF crate
 
 mod bench;
+mod bench_ecmp;
 mod bench_health;
 mod demo;
 mod fuzz;
@@ -64,7 +65,7 @@ enum Cmd {
     /// `health` (10,000 real servers checked every second), `ha`
     /// (connections surviving a master's death).
     Bench {
-        /// Which benchmark: xdp, failover, health, ha.
+        /// Which benchmark: xdp, failover, health, ha, ecmp.
         what: String,
         /// failover: also run a 10 ms pair under CPU load this many seconds.
         #[arg(long, default_value_t = 0)]
@@ -149,13 +150,21 @@ fn main() -> Result<()> {
                     "bench_xdp",
                 ])),
                 "health" => bench_health::run(),
+                "ecmp" => {
+                    let bin = build_director()?;
+                    // SAFETY: single-threaded at this point.
+                    unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
+                    bench_ecmp::run()
+                }
                 "ha" => {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
                     bench::run_ha()
                 }
-                other => bail!("unknown benchmark {other:?}; known: xdp, failover, health, ha"),
+                other => {
+                    bail!("unknown benchmark {other:?}; known: xdp, failover, health, ha, ecmp")
+                }
             }
         }
     }

@@ -1,0 +1,235 @@
+//! The ECMP lab: a router namespace running BIRD 2 with BGP multipath
+//! towards N directors, each running BIRD and the director (BGP mode), and
+//! a client network behind the router. Shared by the BGP test and
+//! `cargo xtask bench ecmp`.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail, ensure};
+
+use crate::{Lab, LabSpec, Netns, Node, Proc, lab::VIP, scenario};
+
+/// The router's address on the directors' network.
+pub const ROUTER: &str = "10.0.0.1";
+/// The client behind the router.
+pub const FAR_CLIENT: &str = "10.1.0.2";
+
+fn bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, PathBuf)> {
+    let conf_path = dir.join(format!("bird-{name}.conf"));
+    std::fs::write(&conf_path, conf)?;
+    let sock = dir.join(format!("bird-{name}.ctl"));
+    let p = ns.spawn(
+        "bird",
+        &[
+            "-f",
+            "-c",
+            &conf_path.to_string_lossy(),
+            "-s",
+            &sock.to_string_lossy(),
+            "-P",
+            &dir.join(format!("bird-{name}.pid")).to_string_lossy(),
+        ],
+        &dir.join(format!("bird-{name}.log")),
+    )?;
+    Ok((p, sock))
+}
+
+/// A running ECMP lab. Field order is drop order: processes first.
+pub struct EcmpLab {
+    pub directors: Vec<Proc>,
+    _birds: Vec<Proc>,
+    _router_bird: Proc,
+    pub far: Netns,
+    pub router: Node,
+    pub lab: Lab,
+}
+
+impl EcmpLab {
+    /// Builds the topology with `n` directors and `servers` real servers,
+    /// and waits until the router has a route to the VIP through all of
+    /// them.
+    pub fn start(n: usize, servers: usize) -> Result<EcmpLab> {
+        let lab = Lab::build(&LabSpec {
+            directors: n,
+            real_servers: servers,
+            vip_on_director: false,
+        })?;
+        let router = lab.add_host("router", ROUTER.parse()?)?;
+        router.ns.sysctl("net.ipv4.ip_forward", "1")?;
+        // ECMP by the 5-tuple, so one client's flows spread.
+        router
+            .ns
+            .sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        let far = Netns::create(&format!("{}-far", lab.id))?;
+        router.ns.ip(&[
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            far.name(),
+        ])?;
+        router
+            .ns
+            .ip(&["addr", "add", "10.1.0.1/24", "dev", "eth1"])?;
+        router.ns.ip(&["link", "set", "eth1", "up"])?;
+        far.ip(&["addr", "add", &format!("{FAR_CLIENT}/24"), "dev", "eth0"])?;
+        far.ip(&["link", "set", "eth0", "up"])?;
+        far.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
+        // As the lab client: full checksums (the frames are XDP_TX'd).
+        far.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        for rs in &lab.real_servers {
+            rs.ns.ip(&["route", "add", "10.1.0.0/24", "via", ROUTER])?;
+        }
+        let dir = lab.dir.clone();
+        let mut neighbors = String::new();
+        for (i, d) in lab.directors.iter().enumerate() {
+            neighbors.push_str(&format!(
+                "protocol bgp d{i} from dir {{ neighbor {} as {}; }}\n",
+                d.ip,
+                65001 + i
+            ));
+        }
+        let (router_bird, _) = bird(
+            &router.ns,
+            &dir,
+            "router",
+            &format!(
+                "router id {ROUTER};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+                 template bgp dir {{ local {ROUTER} as 65000; hold time 3; connect retry time 1; ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+            ),
+        )?;
+        let mut directors = Vec::new();
+        let mut birds = Vec::new();
+        for (i, d) in lab.directors.iter().enumerate() {
+            let state = lab.state_dir(&d.name)?;
+            let vips4 = state.join("bird-vips4.conf");
+            std::fs::write(&vips4, "")?;
+            // (BIRD's include must start a line.)
+            let (b, sock) = bird(
+                &d.ns,
+                &dir,
+                &d.name,
+                &format!(
+                    "router id {};\nprotocol device {{}}\nprotocol static director4 {{\n  ipv4;\n  include \"{}\";\n}}\n\
+                     protocol bgp up {{ local {} as {}; neighbor {ROUTER} as 65000; hold time 3; connect retry time 1; ipv4 {{ import none; export where proto = \"director4\"; }}; }}\n",
+                    d.ip,
+                    vips4.display(),
+                    d.ip,
+                    65001 + i
+                ),
+            )?;
+            birds.push(b);
+            let mut c = scenario::global_config(&lab, &d.name)?;
+            c.push_str(&format!(
+                "bgp = {{ bird_socket = \"{}\", withdraw_wait = 3 }}\n",
+                sock.display()
+            ));
+            c.push_str(&format!(
+                "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
+            ));
+            for rs in &lab.real_servers {
+                c.push_str(&format!(
+                    "[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 1\nretry = 0\n",
+                    rs.ip
+                ));
+            }
+            let path = lab.write(&format!("{}.toml", d.name), &c)?;
+            directors.push(scenario::spawn_director(&lab, i, &path)?);
+        }
+        let all: Vec<String> = lab.directors.iter().map(|d| d.ip.to_string()).collect();
+        let e = EcmpLab {
+            directors,
+            _birds: birds,
+            _router_bird: router_bird,
+            far,
+            router,
+            lab,
+        };
+        e.wait_hops(&all, Duration::from_secs(30))?;
+        Ok(e)
+    }
+
+    /// The router's next hops for the VIP, sorted.
+    pub fn next_hops(&self) -> Result<Vec<String>> {
+        let out = self
+            .router
+            .ns
+            .ip(&["route", "show", &format!("{VIP}/32")])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut hops: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        hops.sort();
+        Ok(hops)
+    }
+
+    /// Waits until the next hops are exactly `want`.
+    pub fn wait_hops<S: AsRef<str>>(&self, want: &[S], timeout: Duration) -> Result<()> {
+        let want: Vec<&str> = want.iter().map(AsRef::as_ref).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hops = self.next_hops()?;
+            if hops == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("router next hops {hops:?}, expected {want:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills director `i` as a machine dies: link down, process killed.
+    pub fn kill_director(&mut self, i: usize) -> Result<()> {
+        self.lab.directors[i]
+            .ns
+            .ip(&["link", "set", "eth0", "down"])?;
+        let _ = self.directors[i].stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        Ok(())
+    }
+}
+
+/// A keep-alive HTTP connection to the VIP: which real server answers.
+pub struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    pub fn open() -> Result<Conn> {
+        let s = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn(BufReader::new(s)))
+    }
+
+    /// One request; the body (the real server's name).
+    pub fn get(&mut self) -> Result<String> {
+        write!(self.0.get_mut(), "GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+        let mut len = 0usize;
+        loop {
+            let mut l = String::new();
+            ensure!(self.0.read_line(&mut l)? > 0, "connection closed");
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_string())
+    }
+}
