@@ -232,6 +232,38 @@ pub fn keepalived_conf(router_id: &str, priority: u8, version: u8, interval: &st
     )
 }
 
+/// Runs `director ARGS... --state-dir STATE`: (success, stderr).
+pub fn director_cli(args: &[&str], state_dir: &Path) -> Result<(bool, String)> {
+    let out = std::process::Command::new(director_bin()?)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
+/// `director real-server drain` of `address` on the lab VIP's port 80.
+pub fn drain_real_server(address: &str, state_dir: &Path) -> Result<()> {
+    let (ok, err) = director_cli(
+        &[
+            "real-server",
+            "drain",
+            "--vip",
+            &VIP.to_string(),
+            "--port",
+            "80",
+            "--address",
+            address,
+        ],
+        state_dir,
+    )?;
+    anyhow::ensure!(ok, "drain {address}: {err}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

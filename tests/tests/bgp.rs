@@ -64,15 +64,8 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
     // Drain director2 under load: its route goes first, nothing fails.
     let s2 = e.lab.state_dir("director2")?;
     let ((), tally) = http::under_load(&e.far, vip, || {
-        let out = std::process::Command::new(director_tests::director_bin()?)
-            .args(["drain", "--state-dir"])
-            .arg(&s2)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, err) = scenario::director_cli(&["drain"], &s2)?;
+        ensure!(ok, "{err}");
         Ok(())
     })?;
     ensure!(

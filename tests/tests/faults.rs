@@ -348,23 +348,7 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
     ensure!(on_rs3 > 0, "no download went to rs3");
     // rs3 is drained on both directors: its flows are now exceptions.
     for state in [&s1, &s2] {
-        let out = std::process::Command::new(director_tests::director_bin()?)
-            .args([
-                "real-server",
-                "drain",
-                "--vip",
-                "10.0.0.100",
-                "--port",
-                "80",
-            ])
-            .args(["--address", "10.0.0.22", "--state-dir"])
-            .arg(state)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        scenario::drain_real_server("10.0.0.22", state)?;
     }
     // The backup takes them within a few sync rounds.
     let mut took = false;

@@ -42,14 +42,7 @@ fn fetch(lab: &Lab, path: &'static str) -> Result<String> {
 }
 
 fn reload(state: &std::path::Path) -> Result<(bool, String)> {
-    let out = Command::new(director_bin()?)
-        .args(["reload", "--state-dir"])
-        .arg(state)
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    ))
+    scenario::director_cli(&["reload"], state)
 }
 
 #[test]

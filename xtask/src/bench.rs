@@ -444,23 +444,7 @@ fn ha_once(kind: Kind, drain: bool, sync: bool) -> Result<HaRun> {
     std::thread::sleep(Duration::from_secs(1));
     if drain {
         for name in ["director1", "director2"] {
-            let out = std::process::Command::new(director_tests::director_bin()?)
-                .args([
-                    "real-server",
-                    "drain",
-                    "--vip",
-                    "10.0.0.100",
-                    "--port",
-                    "80",
-                ])
-                .args(["--address", "10.0.0.22", "--state-dir"])
-                .arg(lab.state_dir(name)?)
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            scenario::drain_real_server("10.0.0.22", &lab.state_dir(name)?)?;
         }
         // A few sync rounds.
         std::thread::sleep(Duration::from_millis(1500));
