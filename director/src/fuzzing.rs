@@ -104,6 +104,39 @@ pub fn netlink_neighbour(data: &[u8]) {
     }
 }
 
+/// IPVS generic-netlink replies, as the kernel would send them (the
+/// attributes after the genetlink header): parsing and our reading of
+/// services, destinations and statistics never panic; what parses
+/// re-encodes to the same attributes.
+pub fn ipvs_reply(data: &[u8]) {
+    use crate::dataplane::ipvs::netlink::*;
+    use netlink_packet_core::Emitable as _;
+    let Ok(attrs) = parse_attrs(data, Level::Command) else {
+        return;
+    };
+    for (kind, stats64, stats32) in [
+        (CMD_ATTR_SERVICE, SVC_ATTR_STATS64, SVC_ATTR_STATS),
+        (CMD_ATTR_DEST, DEST_ATTR_STATS64, DEST_ATTR_STATS),
+    ] {
+        if let Some(n) = nest(&attrs, kind) {
+            for v6 in [false, true] {
+                let _ = get_addr(n, SVC_ATTR_ADDR, v6);
+            }
+            let _ = (get_u16(n, SVC_ATTR_AF), get_port(n, SVC_ATTR_PORT));
+            let _ = (get_u32(n, DEST_ATTR_WEIGHT), get_string(n, SVC_ATTR_SCHED_NAME));
+            let _ = crate::dataplane::ipvs::traffic(n, stats64, stats32);
+        }
+    }
+    let msg = IpvsMessage { cmd: 0, attrs: attrs.clone() };
+    let mut again = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut again);
+    assert_eq!(
+        parse_attrs(&again, Level::Command).ok(),
+        Some(attrs),
+        "IPVS attributes changed when re-encoded"
+    );
+}
+
 /// What real servers send back to probes (HTTP responses, DNS answers,
 /// frames caught by the DR-path check): never a panic.
 pub fn probe_replies(data: &[u8]) {
@@ -124,5 +157,6 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("import_keepalived", import_keepalived),
     ("control_request", control_request),
     ("netlink_neighbour", netlink_neighbour),
+    ("ipvs_reply", ipvs_reply),
     ("probe_replies", probe_replies),
 ];

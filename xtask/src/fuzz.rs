@@ -19,6 +19,7 @@ const TARGETS: &[&str] = &[
     "import_keepalived",
     "control_request",
     "netlink_neighbour",
+    "ipvs_reply",
     "probe_replies",
 ];
 

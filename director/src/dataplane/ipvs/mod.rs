@@ -416,7 +416,7 @@ impl IpvsDataplane {
 }
 
 /// Statistics from a service or destination: 64-bit if present.
-fn traffic(attrs: &[Attr], stats64: u16, stats32: u16) -> Traffic {
+pub(crate) fn traffic(attrs: &[Attr], stats64: u16, stats32: u16) -> Traffic {
     if let Some(s) = nest(attrs, stats64) {
         return Traffic {
             packets: get_u64(s, STATS_ATTR_INPKTS).unwrap_or(0),
