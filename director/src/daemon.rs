@@ -168,19 +168,14 @@ impl Resolver {
 
 /// Health of one real server of a service: healthy, and a weight a
 /// `misc_dynamic` check asked for.
-fn server_health(
-    board: &Board,
-    vs: &VirtualServer,
-    rs: &crate::config::RealServer,
-) -> (bool, Option<u32>) {
-    let specs = health::specs_for(vs, rs);
+fn server_health(board: &Board, vs: &VirtualServer, keys: &[String]) -> (bool, Option<u32>) {
     let Ok(b) = board.lock() else {
         return (true, None);
     };
     let mut healthy = true;
     let mut weight = None;
-    for spec in specs {
-        if let Some(p) = b.get(&spec.key()) {
+    for key in keys {
+        if let Some(p) = b.get(key) {
             healthy &= p.healthy;
             weight = weight.or(p.weight);
         } else {
@@ -206,6 +201,7 @@ fn quorum_next(vs: &VirtualServer, up: Option<bool>, healthy_weight: u64) -> boo
 /// changed (for the quorum_up / quorum_down scripts).
 fn plan(
     config: &Config,
+    keys: &health::ProbeKeys,
     resolver: &Resolver,
     board: &Board,
     quorum: &mut BTreeMap<usize, bool>,
@@ -220,8 +216,11 @@ fn plan(
             let mut backends: Vec<BackendPlan> = vs
                 .real_server
                 .iter()
-                .filter_map(|rs| {
-                    let (healthy, dynamic) = server_health(board, vs, rs);
+                .enumerate()
+                .filter_map(|(j, rs)| {
+                    let none = Vec::new();
+                    let k = keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
+                    let (healthy, dynamic) = server_health(board, vs, k);
                     let weight = dynamic.unwrap_or(rs.weight);
                     if healthy {
                         healthy_weight += u64::from(weight);
@@ -338,13 +337,20 @@ struct Daemon {
     eligible: BTreeMap<IpAddr, std::time::Instant>,
     /// `director drain` or shutdown: announce nothing.
     draining: bool,
+    /// Probe keys per real server of `config`.
+    keys: health::ProbeKeys,
 }
 
 impl Daemon {
     /// Re-plans and applies when anything changed.
     fn sync(&mut self) -> Result<(), DataplaneError> {
-        let (next, quorum_changes) =
-            plan(&self.config, &self.resolver, &self.board, &mut self.quorum);
+        let (next, quorum_changes) = plan(
+            &self.config,
+            &self.keys,
+            &self.resolver,
+            &self.board,
+            &mut self.quorum,
+        );
         for (i, up) in quorum_changes {
             let vs = &self.config.virtual_server[i];
             let name = crate::dataplane::service_key(vs.address, vs.port, vs.protocol);
@@ -432,13 +438,16 @@ impl Daemon {
                     real_servers: vs
                         .real_server
                         .iter()
-                        .map(|rs| {
+                        .enumerate()
+                        .map(|(j, rs)| {
+                            let none = Vec::new();
+                            let keys = self.keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
                             let t = self
                                 .dataplane
                                 .backend_traffic(plan, rs.address)
                                 .unwrap_or_default();
-                            let (healthy, _) = server_health(&self.board, vs, rs);
-                            let (last_check, last_error, check_latency) = self.last_check(vs, rs);
+                            let (healthy, _) = server_health(&self.board, vs, keys);
+                            let (last_check, last_error, check_latency) = self.last_check(keys);
                             RealServerStatus {
                                 healthy,
                                 last_check,
@@ -468,19 +477,15 @@ impl Daemon {
     }
 
     /// The most recent check of a real server and its error, if any.
-    fn last_check(
-        &self,
-        vs: &VirtualServer,
-        rs: &crate::config::RealServer,
-    ) -> (Option<f64>, Option<String>, Option<f64>) {
+    fn last_check(&self, keys: &[String]) -> (Option<f64>, Option<String>, Option<f64>) {
         let Ok(b) = self.board.lock() else {
             return (None, None, None);
         };
         let mut last = None::<f64>;
         let mut error = None;
         let mut latency = None::<f64>;
-        for spec in health::specs_for(vs, rs) {
-            if let Some(p) = b.get(&spec.key()) {
+        for key in keys {
+            if let Some(p) = b.get(key) {
                 if let Some(t) = p.last_check {
                     last = Some(last.map_or(t, |l| l.max(t)));
                 }
@@ -694,6 +699,7 @@ impl Daemon {
         }
         // Quorum state is by service position: start it afresh.
         self.quorum.clear();
+        self.keys = health::probe_keys(&new);
         self.config = new;
         self.sync().map_err(|e| e.to_string())?;
         Ok(())
@@ -789,6 +795,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     let mut bgp_tick = bird
         .as_ref()
         .map(|_| tokio::time::interval(Duration::from_millis(250)));
+    let keys = health::probe_keys(&config);
     let mut resolver = Resolver::new(&config);
     resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
@@ -807,6 +814,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         bird,
         eligible: BTreeMap::new(),
         draining: false,
+        keys,
     };
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
@@ -954,7 +962,8 @@ persistence_timeout = 30
         let a11: IpAddr = "10.0.0.11".parse().expect("ip");
         resolver.servers.insert(a11, Resolution::Resolved(mac));
         let board = Board::default();
-        let (p, _) = plan(&config, &resolver, &board, &mut BTreeMap::new());
+        let keys = health::probe_keys(&config);
+        let (p, _) = plan(&config, &keys, &resolver, &board, &mut BTreeMap::new());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].port, 80);
         assert_eq!(p[0].persistence_timeout, 30);

@@ -123,11 +123,17 @@ pub fn ipvs_reply(data: &[u8]) {
                 let _ = get_addr(n, SVC_ATTR_ADDR, v6);
             }
             let _ = (get_u16(n, SVC_ATTR_AF), get_port(n, SVC_ATTR_PORT));
-            let _ = (get_u32(n, DEST_ATTR_WEIGHT), get_string(n, SVC_ATTR_SCHED_NAME));
+            let _ = (
+                get_u32(n, DEST_ATTR_WEIGHT),
+                get_string(n, SVC_ATTR_SCHED_NAME),
+            );
             let _ = crate::dataplane::ipvs::traffic(n, stats64, stats32);
         }
     }
-    let msg = IpvsMessage { cmd: 0, attrs: attrs.clone() };
+    let msg = IpvsMessage {
+        cmd: 0,
+        attrs: attrs.clone(),
+    };
     let mut again = vec![0u8; msg.buffer_len()];
     msg.emit(&mut again);
     assert_eq!(

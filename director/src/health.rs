@@ -362,6 +362,24 @@ pub fn dns_type(name: &str) -> Option<u16> {
     })
 }
 
+/// The probe keys of every real server: `[service][real server]`, computed
+/// once per config (building specs compiles regexes).
+pub type ProbeKeys = Vec<Vec<Vec<String>>>;
+
+/// The probe keys of `config`'s real servers.
+pub fn probe_keys(config: &Config) -> ProbeKeys {
+    config
+        .virtual_server
+        .iter()
+        .map(|vs| {
+            vs.real_server
+                .iter()
+                .map(|rs| specs_for(vs, rs).iter().map(CheckSpec::key).collect())
+                .collect()
+        })
+        .collect()
+}
+
 /// Every distinct probe of a config, by key.
 pub fn all_specs(config: &Config) -> HashMap<String, CheckSpec> {
     let mut out = HashMap::new();
