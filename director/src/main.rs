@@ -214,21 +214,12 @@ fn main() -> ExitCode {
                 weight,
                 persist,
             };
-            match control::request(&dir, &Request::RealServer(change))? {
-                Response::Ok { .. } => {
-                    println!("done");
-                    Ok(())
-                }
-                Response::Error { error } => bail!("{error}"),
-                Response::Status(_) => bail!("unexpected answer from the daemon"),
-            }
+            command(&dir, &Request::RealServer(change))?;
+            println!("done");
+            Ok(())
         }),
         Command::Drain { state_dir, config } => state_dir_of(state_dir, config).and_then(|dir| {
-            match control::request(&dir, &Request::Drain)? {
-                Response::Ok { .. } => {}
-                Response::Error { error } => bail!("{error}"),
-                Response::Status(_) => bail!("unexpected answer from the daemon"),
-            }
+            command(&dir, &Request::Drain)?;
             println!("routes withdrawn; waiting for the daemon to stop");
             let socket = dir.join(control::SOCKET);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
@@ -346,18 +337,26 @@ fn watch_vrrp(interface: &str, duration: Option<f64>, json: bool) -> anyhow::Res
     })
 }
 
+/// Sends a command that answers ok or an error; the error is the result.
+fn command(state_dir: &Path, request: &Request) -> anyhow::Result<()> {
+    match control::request(state_dir, request)? {
+        Response::Ok { .. } => Ok(()),
+        Response::Error { error } => bail!("{error}"),
+        Response::Status(_) => bail!("unexpected answer from the daemon"),
+    }
+}
+
 fn reload(state_dir: &Path) -> anyhow::Result<()> {
-    match control::request(state_dir, &Request::Reload)? {
-        Response::Ok { .. } => {
+    match command(state_dir, &Request::Reload) {
+        Ok(()) => {
             println!("reloaded");
             Ok(())
         }
-        Response::Error { error } => {
+        Err(e) => {
             // The daemon's error already names FILE:LINE:COL.
-            eprintln!("{error}");
+            eprintln!("{e}");
             std::process::exit(1);
         }
-        Response::Status(_) => bail!("unexpected answer from the daemon"),
     }
 }
 
