@@ -43,6 +43,25 @@ weight = 2
 connect_timeout = 1
 retry = 0
 warmup = 0.1
+
+[[virtual_server]]
+address = "fd00::100"
+port = 80
+delay_loop = 1
+
+[[virtual_server.real_server]]
+address = "fd00::20"
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+retry = 0
+warmup = 0.1
+
+[[virtual_server.real_server]]
+address = "fd00::21"
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+retry = 0
+warmup = 0.1
 "#;
 
 const XDP_CONFIG: &str = r#"[global]
@@ -67,7 +86,7 @@ const SCRIPT: &str = r#"
 wait_for() { i=0; while [ $i -lt $2 ]; do if eval "$1"; then return 0; fi; sleep 1; i=$((i+1)); done; return 1; }
 ipvs() { ip netns exec director ipvsadm -Ln; }
 # (busybox-static's wget crashes in glibc's static resolver: nc instead)
-get() { r=$(ip netns exec client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 10.0.0.100 80" 2>/dev/null | tail -n 1); case "$r" in rs*) echo "$r";; *) echo FAILED;; esac; }
+get() { r=$(ip netns exec client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 ${1:-10.0.0.100} 80" 2>/dev/null | tail -n 1); case "$r" in rs*) echo "$r";; *) echo FAILED;; esac; }
 ip link add br0 type bridge
 ip link set br0 up
 for h in client:10.0.0.2 director:10.0.0.10 rs1:10.0.0.20 rs2:10.0.0.21; do
@@ -78,10 +97,13 @@ for h in client:10.0.0.2 director:10.0.0.10 rs1:10.0.0.20 rs2:10.0.0.21; do
   ip -n $name link set lo up
   ip -n $name link set eth0 up
   ip -n $name addr add $addr/24 dev eth0
+  ip -n $name addr add fd00::${addr##*.}/64 dev eth0 nodad
 done
 ip -n director addr add 10.0.0.100/32 dev eth0
+ip -n director addr add fd00::100/128 dev eth0 nodad preferred_lft 0
 for r in rs1 rs2; do
   ip -n $r addr add 10.0.0.100/32 dev lo
+  ip -n $r addr add fd00::100/128 dev lo nodad
   ip netns exec $r sh -c 'for i in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$i/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/$i/arp_announce; done'
   mkdir -p /www/$r
   echo $r > /www/$r/index.html
@@ -91,10 +113,11 @@ done
 
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
 echo $! > /tmp/d.pid
-wait_for "ipvs | grep -q 10.0.0.21" 90 || echo "RESULT start=timeout"
+wait_for "ipvs | grep -q 10.0.0.21 && ipvs | grep -q fd00::21" 90 || echo "RESULT start=timeout"
 echo BEGIN ipvsadm1; ipvs; echo END ipvsadm1
 echo BEGIN timeouts; ip netns exec director ipvsadm -L --timeout; echo END timeouts
 echo BEGIN requests1; for i in 1 2 3 4 5 6 7 8 9; do get; done; echo END requests1
+echo BEGIN requests6; for i in 1 2 3 4 5 6 7 8 9 10; do get fd00::100; done; echo END requests6
 echo BEGIN debug
 ip -n client neigh
 ip netns exec director ipvsadm -Lnc
@@ -194,7 +217,13 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     };
     ensure!(line("10.0.0.20:80")[2..4] == ["Route", "1"], "{table}");
     ensure!(line("10.0.0.21:80")[2..4] == ["Route", "2"], "{table}");
-    ensure!(table.matches("TCP ").count() == 1, "{table}");
+    ensure!(table.matches("TCP ").count() == 2, "{table}");
+    // IPv6: the second service, IPVS's mh scheduler.
+    ensure!(table.contains("TCP  [fd00::100]:80 mh"), "{table}");
+    ensure!(
+        table.contains("-> [fd00::20]:80") && table.contains("-> [fd00::21]:80"),
+        "{table}"
+    );
     // global.udp_timeout reached IPVS (SET_CONFIG).
     let timeouts = vm::section(&out, "timeouts");
     ensure!(timeouts.trim().ends_with(" 120"), "{timeouts}");
@@ -204,6 +233,12 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     ensure!(
         !requests.contains("FAILED") && requests.contains("rs1") && requests.contains("rs2"),
         "{requests}\n{out}"
+    );
+
+    let requests = vm::section(&out, "requests6");
+    ensure!(
+        !requests.contains("FAILED") && requests.contains("rs1") && requests.contains("rs2"),
+        "IPv6: {requests}\n{out}"
     );
 
     // Status comes from IPVS's statistics.
@@ -237,14 +272,15 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     // Restarted: adopted, reconciled (both servers back), no duplicates.
     let table = vm::section(&out, "ipvsadm3");
     ensure!(
-        table.matches("TCP ").count() == 1 && table.contains("10.0.0.21:80"),
+        table.matches("TCP ").count() == 2 && table.contains("10.0.0.21:80"),
         "{table}"
     );
 
     // flush removes it.
     let flushed = vm::section(&out, "flush");
     ensure!(
-        flushed.contains("IPVS service 10.0.0.100:80/tcp"),
+        flushed.contains("IPVS service 10.0.0.100:80/tcp")
+            && flushed.contains("IPVS service [fd00::100]:80/tcp"),
         "{flushed}"
     );
     let table = vm::section(&out, "ipvsadm4");

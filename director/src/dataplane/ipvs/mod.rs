@@ -219,12 +219,25 @@ impl IpvsDataplane {
             .collect())
     }
 
-    fn service_attrs(id: &ServiceId, plan: &ServicePlan) -> Vec<Attr> {
-        let (flags, timeout) = if plan.persistence_timeout > 0 {
-            (SVC_F_PERSISTENT, plan.persistence_timeout)
+    /// The service flags for a plan: persistence, and for `mh` the port
+    /// in the hash (director's `mh` places flows; `sh` places clients).
+    fn flags(plan: &ServicePlan) -> u32 {
+        let persistent = if plan.persistence_timeout > 0 {
+            SVC_F_PERSISTENT
         } else {
-            (0, 0)
+            0
         };
+        let port = if plan.scheduler == Scheduler::Mh {
+            SVC_F_SCHED_PORT
+        } else {
+            0
+        };
+        persistent | port
+    }
+
+    fn service_attrs(id: &ServiceId, plan: &ServicePlan) -> Vec<Attr> {
+        let flags = Self::flags(plan);
+        let timeout = plan.persistence_timeout;
         let netmask = if id.address.is_ipv4() { u32::MAX } else { 128 };
         let mut a = id.attrs();
         a.extend([
@@ -278,11 +291,7 @@ impl IpvsDataplane {
             let attrs = Self::service_attrs(&id, plan);
             let want = KernelService {
                 scheduler: scheduler_name(plan.scheduler).to_string(),
-                flags: if plan.persistence_timeout > 0 {
-                    SVC_F_PERSISTENT
-                } else {
-                    0
-                },
+                flags: Self::flags(plan),
                 timeout: plan.persistence_timeout,
             };
             match kernel.get(&id) {
@@ -298,8 +307,8 @@ impl IpvsDataplane {
                 }
                 Some(k)
                     if k.scheduler != want.scheduler
-                        || k.flags & SVC_F_PERSISTENT != want.flags
-                        || (want.flags != 0 && k.timeout != want.timeout) =>
+                        || k.flags & (SVC_F_PERSISTENT | SVC_F_SCHED_PORT) != want.flags
+                        || (want.flags & SVC_F_PERSISTENT != 0 && k.timeout != want.timeout) =>
                 {
                     modprobe(&format!("ip_vs_{}", want.scheduler));
                     self.request(
@@ -529,6 +538,18 @@ mod tests {
         let s = nest(&got, CMD_ATTR_SERVICE).expect("service");
         assert_eq!(&raw(s, SVC_ATTR_FLAGS).expect("flags")[..4], &[0; 4]);
         assert_eq!(get_u32(s, SVC_ATTR_NETMASK), Some(u32::MAX));
+        // mh hashes the whole flow, as the XDP dataplane: the port flag.
+        let mut pm = plan("10.0.0.100", 0);
+        pm.scheduler = Scheduler::Mh;
+        let got = wire(vec![Attr::Nested(
+            CMD_ATTR_SERVICE,
+            IpvsDataplane::service_attrs(&ServiceId::of(&pm), &pm),
+        )]);
+        let s = nest(&got, CMD_ATTR_SERVICE).expect("service");
+        assert_eq!(
+            &raw(s, SVC_ATTR_FLAGS).expect("flags")[..4],
+            &SVC_F_SCHED_PORT.to_ne_bytes()
+        );
         // DEL_SERVICE / GET_DEST: identity only.
         let got = wire(vec![Attr::Nested(CMD_ATTR_SERVICE, id4.attrs())]);
         let s = nest(&got, CMD_ATTR_SERVICE).expect("service");

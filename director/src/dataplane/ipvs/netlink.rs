@@ -71,6 +71,9 @@ pub const STATS_ATTR_INBYTES: u16 = 4;
 pub const FWD_DROUTE: u32 = 0x0003;
 /// Persistent service (IP_VS_SVC_F_PERSISTENT).
 pub const SVC_F_PERSISTENT: u32 = 0x0001;
+/// IP_VS_SVC_F_SCHED2: for `mh` (and `sh`), hash the source port too
+/// (IP_VS_SVC_F_SCHED_MH_PORT): IPVS's mh then hashes the flow, as ours.
+pub const SVC_F_SCHED_PORT: u32 = 0x0010;
 
 /// One attribute: a raw value, or nested attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
