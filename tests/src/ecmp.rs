@@ -193,6 +193,38 @@ impl EcmpLab {
         }
     }
 
+    /// Opens `n` keep-alive connections from the far client (each asks once
+    /// and notes its real server), kills the last director, waits until the
+    /// router has withdrawn it, and asks again on every connection.
+    /// Returns (connections opened, connections that answered again from the
+    /// same real server).
+    pub fn kill_last_with_open_connections(&mut self, n: usize) -> Result<(usize, usize)> {
+        let conns: Vec<(Conn, String)> = self.far.run(move || {
+            (0..n)
+                .filter_map(|_| {
+                    let mut c = Conn::open().ok()?;
+                    let rs = c.get().ok()?;
+                    Some((c, rs))
+                })
+                .collect()
+        })?;
+        let opened = conns.len();
+        let last = self.lab.directors.len() - 1;
+        self.kill_director(last)?;
+        let left: Vec<String> = self.lab.directors[..last]
+            .iter()
+            .map(|d| d.ip.to_string())
+            .collect();
+        self.wait_hops(&left, Duration::from_secs(15))?;
+        let kept = self.far.run(move || {
+            conns
+                .into_iter()
+                .filter_map(|(mut c, rs)| c.get().ok().filter(|r| *r == rs))
+                .count()
+        })?;
+        Ok((opened, kept))
+    }
+
     /// Kills director `i` as a machine dies: link down, process killed.
     pub fn kill_director(&mut self, i: usize) -> Result<()> {
         self.lab.directors[i]

@@ -113,6 +113,12 @@ impl Node {
             .context("eth0 has no Ethernet address")
     }
 
+    /// Whether this host holds the lab's IPv4 VIP on `eth0`.
+    pub fn holds_vip(&self) -> Result<bool> {
+        let out = self.ns.ip(&["-4", "addr", "show", "dev", "eth0"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")))
+    }
+
     /// Whether an XDP program is attached to `eth0` (any mode).
     pub fn xdp_attached(&self) -> Result<bool> {
         let out = self.ns.ip(&["-d", "link", "show", "eth0"])?;

@@ -8,12 +8,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, ensure};
-use director_tests::{
-    ecmp::{Conn, EcmpLab},
-    http,
-    lab::VIP,
-    scenario,
-};
+use director_tests::{ecmp::EcmpLab, http, lab::VIP, scenario};
 
 #[test]
 fn ecmp_directors_announced_by_bird() -> Result<()> {
@@ -36,29 +31,10 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
     // Long-lived connections; then director3 dies: the router withdraws
     // it, and every connection - also those it carried - goes on with the
     // same real server.
-    let conns: Vec<(Conn, String)> = e.far.run(|| -> Result<Vec<(Conn, String)>> {
-        (0..12)
-            .map(|_| {
-                let mut c = Conn::open()?;
-                let rs = c.get()?;
-                Ok((c, rs))
-            })
-            .collect()
-    })??;
-    e.kill_director(2)?;
-    e.wait_hops(&["10.0.0.10", "10.0.0.11"], Duration::from_secs(15))?;
-    let kept = e.far.run(move || -> Result<usize> {
-        let mut same = 0;
-        for (mut c, rs) in conns {
-            if c.get()? == rs {
-                same += 1;
-            }
-        }
-        Ok(same)
-    })??;
+    let (opened, kept) = e.kill_last_with_open_connections(12)?;
     ensure!(
-        kept == 12,
-        "only {kept} of 12 connections kept their real server"
+        opened == 12 && kept == 12,
+        "only {kept} of {opened} (of 12) connections kept their real server"
     );
 
     // Drain director2 under load: its route goes first, nothing fails.

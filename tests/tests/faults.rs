@@ -38,13 +38,6 @@ fn pair() -> Result<(Lab, Proc, Proc)> {
     Ok((lab, d1, d2))
 }
 
-fn holds_vip(lab: &Lab, i: usize) -> Result<bool> {
-    let out = lab.directors[i]
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "eth0"])?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")))
-}
-
 /// Downloads /big through the VIP (every byte checked).
 fn download(size: usize) -> Result<Duration> {
     Ok(http::download_big(SocketAddr::from((VIP, 80)), size)?.took)
@@ -103,7 +96,7 @@ fn a_frozen_master_thaws_into_one_master() -> Result<()> {
             scenario::vrrp_state(&s1, "VI_1"),
             scenario::vrrp_state(&s2, "VI_1"),
         );
-        let vips = (holds_vip(&lab, 0)?, holds_vip(&lab, 1)?);
+        let vips = (lab.directors[0].holds_vip()?, lab.directors[1].holds_vip()?);
         if states == (Some("master".into()), Some("backup".into())) && vips == (true, false) {
             break;
         }
@@ -160,7 +153,7 @@ fn twenty_restarts_under_load_lose_almost_nothing() -> Result<()> {
     );
     let s2 = lab.state_dir("director2")?;
     ensure!(scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("backup"));
-    ensure!(holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?);
+    ensure!(lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?);
     Ok(())
 }
 
@@ -237,7 +230,7 @@ fn a_redundant_heartbeat_path_prevents_a_false_failover() -> Result<()> {
         transitions(&s1)? == t1 && transitions(&s2)? == t2,
         "transitions moved"
     );
-    ensure!(!holds_vip(&lab, 1)?, "the backup took the VIP");
+    ensure!(!lab.directors[1].holds_vip()?, "the backup took the VIP");
     let s = scenario::status(&s1)?;
     ensure!(s["vrrp"][0]["split_brains"] == 0, "{s}");
 
@@ -288,7 +281,7 @@ fn an_isolated_director_gives_up_the_vip() -> Result<()> {
     scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     ensure!(
-        !holds_vip(&lab, 0)? && holds_vip(&lab, 1)?,
+        !lab.directors[0].holds_vip()? && lab.directors[1].holds_vip()?,
         "the VIP did not move"
     );
     lab.directors[0]

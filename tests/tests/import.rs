@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{Lab, LabSpec, director_bin, lab::VIP, scenario};
+use director_tests::{Lab, LabSpec, director_bin, scenario};
 use nix::sys::signal::Signal;
 
 fn corpus(name: &str) -> PathBuf {
@@ -212,11 +212,8 @@ fn an_imported_node_pairs_with_keepalived_running_the_original() -> Result<()> {
     // keepalived stops (priority 0 advert): the director takes the VIP.
     ka.proc.stop(Signal::SIGTERM, Duration::from_secs(10))?;
     scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(5))?;
-    let out = lab.directors[1]
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "eth0"])?;
     ensure!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")),
+        lab.directors[1].holds_vip()?,
         "the director does not hold the VIP"
     );
     // keepalived returns with priority 101 and preempts.

@@ -24,14 +24,6 @@ fn start(lab: &Lab, i: usize, config: &str) -> Result<Proc> {
     scenario::spawn_director(lab, i, &path)
 }
 
-/// Whether director `i` holds the VIP on eth0.
-fn holds_vip(lab: &Lab, i: usize) -> Result<bool> {
-    let out = lab.directors[i]
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "eth0"])?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32")))
-}
-
 const FAST: &str = "version = 3\nadvert_int = 0.1";
 
 #[test]
@@ -47,7 +39,10 @@ fn failover_preemption_and_graceful_handover() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
     scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
-    ensure!(holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?, "VIP placement");
+    ensure!(
+        lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?,
+        "VIP placement"
+    );
     let vip = SocketAddr::from((VIP, 80));
     let t = lab
         .client
@@ -65,7 +60,10 @@ fn failover_preemption_and_graceful_handover() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     let took = killed.elapsed();
     ensure!(took < Duration::from_secs(2), "takeover took {took:?}");
-    ensure!(holds_vip(&lab, 1)?, "the new master does not hold the VIP");
+    ensure!(
+        lab.directors[1].holds_vip()?,
+        "the new master does not hold the VIP"
+    );
     let t = lab
         .client
         .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
@@ -77,7 +75,7 @@ fn failover_preemption_and_graceful_handover() -> Result<()> {
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
     scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     ensure!(
-        holds_vip(&lab, 0)? && !holds_vip(&lab, 1)?,
+        lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?,
         "VIP after preemption"
     );
     let trans = scenario::status(&s2)?["vrrp"][0]["transitions"].as_u64();
@@ -93,7 +91,10 @@ fn failover_preemption_and_graceful_handover() -> Result<()> {
     ensure!(code == Some(0), "exit {code:?}");
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     let took = stopped.elapsed();
-    ensure!(!holds_vip(&lab, 0)?, "a stopped master kept the VIP");
+    ensure!(
+        !lab.directors[0].holds_vip()?,
+        "a stopped master kept the VIP"
+    );
     ensure!(
         took < Duration::from_millis(300),
         "graceful handover took {took:?}"
@@ -254,7 +255,7 @@ fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
     let st = scenario::status(&s1)?;
     ensure!(st["vrrp"][0]["effective_priority"] == 50, "{st}");
     ensure!(st["vrrp"][0]["priority"] == 150, "{st}");
-    ensure!(holds_vip(&lab, 1)? && !holds_vip(&lab, 0)?);
+    ensure!(lab.directors[1].holds_vip()? && !lab.directors[0].holds_vip()?);
     // It recovers: priority 150 again, and it preempts back.
     std::fs::write(&flag, "")?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
@@ -366,7 +367,7 @@ fn split_brain_is_detected_reported_and_healed() -> Result<()> {
     nft("add rule inet lab input meta l4proto 112 drop")?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     ensure!(
-        holds_vip(&lab, 0)? && holds_vip(&lab, 1)?,
+        lab.directors[0].holds_vip()? && lab.directors[1].holds_vip()?,
         "both hold the VIP"
     );
 
@@ -379,7 +380,7 @@ fn split_brain_is_detected_reported_and_healed() -> Result<()> {
     let took = healed.elapsed();
     ensure!(took < Duration::from_millis(500), "healing took {took:?}");
     ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
-    ensure!(!holds_vip(&lab, 1)?, "the loser kept the VIP");
+    ensure!(!lab.directors[1].holds_vip()?, "the loser kept the VIP");
     let st = scenario::status(&s1)?;
     ensure!(st["vrrp"][0]["split_brains"].as_u64() >= Some(1), "{st}");
     std::thread::sleep(Duration::from_millis(300));

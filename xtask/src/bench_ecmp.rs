@@ -17,12 +17,7 @@ use std::{
 };
 
 use anyhow::Result;
-use director_tests::{
-    ecmp::{Conn, EcmpLab},
-    http,
-    lab::VIP,
-    scenario,
-};
+use director_tests::{ecmp::EcmpLab, http, lab::VIP, scenario};
 
 pub fn run() -> Result<()> {
     println!("ecmp: directors behind a BIRD router (BGP, ECMP by 5-tuple), 4 client threads, 5 s");
@@ -89,25 +84,7 @@ fn packets(e: &EcmpLab) -> Result<Vec<u64>> {
 }
 
 fn lost_on_kill(mut e: EcmpLab) -> Result<()> {
-    const N: usize = 60;
-    let conns: Vec<(Conn, String)> = e.far.run(|| {
-        (0..N)
-            .filter_map(|_| {
-                let mut c = Conn::open().ok()?;
-                let rs = c.get().ok()?;
-                Some((c, rs))
-            })
-            .collect()
-    })?;
-    let opened = conns.len();
-    e.kill_director(2)?;
-    e.wait_hops(&["10.0.0.10", "10.0.0.11"], Duration::from_secs(15))?;
-    let kept = e.far.run(move || {
-        conns
-            .into_iter()
-            .filter_map(|(mut c, rs)| c.get().ok().filter(|r| *r == rs))
-            .count()
-    })?;
+    let (opened, kept) = e.kill_last_with_open_connections(60)?;
     println!(
         "  one of 3 directors killed: {} of {opened} open connections lost ({} kept, same real server)",
         opened - kept,

@@ -368,7 +368,7 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
 
 /// Part two: three active directors behind a BIRD router (BGP, ECMP).
 fn active_active() -> Result<()> {
-    use director_tests::ecmp::{Conn, EcmpLab};
+    use director_tests::ecmp::EcmpLab;
     println!(
         "\n== active-active: three directors announce the VIP over BGP (BIRD) to a router with ECMP =="
     );
@@ -396,24 +396,7 @@ fn active_active() -> Result<()> {
         t.failed,
         shares.join(", ")
     );
-    let conns: Vec<(Conn, String)> = e.far.run(|| {
-        (0..20)
-            .filter_map(|_| {
-                let mut c = Conn::open().ok()?;
-                let rs = c.get().ok()?;
-                Some((c, rs))
-            })
-            .collect()
-    })?;
-    let opened = conns.len();
-    e.kill_director(2)?;
-    e.wait_hops(&["10.0.0.10", "10.0.0.11"], Duration::from_secs(15))?;
-    let kept = e.far.run(move || {
-        conns
-            .into_iter()
-            .filter_map(|(mut c, rs)| c.get().ok().filter(|r| *r == rs))
-            .count()
-    })?;
+    let (opened, kept) = e.kill_last_with_open_connections(20)?;
     println!(
         "  director3 dies: the router withdraws it; {kept} of {opened} open connections continue on the same real server through the other two"
     );
