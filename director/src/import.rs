@@ -254,7 +254,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 /// Builds the statement tree.
-fn parse(toks: &[Token], root: &Path) -> Result<Vec<Node>, ImportError> {
+fn parse(toks: &[Token]) -> Result<Vec<Node>, ImportError> {
     let mut pos = 0;
     let nodes = parse_block(toks, &mut pos, 0)?;
     if pos < toks.len() {
@@ -265,7 +265,6 @@ fn parse(toks: &[Token], root: &Path) -> Result<Vec<Node>, ImportError> {
             message: "unexpected `}`".into(),
         });
     }
-    let _ = root;
     Ok(nodes)
 }
 
@@ -362,7 +361,7 @@ pub fn import(path: &Path) -> Result<Import, ImportError> {
 pub fn import_text(path: &Path, text: &str) -> Result<Import, ImportError> {
     let mut toks = Vec::new();
     tokens_of(path, text, 0, &mut toks)?;
-    let nodes = parse(&toks, path)?;
+    let nodes = parse(&toks)?;
     let mut t = Translator::default();
     t.run(&nodes);
     let mut out = format!(
@@ -449,8 +448,8 @@ impl Translator {
         let mut global = Table::new();
         // Pass 1: global_defs (defaults other blocks use).
         for n in nodes.iter().filter(|n| n.keyword == "global_defs") {
-            for c in n.children.clone().unwrap_or_default() {
-                self.global_def(&c, &mut global);
+            for c in n.children.iter().flatten() {
+                self.global_def(c, &mut global);
             }
         }
         let mut scripts = Vec::new();
@@ -579,7 +578,7 @@ impl Translator {
         };
         let mut t = Table::new();
         t.insert("name".into(), string(name));
-        for c in n.children.clone().unwrap_or_default() {
+        for c in n.children.iter().flatten() {
             let (key, conv): (&str, Conv) = match c.keyword.as_str() {
                 "script" => ("script", |a| Some(string(a))),
                 "interval" => ("interval", num),
@@ -588,11 +587,11 @@ impl Translator {
                 "rise" => ("rise", int),
                 "fall" => ("fall", int),
                 "user" => {
-                    self.warn(&c, "scripts run as the daemon's user");
+                    self.warn(c, "scripts run as the daemon's user");
                     continue;
                 }
                 _ => {
-                    self.warn(&c, "unknown vrrp_script keyword");
+                    self.warn(c, "unknown vrrp_script keyword");
                     continue;
                 }
             };
@@ -600,7 +599,7 @@ impl Translator {
             let v = if key == "script" && c.args.len() > 1 {
                 Some(string(&c.args.join(" ")))
             } else {
-                self.one(&c, conv)
+                self.one(c, conv)
             };
             if let Some(v) = v {
                 t.insert(key.into(), v);
@@ -621,7 +620,7 @@ impl Translator {
         let mut t = Table::new();
         t.insert("name".into(), string(name));
         let mut addresses = Vec::new();
-        for c in n.children.clone().unwrap_or_default() {
+        for c in n.children.iter().flatten() {
             let simple: Option<(&str, Conv)> = match c.keyword.as_str() {
                 "interface" => Some(("interface", |a| Some(string(a)))),
                 "virtual_router_id" => Some(("virtual_router_id", int)),
@@ -641,7 +640,7 @@ impl Translator {
                 _ => None,
             };
             if let Some((key, conv)) = simple {
-                if let Some(v) = self.one(&c, conv) {
+                if let Some(v) = self.one(c, conv) {
                     t.insert(key.into(), v);
                 }
                 continue;
@@ -654,7 +653,7 @@ impl Translator {
                     Some("BACKUP") => {
                         t.insert("state".into(), string("backup"));
                     }
-                    _ => self.warn(&c, "state must be MASTER or BACKUP"),
+                    _ => self.warn(c, "state must be MASTER or BACKUP"),
                 },
                 "nopreempt" => {
                     t.insert("nopreempt".into(), Value::Boolean(true));
@@ -663,17 +662,17 @@ impl Translator {
                 "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
                     if c.keyword == "virtual_ipaddress_excluded" {
                         self.warn(
-                            &c,
+                            c,
                             "excluded addresses are added to virtual_ipaddress (they are announced in adverts)",
                         );
                     }
-                    for a in c.children.clone().unwrap_or_default() {
+                    for a in c.children.iter().flatten() {
                         let iface = t.get("interface").and_then(Value::as_str).map(String::from);
                         let v6 = |s: &str| s.contains(':');
                         let first = addresses.first().and_then(Value::as_str).map(v6);
                         if first.is_some_and(|f| f != v6(&a.keyword)) {
                             self.warn(
-                                &a,
+                                a,
                                 "an instance holds one address family (keepalived ignores this address too): make a separate instance for it",
                             );
                             continue;
@@ -684,10 +683,10 @@ impl Translator {
                             match (opt.as_str(), rest.next()) {
                                 ("dev", Some(d)) if Some(d) == iface.as_ref() => {}
                                 ("label", Some(_)) | ("brd", Some(_)) | ("scope", Some(_)) => {
-                                    self.warn(&a, format!("address option `{opt}` is ignored"));
+                                    self.warn(a, format!("address option `{opt}` is ignored"));
                                 }
                                 _ => self.warn(
-                                    &a,
+                                    a,
                                     format!("address option `{opt}`: addresses live on the instance's interface"),
                                 ),
                             }
@@ -697,9 +696,8 @@ impl Translator {
                 "unicast_peer" => {
                     let peers: Vec<Value> = c
                         .children
-                        .clone()
-                        .unwrap_or_default()
                         .iter()
+                        .flatten()
                         .map(|p| {
                             if !p.args.is_empty() {
                                 self.warn(p, "peer options are ignored");
@@ -711,7 +709,7 @@ impl Translator {
                 }
                 "authentication" => {
                     let mut auth = Table::new();
-                    for a in c.children.clone().unwrap_or_default() {
+                    for a in c.children.iter().flatten() {
                         match (a.keyword.as_str(), a.args.first()) {
                             ("auth_type", Some(v)) => {
                                 auth.insert("auth_type".into(), string(v));
@@ -719,17 +717,17 @@ impl Translator {
                             ("auth_pass", Some(v)) => {
                                 auth.insert("auth_pass".into(), string(v));
                             }
-                            _ => self.warn(&a, "unknown authentication keyword"),
+                            _ => self.warn(a, "unknown authentication keyword"),
                         }
                     }
                     t.insert("authentication".into(), Value::Table(auth));
                 }
                 "track_interface" | "track_script" => {
                     let mut names = Vec::new();
-                    for a in c.children.clone().unwrap_or_default() {
+                    for a in c.children.iter().flatten() {
                         if !a.args.is_empty() {
                             self.warn(
-                                &a,
+                                a,
                                 "a per-instance weight is not supported: the script's own weight applies (interfaces force Fault)",
                             );
                         }
@@ -738,20 +736,20 @@ impl Translator {
                     t.insert(c.keyword.clone(), Value::Array(names));
                 }
                 "use_vmac" | "vmac_xmit_base" => {
-                    self.warn(&c, "VMACs are not supported: the interface's MAC is used")
+                    self.warn(c, "VMACs are not supported: the interface's MAC is used")
                 }
-                "dont_track_primary" => self.warn(&c, "the interface is always tracked"),
-                "smtp_alert" => self.warn(&c, "director sends no mail"),
+                "dont_track_primary" => self.warn(c, "the interface is always tracked"),
+                "smtp_alert" => self.warn(c, "director sends no mail"),
                 "native_ipv6" => {}
-                _ => self.warn(&c, "no director equivalent"),
+                _ => self.warn(c, "no director equivalent"),
             }
         }
         if !addresses.is_empty() {
             t.insert("virtual_ipaddress".into(), Value::Array(addresses));
         }
-        for (k, v) in self.instance_defaults.clone() {
-            if !t.contains_key(&k) {
-                t.insert(k, v);
+        for (k, v) in &self.instance_defaults {
+            if !t.contains_key(k) {
+                t.insert(k.clone(), v.clone());
             }
         }
         // v3 is the only version with sub-second intervals and IPv6.
@@ -775,14 +773,13 @@ impl Translator {
         };
         let mut t = Table::new();
         t.insert("name".into(), string(name));
-        for c in n.children.clone().unwrap_or_default() {
+        for c in n.children.iter().flatten() {
             match c.keyword.as_str() {
                 "group" => {
                     let members = c
                         .children
-                        .clone()
-                        .unwrap_or_default()
                         .iter()
+                        .flatten()
                         .flat_map(|m| {
                             std::iter::once(&m.keyword)
                                 .chain(&m.args)
@@ -793,11 +790,11 @@ impl Translator {
                     t.insert("group".into(), Value::Array(members));
                 }
                 k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify") => {
-                    if let Some(v) = self.one(&c, |a| Some(string(a))) {
+                    if let Some(v) = self.one(c, |a| Some(string(a))) {
                         t.insert(k.into(), v);
                     }
                 }
-                _ => self.warn(&c, "no director equivalent"),
+                _ => self.warn(c, "no director equivalent"),
             }
         }
         Some(t)
@@ -828,8 +825,8 @@ impl Translator {
         let mut real_servers = Vec::new();
         let mut check_defaults = Table::new();
         let mut virtualhost = None;
-        let children = n.children.clone().unwrap_or_default();
-        for c in &children {
+        let children = n.children.as_deref().unwrap_or_default();
+        for c in children {
             match c.keyword.as_str() {
                 "delay_loop" => {
                     if let Some(v) = self.one(c, num) {
@@ -961,10 +958,10 @@ impl Translator {
                 defaults.insert("connect_port".into(), p);
             }
         }
-        for c in n.children.clone().unwrap_or_default() {
+        for c in n.children.iter().flatten() {
             let checker = match c.keyword.as_str() {
                 "weight" => {
-                    if let Some(v) = self.one(&c, int) {
+                    if let Some(v) = self.one(c, int) {
                         t.insert("weight".into(), v);
                     }
                     continue;
@@ -980,16 +977,16 @@ impl Translator {
                 "DNS_CHECK" => "dns_check",
                 "UDP_CHECK" => "udp_check",
                 "notify_up" | "notify_down" => {
-                    self.warn(&c, "per-server notify is not supported: the logs and metrics record health changes");
+                    self.warn(c, "per-server notify is not supported: the logs and metrics record health changes");
                     continue;
                 }
                 _ => {
-                    self.warn(&c, "no director equivalent");
+                    self.warn(c, "no director equivalent");
                     continue;
                 }
             };
             if t.contains_key(checker) {
-                self.warn(&c, "a second checker of the same kind is not supported");
+                self.warn(c, "a second checker of the same kind is not supported");
                 continue;
             }
             let mut check = defaults.clone();
@@ -999,18 +996,18 @@ impl Translator {
                 check.insert("virtualhost".into(), string(v));
             }
             let mut urls = Vec::new();
-            for k in c.children.clone().unwrap_or_default() {
-                self.check_key(checker, &k, &mut check, &mut urls);
+            for k in c.children.iter().flatten() {
+                self.check_key(checker, k, &mut check, &mut urls);
             }
             if !urls.is_empty() {
                 check.insert("url".into(), Value::Array(urls));
             }
             if (checker == "http_get" || checker == "ssl_get") && !check.contains_key("url") {
-                self.warn(&c, "an HTTP check needs at least one url: skipped");
+                self.warn(c, "an HTTP check needs at least one url: skipped");
                 continue;
             }
             if checker == "misc_check" && !check.contains_key("misc_path") {
-                self.warn(&c, "a MISC_CHECK needs misc_path: skipped");
+                self.warn(c, "a MISC_CHECK needs misc_path: skipped");
                 continue;
             }
             t.insert(checker.into(), Value::Table(check));
@@ -1030,7 +1027,7 @@ impl Translator {
             "url" if http => {
                 let mut u = Table::new();
                 let mut codes = Vec::new();
-                for f in k.children.clone().unwrap_or_default() {
+                for f in k.children.iter().flatten() {
                     match (f.keyword.as_str(), f.args.first()) {
                         ("path", Some(p)) => {
                             u.insert("path".into(), string(p));
@@ -1046,7 +1043,7 @@ impl Translator {
                                 codes.push(int(a).unwrap_or_else(|| string(a)));
                             }
                         }
-                        _ => self.warn(&f, "no director equivalent"),
+                        _ => self.warn(f, "no director equivalent"),
                     }
                 }
                 match codes.len() {
