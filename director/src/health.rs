@@ -487,6 +487,9 @@ async fn run_probe(
     };
     tokio::time::sleep(warmup).await;
     let mut verdict = Verdict::new(!spec.alpha);
+    // The weight a misc_dynamic script last asked for (this task is the
+    // board entry's only writer).
+    let mut weight: Option<u32> = None;
     let mut next = tokio::time::Instant::now();
     let late_limit = spec.delay_loop / 10;
     loop {
@@ -508,10 +511,8 @@ async fn run_probe(
                 break;
             }
         }
-        let was_weight = board
-            .lock()
-            .ok()
-            .and_then(|b| b.get(&key).and_then(|p| p.weight));
+        let weight_changed = outcome.weight != weight;
+        weight = outcome.weight;
         let changed = verdict.record(outcome.ok, spec.rise, spec.fall);
         let healthy = verdict.healthy;
         let now = SystemTime::now()
@@ -544,7 +545,7 @@ async fn run_probe(
         }
         // Changes only (health, or a misc_dynamic weight): the daemon
         // re-plans on each.
-        if changed || outcome.weight != was_weight {
+        if changed || weight_changed {
             let _ = tx
                 .send(Change {
                     key: key.clone(),
