@@ -706,6 +706,16 @@ impl Daemon {
     }
 }
 
+/// The next tick of an optional timer (never, without one).
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
 /// keeps forwarding; the next `director run` adopts it.
 pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
@@ -871,8 +881,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 let _ = reply.send(answer);
             }
             Some(()) = neigh_events.next() => {}
-            _ = async { match bgp_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {}
-            _ = async { match sync_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+            _ = tick(&mut bgp_tick) => {}
+            _ = tick(&mut sync_tick) => {
                 if let Some(sync) = flow_sync.as_mut() {
                     let flows = daemon.dataplane.exception_flows(1 << 16);
                     sync.send(&flows).await;
