@@ -425,6 +425,8 @@ impl Daemon {
             .enumerate()
             .map(|(i, (vs, plan))| {
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
+                let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
+                let per_server = self.dataplane.backends_traffic(plan, &addresses);
                 VirtualServerStatus {
                     address: vs.address.to_string(),
                     port: vs.port,
@@ -442,10 +444,7 @@ impl Daemon {
                         .map(|(j, rs)| {
                             let none = Vec::new();
                             let keys = self.keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
-                            let t = self
-                                .dataplane
-                                .backend_traffic(plan, rs.address)
-                                .unwrap_or_default();
+                            let t = per_server.get(j).copied().unwrap_or_default();
                             let (healthy, _) = server_health(&self.board, vs, keys);
                             let (last_check, last_error, check_latency) = self.last_check(keys);
                             RealServerStatus {

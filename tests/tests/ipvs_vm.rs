@@ -252,6 +252,13 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
         vs["packets"].as_u64() > Some(0) && vs["new_flows"].as_u64() >= Some(9),
         "{status}"
     );
+    // Per real server too (both served requests).
+    for rs in 0..2 {
+        ensure!(
+            vs["real_servers"][rs]["packets"].as_u64() > Some(0),
+            "{status}"
+        );
+    }
 
     // A failed check takes the server out of IPVS.
     ensure!(result("health").as_deref() == Some("removed"), "{out}");

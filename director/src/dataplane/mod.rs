@@ -104,14 +104,23 @@ impl Dataplane {
         }
     }
 
-    pub fn backend_traffic(
-        &self,
-        plan: &ServicePlan,
-        address: IpAddr,
-    ) -> Result<Traffic, DataplaneError> {
+    /// Traffic of each of `addresses` (real servers of `plan`'s service;
+    /// zero for one the dataplane does not know). One kernel read per
+    /// service where the dataplane allows it (IPVS lists all destinations
+    /// at once).
+    pub fn backends_traffic(&self, plan: &ServicePlan, addresses: &[IpAddr]) -> Vec<Traffic> {
         match self {
-            Dataplane::Xdp(d) => Ok(d.backend_traffic(plan, address)?),
-            Dataplane::Ipvs(d) => Ok(d.backend_traffic(plan, address)?),
+            Dataplane::Xdp(d) => addresses
+                .iter()
+                .map(|a| d.backend_traffic(plan, *a).unwrap_or_default())
+                .collect(),
+            Dataplane::Ipvs(d) => {
+                let all = d.backends_traffic(plan).unwrap_or_default();
+                addresses
+                    .iter()
+                    .map(|a| all.get(a).copied().unwrap_or_default())
+                    .collect()
+            }
         }
     }
 

@@ -409,18 +409,16 @@ impl IpvsDataplane {
             .unwrap_or_default())
     }
 
-    /// Traffic of one real server of a service.
-    pub fn backend_traffic(
+    /// Traffic of every real server of a service (one dump).
+    pub fn backends_traffic(
         &self,
         plan: &ServicePlan,
-        address: IpAddr,
-    ) -> Result<Traffic, IpvsError> {
-        let id = ServiceId::of(plan);
+    ) -> Result<std::collections::HashMap<IpAddr, Traffic>, IpvsError> {
         Ok(self
-            .dests(&id)?
-            .get(&address)
-            .map(|d| traffic(d, DEST_ATTR_STATS64, DEST_ATTR_STATS))
-            .unwrap_or_default())
+            .dests(&ServiceId::of(plan))?
+            .iter()
+            .map(|(a, d)| (*a, traffic(d, DEST_ATTR_STATS64, DEST_ATTR_STATS)))
+            .collect())
     }
 }
 
