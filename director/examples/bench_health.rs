@@ -101,27 +101,62 @@ fn run_floor(targets: &[SocketAddr], kind: &str, seconds: f64, interval: Duratio
     let (t0, c0, r0) = measured.context("the run was too short")?;
     let (wall, c1) = (t0.elapsed().as_secs_f64(), cpu_seconds());
     let (user, system) = (c1.0 - c0.0, c1.1 - c0.1);
-    let rounds = rounds - r0;
+    print_report(&Report {
+        servers: targets.len(),
+        kind: &format!("{kind} floor"),
+        wall,
+        cpu: (user, system),
+        rounds: rounds - r0,
+        expected_per_second: targets.len() as f64 / interval.as_secs_f64(),
+        late_rounds: 0,
+        max_late: &[],
+        latency: &[],
+        unhealthy: failed,
+    });
+    Ok(())
+}
+
+/// One run's figures.
+struct Report<'a> {
+    servers: usize,
+    kind: &'a str,
+    wall: f64,
+    /// (user, system) CPU seconds.
+    cpu: (f64, f64),
+    rounds: u64,
+    expected_per_second: f64,
+    late_rounds: u64,
+    /// Sorted.
+    max_late: &'a [f64],
+    /// Sorted.
+    latency: &'a [f64],
+    unhealthy: u64,
+}
+
+/// Prints a run as one JSON line (what the harness reads).
+fn print_report(r: &Report) {
+    let (user, system) = r.cpu;
     println!(
         "{}",
         serde_json::json!({
-            "servers": targets.len(),
-            "kind": format!("{kind} floor"),
-            "seconds": wall,
-            "cpu_core_fraction": (user + system) / wall,
-            "user_fraction": user / wall,
-            "system_fraction": system / wall,
-            "rounds": rounds,
-            "rounds_per_second": rounds as f64 / wall,
-            "expected_per_second": targets.len() as f64 / interval.as_secs_f64(),
-            "late_rounds": 0,
-            "max_late_max": 0.0,
-            "latency_p50": 0.0,
-            "latency_p99": 0.0,
-            "unhealthy": failed,
+            "servers": r.servers,
+            "kind": r.kind,
+            "seconds": r.wall,
+            "cpu_core_fraction": (user + system) / r.wall,
+            "user_fraction": user / r.wall,
+            "system_fraction": system / r.wall,
+            "rounds": r.rounds,
+            "rounds_per_second": r.rounds as f64 / r.wall,
+            "expected_per_second": r.expected_per_second,
+            "late_rounds": r.late_rounds,
+            "max_late_p50": percentile(r.max_late, 0.5),
+            "max_late_max": percentile(r.max_late, 1.0),
+            "latency_p50": percentile(r.latency, 0.5),
+            "latency_p99": percentile(r.latency, 0.99),
+            "latency_max": percentile(r.latency, 1.0),
+            "unhealthy": r.unhealthy,
         })
     );
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -200,29 +235,18 @@ fn main() -> Result<()> {
         latency.sort_by(f64::total_cmp);
         let mut max_late: Vec<f64> = b.values().map(|p| p.max_late).collect();
         max_late.sort_by(f64::total_cmp);
-        let unhealthy = b.values().filter(|p| !p.healthy).count();
-        let rounds = r1.rounds - r0.rounds;
-        println!(
-            "{}",
-            serde_json::json!({
-                "servers": servers,
-                "kind": kind,
-                "seconds": wall,
-                "cpu_core_fraction": (user + system) / wall,
-                "user_fraction": user / wall,
-                "system_fraction": system / wall,
-                "rounds": rounds,
-                "rounds_per_second": rounds as f64 / wall,
-                "expected_per_second": f64::from(servers) / delay_loop.as_secs_f64(),
-                "late_rounds": r1.late - r0.late,
-                "max_late_p50": percentile(&max_late, 0.5),
-                "max_late_max": percentile(&max_late, 1.0),
-                "latency_p50": percentile(&latency, 0.5),
-                "latency_p99": percentile(&latency, 0.99),
-                "latency_max": percentile(&latency, 1.0),
-                "unhealthy": unhealthy,
-            })
-        );
+        print_report(&Report {
+            servers: servers as usize,
+            kind: &kind,
+            wall,
+            cpu: (user, system),
+            rounds: r1.rounds - r0.rounds,
+            expected_per_second: f64::from(servers) / delay_loop.as_secs_f64(),
+            late_rounds: r1.late - r0.late,
+            max_late: &max_late,
+            latency: &latency,
+            unhealthy: b.values().filter(|p| !p.healthy).count() as u64,
+        });
         drop(checks);
     });
     Ok(())
