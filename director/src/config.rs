@@ -300,6 +300,12 @@ pub struct Global {
     /// Directory for the control socket and runtime state.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Directory (on a bpffs) where the XDP dataplane's maps and link are
+    /// pinned so that they outlive the daemon; default
+    /// `/sys/fs/bpf/director/<state_dir escaped as systemd-escape --path>`
+    /// (`/sys/fs/bpf/director/run-director` for the default state
+    /// directory). See [`Global::pin_dir`].
+    pub pin_dir: Option<PathBuf>,
     /// XDP attach mode: `auto` (native, falling back to generic), `native`
     /// or `generic`.
     #[serde(default)]
@@ -321,6 +327,16 @@ pub struct Global {
     /// Group allowed to use the control socket (mode 0660 instead of 0600;
     /// root only by default).
     pub control_group: Option<String>,
+}
+
+impl Global {
+    /// Where the XDP dataplane is pinned: `pin_dir`, or the default under
+    /// the host's bpffs for this state directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_dir
+            .clone()
+            .unwrap_or_else(|| crate::dataplane::bpffs::default_pin_dir(&self.state_dir))
+    }
 }
 
 /// How VIPs reach the network.
@@ -878,6 +894,14 @@ impl Config {
             return Err(problem(
                 vec![Key("global"), Key("router_id")],
                 "must not be empty",
+            ));
+        }
+        if let Some(dir) = &g.pin_dir
+            && (!dir.is_absolute() || dir == Path::new("/"))
+        {
+            return Err(problem(
+                vec![Key("global"), Key("pin_dir")],
+                format!("`{}` must be an absolute directory path", dir.display()),
             ));
         }
         if g.udp_timeout == 0 {

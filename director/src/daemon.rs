@@ -18,11 +18,11 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, VirtualServer},
+    config::{Config, DataplaneKind, VirtualServer},
     control::{self, ControlError, Pending, Request, Response},
     dataplane::{
-        BackendPlan, Dataplane, DataplaneError, ServicePlan,
-        xdp::{XdpError, XdpOptions},
+        BackendPlan, Dataplane, DataplaneError, ServicePlan, bpffs,
+        xdp::{PinPaths, XdpError, XdpOptions},
     },
     health::{self, Board},
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
@@ -34,8 +34,9 @@ use crate::{
 const RESOLVE_RETRY: Duration = Duration::from_millis(200);
 /// How often the neighbour table is re-read when nothing changes.
 const REFRESH: Duration = Duration::from_secs(5);
-/// Directory under the state directory where the dataplane is pinned.
-pub const PIN_DIR: &str = "bpf";
+/// Directory under the state directory where earlier versions pinned the
+/// dataplane.
+const LEGACY_PIN_DIR: &str = "bpf";
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +46,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot mount a bpffs at {path}: {source}")]
-    Bpffs { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Bpffs(#[from] bpffs::BpffsError),
     #[error(transparent)]
     Neighbor(#[from] NeighborError),
     #[error(transparent)]
@@ -264,47 +265,28 @@ fn plan(
     (plans, changed)
 }
 
-/// The pin directory for a state directory.
-pub fn pin_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(PIN_DIR)
+/// The pin directory of the layout before pins moved to the host's bpffs:
+/// `<state_dir>/bpf`. Flushed when found.
+fn legacy_pin_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(LEGACY_PIN_DIR)
 }
 
-/// Makes sure `dir` is a bpffs mount point (mounting one if needed).
-fn ensure_bpffs(dir: &Path) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::StateDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mounted = mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_, point, fstype) = (f.next(), f.next(), f.next());
-        fstype == Some("bpf") && point.map(Path::new) == Some(canonical.as_path())
-    });
-    if !mounted {
-        nix::mount::mount(
-            Some("bpf"),
-            &canonical,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|source| DaemonError::Bpffs {
-            path: canonical.clone(),
-            source,
-        })?;
-        info!(path = %canonical.display(), "mounted a bpffs for the pinned dataplane");
-    }
-    Ok(())
-}
-
-/// Removes the pinned dataplane of `state_dir` (detaching the program).
-pub fn flush(state_dir: &Path) -> Result<Vec<String>, DaemonError> {
-    let dir = pin_dir(state_dir);
+/// Removes the pinned dataplane in `pin_dir` (detaching the program) and the
+/// IPVS services the daemon of `state_dir` created. Works from a private
+/// mount namespace too (the host's bpffs is brought into view as the daemon
+/// does).
+pub fn flush(state_dir: &Path, pin_dir: &Path) -> Result<Vec<String>, DaemonError> {
     let mut removed = Vec::new();
-    if dir.exists() {
-        removed.extend(crate::dataplane::xdp::flush(&dir)?);
+    if let Some(pins) = bpffs::prepare(pin_dir, bpffs::Purpose::Find)? {
+        removed.extend(crate::dataplane::xdp::flush(&pins.path, state_dir)?);
+        if pins.path.exists() {
+            removed.push(pins.path.display().to_string());
+        }
+        bpffs::remove_dir(&pins.path);
+    }
+    let legacy = legacy_pin_dir(state_dir);
+    if bpffs::on_bpffs(&legacy) && legacy.exists() {
+        removed.extend(crate::dataplane::xdp::flush(&legacy, state_dir)?);
     }
     // The IPVS services this state directory's daemon created.
     removed.extend(
@@ -339,6 +321,8 @@ struct Daemon {
     draining: bool,
     /// Probe keys per real server of `config`.
     keys: health::ProbeKeys,
+    /// Where the XDP dataplane is pinned (none for IPVS).
+    pins: Option<bpffs::PinDir>,
 }
 
 impl Daemon {
@@ -470,6 +454,9 @@ impl Daemon {
             dataplane: self.dataplane.name().to_string(),
             xdp_mode: self.dataplane.xdp_mode().map(str::to_string),
             interface: g.interface.clone(),
+            // IPVS services are kernel state: they outlive the daemon.
+            dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
+            pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
         }
@@ -557,6 +544,56 @@ impl Daemon {
         }
     }
 
+    /// A link changed somewhere: when it is our interface (re-created,
+    /// renamed in place of the old one, its MAC changed), the dataplane,
+    /// the neighbour lookups and the DR-path checks follow it.
+    async fn follow_link(
+        &mut self,
+        neighbors: &mut Neighbors,
+        shared: &Arc<Mutex<crate::neighbor::LinkInfo>>,
+        gone: &mut bool,
+    ) {
+        let interface = self.config.global.interface.clone();
+        let old = neighbors.link();
+        match neighbors.lookup(&interface).await {
+            Ok(Some(now)) => {
+                if *gone {
+                    info!(%interface, ifindex = now.index, "interface is back");
+                    *gone = false;
+                }
+                if now == old {
+                    return;
+                }
+                info!(
+                    %interface,
+                    old_ifindex = old.index,
+                    ifindex = now.index,
+                    old_mac = %old.mac,
+                    mac = %now.mac,
+                    "interface changed: following it"
+                );
+                neighbors.set_link(now);
+                if let Ok(mut l) = shared.lock() {
+                    *l = now;
+                }
+                // The program checks frames are addressed to our MAC; the
+                // next apply writes the new one.
+                self.mac = now.mac;
+                self.applied = None;
+                if let Err(e) = self.dataplane.follow_interface() {
+                    error!(%interface, error = %e, "cannot re-attach the dataplane to the interface");
+                }
+            }
+            Ok(None) => {
+                if !*gone {
+                    warn!(%interface, "interface is gone; the dataplane follows it when it is back");
+                    *gone = true;
+                }
+            }
+            Err(e) => warn!(%interface, error = %e, "cannot look the interface up"),
+        }
+    }
+
     /// Re-reads the config file and applies the difference. On any error
     /// nothing changes and the error (FILE:LINE:COL: ...) is returned.
     async fn reload(&mut self) -> Result<(), String> {
@@ -565,6 +602,7 @@ impl Daemon {
         for (key, changed) in [
             ("global.interface", old_g.interface != new_g.interface),
             ("global.state_dir", old_g.state_dir != new_g.state_dir),
+            ("global.pin_dir", old_g.pin_dir() != new_g.pin_dir()),
             ("global.xdp_mode", old_g.xdp_mode != new_g.xdp_mode),
             ("global.dataplane", old_g.dataplane != new_g.dataplane),
             (
@@ -727,7 +765,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
 
-    let neighbors = Neighbors::open(&g.interface).await?;
+    let mut neighbors = Neighbors::open(&g.interface).await?;
     let link = neighbors.link();
     info!(
         router_id = %g.router_id,
@@ -736,18 +774,33 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         virtual_servers = config.virtual_server.len(),
         "director starting"
     );
-    let pins = pin_dir(&g.state_dir);
-    ensure_bpffs(&pins)?;
+    let pins = match g.dataplane {
+        DataplaneKind::Ipvs => None,
+        DataplaneKind::Xdp | DataplaneKind::Auto => {
+            let pins = bpffs::prepare_for_run(&g.pin_dir())?;
+            bpffs::report(&pins);
+            let legacy = legacy_pin_dir(&g.state_dir);
+            if bpffs::on_bpffs(&legacy) && legacy.join("link").exists() {
+                warn!(path = %legacy.display(), "removing the dataplane pinned by an earlier version (one gap in forwarding)");
+                crate::dataplane::xdp::flush(&legacy, &g.state_dir)?;
+            }
+            Some(pins)
+        }
+    };
     let dataplane = Dataplane::open(
         g.dataplane,
         &XdpOptions {
             interface: g.interface.clone(),
             mode: g.xdp_mode,
-            pin_dir: Some(pins),
+            pins: pins.as_ref().map(|p| PinPaths {
+                dir: p.path.clone(),
+                state_dir: g.state_dir.clone(),
+            }),
         },
         &g.state_dir,
     )?;
     info!(dataplane = dataplane.name(), xdp_mode = ?dataplane.xdp_mode(), "dataplane ready");
+    let dataplane_is_xdp = dataplane.name() == "xdp";
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {
         Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone()).await?),
@@ -755,12 +808,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     };
     let control = control::serve(&g.state_dir, g.control_group.as_deref(), control_tx)?;
     let mut neigh_events = neighbors.events()?;
+    let mut link_events = neighbors.link_events()?;
+    let shared_link = Arc::new(Mutex::new(link));
     let (health_tx, mut health_rx) = mpsc::channel::<health::Change>(1024);
     let mut checks = health::Checks::new(health_tx);
     let macs = Arc::new(Mutex::new(HashMap::new()));
     checks.set_path_env(health::PathEnv {
-        ifindex: link.index,
-        mac: link.mac,
+        link: shared_link.clone(),
         macs: macs.clone(),
     });
     checks.update(health::all_specs(&config));
@@ -824,7 +878,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         eligible: BTreeMap::new(),
         draining: false,
         keys,
+        pins: if dataplane_is_xdp { pins } else { None },
     };
+    let mut interface_gone = false;
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
             Ok(true) => RESOLVE_RETRY,
@@ -880,6 +936,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 let _ = reply.send(answer);
             }
             Some(()) = neigh_events.next() => {}
+            Some(()) = link_events.next() => {
+                daemon.follow_link(&mut neighbors, &shared_link, &mut interface_gone).await;
+            }
             _ = tick(&mut bgp_tick) => {}
             _ = tick(&mut sync_tick) => {
                 if let Some(sync) = flow_sync.as_mut() {

@@ -89,8 +89,8 @@ pub struct TlsSpec {
 /// servers' MACs as the daemon resolved them.
 #[derive(Debug, Clone)]
 pub struct PathEnv {
-    pub ifindex: u32,
-    pub mac: Mac,
+    /// Our interface's index and MAC (followed when it is re-created).
+    pub link: Arc<Mutex<crate::neighbor::LinkInfo>>,
     pub macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
 }
 
@@ -612,9 +612,12 @@ async fn dr_path(spec: &CheckSpec, env: Option<&PathEnv>, vip: IpAddr, arp: bool
     let Some(rs_mac) = env.macs.lock().ok().and_then(|m| m.get(&rs).copied()) else {
         return Outcome::fail(format!("MAC of {rs} not resolved"));
     };
+    let Some(link) = env.link.lock().ok().map(|l| *l) else {
+        return Outcome::fail("dr_check: interface state unavailable");
+    };
     let p = crate::drpath::PathProbe {
-        ifindex: env.ifindex,
-        our_mac: env.mac,
+        ifindex: link.index,
+        our_mac: link.mac,
         rs_mac,
         rs,
         src: spec.bindto,

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
                 }
             };
             if flush {
-                flush_state(&config.global.state_dir)
+                flush_state(&Target::of(&config))
             } else {
                 init_logging();
                 run(config, path).inspect_err(|e| tracing::error!("{e:#}"))
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
             },
         }),
         Command::Flush { state_dir, config } => {
-            state_dir_of(state_dir, config).and_then(|dir| flush_state(&dir))
+            target_of(state_dir, config).and_then(|t| flush_state(&t))
         }
         Command::Reload { state_dir, config } => {
             state_dir_of(state_dir, config).and_then(|dir| reload(&dir))
@@ -283,14 +283,48 @@ fn check_config(path: &Path) -> Result<(), director::config::ConfigError> {
     Ok(())
 }
 
-fn state_dir_of(state_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The daemon a command talks to: its state directory (control socket)
+/// and where its dataplane is pinned.
+struct Target {
+    state_dir: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Target {
+    fn of(config: &Config) -> Target {
+        Target {
+            state_dir: config.global.state_dir.clone(),
+            pin_dir: config.global.pin_dir(),
+        }
+    }
+}
+
+/// `--state-dir DIR`, else `--config FILE`'s, else the default config's
+/// when that file exists, else the default state directory.
+fn target_of(state_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<Target> {
     if let Some(dir) = state_dir {
-        return Ok(dir);
+        return Ok(Target {
+            pin_dir: director::dataplane::bpffs::default_pin_dir(&dir),
+            state_dir: dir,
+        });
     }
-    if let Some(path) = config {
-        return Ok(Config::load(&path)?.global.state_dir);
+    match config {
+        Some(path) => Ok(Target::of(&Config::load(&path)?)),
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            Ok(Target::of(&Config::load(Path::new(DEFAULT_CONFIG))?))
+        }
+        None => {
+            let dir = PathBuf::from(DEFAULT_STATE_DIR);
+            Ok(Target {
+                pin_dir: director::dataplane::bpffs::default_pin_dir(&dir),
+                state_dir: dir,
+            })
+        }
     }
-    Ok(PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+fn state_dir_of(state_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(target_of(state_dir, config)?.state_dir)
 }
 
 fn show_status(state_dir: &Path, json: bool) -> anyhow::Result<()> {
@@ -360,10 +394,14 @@ fn reload(state_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn flush_state(state_dir: &Path) -> anyhow::Result<()> {
-    let removed = daemon::flush(state_dir)?;
+fn flush_state(target: &Target) -> anyhow::Result<()> {
+    let removed = daemon::flush(&target.state_dir, &target.pin_dir)?;
     if removed.is_empty() {
-        println!("nothing pinned under {}", state_dir.display());
+        println!(
+            "nothing to flush (no pins under {}, no IPVS services of {})",
+            target.pin_dir.display(),
+            target.state_dir.display()
+        );
     }
     for r in removed {
         println!("removed {r}");

@@ -62,6 +62,18 @@ pub fn render(s: &Status) -> String {
         ("router_id", &s.router_id),
     ]))
     .set(1.0);
+    let survives = gauge(
+        &mut reg,
+        "dataplane_survives_restart",
+        "1 when the dataplane keeps forwarding after the daemon exits (pinned on the host's bpffs); 0 when it dies with the daemon",
+    );
+    survives
+        .get_or_create(&Vec::new())
+        .set(if s.dataplane_survives_restart {
+            1.0
+        } else {
+            0.0
+        });
 
     let vs_packets = counter(
         &mut reg,
@@ -284,6 +296,8 @@ mod tests {
             dataplane: "xdp".into(),
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),
+            dataplane_survives_restart: true,
+            pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,

@@ -3,7 +3,15 @@
 //! server, and the kernel already knows how to find it (ARP / ND): we read
 //! its table, and ask it to resolve what is missing.
 
-use std::{collections::HashMap, fmt, net::IpAddr};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -57,7 +65,7 @@ pub enum Neighbor {
 }
 
 /// Link facts needed by the dataplane.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkInfo {
     pub index: u32,
     pub mac: Mac,
@@ -67,6 +75,9 @@ pub struct LinkInfo {
 pub struct Neighbors {
     handle: rtnetlink::Handle,
     link: LinkInfo,
+    /// The interface index the event stream filters on (it follows
+    /// [`Neighbors::set_link`]).
+    index: Arc<AtomicU32>,
     _connection: tokio::task::JoinHandle<()>,
 }
 
@@ -81,40 +92,48 @@ impl Neighbors {
     pub async fn open(interface: &str) -> Result<Neighbors, NeighborError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         let connection = tokio::spawn(connection);
-        let mut links = handle
-            .link()
-            .get()
-            .match_name(interface.to_string())
-            .execute();
-        let link = match links.try_next().await {
-            Ok(Some(link)) => link,
-            Ok(None) => return Err(NeighborError::NoInterface(interface.to_string())),
-            // The kernel answers ENODEV for an unknown name.
-            Err(rtnetlink::Error::NetlinkError(_)) => {
-                return Err(NeighborError::NoInterface(interface.to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mac = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(bytes) if bytes.len() == 6 => {
-                    let mut m = [0u8; 6];
-                    m.copy_from_slice(bytes);
-                    Some(Mac(m))
-                }
-                _ => None,
-            })
-            .ok_or_else(|| NeighborError::NoMac(interface.to_string()))?;
+        let link = lookup(&handle, interface)
+            .await?
+            .ok_or_else(|| NeighborError::NoInterface(interface.to_string()))?;
         Ok(Neighbors {
             handle,
-            link: LinkInfo {
-                index: link.header.index,
-                mac,
-            },
+            index: Arc::new(AtomicU32::new(link.index)),
+            link,
             _connection: connection,
         })
+    }
+
+    /// The interface named `interface` now (`None` when there is none).
+    pub async fn lookup(&self, interface: &str) -> Result<Option<LinkInfo>, NeighborError> {
+        lookup(&self.handle, interface).await
+    }
+
+    /// Follows the interface to a new index or MAC (re-created, renamed,
+    /// address changed).
+    pub fn set_link(&mut self, link: LinkInfo) {
+        self.link = link;
+        self.index.store(link.index, Ordering::Relaxed);
+    }
+
+    /// A stream that yields whenever any link is added, changed or deleted
+    /// (RTNLGRP_LINK events): the caller looks its interface up again.
+    pub fn link_events(
+        &self,
+    ) -> Result<impl futures::Stream<Item = ()> + Unpin + use<>, NeighborError> {
+        use futures::StreamExt as _;
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage;
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        tokio::spawn(connection);
+        Ok(Box::pin(messages.filter_map(|(msg, _)| async move {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+                ) => Some(()),
+                _ => None,
+            }
+        })))
     }
 
     /// The interface's index and MAC.
@@ -146,13 +165,16 @@ impl Neighbors {
         let (connection, _handle, messages) =
             rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])?;
         tokio::spawn(connection);
-        let index = self.link.index;
-        Ok(Box::pin(messages.filter_map(move |(msg, _)| async move {
-            match msg.payload {
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
-                ) if n.header.ifindex == index => Some(()),
-                _ => None,
+        let index = self.index.clone();
+        Ok(Box::pin(messages.filter_map(move |(msg, _)| {
+            let index = index.load(Ordering::Relaxed);
+            async move {
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+                    ) if n.header.ifindex == index => Some(()),
+                    _ => None,
+                }
             }
         })))
     }
@@ -171,6 +193,41 @@ impl Neighbors {
             .await?;
         Ok(())
     }
+}
+
+/// Looks `interface` up by name: its index and MAC.
+async fn lookup(
+    handle: &rtnetlink::Handle,
+    interface: &str,
+) -> Result<Option<LinkInfo>, NeighborError> {
+    let mut links = handle
+        .link()
+        .get()
+        .match_name(interface.to_string())
+        .execute();
+    let link = match links.try_next().await {
+        Ok(Some(link)) => link,
+        Ok(None) => return Ok(None),
+        // The kernel answers ENODEV for an unknown name.
+        Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(bytes);
+                Some(Mac(m))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| NeighborError::NoMac(interface.to_string()))?;
+    Ok(Some(LinkInfo {
+        index: link.header.index,
+        mac,
+    }))
 }
 
 /// The address and state of one neighbour message (kernel bytes: a

@@ -16,6 +16,14 @@ pub struct Status {
     /// `native` or `generic` for XDP.
     pub xdp_mode: Option<String>,
     pub interface: String,
+    /// Whether the dataplane keeps forwarding after the daemon exits and is
+    /// adopted by the next one (false when its pins would die with the
+    /// daemon's private mount namespace; the daemon logged why at start).
+    #[serde(default)]
+    pub dataplane_survives_restart: bool,
+    /// Where the XDP dataplane is pinned.
+    #[serde(default)]
+    pub pin_dir: Option<String>,
     pub virtual_servers: Vec<VirtualServerStatus>,
     /// VRRP instances.
     #[serde(default)]
@@ -81,6 +89,13 @@ pub fn render(s: &Status) -> String {
         "director {} on {} (dataplane {}{mode})",
         s.router_id, s.interface, s.dataplane
     );
+    if !s.dataplane_survives_restart {
+        let _ = writeln!(
+            out,
+            "WARNING: the dataplane stops when this daemon stops (its pins at {} die with its mount namespace; see the daemon's log)",
+            s.pin_dir.as_deref().unwrap_or("?")
+        );
+    }
     if !s.vrrp.is_empty() {
         let _ = writeln!(
             out,
@@ -159,6 +174,8 @@ mod tests {
             dataplane: "xdp".into(),
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),
+            dataplane_survives_restart: true,
+            pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,

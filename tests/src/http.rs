@@ -154,9 +154,20 @@ pub fn under_load<T>(
     addr: SocketAddr,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Tally)> {
+    under_load_within(ns, addr, Duration::from_secs(2), f)
+}
+
+/// [`under_load`] where each request must complete within `timeout`: under
+/// a second, a SYN the network dropped (retransmitted after 1 s) fails.
+pub fn under_load_within<T>(
+    ns: &crate::Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Tally)> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let load = ns.spawn_thread(move || hammer_until(addr, flag, Duration::from_secs(2)));
+    let load = ns.spawn_thread(move || hammer_until(addr, flag, timeout));
     let started = Instant::now();
     // Let the load get going before acting.
     while started.elapsed() < Duration::from_millis(200) {
@@ -249,6 +260,43 @@ pub fn download_big(addr: SocketAddr, size: usize) -> Result<Download> {
         took: started.elapsed(),
         max_stall,
     })
+}
+
+/// Long downloads of `/big` running in threads of a namespace.
+pub struct Downloads(Vec<std::thread::JoinHandle<Result<Result<Download>>>>);
+
+impl Downloads {
+    /// Starts `n` downloads of `size` bytes from `addr`, from `ns`.
+    pub fn start(ns: &crate::Netns, addr: SocketAddr, n: usize, size: usize) -> Downloads {
+        Downloads(
+            (0..n)
+                .map(|_| ns.spawn_thread(move || download_big(addr, size)))
+                .collect(),
+        )
+    }
+
+    /// Waits for every download: each one's outcome, in order.
+    pub fn outcomes(self) -> Vec<Result<Download>> {
+        self.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.join()
+                    .map_err(|_| anyhow::anyhow!("download {i} panicked"))
+                    .and_then(|r| r)
+                    .and_then(|r| r)
+            })
+            .collect()
+    }
+
+    /// Waits for every download; fails on the first one that broke.
+    pub fn all(self) -> Result<Vec<Download>> {
+        self.outcomes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.with_context(|| format!("download {i} broke")))
+            .collect()
+    }
 }
 
 #[cfg(test)]

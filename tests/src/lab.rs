@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    netns::{Netns, Proc, destroy_netns, sh},
+    netns::{Netns, Proc, destroy_netns},
     xdp_pass,
 };
 
@@ -138,9 +138,11 @@ pub struct Lab {
     /// Scratch directory for configs and logs (removed on drop unless
     /// `DIRECTOR_LAB_KEEP` is set).
     pub dir: PathBuf,
-    // Drop order: processes, then mounts, then hosts, then the switch.
+    // Drop order: processes, then pinned dataplanes, then hosts, then the
+    // switch.
     servers: Vec<Proc>,
-    mounts: std::sync::Mutex<Vec<PathBuf>>,
+    state_dirs: std::sync::Mutex<Vec<PathBuf>>,
+    vip_on_director: bool,
     pub client: Node,
     pub directors: Vec<Node>,
     pub real_servers: Vec<Node>,
@@ -187,20 +189,7 @@ impl Lab {
             // Quirk: XDP_TX on a veth is dropped unless its peer runs XDP.
             xdp_pass::attach(&switch, &d.port, &format!("{id}-{}", d.name))?;
             if i == 0 && spec.vip_on_director {
-                d.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
-                // Deprecated (preferred_lft 0), as VRRP adds it: never the
-                // source of the director's own connections.
-                d.ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{VIP6}/128"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                    "preferred_lft",
-                    "0",
-                ])?;
+                add_director_vip(&d.ns)?;
             }
             directors.push(d);
         }
@@ -237,7 +226,8 @@ impl Lab {
             id,
             dir,
             servers,
-            mounts: std::sync::Mutex::new(Vec::new()),
+            state_dirs: std::sync::Mutex::new(Vec::new()),
+            vip_on_director: spec.vip_on_director,
             client,
             directors,
             real_servers,
@@ -289,6 +279,39 @@ impl Lab {
         &self.switch
     }
 
+    /// Re-creates director `i`'s `eth0`, as a driver reload or a re-created
+    /// bond or VLAN does: the interface is deleted and a new one (new
+    /// index, new MAC) takes its name, directly or by a rename (as udev
+    /// names a new device). The host's own configuration follows, as an
+    /// operator's network setup would: addresses, the VIP where the lab put
+    /// it, the switch side's XDP_PASS.
+    pub fn recreate_director_link(&self, i: usize, by_rename: bool) -> Result<()> {
+        let d = &self.directors[i];
+        let (port, ns) = (d.port.as_str(), d.ns.name());
+        if by_rename {
+            let (tmp_port, tmp) = (format!("{port}n"), "eth0new");
+            self.switch.ip(&[
+                "link", "add", &tmp_port, "type", "veth", "peer", "name", tmp, "netns", ns,
+            ])?;
+            self.switch.ip(&["link", "del", port])?;
+            self.switch.ip(&["link", "set", &tmp_port, "name", port])?;
+            d.ns.ip(&["link", "set", tmp, "name", "eth0"])?;
+        } else {
+            self.switch.ip(&["link", "del", port])?;
+            self.switch.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ])?;
+        }
+        self.switch
+            .ip(&["link", "set", port, "master", "br0", "up"])?;
+        xdp_pass::attach(&self.switch, port, &format!("{}-{}", self.id, d.name))?;
+        configure_eth0(&d.ns, d.ip)?;
+        if i == 0 && self.vip_on_director {
+            add_director_vip(&d.ns)?;
+        }
+        Ok(())
+    }
+
     /// Writes a file into the lab directory and returns its path.
     pub fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
         let path = self.dir.join(name);
@@ -296,22 +319,18 @@ impl Lab {
         Ok(path)
     }
 
-    /// A state directory for a director, with a bpffs mounted at its `bpf`
-    /// subdirectory in the host's mount namespace. (`ip netns exec` gives
-    /// the daemon a private mount namespace: a bpffs it mounted itself would
-    /// vanish with it, and the pinned dataplane with it.) Unmounted when the
-    /// lab drops.
+    /// A state directory for a director. The daemon pins its dataplane
+    /// where it would for an operator (the host's bpffs, under
+    /// `/sys/fs/bpf/director/`); the lab flushes it when it drops.
     pub fn state_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.dir.join(format!("state-{name}"));
-        let bpf = dir.join("bpf");
-        let mut mounts = self
-            .mounts
+        let mut dirs = self
+            .state_dirs
             .lock()
-            .map_err(|_| anyhow::anyhow!("lab mount list poisoned"))?;
-        if !mounts.contains(&bpf) {
-            std::fs::create_dir_all(&bpf)?;
-            sh("mount", &["-t", "bpf", "bpf", &bpf.to_string_lossy()])?;
-            mounts.push(bpf);
+            .map_err(|_| anyhow::anyhow!("lab state list poisoned"))?;
+        if !dirs.contains(&dir) {
+            std::fs::create_dir_all(&dir)?;
+            dirs.push(dir.clone());
         }
         Ok(dir)
     }
@@ -350,11 +369,14 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
-        if let Ok(mounts) = self.mounts.lock() {
-            for m in mounts.iter() {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(m)
+        if let (Ok(dirs), Ok(bin)) = (self.state_dirs.lock(), crate::director_bin()) {
+            for d in dirs.iter() {
+                let _ = std::process::Command::new(&bin)
+                    .arg("flush")
+                    .arg("--state-dir")
+                    .arg(d)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
                     .status();
             }
         }
@@ -427,6 +449,17 @@ fn attach_host(switch: &Netns, id: &str, name: &str, ip: Ipv4Addr) -> Result<Nod
         ns.name(),
     ])?;
     switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+    configure_eth0(&ns, ip)?;
+    Ok(Node {
+        name: name.to_string(),
+        ns,
+        ip,
+        port,
+    })
+}
+
+/// A host's addresses on `eth0`, and the link up.
+fn configure_eth0(ns: &Netns, ip: Ipv4Addr) -> Result<()> {
     ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "eth0"])?;
     ns.ip(&[
         "-6",
@@ -438,12 +471,26 @@ fn attach_host(switch: &Netns, id: &str, name: &str, ip: Ipv4Addr) -> Result<Nod
         "nodad",
     ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
-    Ok(Node {
-        name: name.to_string(),
-        ns,
-        ip,
-        port,
-    })
+    Ok(())
+}
+
+/// The VIPs on a director's `eth0`, as an operator without VRRP adds them.
+fn add_director_vip(ns: &Netns) -> Result<()> {
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+    // Deprecated (preferred_lft 0), as VRRP adds it: never the source of
+    // the director's own connections.
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{VIP6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])?;
+    Ok(())
 }
 
 /// Byte `i` of the lab's big file: a pattern a download can be checked
@@ -458,6 +505,39 @@ fn owner_alive(name: &str) -> bool {
         .and_then(|rest| rest.split('-').next())
         .and_then(|pid| pid.parse::<i32>().ok())
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes the pin directories (`/sys/fs/bpf/director/<escaped state
+/// dir>`) of daemons whose state directory was in lab `name`'s scratch
+/// directory. Returns the directories removed.
+fn stale_pins(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/bpf/director");
+    // systemd-escape --path of the scratch directory: dashes are \x2d.
+    let tmp = std::env::temp_dir();
+    let escaped = format!(
+        "{}-{}-",
+        tmp.to_string_lossy().trim_matches('/').replace('/', "-"),
+        name.replace('-', "\\x2d")
+    );
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        if !e.file_name().to_string_lossy().starts_with(&escaped) {
+            continue;
+        }
+        // Unpinning the link detaches the program; the maps are freed.
+        if let Ok(files) = std::fs::read_dir(e.path()) {
+            for f in files.filter_map(|f| f.ok()) {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        if std::fs::remove_dir(e.path()).is_ok() {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 /// Removes namespaces and scratch directories left by lab runs whose
@@ -481,22 +561,14 @@ pub fn clean(all: bool) -> Result<Vec<String>> {
         destroy_netns(&name);
         removed.push(name);
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for (name, path) in list(&std::env::temp_dir()) {
-        let prefix = format!("{}/", path.display());
-        for point in mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|p| p.starts_with(&prefix))
-        {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", point])
-                .status();
+        // Their daemons' pinned dataplanes first (they name the directory).
+        for entry in stale_pins(&name) {
+            removed.push(entry.display().to_string());
         }
         if std::fs::remove_dir_all(&path).is_ok() {
             removed.push(path.display().to_string());
         }
-        let _ = name;
     }
     Ok(removed)
 }

@@ -128,6 +128,29 @@ pub fn vrrp_config(lab: &Lab, router_id: &str, priority: u8, extra: &str) -> Res
     Ok(c)
 }
 
+/// Starts directors 1 and 2 of `lab` as a VRRP pair (priorities 150 and
+/// 100, `extra` in both instances) and waits until director1 is master,
+/// director2 backup, and both have resolved every real server.
+pub fn vrrp_pair(lab: &Lab, extra: &str) -> Result<(Proc, Proc)> {
+    let p1 = lab.write(
+        "director1.toml",
+        &vrrp_config(lab, "director1", 150, extra)?,
+    )?;
+    let p2 = lab.write(
+        "director2.toml",
+        &vrrp_config(lab, "director2", 100, extra)?,
+    )?;
+    let d1 = spawn_director(lab, 0, &p1)?;
+    let d2 = spawn_director(lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    wait_status(&s1, Duration::from_secs(10), all_resolved)?;
+    wait_status(&s2, Duration::from_secs(10), all_resolved)?;
+    Ok((d1, d2))
+}
+
 /// The state of VRRP instance `name` in a daemon's status.
 pub fn vrrp_state(state_dir: &Path, name: &str) -> Option<String> {
     let s = status(state_dir).ok()?;

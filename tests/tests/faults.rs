@@ -23,24 +23,8 @@ fn pair() -> Result<(Lab, Proc, Proc)> {
         real_servers: 2,
         vip_on_director: false,
     })?;
-    let c1 = scenario::vrrp_config(&lab, "director1", 150, FAST)?;
-    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
-    let p1 = lab.write("director1.toml", &c1)?;
-    let p2 = lab.write("director2.toml", &c2)?;
-    let d1 = scenario::spawn_director(&lab, 0, &p1)?;
-    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
-    let s1 = lab.state_dir("director1")?;
-    let s2 = lab.state_dir("director2")?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
-    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
-    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    let (d1, d2) = scenario::vrrp_pair(&lab, FAST)?;
     Ok((lab, d1, d2))
-}
-
-/// Downloads /big through the VIP (every byte checked).
-fn download(size: usize) -> Result<Duration> {
-    Ok(http::download_big(SocketAddr::from((VIP, 80)), size)?.took)
 }
 
 /// 50 long downloads (4 MiB at 512 KiB/s: ~8 s each) are open when the
@@ -53,9 +37,8 @@ fn fifty_long_downloads_survive_master_death() -> Result<()> {
     const SIZE: usize = 4 << 20;
     let (lab, mut d1, _d2) = pair()?;
     lab.write_big_file(SIZE)?;
-    let downloads: Vec<_> = (0..50)
-        .map(|_| lab.client.ns.spawn_thread(move || download(SIZE)))
-        .collect();
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 50, SIZE);
     std::thread::sleep(Duration::from_secs(2));
     let pid = d1.pid().context("director1 pid")?;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
@@ -63,15 +46,12 @@ fn fifty_long_downloads_survive_master_death() -> Result<()> {
     let _ = d1.stop(Signal::SIGKILL, Duration::from_secs(5));
     let s2 = lab.state_dir("director2")?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
-    let mut slowest = Duration::ZERO;
-    for (i, d) in downloads.into_iter().enumerate() {
-        let took = d
-            .join()
-            .map_err(|_| anyhow::anyhow!("download {i} panicked"))?
-            .and_then(|r| r)
-            .with_context(|| format!("download {i}"))?;
-        slowest = slowest.max(took);
-    }
+    let slowest = downloads
+        .all()?
+        .iter()
+        .map(|d| d.took)
+        .max()
+        .unwrap_or_default();
     eprintln!("50 downloads of {SIZE} bytes completed across the failover; slowest {slowest:?}");
     Ok(())
 }
@@ -331,9 +311,8 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
     scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
     scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
     lab.write_big_file(SIZE)?;
-    let downloads: Vec<_> = (0..30)
-        .map(|_| lab.client.ns.spawn_thread(move || download(SIZE)))
-        .collect();
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
     std::thread::sleep(Duration::from_secs(1));
     let on_rs3 = scenario::status(&s1)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
         .as_u64()
@@ -359,12 +338,9 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
     lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
     let _ = d1.stop(Signal::SIGKILL, Duration::from_secs(5));
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
-    for (i, d) in downloads.into_iter().enumerate() {
-        d.join()
-            .map_err(|_| anyhow::anyhow!("download {i} panicked"))?
-            .and_then(|r| r)
-            .with_context(|| format!("download {i} (rs3 had {on_rs3} flows)"))?;
-    }
+    downloads
+        .all()
+        .with_context(|| format!("rs3 had {on_rs3} flows"))?;
     eprintln!("30 downloads completed, {on_rs3} of them on the drained rs3");
     Ok(())
 }

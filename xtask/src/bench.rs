@@ -434,13 +434,7 @@ fn ha_once(kind: Kind, drain: bool, sync: bool) -> Result<HaRun> {
     scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
     lab.write_big_file(SIZE)?;
     let vip = SocketAddr::from((VIP, 80));
-    let downloads: Vec<_> = (0..N)
-        .map(|_| {
-            lab.client
-                .ns
-                .spawn_thread(move || http::download_big(vip, SIZE))
-        })
-        .collect();
+    let downloads = http::Downloads::start(&lab.client.ns, vip, N, SIZE);
     std::thread::sleep(Duration::from_secs(1));
     if drain {
         for name in ["director1", "director2"] {
@@ -455,11 +449,9 @@ fn ha_once(kind: Kind, drain: bool, sync: bool) -> Result<HaRun> {
     lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
     let mut survived = 0;
     let mut stalls = Vec::new();
-    for d in downloads {
-        if let Ok(Ok(Ok(r))) = d.join() {
-            survived += 1;
-            stalls.push(r.max_stall);
-        }
+    for r in downloads.outcomes().into_iter().flatten() {
+        survived += 1;
+        stalls.push(r.max_stall);
     }
     drop(pair);
     Ok(HaRun {

@@ -6,6 +6,7 @@
 //! kernel's IPVS where XDP cannot run ([`ipvs::IpvsDataplane`]). VRRP,
 //! health checks, status and config never know which one runs.
 
+pub mod bpffs;
 pub mod ipvs;
 pub mod xdp;
 
@@ -82,6 +83,16 @@ impl Dataplane {
         match self {
             Dataplane::Xdp(d) => Some(d.mode().as_str()),
             Dataplane::Ipvs(_) => None,
+        }
+    }
+
+    /// Follows the configured interface when it was re-created (XDP
+    /// re-attaches; IPVS does not depend on it). Returns whether anything
+    /// changed.
+    pub fn follow_interface(&mut self) -> Result<bool, DataplaneError> {
+        match self {
+            Dataplane::Xdp(d) => Ok(d.follow_interface()?),
+            Dataplane::Ipvs(_) => Ok(false),
         }
     }
 

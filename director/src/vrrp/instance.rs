@@ -404,9 +404,12 @@ struct Runner {
     /// Performing a `Follow`: transitions are not re-broadcast as our own.
     following: bool,
     cfg: VrrpInstance,
+    /// The instance's interface, followed when it is re-created or its MAC
+    /// changes.
+    iface: String,
     ifindex: u32,
     handle: rtnetlink::Handle,
-    _links: Neighbors,
+    links: Neighbors,
     socket: VrrpSocket,
     announcer: net::Announcer,
     machine: Machine,
@@ -545,9 +548,10 @@ impl Runner {
             vip_set,
             group,
             following: false,
+            iface,
             ifindex: link.index,
             handle,
-            _links: links,
+            links,
             socket,
             announcer,
             machine,
@@ -670,6 +674,7 @@ impl Runner {
                 }
                 _ = tracking.tick() => {
                     ticks += 1;
+                    self.follow_interface().await;
                     // Every 30 s: a router that never heard a peer says so.
                     if ticks % 300 == 1 && !self.cfg.standalone && self.last_advert.is_none() && ticks > 1 {
                         warn!(
@@ -695,6 +700,60 @@ impl Runner {
                     }
                 }
             }
+        }
+    }
+
+    /// Follows the instance's interface when it was re-created (new index:
+    /// the sockets are opened again, a master puts its addresses back) or
+    /// its MAC changed (announcements carry the new one, and a master
+    /// announces it at once). Retried every tick until it succeeds.
+    async fn follow_interface(&mut self) {
+        let old = self.links.link();
+        let now = match self.links.lookup(&self.iface).await {
+            Ok(Some(now)) if now != old => now,
+            _ => return,
+        };
+        let name = self.cfg.name.clone();
+        if now.index != old.index {
+            let socket = VrrpSocket::open(
+                &self.iface,
+                now.index,
+                self.socket.source(),
+                self.cfg.unicast_peer.is_empty(),
+            );
+            match socket {
+                Ok(s) => self.socket = s,
+                Err(e) => {
+                    // For example our address is not on the new interface
+                    // yet: the next tick tries again.
+                    debug!(instance = %name, error = %e, "VRRP socket not reopened yet");
+                    return;
+                }
+            }
+        }
+        match net::Announcer::open(&self.iface, now.index, now.mac, self.cfg.is_ipv6()) {
+            Ok(a) => self.announcer = a,
+            Err(e) => {
+                debug!(instance = %name, error = %e, "announcer not reopened yet");
+                return;
+            }
+        }
+        info!(
+            instance = %name,
+            interface = %self.iface,
+            old_ifindex = old.index,
+            ifindex = now.index,
+            old_mac = %old.mac,
+            mac = %now.mac,
+            "VRRP interface changed: following it"
+        );
+        self.links.set_link(now);
+        self.ifindex = now.index;
+        if self.machine.state() == State::Master {
+            // The addresses went with the old device; clients learn the
+            // new MAC.
+            self.perform(vec![Action::AddAddresses, Action::Announce])
+                .await;
         }
     }
 

@@ -40,6 +40,8 @@ use director_common::{FlowKey, FlowValue, MAP_FLOWS, flow_hash, source_hash};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
+mod link;
+
 use super::{ServicePlan, Traffic, key_name};
 use crate::{
     config::{Scheduler, XdpMode},
@@ -51,12 +53,27 @@ pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The pinned link, in the pin directory.
 const LINK_PIN: &str = "link";
-/// Beside the pin directory (bpffs holds only BPF objects): the interface
+/// In the state directory (bpffs holds only BPF objects): the interface
 /// and mode of the pinned link, `interface mode`.
 const LINK_INFO: &str = "xdp-link";
 
-fn link_info_path(dir: &Path) -> PathBuf {
-    dir.parent().unwrap_or(dir).join(LINK_INFO)
+/// Where a daemon pins its dataplane.
+#[derive(Debug, Clone)]
+pub struct PinPaths {
+    /// The pin directory, on a bpffs.
+    pub dir: PathBuf,
+    /// The daemon's state directory (for the link's attach mode).
+    pub state_dir: PathBuf,
+}
+
+impl PinPaths {
+    fn link(&self) -> PathBuf {
+        self.dir.join(LINK_PIN)
+    }
+
+    fn link_info(&self) -> PathBuf {
+        self.state_dir.join(LINK_INFO)
+    }
 }
 
 /// Errors from loading, attaching or programming the XDP dataplane.
@@ -120,7 +137,7 @@ impl AttachMode {
 /// Where the program is attached and how it outlives the daemon.
 enum Attachment {
     /// Attached through a link pinned in bpffs: survives the daemon.
-    Pinned,
+    Pinned(PinPaths),
     /// Attached through a link owned by this process (no pin directory).
     Owned(XdpLinkId),
     /// Loaded for BPF_PROG_TEST_RUN only.
@@ -158,6 +175,10 @@ pub struct XdpDataplane {
     ebpf: Ebpf,
     attachment: Attachment,
     interface: String,
+    /// The interface index the program is attached to.
+    ifindex: Option<u32>,
+    /// The attach mode asked for (re-attaching uses it again).
+    requested: XdpMode,
     mode: AttachMode,
     services: HashMap<ServiceKey, Installed>,
     fragments: BTreeMap<ServiceKey, ServiceValue>,
@@ -182,9 +203,9 @@ pub struct PinnedFlow {
 pub struct XdpOptions {
     pub interface: String,
     pub mode: XdpMode,
-    /// A directory on a bpffs for pinned maps and the link; `None` ties the
-    /// dataplane's life to this process.
-    pub pin_dir: Option<PathBuf>,
+    /// Where to pin maps and the link; `None` ties the dataplane's life to
+    /// this process.
+    pub pins: Option<PinPaths>,
 }
 
 impl XdpDataplane {
@@ -192,7 +213,7 @@ impl XdpDataplane {
     /// it, or swaps it into an existing pinned link without a gap. Must be
     /// called inside a tokio runtime (the program's logs are read by a task).
     pub fn open(opts: &XdpOptions) -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(opts.pin_dir.as_deref())?;
+        let mut ebpf = load(opts.pins.as_ref().map(|p| p.dir.as_path()))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(Logger::Task(spawn_logger(logger))),
             Err(e) => {
@@ -204,26 +225,14 @@ impl XdpDataplane {
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
 
-        let (attachment, mode) = match &opts.pin_dir {
-            Some(dir) => attach_pinned(program, dir, &interface, opts.mode)?,
+        let (attachment, mode) = match &opts.pins {
+            Some(pins) => attach_pinned(program, pins, &interface, opts.mode)?,
             None => {
                 let (id, mode) = attach_new(program, &interface, opts.mode)?;
                 (Attachment::Owned(id), mode)
             }
         };
-        let mut dp = XdpDataplane {
-            logger,
-            ebpf,
-            attachment,
-            interface,
-            mode,
-            services: HashMap::new(),
-            fragments: BTreeMap::new(),
-            slots: HashMap::new(),
-            generations: vec![0; MAX_REAL_SERVERS as usize],
-            settings: None,
-            filter: vec![0; VIP_FILTER_WORDS as usize],
-        };
+        let mut dp = XdpDataplane::new(ebpf, logger, attachment, interface, opts.mode, mode);
         dp.adopt()?;
         Ok(dp)
     }
@@ -236,20 +245,40 @@ impl XdpDataplane {
         let logger = EbpfLogger::init(&mut ebpf).ok();
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
-        let dp = XdpDataplane {
-            logger: logger.map(|l| Logger::Held(Box::new(l))),
+        Ok(XdpDataplane::new(
             ebpf,
-            attachment: Attachment::None,
-            interface: String::new(),
-            mode: AttachMode::Native,
+            logger.map(|l| Logger::Held(Box::new(l))),
+            Attachment::None,
+            String::new(),
+            XdpMode::Auto,
+            AttachMode::Native,
+        ))
+    }
+
+    /// A loaded program with nothing installed yet.
+    fn new(
+        ebpf: Ebpf,
+        logger: Option<Logger>,
+        attachment: Attachment,
+        interface: String,
+        requested: XdpMode,
+        mode: AttachMode,
+    ) -> XdpDataplane {
+        XdpDataplane {
+            logger,
+            ebpf,
+            attachment,
+            ifindex: ifindex(&interface),
+            interface,
+            requested,
+            mode,
             services: HashMap::new(),
             fragments: BTreeMap::new(),
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
             filter: vec![0; VIP_FILTER_WORDS as usize],
-        };
-        Ok(dp)
+        }
     }
 
     /// The mode the program runs in.
@@ -494,11 +523,51 @@ impl XdpDataplane {
         }
     }
 
+    /// Re-attaches the program when the interface of its name is another
+    /// one than it runs on (deleted and re-created, or renamed in its
+    /// place): returns whether it did. Nothing happens while no interface
+    /// has the name (the program stays where it was).
+    pub fn follow_interface(&mut self) -> Result<bool, XdpError> {
+        let Some(now) = ifindex(&self.interface) else {
+            return Ok(false);
+        };
+        if self.ifindex == Some(now) {
+            return Ok(false);
+        }
+        let (attachment, mode) = match std::mem::replace(&mut self.attachment, Attachment::None) {
+            Attachment::Pinned(pins) => {
+                // Unpinning the old link detaches it (from the old device,
+                // if it still exists).
+                let _ = std::fs::remove_file(pins.link());
+                let program = xdp_program(&mut self.ebpf)?;
+                pin_new_link(program, &pins, &self.interface, self.requested)?
+            }
+            Attachment::Owned(link) => {
+                self.detach_owned(link);
+                let program = xdp_program(&mut self.ebpf)?;
+                let (id, mode) = attach_new(program, &self.interface, self.requested)?;
+                (Attachment::Owned(id), mode)
+            }
+            Attachment::None => return Ok(false),
+        };
+        info!(
+            interface = %self.interface,
+            old_ifindex = ?self.ifindex,
+            ifindex = now,
+            mode = mode.as_str(),
+            "XDP program re-attached: the interface was re-created"
+        );
+        self.attachment = attachment;
+        self.mode = mode;
+        self.ifindex = Some(now);
+        Ok(true)
+    }
+
     /// Leaves the dataplane running for the next daemon when it is pinned;
     /// detaches it otherwise. Called on every daemon exit.
     pub fn release(mut self) {
         match std::mem::replace(&mut self.attachment, Attachment::None) {
-            Attachment::Pinned => info!(
+            Attachment::Pinned(_) => info!(
                 interface = %self.interface,
                 "daemon exiting; the pinned XDP dataplane keeps forwarding"
             ),
@@ -881,60 +950,93 @@ fn attach_new(
     Ok(result)
 }
 
-/// Attaches through a link pinned in `dir`: replaces the program in an
-/// existing link for the same interface (no gap in forwarding), or attaches
-/// and pins a new link.
+/// Attaches through a link pinned in `pins`: replaces the program in an
+/// existing link to the same interface (no gap in forwarding), or attaches
+/// and pins a new link. A pinned link whose interface is gone (deleted,
+/// re-created under the same name: the kernel refuses to update such a
+/// link) or is another one is unpinned first.
 fn attach_pinned(
     program: &mut Xdp,
-    dir: &Path,
+    pins: &PinPaths,
     interface: &str,
     mode: XdpMode,
 ) -> Result<(Attachment, AttachMode), XdpError> {
-    let link_path = dir.join(LINK_PIN);
-    let info = std::fs::read_to_string(link_info_path(dir)).unwrap_or_default();
+    let link_path = pins.link();
+    let info = std::fs::read_to_string(pins.link_info()).unwrap_or_default();
     let mut info = info.split_whitespace();
-    let (pinned_iface, pinned_mode) = (info.next(), info.next().and_then(AttachMode::parse));
+    let pinned_mode = info.nth(1).and_then(AttachMode::parse);
     if link_path.exists() {
-        if pinned_iface == Some(interface) {
-            let pinned = PinnedLink::from_pin(&link_path)
-                .map_err(|e| XdpError::Link(format!("{}: {e}", link_path.display())))?;
-            let fd_link: FdLink = pinned.into();
-            let link = XdpLink::try_from(fd_link)
-                .map_err(|e| XdpError::Link(format!("not an XDP link: {e}")))?;
-            program.attach_to_link(link)?;
-            let mode = pinned_mode.unwrap_or(AttachMode::Native);
-            info!(
+        let wanted = ifindex(interface);
+        match link::xdp_ifindex(&link_path) {
+            Ok(index) if index != 0 && Some(index) == wanted => {
+                let pinned = PinnedLink::from_pin(&link_path)
+                    .map_err(|e| XdpError::Link(format!("{}: {e}", link_path.display())))?;
+                let fd_link: FdLink = pinned.into();
+                let link = XdpLink::try_from(fd_link)
+                    .map_err(|e| XdpError::Link(format!("not an XDP link: {e}")))?;
+                program.attach_to_link(link)?;
+                let mode = pinned_mode.unwrap_or(AttachMode::Native);
+                info!(
+                    interface,
+                    mode = mode.as_str(),
+                    "XDP program replaced in the pinned link, without a gap"
+                );
+                return Ok((Attachment::Pinned(pins.clone()), mode));
+            }
+            Ok(0) => warn!(
                 interface,
-                mode = mode.as_str(),
-                "XDP program replaced in the pinned link, without a gap"
-            );
-            return Ok((Attachment::Pinned, mode));
+                "the pinned XDP link's interface is gone (deleted or re-created); attaching anew"
+            ),
+            Ok(index) => warn!(
+                interface,
+                pinned_ifindex = index,
+                ifindex = ?wanted,
+                "the pinned XDP link is on another interface; moving it"
+            ),
+            Err(e) => warn!(interface, error = %e, "unreadable pinned XDP link; attaching anew"),
         }
-        // The interface changed: the old link goes.
-        warn!(
-            old = pinned_iface.unwrap_or("?"),
-            new = interface,
-            "interface changed; detaching the pinned XDP link"
-        );
-        let _ = std::fs::remove_file(&link_path);
+        std::fs::remove_file(&link_path).map_err(|source| XdpError::PinDir {
+            path: link_path.clone(),
+            source,
+        })?;
     }
+    pin_new_link(program, pins, interface, mode)
+}
+
+/// Attaches with a new link and pins it.
+fn pin_new_link(
+    program: &mut Xdp,
+    pins: &PinPaths,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<(Attachment, AttachMode), XdpError> {
+    let link_path = pins.link();
     let (id, mode) = attach_new(program, interface, mode)?;
     let link = program.take_link(id)?;
     let fd_link = FdLink::try_from(link).map_err(|e| XdpError::Link(e.to_string()))?;
     fd_link
         .pin(&link_path)
         .map_err(|e| XdpError::Link(format!("pinning at {}: {e}", link_path.display())))?;
-    let info = link_info_path(dir);
+    let info = pins.link_info();
     std::fs::write(&info, format!("{interface} {}\n", mode.as_str()))
         .map_err(|source| XdpError::PinDir { path: info, source })?;
-    Ok((Attachment::Pinned, mode))
+    Ok((Attachment::Pinned(pins.clone()), mode))
+}
+
+/// The interface's index, if it exists.
+fn ifindex(interface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(interface).ok()
 }
 
 /// Removes the pinned dataplane in `dir`: unpinning the link detaches the
 /// program; unpinning the maps frees them. Returns what was removed.
-pub fn flush(dir: &Path) -> Result<Vec<String>, XdpError> {
+pub fn flush(dir: &Path, state_dir: &Path) -> Result<Vec<String>, XdpError> {
     let mut removed = Vec::new();
-    let mut paths = vec![dir.join(LINK_PIN), link_info_path(dir)];
+    let pins = PinPaths {
+        dir: dir.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+    };
+    let mut paths = vec![pins.link(), pins.link_info()];
     paths.extend(PINNED_MAPS.iter().map(|name| dir.join(name)));
     for path in paths {
         if path.exists() {

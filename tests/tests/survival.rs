@@ -1,0 +1,270 @@
+//! The pinned dataplane outlives the daemon wherever operators run it, and
+//! follows its interface.
+//!
+//! Every daemon here is started as an operator starts it: `ip netns exec`
+//! (a private mount namespace with `/sys` remounted, so the host's bpffs is
+//! not in its view) and the default pin directory; nothing is mounted for
+//! it. Requests must complete within 900 ms: a SYN dropped while no program
+//! forwards would be retransmitted after 1 s and fail.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{
+    Lab, LabSpec, Proc, director_bin, http,
+    lab::VIP,
+    scenario::{self, spawn_director},
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+const WITHIN: Duration = Duration::from_millis(900);
+
+fn one_director() -> Result<(Lab, PathBuf, PathBuf)> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let config = scenario::http_config(&lab, "director1", &servers)?;
+    ensure!(
+        !config.contains("pin_dir"),
+        "the default layout is under test"
+    );
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    Ok((lab, path, state))
+}
+
+fn ready(state: &Path) -> Result<serde_json::Value> {
+    scenario::wait_status(state, Duration::from_secs(20), scenario::all_resolved)
+}
+
+/// The pin directory the daemon reports, checked in the host's view (this
+/// test runs in the host's mount namespace).
+fn host_pins(status: &serde_json::Value) -> Result<PathBuf> {
+    let dir = PathBuf::from(status["pin_dir"].as_str().context("pin_dir")?);
+    ensure!(
+        dir.starts_with("/sys/fs/bpf/director/"),
+        "pins at {}",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+#[test]
+fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() -> Result<()> {
+    let (lab, path, state) = one_director()?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    let status = ready(&state)?;
+    ensure!(
+        status["dataplane_survives_restart"] == true,
+        "the daemon says its dataplane dies with it: {status}"
+    );
+    let pins = host_pins(&status)?;
+    ensure!(
+        pins.join("link").exists(),
+        "{} is not on the host's bpffs",
+        pins.display()
+    );
+    let vip = SocketAddr::from((VIP, 80));
+
+    // SIGTERM (a goodbye), then kill -9 (none at all): each time a second
+    // with no daemon, then a new one adopts the pinned dataplane.
+    for (signal, adopted) in [
+        (Signal::SIGTERM, "XDP program replaced in the pinned link"),
+        (Signal::SIGKILL, "adopted the running dataplane"),
+    ] {
+        let ((), load) = http::under_load_within(&lab.client.ns, vip, WITHIN, || {
+            let pid = daemon.pid().context("pid")?;
+            kill(Pid::from_raw(pid as i32), signal)?;
+            let _ = daemon.stop(signal, Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(1));
+            ensure!(
+                lab.directors[0].xdp_attached()?,
+                "XDP gone with the daemon ({signal})"
+            );
+            daemon = spawn_director(&lab, 0, &path)?;
+            ready(&state)?;
+            Ok(())
+        })?;
+        ensure!(
+            load.failed == 0 && load.ok > 50,
+            "{signal} and restart lost requests: {load:?}"
+        );
+        ensure!(
+            daemon.log().contains(adopted),
+            "after {signal} the new daemon did not adopt the dataplane:\n{}",
+            daemon.log()
+        );
+    }
+
+    // Flush from another private namespace removes it all, on the host too.
+    daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    let bin = director_bin()?;
+    lab.directors[0].ns.exec(
+        &bin.to_string_lossy(),
+        &["flush", "--config", &path.to_string_lossy()],
+    )?;
+    ensure!(!pins.exists(), "{} left after flush", pins.display());
+    ensure!(!lab.directors[0].xdp_attached()?, "XDP left after flush");
+    Ok(())
+}
+
+/// A unit that mounts its own bpffs (or a namespace that has one) must not
+/// fool the daemon: that bpffs dies with the namespace, so the daemon
+/// brings the host's into view over it.
+#[test]
+fn a_private_bpffs_in_the_daemons_view_is_not_trusted() -> Result<()> {
+    let (lab, path, state) = one_director()?;
+    let bin = director_bin()?;
+    let script = format!(
+        "mount -t bpf bpf /sys/fs/bpf && exec {} run --config {}",
+        bin.display(),
+        path.display()
+    );
+    let mut daemon =
+        lab.directors[0]
+            .ns
+            .spawn("sh", &["-c", &script], &lab.path("director1.log"))?;
+    let status = ready(&state)?;
+    ensure!(status["dataplane_survives_restart"] == true, "{status}");
+    let pins = host_pins(&status)?;
+    ensure!(
+        pins.join("link").exists(),
+        "the daemon pinned into its private bpffs, not the host's"
+    );
+    let pid = daemon.pid().context("pid")?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    let _ = daemon.stop(Signal::SIGKILL, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(lab.directors[0].xdp_attached()?, "XDP gone with the daemon");
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab.client.run(move || http::hammer(vip, 20, WITHIN))?;
+    ensure!(t.ok == 20, "not forwarding after the daemon died: {t:?}");
+    Ok(())
+}
+
+/// A VRRP master dies (kill -9) without its link going down: it still
+/// holds the VIP, so clients keep sending to it until the backup's
+/// gratuitous ARP moves them. Its pinned dataplane keeps forwarding in the
+/// meantime: all 20 long downloads complete, byte for byte.
+#[test]
+fn long_downloads_survive_kill_9_of_the_master() -> Result<()> {
+    const SIZE: usize = 2 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let (mut d1, _d2) = scenario::vrrp_pair(&lab, "version = 3\nadvert_int = 0.1")?;
+    let s2 = lab.state_dir("director2")?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 20, SIZE);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = d1.pid().context("director1 pid")?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    let _ = d1.stop(Signal::SIGKILL, Duration::from_secs(5));
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    downloads.all()?;
+    Ok(())
+}
+
+fn wait_log(daemon: &mut Proc, needle: &str) -> Result<()> {
+    daemon.wait_for_log(Duration::from_secs(10), |l| l.contains(needle))
+}
+
+/// The interface is deleted and re-created under the daemon (directly, then
+/// by a rename into its name): the program is attached to the new one and
+/// requests are served again; then a daemon started after such a change
+/// (its pinned link now defunct) starts and serves.
+#[test]
+fn the_dataplane_follows_a_recreated_interface() -> Result<()> {
+    let (lab, path, state) = one_director()?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    ready(&state)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let served = |what: &str| -> Result<()> {
+        // The client's ARP entry for the VIP is the old MAC: let the
+        // kernel re-resolve it (a new device has a new MAC).
+        lab.client.ns.ip(&["neigh", "flush", "dev", "eth0"])?;
+        let t = lab.client.run(move || http::hammer(vip, 20, WITHIN))?;
+        ensure!(t.ok == 20, "{what}: {t:?}");
+        Ok(())
+    };
+    served("before")?;
+    for (round, by_rename) in [(1, false), (2, true)] {
+        lab.recreate_director_link(0, by_rename)?;
+        let needle = "XDP program re-attached";
+        daemon.wait_for_log(Duration::from_secs(10), |l| {
+            l.matches(needle).count() >= round
+        })?;
+        ensure!(lab.directors[0].xdp_attached()?, "round {round}: no XDP");
+        served(&format!("after re-creation {round} (rename: {by_rename})"))?;
+    }
+
+    // Stopped, the interface re-created, started: the stale link is
+    // replaced, not an error.
+    daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    lab.recreate_director_link(0, false)?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    wait_log(&mut daemon, "interface is gone (deleted or re-created)")?;
+    ready(&state)?;
+    ensure!(lab.directors[0].xdp_attached()?, "no XDP after the restart");
+    served("after a restart on a re-created interface")?;
+    Ok(())
+}
+
+/// The interface's MAC changes under a VRRP master (bond fail_over_mac,
+/// `ip link set address`): the program accepts frames to the new MAC and
+/// the master announces it at once (the client's entry for the VIP moves
+/// without waiting for its cache to expire).
+#[test]
+fn a_mac_change_is_followed_and_announced() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let config = scenario::vrrp_config(&lab, "director1", 150, "standalone = true")?;
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(10))?;
+    ready(&state)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab.client.run(move || http::hammer(vip, 10, WITHIN))?;
+    ensure!(t.ok == 10, "{t:?}");
+    let new_mac = "02:00:00:00:ab:01";
+    lab.directors[0]
+        .ns
+        .ip(&["link", "set", "eth0", "address", new_mac])?;
+    wait_log(&mut daemon, "VRRP interface changed")?;
+    let client_mac = || -> Result<String> {
+        let out = lab
+            .client
+            .ns
+            .ip(&["neigh", "show", &VIP.to_string(), "dev", "eth0"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !client_mac()?.contains(new_mac) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the client's entry for the VIP did not move to {new_mac}: {}",
+            client_mac()?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = lab.client.run(move || http::hammer(vip, 20, WITHIN))?;
+    ensure!(t.ok == 20, "after the MAC change: {t:?}");
+    Ok(())
+}
