@@ -16,18 +16,26 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use director_tests::{ecmp::EcmpLab, http, lab::VIP, scenario};
 
-pub fn run() -> Result<()> {
-    println!("ecmp: directors behind a BIRD router (BGP, ECMP by 5-tuple), 4 client threads, 5 s");
+pub fn run(short: bool) -> Result<()> {
+    // Short: 1 and 3 directors for 1 s, 12 connections through the kill.
+    let (counts, seconds, conns): (&[usize], u64, usize) = if short {
+        (&[1, 3], 1, 12)
+    } else {
+        (&[1, 2, 3], 5, 60)
+    };
+    println!(
+        "ecmp: directors behind a BIRD router (BGP, ECMP by 5-tuple), 4 client threads, {seconds} s"
+    );
     println!(
         "  {:<10} {:>12} {:>8}   share per director",
         "directors", "requests/s", "failed"
     );
     let vip = SocketAddr::from((VIP, 80));
     let mut base = None;
-    for n in 1..=3usize {
+    for &n in counts {
         let e = EcmpLab::start(n, 2)?;
         let before: Vec<u64> = packets(&e)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -38,13 +46,17 @@ pub fn run() -> Result<()> {
                     .spawn_thread(move || http::hammer_until(vip, stop, Duration::from_secs(2)))
             })
             .collect();
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(seconds));
         stop.store(true, Ordering::Relaxed);
         let (mut ok, mut failed) = (0, 0);
         for t in threads {
-            if let Ok(Ok(tally)) = t.join() {
-                ok += tally.ok;
-                failed += tally.failed;
+            match t.join() {
+                Ok(Ok(tally)) => {
+                    ok += tally.ok;
+                    failed += tally.failed;
+                }
+                // A client thread that died counts as failures.
+                _ => failed += 1,
             }
         }
         let after = packets(&e)?;
@@ -54,7 +66,24 @@ pub fn run() -> Result<()> {
             .iter()
             .map(|d| format!("{:.0}%", 100.0 * *d as f64 / total as f64))
             .collect();
-        let rps = ok as f64 / 5.0;
+        ensure!(
+            failed == 0 && ok > 0,
+            "{n} director(s): {failed} failed requests, {ok} ok"
+        );
+        ensure!(
+            delta.iter().all(|d| *d > 0),
+            "{n} director(s): not every director carried traffic: {delta:?}"
+        );
+        if short {
+            println!(
+                "ok  ecmp, {n} director(s): {ok} requests, none failed, every director carried traffic"
+            );
+            if n == 3 {
+                lost_on_kill(e, conns, short)?;
+            }
+            continue;
+        }
+        let rps = ok as f64 / seconds as f64;
         let ratio = base.map_or(1.0, |b: f64| rps / b);
         base.get_or_insert(rps);
         println!(
@@ -65,7 +94,7 @@ pub fn run() -> Result<()> {
             shares.join(" / ")
         );
         if n == 3 {
-            lost_on_kill(e)?;
+            lost_on_kill(e, conns, short)?;
         }
     }
     Ok(())
@@ -83,8 +112,16 @@ fn packets(e: &EcmpLab) -> Result<Vec<u64>> {
         .collect()
 }
 
-fn lost_on_kill(mut e: EcmpLab) -> Result<()> {
-    let (opened, kept) = e.kill_last_with_open_connections(60)?;
+fn lost_on_kill(mut e: EcmpLab, conns: usize, short: bool) -> Result<()> {
+    let (opened, kept) = e.kill_last_with_open_connections(conns)?;
+    if short {
+        ensure!(
+            opened == conns && kept == opened,
+            "one of 3 directors killed: {kept} of {opened} connections kept"
+        );
+        println!("ok  ecmp: one of 3 directors killed, every open connection kept");
+        return Ok(());
+    }
     println!(
         "  one of 3 directors killed: {} of {opened} open connections lost ({} kept, same real server)",
         opened - kept,

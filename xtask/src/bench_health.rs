@@ -21,7 +21,7 @@ use crate::{cargo, exec, root};
 /// The farm's addresses: NET.0.0/16.
 const NET: &str = "10.200";
 
-pub fn run() -> Result<()> {
+pub fn run(short: bool) -> Result<()> {
     println!("building the bench_health example (release)...");
     exec(cargo().args([
         "build",
@@ -74,14 +74,20 @@ pub fn run() -> Result<()> {
         "lat p99",
         "failing"
     );
+    // Short: 200 servers for 3 s, floor and engine, every check proven.
+    let (runs, seconds): (&[(u32, bool)], &str) = if short {
+        (&[(200, true), (200, false)], "3")
+    } else {
+        (&[(1_000, false), (10_000, true), (10_000, false)], "20")
+    };
     for kind in ["tcp", "http"] {
         let mut cpu = Vec::new();
-        for (servers, floor) in [(1_000u32, false), (10_000, true), (10_000, false)] {
+        for &(servers, floor) in runs {
             let out = Command::new("ip")
                 .args(["netns", "exec", lab.directors[0].ns.name()])
                 .arg(&example)
                 .args(["--servers", &servers.to_string()])
-                .args(["--kind", kind, "--seconds", "20", "--net", NET])
+                .args(["--kind", kind, "--seconds", seconds, "--net", NET])
                 .args(floor.then_some("--floor"))
                 .output()
                 .context("running bench_health")?;
@@ -95,7 +101,26 @@ pub fn run() -> Result<()> {
             let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
             let late = f("late_rounds");
             let rounds = f("rounds");
+            // The measured path: every server checked, and healthy.
+            ensure!(
+                r["unhealthy"].as_u64() == Some(0),
+                "{kind} x {servers}: {} servers failing their checks: the farm is broken, not measured",
+                r["unhealthy"]
+            );
+            ensure!(
+                f("rounds_per_second") >= 0.9 * f("expected_per_second"),
+                "{kind} x {servers}: {} rounds/s of {} expected",
+                f("rounds_per_second"),
+                f("expected_per_second")
+            );
             cpu.push(f("cpu_core_fraction"));
+            if short {
+                println!(
+                    "ok  health {kind}, {servers} servers{}: every server checked each second, none failing",
+                    if floor { " (floor)" } else { "" }
+                );
+                continue;
+            }
             println!(
                 "  {:<5} {:>7} {:>8.1}% {:>6.1}% {:>6.1}% {:>6.0}/{:<4.0} {:>8.3}% {:>8.1} ms {:>7.2} ms {:>7.2} ms {:>9}",
                 if floor { "floor" } else { kind },
@@ -119,6 +144,10 @@ pub fn run() -> Result<()> {
                 big / small.max(1e-9)
             );
         }
+    }
+    if short {
+        println!("bench health --short: harness proven (no figures in short mode)");
+        return Ok(());
     }
     println!(
         "targets: under 25% of one core, no round more than 10% (100 ms) late; \"late\" is the share of rounds that were"

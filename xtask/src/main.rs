@@ -67,6 +67,10 @@ enum Cmd {
     Bench {
         /// Which benchmark: xdp, failover, health, ha, ecmp.
         what: String,
+        /// Prove the harness and every measured path in seconds, print no
+        /// figures (what CI runs).
+        #[arg(long)]
+        short: bool,
         /// failover: also run a 10 ms pair under CPU load this many seconds.
         #[arg(long, default_value_t = 0)]
         soak: u64,
@@ -129,6 +133,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench {
             what,
+            short,
             soak,
             soak_only,
         } => {
@@ -138,29 +143,34 @@ fn main() -> Result<()> {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
-                    bench::run(soak, soak_only)
+                    bench::run(soak, soak_only, short)
                 }
-                "xdp" => exec(cargo().args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "director",
-                    "--example",
-                    "bench_xdp",
-                ])),
-                "health" => bench_health::run(),
+                "xdp" => exec(
+                    cargo()
+                        .args([
+                            "run",
+                            "--quiet",
+                            "--release",
+                            "-p",
+                            "director",
+                            "--example",
+                            "bench_xdp",
+                            "--",
+                        ])
+                        .args(short.then_some("--short")),
+                ),
+                "health" => bench_health::run(short),
                 "ecmp" => {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
-                    bench_ecmp::run()
+                    bench_ecmp::run(short)
                 }
                 "ha" => {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
-                    bench::run_ha()
+                    bench::run_ha(short)
                 }
                 other => {
                     bail!("unknown benchmark {other:?}; known: xdp, failover, health, ha, ecmp")

@@ -268,11 +268,31 @@ pub fn on_bpffs(path: &Path) -> bool {
         .is_some_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
+/// Mounts a bpffs at `point` unless one is there. Daemons starting side by
+/// side (one host, several network namespaces) would otherwise stack two
+/// mounts, and the later one would hide the earlier one's pins: the check
+/// and the mount happen under a lock on the parent directory (whose inode a
+/// mount at `point` does not change).
 fn mount_bpffs(point: &Path) -> Result<(), BpffsError> {
     std::fs::create_dir_all(point).map_err(|source| BpffsError::Io {
         path: point.to_path_buf(),
         source,
     })?;
+    let parent = point.parent().unwrap_or(point);
+    let lock = File::open(parent).map_err(|source| BpffsError::Io {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    let _guard =
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            BpffsError::Io {
+                path: parent.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
+    if statfs(point).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
+        return Ok(());
+    }
     nix::mount::mount(
         Some("bpf"),
         point,
