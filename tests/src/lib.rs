@@ -25,6 +25,7 @@ pub mod inject;
 pub mod lab;
 pub mod netns;
 pub mod scenario;
+pub mod systemd_vm;
 pub mod vm;
 pub mod xdp_pass;
 

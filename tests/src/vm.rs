@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use crate::netns::sh;
 
 /// Where the kernel and images are cached.
-fn cache() -> PathBuf {
+pub(crate) fn cache() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
@@ -45,7 +45,7 @@ fn kernel_package() -> Result<String> {
 }
 
 /// The unpacked kernel package: (root, version).
-fn kernel() -> Result<(PathBuf, String)> {
+pub(crate) fn kernel() -> Result<(PathBuf, String)> {
     let dir = cache();
     std::fs::create_dir_all(&dir)?;
     let package = kernel_package()?;
@@ -86,7 +86,7 @@ fn kernel() -> Result<(PathBuf, String)> {
 
 /// `modules` and everything they depend on, in load order (paths inside
 /// the kernel tree).
-fn module_closure(root: &Path, version: &str, modules: &[&str]) -> Result<Vec<String>> {
+pub(crate) fn module_closure(root: &Path, version: &str, modules: &[&str]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for m in modules {
         let o = sh(
@@ -113,7 +113,7 @@ fn module_closure(root: &Path, version: &str, modules: &[&str]) -> Result<Vec<St
 }
 
 /// Copies a program and the shared libraries it needs into `root`.
-fn install_program(root: &Path, program: &Path, at: &str) -> Result<()> {
+pub(crate) fn install_program(root: &Path, program: &Path, at: &str) -> Result<()> {
     let dest = root.join(at.trim_start_matches('/'));
     std::fs::create_dir_all(dest.parent().context("parent")?)?;
     std::fs::copy(program, &dest).with_context(|| format!("copying {}", program.display()))?;
@@ -206,13 +206,22 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
          {}\necho RESULT end\npoweroff -f\n",
         spec.script
     );
+    let initrd = work.join("initrd.gz");
+    pack_initrd(&root, &init, &initrd)?;
+    let vmlinuz = kroot.join("boot").join(format!("vmlinuz-{version}"));
+    let out = boot(&vmlinuz, &initrd, &[], "", timeout);
+    let _ = std::fs::remove_dir_all(&work);
+    out
+}
+
+/// Writes `init` into `root` and packs `root` as a gzipped cpio archive.
+pub(crate) fn pack_initrd(root: &Path, init: &str, initrd: &Path) -> Result<()> {
     let init_path = root.join("init");
     std::fs::write(&init_path, init)?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&init_path, std::fs::Permissions::from_mode(0o755))?;
     }
-    let initrd = work.join("initrd.gz");
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -222,7 +231,19 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         ))
         .status()?;
     ensure!(status.success(), "building the initramfs failed");
-    let vmlinuz = kroot.join("boot").join(format!("vmlinuz-{version}"));
+    Ok(())
+}
+
+/// Boots the kernel with the initramfs (and `extra` qemu arguments, kernel
+/// command line `append` after the console settings); returns the serial
+/// console's output, which must reach `RESULT end`.
+pub(crate) fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    extra: &[&str],
+    append: &str,
+    timeout: Duration,
+) -> Result<String> {
     let mut child = Command::new("timeout")
         .arg(timeout.as_secs().to_string())
         .args([
@@ -234,10 +255,11 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         ])
         .args(["-m", "1024", "-nographic", "-no-reboot", "-net", "none"])
         .arg("-kernel")
-        .arg(&vmlinuz)
+        .arg(vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg(initrd)
+        .args(extra)
+        .args(["-append", &format!("console=ttyS0 quiet panic=-1 {append}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,7 +273,6 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         out = String::from_utf8_lossy(&bytes).replace('\r', "");
     }
     let status = child.wait()?;
-    let _ = std::fs::remove_dir_all(&work);
     if !out.contains("RESULT end") {
         bail!("the VM did not finish ({status}); its console:\n{out}");
     }

@@ -30,6 +30,18 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "tests: IPVS kernel VM"),
     ("kmod", "tests: IPVS kernel VM"),
     ("cpio", "tests: IPVS kernel VM"),
+    (
+        "mmdebstrap",
+        "tests: the systemd VM's Debian root filesystem",
+    ),
+    (
+        "qemu-utils",
+        "tests: the systemd VM's copy-on-write disk (qemu-img)",
+    ),
+    (
+        "e2fsprogs",
+        "tests: the systemd VM's ext4 image (mkfs.ext4 -d)",
+    ),
     ("llvm-22-dev", "build: bpf-linker"),
     ("libpolly-22-dev", "build: bpf-linker"),
     ("libzstd-dev", "build: bpf-linker"),

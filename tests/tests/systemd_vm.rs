@@ -1,0 +1,218 @@
+//! The shipped systemd unit on a real systemd machine (Debian 12 under
+//! qemu, `director_tests::systemd_vm`): the director installed as the
+//! README's "Install on a server" says, a client and two real servers in
+//! namespaces behind a bridge, continuous requests through the VIP, and:
+//! `systemctl restart` loses none; `systemctl stop` leaves it forwarding;
+//! `kill -9` of the daemon is restarted by systemd, which adopts the pinned
+//! dataplane, losing none; `director flush` from a root shell removes it
+//! all. A request fails if it does not complete within 5 s or needed more
+//! than 0.9 s to connect (a SYN lost while nothing forwarded).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{director_bin, netns::sh, systemd_vm, vm};
+
+const CONFIG: &str = r#"# /etc/director/director.toml
+[global]
+interface = "eth0"
+# veth: native XDP_TX needs an XDP program on the peer; generic mode does not.
+xdp_mode = "generic"
+
+[[virtual_server]]
+address = "10.0.0.100"
+port = 80
+
+  [[virtual_server.real_server]]
+  address = "10.0.0.20"
+
+  [[virtual_server.real_server]]
+  address = "10.0.0.21"
+"#;
+
+const SCENARIO: &str = r#"
+set -u
+# The lab: a bridge in namespace sw; this machine's eth0 (the director's
+# interface, in the root namespace) and the hosts' eth0 are plugged in.
+ip netns add sw
+ip -n sw link add br0 type bridge
+ip -n sw link set br0 up
+host() {
+  ip netns add $1
+  ip -n $1 link set lo up
+  ip link add p-$1 type veth peer name eth0 netns $1
+  ip link set p-$1 netns sw
+  ip -n sw link set p-$1 master br0 up
+  ip -n $1 addr add $2/24 dev eth0
+  ip -n $1 link set eth0 up
+}
+ip link add eth0 type veth peer name p-director netns sw
+ip -n sw link set p-director master br0 up
+ip addr add 10.0.0.10/24 dev eth0
+ip addr add 10.0.0.100/32 dev eth0
+ip link set eth0 up
+host client 10.0.0.2
+ip netns exec client ethtool -K eth0 tx off >/dev/null
+for n in 1 2; do
+  host rs$n 10.0.0.2$((n - 1))
+  ip -n rs$n addr add 10.0.0.100/32 dev lo
+  for i in all eth0; do
+    ip netns exec rs$n sysctl -qw net.ipv4.conf.$i.arp_ignore=1 net.ipv4.conf.$i.arp_announce=2
+  done
+  mkdir -p /srv/rs$n && echo rs$n > /srv/rs$n/index.html
+  ip netns exec rs$n busybox httpd -p 80 -h /srv/rs$n
+done
+
+# Install, as the README says.
+install -m 0755 /root/install/director /usr/local/bin/director
+install -m 0644 /root/install/director.service /etc/systemd/system/director.service
+install -d /etc/director
+install -m 0644 /root/install/director.toml /etc/director/director.toml
+systemctl daemon-reload
+systemctl enable --now director 2>&1
+
+ready() {
+  for i in $(seq 120); do
+    s=$(director status --json 2>/dev/null)
+    if echo "$s" | grep -q '"mac": "' && ! echo "$s" | grep -q '"mac": null'; then return 0; fi
+    sleep 0.5
+  done
+  echo "RESULT not_ready=$1"
+  return 1
+}
+load_start() {
+  rm -f /tmp/stop
+  ip netns exec client sh -c 'while [ ! -e /tmp/stop ]; do curl -s -o /dev/null -m 5 -w "%{http_code} %{time_connect}\n" http://10.0.0.100/; sleep 0.02; done' > /tmp/load.$1 2>&1 &
+  LOAD=$!
+  sleep 2
+}
+load_stop() {
+  sleep 2
+  touch /tmp/stop
+  wait $LOAD
+  echo "RESULT $1_ok=$(grep -c '^200 ' /tmp/load.$1)"
+  echo "RESULT $1_failed=$(grep -vc '^200 ' /tmp/load.$1)"
+  echo "RESULT $1_slow_connect=$(awk '$1 == 200 && $2 > 0.9' /tmp/load.$1 | wc -l)"
+}
+
+ready start
+echo "RESULT survives=$(director status --json | grep -c '"dataplane_survives_restart": true')"
+echo "RESULT served_by=$(for i in $(seq 20); do ip netns exec client curl -s -m 5 http://10.0.0.100/; done | sort -u | tr '\n' ,)"
+
+load_start restart
+systemctl restart director
+ready restart
+load_stop restart
+
+load_start stop
+systemctl stop director
+sleep 2
+echo "RESULT stopped_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
+load_stop stop
+
+systemctl start director
+ready start2
+load_start kill
+old=$(systemctl show -p MainPID --value director)
+kill -9 $old
+for i in $(seq 60); do
+  new=$(systemctl show -p MainPID --value director)
+  [ "$new" != 0 ] && [ "$new" != "$old" ] && break
+  sleep 0.5
+done
+ready kill
+load_stop kill
+echo "RESULT restarts=$(systemctl show -p NRestarts --value director)"
+echo "RESULT adopted=$(journalctl -u director --no-pager | grep -c 'adopted the running dataplane')"
+
+systemctl stop director
+director flush
+echo "RESULT flushed_pins=$(ls /sys/fs/bpf/director 2>/dev/null | wc -l)"
+echo "RESULT flushed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
+echo BEGIN journal
+journalctl -u director --no-pager | tail -40
+echo END journal
+"#;
+
+#[test]
+fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Result<()> {
+    let work = std::env::temp_dir().join(format!("director-systemd-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let binary = work.join("director");
+    sh(
+        "objcopy",
+        &[
+            "--strip-debug",
+            &director_bin()?.to_string_lossy(),
+            &binary.to_string_lossy(),
+        ],
+    )?;
+    let config = work.join("director.toml");
+    std::fs::write(&config, CONFIG)?;
+    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/director.service");
+    let files = [
+        ("/root/install/director", binary),
+        ("/root/install/director.service", unit),
+        ("/root/install/director.toml", config),
+    ];
+    let out = systemd_vm::run(
+        &systemd_vm::SystemdVmSpec {
+            files: &files,
+            script: SCENARIO,
+        },
+        Duration::from_secs(600),
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    let out = out?;
+    let results = vm::results(&out);
+    let get = |k: &str| -> Option<String> {
+        results
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let num = |k: &str| -> Result<u64> {
+        get(k)
+            .with_context(|| format!("no {k} in the VM's output:\n{out}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{k}"))
+    };
+    let journal = vm::section(&out, "journal");
+    ensure!(
+        !results.iter().any(|(k, _)| k == "not_ready"),
+        "the daemon did not become ready: {results:?}\n{journal}"
+    );
+    eprintln!("results: {results:?}");
+    ensure!(
+        num("survives")? == 1,
+        "status: dataplane dies with the daemon\n{journal}"
+    );
+    let served = get("served_by").unwrap_or_default();
+    ensure!(
+        served.contains("rs1") && served.contains("rs2"),
+        "not served by both real servers: {served}"
+    );
+    for phase in ["restart", "stop", "kill"] {
+        let (ok, failed, slow) = (
+            num(&format!("{phase}_ok"))?,
+            num(&format!("{phase}_failed"))?,
+            num(&format!("{phase}_slow_connect"))?,
+        );
+        eprintln!("{phase}: {ok} requests served, {failed} failed, {slow} slow connects");
+        ensure!(ok > 20, "{phase}: only {ok} requests");
+        ensure!(
+            failed == 0 && slow == 0,
+            "{phase}: {failed} failed, {slow} needed a SYN retransmission\n{journal}"
+        );
+    }
+    ensure!(num("stopped_xdp")? == 1, "systemctl stop detached XDP");
+    ensure!(num("restarts")? >= 1, "systemd did not restart the daemon");
+    ensure!(
+        num("adopted")? >= 1,
+        "the restarted daemon did not adopt the pinned dataplane\n{journal}"
+    );
+    ensure!(num("flushed_pins")? == 0, "pins left after director flush");
+    ensure!(num("flushed_xdp")? == 0, "XDP left after director flush");
+    Ok(())
+}
