@@ -176,7 +176,7 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
             .with_context(|| format!("no {k} in the VM's output:\n{out}"))?
             .trim()
             .parse()
-            .with_context(|| format!("{k}"))
+            .with_context(|| k.to_string())
     };
     let journal = vm::section(&out, "journal");
     ensure!(
