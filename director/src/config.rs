@@ -302,7 +302,7 @@ pub struct Global {
     pub state_dir: PathBuf,
     /// Directory (on a bpffs) where the XDP dataplane's maps and link are
     /// pinned so that they outlive the daemon; default
-    /// `/sys/fs/bpf/director/<state_dir escaped as systemd-escape --path>`
+    /// `/sys/fs/bpf/director/<name of the state directory>`
     /// (`/sys/fs/bpf/director/run-director` for the default state
     /// directory). See [`Global::pin_dir`].
     pub pin_dir: Option<PathBuf>,

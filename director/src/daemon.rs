@@ -48,6 +48,11 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Bpffs(#[from] bpffs::BpffsError),
+    #[error(
+        "another director already runs with state directory {} (pid {pid}); give each daemon its own state_dir",
+        state_dir.display()
+    )]
+    AlreadyRunning { state_dir: PathBuf, pid: String },
     #[error(transparent)]
     Neighbor(#[from] NeighborError),
     #[error(transparent)]
@@ -269,6 +274,42 @@ fn plan(
 /// `<state_dir>/bpf`. Flushed when found.
 fn legacy_pin_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(LEGACY_PIN_DIR)
+}
+
+/// One daemon per state directory (its control socket, its pins): an
+/// exclusive lock on `<state_dir>/director.lock`, held for the daemon's
+/// life, holding its pid.
+fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = state_dir.join("director.lock");
+    let io = |source| DaemonError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(io)?;
+            lock.rewind().map_err(io)?;
+            write!(lock, "{}", std::process::id()).map_err(io)?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(DaemonError::AlreadyRunning {
+                state_dir: state_dir.to_path_buf(),
+                pid: pid.trim().to_string(),
+            })
+        }
+        Err((_, e)) => Err(io(e.into())),
+    }
 }
 
 /// Removes the pinned dataplane in `pin_dir` (detaching the program) and the
@@ -761,6 +802,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         path: g.state_dir.clone(),
         source,
     })?;
+    let _instance = lock_state_dir(&g.state_dir)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;

@@ -507,17 +507,17 @@ fn owner_alive(name: &str) -> bool {
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes the pin directories (`/sys/fs/bpf/director/<escaped state
-/// dir>`) of daemons whose state directory was in lab `name`'s scratch
+/// Removes the pin directories (`/sys/fs/bpf/director/<state dir with /
+/// as ->@<hash>`) of daemons whose state directory was in lab `name`'s scratch
 /// directory. Returns the directories removed.
 fn stale_pins(name: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/bpf/director");
-    // systemd-escape --path of the scratch directory: dashes are \x2d.
+    // The scratch directory's path with `/` written `-` (director's
+    // `pin_name`).
     let tmp = std::env::temp_dir();
     let escaped = format!(
-        "{}-{}-",
-        tmp.to_string_lossy().trim_matches('/').replace('/', "-"),
-        name.replace('-', "\\x2d")
+        "{}-{name}-",
+        tmp.to_string_lossy().trim_matches('/').replace('/', "-")
     );
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {

@@ -227,6 +227,29 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; returns
+    /// its exit code (None when killed by a signal).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                bail!("{} was already stopped", self.what);
+            };
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still runs after {timeout:?}; its output:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `pred(log)` holds, the process exits, or `timeout` passes.
     pub fn wait_for_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<()> {
         let deadline = Instant::now() + timeout;

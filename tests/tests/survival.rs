@@ -268,3 +268,63 @@ fn a_mac_change_is_followed_and_announced() -> Result<()> {
     ensure!(t.ok == 20, "after the MAC change: {t:?}");
     Ok(())
 }
+
+/// Two daemons must never share a dataplane: a second one on the same
+/// state directory is refused (the first keeps its control socket), and
+/// one sharing only the pin directory from another network namespace is
+/// refused before it touches the first one's XDP link.
+#[test]
+fn a_second_daemon_never_takes_over_the_first_ones_dataplane() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let config = scenario::http_config(&lab, "director1", &servers)?;
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    let mut first = spawn_director(&lab, 0, &path)?;
+    let status = ready(&state)?;
+    let pins = host_pins(&status)?;
+
+    // Same config, another network namespace: same state directory.
+    let mut second = spawn_director(&lab, 1, &path)?;
+    second.wait_for_exit(Duration::from_secs(10))?;
+    ensure!(
+        second.log().contains("another director already runs"),
+        "{}",
+        second.log()
+    );
+    // Another state directory, the same pin directory.
+    let mut other = scenario::global_config(&lab, "director2")?;
+    other.push_str(&format!("pin_dir = \"{}\"\n", pins.display()));
+    other.push_str(&scenario::virtual_server(
+        &VIP.to_string(),
+        80,
+        &servers,
+        &[],
+    ));
+    let other_path = lab.write("director2.toml", &other)?;
+    let mut third = spawn_director(&lab, 1, &other_path)?;
+    third.wait_for_exit(Duration::from_secs(10))?;
+    ensure!(
+        third.log().contains("another network namespace"),
+        "{}",
+        third.log()
+    );
+    ensure!(
+        !lab.directors[1].xdp_attached()?,
+        "the second daemon attached"
+    );
+    ensure!(
+        lab.directors[0].xdp_attached()?,
+        "the first lost its XDP link"
+    );
+    ensure!(first.running(), "the first daemon died");
+    ready(&state)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab.client.run(move || http::hammer(vip, 20, WITHIN))?;
+    ensure!(t.ok == 20, "{t:?}");
+    Ok(())
+}

@@ -68,31 +68,55 @@ pub enum BpffsError {
 }
 
 /// The pin directory for a daemon whose state directory is `state_dir`,
-/// unless configured: `/sys/fs/bpf/director/<state_dir escaped as
-/// systemd-escape --path does>` (for example `run-director`).
+/// unless configured: `/sys/fs/bpf/director/<name>` where the name is the
+/// state directory's path with `/` as `-` (`run-director` for the default
+/// `/run/director`); see [`pin_name`].
 pub fn default_pin_dir(state_dir: &Path) -> PathBuf {
-    Path::new(DEFAULT_PARENT).join(escape_path(state_dir))
+    Path::new(DEFAULT_PARENT).join(pin_name(state_dir))
 }
 
-/// `systemd-escape --path`: slashes become dashes; anything but ASCII
-/// letters, digits, `_` and `.` (not leading) becomes `\xNN`.
-pub fn escape_path(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let trimmed = text.trim_matches('/');
-    if trimmed.is_empty() {
-        return "-".to_string();
-    }
+/// A directory name for a state directory: its path with `/` written `-`
+/// (leading and trailing `/` and repeats dropped). When that could be read
+/// two ways (the path has a `-` or a byte other than ASCII letters, digits,
+/// `_` and `.`, which become `_`), `@` and a hash of the whole path follow,
+/// so different state directories never share a name. Only characters that
+/// need no quoting in TOML basic strings or shells.
+pub fn pin_name(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
     let mut out = String::new();
-    let mut last_slash = false;
-    for (i, b) in trimmed.bytes().enumerate() {
+    let mut plain = true;
+    let mut last_slash = true;
+    for &b in bytes {
         match b {
-            b'/' if last_slash => continue,
-            b'/' => out.push('-'),
-            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'/' => {
+                if !last_slash {
+                    out.push('-');
+                }
+                last_slash = true;
+                continue;
+            }
             b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' => out.push(b as char),
-            b => out.push_str(&format!("\\x{b:02x}")),
+            _ => {
+                out.push(if b == b'-' { '-' } else { '_' });
+                plain = false;
+            }
         }
-        last_slash = b == b'/';
+        last_slash = false;
+    }
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() {
+        out.push_str("root");
+        plain = false;
+    }
+    if !plain {
+        // FNV-1a, 64 bits.
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        out.push_str(&format!("@{hash:016x}"));
     }
     out
 }
@@ -520,18 +544,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_like_systemd() {
-        assert_eq!(escape_path(Path::new("/run/director")), "run-director");
-        assert_eq!(
-            escape_path(Path::new("/tmp/dlab-1-2/state-d1/")),
-            "tmp-dlab\\x2d1\\x2d2-state\\x2dd1"
-        );
-        assert_eq!(escape_path(Path::new("/")), "-");
-        assert_eq!(escape_path(Path::new("/a//b")), "a-b");
-        assert_eq!(
-            escape_path(Path::new("/.hidden/x y")),
-            "\\x2ehidden-x\\x20y"
-        );
+    fn pin_names_are_readable_and_distinct() {
+        assert_eq!(pin_name(Path::new("/run/director")), "run-director");
+        assert_eq!(pin_name(Path::new("/run//director/")), "run-director");
+        let lab = pin_name(Path::new("/tmp/dlab-1-2/state-d1"));
+        assert!(lab.starts_with("tmp-dlab-1-2-state-d1@"), "{lab}");
+        // Paths a plain mapping would confuse get different names.
+        let names: std::collections::HashSet<String> =
+            ["/a-b", "/a/b", "/a_b", "/a b", "/a\\b", "/", "/root"]
+                .iter()
+                .map(|p| pin_name(Path::new(p)))
+                .collect();
+        assert_eq!(names.len(), 7, "{names:?}");
+        for n in &names {
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)),
+                "{n}"
+            );
+        }
         assert_eq!(
             default_pin_dir(Path::new("/run/director")),
             PathBuf::from("/sys/fs/bpf/director/run-director")

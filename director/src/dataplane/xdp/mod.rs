@@ -967,8 +967,21 @@ fn attach_pinned(
     let pinned_mode = info.nth(1).and_then(AttachMode::parse);
     if link_path.exists() {
         let wanted = ifindex(interface);
-        match link::xdp_ifindex(&link_path) {
-            Ok(index) if index != 0 && Some(index) == wanted => {
+        match link::pinned(&link_path) {
+            Ok(l) if l.ifindex == 0 => warn!(
+                interface,
+                "the pinned XDP link's interface is gone (deleted or re-created); attaching anew"
+            ),
+            // Indexes repeat across network namespaces: the link is ours
+            // only if the interface of that index here runs its program.
+            Ok(l) if link::attached_program(l.ifindex).ok().flatten() != Some(l.program_id) => {
+                return Err(XdpError::Link(format!(
+                    "{} holds an XDP link to an interface of another network namespace (its ifindex {} here does not run its program): another director uses this pin directory; give each daemon its own state_dir or pin_dir",
+                    link_path.display(),
+                    l.ifindex
+                )));
+            }
+            Ok(l) if Some(l.ifindex) == wanted => {
                 let pinned = PinnedLink::from_pin(&link_path)
                     .map_err(|e| XdpError::Link(format!("{}: {e}", link_path.display())))?;
                 let fd_link: FdLink = pinned.into();
@@ -983,13 +996,9 @@ fn attach_pinned(
                 );
                 return Ok((Attachment::Pinned(pins.clone()), mode));
             }
-            Ok(0) => warn!(
+            Ok(l) => warn!(
                 interface,
-                "the pinned XDP link's interface is gone (deleted or re-created); attaching anew"
-            ),
-            Ok(index) => warn!(
-                interface,
-                pinned_ifindex = index,
+                pinned_ifindex = l.ifindex,
                 ifindex = ?wanted,
                 "the pinned XDP link is on another interface; moving it"
             ),
