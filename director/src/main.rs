@@ -166,7 +166,7 @@ fn main() -> ExitCode {
                 flush_state(&Target::of(&config))
             } else {
                 init_logging();
-                run(config, path).inspect_err(|e| tracing::error!("{e:#}"))
+                run(config, path).inspect_err(|e| tracing::error!("{}", report(e)))
             }
         }
         Command::Status {
@@ -265,10 +265,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("director: {e:#}");
+            eprintln!("director: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: our errors' messages already
+/// carry their source's text, which anyhow's chain would repeat.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn check_config(path: &Path) -> Result<(), director::config::ConfigError> {

@@ -176,7 +176,11 @@ impl Lab {
         ])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
-        let host = |name: &str, ip: Ipv4Addr| attach_host(&switch, &id, name, ip);
+        // Clients and real servers skip duplicate address detection (their
+        // addresses are usable at once); directors keep the kernel's
+        // default, as on an operator's machine: the VIPs VRRP adds must not
+        // depend on the lab to be usable at once.
+        let host = |name: &str, ip: Ipv4Addr| attach_host(&switch, &id, name, ip, false);
 
         let client = host("client", CLIENT_IP)?;
         // Quirk: veth leaves TCP/UDP checksums partial; after XDP_TX the real
@@ -185,7 +189,13 @@ impl Lab {
 
         let mut directors = Vec::new();
         for i in 0..spec.directors {
-            let d = host(&format!("director{}", i + 1), director_ip(i))?;
+            let d = attach_host(
+                &switch,
+                &id,
+                &format!("director{}", i + 1),
+                director_ip(i),
+                true,
+            )?;
             // Quirk: XDP_TX on a veth is dropped unless its peer runs XDP.
             xdp_pass::attach(&switch, &d.port, &format!("{id}-{}", d.name))?;
             if i == 0 && spec.vip_on_director {
@@ -261,7 +271,7 @@ impl Lab {
     /// Another host on the lab's switch (a router, a second client...);
     /// removed when the returned node is dropped.
     pub fn add_host(&self, name: &str, ip: Ipv4Addr) -> Result<Node> {
-        attach_host(&self.switch, &self.id, name, ip)
+        attach_host(&self.switch, &self.id, name, ip, false)
     }
 
     /// Puts a `size`-byte file with [`big_file_byte`] content on every real
@@ -429,11 +439,15 @@ http {{
 }
 
 /// A host `name` with `ip` on the lab's switch (namespace `<id>-<name>`).
-fn attach_host(switch: &Netns, id: &str, name: &str, ip: Ipv4Addr) -> Result<Node> {
+/// With `dad`, the namespace keeps the kernel's duplicate address detection
+/// (the host's own static address is still added `nodad`, as an operator's
+/// static configuration may).
+fn attach_host(switch: &Netns, id: &str, name: &str, ip: Ipv4Addr, dad: bool) -> Result<Node> {
     let ns = Netns::create(&format!("{id}-{name}"))?;
-    // Addresses usable at once: no duplicate address detection.
-    for iface in ["all", "default"] {
-        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
+    if !dad {
+        for iface in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
+        }
     }
     let port = format!("p-{name}");
     switch.ip(&[

@@ -1,7 +1,7 @@
 //! Pieces shared by the lab demo and the integration tests: director
 //! configs for the lab, starting the daemon, reading its log.
 
-use std::{path::Path, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 
@@ -149,6 +149,64 @@ pub fn vrrp_pair(lab: &Lab, extra: &str) -> Result<(Proc, Proc)> {
     wait_status(&s1, Duration::from_secs(10), all_resolved)?;
     wait_status(&s2, Duration::from_secs(10), all_resolved)?;
     Ok((d1, d2))
+}
+
+/// Proves that director `i` carries the traffic for `vip`, not a previous
+/// master whose dataplane still forwards: the client's neighbour entry for
+/// the VIP names director `i`'s MAC (its gratuitous ARP or unsolicited NA
+/// moved it; waited for up to 2 s), and `n` requests through the VIP add
+/// at least `n` new flows to the counters of the daemon whose state
+/// directory is `state`.
+pub fn assert_carries(lab: &Lab, i: usize, vip: IpAddr, state: &Path, n: usize) -> Result<()> {
+    let mac = lab.directors[i].mac()?;
+    let neighbour = || -> Result<String> {
+        let out = lab
+            .client
+            .ns
+            .ip(&["neigh", "show", &vip.to_string(), "dev", "eth0"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let addr = std::net::SocketAddr::new(vip, 80);
+    if neighbour()?.is_empty() {
+        // No entry yet (announcements only move existing ones): one
+        // request makes the client resolve the VIP.
+        lab.client
+            .run(move || crate::http::hammer(addr, 1, Duration::from_secs(2)))?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !neighbour()?.contains(&mac) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the client's neighbour entry for {vip} is `{}`, not director{}'s {mac}",
+            neighbour()?,
+            i + 1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flows = |s: &serde_json::Value| -> u64 {
+        s["virtual_servers"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter(|vs| vs["address"] == vip.to_string())
+                    .filter_map(|vs| vs["new_flows"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = flows(&status(state)?);
+    let t = lab
+        .client
+        .run(move || crate::http::hammer(addr, n, Duration::from_secs(2)))?;
+    anyhow::ensure!(t.ok == n, "requests to {addr}: {t:?}");
+    let after = flows(&status(state)?);
+    anyhow::ensure!(
+        after >= before + n as u64,
+        "director{} placed {} new flows for {n} requests: another director carries them",
+        i + 1,
+        after.saturating_sub(before)
+    );
+    Ok(())
 }
 
 /// The state of VRRP instance `name` in a daemon's status.

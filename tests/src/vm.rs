@@ -139,8 +139,11 @@ pub(crate) fn install_program(root: &Path, program: &Path, at: &str) -> Result<(
 pub struct VmSpec<'a> {
     /// The director binary (stripped of debug info on the way in).
     pub director: &'a Path,
-    /// Kernel modules to load at boot (dependencies added).
-    pub modules: &'a [&'a str],
+    /// Kernel modules the VM has (dependencies added, `modules.dep`
+    /// built): `modprobe` loads them on demand.
+    pub available: &'a [&'a str],
+    /// Of those, what the boot loads (as an operator's machine would).
+    pub boot_modules: &'a [&'a str],
     /// The test's script, run by `/init` after the basics are mounted and
     /// the modules loaded; it ends with the VM (`poweroff -f` follows).
     pub script: &'a str,
@@ -176,8 +179,10 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         ],
     )?;
     install_program(&root, &stripped, "/director")?;
-    let mods = module_closure(&kroot, &version, spec.modules)?;
-    let mut load = String::new();
+    // The modules the VM may load, with their dependencies, and a
+    // `modules.dep` (depmod), so that `modprobe` works inside: the boot
+    // loads only what an operator's boot would, the daemon the rest.
+    let mods = module_closure(&kroot, &version, spec.available)?;
     for m in &mods {
         let rel = Path::new(m)
             .strip_prefix(&kroot)
@@ -185,10 +190,22 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         let dest = root.join(rel);
         std::fs::create_dir_all(dest.parent().context("parent")?)?;
         std::fs::copy(m, &dest)?;
+    }
+    let moddir = kroot.join("lib/modules").join(&version);
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let dest = root.join("lib/modules").join(&version).join(f);
+        std::fs::create_dir_all(dest.parent().context("parent")?)?;
+        std::fs::copy(moddir.join(f), dest)?;
+    }
+    sh("depmod", &["-b", &root.to_string_lossy(), &version])?;
+    let mut load = String::new();
+    for m in spec.boot_modules {
         load.push_str(&format!(
-            "insmod /{} || echo \"RESULT insmod_failed={}\"\n",
-            rel.display(),
-            rel.display()
+            "modprobe {m} || echo \"RESULT modprobe_failed={m}\"\n"
         ));
     }
     for (path, contents) in spec.files {
@@ -201,8 +218,8 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
          # Debian's busybox prefers its own applets to PATH: iproute2 by path.\n\
          ip() {{ /sbin/ip \"$@\"; }}\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
-         mount -t tmpfs run /run\nmount -t tmpfs tmp /tmp\nmkdir -p /sys/fs/bpf /run/netns\n\
-         mount -t bpf bpf /sys/fs/bpf\n{load}echo \"RESULT kernel=$(uname -r)\"\n\
+         mount -t tmpfs run /run\nmount -t tmpfs tmp /tmp\nmkdir -p /run/netns\n\
+         ln -s /bin/busybox /sbin/modprobe\n{load}echo \"RESULT kernel=$(uname -r)\"\n\
          {}\necho RESULT end\npoweroff -f\n",
         spec.script
     );
@@ -282,7 +299,8 @@ pub(crate) fn boot(
 /// The `RESULT key=value` lines of a run.
 pub fn results(out: &str) -> Vec<(String, String)> {
     out.lines()
-        .filter_map(|l| l.trim().strip_prefix("RESULT "))
+        // (the console's escape sequences may precede the first one)
+        .filter_map(|l| l.find("RESULT ").map(|at| l[at + 7..].trim()))
         .filter_map(|l| {
             l.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))

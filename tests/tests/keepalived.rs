@@ -86,10 +86,12 @@ fn director_master_keepalived_backup() -> Result<()> {
     scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
     requests_work(&lab)?;
 
-    // The director dies: keepalived takes the VIP, requests resume.
+    // The director dies: keepalived takes the VIP and announces it; the
+    // dataplane beside it carries the requests (the dead director's still
+    // forwards, so only this proves the takeover).
     d1.stop(Signal::SIGKILL, Duration::from_secs(2))?;
     wait_keepalived(&mut ka, "master", Duration::from_secs(5))?;
-    requests_work(&lab)?;
+    scenario::assert_carries(&lab, 1, VIP.into(), &s2, 20)?;
 
     // watch-vrrp decodes keepalived's adverts: one master, no split brain.
     let w = scenario::watch_vrrp(&lab.client.ns, 1.5)?;
@@ -102,7 +104,7 @@ fn director_master_keepalived_backup() -> Result<()> {
     let _d1 = director_vrrp(&lab, 0, 150, FAST)?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
     wait_keepalived(&mut ka, "backup", Duration::from_secs(5))?;
-    requests_work(&lab)?;
+    scenario::assert_carries(&lab, 0, VIP.into(), &s1, 20)?;
     Ok(())
 }
 
@@ -129,15 +131,17 @@ fn keepalived_master_director_backup() -> Result<()> {
     );
     requests_work(&lab)?;
 
-    // keepalived dies: the director takes over within ~3.6 s (v2, 1 s).
+    // keepalived dies: the director takes over within ~3.6 s (v2, 1 s),
+    // announces the VIP and carries the requests.
     ka.stop(Signal::SIGKILL, Duration::from_secs(2))?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(6))?;
-    requests_work(&lab)?;
+    scenario::assert_carries(&lab, 0, VIP.into(), &s1, 20)?;
 
     // keepalived comes back higher: the director yields to it.
     let mut ka = keepalived(&lab, 1, 150, 2, "1")?;
     scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(10))?;
     wait_keepalived(&mut ka, "master", Duration::from_secs(10))?;
+    scenario::assert_carries(&lab, 1, VIP.into(), &s2, 20)?;
     drop(d1.stop(Signal::SIGTERM, Duration::from_secs(5)));
     Ok(())
 }

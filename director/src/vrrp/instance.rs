@@ -380,6 +380,38 @@ struct HbPath {
 }
 
 /// The next advert from any extra path (never, without any).
+/// Opens the instance's socket. An IPv6 source address still in duplicate
+/// address detection (an interface just brought up: its link-local address
+/// is tentative for about a second) cannot be bound yet: wait for it, up to
+/// DAD_WAIT, as a daemon started at boot must.
+async fn open_when_usable(
+    name: &str,
+    iface: &str,
+    ifindex: u32,
+    src: IpAddr,
+    multicast: bool,
+) -> Result<VrrpSocket, NetError> {
+    const DAD_WAIT: Duration = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match VrrpSocket::open(iface, ifindex, src, multicast) {
+            Err(NetError::Io { source, .. })
+                if src.is_ipv6()
+                    && source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    && started.elapsed() < DAD_WAIT =>
+            {
+                if !said {
+                    info!(instance = %name, source = %src, "waiting for the source address to finish duplicate address detection");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn recv_paths(paths: &[HbPath]) -> (usize, Result<Received, NetError>) {
     if paths.is_empty() {
         return std::future::pending().await;
@@ -463,7 +495,8 @@ impl Runner {
                 })?
                 .ok_or_else(|| VrrpError::NoSource(name.clone()))?,
         };
-        let socket = VrrpSocket::open(&iface, link.index, src, cfg.unicast_peer.is_empty())
+        let socket = open_when_usable(&name, &iface, link.index, src, cfg.unicast_peer.is_empty())
+            .await
             .map_err(|source| VrrpError::Net {
                 name: name.clone(),
                 source,
@@ -491,11 +524,13 @@ impl Runner {
                         VrrpError::NoSource(format!("{name} (heartbeat {})", h.interface))
                     })?,
             };
-            let socket = VrrpSocket::open(&h.interface, index, src, h.unicast_peer.is_empty())
-                .map_err(|source| VrrpError::Net {
-                    name: name.clone(),
-                    source,
-                })?;
+            let socket =
+                open_when_usable(&name, &h.interface, index, src, h.unicast_peer.is_empty())
+                    .await
+                    .map_err(|source| VrrpError::Net {
+                        name: name.clone(),
+                        source,
+                    })?;
             info!(instance = %name, interface = %h.interface, source = %src, "VRRP heartbeat path");
             paths.push(HbPath {
                 socket,

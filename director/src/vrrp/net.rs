@@ -59,6 +59,9 @@ pub struct VrrpSocket {
     src: IpAddr,
 }
 
+/// Receive buffer of a VRRP socket, bytes.
+const RECV_BUFFER: libc::c_int = 4 << 20;
+
 const IPV6_RECVPKTINFO: libc::c_int = 49;
 const IPV6_RECVHOPLIMIT: libc::c_int = 51;
 const IPV6_PKTINFO: libc::c_int = 50;
@@ -119,8 +122,8 @@ impl VrrpSocket {
         join: bool,
         bind_tx: bool,
     ) -> Result<VrrpSocket, NetError> {
-        let tx = Self::raw(interface, ifindex, src, false, bind_tx)?;
-        let rx = Self::raw(interface, ifindex, src, join, false)?;
+        let tx = Self::raw(interface, ifindex, src, false, bind_tx, false)?;
+        let rx = Self::raw(interface, ifindex, src, join, false, true)?;
         rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
         // SAFETY: the socket is owned by the AsyncFd and closed only with it.
         let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
@@ -140,6 +143,7 @@ impl VrrpSocket {
         src: IpAddr,
         join: bool,
         bind: bool,
+        receive: bool,
     ) -> Result<Socket, NetError> {
         let multicast = join;
         let v6 = src.is_ipv6();
@@ -198,10 +202,18 @@ impl VrrpSocket {
                     .map_err(io_err(format!("binding to {src}")))?;
             }
         }
-        if !bind {
-            // The sending socket never reads: keep its queue empty.
-            let _ = s.set_recv_buffer_size(1 << 16);
+        if receive {
+            // The receiving socket: room for a flood's worth of packets
+            // (~0.5 s at 10,000/s) so that a moment's stall of this thread
+            // loses no advert to a full queue. As root the limit of
+            // net.core.rmem_max does not apply (SO_RCVBUFFORCE).
+            let size: libc::c_int = RECV_BUFFER;
+            if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err()
+            {
+                let _ = s.set_recv_buffer_size(RECV_BUFFER as usize);
+            }
         } else {
+            // The sending socket never reads: keep its queue empty.
             let _ = s.set_recv_buffer_size(0);
         }
         Ok(s)
