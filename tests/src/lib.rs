@@ -26,6 +26,7 @@ pub mod lab;
 pub mod netns;
 pub mod scenario;
 pub mod systemd_vm;
+pub mod udp;
 pub mod vm;
 pub mod xdp_pass;
 

@@ -23,15 +23,32 @@ pub fn global_config(lab: &Lab, router_id: &str) -> Result<String> {
     ))
 }
 
-/// A `[[virtual_server]]` table; `weights` gives (address, weight) overrides.
+/// A TCP `[[virtual_server]]` table; `weights` gives (address, weight)
+/// overrides.
 pub fn virtual_server(
     vip: &str,
     port: u16,
     real_servers: &[String],
     weights: &[(&str, u32)],
 ) -> String {
-    let mut s =
-        format!("\n[[virtual_server]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"\n");
+    virtual_server_of("tcp", vip, port, real_servers, weights)
+}
+
+/// A UDP `[[virtual_server]]` table (see [`crate::udp`] for an echo).
+pub fn udp_virtual_server(vip: &str, port: u16, real_servers: &[String]) -> String {
+    virtual_server_of("udp", vip, port, real_servers, &[])
+}
+
+fn virtual_server_of(
+    protocol: &str,
+    vip: &str,
+    port: u16,
+    real_servers: &[String],
+    weights: &[(&str, u32)],
+) -> String {
+    let mut s = format!(
+        "\n[[virtual_server]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+    );
     for rs in real_servers {
         s.push_str(&format!(
             "\n  [[virtual_server.real_server]]\n  address = \"{rs}\"\n"

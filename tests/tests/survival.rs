@@ -328,3 +328,83 @@ fn a_second_daemon_never_takes_over_the_first_ones_dataplane() -> Result<()> {
     ensure!(t.ok == 20, "{t:?}");
     Ok(())
 }
+
+/// A datagram every millisecond through the VIP (one UDP flow) while the
+/// daemon is restarted (a second with no daemon), reloaded with a changed
+/// weight, and reloaded with a real server added: not one is lost.
+#[test]
+fn restarts_and_reloads_lose_no_datagram() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let echo = lab.start_udp_echo(VIP.into(), 7)?;
+    let servers = |n: usize| -> Vec<String> {
+        lab.real_servers[..n]
+            .iter()
+            .map(|r| r.ip.to_string())
+            .collect()
+    };
+    let config = |n: usize, weights: &[(&str, u32)]| -> Result<String> {
+        let mut c = scenario::global_config(&lab, "director1")?;
+        c.push_str(&scenario::virtual_server(
+            &VIP.to_string(),
+            80,
+            &servers(n),
+            weights,
+        ));
+        c.push_str(&scenario::udp_virtual_server(
+            &VIP.to_string(),
+            7,
+            &servers(n),
+        ));
+        Ok(c)
+    };
+    let path = lab.write("director1.toml", &config(2, &[])?)?;
+    let state = lab.state_dir("director1")?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    ready(&state)?;
+    let udp = SocketAddr::from((VIP, 7));
+    let every = Duration::from_millis(1);
+
+    let ((), restart) = director_tests::udp::probe_during(&lab.client.ns, udp, every, || {
+        daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+        std::thread::sleep(Duration::from_secs(1));
+        daemon = spawn_director(&lab, 0, &path)?;
+        ready(&state)?;
+        Ok(())
+    })?;
+    let reload = |text: String| -> Result<()> {
+        std::fs::write(&path, text)?;
+        let (ok, err) = scenario::director_cli(&["reload"], &state)?;
+        ensure!(ok, "reload failed: {err}");
+        Ok(())
+    };
+    let rs1 = lab.real_servers[0].ip.to_string();
+    let ((), weight) = director_tests::udp::probe_during(&lab.client.ns, udp, every, || {
+        reload(config(2, &[(rs1.as_str(), 3)])?)
+    })?;
+    let ((), added) = director_tests::udp::probe_during(&lab.client.ns, udp, every, || {
+        reload(config(3, &[(rs1.as_str(), 3)])?)?;
+        ready(&state)?;
+        Ok(())
+    })?;
+    drop(echo);
+    for (what, t) in [
+        ("restart", &restart),
+        ("reload (weight)", &weight),
+        ("reload (server added)", &added),
+    ] {
+        eprintln!("{what}: {t:?}");
+        ensure!(t.sent > 300, "{what}: only {} datagrams sent", t.sent);
+        ensure!(
+            t.lost() == 0,
+            "{what}: {} of {} datagrams lost (longest gap {} ms)",
+            t.lost(),
+            t.sent,
+            t.longest_gap
+        );
+    }
+    Ok(())
+}
