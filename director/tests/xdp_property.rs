@@ -62,6 +62,37 @@ fn destination(f: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The real servers (indexes for `mac_of`) a rewritten frame may go to,
+/// by the services of `web()`: TCP 80 on both VIPs has servers 1-3, UDP 53
+/// on the IPv4 VIP servers 1-2. An unfragmented IPv4 TCP or UDP frame must
+/// be for the service's port; fragments follow their VIP and protocol;
+/// ICMP errors follow the flow they quote (any service of the VIP).
+fn allowed_servers(f: &[u8]) -> Vec<u8> {
+    let all = vec![1, 2, 3];
+    if f.get(12..14) != Some(&[0x08, 0x00]) {
+        // IPv6: only TCP 80 is served.
+        return all;
+    }
+    let ihl = usize::from(f.get(14).copied().unwrap_or(0x45) & 0x0f) * 4;
+    let protocol = f.get(23).copied().unwrap_or(0);
+    let frag = u16::from_be_bytes([
+        f.get(20).copied().unwrap_or(0),
+        f.get(21).copied().unwrap_or(0),
+    ]);
+    let fragment = frag & 0x3fff != 0;
+    let dport = f
+        .get(14 + ihl + 2..14 + ihl + 4)
+        .map(|p| u16::from_be_bytes([p[0], p[1]]));
+    match protocol {
+        6 if fragment || dport == Some(80) => all,
+        17 if fragment || dport == Some(53) => vec![1, 2],
+        1 => all,
+        // A TCP/UDP frame to a port no service has, or another protocol:
+        // nothing may take it.
+        _ => Vec::new(),
+    }
+}
+
 /// An address: the VIP half the time (so the interesting paths run).
 fn v4(rng: &mut StdRng) -> [u8; 4] {
     if rng.random_bool(0.5) {
@@ -238,7 +269,7 @@ fn check(
     stats: &mut [u64; 4],
 ) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(dp, frame)));
-    let (verdict, _) = result
+    let (verdict, mac) = result
         .unwrap_or_else(|_| panic!("seed {seed}: the frame that broke a property: {frame:02x?}"));
     if verdict == XDP_TX {
         let to_vip = matches!(destination(frame), Some(IpAddr::V4(a)) if a.octets() == VIP4)
@@ -246,6 +277,11 @@ fn check(
         assert!(
             to_vip,
             "seed {seed}: rewrote a frame not addressed to a VIP: {frame:02x?}"
+        );
+        let allowed = allowed_servers(frame);
+        assert!(
+            allowed.iter().any(|i| mac_of(*i).0 == mac),
+            "seed {seed}: sent to {mac:02x?}, not a real server of the frame's service (servers {allowed:?}): {frame:02x?}"
         );
     } else {
         assert_eq!(

@@ -5,9 +5,12 @@
 //! server); a drained director withdraws its route before it stops, with no
 //! failed request.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use director_tests::{ecmp::EcmpLab, http, lab::VIP, scenario};
 
 #[test]
@@ -26,7 +29,7 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
             carrying += 1;
         }
     }
-    ensure!(carrying >= 2, "ECMP used {carrying} director(s)");
+    ensure!(carrying == 3, "ECMP used {carrying} of 3 directors");
 
     // Long-lived connections; then director3 dies: the router withdraws
     // it, and every connection - also those it carried - goes on with the
@@ -37,16 +40,45 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
         "only {kept} of {opened} (of 12) connections kept their real server"
     );
 
-    // Drain director2 under load: its route goes first, nothing fails.
+    // Drain director2 under load: its route leaves the router while the
+    // daemon still runs, withdraw_wait (3 s) before it stops; nothing
+    // fails.
     let s2 = e.lab.state_dir("director2")?;
-    let ((), tally) = http::under_load(&e.far, vip, || {
-        let (ok, err) = scenario::director_cli(&["drain"], &s2)?;
+    let pid = e.directors[1].pid().context("director2 pid")?;
+    let alive =
+        move || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    let ((withdrawn_at, exited_at), tally) = http::under_load(&e.far, vip, || {
+        let drain = {
+            let s2 = s2.clone();
+            std::thread::spawn(move || scenario::director_cli(&["drain"], &s2))
+        };
+        let started = Instant::now();
+        let (mut withdrawn, mut exited) = (None, None);
+        while exited.is_none() && started.elapsed() < Duration::from_secs(20) {
+            if withdrawn.is_none() && !e.next_hops()?.contains(&"10.0.0.11".to_string()) {
+                withdrawn = Some(started.elapsed());
+                ensure!(alive(), "the route left only when the daemon was gone");
+            }
+            if !alive() {
+                exited = Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (ok, err) = drain
+            .join()
+            .map_err(|_| anyhow::anyhow!("drain thread panicked"))??;
         ensure!(ok, "{err}");
-        Ok(())
+        Ok((withdrawn.context("the route never left")?, exited))
     })?;
     ensure!(
         tally.failed == 0 && tally.ok > 50,
         "drain lost requests: {tally:?}"
+    );
+    // (the process is reaped by the lab; it stopped serving its socket)
+    let exited_at = exited_at.unwrap_or(Duration::MAX);
+    ensure!(
+        exited_at >= withdrawn_at + Duration::from_millis(2500),
+        "director2 stopped {exited_at:?} after the drain, its route left at {withdrawn_at:?}: less than withdraw_wait (3 s) between"
     );
     ensure!(e.next_hops()? == ["10.0.0.10"], "director2 still announced");
     ensure!(!e.directors[1].running(), "director2 did not stop");
