@@ -106,7 +106,10 @@ fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() -> Result<(
         );
     }
 
-    // Flush from another private namespace removes it all, on the host too.
+    // Flush from another private namespace removes it all, on the host too:
+    // the pins, the program and every one of its maps.
+    let (program, maps) = dataplane_objects(&lab)?;
+    ensure!(!maps.is_empty(), "program {program} has no maps");
     daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
     let bin = director_bin()?;
     lab.directors[0].ns.exec(
@@ -115,7 +118,49 @@ fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() -> Result<(
     )?;
     ensure!(!pins.exists(), "{} left after flush", pins.display());
     ensure!(!lab.directors[0].xdp_attached()?, "XDP left after flush");
+    // The kernel frees a program and its maps once nothing holds them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = std::iter::once(("prog", program))
+            .chain(maps.iter().map(|m| ("map", *m)))
+            .filter(|(kind, id)| bpftool(&[kind, "show", "id", &id.to_string()]).is_ok())
+            .map(|(kind, id)| format!("{kind} {id}"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "left in the kernel after flush: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
+}
+
+fn bpftool(args: &[&str]) -> Result<serde_json::Value> {
+    let out = director_tests::netns::sh("bpftool", &[&["-j"], args].concat())?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The XDP program on director1's eth0 and its maps' ids.
+fn dataplane_objects(lab: &Lab) -> Result<(u64, Vec<u64>)> {
+    let out = lab.directors[0]
+        .ns
+        .ip(&["-d", "-j", "link", "show", "eth0"])?;
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let program = link[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .or_else(|| link[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
+        .with_context(|| format!("no XDP program in {link}"))?;
+    let info = bpftool(&["prog", "show", "id", &program.to_string()])?;
+    let maps = info["map_ids"]
+        .as_array()
+        .context("map_ids")?
+        .iter()
+        .filter_map(|m| m.as_u64())
+        .collect();
+    Ok((program, maps))
 }
 
 /// A unit that mounts its own bpffs (or a namespace that has one) must not

@@ -144,6 +144,23 @@ fn unicast_peers_and_authentication() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     let st = scenario::status(&s2)?;
     ensure!(st["vrrp"][0]["adverts_received"].as_u64() > Some(0), "{st}");
+    // Unicast means unicast: on the master's switch port, adverts go to
+    // the peer and none to the multicast group.
+    let port = &lab.directors[0].port;
+    let out = lab.switch().exec(
+        "sh",
+        &[
+            "-c",
+            &format!("timeout 3 tcpdump -n -l -i {port} 'ip proto 112' 2>/dev/null; true"),
+        ],
+    )?;
+    let seen = String::from_utf8_lossy(&out.stdout).to_string();
+    let to_peer = seen.matches("10.0.0.10 > 10.0.0.11").count();
+    ensure!(to_peer >= 2, "no unicast adverts seen (v2, 1 s):\n{seen}");
+    ensure!(
+        !seen.contains("224.0.0.18"),
+        "adverts to the multicast group with unicast_peer set:\n{seen}"
+    );
     d1.stop(Signal::SIGKILL, Duration::from_secs(2))?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(6))?;
     Ok(())
