@@ -9,6 +9,7 @@ use std::{
 
 use director::{
     config::{Protocol, Scheduler},
+    dataplane::xdp::XdpDataplane,
     frames::{self, ACK, DIRECTOR_MAC, Frag, SYN},
     neighbor::Mac,
 };
@@ -409,4 +410,44 @@ fn weights_shape_the_shares_of_new_flows() {
             );
         }
     }
+}
+
+/// UDP flows expire after `udp_timeout` of silence: a flow on a server that
+/// was drained since keeps it while it talks, and is placed again (away
+/// from the drained server) once it was idle longer than the timeout. Its
+/// re-placement counts as a new flow.
+#[test]
+fn idle_udp_flows_expire_after_udp_timeout() {
+    let mut plan = web();
+    let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
+    dp.apply(&plan, 1, Mac(DIRECTOR_MAC)).expect("apply");
+    let datagram = |p: u16| frames::udp_frame(ip("10.6.0.1"), 30000 + p, ip("10.0.0.100"), 53);
+    // Flows on both servers of the UDP service.
+    let first: Vec<[u8; 6]> = (0..64).map(|p| run(&dp, &datagram(p)).1).collect();
+    let drained = mac_of(1).0;
+    let on_drained: Vec<u16> = (0..64).filter(|p| first[*p as usize] == drained).collect();
+    assert!(!on_drained.is_empty());
+    plan[1].backends[0].weight = 0;
+    dp.apply(&plan, 1, Mac(DIRECTOR_MAC)).expect("apply");
+    // Within the timeout they stay.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    for p in &on_drained {
+        assert_eq!(run(&dp, &datagram(*p)).1, drained, "a live UDP flow moved");
+    }
+    let before = dp.service_traffic(&plan[1]).expect("counters").new_flows;
+    // Idle for longer than udp_timeout (1 s): placed again.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    for p in &on_drained {
+        assert_ne!(
+            run(&dp, &datagram(*p)).1,
+            drained,
+            "an idle UDP flow did not expire"
+        );
+    }
+    let after = dp.service_traffic(&plan[1]).expect("counters").new_flows;
+    assert_eq!(
+        after - before,
+        on_drained.len() as u64,
+        "re-placements are new flows"
+    );
 }

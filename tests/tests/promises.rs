@@ -1,0 +1,184 @@
+//! Promises of the README that had no test: `track_interface`, the
+//! tracking priority clamp, `garp_master_refresh`, `alpha`, and the XDP
+//! program running in native mode where the interface supports it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Result, ensure};
+use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
+
+const FAST: &str = "version = 3\nadvert_int = 0.1";
+
+fn pair_lab() -> Result<Lab> {
+    Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })
+}
+
+/// A tracked interface going down puts the master in Fault (the backup
+/// takes the VIP); back up, the master returns. A tracked script whose
+/// weight would take the priority below 1 leaves it at 1: still a backup,
+/// never "priority 0" (which means resigning).
+#[test]
+fn track_interface_faults_and_a_deep_weight_clamps_at_one() -> Result<()> {
+    let lab = pair_lab()?;
+    let d1 = &lab.directors[0];
+    d1.ns.ip(&[
+        "link", "add", "trk0", "type", "veth", "peer", "name", "trk1",
+    ])?;
+    d1.ns.ip(&["link", "set", "trk0", "up"])?;
+    d1.ns.ip(&["link", "set", "trk1", "up"])?;
+    let flag = lab.path("healthy");
+    std::fs::write(&flag, "")?;
+    let script = format!(
+        "\n[[vrrp_script]]\nname = \"chk\"\nscript = \"/usr/bin/test -e {}\"\ninterval = 0.2\nweight = -250\n",
+        flag.display()
+    );
+    let c1 = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        &format!("{FAST}\ntrack_interface = [\"trk0\"]\ntrack_script = [\"chk\"]"),
+    )? + &script;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
+    let p1 = lab.write("director1.toml", &c1)?;
+    let p2 = lab.write("director2.toml", &c2)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+
+    d1.ns.ip(&["link", "set", "trk0", "down"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    ensure!(!d1.holds_vip()?, "a faulted master kept the VIP");
+    d1.ns.ip(&["link", "set", "trk0", "up"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+
+    std::fs::remove_file(&flag)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
+    let st = scenario::status(&s1)?;
+    ensure!(st["vrrp"][0]["effective_priority"] == 1, "{st}");
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// With `garp_master_refresh = 1` the master announces the VIP every
+/// second: a client whose entry for the VIP was poisoned is healed within
+/// three seconds (without refreshes it would keep the wrong MAC until its
+/// entry ages out, tens of seconds).
+#[test]
+fn garp_master_refresh_heals_a_poisoned_client() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let config = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        "standalone = true\ngarp_master_delay = 1\ngarp_master_refresh = 1",
+    )?;
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::assert_carries(&lab, 0, VIP.into(), &state, 5)?;
+    let bogus = "02:00:00:00:99:99";
+    lab.client.ns.ip(&[
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        bogus,
+        "dev",
+        "eth0",
+        "nud",
+        "reachable",
+    ])?;
+    let mac = lab.directors[0].mac()?;
+    // (The kernel lets an announcement override an entry updated less
+    // than a second ago only after that second: locktime.)
+    let deadline = std::time::Instant::now() + Duration::from_millis(3000);
+    loop {
+        let out = lab
+            .client
+            .ns
+            .ip(&["neigh", "show", &VIP.to_string(), "dev", "eth0"])?;
+        let entry = String::from_utf8_lossy(&out.stdout).to_string();
+        if entry.contains(&mac) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "still poisoned after 3 s: {entry}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `alpha`: a real server starts down until its checks pass. rs2 does not
+/// answer (its web server is stopped) and its first check is far off
+/// (`warmup`): with alpha no request reaches it meanwhile, and the status
+/// says it is down from the start.
+#[test]
+fn alpha_keeps_unchecked_servers_out() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    lab.stop_http(1)?;
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\nalpha = true\n\n  [[virtual_server.real_server]]\n  address = \"{}\"\n\n  [[virtual_server.real_server]]\n  address = \"{}\"\n  [virtual_server.real_server.tcp_check]\n  warmup = 30\n  connect_timeout = 1\n",
+        lab.real_servers[0].ip, lab.real_servers[1].ip
+    ));
+    let path = lab.write("director1.toml", &c)?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let st = scenario::wait_status(&state, Duration::from_secs(10), |s| {
+        s["virtual_servers"][0]["real_servers"][0]["mac"].is_string()
+    })?;
+    ensure!(
+        st["virtual_servers"][0]["real_servers"][1]["healthy"] == false,
+        "an unchecked server counts as healthy with alpha: {st}"
+    );
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 30, Duration::from_secs(1)))?;
+    ensure!(t.ok == 30, "requests reached the unchecked rs2: {t:?}");
+    Ok(())
+}
+
+/// On a veth (which has native XDP), `xdp_mode = "auto"` attaches in
+/// native (driver) mode, and `ip link` shows it as such.
+#[test]
+fn auto_mode_attaches_natively_where_the_driver_can() -> Result<()> {
+    let lab = Lab::build(&LabSpec::default())?;
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let path = lab.write(
+        "director1.toml",
+        &scenario::http_config(&lab, "director1", &servers)?,
+    )?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let st = scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    ensure!(st["xdp_mode"] == "native", "{st}");
+    let out = lab.directors[0].ns.ip(&["-d", "link", "show", "eth0"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("xdp ") || text.contains("xdpdrv"),
+        "not a driver-mode attachment: {text}"
+    );
+    ensure!(!text.contains("xdpgeneric"), "generic mode: {text}");
+    Ok(())
+}
