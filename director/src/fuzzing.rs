@@ -57,18 +57,31 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// The keepalived.conf importer: never panics; whatever it produces is
-/// valid TOML. (Includes are refused: fuzz input must not read files.)
+/// The keepalived.conf importer: never panics; whatever it produces passes
+/// `check-config`. The input may hold several files: lines `#@ NAME` start
+/// a new one (`/fuzz/NAME`); the first is `/fuzz/keepalived.conf`. Includes
+/// are read from those, never from the disk.
 pub fn import_keepalived(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if text.contains("include") {
-        return;
+    let main = std::path::PathBuf::from("/fuzz/keepalived.conf");
+    let mut files = std::collections::BTreeMap::new();
+    let mut name = main.clone();
+    let mut body = String::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(next) = line.strip_prefix("#@ ") {
+            files.insert(name, std::mem::take(&mut body));
+            name = Path::new("/fuzz").join(next.trim().trim_start_matches('/'));
+        } else {
+            body.push_str(line);
+        }
     }
-    if let Ok(imp) = crate::import::import_text(Path::new("/nonexistent/keepalived.conf"), text) {
-        toml::from_str::<toml::Table>(&imp.toml)
-            .unwrap_or_else(|e| panic!("the import is not TOML: {e}\n{}", imp.toml));
+    files.insert(name, body);
+    let src = crate::import::InMemory(files);
+    if let Ok(imp) = crate::import::import_from(&src, &main) {
+        crate::config::Config::parse(Path::new("imported.toml"), &imp.toml)
+            .unwrap_or_else(|e| panic!("the import does not pass check-config: {e}\n{}", imp.toml));
     }
 }
 
@@ -114,20 +127,22 @@ pub fn ipvs_reply(data: &[u8]) {
     let Ok(attrs) = parse_attrs(data, Level::Command) else {
         return;
     };
-    for (kind, stats64, stats32) in [
-        (CMD_ATTR_SERVICE, SVC_ATTR_STATS64, SVC_ATTR_STATS),
-        (CMD_ATTR_DEST, DEST_ATTR_STATS64, DEST_ATTR_STATS),
-    ] {
-        if let Some(n) = nest(&attrs, kind) {
-            for v6 in [false, true] {
-                let _ = get_addr(n, SVC_ATTR_ADDR, v6);
-            }
-            let _ = (get_u16(n, SVC_ATTR_AF), get_port(n, SVC_ATTR_PORT));
-            let _ = (
-                get_u32(n, DEST_ATTR_WEIGHT),
-                get_string(n, SVC_ATTR_SCHED_NAME),
-            );
-            let _ = crate::dataplane::ipvs::traffic(n, stats64, stats32);
+    // What the dataplane reads from replies, with its own readers.
+    if let Some((id, service)) = crate::dataplane::ipvs::read_service(&attrs) {
+        let _ = (
+            id.port,
+            service.scheduler.len(),
+            service.flags,
+            service.timeout,
+        );
+        if let Some(s) = nest(&attrs, CMD_ATTR_SERVICE) {
+            let _ = crate::dataplane::ipvs::traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS);
+        }
+    }
+    for v6 in [false, true] {
+        if let Some((_, d)) = crate::dataplane::ipvs::read_dest(&attrs, v6) {
+            let _ = get_u32(&d, DEST_ATTR_WEIGHT);
+            let _ = crate::dataplane::ipvs::traffic(&d, DEST_ATTR_STATS64, DEST_ATTR_STATS);
         }
     }
     let msg = IpvsMessage {

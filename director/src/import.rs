@@ -28,6 +28,72 @@ pub enum ImportError {
         line: usize,
         message: String,
     },
+    /// The translation would not pass `check-config`: refused rather than
+    /// printed.
+    #[error(
+        "{file}: cannot be imported: the translation is not a valid director config ({problem}); nothing was printed"
+    )]
+    Invalid { file: PathBuf, problem: String },
+}
+
+/// Where an import reads its files (the disk, or memory for fuzzing).
+pub trait Sources {
+    /// The text of `path`.
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+    /// The files matching `pattern` (relative to `base` unless absolute;
+    /// `*` and `?` in the last component), sorted.
+    fn glob(&self, base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>>;
+}
+
+/// The real file system.
+pub struct Disk;
+
+impl Sources for Disk {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn glob(&self, base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+        expand_glob(base, pattern)
+    }
+}
+
+/// Files held in memory (`cargo xtask fuzz`: includes without the disk).
+pub struct InMemory(pub std::collections::BTreeMap<PathBuf, String>);
+
+impl Sources for InMemory {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    fn glob(&self, base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+        let full = if Path::new(pattern).is_absolute() {
+            PathBuf::from(pattern)
+        } else {
+            base.join(pattern)
+        };
+        let name = full
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if !name.contains(['*', '?']) {
+            return Ok(vec![full]);
+        }
+        let dir = full.parent().unwrap_or(Path::new("."));
+        Ok(self
+            .0
+            .keys()
+            .filter(|p| {
+                p.parent() == Some(dir)
+                    && p.file_name()
+                        .is_some_and(|n| wildcard(&name, &n.to_string_lossy()))
+            })
+            .cloned()
+            .collect())
+    }
 }
 
 /// Where a statement came from.
@@ -146,16 +212,22 @@ fn lex(text: &str) -> Vec<(Tok, usize)> {
 type Token = (Tok, Origin);
 
 /// Reads `path`, expanding `include` statements in place.
-fn tokens(path: &Path, depth: usize, out: &mut Vec<Token>) -> Result<(), ImportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+fn tokens(
+    src: &dyn Sources,
+    path: &Path,
+    depth: usize,
+    out: &mut Vec<Token>,
+) -> Result<(), ImportError> {
+    let text = src.read(path).map_err(|source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    tokens_of(path, &text, depth, out)
+    tokens_of(src, path, &text, depth, out)
 }
 
 /// The tokens of `text` (read from `path`), expanding includes.
 fn tokens_of(
+    src: &dyn Sources,
     path: &Path,
     text: &str,
     depth: usize,
@@ -186,11 +258,14 @@ fn tokens_of(
                 });
             }
             let base = path.parent().unwrap_or(Path::new("."));
-            for file in expand_glob(base, pattern).map_err(|source| ImportError::Read {
-                path: base.join(pattern),
-                source,
-            })? {
-                tokens(&file, depth + 1, out)?;
+            for file in src
+                .glob(base, pattern)
+                .map_err(|source| ImportError::Read {
+                    path: base.join(pattern),
+                    source,
+                })?
+            {
+                tokens(src, &file, depth + 1, out)?;
             }
             // Skip to the end of the include line.
             while i < toks.len() && toks[i].0 != Tok::EndOfLine {
@@ -350,17 +425,29 @@ fn parse_block(toks: &[Token], pos: &mut usize, depth: usize) -> Result<Vec<Node
 
 /// Reads `path` (and its includes) and translates it.
 pub fn import(path: &Path) -> Result<Import, ImportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
+    import_from(&Disk, path)
+}
+
+/// Reads `path` (and its includes) from `src` and translates it. The
+/// result always passes `check-config`: a translation that would not is
+/// refused ([`ImportError::Invalid`]).
+pub fn import_from(src: &dyn Sources, path: &Path) -> Result<Import, ImportError> {
+    let text = src.read(path).map_err(|source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    import_text(path, &text)
+    import_text_from(src, path, &text)
 }
 
-/// Translates `text`, as read from `path` (includes are relative to it).
+/// Translates `text`, as read from `path` (includes are relative to it,
+/// read from the disk).
 pub fn import_text(path: &Path, text: &str) -> Result<Import, ImportError> {
+    import_text_from(&Disk, path, text)
+}
+
+fn import_text_from(src: &dyn Sources, path: &Path, text: &str) -> Result<Import, ImportError> {
     let mut toks = Vec::new();
-    tokens_of(path, text, 0, &mut toks)?;
+    tokens_of(src, path, text, 0, &mut toks)?;
     let nodes = parse(&toks)?;
     let mut t = Translator::default();
     t.run(&nodes);
@@ -386,6 +473,13 @@ pub fn import_text(path: &Path, text: &str) -> Result<Import, ImportError> {
     }
     out.push('\n');
     out.push_str(&toml::to_string(&t.doc).unwrap_or_default());
+    // The contract: what is printed passes check-config.
+    if let Err(e) = crate::config::Config::parse(Path::new("imported.toml"), &out) {
+        return Err(ImportError::Invalid {
+            file: path.to_path_buf(),
+            problem: e.to_string(),
+        });
+    }
     Ok(Import {
         toml: out,
         warnings: t.warnings,
@@ -1113,6 +1207,35 @@ impl Translator {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn includes_come_from_the_sources_given() {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert(
+            PathBuf::from("/m/keepalived.conf"),
+            "include conf.d/*.conf\nvrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  virtual_ipaddress {\n    10.0.0.100\n  }\n}\n".to_string(),
+        );
+        files.insert(
+            PathBuf::from("/m/conf.d/vs.conf"),
+            "virtual_server 10.0.0.100 80 {\n  protocol TCP\n  real_server 10.0.0.20 80 {\n  }\n}\n".to_string(),
+        );
+        let imp = import_from(&InMemory(files), Path::new("/m/keepalived.conf")).expect("imports");
+        let cfg: toml::Table = toml::from_str(&imp.toml).expect("toml");
+        assert_eq!(
+            cfg["virtual_server"][0]["real_server"][0]["address"].as_str(),
+            Some("10.0.0.20")
+        );
+        // Nothing is read from the disk: a missing include is an error.
+        let mut files = std::collections::BTreeMap::new();
+        files.insert(
+            PathBuf::from("/m/k.conf"),
+            "include /etc/hostname\n".to_string(),
+        );
+        assert!(matches!(
+            import_from(&InMemory(files), Path::new("/m/k.conf")),
+            Err(ImportError::Read { .. })
+        ));
+    }
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -78,6 +78,15 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
                 .unwrap_or_else(|| "?".into())
         };
         let crashed = !out.status.success();
+        let executions: u64 = stat("number_of_executed_units").parse().unwrap_or(0);
+        if !crashed && executions == 0 {
+            // A target that ran nothing proved nothing.
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            for l in tail.iter().rev() {
+                println!("    | {l}");
+            }
+            failed.push(*t);
+        }
         println!(
             "  {t:<18} {:>12} executions, {:>5} corpus inputs, peak RSS {} MB{}",
             stat("number_of_executed_units"),
@@ -104,7 +113,10 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        bail!("fuzz targets crashed: {}", failed.join(", "));
+        bail!(
+            "fuzz targets crashed or ran no input: {}",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -92,10 +92,10 @@ pub fn scheduler_name(s: Scheduler) -> &'static str {
 
 /// What the kernel has for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct KernelService {
-    scheduler: String,
-    flags: u32,
-    timeout: u32,
+pub(crate) struct KernelService {
+    pub(crate) scheduler: String,
+    pub(crate) flags: u32,
+    pub(crate) timeout: u32,
 }
 
 /// The IPVS dataplane.
@@ -167,37 +167,7 @@ impl IpvsDataplane {
 
     fn services(&self) -> Result<BTreeMap<ServiceId, KernelService>, IpvsError> {
         let replies = self.request(CMD_GET_SERVICE, Vec::new(), true, "listing services")?;
-        let mut out = BTreeMap::new();
-        for r in replies {
-            let Some(s) = nest(&r, CMD_ATTR_SERVICE) else {
-                continue;
-            };
-            let v6 = get_u16(s, SVC_ATTR_AF) == Some(10);
-            let (Some(address), Some(port), Some(protocol)) = (
-                get_addr(s, SVC_ATTR_ADDR, v6),
-                get_port(s, SVC_ATTR_PORT),
-                get_u16(s, SVC_ATTR_PROTOCOL),
-            ) else {
-                continue; // fwmark services are not ours
-            };
-            let flags = raw(s, SVC_ATTR_FLAGS)
-                .and_then(|b| b.get(..4))
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
-            out.insert(
-                ServiceId {
-                    address,
-                    port,
-                    protocol,
-                },
-                KernelService {
-                    scheduler: get_string(s, SVC_ATTR_SCHED_NAME).unwrap_or_default(),
-                    flags,
-                    timeout: get_u32(s, SVC_ATTR_TIMEOUT).unwrap_or(0),
-                },
-            );
-        }
-        Ok(out)
+        Ok(replies.iter().filter_map(|r| read_service(r)).collect())
     }
 
     /// The destinations of a service: address -> (weight, forwarding, attrs).
@@ -209,14 +179,7 @@ impl IpvsDataplane {
             &format!("listing the real servers of {}", id.name()),
         )?;
         let v6 = id.address.is_ipv6();
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| {
-                let d = nest(&r, CMD_ATTR_DEST)?.to_vec();
-                let v6 = get_u16(&d, DEST_ATTR_ADDR_FAMILY).map_or(v6, |f| f == 10);
-                Some((get_addr(&d, DEST_ATTR_ADDR, v6)?, d))
-            })
-            .collect())
+        Ok(replies.iter().filter_map(|r| read_dest(r, v6)).collect())
     }
 
     /// The service flags for a plan: persistence, and for `mh` the port
@@ -423,6 +386,38 @@ impl IpvsDataplane {
 }
 
 /// Statistics from a service or destination: 64-bit if present.
+/// A service of a GET_SERVICE reply (`None` for fwmark services, which are
+/// never ours, and for replies missing what identifies a service).
+pub(crate) fn read_service(reply: &[Attr]) -> Option<(ServiceId, KernelService)> {
+    let s = nest(reply, CMD_ATTR_SERVICE)?;
+    let v6 = get_u16(s, SVC_ATTR_AF) == Some(10);
+    let id = ServiceId {
+        address: get_addr(s, SVC_ATTR_ADDR, v6)?,
+        port: get_port(s, SVC_ATTR_PORT)?,
+        protocol: get_u16(s, SVC_ATTR_PROTOCOL)?,
+    };
+    let flags = raw(s, SVC_ATTR_FLAGS)
+        .and_then(|b| b.get(..4))
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0);
+    Some((
+        id,
+        KernelService {
+            scheduler: get_string(s, SVC_ATTR_SCHED_NAME).unwrap_or_default(),
+            flags,
+            timeout: get_u32(s, SVC_ATTR_TIMEOUT).unwrap_or(0),
+        },
+    ))
+}
+
+/// A destination of a GET_DEST reply: its address and attributes (the
+/// family defaults to the service's, `v6`).
+pub(crate) fn read_dest(reply: &[Attr], v6: bool) -> Option<(IpAddr, Vec<Attr>)> {
+    let d = nest(reply, CMD_ATTR_DEST)?.to_vec();
+    let v6 = get_u16(&d, DEST_ATTR_ADDR_FAMILY).map_or(v6, |f| f == 10);
+    Some((get_addr(&d, DEST_ATTR_ADDR, v6)?, d))
+}
+
 pub(crate) fn traffic(attrs: &[Attr], stats64: u16, stats32: u16) -> Traffic {
     if let Some(s) = nest(attrs, stats64) {
         return Traffic {
