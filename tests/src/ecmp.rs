@@ -49,11 +49,27 @@ pub struct EcmpLab {
     pub lab: Lab,
 }
 
+/// How the directors of an ECMP lab announce.
+#[derive(Debug, Clone, Default)]
+pub struct EcmpOptions {
+    /// Extra keys of `global.bgp` (for example `mode = "both"`).
+    pub bgp: String,
+    /// VRRP between the directors for the VIP (priorities 150, 100, ...):
+    /// with `mode = "both"` only the master announces.
+    pub vrrp: bool,
+}
+
 impl EcmpLab {
     /// Builds the topology with `n` directors and `servers` real servers,
     /// and waits until the router has a route to the VIP through all of
     /// them.
     pub fn start(n: usize, servers: usize) -> Result<EcmpLab> {
+        Self::start_with(n, servers, &EcmpOptions::default())
+    }
+
+    /// [`EcmpLab::start`] with options; with VRRP it waits for the route
+    /// through director1 (the master) only.
+    pub fn start_with(n: usize, servers: usize, options: &EcmpOptions) -> Result<EcmpLab> {
         let lab = Lab::build(&LabSpec {
             directors: n,
             real_servers: servers,
@@ -130,10 +146,21 @@ impl EcmpLab {
             )?;
             birds.push(b);
             let mut c = scenario::global_config(&lab, &d.name)?;
+            let extra = if options.bgp.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", options.bgp)
+            };
             c.push_str(&format!(
-                "bgp = {{ bird_socket = \"{}\", withdraw_wait = 3 }}\n",
+                "bgp = {{ bird_socket = \"{}\", withdraw_wait = 3{extra} }}\n",
                 sock.display()
             ));
+            if options.vrrp {
+                c.push_str(&format!(
+                    "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\npriority = {}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP}/32\"]\n",
+                    150 - 50 * i.min(2)
+                ));
+            }
             c.push_str(&format!(
                 "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
             ));
@@ -146,7 +173,11 @@ impl EcmpLab {
             let path = lab.write(&format!("{}.toml", d.name), &c)?;
             directors.push(scenario::spawn_director(&lab, i, &path)?);
         }
-        let all: Vec<String> = lab.directors.iter().map(|d| d.ip.to_string()).collect();
+        let all: Vec<String> = if options.vrrp {
+            vec![lab.directors[0].ip.to_string()]
+        } else {
+            lab.directors.iter().map(|d| d.ip.to_string()).collect()
+        };
         let e = EcmpLab {
             directors,
             _birds: birds,

@@ -87,3 +87,57 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
     );
     Ok(())
 }
+
+/// `mode = "both"`: only the VRRP master announces the VIP, and only once
+/// it has been eligible for `announce_delay` (2 s); when the master dies
+/// the new master's route replaces it.
+#[test]
+fn mode_both_announces_from_the_vrrp_master_after_the_delay() -> Result<()> {
+    use director_tests::ecmp::EcmpOptions;
+    let mut e = EcmpLab::start_with(
+        2,
+        2,
+        &EcmpOptions {
+            bgp: "mode = \"both\", announce_delay = 2".into(),
+            vrrp: true,
+        },
+    )?;
+    // Only the master's route, and it stays so.
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        e.next_hops()? == ["10.0.0.10"],
+        "the backup announced too: {:?}",
+        e.next_hops()?
+    );
+    let s2 = e.lab.state_dir("director2")?;
+    ensure!(scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("backup"));
+    // The master dies: director2 becomes master, then announces after the
+    // delay (not before).
+    e.kill_director(0)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    let master_at = Instant::now();
+    let deadline = master_at + Duration::from_secs(15);
+    loop {
+        let hops = e.next_hops()?;
+        if hops.contains(&"10.0.0.11".to_string()) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "director2 never announced: {hops:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = master_at.elapsed();
+    ensure!(
+        took >= Duration::from_millis(1800),
+        "announced {took:?} after becoming master: announce_delay is 2 s"
+    );
+    e.wait_hops(&["10.0.0.11"], Duration::from_secs(10))?;
+    let vip = SocketAddr::from((VIP, 80));
+    let t = e
+        .far
+        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "through the new master: {t:?}");
+    Ok(())
+}
