@@ -355,10 +355,15 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     };
     if persistent {
         // SAFETY: copied out at once.
+        // A draining server (weight 0: drained, or failed with
+        // inhibit_on_failure) takes no new connection, even from a client
+        // it served: the client's affinity moves (IPVS needs
+        // expire_quiescent_template for this).
         if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
             && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
             && let Some(b) = backend(p.backend)
             && b.generation == p.generation
+            && b.flags & BACKEND_DRAINING == 0
         {
             let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
             return Ok((p.backend, b));

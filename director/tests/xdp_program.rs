@@ -451,3 +451,62 @@ fn idle_udp_flows_expire_after_udp_timeout() {
         "re-placements are new flows"
     );
 }
+
+/// With persistence, a drained server (weight 0: `real-server drain`, or a
+/// failed server with `inhibit_on_failure`) gets no new connection from a
+/// client it served: the client's affinity moves; its established flows
+/// stay where they are.
+#[test]
+fn persistence_never_sends_new_connections_to_a_draining_server() {
+    let servers = [("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)];
+    let mut plan = vec![service("10.0.0.202", 443, Protocol::Tcp, &servers)];
+    plan[0].persistence_timeout = 60;
+    let mut dp = loaded(&plan);
+    let syn = |client: u8, port: u16| {
+        frames::tcp_frame(
+            IpAddr::from([10, 8, 0, client]),
+            port,
+            ip("10.0.0.202"),
+            443,
+            SYN,
+        )
+    };
+    let ack = |client: u8, port: u16| {
+        frames::tcp_frame(
+            IpAddr::from([10, 8, 0, client]),
+            port,
+            ip("10.0.0.202"),
+            443,
+            ACK,
+        )
+    };
+    // Every client's first connection; their servers.
+    let first: Vec<[u8; 6]> = (1..=30u8).map(|c| run(&dp, &syn(c, 1000)).1).collect();
+    let drained = mac_of(1).0;
+    let on_it: Vec<u8> = (1..=30u8)
+        .filter(|c| first[*c as usize - 1] == drained)
+        .collect();
+    assert!(!on_it.is_empty());
+    plan[0].backends[0].weight = 0;
+    dp.apply(&plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
+    for c in &on_it {
+        // Its open connection stays...
+        assert_eq!(
+            run(&dp, &ack(*c, 1000)).1,
+            drained,
+            "an established flow moved"
+        );
+        // ...but 20 new ones all avoid the draining server, and stick
+        // together elsewhere.
+        let next: BTreeSet<[u8; 6]> = (0..20u16).map(|p| run(&dp, &syn(*c, 2000 + p)).1).collect();
+        assert!(
+            !next.contains(&drained),
+            "client {c}: a new connection went to the draining server"
+        );
+        assert_eq!(next.len(), 1, "client {c}: persistence lost: {next:?}");
+    }
+    // Clients of other servers keep theirs.
+    for c in (1..=30u8).filter(|c| !on_it.contains(c)) {
+        assert_eq!(run(&dp, &syn(c, 3000)).1, first[c as usize - 1]);
+    }
+}

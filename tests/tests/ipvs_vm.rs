@@ -115,6 +115,7 @@ done
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
 echo $! > /tmp/d.pid
 wait_for "ipvs | grep -q 10.0.0.21 && ipvs | grep -q fd00::21" 90 || echo "RESULT start=timeout"
+echo "RESULT quiescent=$(ip netns exec director cat /proc/sys/net/ipv4/vs/expire_quiescent_template)"
 echo BEGIN ipvsadm1; ipvs; echo END ipvsadm1
 echo BEGIN timeouts; ip netns exec director ipvsadm -L --timeout; echo END timeouts
 echo BEGIN requests1; for i in 1 2 3 4 5 6 7 8 9; do get; done; echo END requests1
@@ -204,6 +205,9 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
             .any(|(k, _)| k == "modprobe_failed" || k == "start"),
         "{out}"
     );
+    // Drained servers' persistence templates expire (as XDP never sends
+    // a new connection to a draining server).
+    ensure!(result("quiescent").as_deref() == Some("1"), "{out}");
     // IPVS was not loaded by the boot: the daemon loaded it.
     ensure!(
         result("ipvs_before_daemon").as_deref() == Some("absent"),

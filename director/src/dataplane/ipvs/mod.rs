@@ -134,6 +134,15 @@ impl IpvsDataplane {
     pub fn open(state_dir: &Path) -> Result<IpvsDataplane, IpvsError> {
         modprobe("ip_vs");
         let client = Client::open()?;
+        // A persistent client's template must not keep sending new
+        // connections to a server at weight 0 (drained, or failed with
+        // inhibit_on_failure): the XDP dataplane never does, and IPVS only
+        // with this (per network namespace) setting.
+        let quiescent = Path::new("/proc/sys/net/ipv4/vs/expire_quiescent_template");
+        match std::fs::write(quiescent, "1") {
+            Ok(()) => {}
+            Err(e) => warn!(error = %e, path = %quiescent.display(), "cannot expire persistence templates of drained servers"),
+        }
         let owned_path = state_dir.join(OWNED_FILE);
         let owned = read_owned(&owned_path);
         if !owned.is_empty() {
