@@ -91,6 +91,10 @@ pub struct VrrpInstance {
     /// Interfaces whose loss puts the instance in Fault.
     #[serde(default)]
     pub track_interface: Vec<String>,
+    /// Do not track the instance's own interface (by default its loss puts
+    /// the instance in Fault, as keepalived does).
+    #[serde(default)]
+    pub dont_track_primary: bool,
     /// `[[vrrp_script]]` names that adjust priority or force Fault.
     #[serde(default)]
     pub track_script: Vec<String>,

@@ -832,7 +832,9 @@ impl Translator {
                 "use_vmac" | "vmac_xmit_base" => {
                     self.warn(c, "VMACs are not supported: the interface's MAC is used")
                 }
-                "dont_track_primary" => self.warn(c, "the interface is always tracked"),
+                "dont_track_primary" => {
+                    t.insert("dont_track_primary".into(), Value::Boolean(true));
+                }
                 "smtp_alert" => self.warn(c, "director sends no mail"),
                 "native_ipv6" => {}
                 _ => self.warn(c, "no director equivalent"),

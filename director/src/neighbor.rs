@@ -92,7 +92,7 @@ impl Neighbors {
     pub async fn open(interface: &str) -> Result<Neighbors, NeighborError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         let connection = tokio::spawn(connection);
-        let link = lookup(&handle, interface)
+        let (link, _) = lookup(&handle, interface)
             .await?
             .ok_or_else(|| NeighborError::NoInterface(interface.to_string()))?;
         Ok(Neighbors {
@@ -105,6 +105,15 @@ impl Neighbors {
 
     /// The interface named `interface` now (`None` when there is none).
     pub async fn lookup(&self, interface: &str) -> Result<Option<LinkInfo>, NeighborError> {
+        Ok(lookup(&self.handle, interface).await?.map(|(l, _)| l))
+    }
+
+    /// [`Neighbors::lookup`], and whether the link is up and running
+    /// (administratively up, with carrier).
+    pub async fn lookup_state(
+        &self,
+        interface: &str,
+    ) -> Result<Option<(LinkInfo, bool)>, NeighborError> {
         lookup(&self.handle, interface).await
     }
 
@@ -195,11 +204,12 @@ impl Neighbors {
     }
 }
 
-/// Looks `interface` up by name: its index and MAC.
+/// Looks `interface` up by name: its index and MAC, and whether it is up
+/// and running.
 async fn lookup(
     handle: &rtnetlink::Handle,
     interface: &str,
-) -> Result<Option<LinkInfo>, NeighborError> {
+) -> Result<Option<(LinkInfo, bool)>, NeighborError> {
     let mut links = handle
         .link()
         .get()
@@ -224,10 +234,18 @@ async fn lookup(
             _ => None,
         })
         .ok_or_else(|| NeighborError::NoMac(interface.to_string()))?;
-    Ok(Some(LinkInfo {
-        index: link.header.index,
-        mac,
-    }))
+    use netlink_packet_route::link::LinkFlags;
+    let running = link
+        .header
+        .flags
+        .contains(LinkFlags::Up | LinkFlags::Running);
+    Ok(Some((
+        LinkInfo {
+            index: link.header.index,
+            mac,
+        },
+        running,
+    )))
 }
 
 /// The address and state of one neighbour message (kernel bytes: a

@@ -182,3 +182,68 @@ fn auto_mode_attaches_natively_where_the_driver_can() -> Result<()> {
     ensure!(!text.contains("xdpgeneric"), "generic mode: {text}");
     Ok(())
 }
+
+/// The instance's own interface is tracked (keepalived does, unless
+/// `dont_track_primary`): a backup whose link goes down goes to Fault, not
+/// Master, and holds no VIP; back up, it is a backup again without a split
+/// brain. A master whose link goes down hands over the same way. With
+/// `dont_track_primary = true` the old behaviour stays available.
+#[test]
+fn the_instances_own_interface_is_tracked() -> Result<()> {
+    let lab = pair_lab()?;
+    let (_d1, _d2) = scenario::vrrp_pair(&lab, FAST)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let transitions = |s: &std::path::Path| -> Result<u64> {
+        Ok(scenario::status(s)?["vrrp"][0]["transitions"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let t1 = transitions(&s1)?;
+    let (d1, d2) = (&lab.directors[0], &lab.directors[1]);
+
+    // The backup's link goes down: Fault, no VIP.
+    d2.ns.ip(&["link", "set", "eth0", "down"])?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "fault", Duration::from_secs(3))?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(!d2.holds_vip()?, "a backup with its link down took the VIP");
+    ensure!(scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("fault"));
+    // Back up: a backup again, the master undisturbed, no split brain.
+    d2.ns.ip(&["link", "set", "eth0", "up"])?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(3))?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
+    ensure!(transitions(&s1)? == t1, "the master moved");
+    for s in [&s1, &s2] {
+        let st = scenario::status(s)?;
+        ensure!(st["vrrp"][0]["split_brains"] == 0, "{st}");
+    }
+
+    // The master's link goes down: Fault, the backup takes over; back up,
+    // it preempts.
+    d1.ns.ip(&["link", "set", "eth0", "down"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(3))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(3))?;
+    d1.ns.ip(&["link", "set", "eth0", "up"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(5))?;
+    // A preemption is no split brain either.
+    for s in [&s1, &s2] {
+        let st = scenario::status(s)?;
+        ensure!(st["vrrp"][0]["split_brains"] == 0, "{st}");
+    }
+    Ok(())
+}
+
+/// `dont_track_primary = true`: the own interface is not tracked.
+#[test]
+fn dont_track_primary_opts_out() -> Result<()> {
+    let lab = pair_lab()?;
+    let extra = format!("{FAST}\ndont_track_primary = true");
+    let (_d1, _d2) = scenario::vrrp_pair(&lab, &extra)?;
+    let s2 = lab.state_dir("director2")?;
+    lab.directors[1].ns.ip(&["link", "set", "eth0", "down"])?;
+    // It hears nothing more and takes over, as keepalived would.
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(3))?;
+    Ok(())
+}

@@ -70,9 +70,13 @@ pub enum Action {
         from: State,
         to: State,
     },
-    /// As master we heard another master for our virtual router: a split
-    /// brain (adverts were lost between us). `yielded` says which of us
-    /// stays (RFC 5798 6.4.3 decides).
+    /// As master for longer than a Master_Down_Interval we heard another,
+    /// lower-priority master for our virtual router: it cannot have heard
+    /// us, so adverts were lost between us (a split brain). We stay
+    /// (RFC 5798 6.4.3); `yielded` is kept for the log's wording and is
+    /// false. (A higher-priority master is a preemption or the other side
+    /// of a healing split, indistinguishable here: we just yield; two
+    /// routers that both just became master are an election race.)
     SplitBrain {
         other: IpAddr,
         yielded: bool,
@@ -107,6 +111,8 @@ pub struct Machine {
     deadline: Option<Instant>,
     started: Option<Instant>,
     master: Option<IpAddr>,
+    /// When we last became master.
+    master_since: Option<Instant>,
     transitions: u64,
 }
 
@@ -124,6 +130,7 @@ impl Machine {
             deadline: None,
             started: None,
             master: None,
+            master_since: None,
             transitions: 0,
         }
     }
@@ -196,6 +203,7 @@ impl Machine {
         actions.push(Action::Announce);
         self.master_adver_interval_cs = self.params.advert_interval_cs;
         self.deadline = Some(now + self.advert_interval());
+        self.master_since = Some(now);
         self.go(State::Master, actions);
     }
 
@@ -351,10 +359,6 @@ impl Machine {
                 } else if priority > self.priority
                     || (priority == self.priority && src > self.params.primary)
                 {
-                    actions.push(Action::SplitBrain {
-                        other: src,
-                        yielded: true,
-                    });
                     if self.params.version == 3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
@@ -365,10 +369,15 @@ impl Machine {
                     // assert ourselves at once (it yields on this advert, not
                     // an interval later) and re-announce our addresses, so
                     // clients that followed the other master come back.
-                    actions.push(Action::SplitBrain {
-                        other: src,
-                        yielded: false,
+                    let settled = self.master_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) > self.master_down_interval()
                     });
+                    if settled {
+                        actions.push(Action::SplitBrain {
+                            other: src,
+                            yielded: false,
+                        });
+                    }
                     actions.push(Action::SendAdvert(self.priority));
                     actions.push(Action::Announce);
                     self.deadline = Some(now + self.advert_interval());
@@ -519,7 +528,7 @@ mod tests {
         m.step(Event::Startup, t0);
         m.step(Event::Timer, t0 + m.master_down_interval());
         assert_eq!(m.state(), State::Master);
-        let t1 = t0 + Duration::from_secs(5);
+        let t1 = t0 + Duration::from_secs(10);
         // Lower priority: we stay; the split brain is reported and we assert
         // ourselves at once.
         let a = m.step(advert("10.0.0.11", 50, 100), t1);
@@ -542,11 +551,33 @@ mod tests {
         let a = m.step(advert("10.0.0.11", 100, 100), t1);
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
         assert!(a.contains(&Action::RemoveAddresses));
-        assert!(a.contains(&Action::SplitBrain {
-            other: ip("10.0.0.11"),
-            yielded: true
-        }));
+        // A preemption (or the other side of a healing split): no report.
+        assert!(!a.iter().any(|x| matches!(x, Action::SplitBrain { .. })));
         assert_eq!(m.master(), Some(ip("10.0.0.11")));
+    }
+
+    #[test]
+    fn an_election_race_is_not_a_split_brain() {
+        // Both routers start together and both become master; the lower
+        // one's advert arrives right after: we assert ourselves, but no
+        // adverts were lost, so nothing is reported.
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(3, 150, 10));
+        m.step(Event::Startup, t0);
+        let t1 = t0 + m.master_down_interval();
+        m.step(Event::Timer, t1);
+        assert_eq!(m.state(), State::Master);
+        let a = m.step(advert("10.0.0.11", 100, 10), t1 + Duration::from_millis(20));
+        assert_eq!(a, vec![Action::SendAdvert(150), Action::Announce]);
+        // Much later, a lower-priority master is a split brain.
+        let a = m.step(advert("10.0.0.11", 100, 10), t1 + Duration::from_secs(2));
+        assert_eq!(
+            a[0],
+            Action::SplitBrain {
+                other: ip("10.0.0.11"),
+                yielded: false
+            }
+        );
     }
 
     #[test]

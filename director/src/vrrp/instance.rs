@@ -380,6 +380,10 @@ struct HbPath {
 }
 
 /// The next advert from any extra path (never, without any).
+/// How long the own interface must be back up before an instance leaves
+/// Fault (a switch port forwards only after its own link handling).
+const PRIMARY_SETTLE: Duration = Duration::from_secs(1);
+
 /// Opens the instance's socket. An IPv6 source address still in duplicate
 /// address detection (an interface just brought up: its link-local address
 /// is tentative for about a second) cannot be bound yet: wait for it, up to
@@ -440,6 +444,10 @@ struct Runner {
     /// changes.
     iface: String,
     ifindex: u32,
+    /// Whether the own interface is up and running (tracked unless
+    /// `dont_track_primary`), and since when it is (`None`: down).
+    primary_up: bool,
+    primary_up_since: Option<std::time::Instant>,
     handle: rtnetlink::Handle,
     links: Neighbors,
     socket: VrrpSocket,
@@ -585,6 +593,8 @@ impl Runner {
             following: false,
             iface,
             ifindex: link.index,
+            primary_up: true,
+            primary_up_since: std::time::Instant::now().checked_sub(PRIMARY_SETTLE),
             handle,
             links,
             socket,
@@ -744,9 +754,23 @@ impl Runner {
     /// announces it at once). Retried every tick until it succeeds.
     async fn follow_interface(&mut self) {
         let old = self.links.link();
-        let now = match self.links.lookup(&self.iface).await {
-            Ok(Some(now)) if now != old => now,
-            _ => return,
+        let now = match self.links.lookup_state(&self.iface).await {
+            Ok(Some((now, up))) => {
+                if up && !self.primary_up {
+                    self.primary_up_since = Some(std::time::Instant::now());
+                }
+                self.primary_up = up;
+                if now == old {
+                    return;
+                }
+                now
+            }
+            Ok(None) => {
+                // Deleted: down until it is back.
+                self.primary_up = false;
+                return;
+            }
+            Err(_) => return,
         };
         let name = self.cfg.name.clone();
         if now.index != old.index {
@@ -794,7 +818,16 @@ impl Runner {
 
     /// (fault, effective priority) from tracked interfaces and scripts.
     fn tracking(&self) -> (bool, u8) {
-        let mut fault = false;
+        // The own interface (keepalived's default; `dont_track_primary`
+        // opts out): a VRRP router whose link is down cannot be master.
+        // A link that just came back is given PRIMARY_SETTLE before the
+        // instance leaves Fault: the switch may forward nothing yet, and a
+        // backup that heard no master meanwhile would claim the VIP (a
+        // split brain).
+        let settled = self
+            .primary_up_since
+            .is_some_and(|t| t.elapsed() >= PRIMARY_SETTLE);
+        let mut fault = !self.cfg.dont_track_primary && !(self.primary_up && settled);
         for i in &self.cfg.track_interface {
             let state = std::fs::read_to_string(format!("/sys/class/net/{i}/operstate"))
                 .unwrap_or_default();

@@ -141,7 +141,9 @@ impl IpvsDataplane {
         let quiescent = Path::new("/proc/sys/net/ipv4/vs/expire_quiescent_template");
         match std::fs::write(quiescent, "1") {
             Ok(()) => {}
-            Err(e) => warn!(error = %e, path = %quiescent.display(), "cannot expire persistence templates of drained servers"),
+            Err(e) => {
+                warn!(error = %e, path = %quiescent.display(), "cannot expire persistence templates of drained servers")
+            }
         }
         let owned_path = state_dir.join(OWNED_FILE);
         let owned = read_owned(&owned_path);
