@@ -467,3 +467,63 @@ fn split_brain_is_detected_reported_and_healed() -> Result<()> {
     scenario::assert_carries(&lab, 0, VIP.into(), &s1, 20)?;
     Ok(())
 }
+
+/// A lasting split brain (director2 hears nothing, director1 hears
+/// director2's adverts ten times a second) is reported once per 10 s
+/// through the generic `notify` with SPLIT_BRAIN, and never runs
+/// `notify_stop`.
+#[test]
+fn a_lasting_split_brain_is_notified_once_and_never_as_a_stop() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let log = lab.path("notify.log");
+    let stop = lab.path("stop.log");
+    let extra = format!(
+        "{FAST}\nnotify = \"/bin/sh -c 'echo \\\"$*\\\" >> {}' notify\"\nnotify_stop = \"/bin/sh -c 'echo stop >> {}'\"",
+        log.display(),
+        stop.display()
+    );
+    let _d1 = start(
+        &lab,
+        0,
+        &scenario::vrrp_config(&lab, "director1", 150, &extra)?,
+    )?;
+    let _d2 = start(
+        &lab,
+        1,
+        &scenario::vrrp_config(&lab, "director2", 100, FAST)?,
+    )?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let nft = |args: &str| -> Result<()> {
+        lab.directors[1].ns.exec("nft", &[args])?;
+        Ok(())
+    };
+    nft("add table inet lab")?;
+    nft("add chain inet lab input { type filter hook input priority 0 ; }")?;
+    nft("add rule inet lab input meta l4proto 112 drop")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
+    let st = scenario::status(&s1)?;
+    ensure!(
+        st["vrrp"][0]["split_brains"].as_u64() >= Some(10),
+        "the adverts of the other master were not all counted: {st}"
+    );
+    let notes = std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(
+        notes.matches("SPLIT_BRAIN").count() == 1,
+        "split brain notified {} times in 3 s:\n{notes}",
+        notes.matches("SPLIT_BRAIN").count()
+    );
+    ensure!(
+        !stop.exists(),
+        "notify_stop ran during a split brain: {}",
+        std::fs::read_to_string(&stop).unwrap_or_default()
+    );
+    nft("delete table inet lab")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(3))?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     fsm::{Action, Event, Machine, Params, State},
     net::{self, NetError, Received, VrrpSocket},
+    notify::Notifier,
     packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
 };
 use crate::{
@@ -313,7 +314,7 @@ async fn run_all(
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
     let scripts = start_scripts(&scripts);
-    let notifier = start_notifier();
+    let notifier = Notifier::start();
     type GroupShared = (
         VrrpSyncGroup,
         broadcast::Sender<(String, State)>,
@@ -380,6 +381,9 @@ struct HbPath {
 }
 
 /// The next advert from any extra path (never, without any).
+/// At most one split-brain notification per instance this often.
+const SPLIT_NOTE_EVERY: Duration = Duration::from_secs(10);
+
 /// How long the own interface must be back up before an instance leaves
 /// Fault (a switch port forwards only after its own link handling).
 const PRIMARY_SETTLE: Duration = Duration::from_secs(1);
@@ -456,7 +460,9 @@ struct Runner {
     status: Arc<Mutex<InstanceStatus>>,
     scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
     quorum: QuorumBoard,
-    notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
+    notifier: Notifier,
+    /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
+    split_noted: Option<std::time::Instant>,
     garp_at: Option<Instant>,
     garp_bursts_left: u32,
     /// When the last valid advert from another router arrived.
@@ -472,7 +478,7 @@ impl Runner {
         iface: String,
         status: Arc<Mutex<InstanceStatus>>,
         scripts: &BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
-        notifier: mpsc::UnboundedSender<Vec<Vec<String>>>,
+        notifier: Notifier,
         group: Option<SyncGroup>,
         quorum: QuorumBoard,
     ) -> Result<Runner, VrrpError> {
@@ -604,6 +610,7 @@ impl Runner {
             scripts,
             quorum,
             notifier,
+            split_noted: None,
             garp_at: None,
             garp_bursts_left: 0,
             last_advert: None,
@@ -1004,7 +1011,16 @@ impl Runner {
                         "VRRP split brain: another master for our virtual router"
                     );
                     self.bump(|s| s.split_brains += 1);
-                    self.notify("SPLIT_BRAIN");
+                    // Its own notification (never notify_stop), at most
+                    // once per SPLIT_NOTE_EVERY: a lasting split brain
+                    // brings one advert per interval.
+                    if self
+                        .split_noted
+                        .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
+                    {
+                        self.split_noted = Some(std::time::Instant::now());
+                        self.notify("SPLIT_BRAIN");
+                    }
                 }
                 Action::Transition { from, to } => {
                     let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
@@ -1150,11 +1166,14 @@ impl Runner {
 
     /// Queues the notify scripts for `state` (run in order, off this loop).
     fn notify(&self, state: &str) {
+        let none = None;
         let specific = match state {
             "MASTER" => &self.cfg.notify_master,
             "BACKUP" => &self.cfg.notify_backup,
             "FAULT" => &self.cfg.notify_fault,
-            _ => &self.cfg.notify_stop,
+            "STOP" => &self.cfg.notify_stop,
+            // SPLIT_BRAIN: only the generic `notify` hears of it.
+            _ => &none,
         };
         let mut jobs = Vec::new();
         if let Some(cmd) = specific.as_deref().and_then(shlex::split) {
@@ -1169,9 +1188,14 @@ impl Runner {
             ]);
             jobs.push(cmd);
         }
-        if !jobs.is_empty() {
-            let _ = self.notifier.send(jobs);
-        }
+        // Split-brain reports queue apart: they never replace (nor are
+        // replaced by) a state change.
+        let subject = if state == "SPLIT_BRAIN" {
+            format!("{}/split", self.cfg.name)
+        } else {
+            self.cfg.name.clone()
+        };
+        self.notifier.send(&subject, jobs);
     }
 }
 
@@ -1192,34 +1216,8 @@ impl Runner {
             cmd.extend(["GROUP".to_string(), g.name.clone(), state.to_string()]);
             jobs.push(cmd);
         }
-        if !jobs.is_empty() {
-            let _ = self.notifier.send(jobs);
-        }
+        self.notifier.send(&format!("group {}", g.name), jobs);
     }
-}
-
-/// Runs notify scripts one at a time, in order, each cut at 30 s.
-fn start_notifier() -> mpsc::UnboundedSender<Vec<Vec<String>>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<String>>>();
-    tokio::spawn(async move {
-        while let Some(jobs) = rx.recv().await {
-            for argv in jobs {
-                use crate::script::{Ended, Leftovers, run};
-                let program = argv.first().cloned().unwrap_or_default();
-                match run(&argv, Duration::from_secs(30), 0, Leftovers::Keep).await {
-                    Ok(r) => match r.ended {
-                        Ended::Exited(0) => {}
-                        Ended::TimedOut => {
-                            warn!(script = %program, "notify script killed after 30 s")
-                        }
-                        ended => warn!(script = %program, ?ended, "notify script failed"),
-                    },
-                    Err(e) => warn!(script = %program, error = %e, "cannot run notify script"),
-                }
-            }
-        }
-    });
-    tx
 }
 
 /// Pings a tracked gateway every `interval`; its verdict (`None` until the
