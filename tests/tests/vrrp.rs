@@ -527,3 +527,56 @@ fn a_lasting_split_brain_is_notified_once_and_never_as_a_stop() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(3))?;
     Ok(())
 }
+
+/// A reload that changes a master's notify script and what it tracks
+/// moves nothing: no transition on either side, the VIP stays; the new
+/// tracking is in force (its script failing then moves the VIP).
+#[test]
+fn reloading_notify_or_tracking_does_not_bounce_the_master() -> Result<()> {
+    let lab = lab()?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let flag = lab.path("healthy");
+    std::fs::write(&flag, "")?;
+    let script = format!(
+        "\n[[vrrp_script]]\nname = \"chk\"\nscript = \"/usr/bin/test -e {}\"\ninterval = 0.2\nweight = -100\n",
+        flag.display()
+    );
+    let c1 = |extra: &str| -> Result<String> {
+        Ok(scenario::vrrp_config(&lab, "director1", 150, &format!("{FAST}\n{extra}"))? + &script)
+    };
+    let p1 = lab.write("director1.toml", &c1("notify = \"/bin/true\"")?)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = start(
+        &lab,
+        1,
+        &scenario::vrrp_config(&lab, "director2", 100, FAST)?,
+    )?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let transitions = |s: &std::path::Path| -> Result<u64> {
+        Ok(scenario::status(s)?["vrrp"][0]["transitions"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let (t1, t2) = (transitions(&s1)?, transitions(&s2)?);
+    std::fs::write(
+        &p1,
+        c1("notify = \"/bin/sh -c true\"\ntrack_script = [\"chk\"]\ngarp_master_refresh = 30")?,
+    )?;
+    let (ok, err) = scenario::director_cli(&["reload"], &s1)?;
+    ensure!(ok, "reload: {err}");
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        (transitions(&s1)?, transitions(&s2)?) == (t1, t2),
+        "the reload moved the VIP: transitions {t1}/{t2} -> {}/{}",
+        transitions(&s1)?,
+        transitions(&s2)?
+    );
+    ensure!(lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?);
+    // The new tracking works.
+    std::fs::remove_file(&flag)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    Ok(())
+}

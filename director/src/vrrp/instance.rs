@@ -77,6 +77,8 @@ pub struct InstanceStatus {
 
 enum Command {
     Shutdown(oneshot::Sender<()>),
+    /// A reload changed only what the running instance can take in place.
+    Update(Box<VrrpInstance>),
 }
 
 /// Asks the VRRP thread to start one instance.
@@ -230,6 +232,23 @@ impl Vrrp {
             old.stop().await;
             return Ok(());
         }
+        // Unchanged instances keep running; those whose changes they can
+        // take in place are updated (no priority-0 advert, no VIP move).
+        for h in &mut self.instances {
+            if let Some(new) = config
+                .vrrp_instance
+                .iter()
+                .find(|i| i.name == h.config.name && **i != h.config && soft_change(&h.config, i))
+            {
+                if h.commands
+                    .send(Command::Update(Box::new(new.clone())))
+                    .await
+                    .is_ok()
+                {
+                    h.config = new.clone();
+                }
+            }
+        }
         let keep: Vec<bool> = self
             .instances
             .iter()
@@ -285,6 +304,35 @@ async fn shutdown(h: &Handle) {
     if h.commands.send(Command::Shutdown(tx)).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
     }
+}
+
+/// Whether `new` differs from `old` only in what a running instance takes
+/// in place: notify scripts, tracking (scripts, interfaces, virtual
+/// servers), the priority (except to or from 255, the owner), preemption
+/// settings are not among them (the state machine holds them), nor is
+/// anything of the protocol (VRID, version, interval, addresses, peers,
+/// authentication, interfaces, heartbeat paths, gateways).
+fn soft_change(old: &VrrpInstance, new: &VrrpInstance) -> bool {
+    if (old.priority == 255) != (new.priority == 255) {
+        return false;
+    }
+    let mut probe = new.clone();
+    probe.priority = old.priority;
+    probe.state = old.state;
+    probe.track_interface = old.track_interface.clone();
+    probe.dont_track_primary = old.dont_track_primary;
+    probe.track_script = old.track_script.clone();
+    probe.track_virtual_server = old.track_virtual_server.clone();
+    probe.notify_master = old.notify_master.clone();
+    probe.notify_backup = old.notify_backup.clone();
+    probe.notify_fault = old.notify_fault.clone();
+    probe.notify_stop = old.notify_stop.clone();
+    probe.notify = old.notify.clone();
+    probe.garp_master_delay = old.garp_master_delay;
+    probe.garp_master_repeat = old.garp_master_repeat;
+    probe.garp_master_refresh = old.garp_master_refresh;
+    probe.standalone = old.standalone;
+    probe == *old
 }
 
 /// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
@@ -459,6 +507,9 @@ struct Runner {
     machine: Machine,
     status: Arc<Mutex<InstanceStatus>>,
     scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    /// Every `[[vrrp_script]]`'s verdict, for a reload that changes
+    /// `track_script`.
+    all_scripts: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
     quorum: QuorumBoard,
     notifier: Notifier,
     /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
@@ -573,10 +624,11 @@ impl Runner {
             start_as_master: cfg.state == InitialState::Master,
             primary: src,
         });
+        let scripts_map = scripts;
         let scripts = cfg
             .track_script
             .iter()
-            .filter_map(|n| scripts.get(n).cloned())
+            .filter_map(|n| scripts_map.get(n).cloned())
             .collect();
         info!(
             instance = %cfg.name,
@@ -608,6 +660,7 @@ impl Runner {
             machine,
             status,
             scripts,
+            all_scripts: scripts_map.clone(),
             quorum,
             notifier,
             split_noted: None,
@@ -646,7 +699,14 @@ impl Runner {
             tokio::select! {
                 biased;
                 cmd = commands.recv() => {
-                    let done = cmd.map(|Command::Shutdown(done)| done);
+                    let done = match cmd {
+                        Some(Command::Update(new)) => {
+                            self.update(*new);
+                            continue;
+                        }
+                        Some(Command::Shutdown(done)) => Some(done),
+                        None => None,
+                    };
                     let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
                     self.perform(actions).await;
                     self.notify("STOP");
@@ -753,6 +813,21 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Takes a reload's changes that need no restart of the instance
+    /// (see [`soft_change`]): notify scripts, tracking, priority, gratuitous
+    /// ARP settings. The state, the VIPs and the adverts go on untouched.
+    fn update(&mut self, new: VrrpInstance) {
+        self.scripts = new
+            .track_script
+            .iter()
+            .filter_map(|n| self.all_scripts.get(n).cloned())
+            .collect();
+        info!(instance = %new.name, "VRRP instance updated in place by the reload");
+        let priority = new.priority;
+        self.cfg = new;
+        self.bump(|s| s.priority = priority);
     }
 
     /// Follows the instance's interface when it was re-created (new index:
