@@ -979,6 +979,17 @@ impl Config {
                     ),
                 ));
             }
+            // IPVS forwards every port of an address only for a persistent
+            // service (the kernel refuses port 0 otherwise).
+            if vs.port == 0
+                && vs.persistence_timeout == 0
+                && self.global.dataplane == DataplaneKind::Ipvs
+            {
+                return Err(problem(
+                    at("port"),
+                    "an any-port service (port 0) needs persistence_timeout with dataplane = \"ipvs\" (IPVS only forwards every port for persistent services)",
+                ));
+            }
             if !(vs.delay_loop > 0.0 && vs.delay_loop <= 86_400.0) {
                 return Err(problem(
                     at("delay_loop"),
@@ -1624,6 +1635,17 @@ protocol = "udp"
         assert_eq!(vs.real_server[1].port, None);
         assert_eq!(c.virtual_server[1].protocol, Protocol::Udp);
         assert!(c.virtual_server[1].real_server.is_empty());
+    }
+
+    #[test]
+    fn an_any_port_ipvs_service_needs_persistence() {
+        let text = "[global]\ninterface = \"eth0\"\ndataplane = \"ipvs\"\n\n[[virtual_server]]\naddress = \"10.0.0.100\"\nport = 0\n";
+        let e = err(text);
+        assert!(e.starts_with("test.toml:7:"), "{e}");
+        assert!(e.contains("persistence_timeout"), "{e}");
+        parse(&format!("{text}persistence_timeout = 60\n")).expect("persistent: fine");
+        // The XDP dataplane forwards any port without persistence.
+        parse(&text.replace("dataplane = \"ipvs\"\n", "")).expect("xdp: fine");
     }
 
     #[test]

@@ -364,6 +364,8 @@ struct Daemon {
     keys: health::ProbeKeys,
     /// Where the XDP dataplane is pinned (none for IPVS).
     pins: Option<bpffs::PinDir>,
+    /// The last update the dataplane refused, until one succeeds.
+    dataplane_error: Option<String>,
 }
 
 impl Daemon {
@@ -498,6 +500,7 @@ impl Daemon {
             // IPVS services are kernel state: they outlive the daemon.
             dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
+            dataplane_error: self.dataplane_error.clone(),
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
         }
@@ -663,10 +666,18 @@ impl Daemon {
                 ));
             }
         }
-        if let Some(vrrp) = self.vrrp.as_mut() {
-            vrrp.reconfigure(&new).await.map_err(|e| e.to_string())?;
+        if let Some(vrrp) = self.vrrp.as_ref() {
+            vrrp.check_reconfigure(&new).map_err(|e| e.to_string())?;
         }
-        self.adopt(new)?;
+        // The dataplane first (all or nothing, rolled back on a refusal),
+        // then VRRP; a VRRP failure rolls the dataplane back too.
+        let previous = self.adopt(new)?;
+        if let Some(vrrp) = self.vrrp.as_mut()
+            && let Err(e) = vrrp.reconfigure(&self.config).await
+        {
+            self.restore(previous);
+            return Err(e.to_string());
+        }
         info!(
             virtual_servers = self.config.virtual_server.len(),
             vrrp_instances = self.config.vrrp_instance.len(),
@@ -762,8 +773,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// Makes `new` the running configuration (already validated).
-    fn adopt(&mut self, new: Config) -> Result<(), String> {
+    /// Makes `new` the running configuration (already validated), all or
+    /// nothing: its plan is applied to the dataplane first; if the kernel
+    /// refuses it, the previous plan is applied again and nothing else
+    /// changed. Returns what [`Daemon::restore`] needs to undo it.
+    fn adopt(&mut self, new: Config) -> Result<Previous, String> {
         // Real servers: keep what is known of those that stay.
         let mut resolver = Resolver::new(&new);
         for (addr, state) in resolver.servers.iter_mut() {
@@ -771,17 +785,69 @@ impl Daemon {
                 *state = *old;
             }
         }
-        self.resolver = resolver;
-        if let Some(checks) = self.checks.as_mut() {
-            checks.update(health::all_specs(&new));
-        }
+        let keys = health::probe_keys(&new);
         // Quorum state is by service position: start it afresh.
+        let mut quorum = BTreeMap::new();
+        let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
+        if let Err(e) = self
+            .dataplane
+            .apply(&next, new.global.udp_timeout, self.mac)
+        {
+            if let Some(old) = &self.applied
+                && let Err(again) =
+                    self.dataplane
+                        .apply(old, self.config.global.udp_timeout, self.mac)
+            {
+                error!(error = %again, "could not restore the previous dataplane state");
+            }
+            return Err(format!("the dataplane refused it: {e}"));
+        }
+        let previous = Previous {
+            config: std::mem::replace(&mut self.config, new),
+            resolver: std::mem::replace(&mut self.resolver, resolver),
+            keys: std::mem::replace(&mut self.keys, keys),
+            applied: self.applied.replace(next),
+        };
+        if let Some(checks) = self.checks.as_mut() {
+            checks.update(health::all_specs(&self.config));
+        }
         self.quorum.clear();
-        self.keys = health::probe_keys(&new);
-        self.config = new;
-        self.sync().map_err(|e| e.to_string())?;
-        Ok(())
+        // Quorum bookkeeping, scripts and VRRP tracking for the new
+        // services (the dataplane has the plan already).
+        if let Err(e) = self.sync() {
+            warn!(error = %e, "dataplane update after the reload");
+        }
+        Ok(previous)
     }
+
+    /// Undoes an [`Daemon::adopt`] (a later step of the reload failed).
+    fn restore(&mut self, previous: Previous) {
+        self.config = previous.config;
+        self.resolver = previous.resolver;
+        self.keys = previous.keys;
+        if let Some(checks) = self.checks.as_mut() {
+            checks.update(health::all_specs(&self.config));
+        }
+        self.quorum.clear();
+        self.applied = None;
+        if let Some(old) = &previous.applied
+            && let Err(e) = self
+                .dataplane
+                .apply(old, self.config.global.udp_timeout, self.mac)
+        {
+            error!(error = %e, "could not restore the previous dataplane state");
+        } else {
+            self.applied = previous.applied;
+        }
+    }
+}
+
+/// What a reload replaced, to put it back.
+struct Previous {
+    config: Config,
+    resolver: Resolver,
+    keys: health::ProbeKeys,
+    applied: Option<Vec<ServicePlan>>,
 }
 
 /// The next tick of an optional timer (never, without one).
@@ -921,6 +987,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         draining: false,
         keys,
         pins: if dataplane_is_xdp { pins } else { None },
+        dataplane_error: None,
     };
     let mut interface_gone = false;
     let result = loop {
@@ -938,8 +1005,21 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         {
             *m = resolved;
         }
-        if let Err(e) = daemon.sync() {
-            break Err(e.into());
+        // A refused update never stops the daemon: the last good state
+        // keeps forwarding, the error is reported (once) and retried.
+        match daemon.sync() {
+            Ok(()) => {
+                if daemon.dataplane_error.take().is_some() {
+                    info!("the dataplane accepts updates again");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if daemon.dataplane_error.as_deref() != Some(text.as_str()) {
+                    error!(error = %text, "the dataplane refused an update: the last good state keeps forwarding (retrying)");
+                    daemon.dataplane_error = Some(text);
+                }
+            }
         }
         daemon.announce();
         tokio::select! {

@@ -298,6 +298,7 @@ mod tests {
             interface: "eth0".into(),
             dataplane_survives_restart: true,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
+            dataplane_error: None,
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,

@@ -24,6 +24,10 @@ pub struct Status {
     /// Where the XDP dataplane is pinned.
     #[serde(default)]
     pub pin_dir: Option<String>,
+    /// The last update the dataplane refused (`null` when the last one
+    /// succeeded): the previous state keeps forwarding meanwhile.
+    #[serde(default)]
+    pub dataplane_error: Option<String>,
     pub virtual_servers: Vec<VirtualServerStatus>,
     /// VRRP instances.
     #[serde(default)]
@@ -89,6 +93,12 @@ pub fn render(s: &Status) -> String {
         "director {} on {} (dataplane {}{mode})",
         s.router_id, s.interface, s.dataplane
     );
+    if let Some(e) = &s.dataplane_error {
+        let _ = writeln!(
+            out,
+            "WARNING: the dataplane refused the last update ({e}); the previous state keeps forwarding"
+        );
+    }
     if !s.dataplane_survives_restart {
         let _ = writeln!(
             out,
@@ -176,6 +186,7 @@ mod tests {
             interface: "eth0".into(),
             dataplane_survives_restart: true,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
+            dataplane_error: None,
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,

@@ -128,6 +128,16 @@ echo END debug
 sleep 3
 echo BEGIN status1; ip netns exec director /director status --json --config /etc/director.toml; echo; echo END status1
 
+# A reload the kernel refuses (this machine has no ip_vs_lc): refused as a
+# whole, the old services stay, the daemon runs on.
+cp /etc/director.toml /tmp/good.toml
+sed 's/scheduler = "wrr"/scheduler = "lc"/' /tmp/good.toml > /etc/director.toml
+echo BEGIN reload_lc; ip netns exec director /director reload --config /etc/director.toml; echo "RESULT reload_lc_exit=$?"; echo END reload_lc
+cp /tmp/good.toml /etc/director.toml
+sleep 3
+kill -0 $(cat /tmp/d.pid) && echo "RESULT alive_after_refused_reload=yes"
+echo BEGIN ipvsadm_lc; ipvs; echo END ipvsadm_lc
+
 kill $(cat /tmp/rs2.pid)
 wait_for "! ipvs | grep -q 10.0.0.21" 60 && echo "RESULT health=removed" || echo "RESULT health=timeout"
 echo BEGIN ipvsadm2; ipvs; echo END ipvsadm2
@@ -275,6 +285,24 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
         );
     }
 
+    // A reload the kernel refuses changes nothing and kills nothing.
+    ensure!(
+        result("reload_lc_exit").as_deref() == Some("1"),
+        "{}",
+        vm::section(&out, "reload_lc")
+    );
+    ensure!(
+        result("alive_after_refused_reload").as_deref() == Some("yes"),
+        "the daemon died on a refused reload:\n{}",
+        vm::section(&out, "dlog")
+    );
+    let table = vm::section(&out, "ipvsadm_lc");
+    ensure!(
+        table.contains("TCP  10.0.0.100:80 wrr")
+            && table.contains("10.0.0.20:80")
+            && table.contains("10.0.0.21:80"),
+        "{table}"
+    );
     // A failed check takes the server out of IPVS.
     ensure!(result("health").as_deref() == Some("removed"), "{out}");
     let table = vm::section(&out, "ipvsadm2");

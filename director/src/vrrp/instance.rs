@@ -212,11 +212,9 @@ impl Vrrp {
         }
     }
 
-    /// Applies a new configuration: unchanged instances keep running (no
-    /// flap, no priority-0 advert); removed or changed ones stop gracefully;
-    /// new or changed ones start. Script and sync-group changes need a
-    /// restart (the error says so and nothing changes).
-    pub async fn reconfigure(&mut self, config: &Config) -> Result<(), VrrpError> {
+    /// Whether `config` can be applied without a restart (checked before
+    /// anything of a reload changes).
+    pub fn check_reconfigure(&self, config: &Config) -> Result<(), VrrpError> {
         if config.vrrp_script != self.scripts || config.vrrp_sync_group != self.groups {
             return Err(VrrpError::NeedsRestart(
                 "vrrp_script and vrrp_sync_group changes",
@@ -225,6 +223,15 @@ impl Vrrp {
         if config.global.interface != self.interface {
             return Err(VrrpError::NeedsRestart("global.interface"));
         }
+        Ok(())
+    }
+
+    /// Applies a new configuration: unchanged instances keep running (no
+    /// flap, no priority-0 advert); removed or changed ones stop gracefully;
+    /// new or changed ones start. Script and sync-group changes need a
+    /// restart (the error says so and nothing changes).
+    pub async fn reconfigure(&mut self, config: &Config) -> Result<(), VrrpError> {
+        self.check_reconfigure(config)?;
         if self.start_tx.is_none() && !config.vrrp_instance.is_empty() {
             // No VRRP thread yet: start one as `start` would.
             let started = Vrrp::start(config)?;
