@@ -122,6 +122,23 @@ pub struct CheckSpec {
 
 impl CheckSpec {
     /// Identity for sharing: the same probe of the same target is run once.
+    /// What a probe checks, whatever its timing: the check's kind, target
+    /// and source. A reload that changes only timing (delay_loop,
+    /// timeouts, retries, rise/fall) keeps the verdict of the probe it
+    /// replaces.
+    pub fn identity(&self) -> String {
+        let kind = match &self.kind {
+            Kind::Tcp => "tcp",
+            Kind::Http { tls: None, .. } => "http",
+            Kind::Http { tls: Some(_), .. } => "https",
+            Kind::Misc { .. } => "misc",
+            Kind::Udp { .. } => "udp",
+            Kind::Dns { .. } => "dns",
+            Kind::DrPath { .. } => "dr",
+        };
+        format!("{kind}|{}|{:?}", self.target, self.bindto)
+    }
+
     pub fn key(&self) -> String {
         format!(
             "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}",
@@ -404,6 +421,8 @@ pub struct Change {
 pub struct Checks {
     board: Board,
     tasks: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// What each running probe checks ([`CheckSpec::identity`]).
+    identities: HashMap<String, String>,
     tx: mpsc::Sender<Change>,
     env: Option<PathEnv>,
 }
@@ -414,6 +433,7 @@ impl Checks {
         Checks {
             board: Board::default(),
             tasks: HashMap::new(),
+            identities: HashMap::new(),
             tx,
             env: None,
         }
@@ -438,29 +458,40 @@ impl Checks {
             .filter(|k| !specs.contains_key(*k))
             .cloned()
             .collect();
+        // Verdicts of the probes that go, by what they checked: a new probe
+        // of the same check (only its timing changed) starts from it.
+        let mut carried: HashMap<String, bool> = HashMap::new();
         for key in gone {
             if let Some(t) = self.tasks.remove(&key) {
                 t.abort();
             }
-            if let Ok(mut b) = self.board.lock() {
-                b.remove(&key);
+            if let Ok(mut b) = self.board.lock()
+                && let Some(state) = b.remove(&key)
+                && let Some(identity) = self.identities.remove(&key)
+                && state.last_check.is_some()
+            {
+                carried.insert(identity, state.healthy);
             }
         }
         for (key, spec) in specs {
             if self.tasks.contains_key(&key) {
                 continue;
             }
+            let identity = spec.identity();
+            let initial = carried.get(&identity).copied().unwrap_or(!spec.alpha);
             if let Ok(mut b) = self.board.lock() {
-                b.insert(key.clone(), ProbeState::new(!spec.alpha));
+                b.insert(key.clone(), ProbeState::new(initial));
             }
             let task = tokio::spawn(run_probe(
                 key.clone(),
                 spec,
+                initial,
                 self.env.clone(),
                 self.board.clone(),
                 self.tx.clone(),
             ));
-            self.tasks.insert(key, task);
+            self.tasks.insert(key.clone(), task);
+            self.identities.insert(key, identity);
         }
     }
 }
@@ -476,6 +507,7 @@ impl Drop for Checks {
 async fn run_probe(
     key: String,
     spec: CheckSpec,
+    initial: bool,
     env: Option<PathEnv>,
     board: Board,
     tx: mpsc::Sender<Change>,
@@ -486,7 +518,7 @@ async fn run_probe(
         rand::rng().random_range(Duration::ZERO..spec.warmup)
     };
     tokio::time::sleep(warmup).await;
-    let mut verdict = Verdict::new(!spec.alpha);
+    let mut verdict = Verdict::new(initial);
     // The weight a misc_dynamic script last asked for (this task is the
     // board entry's only writer).
     let mut weight: Option<u32> = None;

@@ -1,0 +1,66 @@
+//! Faults a production director meets, each reproduced here first: health
+//! state across reloads, fragments placed like the rest of their flow.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Result, ensure};
+use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
+
+/// A reload that changes only a check's timing keeps its verdict: a dead
+/// server stays out (without this it came back until its first new check,
+/// which may be `delay_loop` away), and with `alpha` a live one stays in.
+#[test]
+fn a_reload_of_check_timings_keeps_health() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let config = |delay: u32| -> Result<String> {
+        let mut c = scenario::global_config(&lab, "director1")?;
+        for (port, alpha) in [(80, false), (8080, true)] {
+            c.push_str(&format!(
+                "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = {port}\nalpha = {alpha}\ndelay_loop = {delay}\n"
+            ));
+            for rs in &lab.real_servers {
+                c.push_str(&format!(
+                    "\n  [[virtual_server.real_server]]\n  address = \"{}\"\n  [virtual_server.real_server.tcp_check]\n  connect_timeout = {delay}\n  warmup = {}\n",
+                    rs.ip,
+                    if delay == 1 { 0 } else { 30 }
+                ));
+            }
+        }
+        Ok(c)
+    };
+    let (first, second) = (config(1)?, config(2)?);
+    let path = lab.write("director1.toml", &first)?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let healthy = |s: &serde_json::Value, vs: usize, rs: usize| {
+        s["virtual_servers"][vs]["real_servers"][rs]["healthy"].as_bool()
+    };
+    scenario::wait_status(&state, Duration::from_secs(10), |s| {
+        scenario::all_resolved(s) && (0..2).all(|v| (0..2).all(|r| healthy(s, v, r) == Some(true)))
+    })?;
+    lab.stop_http(1)?;
+    scenario::wait_status(&state, Duration::from_secs(10), |s| {
+        healthy(s, 0, 1) == Some(false) && healthy(s, 1, 1) == Some(false)
+    })?;
+    // New timings; the first new checks are up to 30 s away (warmup).
+    std::fs::write(&path, second)?;
+    let (ok, err) = scenario::director_cli(&["reload"], &state)?;
+    ensure!(ok, "reload: {err}");
+    let s = scenario::status(&state)?;
+    for vs in 0..2 {
+        ensure!(healthy(&s, vs, 0) == Some(true), "rs1 dropped out: {s}");
+        ensure!(healthy(&s, vs, 1) == Some(false), "dead rs2 came back: {s}");
+    }
+    for port in [80, 8080] {
+        let vip = SocketAddr::from((VIP, port));
+        let t = lab
+            .client
+            .run(move || http::hammer(vip, 20, Duration::from_secs(1)))?;
+        ensure!(t.ok == 20, "port {port} after the reload: {t:?}");
+    }
+    Ok(())
+}
