@@ -40,6 +40,9 @@ pub const VIP_FILTER_BITS: u32 = 65_536;
 pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// Entries of the persistence (client affinity) table.
 pub const MAX_PERSIST: u32 = 65_536;
+/// Entries of the fragment table (datagrams in flight whose first fragment
+/// was placed; an LRU).
+pub const MAX_FRAGS: u32 = 16_384;
 
 /// First element of `bank` (0 or 1) of the service with index `id`.
 pub const fn maglev_base(id: u32, bank: u32) -> u32 {
@@ -56,6 +59,9 @@ pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the persistence table.
 pub const MAP_PERSIST: &str = "PERSIST";
+/// Name of the fragment table (not pinned: it only holds datagrams in
+/// flight).
+pub const MAP_FRAGS: &str = "FRAGS";
 /// Name of the per-CPU per-service counters.
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 /// Name of the per-CPU per-real-server counters.
@@ -204,6 +210,20 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// Key of the fragment table: one datagram in flight (RFC 791 / RFC 8200
+/// fragment identification: addresses, protocol, ID).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub protocol: u8,
+    /// [`FLOW_V6`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Value of the flow table: which real server a flow was given to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -269,6 +289,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: repr(C), only integers and byte arrays, explicit padding.
+    unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PersistKey {}
     // SAFETY: as above.

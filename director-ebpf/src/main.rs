@@ -14,8 +14,10 @@
 //! 3. otherwise the service's Maglev table, indexed by the flow hash (or the
 //!    client address with `sh`), which every director computes identically.
 //!
-//! Fragments are placed by addresses alone (fragments after the first have
-//! no ports); ICMP "fragmentation needed" / ICMPv6 "packet too big" for a
+//! Fragments: the first one (it has the ports) is placed like its flow,
+//! and the datagram's later ones (no ports) follow it (fragment table); when
+//! the first was not seen, by the addresses (the client's affinity, the
+//! client with `sh`, both addresses otherwise). ICMP "fragmentation needed" / ICMPv6 "packet too big" for a
 //! VIP follow the flow they quote. Everything else (other traffic, VLAN
 //! tags, truncated or malformed headers) goes to the kernel untouched, and
 //! nothing is ever read past the end of the frame.
@@ -37,11 +39,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, IPPROTO_TCP,
-    IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS,
-    MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey, SVC_PERSISTENT,
-    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash,
-    source_hash, vip_bucket,
+    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, FragKey,
+    IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE,
+    MAX_FLOWS, MAX_FRAGS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey,
+    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
+    addr_hash, flow_hash, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -59,6 +61,11 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> =
 
 #[map(name = "PERSIST")]
 static PERSIST: LruHashMap<PersistKey, FlowValue> = LruHashMap::with_max_entries(MAX_PERSIST, 0);
+
+/// Datagrams whose first fragment was placed: their later fragments (no
+/// ports) follow it.
+#[map(name = "FRAGS")]
+static FRAGS: LruHashMap<FragKey, FlowValue> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 #[map(name = "SERVICE_STATS")]
 static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -127,6 +134,10 @@ struct Packet {
     l4: usize,
     /// The packet is a fragment (first or later).
     fragment: bool,
+    /// A fragment at offset 0 (it carries the transport header).
+    first_fragment: bool,
+    /// The fragment identification (IPv4: 16 bits; IPv6: 32).
+    frag_id: u32,
 }
 
 #[inline(always)]
@@ -155,13 +166,30 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let protocol = packet.key.protocol;
     if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
-        if packet.fragment {
-            return forward_fragment(ctx, &packet.key);
+        if packet.fragment && !packet.first_fragment {
+            return forward_fragment(ctx, &packet);
         }
         let ports: [u8; 4] = read(ctx, packet.l4)?;
         packet.key.sport = [ports[0], ports[1]];
         packet.key.dport = [ports[2], ports[3]];
-        forward_flow(ctx, &packet.key, packet.l4)
+        let (id, b, service, new) = choose(ctx, &packet.key, packet.l4)?;
+        if packet.fragment {
+            // The first fragment went where its flow goes: the datagram's
+            // other fragments (no ports) follow it.
+            let _ = FRAGS.insert(
+                &frag_key(&packet),
+                &FlowValue {
+                    backend: id,
+                    generation: b.generation,
+                    service,
+                    _pad: 0,
+                    atime: 0,
+                },
+                0,
+            );
+        }
+        count(ctx, service, id, new);
+        Ok(rewrite(ctx, &b))
     } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
         forward_icmp_error(ctx, &packet)
     } else {
@@ -193,6 +221,8 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Pass> {
         key,
         l4: ETH_LEN + ihl,
         fragment,
+        first_fragment: fragment && h[6] & 0x1f == 0 && h[7] == 0,
+        frag_id: u16::from_be_bytes([h[4], h[5]]) as u32,
     })
 }
 
@@ -211,6 +241,8 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
     let mut next = h[6];
     let mut offset = ETH_LEN + IPV6_LEN;
     let mut fragment = false;
+    let mut first_fragment = false;
+    let mut frag_id = 0;
     for _ in 0..IPV6_MAX_EXT {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
@@ -223,6 +255,14 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
                 next = ext[0];
                 offset += 8;
                 fragment = true;
+                frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                // Offset (13 bits) zero: the first fragment, whose headers
+                // follow. A later fragment holds only data: nothing after
+                // its fragment header is a header, whatever `next` says.
+                first_fragment = ext[2] == 0 && ext[3] & 0xf8 == 0;
+                if !first_fragment {
+                    break;
+                }
             }
             _ => break,
         }
@@ -232,6 +272,8 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
         key,
         l4: offset,
         fragment,
+        first_fragment,
+        frag_id,
     })
 }
 
@@ -277,8 +319,11 @@ fn backend(id: u32) -> Option<Backend> {
     Some(*b)
 }
 
+/// The real server for a flow: its entry in the flow table, or a new
+/// placement (recorded). Returns the server's id and slot, the service's
+/// counter index, and whether the flow is new.
 #[inline(always)]
-fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass> {
+fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u32, bool), Pass> {
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until the LRU
     // evicts them.
@@ -302,8 +347,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass>
                 // Refresh the idle time at most once a second per flow.
                 let _ = FLOWS.insert(key, &FlowValue { atime: now, ..flow }, 0);
             }
-            count(ctx, flow.service, flow.backend, false);
-            return Ok(rewrite(ctx, &b));
+            return Ok((flow.backend, b, flow.service, false));
         }
     }
 
@@ -321,8 +365,7 @@ fn forward_flow(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<u32, Pass>
         },
         0,
     );
-    count(ctx, service.id, id, true);
-    Ok(rewrite(ctx, &b))
+    Ok((id, b, service.id, true))
 }
 
 /// A TCP SYN without ACK: a client opening a connection. Only asked about
@@ -400,9 +443,33 @@ fn udp_timeout() -> u64 {
     }
 }
 
-/// Fragments go by addresses alone, through the VIP's fragment entry.
 #[inline(always)]
-fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
+fn frag_key(packet: &Packet) -> FragKey {
+    FragKey {
+        src: packet.key.src,
+        dst: packet.key.dst,
+        id: packet.frag_id,
+        protocol: packet.key.protocol,
+        flags: packet.key.flags,
+        _pad: [0; 2],
+    }
+}
+
+/// A fragment after the first (no ports): where its datagram's first
+/// fragment went; if that was not seen (lost, reordered), placed through
+/// the VIP's fragment entry by what the addresses tell: the client's
+/// affinity with persistence, the client with `sh`, else both addresses.
+#[inline(always)]
+fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
+    let key = &packet.key;
+    // SAFETY: copied out at once.
+    if let Some(f) = unsafe { FRAGS.get(&frag_key(packet)) }.copied()
+        && let Some(b) = backend(f.backend)
+        && b.generation == f.generation
+    {
+        count(ctx, f.service, f.backend, false);
+        return Ok(rewrite(ctx, &b));
+    }
     let skey = ServiceKey {
         addr: key.dst,
         port: [0, 0],
@@ -411,7 +478,29 @@ fn forward_fragment(ctx: &XdpContext, key: &FlowKey) -> Result<u32, Pass> {
     };
     // SAFETY: copied out at once.
     let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
-    let id = maglev(&service, addr_hash(&key.src, &key.dst)).ok_or(Pass)?;
+    if service.flags & SVC_PERSISTENT != 0 {
+        let pkey = PersistKey {
+            src: key.src,
+            service: service.id,
+        };
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // SAFETY: copied out at once.
+        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
+            && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
+            && let Some(b) = backend(p.backend)
+            && b.generation == p.generation
+        {
+            count(ctx, service.id, p.backend, false);
+            return Ok(rewrite(ctx, &b));
+        }
+    }
+    let hash = if service.flags & SVC_SOURCE_HASH != 0 {
+        source_hash(&key.src)
+    } else {
+        addr_hash(&key.src, &key.dst)
+    };
+    let id = maglev(&service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     count(ctx, service.id, id, false);
     Ok(rewrite(ctx, &b))

@@ -246,14 +246,12 @@ impl Vrrp {
                 .vrrp_instance
                 .iter()
                 .find(|i| i.name == h.config.name && **i != h.config && soft_change(&h.config, i))
-            {
-                if h.commands
+                && h.commands
                     .send(Command::Update(Box::new(new.clone())))
                     .await
                     .is_ok()
-                {
-                    h.config = new.clone();
-                }
+            {
+                h.config = new.clone();
             }
         }
         let keep: Vec<bool> = self
@@ -916,7 +914,7 @@ impl Runner {
         let settled = self
             .primary_up_since
             .is_some_and(|t| t.elapsed() >= PRIMARY_SETTLE);
-        let mut fault = !self.cfg.dont_track_primary && !(self.primary_up && settled);
+        let mut fault = !(self.cfg.dont_track_primary || self.primary_up && settled);
         for i in &self.cfg.track_interface {
             let state = std::fs::read_to_string(format!("/sys/class/net/{i}/operstate"))
                 .unwrap_or_default();
