@@ -39,6 +39,19 @@ pub struct Config {
     pub vrrp_sync_group: Vec<VrrpSyncGroup>,
 }
 
+/// A command line must split as a shell would split it (quotes closed) into
+/// at least a program.
+fn command_line(at: Vec<Seg>, value: Option<&str>) -> Result<(), Problem> {
+    match value {
+        None => Ok(()),
+        Some(v) if shlex::split(v).is_some_and(|argv| !argv.is_empty()) => Ok(()),
+        Some(v) => Err(problem(
+            at,
+            format!("`{v}` is not a command line (an unclosed quote, or empty): it could never run"),
+        )),
+    }
+}
+
 /// `[[vrrp_sync_group]]`: instances that change state together.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -1257,6 +1270,34 @@ impl Config {
 
     fn validate_vrrp(&self) -> Result<(), Problem> {
         use Seg::{Index, Key};
+        // Command lines are split as a shell would: one that does not split
+        // (an unclosed quote) would never run.
+        for (i, inst) in self.vrrp_instance.iter().enumerate() {
+            for (k, v) in [
+                ("notify", &inst.notify),
+                ("notify_master", &inst.notify_master),
+                ("notify_backup", &inst.notify_backup),
+                ("notify_fault", &inst.notify_fault),
+                ("notify_stop", &inst.notify_stop),
+            ] {
+                command_line(vec![Key("vrrp_instance"), Index(i), Key(k)], v.as_deref())?;
+            }
+        }
+        for (i, g) in self.vrrp_sync_group.iter().enumerate() {
+            for (k, v) in [
+                ("notify", &g.notify),
+                ("notify_master", &g.notify_master),
+                ("notify_backup", &g.notify_backup),
+                ("notify_fault", &g.notify_fault),
+            ] {
+                command_line(vec![Key("vrrp_sync_group"), Index(i), Key(k)], v.as_deref())?;
+            }
+        }
+        for (i, vs) in self.virtual_server.iter().enumerate() {
+            for (k, v) in [("quorum_up", &vs.quorum_up), ("quorum_down", &vs.quorum_down)] {
+                command_line(vec![Key("virtual_server"), Index(i), Key(k)], v.as_deref())?;
+            }
+        }
         let mut names = HashSet::new();
         let mut routers = HashSet::new();
         for (i, s) in self.vrrp_script.iter().enumerate() {
@@ -1270,6 +1311,7 @@ impl Config {
             if s.script.trim().is_empty() {
                 return Err(problem(at("script"), "must not be empty"));
             }
+            command_line(at("script"), Some(&s.script))?;
             if !(s.interval > 0.0 && s.interval <= 3600.0) {
                 return Err(problem(
                     at("interval"),
@@ -1635,6 +1677,19 @@ protocol = "udp"
         assert_eq!(vs.real_server[1].port, None);
         assert_eq!(c.virtual_server[1].protocol, Protocol::Udp);
         assert!(c.virtual_server[1].real_server.is_empty());
+    }
+
+    #[test]
+    fn command_lines_that_cannot_run_are_refused() {
+        let base = "[global]\ninterface = \"eth0\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"10.0.0.100\"]\n";
+        let e = err(&format!("{base}notify_master = \"/bin/echo 'unclosed\"\n"));
+        assert!(e.contains("notify_master") && e.contains("could never run"), "{e}");
+        assert!(e.starts_with("test.toml:8:"), "{e}");
+        let e = err(&format!(
+            "{base}\n[[vrrp_script]]\nname = \"s\"\nscript = \"/bin/true \\\"x\"\n"
+        ));
+        assert!(e.contains("script") && e.contains("could never run"), "{e}");
+        parse(&format!("{base}notify = \"/bin/sh -c 'echo $*'\"\n")).expect("fine");
     }
 
     #[test]
