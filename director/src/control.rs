@@ -4,7 +4,10 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -88,8 +91,6 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control_group `{0}` does not exist")]
-    Group(String),
     #[error("bad answer from the daemon: {0}")]
     Answer(String),
 }
@@ -106,24 +107,35 @@ pub fn serve(
         path: path.clone(),
         source,
     };
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let listener = UnixListener::bind(&path).map_err(err)?;
-    // Root only, or root and one group.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    if let Some(name) = group {
-        let gid = nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| ControlError::Group(name.to_string()))?
-            .gid;
-        nix::unistd::chown(&path, None, Some(gid))
-            .map_err(|e| err(std::io::Error::from_raw_os_error(e as i32)))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    }
+    // The socket is bound in a directory only we can enter, given its
+    // final owner and mode there, then renamed into place: at no moment
+    // does it exist at its path with the umask's permissions.
+    let private = state_dir.join(format!(".control-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(err)?;
+    let staged = private.join(SOCKET);
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        // Root only, or root and one group.
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(name) = group {
+            let gid = nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| std::io::Error::other(format!("no group named {name}")))?
+                .gid;
+            nix::unistd::chown(&staged, None, Some(gid))
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+        }
+        std::fs::rename(&staged, &path)?;
+        Ok::<_, std::io::Error>(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound.map_err(err)?;
     Ok(tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
