@@ -29,7 +29,8 @@ use std::{
     time::Duration,
 };
 
-use tracing::info;
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 /// Errors talking to BIRD.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,87 @@ impl Bird {
             }
         }
         configure_reply(&lines).map_err(BgpError::Refused)
+    }
+}
+
+/// BIRD, talked to off the daemon's loop: a hung BIRD (its control socket
+/// accepting but never answering) delays only the announcements, never
+/// the daemon. The loop says what should be announced; the task makes it
+/// so, retrying every second after a failure (logged once).
+pub struct BirdTask {
+    want: watch::Sender<BTreeSet<IpAddr>>,
+    done: watch::Receiver<Option<BTreeSet<IpAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BirdTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BirdTask {
+    pub fn start(mut bird: Bird) -> BirdTask {
+        let (want, mut want_rx) = watch::channel(BTreeSet::new());
+        let (done_tx, done) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let target = want_rx.borrow_and_update().clone();
+                if first || bird.announced() != Some(&target) {
+                    first = false;
+                    let result = tokio::task::spawn_blocking(move || {
+                        let r = bird.set(&target);
+                        (bird, r)
+                    })
+                    .await;
+                    let Ok((b, r)) = result else {
+                        return;
+                    };
+                    bird = b;
+                    match r {
+                        Ok(_) => {
+                            let _ = done_tx.send(bird.announced().cloned());
+                        }
+                        Err(e) => {
+                            if bird.first_failure(&e) {
+                                warn!(error = %e, "BGP announcement not updated (retrying)");
+                            }
+                            // Retry in a second, or sooner on news.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), want_rx.changed())
+                                .await;
+                            continue;
+                        }
+                    }
+                }
+                if want_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        BirdTask { want, done, task }
+    }
+
+    /// What should be announced now.
+    pub fn set(&self, vips: &BTreeSet<IpAddr>) {
+        self.want.send_if_modified(|w| {
+            if w == vips {
+                false
+            } else {
+                *w = vips.clone();
+                true
+            }
+        });
+    }
+
+    /// Waits (up to `timeout`) until BIRD announces what was last set;
+    /// returns whether it does.
+    pub async fn settled(&self, timeout: Duration) -> bool {
+        let mut done = self.done.clone();
+        let want = self.want.borrow().clone();
+        tokio::time::timeout(timeout, done.wait_for(|d| d.as_ref() == Some(&want)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

@@ -47,7 +47,9 @@ fn command_line(at: Vec<Seg>, value: Option<&str>) -> Result<(), Problem> {
         Some(v) if shlex::split(v).is_some_and(|argv| !argv.is_empty()) => Ok(()),
         Some(v) => Err(problem(
             at,
-            format!("`{v}` is not a command line (an unclosed quote, or empty): it could never run"),
+            format!(
+                "`{v}` is not a command line (an unclosed quote, or empty): it could never run"
+            ),
         )),
     }
 }
@@ -1294,7 +1296,10 @@ impl Config {
             }
         }
         for (i, vs) in self.virtual_server.iter().enumerate() {
-            for (k, v) in [("quorum_up", &vs.quorum_up), ("quorum_down", &vs.quorum_down)] {
+            for (k, v) in [
+                ("quorum_up", &vs.quorum_up),
+                ("quorum_down", &vs.quorum_down),
+            ] {
                 command_line(vec![Key("virtual_server"), Index(i), Key(k)], v.as_deref())?;
             }
         }
@@ -1683,7 +1688,10 @@ protocol = "udp"
     fn command_lines_that_cannot_run_are_refused() {
         let base = "[global]\ninterface = \"eth0\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\nvirtual_ipaddress = [\"10.0.0.100\"]\n";
         let e = err(&format!("{base}notify_master = \"/bin/echo 'unclosed\"\n"));
-        assert!(e.contains("notify_master") && e.contains("could never run"), "{e}");
+        assert!(
+            e.contains("notify_master") && e.contains("could never run"),
+            "{e}"
+        );
         assert!(e.starts_with("test.toml:8:"), "{e}");
         let e = err(&format!(
             "{base}\n[[vrrp_script]]\nname = \"s\"\nscript = \"/bin/true \\\"x\"\n"

@@ -355,7 +355,7 @@ struct Daemon {
     /// Resolved real-server MACs, shared with `dr_check` probes.
     macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
     /// BGP announcements through BIRD (`[global.bgp]`).
-    bird: Option<crate::bgp::Bird>,
+    bird: Option<crate::bgp::BirdTask>,
     /// Since when each VIP has been eligible for announcement.
     eligible: BTreeMap<IpAddr, std::time::Instant>,
     /// `director drain` or shutdown: announce nothing.
@@ -580,11 +580,18 @@ impl Daemon {
             .filter(|(_, since)| now.duration_since(**since) >= delay)
             .map(|(a, _)| *a)
             .collect();
-        if let Some(bird) = self.bird.as_mut()
-            && let Err(e) = bird.set(&wanted)
-            && bird.first_failure(&e)
+        if let Some(bird) = self.bird.as_ref() {
+            bird.set(&wanted);
+        }
+    }
+
+    /// Waits until BIRD has withdrawn every route (bounded: a hung BIRD
+    /// must not keep a drain or a shutdown waiting).
+    async fn withdrawn(&self) {
+        if let Some(bird) = self.bird.as_ref()
+            && !bird.settled(Duration::from_secs(12)).await
         {
-            warn!(error = %e, "BGP announcement not updated (retrying)");
+            warn!("BIRD did not confirm the withdrawal in time");
         }
     }
 
@@ -955,11 +962,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 f.clone().unwrap_or_else(|| g.state_dir.join(name))
             };
             info!(socket = %b.bird_socket.display(), mode = ?b.mode, "BGP announcements through BIRD");
-            Some(crate::bgp::Bird::new(
+            Some(crate::bgp::BirdTask::start(crate::bgp::Bird::new(
                 b.bird_socket.clone(),
                 file(&b.announce_file_v4, "bird-vips4.conf"),
                 file(&b.announce_file_v6, "bird-vips6.conf"),
-            ))
+            )))
         }
         _ => None,
     };
@@ -1040,6 +1047,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                     Request::Drain => {
                         daemon.draining = true;
                         daemon.announce();
+                        daemon.withdrawn().await;
                         let wait = daemon.config.global.bgp.as_ref().map_or(0.0, |b| b.withdraw_wait);
                         info!(withdraw_wait = wait, "draining: routes withdrawn, stopping after the wait");
                         let _ = reply.send(Response::Ok { ok: true });
@@ -1085,6 +1093,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     if daemon.bird.is_some() && !daemon.draining {
         daemon.draining = true;
         daemon.announce();
+        daemon.withdrawn().await;
         let wait = daemon
             .config
             .global

@@ -64,3 +64,60 @@ fn a_reload_of_check_timings_keeps_health() -> Result<()> {
     }
     Ok(())
 }
+
+/// A BIRD that accepts its control connection and never answers delays
+/// only the announcements: the daemon keeps answering (status within
+/// 100 ms) and forwarding. (BIRD was asked on the daemon's loop, with a
+/// 10 s timeout.)
+#[test]
+fn a_hung_bird_never_stalls_the_daemon() -> Result<()> {
+    use std::os::unix::net::UnixListener;
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let socket = lab.path("bird.ctl");
+    let listener = UnixListener::bind(&socket)?;
+    // Accept, keep, never answer.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "bgp = {{ bird_socket = \"{}\", withdraw_wait = 0 }}\n",
+        socket.display()
+    ));
+    c.push_str(&scenario::virtual_server(
+        &VIP.to_string(),
+        80,
+        &servers,
+        &[],
+    ));
+    let path = lab.write("director1.toml", &c)?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    let mut worst = Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = std::time::Instant::now();
+        scenario::status(&state)?;
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        worst < Duration::from_millis(100),
+        "status took {worst:?} while BIRD hung"
+    );
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 10, Duration::from_secs(1)))?;
+    ensure!(t.ok == 10, "{t:?}");
+    Ok(())
+}
