@@ -943,6 +943,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                     .await
                     .map_err(|e| DaemonError::FlowSync(e.to_string()))?;
             info!(listen = %fs.listen, peers = fs.peers.len(), "flow sync on");
+            // The shared key authenticates flows: others must not read it.
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                if let Ok(meta) = std::fs::metadata(&config_path)
+                    && meta.permissions().mode() & 0o044 != 0
+                {
+                    warn!(
+                        file = %config_path.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the config holds flow_sync.key and others may read it: chmod 600 it"
+                    );
+                }
+            }
             (
                 Some(sync),
                 Some(rx),

@@ -6,12 +6,17 @@
 //! would not pick now (placed before a change, e.g. on a server being
 //! drained) - so they survive a failover too.
 //!
-//! A datagram: `DFS1`, a sequence number and a Unix time in milliseconds
+//! A datagram: `DFS2`, the sender's and the receiver's addresses (16 bytes
+//! each, IPv4 mapped), a sequence number and a Unix time in milliseconds
 //! (8 bytes each, big endian), an entry count (2), the entries (77 bytes
 //! each: the flow key (40), the service key (20), the real server's family
 //! (1) and address (16)), then HMAC-SHA256 (32) of all that with the shared
-//! key. A receiver drops datagrams with a bad MAC, more than 30 s old or
-//! ahead, or malformed, and counts them.
+//! key. A receiver drops datagrams with a bad MAC, malformed ones, ones more
+//! than 30 s old or ahead, ones not from the address they name as sender or
+//! not for one of its own addresses (a datagram from A to B cannot be
+//! replayed to C), and replays (each sender's sequence numbers only grow:
+//! they start at the sender's start time in microseconds; a window of 64
+//! tolerates reordering).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -26,8 +31,14 @@ use tracing::{debug, warn};
 
 use crate::dataplane::xdp::PinnedFlow;
 
-const MAGIC: &[u8; 4] = b"DFS1";
-const HEADER: usize = 4 + 8 + 8 + 2;
+const MAGIC: &[u8; 4] = b"DFS2";
+const HEADER: usize = 4 + 16 + 16 + 8 + 8 + 2;
+/// Offsets in the header.
+const AT_FROM: usize = 4;
+const AT_TO: usize = 20;
+const AT_SEQ: usize = 36;
+const AT_TIME: usize = 44;
+const AT_COUNT: usize = 52;
 const ENTRY: usize = 40 + 20 + 1 + 16;
 const MAC: usize = 32;
 /// Entries per datagram (stays under 1,400 bytes).
@@ -48,11 +59,60 @@ pub enum SyncError {
 }
 
 /// Why a datagram was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Drop {
     Malformed,
     BadMac,
     Stale,
+    /// Not sent by the address it names, or not for us.
+    Misdirected,
+    /// A sequence number seen already (or too old for the window).
+    Replay,
+}
+
+/// An address as 16 bytes (IPv4 mapped).
+fn addr_bytes(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn addr_from(b: &[u8]) -> IpAddr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[..16]);
+    let v6 = Ipv6Addr::from(o);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// A sender's recent sequence numbers: the highest, and which of the 64
+/// below it were seen.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    top: u64,
+    seen: u64,
+}
+
+impl Window {
+    /// Accepts `seq` once; refuses repeats and ones older than the window.
+    fn accept(&mut self, seq: u64) -> bool {
+        if seq > self.top {
+            let shift = seq - self.top;
+            self.seen = if shift >= 64 { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.top = seq;
+            return true;
+        }
+        let back = self.top - seq;
+        if back >= 64 || self.seen & (1 << back) != 0 {
+            return false;
+        }
+        self.seen |= 1 << back;
+        true
+    }
 }
 
 fn mac(key: &[u8], data: &[u8]) -> [u8; MAC] {
@@ -94,11 +154,21 @@ fn flow_from(b: &[u8]) -> FlowKey {
     f
 }
 
-/// Encodes `flows` (at most [`PER_DATAGRAM`]) as one datagram.
-pub fn encode(key: &[u8], seq: u64, time_ms: u64, flows: &[PinnedFlow]) -> Vec<u8> {
+/// Encodes `flows` (at most [`PER_DATAGRAM`]) as one datagram from `from`
+/// to `to`.
+pub fn encode(
+    key: &[u8],
+    from: IpAddr,
+    to: IpAddr,
+    seq: u64,
+    time_ms: u64,
+    flows: &[PinnedFlow],
+) -> Vec<u8> {
     let flows = &flows[..flows.len().min(PER_DATAGRAM)];
     let mut b = Vec::with_capacity(HEADER + flows.len() * ENTRY + MAC);
     b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&addr_bytes(from));
+    b.extend_from_slice(&addr_bytes(to));
     b.extend_from_slice(&seq.to_be_bytes());
     b.extend_from_slice(&time_ms.to_be_bytes());
     b.extend_from_slice(&(flows.len() as u16).to_be_bytes());
@@ -126,8 +196,17 @@ pub fn encode(key: &[u8], seq: u64, time_ms: u64, flows: &[PinnedFlow]) -> Vec<u
     b
 }
 
-/// Decodes and authenticates a datagram received at `now_ms`.
-pub fn decode(key: &[u8], data: &[u8], now_ms: u64) -> Result<Vec<PinnedFlow>, Drop> {
+/// What an authenticated datagram says besides its flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub seq: u64,
+}
+
+/// Decodes and authenticates a datagram received at `now_ms` (the
+/// envelope's checks against the socket are the receiver's).
+pub fn decode(key: &[u8], data: &[u8], now_ms: u64) -> Result<(Envelope, Vec<PinnedFlow>), Drop> {
     if data.len() < HEADER + MAC || &data[..4] != MAGIC {
         return Err(Drop::Malformed);
     }
@@ -135,11 +214,21 @@ pub fn decode(key: &[u8], data: &[u8], now_ms: u64) -> Result<Vec<PinnedFlow>, D
     let mut m = HmacSha256::new_from_slice(key).map_err(|_| Drop::BadMac)?;
     m.update(body);
     m.verify_slice(tag).map_err(|_| Drop::BadMac)?;
-    let time = u64::from_be_bytes(body[12..20].try_into().map_err(|_| Drop::Malformed)?);
+    let word = |at: usize| -> Result<u64, Drop> {
+        Ok(u64::from_be_bytes(
+            body[at..at + 8].try_into().map_err(|_| Drop::Malformed)?,
+        ))
+    };
+    let envelope = Envelope {
+        from: addr_from(&body[AT_FROM..]),
+        to: addr_from(&body[AT_TO..]),
+        seq: word(AT_SEQ)?,
+    };
+    let time = word(AT_TIME)?;
     if time.abs_diff(now_ms) > WINDOW.as_millis() as u64 {
         return Err(Drop::Stale);
     }
-    let count = usize::from(u16::from_be_bytes([body[20], body[21]]));
+    let count = usize::from(u16::from_be_bytes([body[AT_COUNT], body[AT_COUNT + 1]]));
     if body.len() != HEADER + count * ENTRY {
         return Err(Drop::Malformed);
     }
@@ -166,7 +255,45 @@ pub fn decode(key: &[u8], data: &[u8], now_ms: u64) -> Result<Vec<PinnedFlow>, D
             backend,
         });
     }
-    Ok(out)
+    Ok((envelope, out))
+}
+
+/// The receiver's checks of a datagram's envelope: from where the socket
+/// says, for one of our addresses, and not seen before.
+struct Gate {
+    windows: std::collections::HashMap<IpAddr, Window>,
+    ours: Vec<IpAddr>,
+}
+
+impl Gate {
+    fn check(&mut self, envelope: &Envelope, from: IpAddr) -> Result<(), Drop> {
+        if envelope.from != from || !self.ours.contains(&envelope.to) {
+            return Err(Drop::Misdirected);
+        }
+        if !self.windows.entry(from).or_default().accept(envelope.seq) {
+            return Err(Drop::Replay);
+        }
+        Ok(())
+    }
+}
+
+/// This host's addresses (the receiver of a datagram must be one): the
+/// listening address, or every interface's when listening on all.
+fn local_addresses(listen: IpAddr) -> Vec<IpAddr> {
+    if !listen.is_unspecified() {
+        return vec![listen];
+    }
+    nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|i| i.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The sync endpoint: a socket, the peers, the key.
@@ -174,11 +301,17 @@ pub struct FlowSync {
     socket: std::sync::Arc<UdpSocket>,
     peers: Vec<SocketAddr>,
     key: Vec<u8>,
+    /// Our source address in datagrams (the listening address, or the one
+    /// routing picks towards each peer).
+    listen: IpAddr,
     seq: u64,
     /// What was last sent, to send only news (and everything now and then).
     sent: std::collections::HashSet<(FlowKey, IpAddr)>,
     rounds: u64,
 }
+
+/// Drop reasons are logged at most this often (each), with their count.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl FlowSync {
     /// Binds `listen`; decoded flows from peers arrive on the returned
@@ -200,8 +333,14 @@ impl FlowSync {
         let key_bytes = key.into_bytes();
         let rx_key = key_bytes.clone();
         let allowed: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
+        let mut gate = Gate {
+            windows: Default::default(),
+            ours: local_addresses(listen.ip()),
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
+            let mut logged: std::collections::BTreeMap<Drop, (std::time::Instant, u64)> =
+                Default::default();
             loop {
                 let Ok((n, from)) = rx_socket.recv_from(&mut buf).await else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -211,13 +350,26 @@ impl FlowSync {
                     debug!(%from, "flow sync datagram from a non-peer dropped");
                     continue;
                 }
-                match decode(&rx_key, &buf[..n], now_ms()) {
+                let verdict = decode(&rx_key, &buf[..n], now_ms())
+                    .and_then(|(envelope, flows)| gate.check(&envelope, from.ip()).map(|()| flows));
+                match verdict {
                     Ok(flows) => {
                         if tx.send(flows).await.is_err() {
                             return;
                         }
                     }
-                    Err(reason) => warn!(%from, ?reason, "flow sync datagram dropped"),
+                    Err(reason) => {
+                        // One line per reason per DROP_LOG_EVERY, with the
+                        // count since the last.
+                        let entry = logged
+                            .entry(reason)
+                            .or_insert((std::time::Instant::now() - DROP_LOG_EVERY, 0));
+                        entry.1 += 1;
+                        if entry.0.elapsed() >= DROP_LOG_EVERY {
+                            warn!(%from, ?reason, dropped = entry.1, "flow sync datagrams dropped");
+                            *entry = (std::time::Instant::now(), 0);
+                        }
+                    }
                 }
             }
         });
@@ -226,7 +378,10 @@ impl FlowSync {
                 socket,
                 peers,
                 key: key_bytes,
-                seq: 0,
+                listen: listen.ip(),
+                // Grows across restarts: a restarted sender is not taken
+                // for a replay.
+                seq: now_ms().saturating_mul(1000),
                 sent: Default::default(),
                 rounds: 0,
             },
@@ -248,15 +403,33 @@ impl FlowSync {
             .collect();
         self.sent = now;
         for chunk in news.chunks(PER_DATAGRAM) {
-            self.seq += 1;
-            let d = encode(&self.key, self.seq, now_ms(), chunk);
             for p in &self.peers {
+                self.seq += 1;
+                let from = if self.listen.is_unspecified() {
+                    source_towards(p.ip()).unwrap_or(self.listen)
+                } else {
+                    self.listen
+                };
+                let d = encode(&self.key, from, p.ip(), self.seq, now_ms(), chunk);
                 if let Err(e) = self.socket.send_to(&d, p).await {
                     debug!(peer = %p, error = %e, "flow sync send failed");
                 }
             }
         }
     }
+}
+
+/// The source address routing picks towards `peer` (a connected UDP
+/// socket's local address; nothing is sent).
+fn source_towards(peer: IpAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse().ok()?
+    } else {
+        "0.0.0.0:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(SocketAddr::new(peer, 9)).ok()?;
+    Some(s.local_addr().ok()?.ip())
 }
 
 #[cfg(test)]
@@ -283,16 +456,34 @@ mod tests {
         }
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
     fn round_trip_authentication_and_replays() {
+        let (a, b) = (ip("10.0.0.10"), ip("10.0.0.11"));
         let flows: Vec<PinnedFlow> = (0..5).map(sample).collect();
-        let d = encode(b"secret", 7, 1_000_000, &flows);
+        let d = encode(b"secret", a, b, 7, 1_000_000, &flows);
         assert!(d.len() <= 1400);
-        assert_eq!(decode(b"secret", &d, 1_000_500), Ok(flows.clone()));
+        let (env, got) = decode(b"secret", &d, 1_000_500).expect("decodes");
+        assert_eq!(got, flows);
+        assert_eq!(
+            env,
+            Envelope {
+                from: a,
+                to: b,
+                seq: 7
+            }
+        );
         // Wrong key, tampering, truncation, replay outside the window.
         assert_eq!(decode(b"other", &d, 1_000_500), Err(Drop::BadMac));
         let mut t = d.clone();
-        t[30] ^= 1;
+        t[60] ^= 1;
+        assert_eq!(decode(b"secret", &t, 1_000_500), Err(Drop::BadMac));
+        // The addresses are under the MAC too.
+        let mut t = d.clone();
+        t[AT_TO + 15] ^= 1;
         assert_eq!(decode(b"secret", &t, 1_000_500), Err(Drop::BadMac));
         for n in 0..d.len() {
             assert!(decode(b"secret", &d[..n], 1_000_500).is_err());
@@ -300,8 +491,36 @@ mod tests {
         assert_eq!(decode(b"secret", &d, 1_000_000 + 31_000), Err(Drop::Stale));
         // A full datagram.
         let many: Vec<PinnedFlow> = (0..100).map(sample).collect();
-        let d = encode(b"k", 1, 5, &many);
+        let d = encode(b"k", a, b, 1, 5, &many);
         assert!(d.len() <= 1400);
-        assert_eq!(decode(b"k", &d, 5).map(|f| f.len()), Ok(PER_DATAGRAM));
+        assert_eq!(decode(b"k", &d, 5).map(|f| f.1.len()), Ok(PER_DATAGRAM));
+        // IPv6 addresses.
+        let d = encode(b"k", ip("fd00::10"), ip("fd00::11"), 1, 5, &flows);
+        assert_eq!(decode(b"k", &d, 5).map(|f| f.0.to), Ok(ip("fd00::11")));
+    }
+
+    #[test]
+    fn the_receiver_refuses_replays_and_datagrams_for_others() {
+        let (a, b, c) = (ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12"));
+        let mut gate = Gate {
+            windows: Default::default(),
+            ours: vec![b],
+        };
+        let env = |from, to, seq| Envelope { from, to, seq };
+        assert_eq!(gate.check(&env(a, b, 100), a), Ok(()));
+        assert_eq!(gate.check(&env(a, b, 100), a), Err(Drop::Replay));
+        // Reordered within the window: fine, once.
+        assert_eq!(gate.check(&env(a, b, 102), a), Ok(()));
+        assert_eq!(gate.check(&env(a, b, 101), a), Ok(()));
+        assert_eq!(gate.check(&env(a, b, 101), a), Err(Drop::Replay));
+        // Too old for the window.
+        assert_eq!(gate.check(&env(a, b, 500), a), Ok(()));
+        assert_eq!(gate.check(&env(a, b, 400), a), Err(Drop::Replay));
+        // A datagram A sent to C, replayed to B; or one claiming another
+        // sender than the socket saw.
+        assert_eq!(gate.check(&env(a, c, 600), a), Err(Drop::Misdirected));
+        assert_eq!(gate.check(&env(c, b, 700), a), Err(Drop::Misdirected));
+        // Each sender has its own window.
+        assert_eq!(gate.check(&env(c, b, 1), c), Ok(()));
     }
 }
