@@ -1010,6 +1010,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         dataplane_error: None,
     };
     let mut interface_gone = false;
+    // Flow sync: the scan under way, the table version last scanned, the
+    // exceptions it found.
+    let mut scan_task: Option<
+        tokio::task::JoinHandle<(u64, Vec<crate::dataplane::xdp::PinnedFlow>)>,
+    > = None;
+    let mut scanned: Option<u64> = None;
+    let mut exceptions: Vec<crate::dataplane::xdp::PinnedFlow> = Vec::new();
     let result = loop {
         let delay = match daemon.resolver.refresh(&neighbors).await {
             Ok(true) => RESOLVE_RETRY,
@@ -1084,9 +1091,34 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             }
             _ = tick(&mut bgp_tick) => {}
             _ = tick(&mut sync_tick) => {
-                if let Some(sync) = flow_sync.as_mut() {
-                    let flows = daemon.dataplane.exception_flows(1 << 16);
-                    sync.send(&flows).await;
+                // The flow table is read on a blocking thread: a full walk
+                // only after the tables changed, else the exceptions known
+                // are looked up again.
+                if flow_sync.is_some()
+                    && scan_task.is_none()
+                    && let Some(scan) = daemon.dataplane.exception_scan()
+                {
+                    let full = Some(scan.version()) != scanned;
+                    let known = exceptions.clone();
+                    scan_task = Some(tokio::task::spawn_blocking(move || {
+                        let flows = if full { scan.full(1 << 16) } else { scan.again(&known) };
+                        (scan.version(), flows)
+                    }));
+                }
+            }
+            Some(done) = async {
+                match scan_task.as_mut() {
+                    Some(task) => Some(task.await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                scan_task = None;
+                if let Ok((version, flows)) = done {
+                    scanned = Some(version);
+                    if let Some(sync) = flow_sync.as_mut() {
+                        sync.send(&flows).await;
+                    }
+                    exceptions = flows;
                 }
             }
             Some(flows) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {

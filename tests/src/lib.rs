@@ -19,6 +19,7 @@
 //! Real servers are LVS-DR real servers: the VIP on `lo`, `arp_ignore=1`,
 //! `arp_announce=2`, and an nginx that answers `GET /` with its own name.
 
+pub mod bpfmap;
 pub mod ecmp;
 pub mod http;
 pub mod inject;

@@ -146,6 +146,18 @@ impl Dataplane {
         }
     }
 
+    /// A snapshot to find flow-table exceptions with off the loop (XDP
+    /// only).
+    pub fn exception_scan(&self) -> Option<xdp::Scan> {
+        match self {
+            Dataplane::Xdp(d) => d
+                .exception_scan()
+                .inspect_err(|e| warn!(error = %e, "cannot read the flow table"))
+                .ok(),
+            Dataplane::Ipvs(_) => None,
+        }
+    }
+
     /// Takes flows a peer shared (XDP only); returns how many were new.
     pub fn import_flows(&mut self, flows: &[xdp::PinnedFlow]) -> usize {
         match self {

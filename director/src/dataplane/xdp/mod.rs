@@ -36,11 +36,14 @@ use director_common::{
     NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey,
     ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
 };
-use director_common::{FlowKey, FlowValue, MAP_FLOWS, flow_hash, source_hash};
+use director_common::{FlowKey, FlowValue, MAP_FLOWS};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
+mod exceptions;
 mod link;
+
+pub use exceptions::Scan;
 
 use super::{ServicePlan, Traffic, key_name};
 use crate::{
@@ -151,7 +154,7 @@ struct Installed {
     bank: u32,
     value: ServiceValue,
     /// The active table, when this process wrote it.
-    table: Option<Vec<u16>>,
+    table: Option<std::sync::Arc<Vec<u16>>>,
 }
 
 /// A real server's slot in the backend array.
@@ -187,6 +190,9 @@ pub struct XdpDataplane {
     settings: Option<Settings>,
     /// The VIP filter as written to the map.
     filter: Vec<u64>,
+    /// Bumped whenever a table, a real-server slot or a service entry is
+    /// written: new flow-table exceptions can only appear then.
+    version: u64,
 }
 
 /// A flow and the real server it is pinned to, in terms both directors
@@ -278,6 +284,7 @@ impl XdpDataplane {
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            version: 0,
         }
     }
 
@@ -412,7 +419,7 @@ impl XdpDataplane {
             let same_table = installed
                 .as_ref()
                 .and_then(|i| i.table.as_ref())
-                .is_some_and(|t| *t == table);
+                .is_some_and(|t| **t == table);
             let bank = match &installed {
                 Some(i) if same_table => i.bank,
                 Some(i) => 1 - i.bank,
@@ -447,7 +454,7 @@ impl XdpDataplane {
                     id,
                     bank,
                     value,
-                    table: Some(table),
+                    table: Some(std::sync::Arc::new(table)),
                 },
             );
             // Slots of real servers no longer in this service.
@@ -721,6 +728,7 @@ impl XdpDataplane {
     }
 
     fn write_table(&mut self, base: u32, table: &[u16]) -> Result<(), XdpError> {
+        self.version += 1;
         let mut array: Array<&mut MapData, [u16; 4]> = Array::try_from(self.map_mut(MAP_MAGLEV)?)?;
         for (i, chunk) in table.chunks(MAGLEV_LANES as usize).enumerate() {
             let mut elem = [NO_BACKEND; 4];
@@ -731,6 +739,7 @@ impl XdpDataplane {
     }
 
     fn write_backend(&mut self, id: u32, b: &Backend) -> Result<(), XdpError> {
+        self.version += 1;
         let mut array: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
         array.set(id, b, 0)?;
         Ok(())
@@ -739,61 +748,60 @@ impl XdpDataplane {
     fn services_map(
         &mut self,
     ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
+        self.version += 1;
         Ok(BpfHashMap::try_from(self.map_mut(MAP_SERVICES)?)?)
     }
 
-    /// Flows pinned to a real server the service's table would not pick
-    /// now (placed before the tables changed, e.g. to a draining server):
-    /// the ones a peer director could not recompute (flow sync). At most
-    /// `limit`.
-    pub fn exception_flows(&self, limit: usize) -> Result<Vec<PinnedFlow>, XdpError> {
+    /// A snapshot to find flow-table exceptions with on another thread
+    /// (see [`Scan`]).
+    pub fn exception_scan(&self) -> Result<Scan, XdpError> {
         let by_id: HashMap<u32, (ServiceKey, IpAddr, u32)> = self
             .slots
             .iter()
             .map(|((k, a), s)| (s.id, (*k, *a, s.written.generation)))
             .collect();
-        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
-            BpfHashMap::try_from(self.map(MAP_FLOWS)?)?;
-        let maglev_map: Array<&MapData, [u16; 4]> = Array::try_from(self.map(MAP_MAGLEV)?)?;
-        let mut out = Vec::new();
-        for entry in flows.iter() {
-            let Ok((key, value)) = entry else { continue };
-            let Some((service, backend, generation)) = by_id.get(&value.backend) else {
-                continue;
-            };
-            // A flow of a slot reused since: it will be re-hashed anyway.
-            if *generation != value.generation {
-                continue;
-            }
-            let Some(installed) = self.services.get(service) else {
-                continue;
-            };
-            let hash = if installed.value.flags & SVC_SOURCE_HASH != 0 {
-                source_hash(&key.src)
-            } else {
-                flow_hash(&key)
-            };
-            let slot = hash % MAGLEV_TABLE_SIZE;
-            let chosen = match &installed.table {
-                Some(t) => t.get(slot as usize).copied().map(u32::from),
-                None => maglev_map
-                    .get(&(installed.value.table + slot / MAGLEV_LANES), 0)
-                    .ok()
-                    .map(|e| u32::from(e[(slot % MAGLEV_LANES) as usize])),
-            };
-            if chosen == Some(value.backend) {
-                continue;
-            }
-            out.push(PinnedFlow {
-                flow: key,
-                service: *service,
-                backend: *backend,
-            });
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let services = self
+            .services
+            .iter()
+            .map(|(k, i)| {
+                (
+                    *k,
+                    exceptions::ServiceView {
+                        flags: i.value.flags,
+                        base: i.value.table,
+                        table: i.table.clone(),
+                    },
+                )
+            })
+            .collect();
+        let MapOrNot::Data(flows) = MapOrNot::of(self.map(MAP_FLOWS)?) else {
+            return Err(XdpError::Missing(MAP_FLOWS));
+        };
+        let MapOrNot::Data(maglev) = MapOrNot::of(self.map(MAP_MAGLEV)?) else {
+            return Err(XdpError::Missing(MAP_MAGLEV));
+        };
+        Ok(Scan {
+            version: self.version,
+            flows: BpfHashMap::try_from(aya::maps::Map::LruHashMap(exceptions::dup(flows)?))?,
+            maglev: Array::try_from(aya::maps::Map::Array(exceptions::dup(maglev)?))?,
+            by_id,
+            services,
+        })
+    }
+
+    /// The version of the tables (see [`Scan`]): a scan taken at an older
+    /// one must walk the whole flow table again.
+    pub fn tables_version(&self) -> u64 {
+        self.version
+    }
+
+    /// Flows pinned to a real server the service's table would not pick
+    /// now (placed before the tables changed, e.g. to a draining server):
+    /// the ones a peer director could not recompute (flow sync). At most
+    /// `limit`. (Walks the flow table on the caller's thread; the daemon
+    /// uses [`XdpDataplane::exception_scan`].)
+    pub fn exception_flows(&self, limit: usize) -> Result<Vec<PinnedFlow>, XdpError> {
+        Ok(self.exception_scan()?.full(limit))
     }
 
     /// Adds flows a peer pinned, translated to our real-server ids, unless
@@ -881,6 +889,22 @@ impl Drop for XdpDataplane {
         }
         if let Some(Logger::Task(task)) = self.logger.take() {
             task.abort();
+        }
+    }
+}
+
+/// The map data behind an aya map of the kinds the dataplane uses.
+enum MapOrNot<'a> {
+    Data(&'a MapData),
+    Other,
+}
+
+impl<'a> MapOrNot<'a> {
+    fn of(map: &'a aya::maps::Map) -> MapOrNot<'a> {
+        use aya::maps::Map;
+        match map {
+            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => MapOrNot::Data(d),
+            _ => MapOrNot::Other,
         }
     }
 }

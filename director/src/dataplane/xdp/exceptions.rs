@@ -1,0 +1,114 @@
+//! Finding the flow-table exceptions flow sync shares, off the daemon's
+//! loop and in proportion to what changed.
+//!
+//! An exception is a flow pinned to a real server the service's current
+//! Maglev table would not pick (it was placed before a table changed). New
+//! flows are placed by the current table, so new exceptions appear only
+//! when a table changes: the whole flow table is walked once after each
+//! change (in a blocking thread, on a snapshot of the tables and a handle
+//! of its own on the maps); between changes, only the exceptions already
+//! found are looked up again (still there? still elsewhere?).
+
+use std::{collections::HashMap, net::IpAddr, os::fd::AsFd as _, sync::Arc};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use director_common::{
+    FlowKey, FlowValue, MAGLEV_LANES, MAGLEV_TABLE_SIZE, SVC_SOURCE_HASH, ServiceKey, flow_hash,
+    source_hash,
+};
+
+use super::{PinnedFlow, XdpError};
+
+/// What a service's placement is, as of the snapshot.
+#[derive(Clone)]
+pub(super) struct ServiceView {
+    pub flags: u32,
+    /// First element of its active table in the MAGLEV array.
+    pub base: u32,
+    /// The table, when this process wrote it (else read from the map).
+    pub table: Option<Arc<Vec<u16>>>,
+}
+
+/// A snapshot to find exceptions with, owning its map handles (so it can
+/// run on another thread while the daemon goes on).
+pub struct Scan {
+    pub(super) version: u64,
+    pub(super) flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+    pub(super) maglev: Array<MapData, [u16; 4]>,
+    /// Real-server id -> (service, address, generation).
+    pub(super) by_id: HashMap<u32, (ServiceKey, IpAddr, u32)>,
+    pub(super) services: HashMap<ServiceKey, ServiceView>,
+}
+
+/// A second handle on a map (a duplicate of its fd).
+pub(super) fn dup(map: &MapData) -> Result<MapData, XdpError> {
+    let fd = map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::Link(format!("duplicating a map fd: {e}")))?;
+    Ok(MapData::from_fd(fd)?)
+}
+
+impl Scan {
+    /// The table version the snapshot was taken at.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether `key` -> `value` is an exception; the flow to share if so.
+    fn exception(&self, key: FlowKey, value: FlowValue) -> Option<PinnedFlow> {
+        let (service, backend, generation) = self.by_id.get(&value.backend)?;
+        // A flow of a slot reused since: it will be re-hashed anyway.
+        if *generation != value.generation {
+            return None;
+        }
+        let view = self.services.get(service)?;
+        let hash = if view.flags & SVC_SOURCE_HASH != 0 {
+            source_hash(&key.src)
+        } else {
+            flow_hash(&key)
+        };
+        let slot = hash % MAGLEV_TABLE_SIZE;
+        let chosen = match &view.table {
+            Some(t) => t.get(slot as usize).copied().map(u32::from),
+            None => self
+                .maglev
+                .get(&(view.base + slot / MAGLEV_LANES), 0)
+                .ok()
+                .map(|e| u32::from(e[(slot % MAGLEV_LANES) as usize])),
+        };
+        (chosen != Some(value.backend)).then_some(PinnedFlow {
+            flow: key,
+            service: *service,
+            backend: *backend,
+        })
+    }
+
+    /// Walks the whole flow table (after a table change): at most `limit`.
+    pub fn full(&self, limit: usize) -> Vec<PinnedFlow> {
+        let mut out = Vec::new();
+        for entry in self.flows.iter() {
+            let Ok((key, value)) = entry else { continue };
+            if let Some(f) = self.exception(key, value) {
+                out.push(f);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Looks the exceptions found before up again (no table changed since):
+    /// those still in the flow table and still exceptions.
+    pub fn again(&self, known: &[PinnedFlow]) -> Vec<PinnedFlow> {
+        known
+            .iter()
+            .filter_map(|f| {
+                let value = self.flows.get(&f.flow, 0).ok()?;
+                self.exception(f.flow, value)
+            })
+            .collect()
+    }
+}
