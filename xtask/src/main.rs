@@ -9,6 +9,7 @@
 mod bench;
 mod bench_ecmp;
 mod bench_health;
+mod bench_soak;
 mod demo;
 mod fuzz;
 mod setup;
@@ -65,7 +66,7 @@ enum Cmd {
     /// `health` (10,000 real servers checked every second), `ha`
     /// (connections surviving a master's death).
     Bench {
-        /// Which benchmark: xdp, failover, health, ha, ecmp.
+        /// Which benchmark: xdp, failover, health, ha, ecmp, soak.
         what: String,
         /// Prove the harness and every measured path in seconds, print no
         /// figures (what CI runs).
@@ -77,6 +78,9 @@ enum Cmd {
         /// failover: skip the outage measurements (soak only).
         #[arg(long)]
         soak_only: bool,
+        /// soak: how long, minutes.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
     },
 }
 
@@ -136,6 +140,7 @@ fn main() -> Result<()> {
             short,
             soak,
             soak_only,
+            minutes,
         } => {
             setup::run(setup::Verbosity::Quiet)?;
             match what.as_str() {
@@ -172,8 +177,16 @@ fn main() -> Result<()> {
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
                     bench::run_ha(short)
                 }
+                "soak" => {
+                    let bin = build_director()?;
+                    // SAFETY: single-threaded at this point.
+                    unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
+                    bench_soak::run(minutes, short)
+                }
                 other => {
-                    bail!("unknown benchmark {other:?}; known: xdp, failover, health, ha, ecmp")
+                    bail!(
+                        "unknown benchmark {other:?}; known: xdp, failover, health, ha, ecmp, soak"
+                    )
                 }
             }
         }
