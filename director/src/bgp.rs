@@ -160,6 +160,8 @@ impl Bird {
 pub struct BirdTask {
     want: watch::Sender<BTreeSet<IpAddr>>,
     done: watch::Receiver<Option<BTreeSet<IpAddr>>>,
+    /// The last failure, until an update succeeds.
+    error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -173,6 +175,8 @@ impl BirdTask {
     pub fn start(mut bird: Bird) -> BirdTask {
         let (want, mut want_rx) = watch::channel(BTreeSet::new());
         let (done_tx, done) = watch::channel(None);
+        let error = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let task_error = error.clone();
         let task = tokio::spawn(async move {
             let mut first = true;
             loop {
@@ -191,8 +195,14 @@ impl BirdTask {
                     match r {
                         Ok(_) => {
                             let _ = done_tx.send(bird.announced().cloned());
+                            if let Ok(mut slot) = task_error.lock() {
+                                *slot = None;
+                            }
                         }
                         Err(e) => {
+                            if let Ok(mut slot) = task_error.lock() {
+                                *slot = Some(e.to_string());
+                            }
                             if bird.first_failure(&e) {
                                 warn!(error = %e, "BGP announcement not updated (retrying)");
                             }
@@ -208,7 +218,25 @@ impl BirdTask {
                 }
             }
         });
-        BirdTask { want, done, task }
+        BirdTask {
+            want,
+            done,
+            error,
+            task,
+        }
+    }
+
+    /// What BIRD announces now (as far as it confirmed), and the last
+    /// failure (until an update succeeds).
+    pub fn state(&self) -> (Vec<IpAddr>, Option<String>) {
+        let announced = self
+            .done
+            .borrow()
+            .as_ref()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let error = self.error.lock().ok().and_then(|e| e.clone());
+        (announced, error)
     }
 
     /// What should be announced now.

@@ -84,15 +84,34 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "cannot reach the daemon at {path}: {source} (is `director run` running with this state directory?)"
-    )]
+    #[error("{}", connect_advice(path, error))]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        /// (Not a `source`: the advice says it all, once.)
+        error: std::io::Error,
     },
     #[error("bad answer from the daemon: {0}")]
     Answer(String),
+}
+
+/// What failed reaching the daemon, and what to do, said once.
+fn connect_advice(path: &Path, e: &std::io::Error) -> String {
+    let dir = path.parent().unwrap_or(path).display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no director daemon runs with state directory {dir} (no control socket {}); start it (`systemctl start director`, or `director run --config FILE`), or name another daemon with --config or --state-dir",
+            path.display()
+        ),
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "the director daemon of {dir} is not running (its control socket {} is left from a daemon that died); start it again (`systemctl start director`)",
+            path.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "not allowed to use the control socket {} (root only, or members of global.control_group): run as root (sudo)",
+            path.display()
+        ),
+        _ => format!("cannot reach the daemon at {}: {e}", path.display()),
+    }
 }
 
 /// Binds the socket (replacing a stale one) and serves it until the
@@ -206,9 +225,9 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 /// Sends `request` to the daemon whose state directory is `state_dir`.
 pub fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
     let path = state_dir.join(SOCKET);
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+    let mut stream = UnixStream::connect(&path).map_err(|error| ControlError::Connect {
         path: path.clone(),
-        source,
+        error,
     })?;
     let io = |source| ControlError::Socket {
         path: path.clone(),

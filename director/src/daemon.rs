@@ -366,6 +366,9 @@ struct Daemon {
     pins: Option<bpffs::PinDir>,
     /// The last update the dataplane refused, until one succeeds.
     dataplane_error: Option<String>,
+    /// Flow sync's counters, and the flows imported from peers.
+    sync_stats: Option<(usize, Arc<crate::flowsync::SyncStats>)>,
+    imported: u64,
 }
 
 impl Daemon {
@@ -501,6 +504,27 @@ impl Daemon {
             dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             dataplane_error: self.dataplane_error.clone(),
+            flow_sync: self.sync_stats.as_ref().map(|(peers, st)| {
+                use std::sync::atomic::Ordering::Relaxed;
+                crate::status::FlowSyncStatus {
+                    peers: *peers,
+                    flows_sent: st.sent.load(Relaxed),
+                    flows_received: st.received.load(Relaxed),
+                    flows_imported: self.imported,
+                    dropped: st
+                        .dropped
+                        .lock()
+                        .map(|d| d.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                        .unwrap_or_default(),
+                }
+            }),
+            bgp: self.bird.as_ref().map(|b| {
+                let (announced, error) = b.state();
+                crate::status::BgpStatus {
+                    announced: announced.iter().map(IpAddr::to_string).collect(),
+                    error,
+                }
+            }),
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
         }
@@ -1008,6 +1032,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         keys,
         pins: if dataplane_is_xdp { pins } else { None },
         dataplane_error: None,
+        sync_stats: flow_sync.as_ref().map(|s: &crate::flowsync::FlowSync| {
+            (
+                g.flow_sync.as_ref().map_or(0, |f| f.peers.len()),
+                s.stats.clone(),
+            )
+        }),
+        imported: 0,
     };
     let mut interface_gone = false;
     // Flow sync: the scan under way, the table version last scanned, the
@@ -1123,6 +1154,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             }
             Some(flows) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 let added = daemon.dataplane.import_flows(&flows);
+                daemon.imported += added as u64;
                 if added > 0 {
                     info!(flows = added, "flows taken from a peer director");
                 }

@@ -296,8 +296,34 @@ fn local_addresses(listen: IpAddr) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// What flow sync did, for status and metrics.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Flows sent (per peer).
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Flows received in accepted datagrams.
+    pub received: std::sync::atomic::AtomicU64,
+    /// Datagrams dropped, by reason.
+    pub dropped: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Drop {
+    /// The reason's name in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::BadMac => "bad_mac",
+            Drop::Stale => "stale",
+            Drop::Misdirected => "misdirected",
+            Drop::Replay => "replay",
+        }
+    }
+}
+
 /// The sync endpoint: a socket, the peers, the key.
 pub struct FlowSync {
+    /// Counters shared with the receiving task.
+    pub stats: std::sync::Arc<SyncStats>,
     socket: std::sync::Arc<UdpSocket>,
     peers: Vec<SocketAddr>,
     key: Vec<u8>,
@@ -337,6 +363,8 @@ impl FlowSync {
             windows: Default::default(),
             ours: local_addresses(listen.ip()),
         };
+        let stats = std::sync::Arc::new(SyncStats::default());
+        let rx_stats = stats.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let mut logged: std::collections::BTreeMap<Drop, (std::time::Instant, u64)> =
@@ -354,11 +382,17 @@ impl FlowSync {
                     .and_then(|(envelope, flows)| gate.check(&envelope, from.ip()).map(|()| flows));
                 match verdict {
                     Ok(flows) => {
+                        rx_stats
+                            .received
+                            .fetch_add(flows.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         if tx.send(flows).await.is_err() {
                             return;
                         }
                     }
                     Err(reason) => {
+                        if let Ok(mut d) = rx_stats.dropped.lock() {
+                            *d.entry(reason.as_str()).or_default() += 1;
+                        }
                         // One line per reason per DROP_LOG_EVERY, with the
                         // count since the last.
                         let entry = logged
@@ -375,6 +409,7 @@ impl FlowSync {
         });
         Ok((
             FlowSync {
+                stats,
                 socket,
                 peers,
                 key: key_bytes,
@@ -411,8 +446,13 @@ impl FlowSync {
                     self.listen
                 };
                 let d = encode(&self.key, from, p.ip(), self.seq, now_ms(), chunk);
-                if let Err(e) = self.socket.send_to(&d, p).await {
-                    debug!(peer = %p, error = %e, "flow sync send failed");
+                match self.socket.send_to(&d, p).await {
+                    Ok(_) => {
+                        self.stats
+                            .sent
+                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => debug!(peer = %p, error = %e, "flow sync send failed"),
                 }
             }
         }

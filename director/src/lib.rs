@@ -1,6 +1,7 @@
 //! The director daemon as a library: the binary in `main.rs` is a thin CLI.
 
 pub mod bgp;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

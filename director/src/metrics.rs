@@ -158,6 +158,57 @@ pub fn render(s: &Status) -> String {
         }
     }
 
+    if let Some(fs) = &s.flow_sync {
+        let sent = counter(
+            &mut reg,
+            "flow_sync_flows_sent",
+            "Flow-table exceptions sent to peer directors (once per peer)",
+        );
+        let received = counter(
+            &mut reg,
+            "flow_sync_flows_received",
+            "Flows received from peer directors in accepted datagrams",
+        );
+        let imported = counter(
+            &mut reg,
+            "flow_sync_flows_imported",
+            "Received flows added to this director's flow table",
+        );
+        let dropped = counter(
+            &mut reg,
+            "flow_sync_dropped",
+            "Flow sync datagrams dropped, by reason",
+        );
+        sent.get_or_create(&Vec::new()).inc_by(fs.flows_sent);
+        received
+            .get_or_create(&Vec::new())
+            .inc_by(fs.flows_received);
+        imported
+            .get_or_create(&Vec::new())
+            .inc_by(fs.flows_imported);
+        for (reason, n) in &fs.dropped {
+            dropped.get_or_create(&l(&[("reason", reason)])).inc_by(*n);
+        }
+    }
+    if let Some(b) = &s.bgp {
+        let announced = gauge(
+            &mut reg,
+            "bgp_announced",
+            "1 for each VIP BIRD announces for this director",
+        );
+        let error = gauge(
+            &mut reg,
+            "bgp_error",
+            "1 while BIRD refuses or does not answer an update",
+        );
+        for vip in &b.announced {
+            announced.get_or_create(&l(&[("vip", vip)])).set(1.0);
+        }
+        error
+            .get_or_create(&Vec::new())
+            .set(if b.error.is_some() { 1.0 } else { 0.0 });
+    }
+
     let state = gauge(&mut reg, "vrrp_state", "1 for the instance's current state");
     let prio = gauge(&mut reg, "vrrp_priority", "Configured priority");
     let eprio = gauge(
@@ -299,6 +350,8 @@ mod tests {
             dataplane_survives_restart: true,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
+            flow_sync: None,
+            bgp: None,
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,
@@ -382,5 +435,94 @@ mod tests {
             value("director_dataplane_info", Some(("xdp_mode", "native"))),
             1.0
         );
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    /// A status with every part present (services, real servers, VRRP).
+    pub(crate) fn full_status() -> crate::status::Status {
+        serde_json::from_str(
+            r#"{"router_id":"a","dataplane":"xdp","xdp_mode":"native","interface":"eth0",
+            "dataplane_survives_restart":true,
+            "flow_sync":{"peers":1,"flows_sent":1,"flows_received":1,"flows_imported":1,"dropped":{"replay":1}},
+            "bgp":{"announced":["10.0.0.100"],"error":null},
+            "virtual_servers":[{"address":"10.0.0.100","port":80,"protocol":"tcp","scheduler":"mh",
+              "persistence_timeout":0,"quorum_up":true,"packets":1,"bytes":1,"new_flows":1,
+              "real_servers":[{"address":"10.0.0.20","port":80,"weight":1,"mac":null,"healthy":true,
+                "last_check":null,"last_error":null,"check_latency":0.1,"packets":1,"bytes":1,"new_flows":1}]}],
+            "vrrp":[{"name":"VI_1","state":"master","priority":1,"effective_priority":1,"virtual_router_id":1,
+              "master_address":null,"transitions":0,"version":3,"advert_int":1.0,"interface":"eth0",
+              "virtual_ipaddress":[],"adverts_sent":0,"adverts_received":0,"rejected":{"ttl":1},
+              "split_brains":0,"peer_seen":false}]}"#,
+        )
+        .expect("status json")
+    }
+
+    #[test]
+    fn every_metric_family_has_help_text() {
+        let text = super::render(&full_status());
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(families.len() > 20, "{text}");
+        for f in families {
+            let help = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# HELP {f} ")))
+                .unwrap_or_else(|| panic!("{f} has no HELP:\n{text}"));
+            assert!(help.trim().len() > 10, "{f}: HELP {help:?}");
+        }
+    }
+
+    /// Every metric the Grafana dashboard (`packaging/`) queries is one the
+    /// daemon exports.
+    #[test]
+    fn the_dashboard_queries_only_exported_metrics() {
+        let text = super::render(&full_status());
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/grafana-dashboard.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard"))
+                .expect("json");
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        if (k == "expr" || k == "query")
+                            && let Some(s) = v.as_str()
+                        {
+                            out.push(s.to_string());
+                        }
+                        walk(v, out);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        assert!(exprs.len() > 20, "{exprs:?}");
+        let re = regex::Regex::new(r"director_[a-z0-9_]+").expect("regex");
+        let mut used = 0;
+        for e in &exprs {
+            for m in re.find_iter(e) {
+                used += 1;
+                assert!(
+                    exported.contains(m.as_str()),
+                    "the dashboard queries {} (in `{e}`), which is not exported:\n{exported:?}",
+                    m.as_str()
+                );
+            }
+        }
+        assert!(used > 20);
     }
 }

@@ -29,9 +29,39 @@ pub struct Status {
     #[serde(default)]
     pub dataplane_error: Option<String>,
     pub virtual_servers: Vec<VirtualServerStatus>,
+    /// Flow sync with peer directors (`null` when off).
+    #[serde(default)]
+    pub flow_sync: Option<FlowSyncStatus>,
+    /// BGP announcements through BIRD (`null` when off).
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
     /// VRRP instances.
     #[serde(default)]
     pub vrrp: Vec<InstanceStatus>,
+}
+
+/// Flow sync counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowSyncStatus {
+    pub peers: usize,
+    /// Flows sent (counted once per peer).
+    pub flows_sent: u64,
+    /// Flows received in accepted datagrams.
+    pub flows_received: u64,
+    /// Received flows added to our flow table (the others we had).
+    pub flows_imported: u64,
+    /// Datagrams dropped, by reason (`malformed`, `bad_mac`, `stale`,
+    /// `misdirected`, `replay`).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+/// What BIRD announces for us.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// VIPs announced (as BIRD confirmed).
+    pub announced: Vec<String>,
+    /// The last failure talking to BIRD, until an update succeeds.
+    pub error: Option<String>,
 }
 
 /// One virtual service.
@@ -187,6 +217,8 @@ mod tests {
             dataplane_survives_restart: true,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
+            flow_sync: None,
+            bgp: None,
             virtual_servers: vec![VirtualServerStatus {
                 address: "10.0.0.100".into(),
                 port: 80,

@@ -58,3 +58,37 @@ pub fn director_bin() -> Result<PathBuf> {
         "director binary not found: run `cargo build -p director` first, or `cargo xtask test`, or set DIRECTOR_BIN"
     )
 }
+
+/// `cargo xtask package` of the binary under test, as version `version`.
+pub fn package(out: &std::path::Path, version: &str) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let result = std::process::Command::new(cargo)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "xtask",
+            "--",
+            "package",
+            "--version",
+            version,
+        ])
+        .arg("--binary")
+        .arg(director_bin()?)
+        .arg("--out")
+        .arg(out)
+        .output()?;
+    anyhow::ensure!(
+        result.status.success(),
+        "cargo xtask package failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let path = String::from_utf8_lossy(&result.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .ok_or_else(|| anyhow::anyhow!("no package path printed"))?;
+    anyhow::ensure!(path.is_file(), "{} missing", path.display());
+    Ok(path)
+}

@@ -24,8 +24,7 @@ use anyhow::{Context as _, Result, ensure};
 use crate::{netns::sh, vm};
 
 /// Debian packages of the root filesystem.
-const PACKAGES: &str =
-    "systemd,systemd-sysv,udev,dbus,iproute2,curl,busybox,kmod,procps,ethtool,apt,ca-certificates";
+const PACKAGES: &str = "systemd,systemd-sysv,udev,dbus,iproute2,curl,busybox,kmod,procps,ethtool,apt,ca-certificates,man-db";
 
 /// Kernel module directories the machine gets (networking, filesystems,
 /// virtio): what an operator's server would load on demand.
@@ -45,7 +44,7 @@ const MODULE_DIRS: &[&str] = &[
 ];
 
 /// Bumped when the image's recipe changes (the cache key).
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 /// The cached root filesystem image (raw ext4), built on first use.
 fn image(kroot: &Path, version: &str) -> Result<PathBuf> {

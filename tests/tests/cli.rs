@@ -76,3 +76,53 @@ fn run_refuses_a_bad_config_before_touching_anything() -> Result<()> {
     ensure!(err.contains("bad.toml:3:1: "), "{err}");
     Ok(())
 }
+
+/// With no daemon, every command that needs one says once what is wrong
+/// and what to do; a socket left by a dead daemon is told apart.
+#[test]
+fn commands_without_a_daemon_say_what_to_do() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("director-cli-nodaemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for args in [
+        vec!["status"],
+        vec!["reload"],
+        vec!["drain"],
+        vec![
+            "real-server",
+            "drain",
+            "--vip",
+            "10.0.0.100",
+            "--port",
+            "80",
+            "--address",
+            "10.0.0.20",
+        ],
+    ] {
+        let out = Command::new(director_bin()?)
+            .args(&args)
+            .arg("--state-dir")
+            .arg(&dir)
+            .output()?;
+        ensure!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            err.matches("no director daemon runs with state directory")
+                .count()
+                == 1
+                && err.contains("systemctl start director")
+                && !err.contains("os error"),
+            "{args:?}: {err}"
+        );
+    }
+    // A socket nobody listens on: a daemon that died.
+    let socket = dir.join("director.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket)?);
+    let out = Command::new(director_bin()?)
+        .args(["status", "--state-dir"])
+        .arg(&dir)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("left from a daemon that died"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

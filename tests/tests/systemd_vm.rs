@@ -1,17 +1,19 @@
-//! The shipped systemd unit on a real systemd machine (Debian 12 under
-//! qemu, `director_tests::systemd_vm`): the director installed as the
-//! README's "Install on a server" says, a client and two real servers in
-//! namespaces behind a bridge, continuous requests through the VIP, and:
-//! `systemctl restart` loses none; `systemctl stop` leaves it forwarding;
-//! `kill -9` of the daemon is restarted by systemd, which adopts the pinned
-//! dataplane, losing none; `director flush` from a root shell removes it
+//! The Debian package and its systemd unit on a real systemd machine
+//! (Debian 12 under qemu, `director_tests::systemd_vm`): the package built
+//! by `cargo xtask package` is installed with apt as the README's "Install
+//! on a server" says, the config edited, the unit enabled; a client and two
+//! real servers in namespaces behind a bridge, continuous requests through
+//! the VIP, and: `systemctl restart` loses none; `systemctl stop` leaves it
+//! forwarding; `kill -9` of the daemon is restarted by systemd, which
+//! adopts the pinned dataplane, losing none; an upgrade to the next package
+//! version (apt) loses none; `director flush` from a root shell removes it
 //! all. A request fails if it does not complete within 5 s or needed more
 //! than 0.9 s to connect (a SYN lost while nothing forwarded).
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{director_bin, netns::sh, systemd_vm, vm};
+use director_tests::{systemd_vm, vm};
 
 const CONFIG: &str = r#"# /etc/director/director.toml
 [global]
@@ -63,13 +65,13 @@ for n in 1 2; do
   ip netns exec rs$n busybox httpd -p 80 -h /srv/rs$n
 done
 
-# Install, as the README says.
-install -m 0755 /root/install/director /usr/local/bin/director
-install -m 0644 /root/install/director.service /etc/systemd/system/director.service
-install -d /etc/director
+# Install, as the README says: the package, the config, the unit.
+apt-get install -y -q /root/install/director_1.deb > /tmp/apt1.log 2>&1 || { echo "RESULT apt_install_failed=1"; cat /tmp/apt1.log; }
+echo "RESULT started_by_install=$(systemctl is-active director)"
 install -m 0644 /root/install/director.toml /etc/director/director.toml
-systemctl daemon-reload
+director check-config > /dev/null && echo "RESULT config_ok=1"
 systemctl enable --now director 2>&1
+echo "RESULT man=$(man -w director.toml 2>/dev/null | grep -c director.toml)"
 
 ready() {
   for i in $(seq 120); do
@@ -125,6 +127,13 @@ load_stop kill
 echo "RESULT restarts=$(systemctl show -p NRestarts --value director)"
 echo "RESULT adopted=$(journalctl -u director --no-pager | grep -c 'adopted the running dataplane')"
 
+load_start upgrade
+apt-get install -y -q /root/install/director_2.deb > /tmp/apt2.log 2>&1 || { echo "RESULT apt_upgrade_failed=1"; cat /tmp/apt2.log; }
+ready upgrade
+load_stop upgrade
+echo "RESULT version=$(dpkg-query -W -f '${Version}' director)"
+echo "RESULT after_upgrade=$(systemctl is-active director)"
+
 systemctl stop director
 director flush
 echo "RESULT flushed_pins=$(ls /sys/fs/bpf/director 2>/dev/null | wc -l)"
@@ -138,21 +147,16 @@ echo END journal
 fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Result<()> {
     let work = std::env::temp_dir().join(format!("director-systemd-vm-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let binary = work.join("director");
-    sh(
-        "objcopy",
-        &[
-            "--strip-debug",
-            &director_bin()?.to_string_lossy(),
-            &binary.to_string_lossy(),
-        ],
-    )?;
+    // Two package versions of the binary under test (an upgrade).
+    let debs: Vec<PathBuf> = ["0.1.0~vm1", "0.1.0~vm2"]
+        .iter()
+        .map(|v| director_tests::package(&work, v))
+        .collect::<Result<_>>()?;
     let config = work.join("director.toml");
     std::fs::write(&config, CONFIG)?;
-    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/director.service");
     let files = [
-        ("/root/install/director", binary),
-        ("/root/install/director.service", unit),
+        ("/root/install/director_1.deb", debs[0].clone()),
+        ("/root/install/director_2.deb", debs[1].clone()),
         ("/root/install/director.toml", config),
     ];
     let out = systemd_vm::run(
@@ -193,7 +197,25 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         served.contains("rs1") && served.contains("rs2"),
         "not served by both real servers: {served}"
     );
-    for phase in ["restart", "stop", "kill"] {
+    ensure!(
+        !results
+            .iter()
+            .any(|(k, _)| k == "apt_install_failed" || k == "apt_upgrade_failed"),
+        "apt failed:\n{out}"
+    );
+    ensure!(
+        get("started_by_install").as_deref() == Some("inactive"),
+        "the package started the daemon before the config was edited"
+    );
+    ensure!(num("config_ok")? == 1, "check-config refused the config");
+    ensure!(num("man")? == 1, "no director.toml(5) man page");
+    ensure!(
+        get("version").as_deref() == Some("0.1.0~vm2"),
+        "not upgraded: {:?}",
+        get("version")
+    );
+    ensure!(get("after_upgrade").as_deref() == Some("active"));
+    for phase in ["restart", "stop", "kill", "upgrade"] {
         let (ok, failed, slow) = (
             num(&format!("{phase}_ok"))?,
             num(&format!("{phase}_failed"))?,

@@ -12,6 +12,7 @@ mod bench_health;
 mod bench_soak;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -52,6 +53,31 @@ enum Cmd {
     },
     /// rustfmt check, clippy -D warnings (default members, then the eBPF crate).
     Lint,
+    /// Build the release binary (daemon with the XDP program embedded) and
+    /// print its path (after `setup` if needed).
+    Build,
+    /// Build, then run the release binary as root with ARGS (for example
+    /// `cargo xtask run -- run --config my.toml`).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build the Debian package (target/package/director_VERSION_ARCH.deb)
+    /// and print its path.
+    Package {
+        /// Package version (default: the workspace's).
+        #[arg(long)]
+        version: Option<String>,
+        /// Package this binary instead of a fresh release build.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Output directory (default: target/package).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Then run lintian on it (no error allowed).
+        #[arg(long)]
+        lintian: bool,
+    },
     /// Run the fuzz targets (cargo fuzz, nightly) from the checked-in
     /// seeds; a crash is saved under fuzz/regressions and fails the run.
     Fuzz {
@@ -131,6 +157,46 @@ fn main() -> Result<()> {
             test_with_summary(&mut cmd)
         }
         Cmd::Lint => lint(),
+        Cmd::Build => {
+            let bin = build_release()?;
+            println!("{}", bin.display());
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            let bin = build_release()?;
+            let mut cmd = if nix::unistd::Uid::effective().is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            exec(cmd.args(args))
+        }
+        Cmd::Package {
+            version,
+            binary,
+            out,
+            lintian,
+        } => {
+            if binary.is_none() {
+                setup::run(setup::Verbosity::Quiet)?;
+            }
+            let deb = package::run(package::Options {
+                version,
+                binary,
+                out,
+            })?;
+            if lintian {
+                exec(
+                    Command::new("lintian")
+                        .args(["--fail-on", "error", "--tag-display-limit", "0"])
+                        .arg(&deb),
+                )?;
+            }
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Fuzz { time, targets } => {
             setup::run(setup::Verbosity::Quiet)?;
             fuzz::run(time, &targets)
@@ -251,6 +317,21 @@ fn test_with_summary(cmd: &mut Command) -> Result<()> {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// Builds the release daemon (with its embedded XDP program), after setup;
+/// returns the binary.
+fn build_release() -> Result<PathBuf> {
+    setup::run(setup::Verbosity::Quiet)?;
+    exec(cargo().args(["build", "--release", "--quiet", "-p", "director"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("release").join("director");
+    if !bin.exists() {
+        bail!("{} missing after the build", bin.display());
+    }
+    Ok(bin)
 }
 
 /// Builds the daemon (with its embedded XDP program); returns the binary.

@@ -1,0 +1,165 @@
+//! The command line (clap): the `director` binary parses it, and
+//! `cargo xtask package` renders its man pages and shell completions from
+//! it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/director/director.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "director",
+    version,
+    about = "XDP-accelerated LVS-DR load balancer with VRRP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM. The XDP
+    /// dataplane is pinned and keeps forwarding after the daemon exits; the
+    /// next `director run` adopts it without a gap.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Instead of running: remove the pinned dataplane (detaching the
+        /// XDP program and freeing its maps and flows), then exit.
+        #[arg(long)]
+        flush: bool,
+    },
+    /// Validate a configuration file; on error print FILE:LINE:COL: problem.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the running daemon's virtual servers, real servers and counters.
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS (default 1) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// State directory of the daemon (where its control socket is).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Take the state directory from this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Reload the running daemon's configuration (like SIGHUP): the new file
+    /// is validated first; on error nothing changes and the error is printed.
+    Reload {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show the VRRP adverts seen on an interface, grouped by virtual
+    /// router; flags two masters for one VRID as a split brain.
+    WatchVrrp {
+        /// Interface to watch.
+        interface: String,
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Print the final picture as JSON (with --duration).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a real server of the running daemon without editing the file
+    /// (a reload reads the file again): add, remove, weight, drain, enable.
+    RealServer {
+        /// add, remove, weight, drain (weight 0, remembering the weight) or
+        /// enable (back to the remembered weight).
+        #[arg(value_parser = ["add", "remove", "weight", "drain", "enable"])]
+        action: String,
+        /// The virtual server's address.
+        #[arg(long)]
+        vip: std::net::IpAddr,
+        /// The virtual server's port.
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// The real server's address.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// For add and weight.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Also write the change into the daemon's config file (comments
+        /// and layout kept), so a reload or restart keeps it.
+        #[arg(long)]
+        persist: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Translate a keepalived.conf (and its includes) into director's TOML,
+    /// printed on stdout. Every directive that cannot be translated is
+    /// listed on stderr as FILE:LINE (and as a comment in the output).
+    ImportKeepalived {
+        /// The keepalived configuration file.
+        file: PathBuf,
+        /// Exit with status 1 when anything was not translated.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Drain this director: withdraw every BGP route, wait `withdraw_wait`,
+    /// then stop the daemon (returns once it has stopped).
+    Drain {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (director(8), one per subcommand) into DIR
+    /// (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+    /// Remove the pinned dataplane of a state directory (same as `run --flush`).
+    Flush {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Writes `director.8` and `director-SUBCOMMAND.8` into `dir`; returns the
+/// files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command().name("director");
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.8"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).section("8").render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    page(cmd.clone(), "director".into())?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("director-{}", sub.get_name());
+        // (clap names are &'static str without its "string" feature; this
+        // runs once, at packaging.)
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        page(sub.clone().name(leaked), name)?;
+    }
+    Ok(written)
+}
