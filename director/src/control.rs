@@ -107,7 +107,7 @@ fn connect_advice(path: &Path, e: &std::io::Error) -> String {
             path.display()
         ),
         std::io::ErrorKind::PermissionDenied => format!(
-            "not allowed to use the control socket {} (root only, or members of global.control_group): run as root (sudo)",
+            "not allowed to use the control socket {} (Permission denied: root only, or members of global.control_group): run as root (sudo)",
             path.display()
         ),
         _ => format!("cannot reach the daemon at {}: {e}", path.display()),

@@ -66,6 +66,7 @@ for n in 1 2; do
 done
 
 # Install, as the README says: the package, the config, the unit.
+t0=$(date +%s.%N)
 apt-get install -y -q /root/install/director_1.deb > /tmp/apt1.log 2>&1 || { echo "RESULT apt_install_failed=1"; cat /tmp/apt1.log; }
 echo "RESULT started_by_install=$(systemctl is-active director)"
 install -m 0644 /root/install/director.toml /etc/director/director.toml
@@ -98,6 +99,7 @@ load_stop() {
 }
 
 ready start
+echo "RESULT install_to_status_s=$(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || awk "BEGIN { print $(date +%s.%N) - $t0 }")"
 echo "RESULT survives=$(director status --json | grep -c '"dataplane_survives_restart": true')"
 echo "RESULT served_by=$(for i in $(seq 20); do ip netns exec client curl -s -m 5 http://10.0.0.100/; done | sort -u | tr '\n' ,)"
 
@@ -188,6 +190,10 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         "the daemon did not become ready: {results:?}\n{journal}"
     );
     eprintln!("results: {results:?}");
+    eprintln!(
+        "package installed, config edited, unit started, status answered: {} s (TCG)",
+        get("install_to_status_s").unwrap_or_default()
+    );
     ensure!(
         num("survives")? == 1,
         "status: dataplane dies with the daemon\n{journal}"
