@@ -570,6 +570,10 @@ pub struct RealServer {
     pub misc_check: Option<MiscCheck>,
     pub udp_check: Option<UdpCheck>,
     pub dns_check: Option<DnsCheck>,
+    /// ICMP (or ICMPv6) echo: the real server answers pings.
+    pub ping_check: Option<PingCheck>,
+    /// SMTP: a 220 banner, a 250 answer to HELO (keepalived's SMTP_CHECK).
+    pub smtp_check: Option<SmtpCheck>,
     /// Probe through the clients' path: a SYN to the VIP sent to this real
     /// server's MAC (and an ARP question for the VIP it must not answer).
     pub dr_check: Option<DrCheck>,
@@ -589,6 +593,8 @@ impl RealServer {
             misc_check: None,
             udp_check: None,
             dns_check: None,
+            ping_check: None,
+            smtp_check: None,
             dr_check: None,
         }
     }
@@ -723,6 +729,26 @@ fn yes() -> bool {
     true
 }
 
+/// `ping_check`: an ICMP echo request is answered (keepalived's
+/// PING_CHECK; `connect_port` and `bindto` do not apply).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+}
+
+/// `smtp_check`: the server greets with 220 and answers `HELO` with 250
+/// (keepalived's SMTP_CHECK; port 25 unless `connect_port`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpCheck {
+    #[serde(flatten)]
+    pub common: CheckCommon,
+    /// The name sent with HELO (default: this host's name).
+    pub helo_name: Option<String>,
+}
+
 /// `dns_check`: a query that must get an answer.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -772,6 +798,11 @@ impl StatusCodes {
             StatusCodes::List(l) => l.iter().map(one).collect(),
         }
     }
+}
+
+/// This host's name (the default router_id and SMTP HELO name).
+pub fn host_name() -> String {
+    default_router_id()
 }
 
 fn default_router_id() -> String {
@@ -1120,7 +1151,9 @@ impl Config {
                 Key(k),
             ]
         };
-        let common: [(&'static str, Option<&CheckCommon>); 7] = [
+        let common: [(&'static str, Option<&CheckCommon>); 9] = [
+            ("ping_check", rs.ping_check.as_ref().map(|c| &c.common)),
+            ("smtp_check", rs.smtp_check.as_ref().map(|c| &c.common)),
             ("tcp_check", rs.tcp_check.as_ref().map(|c| &c.common)),
             ("http_get", rs.http_get.as_ref().map(|c| &c.common)),
             ("ssl_get", rs.ssl_get.as_ref().map(|c| &c.common)),

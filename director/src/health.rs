@@ -68,6 +68,12 @@ pub enum Kind {
         qtype: u16,
         name: String,
     },
+    /// `ping_check`: ICMP echo.
+    Ping,
+    /// `smtp_check`: banner 220, HELO answered 250.
+    Smtp {
+        helo: String,
+    },
     /// `dr_check`: a SYN to `vip`:port (the target's port) in a frame to
     /// the real server's MAC.
     DrPath {
@@ -135,6 +141,8 @@ impl CheckSpec {
             Kind::Udp { .. } => "udp",
             Kind::Dns { .. } => "dns",
             Kind::DrPath { .. } => "dr",
+            Kind::Ping => "ping",
+            Kind::Smtp { .. } => "smtp",
         };
         format!("{kind}|{}|{:?}", self.target, self.bindto)
     }
@@ -347,6 +355,19 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
                 require_reply: c.require_reply,
             },
             ..base(&c.common, port)
+        });
+    }
+    if let Some(c) = &rs.ping_check {
+        out.push(CheckSpec {
+            kind: Kind::Ping,
+            ..base(&c.common, 0)
+        });
+    }
+    if let Some(c) = &rs.smtp_check {
+        let helo = c.helo_name.clone().unwrap_or_else(crate::config::host_name);
+        out.push(CheckSpec {
+            kind: Kind::Smtp { helo },
+            ..base(&c.common, 25)
         });
     }
     if let Some(c) = &rs.dns_check {
@@ -603,6 +624,8 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Misc { .. } => "misc_check",
         Kind::Udp { .. } => "udp_check",
         Kind::Dns { .. } => "dns_check",
+        Kind::Ping => "ping_check",
+        Kind::Smtp { .. } => "smtp_check",
     }
 }
 
@@ -633,7 +656,62 @@ pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
         } => udp(spec, payload, *require_reply).await,
         Kind::Dns { qtype, name } => dns(spec, *qtype, name).await,
         Kind::DrPath { vip, arp } => dr_path(spec, env, *vip, *arp).await,
+        Kind::Ping => {
+            // A sequence number of its own per attempt: replies to other
+            // probes (every raw ICMP socket sees them all) are told apart.
+            let seq: u16 = rand::rng().random();
+            let (target, wait) = (spec.target.ip(), spec.timeout.mul_f64(0.9));
+            match tokio::task::spawn_blocking(move || crate::vrrp::net::ping(target, seq, wait))
+                .await
+            {
+                Ok(true) => Outcome::ok(),
+                Ok(false) => Outcome::fail(format!("no echo reply from {target}")),
+                Err(e) => Outcome::fail(format!("probe task: {e}")),
+            }
+        }
+        Kind::Smtp { helo } => smtp(spec, helo).await,
     }
+}
+
+/// One SMTP exchange: banner 220, HELO answered 250, QUIT.
+async fn smtp(spec: &CheckSpec, helo: &str) -> Outcome {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let stream = match connect(spec).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(e),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read.take(8192)).lines();
+    // The last line of a reply: "NNN text" (continuation lines: "NNN-").
+    async fn reply(
+        lines: &mut tokio::io::Lines<
+            tokio::io::BufReader<tokio::io::Take<tokio::net::tcp::OwnedReadHalf>>,
+        >,
+    ) -> Result<String, String> {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.len() >= 4 && l.as_bytes()[3] == b'-' => continue,
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) => return Err("connection closed".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    match reply(&mut lines).await {
+        Ok(l) if l.starts_with("220") => {}
+        Ok(l) => return Outcome::fail(format!("banner: {l}")),
+        Err(e) => return Outcome::fail(format!("banner: {e}")),
+    }
+    if let Err(e) = write.write_all(format!("HELO {helo}\r\n").as_bytes()).await {
+        return Outcome::fail(format!("HELO: {e}"));
+    }
+    let verdict = match reply(&mut lines).await {
+        Ok(l) if l.starts_with("250") => Outcome::ok(),
+        Ok(l) => Outcome::fail(format!("HELO answered: {l}")),
+        Err(e) => Outcome::fail(format!("HELO: {e}")),
+    };
+    let _ = write.write_all(b"QUIT\r\n").await;
+    verdict
 }
 
 async fn dr_path(spec: &CheckSpec, env: Option<&PathEnv>, vip: IpAddr, arp: bool) -> Outcome {

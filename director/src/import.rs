@@ -152,6 +152,9 @@ impl Node {
 pub struct Import {
     pub toml: String,
     pub warnings: Vec<Warning>,
+    /// Translations worth knowing about that lose nothing (printed, not
+    /// counted as untranslated).
+    pub notes: Vec<String>,
 }
 
 /// Deepest `include` nesting followed.
@@ -455,10 +458,15 @@ fn import_text_from(src: &dyn Sources, path: &Path, text: &str) -> Result<Import
         "# Imported from {} by `director import-keepalived`.\n# Check it with `director check-config --config FILE`.\n",
         path.display()
     );
-    for w in &t.warnings {
+    let lines = t
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(t.notes.iter().cloned())
+        .collect::<Vec<_>>();
+    for w in &lines {
         // Escaped: a comment cannot hold control characters.
         let line: String = w
-            .to_string()
             .chars()
             .flat_map(|c| {
                 let escaped: Vec<char> = if c.is_control() {
@@ -483,6 +491,7 @@ fn import_text_from(src: &dyn Sources, path: &Path, text: &str) -> Result<Import
     Ok(Import {
         toml: out,
         warnings: t.warnings,
+        notes: t.notes,
     })
 }
 
@@ -490,6 +499,9 @@ fn import_text_from(src: &dyn Sources, path: &Path, text: &str) -> Result<Import
 struct Translator {
     doc: Table,
     warnings: Vec<Warning>,
+    notes: Vec<String>,
+    /// A scheduler only IPVS has was asked for: `dataplane = "ipvs"`.
+    needs_ipvs: bool,
     /// global_defs values that become per-instance defaults.
     instance_defaults: Vec<(String, Value)>,
 }
@@ -587,6 +599,9 @@ impl Translator {
                     reason: "keepalived has no such setting and no vrrp_instance names one: `eth0` was written, set the interface that receives the virtual IPs' traffic".into(),
                 });
             }
+        }
+        if self.needs_ipvs {
+            global.insert("dataplane".into(), string("ipvs"));
         }
         // Keep router_id first for readability.
         let mut g = Table::new();
@@ -938,6 +953,16 @@ impl Translator {
                         Some("sh") => {
                             t.insert("scheduler".into(), string("sh"));
                         }
+                        Some(algo @ ("rr" | "wrr" | "lc" | "wlc")) => {
+                            // Kept: the kernel's IPVS runs it.
+                            t.insert("scheduler".into(), string(algo));
+                            self.needs_ipvs = true;
+                            self.notes.push(format!(
+                                "{}: note: `{}` kept: it needs the kernel's IPVS, so `dataplane = \"ipvs\"` was written (the XDP dataplane schedules with Maglev: `mh`, or `sh`)",
+                                c.origin,
+                                c.text()
+                            ));
+                        }
                         Some(other) => {
                             t.insert("scheduler".into(), string("mh"));
                             self.warn(
@@ -1072,6 +1097,8 @@ impl Translator {
                 "MISC_CHECK" => "misc_check",
                 "DNS_CHECK" => "dns_check",
                 "UDP_CHECK" => "udp_check",
+                "PING_CHECK" => "ping_check",
+                "SMTP_CHECK" => "smtp_check",
                 "notify_up" | "notify_down" => {
                     self.warn(c, "per-server notify is not supported: the logs and metrics record health changes");
                     continue;
@@ -1175,6 +1202,7 @@ impl Translator {
             "type" if checker == "dns_check" => "type",
             "name" if checker == "dns_check" => "name",
             "payload" if checker == "udp_check" => "payload",
+            "helo_name" if checker == "smtp_check" => "helo_name",
             "require_reply" if checker == "udp_check" => {
                 check.insert("require_reply".into(), Value::Boolean(true));
                 if !k.args.is_empty() {
@@ -1195,7 +1223,7 @@ impl Translator {
             }
         };
         let conv: Conv = match key {
-            "connect_ip" | "bindto" | "virtualhost" | "type" | "name" | "payload" => {
+            "connect_ip" | "bindto" | "virtualhost" | "type" | "name" | "payload" | "helo_name" => {
                 |a| Some(string(a))
             }
             "connect_port" | "retry" => int,
@@ -1281,7 +1309,7 @@ mod tests {
         write(
             &d.join("conf.d"),
             "b.conf",
-            "virtual_server 10.0.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  real_server 10.0.0.20 80 {\n    weight 2\n    SMTP_CHECK {\n    }\n  }\n}\n",
+            "virtual_server 10.0.0.100 80 {\n  lb_algo wrr\n  lb_kind DR\n  real_server 10.0.0.20 80 {\n    weight 2\n    FILE_CHECK {\n    }\n  }\n}\n",
         );
         let main = write(
             &d,
@@ -1307,11 +1335,18 @@ mod tests {
             "{lines:#?}"
         );
         assert!(has("keepalived.conf", 12, "bogus_keyword"), "{lines:#?}");
-        assert!(has("b.conf", 2, "lb_algo wrr"), "{lines:#?}");
-        assert!(has("b.conf", 6, "SMTP_CHECK"), "{lines:#?}");
-        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(has("b.conf", 6, "FILE_CHECK"), "{lines:#?}");
+        assert_eq!(lines.len(), 3, "{lines:#?}");
         // Every warning is in the output as a comment too.
-        assert_eq!(imp.toml.matches("` not translated: ").count(), 4);
+        assert_eq!(imp.toml.matches("` not translated: ").count(), 3);
+        // wrr is kept, with the IPVS dataplane, and said.
+        assert_eq!(cfg["virtual_server"][0]["scheduler"].as_str(), Some("wrr"));
+        assert_eq!(cfg["global"]["dataplane"].as_str(), Some("ipvs"));
+        assert!(
+            imp.notes
+                .iter()
+                .any(|n| n.contains("b.conf:2: note: `lb_algo wrr` kept"))
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -105,6 +105,9 @@ fn main() -> ExitCode {
         Command::ImportKeepalived { file, strict } => match director::import::import(&file) {
             Ok(imp) => {
                 print!("{}", imp.toml);
+                for n in &imp.notes {
+                    eprintln!("{n}");
+                }
                 for w in &imp.warnings {
                     eprintln!("{w}");
                 }

@@ -220,3 +220,74 @@ fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
     ensure!(st["vrrp"][0]["effective_priority"] == 150, "{st}");
     Ok(())
 }
+
+/// `ping_check` and `smtp_check` against real peers: the kernel answering
+/// ICMP echo (until a firewall drops it) and Python's standard SMTP server
+/// (until it is stopped): each server leaves when its check fails and
+/// returns when it passes again.
+#[test]
+fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let smtp = |j: usize| -> Result<director_tests::Proc> {
+        let rs = &lab.real_servers[j];
+        rs.ns.spawn(
+            "python3",
+            &[
+                "-W",
+                "ignore",
+                "-m",
+                "smtpd",
+                "-n",
+                "-c",
+                "DebuggingServer",
+                &format!("{}:25", rs.ip),
+            ],
+            &lab.path(&format!("smtpd-{j}.log")),
+        )
+    };
+    let _smtp1 = smtp(0)?;
+    let mut smtp2 = smtp(1)?;
+    let state = lab.state_dir("director1")?;
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
+    ));
+    for rs in &lab.real_servers {
+        c.push_str(&format!(
+            "\n  [[virtual_server.real_server]]\n  address = \"{}\"\n  [virtual_server.real_server.ping_check]\n  connect_timeout = 0.5\n  retry = 0\n  warmup = 0\n  [virtual_server.real_server.smtp_check]\n  connect_timeout = 1\n  retry = 0\n  warmup = 0\n  helo_name = \"director.lab\"\n",
+            rs.ip
+        ));
+    }
+    let path = lab.write("director1.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let both = |a: bool, b: bool| {
+        move |s: &serde_json::Value| rs_healthy(s, 0) == Some(a) && rs_healthy(s, 1) == Some(b)
+    };
+    scenario::wait_status(&state, Duration::from_secs(15), |s| {
+        both(true, true)(s) && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
+    })?;
+    // ICMP dropped on rs1: its ping_check fails.
+    let rs1 = &lab.real_servers[0].ns;
+    rs1.exec("nft", &["add table inet lab"])?;
+    rs1.exec(
+        "nft",
+        &["add chain inet lab input { type filter hook input priority 0 ; }"],
+    )?;
+    rs1.exec("nft", &["add rule inet lab input meta l4proto icmp drop"])?;
+    let s = scenario::wait_status(&state, Duration::from_secs(10), both(false, true))?;
+    let error = s["virtual_servers"][0]["real_servers"][0]["last_error"].to_string();
+    ensure!(error.contains("echo"), "{error}");
+    ensure!(served_by(&lab, 10)?.keys().all(|k| k == "rs2"));
+    rs1.exec("nft", &["delete table inet lab"])?;
+    scenario::wait_status(&state, Duration::from_secs(10), both(true, true))?;
+    // rs2's SMTP server stops: its smtp_check fails; back, it returns.
+    smtp2.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))?;
+    scenario::wait_status(&state, Duration::from_secs(10), both(true, false))?;
+    let _smtp2 = smtp(1)?;
+    scenario::wait_status(&state, Duration::from_secs(10), both(true, true))?;
+    Ok(())
+}
