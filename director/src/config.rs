@@ -37,6 +37,131 @@ pub struct Config {
     pub vrrp_script: Vec<VrrpScript>,
     #[serde(default)]
     pub vrrp_sync_group: Vec<VrrpSyncGroup>,
+    /// `[[track_file]]`: files whose integer adjusts priorities.
+    #[serde(default)]
+    pub track_file: Vec<TrackFile>,
+    /// `[[track_process]]`: processes that must run.
+    #[serde(default)]
+    pub track_process: Vec<TrackProcess>,
+}
+
+/// Something a `vrrp_instance` tracks: its name, or `{ name, weight }` to
+/// use another weight for this instance (keepalived's `NAME weight W`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Tracked {
+    Name(String),
+    Weighted(TrackedWeight),
+}
+
+/// The `{ name, weight }` form of [`Tracked`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackedWeight {
+    pub name: String,
+    pub weight: Option<i32>,
+}
+
+impl Tracked {
+    pub fn name(&self) -> &str {
+        match self {
+            Tracked::Name(n) => n,
+            Tracked::Weighted(w) => &w.name,
+        }
+    }
+
+    /// The weight this instance gives it, if it overrides the tracked
+    /// item's own.
+    pub fn weight(&self) -> Option<i32> {
+        match self {
+            Tracked::Name(_) => None,
+            Tracked::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// `[[track_file]]` (keepalived's `vrrp_track_file`): the file holds an
+/// integer; while tracked, the priority changes by value x weight; with
+/// weight 0 any non-zero value means Fault.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackFile {
+    pub name: String,
+    pub file: PathBuf,
+    #[serde(default = "default_file_weight")]
+    pub weight: i32,
+    /// Create the file with this value (`true`: 0) when it does not
+    /// exist at start.
+    pub init_file: Option<InitFile>,
+    /// With `init_file`: write it at start even if the file exists.
+    #[serde(default)]
+    pub init_file_overwrite: bool,
+}
+
+/// `init_file = true` or `init_file = VALUE`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum InitFile {
+    Create(bool),
+    Value(i64),
+}
+
+impl InitFile {
+    /// The value to write, if any.
+    pub fn value(self) -> Option<i64> {
+        match self {
+            InitFile::Create(true) => Some(0),
+            InitFile::Create(false) => None,
+            InitFile::Value(v) => Some(v),
+        }
+    }
+}
+
+fn default_file_weight() -> i32 {
+    1
+}
+
+/// `[[track_process]]` (keepalived's `vrrp_track_process`): processes that
+/// must run. Up while between `quorum` and `quorum_max` processes match;
+/// down: weight 0 means Fault, otherwise the priority changes by the
+/// weight as for scripts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackProcess {
+    pub name: String,
+    /// The process name (`comm`, or the first word of the command line with
+    /// `full_command`).
+    pub process: String,
+    /// Its arguments, matched as `param_match` says.
+    pub parameters: Option<String>,
+    /// `exact` (default), `initial` (the arguments start with
+    /// `parameters`) or `partial` (they contain it).
+    #[serde(default)]
+    pub param_match: ParamMatch,
+    /// Match `process` against the whole program path of the command line.
+    #[serde(default)]
+    pub full_command: bool,
+    #[serde(default = "one")]
+    pub quorum: u32,
+    pub quorum_max: Option<u32>,
+    #[serde(default)]
+    pub weight: i32,
+    /// Seconds a new process must run before it counts (default 0).
+    pub fork_delay: Option<f64>,
+    /// Seconds a process may be gone before it counts as gone (default 0).
+    pub terminate_delay: Option<f64>,
+    /// Both delays at once (when they are not set).
+    pub delay: Option<f64>,
+}
+
+/// How `[[track_process]]` matches arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamMatch {
+    #[default]
+    Exact,
+    Initial,
+    Partial,
 }
 
 /// A command line must split as a shell would split it (quotes closed) into
@@ -103,16 +228,24 @@ pub struct VrrpInstance {
     #[serde(default)]
     pub unicast_peer: Vec<IpAddr>,
     pub authentication: Option<Authentication>,
-    /// Interfaces whose loss puts the instance in Fault.
+    /// Interfaces whose loss puts the instance in Fault (or, `{ name,
+    /// weight }`, changes its priority by the weight).
     #[serde(default)]
-    pub track_interface: Vec<String>,
+    pub track_interface: Vec<Tracked>,
     /// Do not track the instance's own interface (by default its loss puts
     /// the instance in Fault, as keepalived does).
     #[serde(default)]
     pub dont_track_primary: bool,
-    /// `[[vrrp_script]]` names that adjust priority or force Fault.
+    /// `[[vrrp_script]]` names (or `{ name, weight }`) that adjust
+    /// priority or force Fault.
     #[serde(default)]
-    pub track_script: Vec<String>,
+    pub track_script: Vec<Tracked>,
+    /// `[[track_file]]` names (or `{ name, weight }`).
+    #[serde(default)]
+    pub track_file: Vec<Tracked>,
+    /// `[[track_process]]` names (or `{ name, weight }`).
+    #[serde(default)]
+    pub track_process: Vec<Tracked>,
     /// Virtual servers whose quorum adjusts priority or forces Fault.
     #[serde(default)]
     pub track_virtual_server: Vec<TrackVirtualServer>,
@@ -1336,6 +1469,52 @@ impl Config {
                 command_line(vec![Key("virtual_server"), Index(i), Key(k)], v.as_deref())?;
             }
         }
+        for (i, f) in self.track_file.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("track_file"), Index(i), Key(k)];
+            if f.name.is_empty() || self.track_file[..i].iter().any(|o| o.name == f.name) {
+                return Err(problem(
+                    at("name"),
+                    format!("name `{}` is empty or used twice", f.name),
+                ));
+            }
+            if !(-254..=254).contains(&f.weight) {
+                return Err(problem(at("weight"), "must be between -254 and 254"));
+            }
+        }
+        for (i, p) in self.track_process.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("track_process"), Index(i), Key(k)];
+            if p.name.is_empty() || self.track_process[..i].iter().any(|o| o.name == p.name) {
+                return Err(problem(
+                    at("name"),
+                    format!("name `{}` is empty or used twice", p.name),
+                ));
+            }
+            if p.process.is_empty() {
+                return Err(problem(at("process"), "must not be empty"));
+            }
+            if p.quorum == 0 || p.quorum_max.is_some_and(|m| m < p.quorum) {
+                return Err(problem(
+                    at(if p.quorum == 0 {
+                        "quorum"
+                    } else {
+                        "quorum_max"
+                    }),
+                    "quorum must be at least 1, and quorum_max at least quorum",
+                ));
+            }
+            if !(-254..=254).contains(&p.weight) {
+                return Err(problem(at("weight"), "must be between -254 and 254"));
+            }
+            for (k, v) in [
+                ("delay", p.delay),
+                ("fork_delay", p.fork_delay),
+                ("terminate_delay", p.terminate_delay),
+            ] {
+                if v.is_some_and(|v| !(0.0..=3600.0).contains(&v)) {
+                    return Err(problem(at(k), "must be between 0 and 3600 seconds"));
+                }
+            }
+        }
         let mut names = HashSet::new();
         let mut routers = HashSet::new();
         for (i, s) in self.vrrp_script.iter().enumerate() {
@@ -1506,16 +1685,47 @@ impl Config {
                     ));
                 }
             }
-            for (j, name) in v.track_script.iter().enumerate() {
-                if !self.vrrp_script.iter().any(|s| &s.name == name) {
+            let lists: [(&'static str, &Vec<Tracked>, &str, Vec<&str>); 3] = [
+                (
+                    "track_script",
+                    &v.track_script,
+                    "[[vrrp_script]]",
+                    self.vrrp_script.iter().map(|s| s.name.as_str()).collect(),
+                ),
+                (
+                    "track_file",
+                    &v.track_file,
+                    "[[track_file]]",
+                    self.track_file.iter().map(|s| s.name.as_str()).collect(),
+                ),
+                (
+                    "track_process",
+                    &v.track_process,
+                    "[[track_process]]",
+                    self.track_process.iter().map(|s| s.name.as_str()).collect(),
+                ),
+            ];
+            for (key, list, table, names) in lists {
+                for (j, t) in list.iter().enumerate() {
+                    let at = vec![Key("vrrp_instance"), Index(i), Key(key), Index(j)];
+                    if !names.contains(&t.name()) {
+                        return Err(problem(at, format!("no {table} named `{}`", t.name())));
+                    }
+                    if t.weight().is_some_and(|w| !(-254..=254).contains(&w)) {
+                        return Err(problem(at, "weight must be between -254 and 254"));
+                    }
+                }
+            }
+            for (j, t) in v.track_interface.iter().enumerate() {
+                if t.weight().is_some_and(|w| !(-254..=254).contains(&w)) {
                     return Err(problem(
                         vec![
                             Key("vrrp_instance"),
                             Index(i),
-                            Key("track_script"),
+                            Key("track_interface"),
                             Index(j),
                         ],
-                        format!("no [[vrrp_script]] named `{name}`"),
+                        "weight must be between -254 and 254",
                     ));
                 }
             }

@@ -559,6 +559,8 @@ impl Translator {
             }
         }
         let mut scripts = Vec::new();
+        let mut files = Vec::new();
+        let mut processes = Vec::new();
         let mut instances = Vec::new();
         let mut groups = Vec::new();
         let mut services = Vec::new();
@@ -566,6 +568,8 @@ impl Translator {
             match n.keyword.as_str() {
                 "global_defs" => {}
                 "vrrp_script" => scripts.extend(self.vrrp_script(n)),
+                "vrrp_track_file" => files.extend(self.track_file(n)),
+                "vrrp_track_process" => processes.extend(self.track_process(n)),
                 "vrrp_instance" => instances.extend(self.vrrp_instance(n)),
                 "vrrp_sync_group" => groups.extend(self.sync_group(n)),
                 "virtual_server" => services.extend(self.virtual_server(n)),
@@ -612,6 +616,8 @@ impl Translator {
         self.doc.insert("global".into(), Value::Table(g));
         for (key, list) in [
             ("vrrp_script", scripts),
+            ("track_file", files),
+            ("track_process", processes),
             ("vrrp_instance", instances),
             ("vrrp_sync_group", groups),
             ("virtual_server", services),
@@ -831,18 +837,12 @@ impl Translator {
                     }
                     t.insert("authentication".into(), Value::Table(auth));
                 }
-                "track_interface" | "track_script" => {
-                    let mut names = Vec::new();
+                "track_interface" | "track_script" | "track_file" | "track_process" => {
+                    let mut items = Vec::new();
                     for a in c.children.iter().flatten() {
-                        if !a.args.is_empty() {
-                            self.warn(
-                                a,
-                                "a per-instance weight is not supported: the script's own weight applies (interfaces force Fault)",
-                            );
-                        }
-                        names.push(string(&a.keyword));
+                        items.push(self.tracked(a));
                     }
-                    t.insert(c.keyword.clone(), Value::Array(names));
+                    t.insert(c.keyword.clone(), Value::Array(items));
                 }
                 "use_vmac" | "vmac_xmit_base" => {
                     self.warn(c, "VMACs are not supported: the interface's MAC is used")
@@ -873,6 +873,158 @@ impl Translator {
             });
         if ipv6 && !t.contains_key("version") {
             t.insert("version".into(), Value::Integer(3));
+        }
+        Some(t)
+    }
+
+    /// One line of an instance's `track_*` block: `NAME` or `NAME weight W
+    /// [reverse]`, as a name or a `{ name, weight }` table.
+    fn tracked(&mut self, a: &Node) -> Value {
+        match a.args.as_slice() {
+            [] => string(&a.keyword),
+            [w, v, rest @ ..] if w == "weight" => {
+                if !rest.is_empty() {
+                    self.warn(
+                        a,
+                        "`reverse` is not supported: the weight applies as written",
+                    );
+                }
+                match int(v) {
+                    Some(weight) => {
+                        let mut t = Table::new();
+                        t.insert("name".into(), string(&a.keyword));
+                        t.insert("weight".into(), weight);
+                        Value::Table(t)
+                    }
+                    None => {
+                        self.warn(
+                            a,
+                            format!("`{v}` is not a valid weight: the item's own applies"),
+                        );
+                        string(&a.keyword)
+                    }
+                }
+            }
+            _ => {
+                self.warn(
+                    a,
+                    "expected `NAME` or `NAME weight W`: the item's own weight applies",
+                );
+                string(&a.keyword)
+            }
+        }
+    }
+
+    /// `vrrp_track_file NAME { file PATH; weight W; init_file [V] [overwrite] }`.
+    fn track_file(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a vrrp_track_file needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        for c in n.children.iter().flatten() {
+            match c.keyword.as_str() {
+                "file" => {
+                    if let Some(v) = self.one(c, |a| Some(string(a))) {
+                        t.insert("file".into(), v);
+                    }
+                }
+                "weight" => {
+                    if c.args.len() > 1 {
+                        self.warn(
+                            c,
+                            "`reverse` is not supported: the weight applies as written",
+                        );
+                    }
+                    if let Some(v) = c.args.first().and_then(|a| int(a)) {
+                        t.insert("weight".into(), v);
+                    } else {
+                        self.warn(c, "expected a weight");
+                    }
+                }
+                "init_file" => {
+                    let mut value = Value::Boolean(true);
+                    for a in &c.args {
+                        if a == "overwrite" {
+                            t.insert("init_file_overwrite".into(), Value::Boolean(true));
+                        } else if let Some(v) = int(a) {
+                            value = v;
+                        } else {
+                            self.warn(c, format!("`{a}` is not a value"));
+                        }
+                    }
+                    t.insert("init_file".into(), value);
+                }
+                _ => self.warn(c, "unknown vrrp_track_file keyword"),
+            }
+        }
+        if !t.contains_key("file") {
+            self.warn(n, "a vrrp_track_file without `file` was skipped");
+            return None;
+        }
+        Some(t)
+    }
+
+    /// `vrrp_track_process NAME { process P; parameters ...; ... }`.
+    fn track_process(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a vrrp_track_process needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        for c in n.children.iter().flatten() {
+            let (key, conv): (&str, Conv) = match c.keyword.as_str() {
+                "process" => ("process", |a| Some(string(a))),
+                "parameters" => {
+                    t.insert("parameters".into(), string(&c.args.join(" ")));
+                    continue;
+                }
+                "param_match" => ("param_match", |a| {
+                    matches!(a, "exact" | "initial" | "partial").then(|| string(a))
+                }),
+                "full_command" => {
+                    t.insert("full_command".into(), Value::Boolean(true));
+                    continue;
+                }
+                "quorum" => ("quorum", int),
+                "quorum_max" => ("quorum_max", int),
+                "weight" => {
+                    if c.args.len() > 1 {
+                        self.warn(
+                            c,
+                            "`reverse` is not supported: the weight applies as written",
+                        );
+                    }
+                    if let Some(v) = c.args.first().and_then(|a| int(a)) {
+                        t.insert("weight".into(), v);
+                    } else {
+                        self.warn(c, "expected a weight");
+                    }
+                    continue;
+                }
+                "delay" => ("delay", num),
+                "fork_delay" => ("fork_delay", num),
+                "terminate_delay" => ("terminate_delay", num),
+                _ => {
+                    self.warn(c, "unknown vrrp_track_process keyword");
+                    continue;
+                }
+            };
+            // `process` may carry its parameters on the same line.
+            if key == "process" && c.args.len() > 1 {
+                t.insert("process".into(), string(&c.args[0]));
+                t.insert("parameters".into(), string(&c.args[1..].join(" ")));
+                continue;
+            }
+            if let Some(v) = self.one(c, conv) {
+                t.insert(key.into(), v);
+            }
+        }
+        if !t.contains_key("process") {
+            self.warn(n, "a vrrp_track_process without `process` was skipped");
+            return None;
         }
         Some(t)
     }
@@ -1348,6 +1500,42 @@ mod tests {
                 .any(|n| n.contains("b.conf:2: note: `lb_algo wrr` kept"))
         );
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn tracked_files_processes_and_weights() {
+        let text = "vrrp_script chk {\n  script \"/bin/true\"\n  weight -10\n}\n\
+vrrp_track_file maint {\n  file /run/director/maint\n  weight -5\n  init_file 0 overwrite\n}\n\
+vrrp_track_process nginx {\n  process nginx\n  parameters -g daemon off;\n  param_match initial\n  quorum 2\n  quorum_max 8\n  delay 1.5\n  weight 0\n}\n\
+vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  priority 100\n  virtual_ipaddress {\n    10.0.0.100/24\n  }\n\
+  track_interface {\n    eth0\n    eth1 weight -20\n  }\n  track_script {\n    chk weight 30\n  }\n\
+  track_file {\n    maint\n  }\n  track_process {\n    nginx weight -50\n  }\n}\n";
+        let imp = import_text(Path::new("k.conf"), text).expect("import");
+        assert!(imp.warnings.is_empty(), "{:#?}", imp.warnings);
+        let cfg = crate::config::Config::parse(Path::new("d.toml"), &imp.toml)
+            .expect("a valid configuration");
+        let f = &cfg.track_file[0];
+        assert_eq!((f.name.as_str(), f.weight), ("maint", -5));
+        assert_eq!(f.file, PathBuf::from("/run/director/maint"));
+        assert_eq!(f.init_file.and_then(|i| i.value()), Some(0));
+        assert!(f.init_file_overwrite);
+        let p = &cfg.track_process[0];
+        assert_eq!(p.parameters.as_deref(), Some("-g daemon off;"));
+        assert_eq!(p.param_match, crate::config::ParamMatch::Initial);
+        assert_eq!((p.quorum, p.quorum_max, p.delay), (2, Some(8), Some(1.5)));
+        let v = &cfg.vrrp_instance[0];
+        let w = |t: &[crate::config::Tracked]| -> Vec<(String, Option<i32>)> {
+            t.iter()
+                .map(|t| (t.name().to_string(), t.weight()))
+                .collect()
+        };
+        assert_eq!(
+            w(&v.track_interface),
+            [("eth0".to_string(), None), ("eth1".to_string(), Some(-20))]
+        );
+        assert_eq!(w(&v.track_script), [("chk".to_string(), Some(30))]);
+        assert_eq!(w(&v.track_file), [("maint".to_string(), None)]);
+        assert_eq!(w(&v.track_process), [("nginx".to_string(), Some(-50))]);
     }
 
     #[test]

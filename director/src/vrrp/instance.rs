@@ -21,9 +21,13 @@ use super::{
     net::{self, NetError, Received, VrrpSocket},
     notify::Notifier,
     packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
+    track,
 };
 use crate::{
-    config::{Config, InitialState, VrrpInstance, VrrpScript, VrrpSyncGroup},
+    config::{
+        Config, InitialState, TrackFile, TrackProcess, Tracked, VrrpInstance, VrrpScript,
+        VrrpSyncGroup,
+    },
     neighbor::{NeighborError, Neighbors},
 };
 
@@ -111,8 +115,65 @@ pub struct Vrrp {
     start_tx: Option<mpsc::UnboundedSender<StartCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
     interface: String,
-    scripts: Vec<VrrpScript>,
+    tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
+}
+
+/// What instances track by name (`[[vrrp_script]]`, `[[track_file]]`,
+/// `[[track_process]]`): watched once for all instances, from the VRRP
+/// thread's start (changes need a restart).
+#[derive(Debug, Clone, PartialEq)]
+struct TrackConfig {
+    scripts: Vec<VrrpScript>,
+    files: Vec<TrackFile>,
+    processes: Vec<TrackProcess>,
+}
+
+impl TrackConfig {
+    fn of(config: &Config) -> TrackConfig {
+        TrackConfig {
+            scripts: config.vrrp_script.clone(),
+            files: config.track_file.clone(),
+            processes: config.track_process.clone(),
+        }
+    }
+}
+
+/// The shared verdicts of everything instances track by name, with each
+/// item's own weight.
+#[derive(Clone, Default)]
+struct Trackers {
+    /// `[[vrrp_script]]` verdicts (`None` until the first).
+    scripts: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
+    /// `[[track_process]]` verdicts (`None` until the first).
+    processes: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
+    /// `[[track_file]]` values.
+    files: BTreeMap<String, (i32, watch::Receiver<i64>)>,
+}
+
+impl Trackers {
+    /// What `cfg` tracks, each with the instance's weight (`{ name,
+    /// weight }`) or the item's own: scripts and processes, then files.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        cfg: &VrrpInstance,
+    ) -> (
+        Vec<(i32, watch::Receiver<Option<bool>>)>,
+        Vec<(i32, watch::Receiver<i64>)>,
+    ) {
+        fn pick<T: Clone>(list: &[Tracked], from: &BTreeMap<String, (i32, T)>) -> Vec<(i32, T)> {
+            list.iter()
+                .filter_map(|t| {
+                    from.get(t.name())
+                        .map(|(w, rx)| (t.weight().unwrap_or(*w), rx.clone()))
+                })
+                .collect()
+        }
+        let mut checks = pick(&cfg.track_script, &self.scripts);
+        checks.extend(pick(&cfg.track_process, &self.processes));
+        (checks, pick(&cfg.track_file, &self.files))
+    }
 }
 
 fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
@@ -146,14 +207,14 @@ impl Vrrp {
             start_tx: None,
             thread: None,
             interface: config.global.interface.clone(),
-            scripts: config.vrrp_script.clone(),
+            tracks: TrackConfig::of(config),
             groups: config.vrrp_sync_group.clone(),
         };
         if config.vrrp_instance.is_empty() {
             return Ok(vrrp);
         }
         let (start_tx, start_rx) = mpsc::unbounded_channel::<StartCmd>();
-        let scripts = config.vrrp_script.clone();
+        let tracks = TrackConfig::of(config);
         let groups = config.vrrp_sync_group.clone();
         let quorum = vrrp.quorum.clone();
         let thread = std::thread::Builder::new()
@@ -164,7 +225,7 @@ impl Vrrp {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(run_all(scripts, groups, quorum, start_rx)),
+                    Ok(runtime) => runtime.block_on(run_all(tracks, groups, quorum, start_rx)),
                     Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
                 }
             })
@@ -215,9 +276,9 @@ impl Vrrp {
     /// Whether `config` can be applied without a restart (checked before
     /// anything of a reload changes).
     pub fn check_reconfigure(&self, config: &Config) -> Result<(), VrrpError> {
-        if config.vrrp_script != self.scripts || config.vrrp_sync_group != self.groups {
+        if TrackConfig::of(config) != self.tracks || config.vrrp_sync_group != self.groups {
             return Err(VrrpError::NeedsRestart(
-                "vrrp_script and vrrp_sync_group changes",
+                "vrrp_script, track_file, track_process and vrrp_sync_group changes",
             ));
         }
         if config.global.interface != self.interface {
@@ -327,6 +388,8 @@ fn soft_change(old: &VrrpInstance, new: &VrrpInstance) -> bool {
     probe.track_interface = old.track_interface.clone();
     probe.dont_track_primary = old.dont_track_primary;
     probe.track_script = old.track_script.clone();
+    probe.track_file = old.track_file.clone();
+    probe.track_process = old.track_process.clone();
     probe.track_virtual_server = old.track_virtual_server.clone();
     probe.notify_master = old.notify_master.clone();
     probe.notify_backup = old.notify_backup.clone();
@@ -361,12 +424,17 @@ fn raise_priority() {
 }
 
 async fn run_all(
-    scripts: Vec<VrrpScript>,
+    tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
     quorum: QuorumBoard,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
-    let scripts = start_scripts(&scripts);
+    track::init_files(&tracks.files);
+    let trackers = Trackers {
+        scripts: start_scripts(&tracks.scripts),
+        processes: track::start_processes(&tracks.processes),
+        files: track::start_files(&tracks.files),
+    };
     let notifier = Notifier::start();
     type GroupShared = (
         VrrpSyncGroup,
@@ -392,7 +460,7 @@ async fn run_all(
             cmd.inst,
             cmd.iface,
             cmd.status,
-            &scripts,
+            &trackers,
             notifier.clone(),
             group,
             quorum.clone(),
@@ -511,10 +579,13 @@ struct Runner {
     announcer: net::Announcer,
     machine: Machine,
     status: Arc<Mutex<InstanceStatus>>,
-    scripts: Vec<(i32, watch::Receiver<Option<bool>>)>,
-    /// Every `[[vrrp_script]]`'s verdict, for a reload that changes
-    /// `track_script`.
-    all_scripts: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
+    /// This instance's tracked scripts and processes with its weights.
+    checks: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    /// This instance's tracked files with its weights.
+    files: Vec<(i32, watch::Receiver<i64>)>,
+    /// Every tracked item's verdict, for a reload that changes what the
+    /// instance tracks.
+    trackers: Trackers,
     quorum: QuorumBoard,
     notifier: Notifier,
     /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
@@ -533,7 +604,7 @@ impl Runner {
         cfg: VrrpInstance,
         iface: String,
         status: Arc<Mutex<InstanceStatus>>,
-        scripts: &BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
+        trackers: &Trackers,
         notifier: Notifier,
         group: Option<SyncGroup>,
         quorum: QuorumBoard,
@@ -629,12 +700,7 @@ impl Runner {
             start_as_master: cfg.state == InitialState::Master,
             primary: src,
         });
-        let scripts_map = scripts;
-        let scripts = cfg
-            .track_script
-            .iter()
-            .filter_map(|n| scripts_map.get(n).cloned())
-            .collect();
+        let (checks, files) = trackers.resolve(&cfg);
         info!(
             instance = %cfg.name,
             vrid = cfg.virtual_router_id,
@@ -664,8 +730,9 @@ impl Runner {
             announcer,
             machine,
             status,
-            scripts,
-            all_scripts: scripts_map.clone(),
+            checks,
+            files,
+            trackers: trackers.clone(),
             quorum,
             notifier,
             split_noted: None,
@@ -824,11 +891,7 @@ impl Runner {
     /// (see [`soft_change`]): notify scripts, tracking, priority, gratuitous
     /// ARP settings. The state, the VIPs and the adverts go on untouched.
     fn update(&mut self, new: VrrpInstance) {
-        self.scripts = new
-            .track_script
-            .iter()
-            .filter_map(|n| self.all_scripts.get(n).cloned())
-            .collect();
+        (self.checks, self.files) = self.trackers.resolve(&new);
         info!(instance = %new.name, "VRRP instance updated in place by the reload");
         let priority = new.priority;
         self.cfg = new;
@@ -915,14 +978,32 @@ impl Runner {
             .primary_up_since
             .is_some_and(|t| t.elapsed() >= PRIMARY_SETTLE);
         let mut fault = !(self.cfg.dont_track_primary || self.primary_up && settled);
+        let mut priority = i32::from(self.cfg.priority);
         for i in &self.cfg.track_interface {
-            let state = std::fs::read_to_string(format!("/sys/class/net/{i}/operstate"))
+            let state = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", i.name()))
                 .unwrap_or_default();
-            if !matches!(state.trim(), "up" | "unknown") {
-                fault = true;
+            let up = matches!(state.trim(), "up" | "unknown");
+            match i.weight() {
+                // No weight (or 0): a tracked interface down means Fault.
+                None | Some(0) => fault |= !up,
+                Some(w) if w < 0 && !up => priority += w,
+                Some(w) if w > 0 && up => priority += w,
+                Some(_) => {}
             }
         }
-        let mut priority = i32::from(self.cfg.priority);
+        for (weight, rx) in &self.files {
+            let value = *rx.borrow();
+            if *weight == 0 {
+                fault |= value != 0;
+            } else {
+                let delta = value.saturating_mul(i64::from(*weight));
+                // keepalived: an adjustment of -254 or less means Fault.
+                if delta <= -254 {
+                    fault = true;
+                }
+                priority = priority.saturating_add(delta.clamp(-1000, 1000) as i32);
+            }
+        }
         // An unreachable gateway forces Fault.
         if self.gateways.iter().any(|g| *g.borrow() == Some(false)) {
             fault = true;
@@ -936,8 +1017,8 @@ impl Runner {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let scripts = self.scripts.iter().map(|(w, rx)| (*rx.borrow(), *w));
-        for (up, weight) in scripts.chain(services) {
+        let checks = self.checks.iter().map(|(w, rx)| (*rx.borrow(), *w));
+        for (up, weight) in checks.chain(services) {
             match (up, weight) {
                 (Some(false), 0) => fault = true,
                 (Some(false), w) if w < 0 => priority += w,

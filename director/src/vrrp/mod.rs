@@ -7,4 +7,5 @@ pub mod instance;
 pub mod net;
 pub mod notify;
 pub mod packet;
+pub mod track;
 pub mod watch;

@@ -1,0 +1,180 @@
+//! What a VRRP instance tracks besides scripts: `[[track_file]]`,
+//! `[[track_process]]` and per-instance weights (`{ name, weight }`), as
+//! keepalived's `vrrp_track_file`, `vrrp_track_process` and `NAME weight W`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use director_tests::{Lab, LabSpec, scenario};
+
+const FAST: &str = "version = 3\nadvert_int = 0.1";
+
+/// Kills the tracked process when the test ends, failed or not.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start(tag: &str) -> Result<Sleeper> {
+        Ok(Sleeper(Command::new("sleep").arg(tag).spawn()?))
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn effective(s: &Path) -> Result<i64> {
+    scenario::status(s)?["vrrp"][0]["effective_priority"]
+        .as_i64()
+        .context("no effective_priority")
+}
+
+fn wait_effective(s: &Path, want: i64) -> Result<()> {
+    scenario::wait_status(s, Duration::from_secs(5), |st| {
+        st["vrrp"][0]["effective_priority"] == want
+    })
+    .map(|_| ())
+}
+
+/// Director 1 (priority 150) tracks an interface with weight -60, a file
+/// with weight -1 (created by `init_file`), another file with the
+/// instance's weight 0 (non-zero means Fault) and a process (weight 0: gone
+/// means Fault). Each in turn hands the VIP to director 2 (priority 100)
+/// and, restored, takes it back.
+#[test]
+fn files_processes_and_weighted_interfaces_move_the_vip() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let d1 = &lab.directors[0];
+    d1.ns.ip(&[
+        "link", "add", "trk0", "type", "veth", "peer", "name", "trk1",
+    ])?;
+    d1.ns.ip(&["link", "set", "trk0", "up"])?;
+    d1.ns.ip(&["link", "set", "trk1", "up"])?;
+    // A process no one else runs: `sleep` with a unique argument.
+    let tag = format!("{}{}", 7_000_000 + std::process::id(), 17);
+    let mut sleeper = Some(Sleeper::start(&tag)?);
+    let maint = lab.path("state/maint");
+    let drain = lab.path("drain");
+    std::fs::write(&drain, "0\n")?;
+    let tracking = format!(
+        "{FAST}\ntrack_interface = [{{ name = \"trk0\", weight = -60 }}]\n\
+         track_file = [\"maint\", {{ name = \"drain\", weight = 0 }}]\n\
+         track_process = [\"sleeper\"]"
+    );
+    let tables = format!(
+        "\n[[track_file]]\nname = \"maint\"\nfile = \"{}\"\nweight = -1\ninit_file = 0\n\
+         \n[[track_file]]\nname = \"drain\"\nfile = \"{}\"\nweight = 5\n\
+         \n[[track_process]]\nname = \"sleeper\"\nprocess = \"sleep\"\nparameters = \"{tag}\"\nterminate_delay = 0.3\n",
+        maint.display(),
+        drain.display()
+    );
+    let c1 = scenario::vrrp_config(&lab, "director1", 150, &tracking)? + &tables;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
+    let p1 = lab.write("director1.toml", &c1)?;
+    let p2 = lab.write("director2.toml", &c2)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    // init_file created the file (and its directory) with 0.
+    ensure!(std::fs::read_to_string(&maint)?.trim() == "0");
+    ensure!(effective(&s1)? == 150);
+    let back = || -> Result<()> {
+        scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+        scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(5))?;
+        wait_effective(&s1, 150)
+    };
+
+    // The interface down costs 60: 90 < 100, director 2 preempts.
+    d1.ns.ip(&["link", "set", "trk0", "down"])?;
+    wait_effective(&s1, 90)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
+    ensure!(!d1.holds_vip()?, "a backup kept the VIP");
+    d1.ns.ip(&["link", "set", "trk0", "up"])?;
+    back()?;
+
+    // The file's value times its weight: 30 x -1.
+    std::fs::write(&maint, "30\n")?;
+    wait_effective(&s1, 120)?;
+    ensure!(scenario::vrrp_state(&s1, "VI_1").as_deref() == Some("master"));
+    std::fs::write(&maint, "60\n")?;
+    wait_effective(&s1, 90)?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    // An adjustment of -254 or less is Fault.
+    std::fs::write(&maint, "300\n")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    std::fs::write(&maint, "0\n")?;
+    back()?;
+
+    // The instance's weight 0 overrides the file's 5: non-zero is Fault.
+    std::fs::write(&drain, "1\n")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    ensure!(!d1.holds_vip()?, "a faulted router kept the VIP");
+    std::fs::write(&drain, "0\n")?;
+    back()?;
+
+    // The tracked process ends: Fault (after terminate_delay); it runs
+    // again: master again.
+    drop(sleeper.take());
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    sleeper.replace(Sleeper::start(&tag)?);
+    back()?;
+    drop(sleeper);
+    for s in [&s1, &s2] {
+        let st = scenario::status(s)?;
+        ensure!(st["vrrp"][0]["split_brains"] == 0, "{st}");
+    }
+    Ok(())
+}
+
+/// A process that only blips (gone for less than `terminate_delay`) does
+/// not move the VIP; `quorum` counts processes.
+#[test]
+fn process_quorum_and_terminate_delay() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let tag = format!("{}{}", 7_000_000 + std::process::id(), 29);
+    let mut a = Some(Sleeper::start(&tag)?);
+    let _b = Sleeper::start(&tag)?;
+    let tables = format!(
+        "\n[[track_process]]\nname = \"pair\"\nprocess = \"sleep\"\nparameters = \"{tag}\"\nquorum = 2\nweight = -50\nterminate_delay = 1.5\n"
+    );
+    let c = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        &format!("{FAST}\nstandalone = true\ntrack_process = [\"pair\"]"),
+    )? + &tables;
+    let p = lab.write("director1.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &p)?;
+    let s = lab.state_dir("director1")?;
+    scenario::wait_vrrp_state(&s, "VI_1", "master", Duration::from_secs(10))?;
+    wait_effective(&s, 150)?;
+    // One of two gone, back within the delay: no change.
+    drop(a.take());
+    std::thread::sleep(Duration::from_millis(500));
+    a.replace(Sleeper::start(&tag)?);
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        effective(&s)? == 150,
+        "a blip shorter than terminate_delay counted"
+    );
+    // Gone for good: below quorum after the delay.
+    drop(a.take());
+    wait_effective(&s, 100)?;
+    Ok(())
+}
