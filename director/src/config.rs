@@ -258,6 +258,14 @@ pub struct VrrpInstance {
     /// Fault (an isolated director gives the VIP up).
     #[serde(default)]
     pub track_gateway: Vec<TrackGateway>,
+    /// Routes added while MASTER (keepalived's `virtual_routes`, in `ip
+    /// route` syntax).
+    #[serde(default)]
+    pub virtual_routes: Vec<String>,
+    /// Policy rules added while MASTER (keepalived's `virtual_rules`, in
+    /// `ip rule` syntax).
+    #[serde(default)]
+    pub virtual_rules: Vec<String>,
     pub notify_master: Option<String>,
     pub notify_backup: Option<String>,
     pub notify_fault: Option<String>,
@@ -1750,6 +1758,32 @@ impl Config {
                     return Err(problem(
                         at("unicast_peer"),
                         "must be of the instance's address family",
+                    ));
+                }
+            }
+            for (j, r) in v.virtual_routes.iter().enumerate() {
+                if let Err(e) = crate::vrrp::routes::parse_route(r, v6) {
+                    return Err(problem(
+                        vec![
+                            Key("vrrp_instance"),
+                            Index(i),
+                            Key("virtual_routes"),
+                            Index(j),
+                        ],
+                        format!("`{r}`: {e}"),
+                    ));
+                }
+            }
+            for (j, r) in v.virtual_rules.iter().enumerate() {
+                if let Err(e) = crate::vrrp::routes::parse_rule(r, v6) {
+                    return Err(problem(
+                        vec![
+                            Key("vrrp_instance"),
+                            Index(i),
+                            Key("virtual_rules"),
+                            Index(j),
+                        ],
+                        format!("`{r}`: {e}"),
                     ));
                 }
             }

@@ -844,6 +844,29 @@ impl Translator {
                     }
                     t.insert(c.keyword.clone(), Value::Array(items));
                 }
+                "virtual_routes" | "virtual_rules" => {
+                    let v6 = addresses
+                        .first()
+                        .and_then(Value::as_str)
+                        .is_some_and(|a| a.contains(':'));
+                    let mut lines = Vec::new();
+                    for a in c.children.iter().flatten() {
+                        let line = std::iter::once(a.keyword.as_str())
+                            .chain(a.args.iter().map(String::as_str))
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let parsed = if c.keyword == "virtual_routes" {
+                            crate::vrrp::routes::parse_route(&line, v6).map(|_| ())
+                        } else {
+                            crate::vrrp::routes::parse_rule(&line, v6).map(|_| ())
+                        };
+                        match parsed {
+                            Ok(()) => lines.push(string(&line)),
+                            Err(e) => self.warn(a, format!("skipped: {e}")),
+                        }
+                    }
+                    t.insert(c.keyword.clone(), Value::Array(lines));
+                }
                 "use_vmac" | "vmac_xmit_base" => {
                     self.warn(c, "VMACs are not supported: the interface's MAC is used")
                 }
@@ -1536,6 +1559,28 @@ vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  priority 100\n
         assert_eq!(w(&v.track_script), [("chk".to_string(), Some(30))]);
         assert_eq!(w(&v.track_file), [("maint".to_string(), None)]);
         assert_eq!(w(&v.track_process), [("nginx".to_string(), Some(-50))]);
+    }
+
+    #[test]
+    fn virtual_routes_and_rules_come_across() {
+        let text = "vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  virtual_ipaddress {\n    10.0.0.100/24\n  }\n\
+  virtual_routes {\n    src 10.0.0.100 to 192.168.109.0/24 via 10.0.0.254 dev eth1\n    blackhole 192.168.114.0/24\n    192.168.2.0/24 nexthop via 10.0.0.1\n  }\n\
+  virtual_rules {\n    from 10.0.0.100 table 100\n  }\n}\n";
+        let imp = import_text(Path::new("k.conf"), text).expect("import");
+        let cfg = crate::config::Config::parse(Path::new("d.toml"), &imp.toml).expect("valid");
+        let v = &cfg.vrrp_instance[0];
+        assert_eq!(
+            v.virtual_routes,
+            [
+                "src 10.0.0.100 to 192.168.109.0/24 via 10.0.0.254 dev eth1",
+                "blackhole 192.168.114.0/24"
+            ]
+        );
+        assert_eq!(v.virtual_rules, ["from 10.0.0.100 table 100"]);
+        // The multipath route is named, with its line.
+        assert_eq!(imp.warnings.len(), 1, "{:#?}", imp.warnings);
+        let w = imp.warnings[0].to_string();
+        assert!(w.contains("k.conf:10:") && w.contains("nexthop"), "{w}");
     }
 
     #[test]

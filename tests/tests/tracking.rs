@@ -178,3 +178,154 @@ fn process_quorum_and_terminate_delay() -> Result<()> {
     wait_effective(&s, 100)?;
     Ok(())
 }
+
+/// `virtual_routes` and `virtual_rules` (IPv4 and IPv6) are on the master
+/// only: added on becoming master, removed on leaving it (the backup takes
+/// them), and a reload that changes them while master swaps them without a
+/// transition.
+#[test]
+fn virtual_routes_and_rules_follow_the_master() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let drain = lab.path("drain");
+    std::fs::write(&drain, "0\n")?;
+    let v4 = "virtual_routes = [\"198.51.100.0/24 dev eth0 table 100\", \"blackhole 192.0.2.0/24\", \"default via 10.0.0.254 table 101 metric 7\"]\n\
+              virtual_rules = [\"from 10.0.0.100 table 100 priority 1000\", \"to 203.0.113.0/24 fwmark 0x10/0xff prohibit priority 1001\"]";
+    let v6 = "\n[[vrrp_instance]]\nname = \"VI_6\"\nvirtual_router_id = 61\nversion = 3\nadvert_int = 0.1\n\
+              virtual_ipaddress = [\"fd00::100/128\"]\n\
+              virtual_routes = [\"2001:db8:5::/48 dev eth0 table 100\", \"default via fd00::254 table 101\"]\n\
+              virtual_rules = [\"from fd00::100 table 100 priority 1000\"]\n";
+    let config = |router: &str, priority: u8, track: &str| -> Result<String> {
+        let c = scenario::vrrp_config(&lab, router, priority, &format!("{FAST}\n{track}{v4}"))?;
+        let file = if track.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\n[[track_file]]\nname = \"drain\"\nfile = \"{}\"\nweight = 0\n",
+                drain.display()
+            )
+        };
+        let six = v6.replace(
+            "advert_int",
+            &format!("priority = {priority}\n{track}advert_int"),
+        );
+        Ok(c + &six + &file)
+    };
+    let track = "track_file = [\"drain\"]\n";
+    let p1 = lab.write("director1.toml", &config("director1", 150, track)?)?;
+    let p2 = lab.write("director2.toml", &config("director2", 100, "")?)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let both = |s: &Path, state: &str| -> Result<()> {
+        scenario::wait_vrrp_state(s, "VI_1", state, Duration::from_secs(10))?;
+        scenario::wait_vrrp_state(s, "VI_6", state, Duration::from_secs(10))
+    };
+    both(&s1, "master")?;
+    both(&s2, "backup")?;
+    // What one director has: routes of tables 100/101 and the blackhole,
+    // and its rules, in IPv4 and IPv6.
+    let show = |i: usize| -> Result<String> {
+        let ns = &lab.directors[i].ns;
+        let mut out = String::new();
+        for args in [
+            &["route", "show", "table", "all"][..],
+            &["-6", "route", "show", "table", "all"][..],
+            &["rule", "show"][..],
+            &["-6", "rule", "show"][..],
+        ] {
+            out.push_str(&String::from_utf8_lossy(&ns.ip(args)?.stdout));
+        }
+        Ok(out)
+    };
+    let wanted = [
+        "198.51.100.0/24 dev eth0 table 100",
+        "blackhole 192.0.2.0/24",
+        "default via 10.0.0.254 dev eth0 table 101",
+        "metric 7",
+        "2001:db8:5::/48 dev eth0 table 100",
+        "default via fd00::254 dev eth0 table 101",
+        "1000:\tfrom 10.0.0.100 lookup 100",
+        "1001:\tfrom all to 203.0.113.0/24 fwmark 0x10/0xff prohibit",
+        "1000:\tfrom fd00::100 lookup 100",
+    ];
+    let has_all = |i: usize| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let out = show(i)?;
+            let missing: Vec<&&str> = wanted.iter().filter(|w| !out.contains(**w)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "director{} lacks {missing:?}:\n{out}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let has_none = |i: usize| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let out = show(i)?;
+            let left: Vec<&&str> = wanted.iter().filter(|w| out.contains(**w)).collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "director{} (not master) still has {left:?}:\n{out}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    has_all(0)?;
+    has_none(1)?;
+
+    // Director 1 faults: they move to director 2; back, they return.
+    std::fs::write(&drain, "1\n")?;
+    both(&s2, "master")?;
+    both(&s1, "fault")?;
+    has_all(1)?;
+    has_none(0)?;
+    std::fs::write(&drain, "0\n")?;
+    both(&s1, "master")?;
+    both(&s2, "backup")?;
+    has_all(0)?;
+    has_none(1)?;
+
+    // A reload changing one route while master: swapped in place.
+    let transitions = scenario::status(&s1)?["vrrp"][0]["transitions"].clone();
+    let changed =
+        std::fs::read_to_string(&p1)?.replace("blackhole 192.0.2.0/24", "unreachable 192.0.2.0/25");
+    std::fs::write(&p1, changed)?;
+    let (ok, out) = scenario::director_cli(&["reload"], &s1)?;
+    ensure!(ok, "reload failed: {out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let out = show(0)?;
+        if out.contains("unreachable 192.0.2.0/25") && !out.contains("blackhole 192.0.2.0/24") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the reload did not swap the route:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        show(0)?.contains("198.51.100.0/24 dev eth0 table 100"),
+        "an unchanged route went"
+    );
+    ensure!(
+        scenario::status(&s1)?["vrrp"][0]["transitions"] == transitions,
+        "the reload moved the master"
+    );
+    Ok(())
+}

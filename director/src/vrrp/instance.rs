@@ -21,7 +21,7 @@ use super::{
     net::{self, NetError, Received, VrrpSocket},
     notify::Notifier,
     packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
-    track,
+    routes, track,
 };
 use crate::{
     config::{
@@ -390,6 +390,8 @@ fn soft_change(old: &VrrpInstance, new: &VrrpInstance) -> bool {
     probe.track_script = old.track_script.clone();
     probe.track_file = old.track_file.clone();
     probe.track_process = old.track_process.clone();
+    probe.virtual_routes = old.virtual_routes.clone();
+    probe.virtual_rules = old.virtual_rules.clone();
     probe.track_virtual_server = old.track_virtual_server.clone();
     probe.notify_master = old.notify_master.clone();
     probe.notify_backup = old.notify_backup.clone();
@@ -586,6 +588,9 @@ struct Runner {
     /// Every tracked item's verdict, for a reload that changes what the
     /// instance tracks.
     trackers: Trackers,
+    /// `virtual_routes` and `virtual_rules`, parsed (held while master).
+    routes: Vec<routes::VirtualRoute>,
+    rules: Vec<routes::VirtualRule>,
     quorum: QuorumBoard,
     notifier: Notifier,
     /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
@@ -701,6 +706,7 @@ impl Runner {
             primary: src,
         });
         let (checks, files) = trackers.resolve(&cfg);
+        let (vroutes, vrules) = parse_routes(&cfg);
         info!(
             instance = %cfg.name,
             vrid = cfg.virtual_router_id,
@@ -733,6 +739,8 @@ impl Runner {
             checks,
             files,
             trackers: trackers.clone(),
+            routes: vroutes,
+            rules: vrules,
             quorum,
             notifier,
             split_noted: None,
@@ -773,7 +781,7 @@ impl Runner {
                 cmd = commands.recv() => {
                     let done = match cmd {
                         Some(Command::Update(new)) => {
-                            self.update(*new);
+                            self.update(*new).await;
                             continue;
                         }
                         Some(Command::Shutdown(done)) => Some(done),
@@ -890,8 +898,40 @@ impl Runner {
     /// Takes a reload's changes that need no restart of the instance
     /// (see [`soft_change`]): notify scripts, tracking, priority, gratuitous
     /// ARP settings. The state, the VIPs and the adverts go on untouched.
-    fn update(&mut self, new: VrrpInstance) {
+    async fn update(&mut self, new: VrrpInstance) {
         (self.checks, self.files) = self.trackers.resolve(&new);
+        let (routes, rules) = parse_routes(&new);
+        if (&routes, &rules) != (&self.routes, &self.rules) {
+            if self.machine.state() == State::Master {
+                // Those that went, then those that came (the same kept).
+                let old = std::mem::take(&mut self.routes);
+                let old_rules = std::mem::take(&mut self.rules);
+                self.routes = old
+                    .iter()
+                    .filter(|r| !routes.contains(r))
+                    .cloned()
+                    .collect();
+                self.rules = old_rules
+                    .iter()
+                    .filter(|r| !rules.contains(r))
+                    .cloned()
+                    .collect();
+                self.remove_routes().await;
+                self.routes = routes
+                    .iter()
+                    .filter(|r| !old.contains(r))
+                    .cloned()
+                    .collect();
+                self.rules = rules
+                    .iter()
+                    .filter(|r| !old_rules.contains(r))
+                    .cloned()
+                    .collect();
+                self.add_routes().await;
+            }
+            self.routes = routes;
+            self.rules = rules;
+        }
         info!(instance = %new.name, "VRRP instance updated in place by the reload");
         let priority = new.priority;
         self.cfg = new;
@@ -1136,6 +1176,63 @@ impl Runner {
         }
     }
 
+    /// The index routes without `dev` or `via` go out of (the instance's
+    /// interface), or their `dev`'s.
+    fn route_ifindex(&self, r: &routes::VirtualRoute) -> Option<u32> {
+        match &r.dev {
+            Some(d) => std::fs::read_to_string(format!("/sys/class/net/{d}/ifindex"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            None if r.via.is_none() => Some(self.ifindex),
+            None => None,
+        }
+    }
+
+    /// Adds `virtual_routes` then `virtual_rules` (on becoming master).
+    async fn add_routes(&mut self) {
+        for r in self.routes.clone() {
+            let index = self.route_ifindex(&r);
+            if r.dev.is_some() && index.is_none() {
+                error!(instance = %self.cfg.name, route = %r.text, "cannot add virtual route: no such interface");
+                continue;
+            }
+            match routes::add_route(&self.handle, &r, index).await {
+                Ok(()) => debug!(instance = %self.cfg.name, route = %r.text, "virtual route added"),
+                Err(e) => {
+                    error!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot add virtual route")
+                }
+            }
+        }
+        for r in self.rules.clone() {
+            match routes::add_rule(&self.handle, &r).await {
+                Ok(()) => debug!(instance = %self.cfg.name, rule = %r.text, "virtual rule added"),
+                Err(e) => {
+                    error!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot add virtual rule")
+                }
+            }
+        }
+    }
+
+    /// Removes `virtual_rules` then `virtual_routes` (on leaving master, and
+    /// at start: a daemon that died may have left them).
+    async fn remove_routes(&mut self) {
+        for r in self.rules.clone() {
+            if let Err(e) = routes::delete_rule(&self.handle, &r).await {
+                warn!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot remove virtual rule");
+            }
+        }
+        for r in self.routes.clone() {
+            let index = self.route_ifindex(&r);
+            if r.dev.is_some() && index.is_none() {
+                // Its interface is gone, and the route with it.
+                continue;
+            }
+            if let Err(e) = routes::delete_route(&self.handle, &r, index).await {
+                warn!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot remove virtual route");
+            }
+        }
+    }
+
     async fn perform(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
@@ -1146,6 +1243,7 @@ impl Runner {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
                     }
+                    self.add_routes().await;
                 }
                 Action::Announce => {
                     self.garp_bursts_left = 1;
@@ -1156,6 +1254,7 @@ impl Runner {
                 }
                 Action::RemoveAddresses => {
                     self.garp_at = None;
+                    self.remove_routes().await;
                     for a in self.vips.clone() {
                         if let Err(e) = net::remove_address(&self.handle, self.ifindex, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
@@ -1413,6 +1512,23 @@ fn start_gateway(instance: &str, g: crate::config::TrackGateway) -> watch::Recei
         }
     });
     rx
+}
+
+/// The instance's `virtual_routes` and `virtual_rules`, parsed (the
+/// configuration check parsed them already: an error here cannot happen,
+/// and would only skip the entry).
+fn parse_routes(cfg: &VrrpInstance) -> (Vec<routes::VirtualRoute>, Vec<routes::VirtualRule>) {
+    let v6 = cfg.is_ipv6();
+    (
+        cfg.virtual_routes
+            .iter()
+            .filter_map(|r| routes::parse_route(r, v6).ok())
+            .collect(),
+        cfg.virtual_rules
+            .iter()
+            .filter_map(|r| routes::parse_rule(r, v6).ok())
+            .collect(),
+    )
 }
 
 /// One task per `[[vrrp_script]]`; results (`None` until the first verdict)

@@ -7,5 +7,6 @@ pub mod instance;
 pub mod net;
 pub mod notify;
 pub mod packet;
+pub mod routes;
 pub mod track;
 pub mod watch;
