@@ -74,8 +74,11 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const PROG_DIRECTOR: &str = "director";
 /// Name of the benchmark floor program (MAC swap + XDP_TX).
 pub const PROG_FLOOR: &str = "floor";
+/// Name of the group-member trie ([`MemberKey`]).
+pub const MAP_MEMBERS: &str = "MEMBERS";
 /// Every map the program pins (and the daemon adopts after a restart).
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
+    MAP_MEMBERS,
     MAP_VIP_FILTER,
     MAP_SERVICES,
     MAP_BACKENDS,
@@ -142,6 +145,57 @@ impl ServiceKey {
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
     }
+}
+
+/// Entries of the group-member trie (ports and port ranges of
+/// `[[virtual_server_group]]` members).
+pub const MAX_MEMBER_KEYS: u32 = 16_384;
+
+/// Data of the group-member trie's key: a member's protocol, flags
+/// ([`KEY_V6`]) and address are always matched whole; of the port, the
+/// first `prefix_len - MEMBER_PREFIX_BASE` bits (a port range is stored
+/// as the aligned blocks that cover it; every port: no port bit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`KEY_V6`].
+    pub flags: u8,
+    /// Address, as on the wire (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Port, network byte order.
+    pub port: [u8; 2],
+}
+
+/// Prefix bits of a [`MemberKey`] before the port (protocol, flags,
+/// address).
+pub const MEMBER_PREFIX_BASE: u32 = 8 + 8 + 128;
+
+/// The aligned blocks `(first port, prefix bits of the port)` that cover
+/// `lo..=hi` exactly (at most 30 for any range; `(0, 0)` for every port).
+pub fn port_blocks(lo: u16, hi: u16, out: &mut [(u16, u8); 32]) -> usize {
+    if lo == 0 && hi == u16::MAX || (lo, hi) == (0, 0) {
+        out[0] = (0, 0);
+        return 1;
+    }
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    let mut n = 0;
+    while lo <= hi && n < out.len() {
+        // The largest aligned block starting at lo that stays within hi.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out[n] = (lo as u16, (16 - size.trailing_zeros()) as u8);
+        n += 1;
+        lo += size;
+    }
+    n
 }
 
 /// [`ServiceValue::flags`]: hash on the client address only (`sh`).
@@ -297,6 +351,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MemberKey {}
 }
 
 /// The murmur3 finaliser: spreads every input bit over the output.
@@ -368,6 +424,41 @@ mod tests {
         assert_eq!(size_of::<PersistKey>(), 16 + 4);
         assert_eq!(size_of::<Counters>(), 3 * 8);
         assert_eq!(size_of::<Settings>(), 8 + 6 + 2);
+        assert_eq!(size_of::<MemberKey>(), 1 + 1 + 16 + 2);
+    }
+
+    fn blocks(lo: u16, hi: u16) -> ([(u16, u8); 32], usize) {
+        let mut out = [(0, 0); 32];
+        let n = port_blocks(lo, hi, &mut out);
+        (out, n)
+    }
+
+    #[test]
+    fn port_ranges_become_exact_aligned_blocks() {
+        let (b, n) = blocks(8000, 8010);
+        assert_eq!(&b[..n], &[(8000, 13), (8008, 15), (8010, 16)]);
+        assert_eq!(blocks(80, 80).1, 1);
+        assert_eq!(blocks(0, 0), ([(0, 0); 32], 1));
+        // Exhaustively for small ranges, and the worst case: every port of
+        // lo..=hi is covered by exactly one block, nothing else is.
+        for (lo, hi) in [
+            (1, 65535),
+            (1, 65534),
+            (2, 65533),
+            (1000, 1999),
+            (443, 8443),
+        ] {
+            let (b, n) = blocks(lo, hi);
+            assert!(n <= 30, "{lo}-{hi}: {n} blocks");
+            let mut covered = 0u32;
+            for (start, bits) in &b[..n] {
+                let size = 1u32 << (16 - *bits as u32);
+                assert_eq!(*start as u32 % size, 0, "aligned");
+                assert!(*start as u32 >= lo as u32 && *start as u32 + size - 1 <= hi as u32);
+                covered += size;
+            }
+            assert_eq!(covered, hi as u32 - lo as u32 + 1);
+        }
     }
 
     #[test]

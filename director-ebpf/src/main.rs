@@ -34,20 +34,26 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
 use director_common::{
     BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, FragKey,
     IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE,
-    MAX_FLOWS, MAX_FRAGS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, NO_BACKEND, PersistKey,
-    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
-    addr_hash, flow_hash, source_hash, vip_bucket,
+    MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES,
+    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT, SVC_SOURCE_HASH,
+    ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash, source_hash,
+    vip_bucket,
 };
 
 #[map(name = "SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES * 2, 0);
+
+/// Members of `[[virtual_server_group]]`s: ports and port ranges (as
+/// aligned blocks) of their addresses, and their fragment entries.
+#[map(name = "MEMBERS")]
+static MEMBERS: LpmTrie<MemberKey, ServiceValue> = LpmTrie::with_max_entries(MAX_MEMBER_KEYS, 0);
 
 #[map(name = "BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_REAL_SERVERS, 0);
@@ -277,19 +283,33 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
     })
 }
 
-/// The service for a flow: exact port first, then the VIP's "any port"
-/// service.
+/// The service for a new flow: exact port first, then a group member
+/// (the longest match: a port, a port range, every port), then the VIP's
+/// "any port" service.
 #[inline(always)]
 fn find_service(key: &FlowKey) -> Option<ServiceValue> {
+    let flags = if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 };
     let mut skey = ServiceKey {
         addr: key.dst,
         port: key.dport,
         protocol: key.protocol,
-        flags: if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
+        flags,
     };
-    // SAFETY (both lookups): the value is copied out at once; the daemon
-    // replaces entries whole.
+    // SAFETY (the three lookups): the value is copied out at once; the
+    // daemon replaces entries whole.
     if let Some(v) = unsafe { SERVICES.get(&skey) } {
+        return Some(*v);
+    }
+    let member = Key::new(
+        MEMBER_PREFIX_BASE + 16,
+        MemberKey {
+            protocol: key.protocol,
+            flags,
+            addr: key.dst,
+            port: key.dport,
+        },
+    );
+    if let Some(v) = MEMBERS.get(&member) {
         return Some(*v);
     }
     skey.port = [0, 0];
@@ -477,7 +497,21 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
         flags: KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
     };
     // SAFETY: copied out at once.
-    let service = unsafe { SERVICES.get(&skey) }.copied().ok_or(Pass)?;
+    let service = match unsafe { SERVICES.get(&skey) }.copied() {
+        Some(s) => s,
+        // A group member's address: its fragment entry is in the trie.
+        None => *MEMBERS
+            .get(Key::new(
+                MEMBER_PREFIX_BASE,
+                MemberKey {
+                    protocol: skey.protocol,
+                    flags: skey.flags,
+                    addr: skey.addr,
+                    port: [0, 0],
+                },
+            ))
+            .ok_or(Pass)?,
+    };
     if service.flags & SVC_PERSISTENT != 0 {
         let pkey = PersistKey {
             src: key.src,

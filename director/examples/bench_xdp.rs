@@ -63,6 +63,8 @@ fn service(vip: &str, servers: &[&str]) -> ServicePlan {
                 mac: Some(Mac(backend_mac(i))),
             })
             .collect(),
+        members: Vec::new(),
+        lb_kind: Default::default(),
     }
 }
 

@@ -6,13 +6,20 @@
 //! errors, never ignored.
 
 use std::{
+    collections::BTreeMap,
     collections::HashSet,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use director_common::{MAX_REAL_SERVERS, MAX_REAL_SERVERS_PER_SERVICE, MAX_SERVICES};
+use director_common::{
+    MAX_MEMBER_KEYS, MAX_REAL_SERVERS, MAX_REAL_SERVERS_PER_SERVICE, MAX_SERVICES,
+};
+
+/// At most this many IPVS services (address x port) per group with
+/// `dataplane = "ipvs"`.
+pub const MAX_IPVS_GROUP: usize = 4096;
 
 /// Default idle time after which a UDP flow is placed again (as IPVS).
 pub const DEFAULT_UDP_TIMEOUT: u32 = 300;
@@ -37,6 +44,9 @@ pub struct Config {
     pub vrrp_script: Vec<VrrpScript>,
     #[serde(default)]
     pub vrrp_sync_group: Vec<VrrpSyncGroup>,
+    /// `[[virtual_server_group]]`: addresses and ports served together.
+    #[serde(default)]
+    pub virtual_server_group: Vec<VirtualServerGroup>,
     /// `[[track_file]]`: files whose integer adjusts priorities.
     #[serde(default)]
     pub track_file: Vec<TrackFile>,
@@ -581,13 +591,169 @@ pub enum XdpMode {
     Generic,
 }
 
-/// `[[virtual_server]]`: one virtual service, VIP:port/protocol.
+/// `[[virtual_server_group]]` (keepalived's `virtual_server_group`): the
+/// addresses and ports one `[[virtual_server]]` with `group = NAME` serves.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServerGroup {
+    pub name: String,
+    /// `"ADDR[-LAST] [PORT[-LAST]]"`: an address (every port), an address
+    /// and port, an address range (the last byte of IPv4, the last group
+    /// of IPv6: `10.0.0.101-103`), a port range (`8000-8010`).
+    pub members: Vec<String>,
+}
+
+/// One member of a virtual server: addresses `first..=last` (they differ
+/// only in the last byte/group) and ports `ports.0..=ports.1` (`(0, 0)`:
+/// every port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupMember {
+    pub first: IpAddr,
+    pub last: IpAddr,
+    pub ports: (u16, u16),
+}
+
+impl GroupMember {
+    /// Parses `"ADDR[-LAST] [PORT[-LAST]]"`.
+    pub fn parse(s: &str) -> Result<GroupMember, String> {
+        let mut words = s.split_whitespace();
+        let addr = words.next().ok_or("an empty member")?;
+        let ports = words.next();
+        if let Some(extra) = words.next() {
+            return Err(format!(
+                "`{extra}`: a member is `ADDR[-LAST] [PORT[-LAST]]`"
+            ));
+        }
+        let (first, last) = match addr.rsplit_once('-') {
+            Some((a, last)) => {
+                let first: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an address"))?;
+                let last = match first {
+                    IpAddr::V4(f) => {
+                        let n: u8 = last.parse().map_err(|_| {
+                            format!("`{last}`: the range's end is the last byte (0-255)")
+                        })?;
+                        let mut o = f.octets();
+                        o[3] = n;
+                        IpAddr::from(o)
+                    }
+                    IpAddr::V6(f) => {
+                        let n = u16::from_str_radix(last, 16).map_err(|_| {
+                            format!("`{last}`: the range's end is the last group (hex)")
+                        })?;
+                        let mut g = f.segments();
+                        g[7] = n;
+                        IpAddr::from(g)
+                    }
+                };
+                if last < first {
+                    return Err(format!("`{addr}`: the range ends before it starts"));
+                }
+                (first, last)
+            }
+            None => {
+                let a: IpAddr = addr
+                    .parse()
+                    .map_err(|_| format!("`{addr}` is not an address"))?;
+                (a, a)
+            }
+        };
+        let ports = match ports {
+            None => (0, 0),
+            Some(p) => {
+                let port = |v: &str| {
+                    v.parse::<u16>()
+                        .map_err(|_| format!("`{v}` is not a port (0-65535)"))
+                };
+                let (lo, hi) = match p.split_once('-') {
+                    Some((lo, hi)) => (port(lo)?, port(hi)?),
+                    None => (port(p)?, port(p)?),
+                };
+                if hi < lo || (lo == 0 && hi != 0) {
+                    return Err(format!("`{p}`: a port range is LOW-HIGH, from 1"));
+                }
+                (lo, hi)
+            }
+        };
+        Ok(GroupMember { first, last, ports })
+    }
+
+    /// Every address of the member.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        match (self.first, self.last) {
+            (IpAddr::V4(f), IpAddr::V4(l)) => (f.octets()[3]..=l.octets()[3])
+                .map(|n| {
+                    let mut o = f.octets();
+                    o[3] = n;
+                    IpAddr::from(o)
+                })
+                .collect(),
+            (IpAddr::V6(f), IpAddr::V6(l)) => (f.segments()[7]..=l.segments()[7])
+                .map(|n| {
+                    let mut g = f.segments();
+                    g[7] = n;
+                    IpAddr::from(g)
+                })
+                .collect(),
+            _ => vec![self.first],
+        }
+    }
+
+    /// Whether the member serves `port` (every port: any).
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.ports == (0, 0) || (self.ports.0..=self.ports.1).contains(&port)
+    }
+
+    /// Whether two members share an address and a port (every-port members
+    /// share nothing: exact ports take precedence over them by design).
+    fn overlaps(&self, other: &GroupMember) -> bool {
+        let addrs = self.first <= other.last && other.first <= self.last;
+        let every = self.ports == (0, 0) || other.ports == (0, 0);
+        let ports = self.ports.0 <= other.ports.1 && other.ports.0 <= self.ports.1;
+        addrs
+            && (if every {
+                self.ports == other.ports
+            } else {
+                ports
+            })
+    }
+}
+
+impl std::fmt::Display for GroupMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.first)?;
+        if self.last != self.first {
+            match self.last {
+                IpAddr::V4(l) => write!(f, "-{}", l.octets()[3])?,
+                IpAddr::V6(l) => write!(f, "-{:x}", l.segments()[7])?,
+            }
+        }
+        match self.ports {
+            (0, 0) => Ok(()),
+            (lo, hi) if lo == hi => write!(f, " {lo}"),
+            (lo, hi) => write!(f, " {lo}-{hi}"),
+        }
+    }
+}
+
+/// `[[virtual_server]]`: one virtual service, VIP:port/protocol, or every
+/// member of a `[[virtual_server_group]]` (`group`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualServer {
-    pub address: IpAddr,
+    /// The virtual address (none with `group`: see [`VirtualServer::address`]).
+    #[serde(rename = "address", default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<IpAddr>,
     /// 0 serves every port of the VIP (like an IPVS fwmark service).
-    pub port: u16,
+    #[serde(rename = "port", default, skip_serializing_if = "Option::is_none")]
+    pub vport: Option<u16>,
+    /// A `[[virtual_server_group]]` name: the service answers on every
+    /// member (one pool, one set of checks, one Maglev table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The addresses and ports served, resolved at load: the group's
+    /// members, or `address port`.
+    #[serde(skip)]
+    pub members: Vec<GroupMember>,
     #[serde(default)]
     pub protocol: Protocol,
     /// Scheduler (keepalived's `lb_algo` / `lvs_sched`): `mh` or `sh`.
@@ -652,13 +818,28 @@ impl Scheduler {
     }
 }
 
-/// Forwarding method. Only direct routing exists.
+/// Forwarding method (keepalived's `lb_kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum LbKind {
+    /// Direct routing: only the MAC addresses change.
     #[default]
     #[serde(alias = "DR")]
     #[serde(rename = "dr")]
     Dr,
+    /// IP-in-IP tunnelling: the packet is encapsulated to the real server
+    /// (which decapsulates it and holds the VIP).
+    #[serde(alias = "TUN")]
+    #[serde(rename = "tun")]
+    Tun,
+}
+
+impl LbKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbKind::Dr => "dr",
+            LbKind::Tun => "tun",
+        }
+    }
 }
 
 /// Transport protocol of a virtual service.
@@ -688,6 +869,37 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
         })
+    }
+}
+
+impl VirtualServer {
+    /// The service's identity address: `address`, or its group's first.
+    pub fn address(&self) -> IpAddr {
+        self.vip
+            .or_else(|| self.members.first().map(|m| m.first))
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// The service's identity port: `port`, or its group's first.
+    pub fn port(&self) -> u16 {
+        self.vport
+            .or_else(|| self.members.first().map(|m| m.ports.0))
+            .unwrap_or(0)
+    }
+
+    /// Whether the service answers on `address`:`port`.
+    pub fn serves(&self, address: IpAddr, port: u16) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.covers_port(port) && m.addresses().contains(&address))
+    }
+
+    /// Whether the service answers on `port` of some member.
+    pub fn covers_port(&self, port: u16) -> bool {
+        if self.members.is_empty() {
+            return self.port() == 0 || self.port() == port;
+        }
+        self.members.iter().any(|m| m.covers_port(port))
     }
 }
 
@@ -1034,7 +1246,7 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, col) = line_col(text, offset);
             ConfigError::Invalid {
@@ -1045,7 +1257,7 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        if let Err(p) = config.validate() {
+        if let Err(p) = config.resolve_members().and_then(|()| config.validate()) {
             let offset = locate(text, &p.path);
             let (line, col) = line_col(text, offset);
             let key = key_string(&p.path);
@@ -1058,6 +1270,101 @@ impl Config {
             });
         }
         Ok(config)
+    }
+
+    /// Resolves each virtual server's members: its group's, or its
+    /// `address` and `port`.
+    fn resolve_members(&mut self) -> Result<(), Problem> {
+        use Seg::{Index, Key};
+        let mut groups: BTreeMap<&str, Vec<GroupMember>> = BTreeMap::new();
+        for (gi, g) in self.virtual_server_group.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("virtual_server_group"), Index(gi), Key(k)];
+            if g.name.is_empty() || groups.contains_key(g.name.as_str()) {
+                return Err(problem(
+                    at("name"),
+                    format!("name `{}` is empty or used twice", g.name),
+                ));
+            }
+            if g.members.is_empty() {
+                return Err(problem(at("members"), "a group needs at least one member"));
+            }
+            let mut members = Vec::new();
+            for (j, m) in g.members.iter().enumerate() {
+                let at = vec![
+                    Key("virtual_server_group"),
+                    Index(gi),
+                    Key("members"),
+                    Index(j),
+                ];
+                let member = GroupMember::parse(m).map_err(|e| problem(at.clone(), e))?;
+                if let Some(first) = members.first().map(|f: &GroupMember| f.first)
+                    && first.is_ipv4() != member.first.is_ipv4()
+                {
+                    return Err(problem(at, "a group holds one address family"));
+                }
+                if let Some(o) = members.iter().find(|o: &&GroupMember| o.overlaps(&member)) {
+                    return Err(problem(at, format!("`{m}` overlaps `{o}`")));
+                }
+                members.push(member);
+            }
+            groups.insert(&g.name, members);
+        }
+        for (i, vs) in self.virtual_server.iter_mut().enumerate() {
+            let at = |k: &'static str| vec![Key("virtual_server"), Index(i), Key(k)];
+            vs.members = match (&vs.group, vs.vip, vs.vport) {
+                (Some(g), None, None) => groups.get(g.as_str()).cloned().ok_or_else(|| {
+                    problem(
+                        at("group"),
+                        format!("no [[virtual_server_group]] named `{g}`"),
+                    )
+                })?,
+                (Some(_), Some(_), _) => {
+                    return Err(problem(
+                        at("address"),
+                        "a virtual server with `group` has no address: its group's members are its addresses",
+                    ));
+                }
+                (Some(_), None, Some(_)) => {
+                    return Err(problem(
+                        at("port"),
+                        "a virtual server with `group` has no port: its group's members are its ports",
+                    ));
+                }
+                (None, Some(a), Some(p)) => vec![GroupMember {
+                    first: a,
+                    last: a,
+                    ports: (p, p),
+                }],
+                (None, None, _) => {
+                    return Err(problem(
+                        vec![Key("virtual_server"), Index(i)],
+                        "`address` is required (or `group`)",
+                    ));
+                }
+                (None, Some(_), None) => {
+                    return Err(problem(
+                        vec![Key("virtual_server"), Index(i)],
+                        "`port` is required (0: every port)",
+                    ));
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// The virtual server `vip`:`port`/`protocol` names: the one with that
+    /// identity, else the one answering there (a group's member).
+    pub fn find_service(&self, vip: IpAddr, port: u16, protocol: Protocol) -> Option<usize> {
+        let all = || {
+            self.virtual_server
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.protocol == protocol)
+        };
+        all()
+            .find(|(_, v)| v.address() == vip && v.port() == port)
+            .or_else(|| all().find(|(_, v)| v.serves(vip, port)))
+            .map(|(i, _)| i)
     }
 
     /// Validates a configuration built in memory (runtime changes); the
@@ -1144,16 +1451,65 @@ impl Config {
                 ),
             ));
         }
-        let mut services = HashSet::new();
         let mut total = 0usize;
+        let mut member_keys = 0usize;
         for (i, vs) in self.virtual_server.iter().enumerate() {
             let at = |k: &'static str| vec![Key("virtual_server"), Index(i), Key(k)];
-            if vs.address.is_unspecified() || vs.address.is_multicast() || vs.address.is_loopback()
-            {
+            let addr_key = if vs.group.is_some() {
+                "group"
+            } else {
+                "address"
+            };
+            for a in vs.members.iter().flat_map(GroupMember::addresses) {
+                if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                    return Err(problem(
+                        at(addr_key),
+                        format!("{a} cannot be a virtual address"),
+                    ));
+                }
+            }
+            if vs.lb_kind == LbKind::Tun && self.global.dataplane != DataplaneKind::Ipvs {
                 return Err(problem(
-                    at("address"),
-                    format!("{} cannot be a virtual address", vs.address),
+                    at("lb_kind"),
+                    "`tun` needs dataplane = \"ipvs\"; the XDP dataplane forwards by direct routing (`dr`)",
                 ));
+            }
+            if vs.group.is_some() {
+                let mut ipvs_services = 0usize;
+                for m in &vs.members {
+                    let addrs = m.addresses().len();
+                    let mut blocks = [(0u16, 0u8); 32];
+                    let n = director_common::port_blocks(m.ports.0, m.ports.1, &mut blocks);
+                    member_keys += addrs * (n + 1);
+                    ipvs_services += addrs * (usize::from(m.ports.1 - m.ports.0) + 1);
+                }
+                if self.global.dataplane == DataplaneKind::Ipvs && ipvs_services > MAX_IPVS_GROUP {
+                    return Err(problem(
+                        at("group"),
+                        format!(
+                            "the group's members make {ipvs_services} IPVS services (one per address and port); at most {MAX_IPVS_GROUP} per group"
+                        ),
+                    ));
+                }
+            }
+            // Two services answering on the same address, port and protocol.
+            for (k, other) in self.virtual_server[..i].iter().enumerate() {
+                if other.protocol != vs.protocol {
+                    continue;
+                }
+                for m in &vs.members {
+                    if let Some(o) = other.members.iter().find(|o| o.overlaps(m)) {
+                        return Err(problem(
+                            at(addr_key),
+                            format!(
+                                "virtual server {}:{}/{} is defined twice (`{m}` and virtual_server[{k}]'s `{o}`)",
+                                vs.address(),
+                                vs.port(),
+                                vs.protocol
+                            ),
+                        ));
+                    }
+                }
             }
             if !matches!(vs.scheduler, Scheduler::Mh | Scheduler::Sh)
                 && self.global.dataplane != DataplaneKind::Ipvs
@@ -1168,12 +1524,12 @@ impl Config {
             }
             // IPVS forwards every port of an address only for a persistent
             // service (the kernel refuses port 0 otherwise).
-            if vs.port == 0
+            if vs.members.iter().any(|m| m.ports == (0, 0))
                 && vs.persistence_timeout == 0
                 && self.global.dataplane == DataplaneKind::Ipvs
             {
                 return Err(problem(
-                    at("port"),
+                    at(if vs.group.is_some() { "group" } else { "port" }),
                     "an any-port service (port 0) needs persistence_timeout with dataplane = \"ipvs\" (IPVS only forwards every port for persistent services)",
                 ));
             }
@@ -1184,20 +1540,11 @@ impl Config {
                 ));
             }
             if let Some(sorry) = vs.sorry_server
-                && sorry.is_ipv4() != vs.address.is_ipv4()
+                && sorry.is_ipv4() != vs.address().is_ipv4()
             {
                 return Err(problem(
                     at("sorry_server"),
                     "must be of the virtual address's family",
-                ));
-            }
-            if !services.insert((vs.address, vs.port, vs.protocol)) {
-                return Err(problem(
-                    at("address"),
-                    format!(
-                        "virtual server {}:{}/{} is defined twice",
-                        vs.address, vs.port, vs.protocol
-                    ),
                 ));
             }
             if vs.real_server.len() > MAX_REAL_SERVERS_PER_SERVICE as usize {
@@ -1221,12 +1568,13 @@ impl Config {
                         Key(k),
                     ]
                 };
-                if rs.address.is_ipv4() != vs.address.is_ipv4() {
+                if rs.address.is_ipv4() != vs.address().is_ipv4() {
                     return Err(problem(
                         at("address"),
                         format!(
                             "{} is not of the same address family as the virtual address {}",
-                            rs.address, vs.address
+                            rs.address,
+                            vs.address()
                         ),
                     ));
                 }
@@ -1240,15 +1588,20 @@ impl Config {
                     ));
                 }
                 if let Some(port) = rs.port
-                    && port != vs.port
-                    && vs.port != 0
+                    && !vs.covers_port(port)
                 {
                     return Err(problem(
                         at("port"),
-                        format!(
-                            "direct routing cannot change the port: the real server must listen on {} (the virtual server's port)",
-                            vs.port
-                        ),
+                        if vs.group.is_some() {
+                            format!(
+                                "direct routing cannot change the port: {port} is not a port of the group's members"
+                            )
+                        } else {
+                            format!(
+                                "direct routing cannot change the port: the real server must listen on {} (the virtual server's port)",
+                                vs.port()
+                            )
+                        },
                     ));
                 }
                 if rs.weight > MAX_WEIGHT {
@@ -1265,6 +1618,14 @@ impl Config {
                 }
                 self.validate_checks(i, j, rs)?;
             }
+        }
+        if member_keys > MAX_MEMBER_KEYS as usize {
+            return Err(problem(
+                vec![Key("virtual_server_group")],
+                format!(
+                    "the groups need {member_keys} dataplane entries (an address takes one per aligned block of its port range, plus one); at most {MAX_MEMBER_KEYS}"
+                ),
+            ));
         }
         self.validate_vrrp()?;
         if total > MAX_REAL_SERVERS as usize {
@@ -1417,7 +1778,7 @@ impl Config {
                     "dr_check probes TCP services only",
                 ));
             }
-            if vs.port == 0 && d.common.connect_port.is_none() {
+            if vs.port() == 0 && d.common.connect_port.is_none() {
                 return Err(problem(
                     at("dr_check", "connect_port"),
                     "is needed for a service on every port (port = 0)",
@@ -1821,7 +2182,7 @@ impl Config {
                     ]
                 };
                 if !self.virtual_server.iter().any(|vs| {
-                    vs.address == t.address && vs.port == t.port && vs.protocol == t.protocol
+                    vs.address() == t.address && vs.port() == t.port && vs.protocol == t.protocol
                 }) {
                     return Err(problem(
                         at("address"),
@@ -1952,7 +2313,7 @@ protocol = "udp"
         assert_eq!(c.global.xdp_mode, XdpMode::Auto);
         assert_eq!(c.virtual_server.len(), 2);
         let vs = &c.virtual_server[0];
-        assert_eq!(vs.address, "10.0.0.100".parse::<IpAddr>().expect("ip"));
+        assert_eq!(vs.address(), "10.0.0.100".parse::<IpAddr>().expect("ip"));
         assert_eq!(vs.protocol, Protocol::Tcp);
         assert_eq!(vs.real_server[0].weight, 2);
         assert_eq!(vs.real_server[1].weight, 1, "weight defaults to 1");

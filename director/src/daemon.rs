@@ -258,12 +258,18 @@ fn plan(
                 }];
             }
             ServicePlan {
-                address: vs.address,
-                port: vs.port,
+                address: vs.address(),
+                port: vs.port(),
                 protocol: vs.protocol,
                 scheduler: vs.scheduler,
                 persistence_timeout: vs.persistence_timeout,
                 backends,
+                members: if vs.group.is_some() {
+                    vs.members.clone()
+                } else {
+                    Vec::new()
+                },
+                lb_kind: vs.lb_kind,
             }
         })
         .collect();
@@ -383,7 +389,7 @@ impl Daemon {
         );
         for (i, up) in quorum_changes {
             let vs = &self.config.virtual_server[i];
-            let name = crate::dataplane::service_key(vs.address, vs.port, vs.protocol);
+            let name = crate::dataplane::service_key(vs.address(), vs.port(), vs.protocol);
             let name = crate::dataplane::key_name(&name);
             if up {
                 info!(service = %name, "quorum gained");
@@ -412,7 +418,7 @@ impl Daemon {
                     .enumerate()
                     .map(|(i, vs)| {
                         let up = self.quorum.get(&i).copied().unwrap_or(true);
-                        ((vs.address, vs.port, vs.protocol), up)
+                        ((vs.address(), vs.port(), vs.protocol), up)
                     })
                     .collect(),
             );
@@ -458,8 +464,8 @@ impl Daemon {
                 let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
                 let per_server = self.dataplane.backends_traffic(plan, &addresses);
                 VirtualServerStatus {
-                    address: vs.address.to_string(),
-                    port: vs.port,
+                    address: vs.address().to_string(),
+                    port: vs.port(),
                     protocol: vs.protocol.to_string(),
                     scheduler: vs.scheduler.as_str().to_string(),
                     persistence_timeout: vs.persistence_timeout,
@@ -483,7 +489,7 @@ impl Daemon {
                                 last_error,
                                 check_latency,
                                 address: rs.address.to_string(),
-                                port: rs.port.unwrap_or(vs.port),
+                                port: rs.port.unwrap_or(vs.port()),
                                 weight: rs.weight,
                                 mac: self.resolver.mac(&rs.address).map(|m| m.to_string()),
                                 packets: t.packets,
@@ -589,10 +595,10 @@ impl Daemon {
             for (i, vs) in self.config.virtual_server.iter().enumerate() {
                 let up = self.quorum.get(&i).copied().unwrap_or(true);
                 let vrrp_ok =
-                    b.mode != crate::config::BgpMode::Both || masters.contains(&vs.address);
+                    b.mode != crate::config::BgpMode::Both || masters.contains(&vs.address());
                 if up && vrrp_ok {
-                    let since = self.eligible.get(&vs.address).copied().unwrap_or(now);
-                    eligible.insert(vs.address, since);
+                    let since = self.eligible.get(&vs.address()).copied().unwrap_or(now);
+                    eligible.insert(vs.address(), since);
                 }
             }
         }
@@ -726,11 +732,10 @@ impl Daemon {
             "udp" => crate::config::Protocol::Udp,
             p => return Err(format!("protocol `{p}`: use tcp or udp")),
         };
-        let vs = new
-            .virtual_server
-            .iter_mut()
-            .find(|v| v.address == c.vip && v.port == c.port && v.protocol == protocol)
+        let index = new
+            .find_service(c.vip, c.port, protocol)
             .ok_or_else(|| format!("no virtual server {}:{}/{}", c.vip, c.port, c.protocol))?;
+        let vs = &mut new.virtual_server[index];
         let pos = vs.real_server.iter().position(|r| r.address == c.address);
         let key = (c.vip, c.port, c.address);
         match (c.action.as_str(), pos) {
@@ -776,12 +781,12 @@ impl Daemon {
                 port: c.port,
                 protocol,
                 address: c.address,
+                index,
             };
-            let after = new
-                .virtual_server
+            let after = new.virtual_server[index]
+                .real_server
                 .iter()
-                .find(|v| v.address == c.vip && v.port == c.port && v.protocol == protocol)
-                .and_then(|v| v.real_server.iter().find(|r| r.address == c.address));
+                .find(|r| r.address == c.address);
             Some(
                 crate::persist::prepare(&self.config_path, target, after)
                     .map_err(|e| e.to_string())?,

@@ -286,7 +286,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
         warmup: secs(c.warmup.unwrap_or(c.delay_loop.unwrap_or(vs.delay_loop))),
         alpha: vs.alpha,
     };
-    let port = rs.port.unwrap_or(vs.port);
+    let port = rs.port.unwrap_or(vs.port());
     if let Some(c) = &rs.tcp_check {
         out.push(base(&c.common, port));
     }
@@ -331,7 +331,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     if let Some(c) = &rs.dr_check {
         out.push(CheckSpec {
             kind: Kind::DrPath {
-                vip: vs.address,
+                vip: vs.address(),
                 arp: c.arp,
             },
             ..base(&c.common, port)

@@ -38,6 +38,8 @@ pub struct Target {
     pub port: u16,
     pub protocol: Protocol,
     pub address: IpAddr,
+    /// Which `[[virtual_server]]` (a group's has no address and port).
+    pub index: usize,
 }
 
 fn parses_to(item: Option<&Item>, want: IpAddr) -> bool {
@@ -71,11 +73,11 @@ pub fn edit(
         .and_then(Item::as_array_of_tables_mut)
         .ok_or_else(|| err("no [[virtual_server]] tables".into()))?;
     let vs = services
-        .iter_mut()
-        .find(|t| {
-            parses_to(t.get("address"), target.vip)
-                && t.get("port").and_then(Item::as_integer) == Some(i64::from(target.port))
-                && protocol_of(t) == Some(target.protocol)
+        .get_mut(target.index)
+        .filter(|t| {
+            let plain = parses_to(t.get("address"), target.vip)
+                && t.get("port").and_then(Item::as_integer) == Some(i64::from(target.port));
+            (plain || t.contains_key("group")) && protocol_of(t) == Some(target.protocol)
         })
         .ok_or_else(|| {
             err(format!(
@@ -117,8 +119,7 @@ pub fn edit(
     let parsed = Config::parse(path, &out).map_err(|e| PersistError::Invalid(e.to_string()))?;
     let found = parsed
         .virtual_server
-        .iter()
-        .find(|v| v.address == target.vip && v.port == target.port && v.protocol == target.protocol)
+        .get(target.index)
         .and_then(|v| v.real_server.iter().find(|r| r.address == target.address));
     if found.map(|r| r.weight) != after.map(|r| r.weight) {
         return Err(PersistError::Invalid(
@@ -187,6 +188,8 @@ protocol = "udp"
             port,
             protocol,
             address: address.parse().expect("ip"),
+            // The test config: port 80 first, then port 53.
+            index: usize::from(port != 80),
         }
     }
 

@@ -613,3 +613,84 @@ fn later_ipv6_fragments_are_not_parsed_as_headers() {
     let f = frames::ethernet(0x86dd, &frames::ipv6(s.octets(), d.octets(), 44, &p));
     assert_eq!(run(&dp, &f).0, XDP_PASS);
 }
+
+/// A group's members: a port range, an address range with a port, an
+/// address on every port, and IPv6; a plain service on a port inside a
+/// range takes precedence; other ports pass. Fragments of a member address
+/// are forwarded too.
+#[test]
+fn group_members_ranges_and_precedence() {
+    use director::config::GroupMember;
+    let member = |s: &str| GroupMember::parse(s).expect("member");
+    let mut group = service(
+        "10.0.0.100",
+        8000,
+        Protocol::Tcp,
+        &[("10.0.0.20", 1), ("10.0.0.21", 1)],
+    );
+    group.members = vec![
+        member("10.0.0.100 8000-8010"),
+        member("10.0.0.101-103 443"),
+        member("10.0.0.104"),
+    ];
+    let mut group6 = service("fd00::100", 8000, Protocol::Tcp, &[("fd00::20", 1)]);
+    group6.members = vec![member("fd00::100-102 8000-8001")];
+    // A plain service inside the range, with its own server.
+    let mut plain = service("10.0.0.100", 8005, Protocol::Tcp, &[("10.0.0.22", 1)]);
+    plain.backends[0].mac = Some(mac_of(9));
+    let mut udp = service("10.0.0.110", 53, Protocol::Udp, &[("10.0.0.20", 1)]);
+    udp.members = vec![member("10.0.0.110-111 53")];
+    let dp = loaded(&[group, group6, plain, udp]);
+    let group_macs = [mac_of(1).0, mac_of(2).0];
+    let tx = |vip: &str, port: u16| {
+        let src = if vip.contains(':') {
+            "fd00::1:1"
+        } else {
+            "10.1.0.1"
+        };
+        run(
+            &dp,
+            &frames::tcp_frame(ip(src), 40000 + port % 1000, ip(vip), port, SYN),
+        )
+    };
+    for port in [8000, 8001, 8004, 8006, 8007, 8008, 8009, 8010] {
+        let (v, mac) = tx("10.0.0.100", port);
+        assert_eq!(v, XDP_TX, "port {port}");
+        assert!(group_macs.contains(&mac), "port {port}");
+    }
+    assert_eq!(
+        tx("10.0.0.100", 8005),
+        (XDP_TX, mac_of(9).0),
+        "the plain service wins"
+    );
+    for vip in ["10.0.0.101", "10.0.0.102", "10.0.0.103"] {
+        let (v, mac) = tx(vip, 443);
+        assert_eq!(v, XDP_TX, "{vip}");
+        assert!(group_macs.contains(&mac));
+    }
+    for port in [1, 22, 443, 9999, 65535] {
+        assert_eq!(
+            tx("10.0.0.104", port).0,
+            XDP_TX,
+            "every port of 10.0.0.104: {port}"
+        );
+    }
+    for (vip, port) in [
+        ("10.0.0.100", 7999),
+        ("10.0.0.100", 8011),
+        ("10.0.0.100", 443),
+        ("10.0.0.101", 444),
+        ("10.0.0.105", 443),
+        ("10.0.0.99", 443),
+    ] {
+        assert_eq!(tx(vip, port).0, XDP_PASS, "{vip}:{port}");
+    }
+    for vip in ["fd00::100", "fd00::101", "fd00::102"] {
+        assert_eq!(tx(vip, 8001), (XDP_TX, mac_of(1).0), "{vip}");
+        assert_eq!(tx(vip, 8002).0, XDP_PASS, "{vip}:8002");
+    }
+    assert_eq!(tx("fd00::103", 8000).0, XDP_PASS);
+    // A later fragment to a member address (its first was not seen).
+    let (_, later) = fragmented([10, 1, 0, 9], [10, 0, 0, 111], 5000, 77);
+    assert_eq!(run(&dp, &later).0, XDP_TX, "a fragment to a member address");
+}

@@ -198,6 +198,12 @@ pub struct ServicePlan {
     pub persistence_timeout: u32,
     /// Every configured real server, in config order.
     pub backends: Vec<BackendPlan>,
+    /// A group's members (`[[virtual_server_group]]`): every address and
+    /// port range it answers on, one pool for all. Empty: `address:port`
+    /// only.
+    pub members: Vec<crate::config::GroupMember>,
+    /// Direct routing or IP-in-IP tunnelling (`lb_kind`).
+    pub lb_kind: crate::config::LbKind,
 }
 
 impl ServicePlan {
@@ -231,6 +237,15 @@ pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+impl Traffic {
+    /// Adds `other` (wrapping, as kernel counters do).
+    pub fn add(&mut self, other: &Traffic) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+    }
 }
 
 /// Service map key for a service.

@@ -38,6 +38,8 @@ pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]
                 mac: Some(mac_of(i as u8 + 1)),
             })
             .collect(),
+        members: Vec::new(),
+        lb_kind: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use self::netlink::*;
 use super::{ServicePlan, Traffic};
-use crate::config::Scheduler;
+use crate::config::{LbKind, Scheduler};
 
 /// The file listing the services this daemon created.
 pub const OWNED_FILE: &str = "ipvs-services.json";
@@ -58,6 +58,27 @@ impl ServiceId {
         }
     }
 
+    /// Every IPVS service a plan needs: one, or one per address and port
+    /// of a group's members (IPVS has no port ranges).
+    fn all(plan: &ServicePlan) -> Vec<ServiceId> {
+        if plan.members.is_empty() {
+            return vec![ServiceId::of(plan)];
+        }
+        let protocol = u16::from(plan.protocol.number());
+        plan.members
+            .iter()
+            .flat_map(|m| {
+                m.addresses().into_iter().flat_map(move |address| {
+                    (m.ports.0..=m.ports.1).map(move |port| ServiceId {
+                        address,
+                        port,
+                        protocol,
+                    })
+                })
+            })
+            .collect()
+    }
+
     fn af(&self) -> u16 {
         if self.address.is_ipv4() { 2 } else { 10 }
     }
@@ -82,6 +103,14 @@ impl ServiceId {
             IpAddr::V4(a) => format!("{a}:{}/{proto}", self.port),
             IpAddr::V6(a) => format!("[{a}]:{}/{proto}", self.port),
         }
+    }
+}
+
+/// The IPVS forwarding method of an `lb_kind`.
+fn forwarding(kind: LbKind) -> u32 {
+    match kind {
+        LbKind::Dr => FWD_DROUTE,
+        LbKind::Tun => FWD_TUNNEL,
     }
 }
 
@@ -226,11 +255,11 @@ impl IpvsDataplane {
         a
     }
 
-    fn dest_attrs(id: &ServiceId, address: IpAddr, weight: u32) -> Vec<Attr> {
+    fn dest_attrs(id: &ServiceId, address: IpAddr, weight: u32, kind: LbKind) -> Vec<Attr> {
         vec![
             Attr::addr(DEST_ATTR_ADDR, address),
             Attr::port(DEST_ATTR_PORT, id.port),
-            Attr::u32(DEST_ATTR_FWD_METHOD, FWD_DROUTE),
+            Attr::u32(DEST_ATTR_FWD_METHOD, forwarding(kind)),
             Attr::u32(DEST_ATTR_WEIGHT, weight),
             Attr::u32(DEST_ATTR_U_THRESH, 0),
             Attr::u32(DEST_ATTR_L_THRESH, 0),
@@ -256,12 +285,14 @@ impl IpvsDataplane {
             self.udp_timeout = Some(udp_timeout);
         }
         let kernel = self.services()?;
-        let wanted: BTreeSet<ServiceId> = plans.iter().map(ServiceId::of).collect();
+        let wanted: BTreeSet<ServiceId> = plans.iter().flat_map(ServiceId::all).collect();
         // Ours first, so a crash between two steps still knows them.
         let mut owned: BTreeSet<ServiceId> = self.owned.union(&wanted).copied().collect();
         self.save_owned(&owned)?;
-        for plan in plans {
-            let id = ServiceId::of(plan);
+        for (plan, id) in plans
+            .iter()
+            .flat_map(|p| ServiceId::all(p).into_iter().map(move |id| (p, id)))
+        {
             let attrs = Self::service_attrs(&id, plan);
             let want = KernelService {
                 scheduler: scheduler_name(plan.scheduler).to_string(),
@@ -298,13 +329,16 @@ impl IpvsDataplane {
             let have = self.dests(&id)?;
             let svc = Attr::Nested(CMD_ATTR_SERVICE, id.attrs());
             for b in &plan.backends {
-                let dest = Attr::Nested(CMD_ATTR_DEST, Self::dest_attrs(&id, b.address, b.weight));
+                let dest = Attr::Nested(
+                    CMD_ATTR_DEST,
+                    Self::dest_attrs(&id, b.address, b.weight, plan.lb_kind),
+                );
                 let cmd = match have.get(&b.address) {
                     None => CMD_NEW_DEST,
                     Some(d)
                         if get_u32(d, DEST_ATTR_WEIGHT) != Some(b.weight)
                             || get_u32(d, DEST_ATTR_FWD_METHOD).map(|f| f & 7)
-                                != Some(FWD_DROUTE) =>
+                                != Some(forwarding(plan.lb_kind)) =>
                     {
                         CMD_SET_DEST
                     }
@@ -368,19 +402,23 @@ impl IpvsDataplane {
     /// Traffic of a service from IPVS's own statistics (packets and bytes
     /// in, connections).
     pub fn service_traffic(&self, plan: &ServicePlan) -> Result<Traffic, IpvsError> {
-        let id = ServiceId::of(plan);
-        let replies = self.request(
-            CMD_GET_SERVICE,
-            vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
-            false,
-            &format!("reading {}", id.name()),
-        )?;
-        Ok(replies
-            .iter()
-            .find_map(|r| {
-                nest(r, CMD_ATTR_SERVICE).map(|s| traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS))
-            })
-            .unwrap_or_default())
+        let mut sum = Traffic::default();
+        for id in ServiceId::all(plan) {
+            let replies = self.request(
+                CMD_GET_SERVICE,
+                vec![Attr::Nested(CMD_ATTR_SERVICE, id.attrs())],
+                false,
+                &format!("reading {}", id.name()),
+            )?;
+            let t = replies
+                .iter()
+                .find_map(|r| {
+                    nest(r, CMD_ATTR_SERVICE).map(|s| traffic(s, SVC_ATTR_STATS64, SVC_ATTR_STATS))
+                })
+                .unwrap_or_default();
+            sum.add(&t);
+        }
+        Ok(sum)
     }
 
     /// Traffic of every real server of a service (one dump).
@@ -388,11 +426,15 @@ impl IpvsDataplane {
         &self,
         plan: &ServicePlan,
     ) -> Result<std::collections::HashMap<IpAddr, Traffic>, IpvsError> {
-        Ok(self
-            .dests(&ServiceId::of(plan))?
-            .iter()
-            .map(|(a, d)| (*a, traffic(d, DEST_ATTR_STATS64, DEST_ATTR_STATS)))
-            .collect())
+        let mut sums = std::collections::HashMap::<IpAddr, Traffic>::new();
+        for id in ServiceId::all(plan) {
+            for (a, d) in self.dests(&id)? {
+                sums.entry(a)
+                    .or_default()
+                    .add(&traffic(&d, DEST_ATTR_STATS64, DEST_ATTR_STATS));
+            }
+        }
+        Ok(sums)
     }
 }
 
@@ -496,6 +538,8 @@ mod tests {
                 weight: 0,
                 mac: None,
             }],
+            members: Vec::new(),
+            lb_kind: crate::config::LbKind::Dr,
         }
     }
 
@@ -560,7 +604,7 @@ mod tests {
         assert_eq!(s.len(), 4);
         assert_eq!(get_u16(s, SVC_ATTR_AF), Some(2));
         // NEW_DEST / SET_DEST: DR, weight (0 drains), no thresholds.
-        let d = IpvsDataplane::dest_attrs(&id4, "10.0.0.20".parse().expect("ip"), 0);
+        let d = IpvsDataplane::dest_attrs(&id4, "10.0.0.20".parse().expect("ip"), 0, LbKind::Dr);
         let got = wire(vec![
             Attr::Nested(CMD_ATTR_SERVICE, id4.attrs()),
             Attr::Nested(CMD_ATTR_DEST, d),

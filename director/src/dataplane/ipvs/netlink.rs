@@ -67,6 +67,8 @@ pub const STATS_ATTR_CONNS: u16 = 1;
 pub const STATS_ATTR_INPKTS: u16 = 2;
 pub const STATS_ATTR_INBYTES: u16 = 4;
 
+/// IP-in-IP tunnelling (IP_VS_CONN_F_TUNNEL).
+pub const FWD_TUNNEL: u32 = 0x0002;
 /// Direct routing (IP_VS_CONN_F_DROUTE).
 pub const FWD_DROUTE: u32 = 0x0003;
 /// Persistent service (IP_VS_SVC_F_PERSISTENT).

@@ -20,7 +20,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues,
+        lpm_trie::Key as LpmKey,
+    },
     programs::{
         TestRun, TestRunOptions, Xdp,
         links::{FdLink, PinnedLink},
@@ -31,10 +34,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use director_common::{
     BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE,
-    MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV,
+    MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_MEMBERS,
     MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_VIP_FILTER, MAX_REAL_SERVERS, MAX_SERVICES,
-    NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey,
-    ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
+    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT,
+    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
 };
 use director_common::{FlowKey, FlowValue, MAP_FLOWS};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -185,6 +188,8 @@ pub struct XdpDataplane {
     mode: AttachMode,
     services: HashMap<ServiceKey, Installed>,
     fragments: BTreeMap<ServiceKey, ServiceValue>,
+    /// The group-member trie as written: (prefix length, key) -> value.
+    members: BTreeMap<(u32, MemberKey), ServiceValue>,
     slots: HashMap<(ServiceKey, IpAddr), Slot>,
     generations: Vec<u32>,
     settings: Option<Settings>,
@@ -280,6 +285,7 @@ impl XdpDataplane {
             mode,
             services: HashMap::new(),
             fragments: BTreeMap::new(),
+            members: BTreeMap::new(),
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
@@ -343,7 +349,16 @@ impl XdpDataplane {
             plan.iter().map(|s| (s.key(), s)).collect();
         // The VIP filter lets through old and new VIPs while they change,
         // then exactly the new ones.
-        let new_filter = vip_filter(wanted.keys());
+        let member_addrs: Vec<ServiceKey> = plan
+            .iter()
+            .flat_map(|s| {
+                s.members
+                    .iter()
+                    .flat_map(|m| m.addresses())
+                    .map(|a| super::service_key(a, 0, s.protocol))
+            })
+            .collect();
+        let new_filter = vip_filter(wanted.keys().chain(&member_addrs));
         let union: Vec<u64> = self
             .filter
             .iter()
@@ -479,7 +494,79 @@ impl XdpDataplane {
             }
         }
         self.sync_fragments()?;
+        self.sync_members(plan)?;
         self.write_filter(new_filter)?;
+        Ok(())
+    }
+
+    /// Writes the group-member trie for `plan`: each member's ports as
+    /// aligned blocks, and a fragment entry per member address (fragments
+    /// after the first carry no port), each with its service's value.
+    /// New and changed entries first, then stale ones go.
+    fn sync_members(&mut self, plan: &[ServicePlan]) -> Result<(), XdpError> {
+        let mut wanted: BTreeMap<(u32, MemberKey), ServiceValue> = BTreeMap::new();
+        for s in plan.iter().filter(|s| !s.members.is_empty()) {
+            let Some(value) = self.services.get(&s.key()).map(|i| i.value) else {
+                continue;
+            };
+            let protocol = s.protocol.number();
+            for m in &s.members {
+                let mut blocks = [(0u16, 0u8); 32];
+                let n = director_common::port_blocks(m.ports.0, m.ports.1, &mut blocks);
+                for a in m.addresses() {
+                    let base = super::service_key(a, 0, s.protocol);
+                    for (start, bits) in &blocks[..n] {
+                        let key = MemberKey {
+                            protocol,
+                            flags: base.flags,
+                            addr: base.addr,
+                            port: start.to_be_bytes(),
+                        };
+                        wanted.insert((MEMBER_PREFIX_BASE + u32::from(*bits), key), value);
+                    }
+                    let frag = MemberKey {
+                        protocol,
+                        flags: base.flags | KEY_FRAGMENT,
+                        addr: base.addr,
+                        port: [0, 0],
+                    };
+                    wanted.entry((MEMBER_PREFIX_BASE, frag)).or_insert(value);
+                }
+            }
+        }
+        if wanted == self.members {
+            return Ok(());
+        }
+        self.version += 1;
+        let old = std::mem::take(&mut self.members);
+        let mut trie: LpmTrie<&mut MapData, MemberKey, ServiceValue> =
+            LpmTrie::try_from(self.map_mut(MAP_MEMBERS)?)?;
+        for (k, v) in &wanted {
+            if old.get(k) != Some(v)
+                && let Err(e) = trie.insert(&LpmKey::new(k.0, k.1), v, 0)
+            {
+                // Remember every key as possibly written, none as right:
+                // the next apply writes them all again and removes what
+                // is not wanted then.
+                let unknown = ServiceValue {
+                    id: u32::MAX,
+                    ..ServiceValue::default()
+                };
+                self.members = old
+                    .into_keys()
+                    .chain(wanted.into_keys())
+                    .map(|k| (k, unknown))
+                    .collect();
+                return Err(e.into());
+            }
+        }
+        for k in old.keys() {
+            if !wanted.contains_key(k) {
+                // An entry already gone is fine.
+                let _ = trie.remove(&LpmKey::new(k.0, k.1));
+            }
+        }
+        self.members = wanted;
         Ok(())
     }
 
@@ -622,6 +709,14 @@ impl XdpDataplane {
                 },
             );
         }
+        self.members = {
+            let trie: LpmTrie<&MapData, MemberKey, ServiceValue> =
+                LpmTrie::try_from(self.map(MAP_MEMBERS)?)?;
+            trie.iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                .collect()
+        };
         let all: Vec<Backend> = {
             let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
             (0..MAX_REAL_SERVERS)
