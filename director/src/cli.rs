@@ -114,6 +114,11 @@ pub enum Command {
         /// Exit with status 1 when anything was not translated.
         #[arg(long)]
         strict: bool,
+        /// keepalived's config id (its `-i`): conditional lines `@ID ...`
+        /// apply for this id (default: the host name up to the first dot,
+        /// as keepalived).
+        #[arg(long)]
+        config_id: Option<String>,
     },
     /// Drain this director: withdraw every BGP route, wait `withdraw_wait`,
     /// then stop the daemon (returns once it has stopped).

@@ -469,6 +469,13 @@ impl Daemon {
                     protocol: vs.protocol.to_string(),
                     scheduler: vs.scheduler.as_str().to_string(),
                     persistence_timeout: vs.persistence_timeout,
+                    lb_kind: vs.lb_kind.as_str().to_string(),
+                    group: vs.group.clone(),
+                    members: if vs.group.is_some() {
+                        vs.members.iter().map(ToString::to_string).collect()
+                    } else {
+                        Vec::new()
+                    },
                     quorum_up: self.quorum.get(&i).copied().unwrap_or(true),
                     packets: t.packets,
                     bytes: t.bytes,

@@ -34,6 +34,15 @@ pub enum ImportError {
         "{file}: cannot be imported: the translation is not a valid director config ({problem}); nothing was printed"
     )]
     Invalid { file: PathBuf, problem: String },
+    /// A directive whose meaning director cannot keep and whose loss would
+    /// be unsafe (for example AH authentication: dropping it would make the
+    /// keepalived peer reject every advert, a split brain).
+    #[error("{origin}: `{directive}` cannot be imported: {reason}; nothing was printed")]
+    Refused {
+        origin: Origin,
+        directive: String,
+        reason: String,
+    },
 }
 
 /// Where an import reads its files (the disk, or memory for fuzzing).
@@ -426,34 +435,94 @@ fn parse_block(toks: &[Token], pos: &mut usize, depth: usize) -> Result<Vec<Node
     Ok(nodes)
 }
 
-/// Reads `path` (and its includes) and translates it.
+/// Reads `path` (and its includes) and translates it for this machine:
+/// keepalived's conditional lines (`@ID ...`) apply as keepalived would
+/// apply them here, with the host name (up to the first dot) as config id.
 pub fn import(path: &Path) -> Result<Import, ImportError> {
-    import_from(&Disk, path)
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let id = host.split('.').next().unwrap_or_default().to_string();
+    import_for(&Disk, path, &id)
+}
+
+/// Reads `path` (and its includes) from `src` and translates it for config
+/// id `config_id` (keepalived's `-i`): `@ID line` is kept when ID is the
+/// config id, `@^ID line` when it is not; the others are left out (noted).
+pub fn import_for(src: &dyn Sources, path: &Path, config_id: &str) -> Result<Import, ImportError> {
+    let text = src.read(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    import_text_for(src, path, &text, config_id)
+}
+
+/// Keeps the nodes keepalived applies for `id` (conditional lines) and
+/// strips their `@ID` prefix.
+fn apply_conditions(nodes: Vec<Node>, id: &str, t: &mut Translator) -> Vec<Node> {
+    let mut out = Vec::new();
+    for mut n in nodes {
+        if let Some(cond) = n.keyword.strip_prefix('@') {
+            let (negate, name) = match cond.strip_prefix('^') {
+                Some(name) => (true, name),
+                None => (false, cond),
+            };
+            if (name == id) == negate {
+                let applies = if negate {
+                    format!("every config id but `{name}`")
+                } else {
+                    format!("config id `{name}`")
+                };
+                t.notes.push(format!(
+                    "{}: note: `{}` applies to {applies}, not to this import's `{id}` (set with --config-id): left out",
+                    n.origin,
+                    n.text(),
+                ));
+                continue;
+            }
+            if n.args.is_empty() {
+                t.warn(&n, "a conditional prefix with nothing after it");
+                continue;
+            }
+            n.keyword = n.args.remove(0);
+        }
+        n.children = n.children.map(|c| apply_conditions(c, id, t));
+        out.push(n);
+    }
+    out
 }
 
 /// Reads `path` (and its includes) from `src` and translates it. The
 /// result always passes `check-config`: a translation that would not is
 /// refused ([`ImportError::Invalid`]).
 pub fn import_from(src: &dyn Sources, path: &Path) -> Result<Import, ImportError> {
-    let text = src.read(path).map_err(|source| ImportError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    import_text_from(src, path, &text)
+    import_for(src, path, "")
 }
 
 /// Translates `text`, as read from `path` (includes are relative to it,
 /// read from the disk).
 pub fn import_text(path: &Path, text: &str) -> Result<Import, ImportError> {
-    import_text_from(&Disk, path, text)
+    import_text_for(&Disk, path, text, "")
 }
 
-fn import_text_from(src: &dyn Sources, path: &Path, text: &str) -> Result<Import, ImportError> {
+fn import_text_for(
+    src: &dyn Sources,
+    path: &Path,
+    text: &str,
+    config_id: &str,
+) -> Result<Import, ImportError> {
     let mut toks = Vec::new();
     tokens_of(src, path, text, 0, &mut toks)?;
     let nodes = parse(&toks)?;
     let mut t = Translator::default();
+    let nodes = apply_conditions(nodes, config_id, &mut t);
     t.run(&nodes);
+    if let Some(w) = t.refused {
+        return Err(ImportError::Refused {
+            origin: w.origin,
+            directive: w.directive,
+            reason: w.reason,
+        });
+    }
     let mut out = format!(
         "# Imported from {} by `director import-keepalived`.\n# Check it with `director check-config --config FILE`.\n",
         path.display()
@@ -504,6 +573,21 @@ struct Translator {
     needs_ipvs: bool,
     /// global_defs values that become per-instance defaults.
     instance_defaults: Vec<(String, Value)>,
+    /// The first directive that stops the import.
+    refused: Option<Warning>,
+}
+
+/// Why a keepalived directive has no translation, with what to use.
+fn no_equivalent(keyword: &str) -> &'static str {
+    match keyword {
+        "lvs_sync_daemon" | "lvs_sync_daemon_interface" | "lvs_sync_daemon_inet" => {
+            "IPVS connection sync: director shares its flows between directors with `global.flow_sync` (set it on both)"
+        }
+        "lvs_flush" | "lvs_flush_onstop" => {
+            "director owns only the services it creates; `director flush` removes them"
+        }
+        _ => "no director equivalent",
+    }
 }
 
 /// Converts one keepalived argument to a TOML value.
@@ -525,6 +609,17 @@ fn string(v: &str) -> Value {
 }
 
 impl Translator {
+    /// Stops the import at `n` (the first such directive is reported).
+    fn refuse(&mut self, n: &Node, reason: impl Into<String>) {
+        if self.refused.is_none() {
+            self.refused = Some(Warning {
+                origin: n.origin.clone(),
+                directive: n.text(),
+                reason: reason.into(),
+            });
+        }
+    }
+
     fn warn(&mut self, n: &Node, reason: impl Into<String>) {
         self.warnings.push(Warning {
             origin: n.origin.clone(),
@@ -564,19 +659,17 @@ impl Translator {
         let mut instances = Vec::new();
         let mut groups = Vec::new();
         let mut services = Vec::new();
+        let mut vs_groups = Vec::new();
         for n in nodes {
             match n.keyword.as_str() {
                 "global_defs" => {}
                 "vrrp_script" => scripts.extend(self.vrrp_script(n)),
                 "vrrp_track_file" => files.extend(self.track_file(n)),
                 "vrrp_track_process" => processes.extend(self.track_process(n)),
-                "vrrp_instance" => instances.extend(self.vrrp_instance(n)),
-                "vrrp_sync_group" => groups.extend(self.sync_group(n)),
-                "virtual_server" => services.extend(self.virtual_server(n)),
-                "virtual_server_group" => self.warn(
-                    n,
-                    "virtual server groups are not supported; list each virtual server",
-                ),
+                "vrrp_instance" => instances.extend(self.vrrp_instance(n).map(|t| (n, t))),
+                "vrrp_sync_group" => groups.extend(self.sync_group(n).map(|t| (n, t))),
+                "virtual_server" => services.extend(self.virtual_server(n).map(|t| (n, t))),
+                "virtual_server_group" => vs_groups.extend(self.vs_group(n)),
                 "static_ipaddress" | "static_routes" | "static_rules" => self.warn(
                     n,
                     "static addresses and routes belong to the system's network configuration",
@@ -584,6 +677,102 @@ impl Translator {
                 _ => self.warn(n, "unknown top-level block"),
             }
         }
+        // A virtual server whose group did not come across goes too.
+        let group_names: Vec<&str> = vs_groups
+            .iter()
+            .filter_map(|g: &Table| g.get("name").and_then(Value::as_str))
+            .collect();
+        let mut kept = Vec::new();
+        for (n, t) in services {
+            match t.get("group").and_then(Value::as_str) {
+                Some(g) if !group_names.contains(&g) => self.warn(
+                    n,
+                    format!("skipped: its virtual_server_group `{g}` is not defined or did not come across"),
+                ),
+                _ => kept.push(t),
+            }
+        }
+        let services = kept;
+        // References to what did not come across (skipped, or left out by a
+        // conditional line) go, each named.
+        let names = |list: &[Table]| -> Vec<String> {
+            list.iter()
+                .filter_map(|t| t.get("name").and_then(Value::as_str).map(String::from))
+                .collect()
+        };
+        let defined = [
+            ("track_script", names(&scripts)),
+            ("track_file", names(&files)),
+            ("track_process", names(&processes)),
+        ];
+        for (n, t) in &mut instances {
+            for (key, known) in &defined {
+                let Some(Value::Array(items)) = t.get_mut(*key) else {
+                    continue;
+                };
+                let mut gone = Vec::new();
+                items.retain(|v| {
+                    let name = match v {
+                        Value::String(s) => s.as_str(),
+                        Value::Table(t) => t.get("name").and_then(Value::as_str).unwrap_or(""),
+                        _ => "",
+                    };
+                    let keep = known.iter().any(|k| k == name);
+                    if !keep {
+                        gone.push(name.to_string());
+                    }
+                    keep
+                });
+                for name in gone {
+                    let line = n
+                        .children
+                        .iter()
+                        .flatten()
+                        .filter(|c| c.keyword == *key)
+                        .flat_map(|c| c.children.iter().flatten())
+                        .find(|c| c.keyword == name)
+                        .unwrap_or(n)
+                        .clone();
+                    self.warn(
+                        &line,
+                        format!("skipped: `{name}` is not defined or did not come across"),
+                    );
+                }
+            }
+        }
+        let instance_names: Vec<String> = instances
+            .iter()
+            .filter_map(|(_, t)| t.get("name").and_then(Value::as_str).map(String::from))
+            .collect();
+        let mut kept_groups = Vec::new();
+        for (n, mut t) in groups {
+            if let Some(Value::Array(members)) = t.get_mut("group") {
+                let before: Vec<String> = members
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                members.retain(|v| {
+                    v.as_str()
+                        .is_some_and(|m| instance_names.iter().any(|i| i == m))
+                });
+                for m in before.iter().filter(|m| !instance_names.contains(m)) {
+                    self.warn(
+                        n,
+                        format!("member `{m}` skipped: that vrrp_instance is not defined or did not come across"),
+                    );
+                }
+                if members.is_empty() {
+                    self.warn(n, "skipped: none of its members came across");
+                    continue;
+                }
+            } else {
+                self.warn(n, "skipped: a vrrp_sync_group needs a `group` block");
+                continue;
+            }
+            kept_groups.push(t);
+        }
+        let groups = kept_groups;
+        let instances: Vec<Table> = instances.into_iter().map(|(_, t)| t).collect();
         // The interface the dataplane attaches to: the first instance's.
         let interface = instances
             .iter()
@@ -620,6 +809,7 @@ impl Translator {
             ("track_process", processes),
             ("vrrp_instance", instances),
             ("vrrp_sync_group", groups),
+            ("virtual_server_group", vs_groups),
             ("virtual_server", services),
         ] {
             if !list.is_empty() {
@@ -677,7 +867,7 @@ impl Translator {
                 return;
             }
             _ => {
-                self.warn(n, "no director equivalent");
+                self.warn(n, no_equivalent(&n.keyword));
                 return;
             }
         };
@@ -826,9 +1016,13 @@ impl Translator {
                     let mut auth = Table::new();
                     for a in c.children.iter().flatten() {
                         match (a.keyword.as_str(), a.args.first()) {
-                            ("auth_type", Some(v)) => {
-                                auth.insert("auth_type".into(), string(v));
+                            ("auth_type", Some(v)) if v.eq_ignore_ascii_case("PASS") => {
+                                auth.insert("auth_type".into(), string("PASS"));
                             }
+                            ("auth_type", Some(_)) => self.refuse(
+                                a,
+                                "only PASS authentication exists (RFC 5798 removed AH); without it the keepalived peer would reject every advert and both would be master. Remove `authentication` from the keepalived peers (or switch them to PASS), then import",
+                            ),
                             ("auth_pass", Some(v)) => {
                                 auth.insert("auth_pass".into(), string(v));
                             }
@@ -875,7 +1069,7 @@ impl Translator {
                 }
                 "smtp_alert" => self.warn(c, "director sends no mail"),
                 "native_ipv6" => {}
-                _ => self.warn(c, "no director equivalent"),
+                _ => self.warn(c, no_equivalent(&c.keyword)),
             }
         }
         if !addresses.is_empty() {
@@ -1052,6 +1246,40 @@ impl Translator {
         Some(t)
     }
 
+    /// `virtual_server_group NAME { ADDR[-LAST] [PORT[-LAST]] ... }`.
+    fn vs_group(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a virtual_server_group needs a name");
+            return None;
+        };
+        let mut members = Vec::new();
+        for c in n.children.iter().flatten() {
+            if c.keyword == "fwmark" {
+                self.warn(
+                    c,
+                    "a fwmark member matches what firewall rules mark, which keepalived.conf does not say: list its addresses and ports",
+                );
+                continue;
+            }
+            let line = std::iter::once(c.keyword.as_str())
+                .chain(c.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            match crate::config::GroupMember::parse(&line) {
+                Ok(m) => members.push(string(&m.to_string())),
+                Err(e) => self.warn(c, format!("skipped: {e}")),
+            }
+        }
+        if members.is_empty() {
+            self.warn(n, "a virtual_server_group without members was skipped");
+            return None;
+        }
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        t.insert("members".into(), Value::Array(members));
+        Some(t)
+    }
+
     fn sync_group(&mut self, n: &Node) -> Option<Table> {
         let Some(name) = n.args.first() else {
             self.warn(n, "a vrrp_sync_group needs a name");
@@ -1080,34 +1308,44 @@ impl Translator {
                         t.insert(k.into(), v);
                     }
                 }
-                _ => self.warn(c, "no director equivalent"),
+                _ => self.warn(c, no_equivalent(&c.keyword)),
             }
         }
         Some(t)
     }
 
     fn virtual_server(&mut self, n: &Node) -> Option<Table> {
-        let (address, port) = match n.args.as_slice() {
-            [kind, ..] if kind == "fwmark" || kind == "group" => {
+        let mut t = Table::new();
+        // The virtual port ("" for a group: its members have theirs).
+        let port = match n.args.as_slice() {
+            [kind, ..] if kind == "fwmark" => {
                 self.warn(
                     n,
-                    "fwmark and group virtual servers are not supported (a port-0 virtual server serves every port of an address)",
+                    "a fwmark service matches what firewall rules mark, which keepalived.conf does not say: list the addresses and ports it covers in a virtual_server_group (`group = NAME`), or a port-0 virtual server for every port of an address",
                 );
                 return None;
             }
-            [a, p] => (a.clone(), p.clone()),
+            [kind, name] if kind == "group" => {
+                t.insert("group".into(), string(name));
+                String::new()
+            }
+            [a, p] => {
+                t.insert("address".into(), string(a));
+                let Some(port_v) = int(p) else {
+                    self.warn(n, "the port is not a number");
+                    return None;
+                };
+                t.insert("port".into(), port_v);
+                p.clone()
+            }
             _ => {
-                self.warn(n, "expected `virtual_server ADDRESS PORT`");
+                self.warn(
+                    n,
+                    "expected `virtual_server ADDRESS PORT` or `virtual_server group NAME`",
+                );
                 return None;
             }
         };
-        let mut t = Table::new();
-        t.insert("address".into(), string(&address));
-        let Some(port_v) = int(&port) else {
-            self.warn(n, "the port is not a number");
-            return None;
-        };
-        t.insert("port".into(), port_v);
         let mut real_servers = Vec::new();
         let mut check_defaults = Table::new();
         let mut virtualhost = None;
@@ -1215,7 +1453,7 @@ impl Translator {
                 | "one_packet_scheduler"
                 | "sorry_server_inhibit"
                 | "sorry_server_lvs_method" => self.warn(c, "no director equivalent"),
-                _ => self.warn(c, "no director equivalent"),
+                _ => self.warn(c, no_equivalent(&c.keyword)),
             }
         }
         for c in children.iter().filter(|c| c.keyword == "real_server") {
@@ -1245,7 +1483,12 @@ impl Translator {
         // Direct routing cannot change the port: checks keep probing the
         // real port.
         let mut defaults = defaults.clone();
-        if port != vs_port {
+        if vs_port.is_empty() {
+            // A group's real server: checks probe its port.
+            if let Some(p) = int(port).filter(|p| p.as_integer() != Some(0)) {
+                defaults.insert("connect_port".into(), p);
+            }
+        } else if port != vs_port {
             self.warn(
                 n,
                 format!("direct routing keeps the virtual port {vs_port}: the real server gets traffic on it; checks still probe port {port}"),

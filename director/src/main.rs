@@ -102,7 +102,14 @@ fn main() -> ExitCode {
             println!("drained");
             Ok(())
         }),
-        Command::ImportKeepalived { file, strict } => match director::import::import(&file) {
+        Command::ImportKeepalived {
+            file,
+            strict,
+            config_id,
+        } => match match config_id {
+            Some(id) => director::import::import_for(&director::import::Disk, &file, &id),
+            None => director::import::import(&file),
+        } {
             Ok(imp) => {
                 print!("{}", imp.toml);
                 for n in &imp.notes {

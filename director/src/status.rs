@@ -72,12 +72,27 @@ pub struct VirtualServerStatus {
     pub protocol: String,
     pub scheduler: String,
     pub persistence_timeout: u32,
+    /// `dr` or `tun`.
+    #[serde(default = "dr")]
+    pub lb_kind: String,
+    /// Its `[[virtual_server_group]]` (`address` and `port` are then the
+    /// group's first member's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Every member it answers on (`"ADDR[-LAST] [PORT[-LAST]]"`), with a
+    /// group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     /// Whether the healthy real servers' weights reach `quorum`.
     pub quorum_up: bool,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
     pub real_servers: Vec<RealServerStatus>,
+}
+
+fn dr() -> String {
+    "dr".into()
 }
 
 /// One real server of a service.
@@ -173,17 +188,24 @@ pub fn render(s: &Status) -> String {
         } else {
             vs.scheduler.clone()
         };
+        let local = match &vs.group {
+            Some(g) => format!("group {g}"),
+            None => endpoint(&vs.address, vs.port),
+        };
         let _ = writeln!(
             out,
             "{:<5} {:<42} {:<6} {:>7} {:>12} {:>14} {:>10}",
             vs.protocol.to_uppercase(),
-            endpoint(&vs.address, vs.port),
+            local,
             sched,
             "",
             vs.packets,
             vs.bytes,
             vs.new_flows
         );
+        for m in &vs.members {
+            let _ = writeln!(out, "   = {m}");
+        }
         for rs in &vs.real_servers {
             let _ = writeln!(
                 out,
@@ -225,6 +247,9 @@ mod tests {
                 protocol: "tcp".into(),
                 scheduler: "mh".into(),
                 persistence_timeout: 0,
+                lb_kind: "dr".into(),
+                group: None,
+                members: Vec::new(),
                 quorum_up: true,
                 packets: 10,
                 bytes: 1000,
