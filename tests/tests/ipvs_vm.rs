@@ -349,3 +349,143 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     );
     Ok(())
 }
+
+const GROUP_CONFIG: &str = r#"[global]
+router_id = "vm"
+interface = "eth0"
+state_dir = "/run/director"
+dataplane = "ipvs"
+
+[[virtual_server_group]]
+name = "WEB"
+members = ["10.0.0.100 80", "10.0.0.101-102 80"]
+
+[[virtual_server]]
+group = "WEB"
+scheduler = "rr"
+delay_loop = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.20"
+port = 80
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.21"
+port = 80
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+
+[[virtual_server]]
+address = "10.0.0.110"
+port = 80
+scheduler = "rr"
+lb_kind = "tun"
+delay_loop = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.20"
+
+[[virtual_server.real_server]]
+address = "10.0.0.21"
+"#;
+
+const GROUP_SCRIPT: &str = r#"
+wait_for() { i=0; while [ $i -lt $2 ]; do if eval "$1"; then return 0; fi; sleep 1; i=$((i+1)); done; return 1; }
+ipvs() { ip netns exec director ipvsadm -Ln; }
+get() { r=$(ip netns exec client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $1 80" 2>/dev/null | tail -n 1); case "$r" in rs*) echo "$r";; *) echo FAILED;; esac; }
+ip link add br0 type bridge
+ip link set br0 up
+for h in client:10.0.0.2 director:10.0.0.10 rs1:10.0.0.20 rs2:10.0.0.21; do
+  name=${h%%:*}; addr=${h##*:}
+  ip netns add $name
+  ip link add p-$name type veth peer name eth0 netns $name
+  ip link set p-$name master br0 up
+  ip -n $name link set lo up
+  ip -n $name link set eth0 up
+  ip -n $name addr add $addr/24 dev eth0
+done
+for a in 100 101 102 110; do ip -n director addr add 10.0.0.$a/32 dev eth0; done
+for r in rs1 rs2; do
+  # DR: the group's addresses on lo. Tunnelling: the VIP on the IP-in-IP
+  # device, which decapsulates what the director sends.
+  for a in 100 101 102; do ip -n $r addr add 10.0.0.$a/32 dev lo; done
+  ip netns exec $r sh -c 'for i in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$i/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/$i/arp_announce; done'
+  ip -n $r link set tunl0 up
+  ip -n $r addr add 10.0.0.110/32 dev tunl0
+  ip netns exec $r sh -c 'for i in all tunl0; do echo 0 > /proc/sys/net/ipv4/conf/$i/rp_filter; done'
+  mkdir -p /www/$r
+  echo $r > /www/$r/index.html
+  /sbin/ip netns exec $r httpd -f -p 80 -h /www/$r &
+done
+/sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
+wait_for "[ \$(ipvs | grep -c 'Route') -ge 6 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
+echo BEGIN ipvsadm; ipvs; echo END ipvsadm
+for a in 100 101 102 110; do
+  echo BEGIN req$a; for i in 1 2 3 4; do get 10.0.0.$a; done; echo END req$a
+done
+echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
+"#;
+
+/// With IPVS, a group's members are one IPVS service each (rr across the
+/// same real servers), and `lb_kind = "tun"` makes IP-in-IP destinations
+/// that real servers decapsulate: requests to every member and to the
+/// tunnelled service are served by both real servers.
+#[test]
+fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
+    let director = director_bin()?;
+    let out = vm::run(
+        &VmSpec {
+            director: &director,
+            available: &[
+                "veth",
+                "bridge",
+                "crc32c_generic",
+                "ip_vs",
+                "ip_vs_rr",
+                "tunnel4",
+                "ip_tunnel",
+                "ipip",
+            ],
+            boot_modules: &[
+                "veth",
+                "bridge",
+                "crc32c_generic",
+                "tunnel4",
+                "ip_tunnel",
+                "ipip",
+            ],
+            script: GROUP_SCRIPT,
+            files: &[("/etc/director.toml", GROUP_CONFIG.to_string())],
+        },
+        Duration::from_secs(300),
+    )?;
+    let results = vm::results(&out);
+    ensure!(
+        !results
+            .iter()
+            .any(|(k, _)| k == "modprobe_failed" || k == "start"),
+        "{out}"
+    );
+    let table = vm::section(&out, "ipvsadm");
+    for svc in [
+        "10.0.0.100:80 rr",
+        "10.0.0.101:80 rr",
+        "10.0.0.102:80 rr",
+        "10.0.0.110:80 rr",
+    ] {
+        ensure!(table.contains(&format!("TCP  {svc}")), "{svc}: {table}");
+    }
+    ensure!(table.matches("Route").count() == 6, "{table}");
+    ensure!(table.matches("Tunnel").count() == 2, "{table}");
+    for a in [100, 101, 102, 110] {
+        let r = vm::section(&out, &format!("req{a}"));
+        ensure!(
+            !r.contains("FAILED") && r.contains("rs1") && r.contains("rs2"),
+            "10.0.0.{a}: {r}\n{}",
+            vm::section(&out, "dlog")
+        );
+    }
+    Ok(())
+}
