@@ -298,27 +298,35 @@ impl Keepalived {
 /// directory per start: after kill -9, keepalived's pid files (and for a
 /// moment its VRRP child) outlive it.
 pub fn spawn_keepalived(lab: &Lab, index: usize, conf: &str) -> Result<Keepalived> {
+    spawn_keepalived_with(lab, index, conf, &[])
+}
+
+/// [`spawn_keepalived`] with more command-line arguments (for example
+/// `-P`: only the VRRP subsystem, as beside a dataplane it does not drive).
+pub fn spawn_keepalived_with(
+    lab: &Lab,
+    index: usize,
+    conf: &str,
+    extra: &[&str],
+) -> Result<Keepalived> {
     static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = lab.path(&format!("keepalived{index}-{n}"));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("keepalived.conf");
     std::fs::write(&path, conf)?;
-    let proc = lab.directors[index].ns.spawn(
-        "keepalived",
-        &[
-            "-n",
-            "-l",
-            "-D",
-            "-f",
-            &path.to_string_lossy(),
-            "-p",
-            &dir.join("keepalived.pid").to_string_lossy(),
-            "-r",
-            &dir.join("vrrp.pid").to_string_lossy(),
-        ],
-        &dir.join("keepalived.log"),
-    )?;
+    let (conf_path, pid, vrrp_pid) = (
+        path.to_string_lossy().to_string(),
+        dir.join("keepalived.pid").to_string_lossy().to_string(),
+        dir.join("vrrp.pid").to_string_lossy().to_string(),
+    );
+    let mut args = vec![
+        "-n", "-l", "-D", "-f", &conf_path, "-p", &pid, "-r", &vrrp_pid,
+    ];
+    args.extend_from_slice(extra);
+    let proc = lab.directors[index]
+        .ns
+        .spawn("keepalived", &args, &dir.join("keepalived.log"))?;
     Ok(Keepalived { proc, dir })
 }
 
