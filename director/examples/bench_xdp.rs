@@ -65,6 +65,7 @@ fn service(vip: &str, servers: &[&str]) -> ServicePlan {
             .collect(),
         members: Vec::new(),
         lb_kind: Default::default(),
+        fwmark: None,
     }
 }
 

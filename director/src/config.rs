@@ -750,8 +750,16 @@ pub struct VirtualServer {
     /// member (one pool, one set of checks, one Maglev table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// An IPVS firewall-mark service (keepalived's `virtual_server fwmark
+    /// N`): what the firewall marked N, whatever its address and port.
+    /// `dataplane = "ipvs"` only; then no `address`, `port` or `group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<u32>,
+    /// The family of a `fwmark` service (keepalived's `ip_family`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<IpFamily>,
     /// The addresses and ports served, resolved at load: the group's
-    /// members, or `address port`.
+    /// members, or `address port` (none for `fwmark`).
     #[serde(skip)]
     pub members: Vec<GroupMember>,
     #[serde(default)]
@@ -872,12 +880,25 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// `inet` or `inet6` (a `fwmark` service's family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Inet,
+    Inet6,
+}
+
 impl VirtualServer {
-    /// The service's identity address: `address`, or its group's first.
+    /// The service's identity address: `address`, or its group's first
+    /// (a `fwmark` service: the unspecified address of its family).
     pub fn address(&self) -> IpAddr {
         self.vip
             .or_else(|| self.members.first().map(|m| m.first))
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            .unwrap_or(match self.ip_family {
+                Some(IpFamily::Inet6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            })
     }
 
     /// The service's identity port: `port`, or its group's first.
@@ -1311,6 +1332,28 @@ impl Config {
         }
         for (i, vs) in self.virtual_server.iter_mut().enumerate() {
             let at = |k: &'static str| vec![Key("virtual_server"), Index(i), Key(k)];
+            if vs.fwmark.is_some() {
+                for (k, set) in [
+                    ("address", vs.vip.is_some()),
+                    ("port", vs.vport.is_some()),
+                    ("group", vs.group.is_some()),
+                ] {
+                    if set {
+                        return Err(problem(
+                            at(k),
+                            "a fwmark service has no address, port or group: the firewall's mark says what it serves",
+                        ));
+                    }
+                }
+                vs.members = Vec::new();
+                continue;
+            }
+            if vs.ip_family.is_some() {
+                return Err(problem(
+                    at("ip_family"),
+                    "only a fwmark service takes ip_family",
+                ));
+            }
             vs.members = match (&vs.group, vs.vip, vs.vport) {
                 (Some(g), None, None) => groups.get(g.as_str()).cloned().ok_or_else(|| {
                     problem(
@@ -1465,6 +1508,25 @@ impl Config {
                     return Err(problem(
                         at(addr_key),
                         format!("{a} cannot be a virtual address"),
+                    ));
+                }
+            }
+            if let Some(mark) = vs.fwmark {
+                if self.global.dataplane != DataplaneKind::Ipvs {
+                    return Err(problem(
+                        at("fwmark"),
+                        "a fwmark service needs dataplane = \"ipvs\" (the kernel's IPVS matches firewall marks; with XDP, list the addresses and ports in a [[virtual_server_group]])",
+                    ));
+                }
+                if mark == 0 {
+                    return Err(problem(at("fwmark"), "must be at least 1"));
+                }
+                if let Some(k) = self.virtual_server[..i].iter().position(|o| {
+                    o.fwmark == Some(mark) && o.address().is_ipv4() == vs.address().is_ipv4()
+                }) {
+                    return Err(problem(
+                        at("fwmark"),
+                        format!("fwmark {mark} is also virtual_server[{k}]'s"),
                     ));
                 }
             }
@@ -1698,6 +1760,17 @@ impl Config {
                     "must be of the real server's address family",
                 ));
             }
+            // A fwmark service has no port to probe: the check needs one.
+            if self.virtual_server[i].fwmark.is_some()
+                && !matches!(name, "ping_check" | "misc_check")
+                && rs.port.is_none()
+                && c.connect_port.is_none()
+            {
+                return Err(problem(
+                    at(name, "connect_port"),
+                    "is needed for a fwmark service (or the real server's `port`): it has no port of its own",
+                ));
+            }
         }
         for (check, h) in [("http_get", &rs.http_get), ("ssl_get", &rs.ssl_get)] {
             let Some(h) = h else { continue };
@@ -1772,6 +1845,12 @@ impl Config {
         }
         if let Some(d) = &rs.dr_check {
             let vs = &self.virtual_server[i];
+            if vs.fwmark.is_some() {
+                return Err(problem(
+                    at("dr_check", "connect_port"),
+                    "dr_check probes the virtual address through the real server; a fwmark service has none",
+                ));
+            }
             if vs.protocol != Protocol::Tcp {
                 return Err(problem(
                     at("dr_check", "connect_port"),
@@ -2627,6 +2706,56 @@ track_script = ["chk_nginx"]
             "{base}[virtual_server.real_server.dns_check]\ntype = \"SPF\"\n"
         ));
         assert!(e.contains("SPF"), "{e}");
+    }
+
+    #[test]
+    fn fwmark_services_are_ipvs_only_and_need_a_port_to_probe() {
+        let ipvs = "[global]\ninterface = \"eth0\"\ndataplane = \"ipvs\"\n";
+        let svc = "\n[[virtual_server]]\nfwmark = 7\n\n  [[virtual_server.real_server]]\n  address = \"10.0.0.11\"\n";
+        let c = parse(&format!("{ipvs}{svc}")).expect("a fwmark service");
+        let vs = &c.virtual_server[0];
+        assert_eq!(vs.fwmark, Some(7));
+        assert!(vs.address().is_unspecified() && vs.address().is_ipv4());
+        let c = parse(&format!(
+            "{ipvs}{}",
+            svc.replace("fwmark = 7\n", "fwmark = 7\nip_family = \"inet6\"\n")
+                .replace("10.0.0.11", "fd00::11")
+        ))
+        .expect("an IPv6 fwmark service");
+        assert!(c.virtual_server[0].address().is_ipv6());
+
+        // XDP cannot see firewall marks.
+        let e = err(&format!("[global]\ninterface = \"eth0\"\n{svc}"));
+        assert!(e.contains("fwmark") && e.contains("ipvs"), "{e}");
+        // A mark has no address, port or group of its own.
+        let e = err(&format!(
+            "{ipvs}{}",
+            svc.replace("fwmark = 7\n", "fwmark = 7\nport = 80\n")
+        ));
+        assert!(e.contains("no address, port or group"), "{e}");
+        // ip_family belongs to fwmark services.
+        let e = err(&format!(
+            "{ipvs}\n[[virtual_server]]\naddress = \"10.0.0.100\"\nport = 80\nip_family = \"inet\"\n"
+        ));
+        assert!(e.contains("ip_family"), "{e}");
+        // One service per mark and family.
+        let e = err(&format!("{ipvs}{svc}{svc}"));
+        assert!(e.contains("fwmark 7 is also"), "{e}");
+        parse(&format!(
+            "{ipvs}{svc}{}",
+            svc.replace("fwmark = 7\n", "fwmark = 7\nip_family = \"inet6\"\n")
+                .replace("10.0.0.11", "fd00::11")
+        ))
+        .expect("the same mark in both families");
+        // A TCP check needs a port to connect to.
+        let e = err(&format!(
+            "{ipvs}{svc}  [virtual_server.real_server.tcp_check]\n"
+        ));
+        assert!(e.contains("connect_port"), "{e}");
+        parse(&format!(
+            "{ipvs}{svc}  [virtual_server.real_server.tcp_check]\n  connect_port = 80\n"
+        ))
+        .expect("a check with its port");
     }
 
     #[test]

@@ -270,6 +270,7 @@ fn plan(
                     Vec::new()
                 },
                 lb_kind: vs.lb_kind,
+                fwmark: vs.fwmark,
             }
         })
         .collect();
@@ -470,6 +471,7 @@ impl Daemon {
                     scheduler: vs.scheduler.as_str().to_string(),
                     persistence_timeout: vs.persistence_timeout,
                     lb_kind: vs.lb_kind.as_str().to_string(),
+                    fwmark: vs.fwmark,
                     group: vs.group.clone(),
                     members: if vs.group.is_some() {
                         vs.members.iter().map(ToString::to_string).collect()

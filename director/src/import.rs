@@ -1318,12 +1318,21 @@ impl Translator {
         let mut t = Table::new();
         // The virtual port ("" for a group: its members have theirs).
         let port = match n.args.as_slice() {
-            [kind, ..] if kind == "fwmark" => {
-                self.warn(
-                    n,
-                    "a fwmark service matches what firewall rules mark, which keepalived.conf does not say: list the addresses and ports it covers in a virtual_server_group (`group = NAME`), or a port-0 virtual server for every port of an address",
-                );
-                return None;
+            [kind, mark] if kind == "fwmark" => {
+                let Some(m) = int(mark).filter(|m| m.as_integer().is_some_and(|m| m > 0)) else {
+                    self.warn(n, "the mark is not a positive number");
+                    return None;
+                };
+                // Kept as an IPVS fwmark service: the firewall's marking
+                // rules stay as they are.
+                t.insert("fwmark".into(), m);
+                self.needs_ipvs = true;
+                self.notes.push(format!(
+                    "{}: note: `{}` kept as an IPVS fwmark service, so `dataplane = \"ipvs\"` was written (the XDP dataplane does not see firewall marks: to use it, list the addresses and ports the rules mark in a virtual_server_group)",
+                    n.origin,
+                    n.text()
+                ));
+                String::new()
             }
             [kind, name] if kind == "group" => {
                 t.insert("group".into(), string(name));
@@ -1399,6 +1408,13 @@ impl Translator {
                             "only direct routing (DR) exists: `dr` was written; real servers must hold the VIP on lo",
                         );
                     }
+                },
+                "ip_family" => match c.args.first().map(String::as_str) {
+                    Some(f @ ("inet" | "inet6")) if t.contains_key("fwmark") => {
+                        t.insert("ip_family".into(), string(f));
+                    }
+                    Some("inet") => {}
+                    _ => self.warn(c, "ip_family is `inet` or `inet6`, for a fwmark service"),
                 },
                 "protocol" => match c.args.first().map(|s| s.to_ascii_uppercase()).as_deref() {
                     Some("TCP") => {

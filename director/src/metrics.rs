@@ -361,6 +361,7 @@ mod tests {
                 lb_kind: "dr".into(),
                 group: None,
                 members: Vec::new(),
+                fwmark: None,
                 quorum_up: true,
                 packets: 42,
                 bytes: 4200,

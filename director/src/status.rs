@@ -83,6 +83,9 @@ pub struct VirtualServerStatus {
     /// group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// A firewall-mark service's mark (`address` is then unspecified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<u32>,
     /// Whether the healthy real servers' weights reach `quorum`.
     pub quorum_up: bool,
     pub packets: u64,
@@ -188,9 +191,10 @@ pub fn render(s: &Status) -> String {
         } else {
             vs.scheduler.clone()
         };
-        let local = match &vs.group {
-            Some(g) => format!("group {g}"),
-            None => endpoint(&vs.address, vs.port),
+        let local = match (&vs.group, vs.fwmark) {
+            (Some(g), _) => format!("group {g}"),
+            (None, Some(m)) => format!("fwmark {m}"),
+            (None, None) => endpoint(&vs.address, vs.port),
         };
         let _ = writeln!(
             out,
@@ -250,6 +254,7 @@ mod tests {
                 lb_kind: "dr".into(),
                 group: None,
                 members: Vec::new(),
+                fwmark: None,
                 quorum_up: true,
                 packets: 10,
                 bytes: 1000,

@@ -46,6 +46,11 @@ fn kernel_package() -> Result<String> {
 
 /// The unpacked kernel package: (root, version).
 pub(crate) fn kernel() -> Result<(PathBuf, String)> {
+    // Tests boot VMs in parallel: one of them fetches and unpacks, the
+    // others wait for it (and a half-unpacked tree is never taken as
+    // whole: it is unpacked beside and renamed into place).
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache();
     std::fs::create_dir_all(&dir)?;
     let package = kernel_package()?;
@@ -74,11 +79,15 @@ pub(crate) fn kernel() -> Result<(PathBuf, String)> {
                     .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
             })
             .context("the downloaded package")?;
+        let partial = dir.join(format!("kernel-{version}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
         sh(
             "dpkg-deb",
-            &["-x", &deb.to_string_lossy(), &root.to_string_lossy()],
+            &["-x", &deb.to_string_lossy(), &partial.to_string_lossy()],
         )?;
-        sh("depmod", &["-b", &root.to_string_lossy(), &version])?;
+        sh("depmod", &["-b", &partial.to_string_lossy(), &version])?;
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::rename(&partial, &root).context("moving the unpacked kernel into place")?;
         let _ = std::fs::remove_file(deb);
     }
     Ok((root, version))
@@ -149,12 +158,18 @@ pub struct VmSpec<'a> {
     pub script: &'a str,
     /// Extra files: (path in the VM, contents).
     pub files: &'a [(&'a str, String)],
+    /// Extra programs of the host, installed at the same path with their
+    /// libraries.
+    pub programs: &'a [&'a str],
 }
 
 /// Builds the image and boots it; returns the serial console output.
 pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
     let (kroot, version) = kernel()?;
-    let work = cache().join(format!("run-{}", std::process::id()));
+    // Tests of one binary run in parallel: one work directory per boot.
+    static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = cache().join(format!("run-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("root");
     for d in [
@@ -169,6 +184,9 @@ pub fn run(spec: &VmSpec, timeout: Duration) -> Result<String> {
         .context("iproute2's ip")?;
     install_program(&root, Path::new(ip), "/sbin/ip")?;
     install_program(&root, Path::new("/usr/sbin/ipvsadm"), "/usr/sbin/ipvsadm")?;
+    for p in spec.programs {
+        install_program(&root, Path::new(p), p)?;
+    }
     let stripped = work.join("director");
     sh(
         "objcopy",

@@ -125,8 +125,11 @@ fn hostile_vrrp_traffic_changes_nothing_and_is_counted() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))???;
     ensure!(sent >= 90_000, "the flood sent only {sent} packets");
+    // Not a speed figure (a loaded CI machine takes a while to spawn
+    // the CLI): a daemon starved by the flood would not answer at all
+    // within the CLI's timeout.
     ensure!(
-        worst < Duration::from_millis(100),
+        worst < Duration::from_secs(1),
         "status took {worst:?} during the flood ({asked} requests)"
     );
 

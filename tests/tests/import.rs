@@ -245,8 +245,16 @@ fn groups_trackers_routes_and_conditions_come_across() -> Result<()> {
     let (t, text, reported) = import(&corpus("lvs-groups.conf"))?;
     check_config(&text)?;
     ensure!(
-        reported == lines("lvs-groups.conf", &[12, 66, 73]),
+        reported == lines("lvs-groups.conf", &[12, 73]),
         "{reported:?}"
+    );
+    // A fwmark service comes across, served by IPVS (XDP cannot see
+    // firewall marks).
+    ensure!(
+        t["global"]["dataplane"].as_str() == Some("ipvs")
+            && t["virtual_server"][2]["fwmark"].as_integer() == Some(7)
+            && t["virtual_server"][2].get("address").is_none(),
+        "{t}"
     );
     let g = &t["virtual_server_group"][0];
     ensure!(

@@ -194,6 +194,7 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
                 ("/etc/director.toml", CONFIG.to_string()),
                 ("/etc/director-xdp.toml", XDP_CONFIG.to_string()),
             ],
+            programs: &[],
         },
         Duration::from_secs(420),
     )?;
@@ -212,7 +213,7 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
     ensure!(
         !results
             .iter()
-            .any(|(k, _)| k == "modprobe_failed" || k == "start"),
+            .any(|(k, _)| k == "modprobe_failed" || k == "start" || k == "nft"),
         "{out}"
     );
     // Drained servers' persistence templates expire (as XDP never sends
@@ -389,6 +390,24 @@ address = "10.0.0.20"
 
 [[virtual_server.real_server]]
 address = "10.0.0.21"
+
+# What the firewall marks 5 (tcp/80 to 10.0.0.120 and .121).
+[[virtual_server]]
+fwmark = 5
+scheduler = "rr"
+delay_loop = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.20"
+[virtual_server.real_server.tcp_check]
+connect_port = 80
+connect_timeout = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.21"
+[virtual_server.real_server.tcp_check]
+connect_port = 80
+connect_timeout = 1
 "#;
 
 const GROUP_SCRIPT: &str = r#"
@@ -406,11 +425,15 @@ for h in client:10.0.0.2 director:10.0.0.10 rs1:10.0.0.20 rs2:10.0.0.21; do
   ip -n $name link set eth0 up
   ip -n $name addr add $addr/24 dev eth0
 done
-for a in 100 101 102 110; do ip -n director addr add 10.0.0.$a/32 dev eth0; done
+for a in 100 101 102 110 120 121; do ip -n director addr add 10.0.0.$a/32 dev eth0; done
+# The operator's firewall marks what the fwmark service serves.
+ip netns exec director nft add table ip mangle
+ip netns exec director nft add chain ip mangle pre '{ type filter hook prerouting priority -150; }'
+ip netns exec director nft add rule ip mangle pre ip daddr '{ 10.0.0.120, 10.0.0.121 }' tcp dport 80 meta mark set 5 || echo "RESULT nft=failed"
 for r in rs1 rs2; do
   # DR: the group's addresses on lo. Tunnelling: the VIP on the IP-in-IP
   # device, which decapsulates what the director sends.
-  for a in 100 101 102; do ip -n $r addr add 10.0.0.$a/32 dev lo; done
+  for a in 100 101 102 120 121; do ip -n $r addr add 10.0.0.$a/32 dev lo; done
   ip netns exec $r sh -c 'for i in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$i/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/$i/arp_announce; done'
   ip -n $r link set tunl0 up
   ip -n $r addr add 10.0.0.110/32 dev tunl0
@@ -420,9 +443,9 @@ for r in rs1 rs2; do
   /sbin/ip netns exec $r httpd -f -p 80 -h /www/$r &
 done
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
-wait_for "[ \$(ipvs | grep -c 'Route') -ge 6 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
+wait_for "[ \$(ipvs | grep -c 'Route') -ge 8 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
 echo BEGIN ipvsadm; ipvs; echo END ipvsadm
-for a in 100 101 102 110; do
+for a in 100 101 102 110 120 121; do
   echo BEGIN req$a; for i in 1 2 3 4; do get 10.0.0.$a; done; echo END req$a
 done
 echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
@@ -430,8 +453,9 @@ echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
 
 /// With IPVS, a group's members are one IPVS service each (rr across the
 /// same real servers), and `lb_kind = "tun"` makes IP-in-IP destinations
-/// that real servers decapsulate: requests to every member and to the
-/// tunnelled service are served by both real servers.
+/// that real servers decapsulate; a `fwmark` service serves what the
+/// firewall marks: requests to every member, to the tunnelled service and
+/// to both marked addresses are served by both real servers.
 #[test]
 fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     let director = director_bin()?;
@@ -447,6 +471,7 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
                 "tunnel4",
                 "ip_tunnel",
                 "ipip",
+                "nf_tables",
             ],
             boot_modules: &[
                 "veth",
@@ -455,9 +480,11 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
                 "tunnel4",
                 "ip_tunnel",
                 "ipip",
+                "nf_tables",
             ],
             script: GROUP_SCRIPT,
             files: &[("/etc/director.toml", GROUP_CONFIG.to_string())],
+            programs: &["/usr/sbin/nft"],
         },
         Duration::from_secs(300),
     )?;
@@ -465,7 +492,7 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     ensure!(
         !results
             .iter()
-            .any(|(k, _)| k == "modprobe_failed" || k == "start"),
+            .any(|(k, _)| k == "modprobe_failed" || k == "start" || k == "nft"),
         "{out}"
     );
     let table = vm::section(&out, "ipvsadm");
@@ -477,9 +504,10 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     ] {
         ensure!(table.contains(&format!("TCP  {svc}")), "{svc}: {table}");
     }
-    ensure!(table.matches("Route").count() == 6, "{table}");
+    ensure!(table.contains("FWM  5 rr"), "{table}");
+    ensure!(table.matches("Route").count() == 8, "{table}");
     ensure!(table.matches("Tunnel").count() == 2, "{table}");
-    for a in [100, 101, 102, 110] {
+    for a in [100, 101, 102, 110, 120, 121] {
         let r = vm::section(&out, &format!("req{a}"));
         ensure!(
             !r.contains("FAILED") && r.contains("rs1") && r.contains("rs2"),

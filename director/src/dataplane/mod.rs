@@ -204,6 +204,8 @@ pub struct ServicePlan {
     pub members: Vec<crate::config::GroupMember>,
     /// Direct routing or IP-in-IP tunnelling (`lb_kind`).
     pub lb_kind: crate::config::LbKind,
+    /// An IPVS firewall-mark service (`address` is then unspecified).
+    pub fwmark: Option<u32>,
 }
 
 impl ServicePlan {

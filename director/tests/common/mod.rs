@@ -40,6 +40,7 @@ pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]
             .collect(),
         members: Vec::new(),
         lb_kind: Default::default(),
+        fwmark: None,
     }
 }
 

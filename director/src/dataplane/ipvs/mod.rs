@@ -47,14 +47,27 @@ pub struct ServiceId {
     pub port: u16,
     /// IP protocol number.
     pub protocol: u16,
+    /// A firewall-mark service's mark (then address and port are
+    /// unspecified and the protocol is TCP, as the kernel keeps it).
+    #[serde(default)]
+    pub fwmark: u32,
 }
 
 impl ServiceId {
     fn of(plan: &ServicePlan) -> ServiceId {
-        ServiceId {
-            address: plan.address,
-            port: plan.port,
-            protocol: u16::from(plan.protocol.number()),
+        match plan.fwmark {
+            Some(mark) => ServiceId {
+                address: plan.address,
+                port: 0,
+                protocol: 6,
+                fwmark: mark,
+            },
+            None => ServiceId {
+                address: plan.address,
+                port: plan.port,
+                protocol: u16::from(plan.protocol.number()),
+                fwmark: 0,
+            },
         }
     }
 
@@ -73,6 +86,7 @@ impl ServiceId {
                         address,
                         port,
                         protocol,
+                        fwmark: 0,
                     })
                 })
             })
@@ -85,6 +99,12 @@ impl ServiceId {
 
     /// The attributes naming the service.
     fn attrs(&self) -> Vec<Attr> {
+        if self.fwmark != 0 {
+            return vec![
+                Attr::u16(SVC_ATTR_AF, self.af()),
+                Attr::u32(SVC_ATTR_FWMARK, self.fwmark),
+            ];
+        }
         vec![
             Attr::u16(SVC_ATTR_AF, self.af()),
             Attr::u16(SVC_ATTR_PROTOCOL, self.protocol),
@@ -94,6 +114,14 @@ impl ServiceId {
     }
 
     fn name(&self) -> String {
+        if self.fwmark != 0 {
+            let family = if self.address.is_ipv4() {
+                ""
+            } else {
+                " (IPv6)"
+            };
+            return format!("fwmark {}{family}", self.fwmark);
+        }
         let proto = match self.protocol {
             6 => "tcp",
             17 => "udp",
@@ -271,7 +299,7 @@ impl IpvsDataplane {
     /// daemon owns), changing only what differs.
     pub fn apply(&mut self, plans: &[ServicePlan], udp_timeout: u32) -> Result<(), IpvsError> {
         for p in plans {
-            if p.port == 0 && p.persistence_timeout == 0 {
+            if p.port == 0 && p.persistence_timeout == 0 && p.fwmark.is_none() {
                 return Err(IpvsError::AnyPort(p.name()));
             }
         }
@@ -444,10 +472,24 @@ impl IpvsDataplane {
 pub(crate) fn read_service(reply: &[Attr]) -> Option<(ServiceId, KernelService)> {
     let s = nest(reply, CMD_ATTR_SERVICE)?;
     let v6 = get_u16(s, SVC_ATTR_AF) == Some(10);
-    let id = ServiceId {
-        address: get_addr(s, SVC_ATTR_ADDR, v6)?,
-        port: get_port(s, SVC_ATTR_PORT)?,
-        protocol: get_u16(s, SVC_ATTR_PROTOCOL)?,
+    let id = match get_u32(s, SVC_ATTR_FWMARK).filter(|m| *m != 0) {
+        // A firewall-mark service: the kernel sends no address or port.
+        Some(fwmark) => ServiceId {
+            address: if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            },
+            port: 0,
+            protocol: 6,
+            fwmark,
+        },
+        None => ServiceId {
+            address: get_addr(s, SVC_ATTR_ADDR, v6)?,
+            port: get_port(s, SVC_ATTR_PORT)?,
+            protocol: get_u16(s, SVC_ATTR_PROTOCOL)?,
+            fwmark: 0,
+        },
     };
     let flags = raw(s, SVC_ATTR_FLAGS)
         .and_then(|b| b.get(..4))
@@ -540,6 +582,7 @@ mod tests {
             }],
             members: Vec::new(),
             lb_kind: crate::config::LbKind::Dr,
+            fwmark: None,
         }
     }
 
