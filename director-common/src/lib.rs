@@ -226,15 +226,20 @@ pub const BACKEND_USABLE: u8 = 1;
 /// again, so a draining server gets no new connection at all.
 pub const BACKEND_DRAINING: u8 = 2;
 
+/// [`Backend::flags`]: the real server is reached through a tunnel
+/// (IPv4 in IPv4, IPv6 in IPv6) to its address; [`Backend::mac`] is the
+/// next hop's.
+pub const BACKEND_TUNNEL: u8 = 4;
+
 /// One real server (of one service) as the XDP program sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// Destination MAC written into forwarded frames.
     pub mac: [u8; 6],
-    /// [`BACKEND_USABLE`], [`BACKEND_DRAINING`].
+    /// [`BACKEND_USABLE`], [`BACKEND_DRAINING`], [`BACKEND_TUNNEL`].
     pub flags: u8,
-    /// 4 or 6 (user space only).
+    /// 4 or 6 (the tunnel's outer header; the VIP's family is the same).
     pub family: u8,
     /// Bumped each time this slot is given to another server, so flows
     /// pinned to the previous owner are re-hashed instead of following.
@@ -326,8 +331,19 @@ pub struct Settings {
     /// switch flooding unknown unicast must not make us forward a frame
     /// meant for another director).
     pub mac: [u8; 6],
+    /// The interface's MTU: a packet that would exceed it once
+    /// encapsulated gets an ICMP "fragmentation needed" / ICMPv6 "packet
+    /// too big" back instead.
+    pub mtu: u16,
+    /// Outer source of IPv4 tunnels: the first two bytes (a /16); the
+    /// flow's hash gives the last two, so a real server's NIC spreads
+    /// flows across its queues.
+    pub tunnel_src4: [u8; 4],
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 4],
+    /// Outer source of IPv6 tunnels: the first 12 bytes (a /96); the
+    /// flow's hash gives the last four.
+    pub tunnel_src6: [u8; 16],
 }
 
 #[cfg(feature = "user")]

@@ -32,19 +32,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey, FlowValue, FragKey,
-    IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE,
-    MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES,
-    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT, SVC_SOURCE_HASH,
-    ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash, source_hash,
-    vip_bucket,
+    BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey,
+    FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES,
+    MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS,
+    MAX_SERVICES, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT,
+    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash,
+    fmix32, fold_addr, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -92,6 +92,8 @@ const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
 const IPV6_FRAGMENT: u8 = 44;
 /// IPv6 extension headers we step over (hop-by-hop, routing, destination).
 const IPV6_HOPOPTS: u8 = 0;
@@ -107,9 +109,35 @@ struct Pass;
 #[xdp]
 pub fn director(ctx: XdpContext) -> u32 {
     match try_forward(&ctx) {
-        Ok(action) => action,
+        Ok(Out::Done(action)) => action,
+        Ok(Out::Tunnel { id, hash }) => send(&ctx, id, hash),
         Err(Pass) => xdp_action::XDP_PASS,
     }
+}
+
+/// What becomes of a frame: an action taken (the MACs rewritten: direct
+/// routing), or a tunnel to real server `id`, with the flow's hash (the
+/// outer source varies with it).
+enum Out {
+    Done(u32),
+    Tunnel { id: u32, hash: u32 },
+}
+
+/// Sends the frame to real server `b` (id `id`): direct routing rewrites
+/// the MACs here; a tunnel is left to [`send`], so the tunnel code is
+/// inlined once (five inlined copies would overflow the BPF stack).
+#[inline(always)]
+fn sent(ctx: &XdpContext, id: u32, b: &Backend, key: &FlowKey) -> Out {
+    if b.flags & BACKEND_TUNNEL == 0 {
+        return Out::Done(rewrite(ctx, b));
+    }
+    // The client's address and ports: the outer source varies by flow, so
+    // the real server's NIC spreads tunnelled flows.
+    let hash = fmix32(
+        fold_addr(&key.src)
+            ^ u32::from_ne_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]),
+    );
+    Out::Tunnel { id, hash }
 }
 
 /// Returns a pointer to a `T` at `offset` bytes into the frame, or `Pass`
@@ -147,7 +175,7 @@ struct Packet {
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
+fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     let ethertype = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
     let mut packet = match ethertype {
         ETH_P_IP => parse_ipv4(ctx)?,
@@ -195,7 +223,7 @@ fn try_forward(ctx: &XdpContext) -> Result<u32, Pass> {
             );
         }
         count(ctx, service, id, new);
-        Ok(rewrite(ctx, &b))
+        Ok(sent(ctx, id, &b, &packet.key))
     } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
         forward_icmp_error(ctx, &packet)
     } else {
@@ -480,7 +508,7 @@ fn frag_key(packet: &Packet) -> FragKey {
 /// the VIP's fragment entry by what the addresses tell: the client's
 /// affinity with persistence, the client with `sh`, else both addresses.
 #[inline(always)]
-fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
+fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     let key = &packet.key;
     // SAFETY: copied out at once.
     if let Some(f) = unsafe { FRAGS.get(&frag_key(packet)) }.copied()
@@ -488,7 +516,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
         && b.generation == f.generation
     {
         count(ctx, f.service, f.backend, false);
-        return Ok(rewrite(ctx, &b));
+        return Ok(sent(ctx, f.backend, &b, key));
     }
     let skey = ServiceKey {
         addr: key.dst,
@@ -526,7 +554,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
             && b.generation == p.generation
         {
             count(ctx, service.id, p.backend, false);
-            return Ok(rewrite(ctx, &b));
+            return Ok(sent(ctx, p.backend, &b, key));
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
@@ -537,7 +565,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
     let id = maglev(&service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     count(ctx, service.id, id, false);
-    Ok(rewrite(ctx, &b))
+    Ok(sent(ctx, id, &b, key))
 }
 
 /// ICMP "fragmentation needed" (IPv4 type 3 code 4) or ICMPv6 "packet too
@@ -545,7 +573,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
 /// the VIP to a client: send it to that real server, so path MTU discovery
 /// works through the director.
 #[inline(always)]
-fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
+fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let icmp: [u8; 2] = read(ctx, packet.l4)?;
     let inner = packet.l4 + 8;
@@ -602,7 +630,7 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<u32, Pass> {
     };
     let b = backend(id).ok_or(Pass)?;
     count(ctx, service.id, id, false);
-    Ok(rewrite(ctx, &b))
+    Ok(sent(ctx, id, &b, &key))
 }
 
 #[inline(always)]
@@ -630,6 +658,294 @@ fn count(ctx: &XdpContext, service: u32, backend: u32, new_flow: bool) {
         stats.bytes += len;
         stats.new_flows += new;
     }
+}
+
+/// Sends the frame through a tunnel to real server `id`: inside an outer
+/// IP header to the server's address, to the next hop's MAC.
+#[inline(always)]
+fn send(ctx: &XdpContext, id: u32, hash: u32) -> u32 {
+    let (Some(b), Some(s)) = (BACKENDS.get(id), SETTINGS.get(0)) else {
+        return xdp_action::XDP_DROP;
+    };
+    let r = if b.family == 6 {
+        encapsulate6(ctx, b, s, hash)
+    } else {
+        encapsulate4(ctx, b, s, hash)
+    };
+    // A frame that cannot be wrapped (too short to be one we parsed, or
+    // the helper refused the headroom) is dropped: the kernel would
+    // answer it from the VIP with a reset.
+    r.unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// A one's complement sum folded to 16 bits (not inverted).
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The IPv4 header checksum of `h` (its checksum field zero).
+#[inline(always)]
+fn ipv4_checksum(h: &[u8; IPV4_LEN]) -> [u8; 2] {
+    ipv4_checksum_of(h)
+}
+
+/// [`ipv4_checksum`] of a slice holding the header's 20 bytes.
+#[inline(always)]
+fn ipv4_checksum_of(h: &[u8]) -> [u8; 2] {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < IPV4_LEN && i + 1 < h.len() {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u64;
+        i += 2;
+    }
+    (!fold(sum)).to_be_bytes()
+}
+
+/// The frame's IP packet length (the frame less its Ethernet header).
+#[inline(always)]
+fn ip_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data() - ETH_LEN
+}
+
+/// Writes an Ethernet header into the frame's first bytes.
+#[inline(always)]
+fn write_eth(e: &mut [u8; ETH_LEN], dst: &[u8; 6], src: &[u8; 6], ethertype: u16) {
+    e[..6].copy_from_slice(dst);
+    e[6..12].copy_from_slice(src);
+    e[12..].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+/// Wraps an IPv4 packet in an outer IPv4 header (IP-in-IP, protocol 4)
+/// from `tunnel_src4` + hash to the real server, for its next hop.
+#[inline(always)]
+fn encapsulate4(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Result<u32, Pass> {
+    let first: [u8; 8] = read(ctx, ETH_LEN)?;
+    let len = ip_len(ctx);
+    if len + IPV4_LEN > s.mtu as usize {
+        // Don't fragment set: tell the client; else XDP cannot fragment it.
+        if first[6] & 0x40 == 0 {
+            return Ok(xdp_action::XDP_DROP);
+        }
+        return too_big4(ctx, s.mtu - IPV4_LEN as u16);
+    }
+    // SAFETY: the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_LEN as i32)) } != 0 {
+        return Err(Pass);
+    }
+    // After adjust_head every pointer is checked again (for the verifier:
+    // the helper made the room).
+    let (Ok(eth), Ok(ip)) = (
+        ptr_at::<[u8; ETH_LEN]>(ctx, 0),
+        ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN),
+    ) else {
+        return Ok(xdp_action::XDP_DROP);
+    };
+    // SAFETY: ptr_at checked both are inside the frame.
+    let (eth, h) = unsafe { (&mut *eth, &mut *ip) };
+    write_eth(eth, &b.mac, &s.mac, ETH_P_IP);
+    h[0] = 0x45;
+    h[1] = first[1]; // the inner TOS/DSCP, so the path treats it alike
+    h[2..4].copy_from_slice(&((len + IPV4_LEN) as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&[0, 0]);
+    h[6] = 0x40; // don't fragment (an atomic datagram: id 0)
+    h[7] = 0;
+    h[8] = 64;
+    h[9] = IPPROTO_IPIP;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12] = s.tunnel_src4[0];
+    h[13] = s.tunnel_src4[1];
+    h[14] = (hash >> 8) as u8;
+    h[15] = hash as u8;
+    h[16..20].copy_from_slice(&b.addr[..4]);
+    let c = ipv4_checksum(h);
+    h[10..12].copy_from_slice(&c);
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Wraps an IPv6 packet in an outer IPv6 header (next header 41) from
+/// `tunnel_src6` + hash to the real server, for its next hop.
+#[inline(always)]
+fn encapsulate6(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Result<u32, Pass> {
+    let first: [u8; 2] = read(ctx, ETH_LEN)?;
+    let len = ip_len(ctx);
+    if len + IPV6_LEN > s.mtu as usize {
+        return too_big6(ctx, s.mtu as u32 - IPV6_LEN as u32);
+    }
+    // SAFETY: the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_LEN as i32)) } != 0 {
+        return Err(Pass);
+    }
+    let (Ok(eth), Ok(ip)) = (
+        ptr_at::<[u8; ETH_LEN]>(ctx, 0),
+        ptr_at::<[u8; IPV6_LEN]>(ctx, ETH_LEN),
+    ) else {
+        return Ok(xdp_action::XDP_DROP); // for the verifier, as above
+    };
+    // SAFETY: ptr_at checked both are inside the frame.
+    let (eth, h) = unsafe { (&mut *eth, &mut *ip) };
+    write_eth(eth, &b.mac, &s.mac, ETH_P_IPV6);
+    // Version 6, the inner traffic class, the hash as flow label (routers
+    // on the way spread by it too).
+    let tc = (first[0] << 4) | (first[1] >> 4);
+    h[0] = 0x60 | (tc >> 4);
+    h[1] = (tc << 4) | ((hash >> 16) as u8 & 0x0f);
+    h[2] = (hash >> 8) as u8;
+    h[3] = hash as u8;
+    h[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    h[6] = IPPROTO_IPV6;
+    h[7] = 64;
+    h[8..20].copy_from_slice(&s.tunnel_src6[..12]);
+    h[20..24].copy_from_slice(&hash.to_be_bytes());
+    h[24..40].copy_from_slice(&b.addr);
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Bytes of the client's packet an ICMP "fragmentation needed" quotes
+/// (its header and the start of its payload; RFC 792 asks for the header
+/// and 8 bytes).
+const QUOTE4: usize = 64;
+/// Bytes an ICMPv6 "packet too big" quotes (the reply stays far below the
+/// IPv6 minimum MTU).
+const QUOTE6: usize = 256;
+const ICMP_LEN: usize = 8;
+
+/// `bpf_csum_diff`'s sum (of the bytes as native-endian 32-bit words)
+/// as a sum of big-endian 16-bit words: the one's complement sum commutes
+/// with swapping bytes, so fold it and swap.
+#[inline(always)]
+fn swap_sum(sum: i64) -> u64 {
+    fold(sum as u32 as u64).swap_bytes() as u64
+}
+
+/// Turns the frame into an ICMP "fragmentation needed" (type 3 code 4)
+/// from the VIP to the client, with the MTU left inside the tunnel, so
+/// path MTU discovery works through the director.
+#[inline(always)]
+fn too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
+    let len = ip_len(ctx);
+    if len < QUOTE4 {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let macs: [u8; 12] = read(ctx, 0)?;
+    // SAFETY: the helpers check the frame's bounds themselves.
+    unsafe {
+        if bpf_xdp_adjust_tail(ctx.ctx, -((len - QUOTE4) as i32)) != 0
+            || bpf_xdp_adjust_head(ctx.ctx, -((IPV4_LEN + ICMP_LEN) as i32)) != 0
+        {
+            return Ok(xdp_action::XDP_DROP);
+        }
+    }
+    // Ethernet | IPv4 | ICMP | the quoted packet (where it was).
+    const Q: usize = ETH_LEN + IPV4_LEN + ICMP_LEN;
+    // One bounds check for the whole reply (for the verifier: the helpers
+    // made it this long).
+    let Ok(frame) = ptr_at::<[u8; Q + QUOTE4]>(ctx, 0) else {
+        return Ok(xdp_action::XDP_DROP);
+    };
+    // SAFETY: ptr_at checked the reply is inside the frame.
+    let frame = unsafe { &mut *frame };
+    let (head, q) = frame.split_at_mut(Q);
+    let (eth, rest) = head.split_at_mut(ETH_LEN);
+    let (h, icmp) = rest.split_at_mut(IPV4_LEN);
+    let quote = q.as_mut_ptr();
+    let (dst, src) = (&macs[6..12], &macs[..6]);
+    eth[..6].copy_from_slice(dst);
+    eth[6..12].copy_from_slice(src);
+    eth[12..].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    h[0] = 0x45;
+    h[1] = 0;
+    h[2..4].copy_from_slice(&((IPV4_LEN + ICMP_LEN + QUOTE4) as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+    h[8] = 64;
+    h[9] = IPPROTO_ICMP;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..16].copy_from_slice(&q[16..20]); // from the VIP
+    h[16..20].copy_from_slice(&q[12..16]); // to the client
+    let c = ipv4_checksum_of(h);
+    h[10..12].copy_from_slice(&c);
+    icmp[0] = 3;
+    icmp[1] = 4;
+    icmp[2..6].copy_from_slice(&[0, 0, 0, 0]);
+    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    // SAFETY: the helper reads QUOTE4 bytes ptr_at checked.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            quote as *mut u32,
+            QUOTE4 as u32,
+            0,
+        )
+    };
+    let total = u16::from_be_bytes([3, 4]) as u64 + mtu as u64 + swap_sum(sum);
+    icmp[2..4].copy_from_slice(&(!fold(total)).to_be_bytes());
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Turns the frame into an ICMPv6 "packet too big" (type 2) from the VIP
+/// to the client, with the MTU left inside the tunnel.
+#[inline(always)]
+fn too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
+    let len = ip_len(ctx);
+    if len < QUOTE6 {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let macs: [u8; 12] = read(ctx, 0)?;
+    // SAFETY: the helpers check the frame's bounds themselves.
+    unsafe {
+        if bpf_xdp_adjust_tail(ctx.ctx, -((len - QUOTE6) as i32)) != 0
+            || bpf_xdp_adjust_head(ctx.ctx, -((IPV6_LEN + ICMP_LEN) as i32)) != 0
+        {
+            return Ok(xdp_action::XDP_DROP);
+        }
+    }
+    const Q: usize = ETH_LEN + IPV6_LEN + ICMP_LEN;
+    let Ok(frame) = ptr_at::<[u8; Q + QUOTE6]>(ctx, 0) else {
+        return Ok(xdp_action::XDP_DROP); // for the verifier, as in too_big4
+    };
+    // SAFETY: ptr_at checked the reply is inside the frame.
+    let frame = unsafe { &mut *frame };
+    let (head, q) = frame.split_at_mut(Q);
+    let (eth, rest) = head.split_at_mut(ETH_LEN);
+    let (h, icmp) = rest.split_at_mut(IPV6_LEN);
+    let quote = q.as_mut_ptr();
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..12].copy_from_slice(&macs[..6]);
+    eth[12..].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    h[4..6].copy_from_slice(&((ICMP_LEN + QUOTE6) as u16).to_be_bytes());
+    h[6] = IPPROTO_ICMPV6;
+    h[7] = 255;
+    h[8..24].copy_from_slice(&q[24..40]); // from the VIP
+    h[24..40].copy_from_slice(&q[8..24]); // to the client
+    icmp[..4].copy_from_slice(&[2, 0, 0, 0]);
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    // The checksum covers a pseudo-header (both addresses, the length,
+    // the next header), the ICMPv6 header and the quote.
+    let mut sum = (ICMP_LEN + QUOTE6) as u64 + IPPROTO_ICMPV6 as u64;
+    let mut k = 8;
+    while k < IPV6_LEN {
+        sum += u16::from_be_bytes([h[k], h[k + 1]]) as u64;
+        k += 2;
+    }
+    sum += u16::from_be_bytes([2, 0]) as u64 + (mtu >> 16) as u64 + (mtu & 0xffff) as u64;
+    // SAFETY: the helper reads QUOTE6 bytes ptr_at checked.
+    let q = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            quote as *mut u32,
+            QUOTE6 as u32,
+            0,
+        )
+    };
+    icmp[2..4].copy_from_slice(&(!fold(sum + swap_sum(q))).to_be_bytes());
+    Ok(xdp_action::XDP_TX)
 }
 
 /// dst MAC = the real server, src MAC = us (the frame's old destination).

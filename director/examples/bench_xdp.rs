@@ -31,9 +31,18 @@ use director::{
     config::{Protocol, Scheduler},
     dataplane::{BackendPlan, ServicePlan, Traffic, xdp::PROGRAM, xdp::XdpDataplane},
     frames::{self, ACK, DIRECTOR_MAC, SYN},
-    neighbor::Mac,
+    neighbor::{LinkInfo, Mac},
 };
 use director_common::PROG_FLOOR;
+
+/// The benchmark's interface (MTU 1500).
+fn link() -> LinkInfo {
+    LinkInfo {
+        index: 1,
+        mac: Mac(DIRECTOR_MAC),
+        mtu: 1500,
+    }
+}
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -274,7 +283,7 @@ fn main() -> Result<()> {
         live_service,
     ];
     let mut dp = XdpDataplane::load_for_test()?;
-    dp.apply(&plan, 300, Mac(DIRECTOR_MAC))?;
+    dp.apply(&plan, 300, link())?;
     let prog = dp.program()?;
 
     // The established flows: one SYN places each, then ACKs follow.

@@ -1530,12 +1530,6 @@ impl Config {
                     ));
                 }
             }
-            if vs.lb_kind == LbKind::Tun && self.global.dataplane != DataplaneKind::Ipvs {
-                return Err(problem(
-                    at("lb_kind"),
-                    "`tun` needs dataplane = \"ipvs\"; the XDP dataplane forwards by direct routing (`dr`)",
-                ));
-            }
             if vs.group.is_some() {
                 let mut ipvs_services = 0usize;
                 for m in &vs.members {

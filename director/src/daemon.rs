@@ -3,7 +3,7 @@
 //! control socket.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -82,30 +82,94 @@ enum Resolution {
 }
 
 /// Tracks real-server MACs, asking the kernel to resolve what is missing.
+/// A direct-routing server's MAC is its own; a tunnel server's is its
+/// next hop's (the kernel's route to it, on our interface).
 struct Resolver {
+    /// Neighbours to resolve: direct-routing servers and next hops.
     servers: BTreeMap<IpAddr, Resolution>,
+    /// Tunnel real servers and their next hop (`None`: no route to it out
+    /// of our interface).
+    tunnels: BTreeMap<IpAddr, Option<IpAddr>>,
+    /// Direct-routing real servers (and sorry servers).
+    direct: BTreeSet<IpAddr>,
+    /// MACs a previous daemon used for tunnel servers (their next hop's),
+    /// taken until the kernel answers.
+    seeds: HashMap<IpAddr, Mac>,
 }
 
 impl Resolver {
     fn new(config: &Config) -> Resolver {
-        let servers = config
-            .virtual_server
-            .iter()
-            .flat_map(|vs| {
-                vs.real_server
-                    .iter()
-                    .map(|rs| rs.address)
-                    .chain(vs.sorry_server)
-                    .map(|a| (a, Resolution::Pending))
-            })
-            .collect();
-        Resolver { servers }
+        let mut direct = BTreeSet::new();
+        let mut tunnels = BTreeMap::new();
+        for vs in &config.virtual_server {
+            for rs in &vs.real_server {
+                if vs.lb_kind == crate::config::LbKind::Tun {
+                    tunnels.insert(rs.address, None);
+                } else {
+                    direct.insert(rs.address);
+                }
+            }
+            direct.extend(vs.sorry_server);
+        }
+        let servers = direct.iter().map(|a| (*a, Resolution::Pending)).collect();
+        Resolver {
+            servers,
+            tunnels,
+            direct,
+            seeds: HashMap::new(),
+        }
     }
 
-    /// Re-reads the neighbour table; returns whether anything is unresolved.
+    /// Looks up the next hop of every tunnel real server again.
+    async fn route_tunnels(&mut self, neighbors: &Neighbors) -> Result<(), NeighborError> {
+        let index = neighbors.link().index;
+        for (addr, via) in self.tunnels.iter_mut() {
+            let next = match neighbors.route_to(*addr).await? {
+                Some((oif, gateway)) if oif == index => Some(gateway.unwrap_or(*addr)),
+                _ => None,
+            };
+            if next != *via {
+                match next {
+                    Some(hop) => {
+                        info!(real_server = %addr, next_hop = %hop, "tunnel real server routed")
+                    }
+                    None => warn!(
+                        real_server = %addr,
+                        "no route to tunnel real server out of our interface: not forwarding to it"
+                    ),
+                }
+                *via = next;
+            }
+        }
+        let wanted: BTreeSet<IpAddr> = self
+            .direct
+            .iter()
+            .copied()
+            .chain(self.tunnels.values().flatten().copied())
+            .collect();
+        self.servers.retain(|a, _| wanted.contains(a));
+        for a in wanted {
+            self.servers.entry(a).or_insert(Resolution::Pending);
+        }
+        // A restart keeps forwarding to tunnel servers while the kernel
+        // re-resolves their next hop.
+        for (addr, via) in &self.tunnels {
+            if let (Some(hop), Some(mac)) = (via, self.seeds.remove(addr))
+                && let Some(state) = self.servers.get_mut(hop)
+                && *state == Resolution::Pending
+            {
+                *state = Resolution::Resolved(mac);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the routes to tunnel servers and the neighbour table;
+    /// returns whether anything is unresolved.
     async fn refresh(&mut self, neighbors: &Neighbors) -> Result<bool, NeighborError> {
+        self.route_tunnels(neighbors).await?;
         let table = neighbors.dump().await?;
-        let mut unresolved = false;
+        let mut unresolved = self.tunnels.values().any(Option::is_none);
         for (addr, state) in self.servers.iter_mut() {
             let next = match table.get(addr) {
                 Some(Neighbor::Resolved(mac)) => Resolution::Resolved(*mac),
@@ -150,6 +214,9 @@ impl Resolver {
             {
                 *state = Resolution::Resolved(mac);
             }
+            if self.tunnels.contains_key(&addr) {
+                self.seeds.insert(addr, mac);
+            }
         }
     }
 
@@ -164,8 +231,15 @@ impl Resolver {
             .collect()
     }
 
-    fn mac(&self, addr: &IpAddr) -> Option<Mac> {
-        match self.servers.get(addr) {
+    /// The MAC frames for real server `addr` go to: its own (direct
+    /// routing), or its next hop's (`tunnel`).
+    fn mac(&self, addr: &IpAddr, tunnel: bool) -> Option<Mac> {
+        let hop = if tunnel {
+            (*self.tunnels.get(addr)?)?
+        } else {
+            *addr
+        };
+        match self.servers.get(&hop) {
             Some(Resolution::Resolved(mac)) => Some(*mac),
             _ => None,
         }
@@ -240,7 +314,7 @@ fn plan(
                     Some(BackendPlan {
                         address: rs.address,
                         weight,
-                        mac: resolver.mac(&rs.address),
+                        mac: resolver.mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun),
                     })
                 })
                 .collect();
@@ -254,7 +328,7 @@ fn plan(
                 backends = vec![BackendPlan {
                     address: sorry,
                     weight: 1,
-                    mac: resolver.mac(&sorry),
+                    mac: resolver.mac(&sorry, false),
                 }];
             }
             ServicePlan {
@@ -355,8 +429,8 @@ struct Daemon {
     dataplane: Dataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,
-    /// Our interface's MAC.
-    mac: Mac,
+    /// Our interface (its MAC and MTU go to the dataplane).
+    link: crate::neighbor::LinkInfo,
     /// Weights of drained real servers, for `enable`.
     drained: BTreeMap<(IpAddr, u16, IpAddr), u32>,
     /// Resolved real-server MACs, shared with `dr_check` probes.
@@ -428,7 +502,7 @@ impl Daemon {
             return Ok(());
         }
         self.dataplane
-            .apply(&next, self.config.global.udp_timeout, self.mac)?;
+            .apply(&next, self.config.global.udp_timeout, self.link)?;
         for s in &next {
             let ready = s
                 .backends
@@ -500,7 +574,10 @@ impl Daemon {
                                 address: rs.address.to_string(),
                                 port: rs.port.unwrap_or(vs.port()),
                                 weight: rs.weight,
-                                mac: self.resolver.mac(&rs.address).map(|m| m.to_string()),
+                                mac: self
+                                    .resolver
+                                    .mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun)
+                                    .map(|m| m.to_string()),
                                 packets: t.packets,
                                 bytes: t.bytes,
                                 new_flows: t.new_flows,
@@ -668,7 +745,7 @@ impl Daemon {
                 }
                 // The program checks frames are addressed to our MAC; the
                 // next apply writes the new one.
-                self.mac = now.mac;
+                self.link = now;
                 self.applied = None;
                 if let Err(e) = self.dataplane.follow_interface() {
                     error!(%interface, error = %e, "cannot re-attach the dataplane to the interface");
@@ -836,12 +913,12 @@ impl Daemon {
         let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
         if let Err(e) = self
             .dataplane
-            .apply(&next, new.global.udp_timeout, self.mac)
+            .apply(&next, new.global.udp_timeout, self.link)
         {
             if let Some(old) = &self.applied
                 && let Err(again) =
                     self.dataplane
-                        .apply(old, self.config.global.udp_timeout, self.mac)
+                        .apply(old, self.config.global.udp_timeout, self.link)
             {
                 error!(error = %again, "could not restore the previous dataplane state");
             }
@@ -878,7 +955,7 @@ impl Daemon {
         if let Some(old) = &previous.applied
             && let Err(e) = self
                 .dataplane
-                .apply(old, self.config.global.udp_timeout, self.mac)
+                .apply(old, self.config.global.udp_timeout, self.link)
         {
             error!(error = %e, "could not restore the previous dataplane state");
         } else {
@@ -1037,7 +1114,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         dataplane,
         applied: None,
         vrrp: Some(vrrp),
-        mac: link.mac,
+        link,
         drained: BTreeMap::new(),
         macs,
         bird,

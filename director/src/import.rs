@@ -1401,11 +1401,20 @@ impl Translator {
                     Some(k) if k == "DR" => {
                         t.insert("lb_kind".into(), string("dr"));
                     }
+                    Some(k) if k == "TUN" => {
+                        t.insert("lb_kind".into(), string("tun"));
+                        self.needs_ipvs = true;
+                        self.notes.push(format!(
+                            "{}: note: `{}` kept as `lb_kind = \"tun\"` (IP-in-IP), which the IPVS dataplane serves, so `dataplane = \"ipvs\"` was written",
+                            c.origin,
+                            c.text()
+                        ));
+                    }
                     _ => {
                         t.insert("lb_kind".into(), string("dr"));
                         self.warn(
                             c,
-                            "only direct routing (DR) exists: `dr` was written; real servers must hold the VIP on lo",
+                            "only direct routing (DR) and tunnelling (TUN) exist: `dr` was written; real servers must hold the VIP on lo",
                         );
                     }
                 },
@@ -1782,6 +1791,31 @@ mod tests {
                 .any(|n| n.contains("b.conf:2: note: `lb_algo wrr` kept"))
         );
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn tunnelling_is_kept_with_ipvs_and_nat_is_named() {
+        let text = "virtual_server 10.0.0.110 80 {\n  lb_kind TUN\n  real_server 10.0.0.20 80 {\n  }\n}\n\
+virtual_server 10.0.0.111 80 {\n  lb_kind NAT\n  real_server 10.0.0.20 80 {\n  }\n}\n";
+        let imp = import_text(Path::new("k.conf"), text).expect("import");
+        let cfg: Table = toml::from_str(&imp.toml).expect("valid TOML");
+        assert_eq!(cfg["virtual_server"][0]["lb_kind"].as_str(), Some("tun"));
+        assert_eq!(cfg["global"]["dataplane"].as_str(), Some("ipvs"));
+        assert!(
+            imp.notes
+                .iter()
+                .any(|n| n.contains("k.conf:2: note: `lb_kind TUN` kept")),
+            "{:?}",
+            imp.notes
+        );
+        assert_eq!(cfg["virtual_server"][1]["lb_kind"].as_str(), Some("dr"));
+        let lines: Vec<String> = imp.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("k.conf:7:") && l.contains("lb_kind NAT")),
+            "{lines:#?}"
+        );
     }
 
     #[test]

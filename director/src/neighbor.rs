@@ -69,6 +69,8 @@ pub enum Neighbor {
 pub struct LinkInfo {
     pub index: u32,
     pub mac: Mac,
+    /// The interface's MTU (what a tunnelled packet must fit in).
+    pub mtu: u32,
 }
 
 /// A handle on the kernel's neighbour table for one interface.
@@ -166,13 +168,16 @@ impl Neighbors {
     }
 
     /// A stream that yields whenever the kernel's neighbour table changes
-    /// for our interface (RTNLGRP_NEIGH events).
+    /// for our interface (RTNLGRP_NEIGH events), or a route changes.
     pub fn events(&self) -> Result<impl futures::Stream<Item = ()> + Unpin + use<>, NeighborError> {
         use futures::StreamExt as _;
         use netlink_packet_core::NetlinkPayload;
         use netlink_packet_route::RouteNetlinkMessage;
-        let (connection, _handle, messages) =
-            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])?;
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Neigh,
+            rtnetlink::MulticastGroup::Ipv4Route,
+            rtnetlink::MulticastGroup::Ipv6Route,
+        ])?;
         tokio::spawn(connection);
         let index = self.index.clone();
         Ok(Box::pin(messages.filter_map(move |(msg, _)| {
@@ -182,10 +187,48 @@ impl Neighbors {
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
                     ) if n.header.ifindex == index => Some(()),
+                    // Routes decide tunnel real servers' next hops.
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_),
+                    ) => Some(()),
                     _ => None,
                 }
             }
         })))
+    }
+
+    /// Where the kernel sends packets for `addr` (`ip route get`): the
+    /// output interface and the gateway (`None`: on link). `None` when
+    /// there is no route.
+    pub async fn route_to(
+        &self,
+        addr: IpAddr,
+    ) -> Result<Option<(u32, Option<IpAddr>)>, NeighborError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        let Ok(b) = rtnetlink::RouteMessageBuilder::<IpAddr>::new().destination_prefix(addr, len)
+        else {
+            return Ok(None);
+        };
+        let mut routes = self.handle.route().get(b.build()).execute();
+        let route = match routes.try_next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            // ENETUNREACH and the like: no route.
+            Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut oif = None;
+        let mut gateway = None;
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+                _ => {}
+            }
+        }
+        Ok(oif.map(|i| (i, gateway)))
     }
 
     /// Asks the kernel to resolve `addr` on our interface (an `NTF_USE`
@@ -234,6 +277,14 @@ async fn lookup(
             _ => None,
         })
         .ok_or_else(|| NeighborError::NoMac(interface.to_string()))?;
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500);
     use netlink_packet_route::link::LinkFlags;
     let running = link
         .header
@@ -243,6 +294,7 @@ async fn lookup(
         LinkInfo {
             index: link.header.index,
             mac,
+            mtu,
         },
         running,
     )))

@@ -209,9 +209,21 @@ fn raw_request(state: &Path, bytes: &[u8]) -> Result<String> {
     // A peer that stops reading early may reset: the answer still counts.
     let _ = s.write_all(bytes);
     let _ = s.shutdown(std::net::Shutdown::Write);
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    Ok(answer)
+    // The daemon closes without reading what it refused (the huge
+    // request): the kernel then reports a reset after the answer.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answer.is_empty() => {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// `director status` as user nobody: (success, stderr).

@@ -100,10 +100,10 @@ impl Dataplane {
         &mut self,
         plans: &[ServicePlan],
         udp_timeout: u32,
-        mac: Mac,
+        link: crate::neighbor::LinkInfo,
     ) -> Result<(), DataplaneError> {
         match self {
-            Dataplane::Xdp(d) => Ok(d.apply(plans, udp_timeout, mac)?),
+            Dataplane::Xdp(d) => Ok(d.apply(plans, udp_timeout, link)?),
             Dataplane::Ipvs(d) => Ok(d.apply(plans, udp_timeout)?),
         }
     }

@@ -8,7 +8,7 @@ use director::{
     config::{Protocol, Scheduler},
     dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
     frames::DIRECTOR_MAC,
-    neighbor::Mac,
+    neighbor::{LinkInfo, Mac},
 };
 
 pub const XDP_PASS: u32 = 2;
@@ -44,9 +44,18 @@ pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]
     }
 }
 
+/// The interface the tests' director has (MTU 1500).
+pub fn link() -> LinkInfo {
+    LinkInfo {
+        index: 1,
+        mac: Mac(DIRECTOR_MAC),
+        mtu: 1500,
+    }
+}
+
 pub fn loaded(plan: &[ServicePlan]) -> XdpDataplane {
     let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
-    dp.apply(plan, 300, Mac(DIRECTOR_MAC)).expect("apply");
+    dp.apply(plan, 300, link()).expect("apply");
     dp
 }
 

@@ -33,13 +33,25 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT, MAGLEV_ELEMS_PER_TABLE,
-    MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_MEMBERS,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_VIP_FILTER, MAX_REAL_SERVERS, MAX_SERVICES,
-    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PINNED_MAPS, PROG_DIRECTOR, SVC_PERSISTENT,
-    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, maglev_base,
+    BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, KEY_FRAGMENT,
+    MAGLEV_ELEMS_PER_TABLE, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_MAGLEV, MAP_MEMBERS, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SETTINGS, MAP_VIP_FILTER,
+    MAX_REAL_SERVERS, MAX_SERVICES, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PINNED_MAPS,
+    PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
+    VIP_FILTER_WORDS, maglev_base,
 };
 use director_common::{FlowKey, FlowValue, MAP_FLOWS};
+
+/// Outer source of IPv4 tunnels: 172.16.0.0/16, the last two bytes from
+/// the flow's hash (as Katran does), so a real server's NIC spreads
+/// tunnelled flows across its queues. Real servers must accept it
+/// (`rp_filter` 0 or 2 on the interface it arrives on).
+pub const TUNNEL_SOURCE_V4: [u8; 4] = [172, 16, 0, 0];
+/// Outer source of IPv6 tunnels: fd00:7475:6e6c::/96 (a ULA: "tunl"),
+/// the last 32 bits from the flow's hash.
+pub const TUNNEL_SOURCE_V6: [u8; 16] = [
+    0xfd, 0x00, 0x74, 0x75, 0x6e, 0x6c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
@@ -332,12 +344,15 @@ impl XdpDataplane {
         &mut self,
         plan: &[ServicePlan],
         udp_timeout_s: u32,
-        mac: crate::neighbor::Mac,
+        link: crate::neighbor::LinkInfo,
     ) -> Result<(), XdpError> {
         let settings = Settings {
             udp_timeout_ns: u64::from(udp_timeout_s) * 1_000_000_000,
-            mac: mac.0,
-            _pad: [0; 2],
+            mac: link.mac.0,
+            mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
+            tunnel_src4: TUNNEL_SOURCE_V4,
+            _pad: [0; 4],
+            tunnel_src6: TUNNEL_SOURCE_V6,
         };
         if self.settings != Some(settings) {
             let mut array: Array<&mut MapData, Settings> =
@@ -403,6 +418,9 @@ impl XdpDataplane {
                     (false, _) => 0,
                     (true, 0) => BACKEND_USABLE | BACKEND_DRAINING,
                     (true, _) => BACKEND_USABLE,
+                } | match service.lb_kind {
+                    crate::config::LbKind::Tun => BACKEND_TUNNEL,
+                    crate::config::LbKind::Dr => 0,
                 };
                 if next != slot.written {
                     self.write_backend(slot.id, &next)?;
