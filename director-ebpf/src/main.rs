@@ -727,8 +727,10 @@ fn encapsulate4(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Resul
     let first: [u8; 8] = read(ctx, ETH_LEN)?;
     let len = ip_len(ctx);
     if len + IPV4_LEN > s.mtu as usize {
-        // Don't fragment set: tell the client; else XDP cannot fragment it.
-        if first[6] & 0x40 == 0 {
+        // Don't fragment set: tell the client; else XDP cannot fragment
+        // it. Longer than the link itself: an aggregate (generic XDP after
+        // GRO), which no ICMP can shrink: dropped.
+        if first[6] & 0x40 == 0 || len > s.mtu as usize {
             return Ok(xdp_action::XDP_DROP);
         }
         return too_big4(ctx, s.mtu - IPV4_LEN as u16);
@@ -774,6 +776,9 @@ fn encapsulate6(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Resul
     let first: [u8; 2] = read(ctx, ETH_LEN)?;
     let len = ip_len(ctx);
     if len + IPV6_LEN > s.mtu as usize {
+        if len > s.mtu as usize {
+            return Ok(xdp_action::XDP_DROP); // an aggregate, as in encapsulate4
+        }
         return too_big6(ctx, s.mtu as u32 - IPV6_LEN as u32);
     }
     // SAFETY: the helper checks the headroom itself.
