@@ -220,15 +220,23 @@ impl Resolver {
         }
     }
 
-    /// Every resolved MAC.
+    /// Every resolved MAC: of each neighbour, and of each tunnel real
+    /// server (its next hop's, where `dr_check` sends its probe).
     fn resolved(&self) -> HashMap<IpAddr, Mac> {
-        self.servers
+        let mut out: HashMap<IpAddr, Mac> = self
+            .servers
             .iter()
             .filter_map(|(a, r)| match r {
                 Resolution::Resolved(m) => Some((*a, *m)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        for addr in self.tunnels.keys() {
+            if let Some(mac) = self.mac(addr, true) {
+                out.entry(*addr).or_insert(mac);
+            }
+        }
+        out
     }
 
     /// The MAC frames for real server `addr` go to: its own (direct

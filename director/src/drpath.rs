@@ -53,6 +53,10 @@ pub struct PathProbe {
     pub vip: IpAddr,
     pub port: u16,
     pub arp: bool,
+    /// A tunnel real server (`lb_kind = "tun"`): the SYN goes inside an
+    /// outer header to `rs` (IP-in-IP or IPv6-in-IPv6), to `rs_mac`, its
+    /// next hop's MAC, as the dataplane sends clients' packets.
+    pub tunnel: bool,
     pub timeout: Duration,
 }
 
@@ -69,7 +73,7 @@ pub fn probe(p: &PathProbe) -> Result<(), String> {
     let mut rng = rand::rng();
     let sport: u16 = rng.random_range(32768..61000);
     let seq: u32 = rng.random();
-    let check_arp = p.arp && p.vip.is_ipv4();
+    let check_arp = p.arp && p.vip.is_ipv4() && !p.tunnel;
     let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
         .map_err(|e| format!("packet socket: {e}"))?;
     // The filter goes on before the socket is bound, so nothing unfiltered
@@ -201,12 +205,41 @@ fn tcp_frame(p: &PathProbe, src: IpAddr, sport: u16, seq: u32, ack: u32, flags: 
         // Families were checked by the caller.
         _ => (ETH_IPV4, Vec::new()),
     };
+    let ip = if p.tunnel {
+        encapsulate(src, p.rs, &ip)
+    } else {
+        ip
+    };
     let mut f = Vec::with_capacity(14 + ip.len());
     f.extend_from_slice(&p.rs_mac.0);
     f.extend_from_slice(&p.our_mac.0);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(&ip);
     f
+}
+
+/// `inner` inside an outer header from `src` to `rs`: IPv4 in IPv4
+/// (protocol 4) or IPv6 in IPv6 (next header 41).
+fn encapsulate(src: IpAddr, rs: IpAddr, inner: &[u8]) -> Vec<u8> {
+    match (src, rs) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = frames::ipv4(
+                s.octets(),
+                d.octets(),
+                4,
+                frames::Frag::default(),
+                &[],
+                inner,
+            );
+            h[6] = 0x40; // don't fragment
+            let sum = checksum(&[&h[..20]]);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => frames::ipv6(s.octets(), d.octets(), 41, inner),
+        // Families were checked by the caller.
+        _ => inner.to_vec(),
+    }
 }
 
 /// "Who has `vip`? Tell `src`", unicast to the real server.
@@ -375,6 +408,7 @@ mod tests {
             vip,
             port: 80,
             arp: true,
+            tunnel: false,
             timeout: Duration::from_secs(1),
         }
     }
@@ -401,6 +435,27 @@ mod tests {
             checksum(&[&pseudo_header(src6, v6.vip, TCP, f.len() - 54), &f[54..]]),
             0
         );
+        // Through a tunnel: the same segment inside an outer header to the
+        // real server.
+        let t = PathProbe {
+            tunnel: true,
+            rs: "192.168.50.20".parse().expect("ip"),
+            ..p.clone()
+        };
+        let f = tcp_frame(&t, src, 40000, 7, 0, frames::SYN);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        assert_eq!(f[14 + 9], 4, "IP-in-IP");
+        assert_eq!(&f[14 + 16..14 + 20], &[192, 168, 50, 20]);
+        assert_eq!(checksum(&[&f[14..34]]), 0, "outer header checksum");
+        assert_eq!(&f[34 + 16..34 + 20], &[10, 0, 0, 100], "inner: to the VIP");
+        let t6 = PathProbe {
+            tunnel: true,
+            rs: "fd00:50::20".parse().expect("ip"),
+            ..v6.clone()
+        };
+        let f = tcp_frame(&t6, src6, 40000, 7, 0, frames::SYN);
+        assert_eq!(f[14 + 6], 41, "IPv6 in IPv6");
+        assert_eq!(f.len(), 14 + 40 + 40 + 20);
         let a = arp_request(p.our_mac, [10, 0, 0, 1], p.rs_mac, [10, 0, 0, 100]);
         assert_eq!(a.len(), 42);
         assert_eq!(&a[38..42], &[10, 0, 0, 100]);

@@ -79,6 +79,8 @@ pub enum Kind {
     DrPath {
         vip: IpAddr,
         arp: bool,
+        /// Through the tunnel (`lb_kind = "tun"`).
+        tunnel: bool,
     },
 }
 
@@ -333,6 +335,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
             kind: Kind::DrPath {
                 vip: vs.address(),
                 arp: c.arp,
+                tunnel: vs.lb_kind == crate::config::LbKind::Tun,
             },
             ..base(&c.common, port)
         });
@@ -655,7 +658,7 @@ pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
             require_reply,
         } => udp(spec, payload, *require_reply).await,
         Kind::Dns { qtype, name } => dns(spec, *qtype, name).await,
-        Kind::DrPath { vip, arp } => dr_path(spec, env, *vip, *arp).await,
+        Kind::DrPath { vip, arp, tunnel } => dr_path(spec, env, *vip, *arp, *tunnel).await,
         Kind::Ping => {
             // A sequence number of its own per attempt: replies to other
             // probes (every raw ICMP socket sees them all) are told apart.
@@ -714,7 +717,13 @@ async fn smtp(spec: &CheckSpec, helo: &str) -> Outcome {
     verdict
 }
 
-async fn dr_path(spec: &CheckSpec, env: Option<&PathEnv>, vip: IpAddr, arp: bool) -> Outcome {
+async fn dr_path(
+    spec: &CheckSpec,
+    env: Option<&PathEnv>,
+    vip: IpAddr,
+    arp: bool,
+    tunnel: bool,
+) -> Outcome {
     let Some(env) = env else {
         return Outcome::fail("dr_check needs the daemon's interface");
     };
@@ -734,6 +743,7 @@ async fn dr_path(spec: &CheckSpec, env: Option<&PathEnv>, vip: IpAddr, arp: bool
         vip,
         port: spec.target.port(),
         arp,
+        tunnel,
         // Inside the caller's cut, so the probe's own verdict is reported.
         timeout: spec.timeout.mul_f64(0.9),
     };

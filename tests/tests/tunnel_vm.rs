@@ -7,8 +7,9 @@
 //! Checked: IPv4 and IPv6 requests through the VIP are served by both real
 //! servers; the tunnel servers' MAC is the router's (the next hop); an
 //! upload of full-size segments completes and the client learned the
-//! smaller path MTU from the director's ICMP; a failed health check takes
-//! a server out; a route withdrawn and put back is followed.
+//! smaller path MTU from the director's ICMP; the path check through the
+//! tunnel (`dr_check`) takes out a server that lost the VIP and brings it
+//! back; a route withdrawn and put back is followed.
 
 use std::time::Duration;
 
@@ -31,14 +32,16 @@ port = 80
 lb_kind = "tun"
 delay_loop = 1
 
+# The path check through the tunnel: a SYN to the VIP wrapped as clients'
+# packets are (a check of the server's own address cannot see a lost VIP).
 [[virtual_server.real_server]]
 address = "192.168.50.20"
-[virtual_server.real_server.tcp_check]
+[virtual_server.real_server.dr_check]
 connect_timeout = 1
 
 [[virtual_server.real_server]]
 address = "192.168.50.21"
-[virtual_server.real_server.tcp_check]
+[virtual_server.real_server.dr_check]
 connect_timeout = 1
 
 [[virtual_server]]
@@ -150,11 +153,15 @@ echo "RESULT up6=$(wc -c < /tmp/up6)"
 echo BEGIN debug; ip netns exec client ethtool -k eth0 | grep -E "segmentation|checksumming"; ip netns exec client cat /proc/net/snmp | grep -E "^Icmp|^Tcp"; ip netns exec client cat /proc/net/snmp6 | grep -i "icmp6InPktTooBigs\|Icmp6InMsgs"; ip -n director -s link show eth0; ip -n router -s link show eth0; ip netns exec rs1 cat /proc/net/snmp | grep -E "^Ip:|^Tcp"; echo END debug
 echo BEGIN pmtu4; ip -n client route get 10.0.0.100; echo END pmtu4
 echo BEGIN pmtu6; ip -n client -6 route get fd00::100; echo END pmtu6
-# A failed server leaves the pool.
-kill $httpd_rs2
-wait_for "st | tr -d ' \n' | grep -q '\"address\":\"192.168.50.21\"[^}]*\"healthy\":false'" 20 || echo "RESULT health=timeout"
+# A server that lost the VIP leaves the pool (its httpd still answers on
+# its own address), and comes back with it.
+rs2() { st | tr -d ' \n' | grep -q "\"address\":\"192.168.50.21\"[^}]*\"healthy\":$1"; }
+ip -n rs2 addr del 10.0.0.100/32 dev tunl0
+wait_for "rs2 false" 20 || echo "RESULT health=timeout"
 echo BEGIN req4down; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END req4down
-/sbin/ip netns exec rs2 httpd -f -p 80 -h /www/rs2 &
+echo BEGIN down; st; echo; echo END down
+ip -n rs2 addr add 10.0.0.100/32 dev tunl0
+wait_for "rs2 true" 20 || echo "RESULT healthback=timeout"
 # The route to the servers withdrawn: nothing to forward to; put back: served.
 ip -n director route del 192.168.50.0/24 via 10.0.0.1
 wait_for "[ \$(st | grep -o '\"mac\": null' | wc -l) -ge 2 ]" 20 || echo "RESULT unrouted=timeout"
@@ -201,6 +208,7 @@ fn xdp_tunnel_services_reach_real_servers_in_another_subnet() -> Result<()> {
         !results.iter().any(|(k, _)| k == "modprobe_failed"
             || k == "start"
             || k == "health"
+            || k == "healthback"
             || k == "unrouted"
             || k == "rerouted"),
         "{results:?}\n{dlog}"
@@ -242,7 +250,9 @@ fn xdp_tunnel_services_reach_real_servers_in_another_subnet() -> Result<()> {
     ensure!(pmtu4.contains("mtu 1480"), "{pmtu4}");
     let pmtu6 = vm::section(&out, "pmtu6");
     ensure!(pmtu6.contains("mtu 1460"), "{pmtu6}");
-    // Health checks take a tunnel server out.
+    // The path check through the tunnel takes out a server without the VIP.
+    let down = vm::section(&out, "down");
+    ensure!(down.contains("through the VIP"), "{down}");
     let r = vm::section(&out, "req4down");
     ensure!(
         !r.contains("FAILED") && r.contains("rs1") && !r.contains("rs2"),
