@@ -88,17 +88,34 @@ enum Expect {
     Forwarded,
     /// Passed to the kernel untouched.
     Untouched,
+    /// Wrapped in an outer header of `usize` bytes (20: IPv4 in IPv4, 40:
+    /// IPv6 in IPv6) to a real server, sent to its next hop from the
+    /// director, the client's packet untouched inside.
+    Tunnelled(usize),
 }
 
 impl Expect {
     fn verdict(self) -> u32 {
         match self {
-            Expect::Swapped | Expect::Forwarded => XDP_TX,
+            Expect::Swapped | Expect::Forwarded | Expect::Tunnelled(_) => XDP_TX,
             Expect::Untouched => XDP_PASS,
         }
     }
 
     fn holds(self, input: &[u8], out: &[u8]) -> bool {
+        if let Expect::Tunnelled(outer) = self {
+            let protocol = if outer == 20 {
+                out.get(14 + 9)
+            } else {
+                out.get(14 + 6)
+            };
+            return out.len() == input.len() + outer
+                && out[6..12] == DIRECTOR_MAC
+                && (0..3).any(|i| out[..6] == backend_mac(i))
+                && out[12..14] == input[12..14]
+                && protocol == Some(&if outer == 20 { 4 } else { 41 })
+                && out[14 + outer..] == input[14..];
+        }
         if out.len() != input.len() || out[12..] != input[12..] {
             return false;
         }
@@ -108,6 +125,7 @@ impl Expect {
                 out[6..12] == DIRECTOR_MAC && (0..3).any(|i| out[..6] == backend_mac(i))
             }
             Expect::Untouched => out[..12] == input[..12],
+            Expect::Tunnelled(_) => false, // handled above
         }
     }
 }
@@ -154,9 +172,9 @@ fn live_mpps(program: &Xdp, frame: &[u8], packets: u32) -> Result<f64> {
     Ok(f64::from(packets) / started.elapsed().as_secs_f64() / 1e6)
 }
 
-/// A new client flow per frame: the source address and port vary with
-/// `round` and `i`.
-fn new_flow(v6: bool, round: u32, i: u32) -> Vec<u8> {
+/// A new client flow per frame to `vip`: the source address and port vary
+/// with `round` and `i`.
+fn new_flow_to(v6: bool, round: u32, i: u32, vip: &str) -> Vec<u8> {
     let (src, dst) = if v6 {
         (
             IpAddr::from([
@@ -177,12 +195,12 @@ fn new_flow(v6: bool, round: u32, i: u32) -> Vec<u8> {
                 (i >> 8) as u8,
                 i as u8,
             ]),
-            ip("fd00::100"),
+            ip(vip),
         )
     } else {
         (
             IpAddr::from([10, 100 + round as u8, (i >> 8) as u8, i as u8]),
-            ip("10.0.0.100"),
+            ip(vip),
         )
     };
     frames::tcp_frame(src, 1024 + (i % 60000) as u16, dst, 80, SYN)
@@ -277,10 +295,22 @@ fn main() -> Result<()> {
     // frame rewritten for another MAC would be passed from then on).
     let mut live_service = service("10.0.0.200", &["10.0.0.30"]);
     live_service.backends[0].mac = Some(Mac(DIRECTOR_MAC));
+    // Tunnel services (lb_kind = "tun"): the real servers in another
+    // subnet, the MACs their next hop's.
+    let tunnel = |vip: &str, servers: &[&str]| {
+        let mut s = service(vip, servers);
+        s.lb_kind = director::config::LbKind::Tun;
+        s
+    };
     let plan = vec![
         service("10.0.0.100", &["10.0.0.20", "10.0.0.21", "10.0.0.22"]),
         service("fd00::100", &["fd00::20", "fd00::21", "fd00::22"]),
         live_service,
+        tunnel(
+            "10.0.0.150",
+            &["192.168.50.20", "192.168.50.21", "192.168.50.22"],
+        ),
+        tunnel("fd00::150", &["fd00:50::20", "fd00:50::21", "fd00:50::22"]),
     ];
     let mut dp = XdpDataplane::load_for_test()?;
     dp.apply(&plan, 300, link())?;
@@ -289,18 +319,21 @@ fn main() -> Result<()> {
     // The established flows: one SYN places each, then ACKs follow.
     let est4 = frames::tcp_frame(ip("10.1.0.1"), 40000, ip("10.0.0.100"), 80, ACK);
     let est6 = frames::tcp_frame(ip("fd00::1:1"), 40000, ip("fd00::100"), 80, ACK);
-    for v6 in [false, true] {
-        let (src, vip) = if v6 {
-            (ip("fd00::1:1"), ip("fd00::100"))
-        } else {
-            (ip("10.1.0.1"), ip("10.0.0.100"))
-        };
-        let syn = frames::tcp_frame(src, 40000, vip, 80, SYN);
-        loop_ns(prog, &[syn], Expect::Forwarded)?;
+    let tun4 = frames::tcp_frame(ip("10.1.0.1"), 40000, ip("10.0.0.150"), 80, ACK);
+    let tun6 = frames::tcp_frame(ip("fd00::1:1"), 40000, ip("fd00::150"), 80, ACK);
+    for (src, vip, expect) in [
+        ("10.1.0.1", "10.0.0.100", Expect::Forwarded),
+        ("fd00::1:1", "fd00::100", Expect::Forwarded),
+        ("10.1.0.1", "10.0.0.150", Expect::Tunnelled(20)),
+        ("fd00::1:1", "fd00::150", Expect::Tunnelled(40)),
+    ] {
+        let syn = frames::tcp_frame(ip(src), 40000, ip(vip), 80, SYN);
+        loop_ns(prog, &[syn], expect)?;
     }
     let non_vip = frames::tcp_frame(ip("10.1.0.1"), 40000, ip("10.0.0.10"), 22, ACK);
     let copies = |f: &Vec<u8>| vec![f.clone(); n as usize];
     let (est4s, est6s, non_vips) = (copies(&est4), copies(&est6), copies(&non_vip));
+    let (tun4s, tun6s) = (copies(&tun4), copies(&tun6));
 
     let traffic = |i: usize| dp.service_traffic(&plan[i]);
     let mut rows: Vec<Row> = [
@@ -310,6 +343,10 @@ fn main() -> Result<()> {
         "established TCP flow, IPv6",
         "new TCP flow, IPv4 (Maglev + flow insert)",
         "new TCP flow, IPv6 (Maglev + flow insert)",
+        "established TCP flow, IPv4 tunnel (IPIP)",
+        "established TCP flow, IPv6 tunnel (IP6IP6)",
+        "new TCP flow, IPv4 tunnel (IPIP)",
+        "new TCP flow, IPv6 tunnel (IP6IP6)",
     ]
     .into_iter()
     .map(|name| Row {
@@ -340,10 +377,26 @@ fn main() -> Result<()> {
             );
         }
 
-        for (row, v6, svc) in [(4, false, 0), (5, true, 1)] {
-            let frames: Vec<Vec<u8>> = (0..n).map(|i| new_flow(v6, round, i)).collect();
+        for (row, frames, svc, outer) in [(6, &tun4s, 3, 20), (7, &tun6s, 4, 40)] {
             let before = traffic(svc)?;
-            record(row, loop_ns(prog, &frames, Expect::Forwarded)?);
+            record(row, loop_ns(prog, frames, Expect::Tunnelled(outer))?);
+            let (packets, flows) = delta(traffic(svc)?, before);
+            ensure!(
+                packets == u64::from(n) && flows == 0,
+                "{}: {packets} packets and {flows} new flows counted for {n} established-flow calls",
+                rows[row].name
+            );
+        }
+
+        for (row, v6, svc, vip, expect) in [
+            (4, false, 0, "10.0.0.100", Expect::Forwarded),
+            (5, true, 1, "fd00::100", Expect::Forwarded),
+            (8, false, 3, "10.0.0.150", Expect::Tunnelled(20)),
+            (9, true, 4, "fd00::150", Expect::Tunnelled(40)),
+        ] {
+            let frames: Vec<Vec<u8>> = (0..n).map(|i| new_flow_to(v6, round, i, vip)).collect();
+            let before = traffic(svc)?;
+            record(row, loop_ns(prog, &frames, expect)?);
             let (packets, flows) = delta(traffic(svc)?, before);
             ensure!(
                 packets == u64::from(n) && flows == u64::from(n),
@@ -424,6 +477,11 @@ fn main() -> Result<()> {
                 "  ours / Katran's excess over the floor: established IPv4 {:.2}, new flow IPv4 {:.2} (goal <= 0.5)",
                 ours(2) / (ke - kf),
                 ours(4) / (kn - kf)
+            );
+            println!(
+                "  the same path as Katran's (IPIP), ours / Katran's excess: established {:.2}, new flow {:.2} (goal <= 0.5)",
+                ours(6) / (ke - kf),
+                ours(8) / (kn - kf)
             );
         }
         Ok(None) => println!("Katran anchor not found (../shared/anchors/katran): skipped"),
