@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 4 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<PersistKey>(), 16 + 4);
         assert_eq!(size_of::<Counters>(), 3 * 8);
-        assert_eq!(size_of::<Settings>(), 8 + 6 + 2);
+        assert_eq!(size_of::<Settings>(), 8 + 6 + 2 + 4 + 4 + 16);
         assert_eq!(size_of::<MemberKey>(), 1 + 1 + 16 + 2);
     }
 

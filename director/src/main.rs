@@ -17,6 +17,15 @@ use director::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command-line tool whose reader went away (`director status |
+        // grep -q master`) ends quietly, as Unix tools do, instead of
+        // panicking on the write. Not the daemon: its sockets handle EPIPE.
+        // SAFETY: set before any thread exists; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::CheckConfig { config } => {
             // The error already reads FILE:LINE:COL: problem; print it as is.

@@ -124,7 +124,9 @@ fn hostile_vrrp_traffic_changes_nothing_and_is_counted() -> Result<()> {
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))???;
-    ensure!(sent >= 90_000, "the flood sent only {sent} packets");
+    // Paced at 10,000 a second; a loaded machine sends fewer, and half
+    // of that is still a flood to a VRRP daemon (10 adverts a second).
+    ensure!(sent >= 50_000, "the flood sent only {sent} packets");
     // Not a speed figure (a loaded CI machine takes a while to spawn
     // the CLI): a daemon starved by the flood would not answer at all
     // within the CLI's timeout.

@@ -80,10 +80,14 @@ scheduler = "sh"
 address = "fd00:50::20"
 "#;
 
-const SCRIPT: &str = r#"
+/// The topology both tests share: a LAN (br0) with the client, the
+/// directors `$DIRECTORS` (name:last-byte) and a router, which forwards to
+/// a second subnet (br1, 192.168.50.0/24, fd00:50::/64) with two real
+/// servers holding the VIPs on their tunnel devices (the README's recipe),
+/// each serving its name and a 6 MB file `big` over HTTP.
+const TOPOLOGY: &str = r#"
 wait_for() { i=0; while [ $i -lt $2 ]; do if eval "$1"; then return 0; fi; sleep 1; i=$((i+1)); done; return 1; }
 get() { r=$(ip netns exec client sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $1 80" 2>/dev/null | tail -n 1); case "$r" in rs*) echo "$r";; *) echo FAILED;; esac; }
-st() { /director status --json --state-dir /run/director; }
 lan() { # name v4 v6 (on br0)
   ip netns add $1
   ip link add p-$1 type veth peer name eth0 netns $1
@@ -94,8 +98,14 @@ lan() { # name v4 v6 (on br0)
 ip link add br0 type bridge; ip link set br0 up
 ip link add br1 type bridge; ip link set br1 up
 lan client 10.0.0.2 fd00::2
-lan director 10.0.0.10 fd00::10
 lan router 10.0.0.1 fd00::1
+for d in $DIRECTORS; do
+  name=${d%%:*}; n=${d##*:}
+  lan $name 10.0.0.$n fd00::$n
+  # The servers' subnet via the router.
+  ip -n $name route add 192.168.50.0/24 via 10.0.0.1
+  ip -n $name -6 route add fd00:50::/64 via fd00::1
+done
 ip netns exec client sh -c 'ip route add default via 10.0.0.1; ip -6 route add default via fd00::1'
 # A veth hands its peer whole TSO super-packets and partial checksums; a
 # wire delivers frames of the MTU (the lab's clients do the same).
@@ -107,13 +117,6 @@ ip -n router link set eth1 up
 ip -n router addr add 192.168.50.1/24 dev eth1
 ip -n router addr add fd00:50::1/64 dev eth1 nodad
 ip netns exec router sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding; for i in all default eth0 eth1; do echo 0 > /proc/sys/net/ipv4/conf/$i/rp_filter; done'
-# The director: the VIPs on its LAN interface, the servers' subnet via the router.
-ip -n director addr add 10.0.0.100/32 dev eth0
-# (deprecated, as VRRP adds it: never the source of the director's own
-# connections, such as its health checks)
-ip -n director addr add fd00::100/128 dev eth0 nodad preferred_lft 0
-ip -n director route add 192.168.50.0/24 via 10.0.0.1
-ip -n director -6 route add fd00:50::/64 via fd00::1
 # Real servers in the other subnet: the VIPs on the tunnel devices, which
 # decapsulate what the director sends (the README's recipe).
 for r in rs1:20 rs2:21; do
@@ -132,9 +135,47 @@ for r in rs1:20 rs2:21; do
   ip -n $name addr add fd00::100/128 dev ip6tnl0 nodad
   ip netns exec $name sh -c 'for i in all default tunl0 eth0; do echo 0 > /proc/sys/net/ipv4/conf/$i/rp_filter; done'
   mkdir -p /www/$name; echo $name > /www/$name/index.html
+  dd if=/dev/zero of=/www/$name/big bs=1024 count=6144 2>/dev/null
   /sbin/ip netns exec $name httpd -f -p 80 -h /www/$name &
-  eval "httpd_$name=\$!"
 done
+"#;
+
+/// The modules both tests boot with.
+const MODULES: [&str; 8] = [
+    "veth",
+    "bridge",
+    "crc32c_generic",
+    "tunnel4",
+    "tunnel6",
+    "ip_tunnel",
+    "ipip",
+    "ip6_tunnel",
+];
+
+/// Boots the VM with `directors` on the LAN, `files`, and `body` after the
+/// shared topology; returns the console.
+fn boot(directors: &str, files: &[(&str, String)], body: &str) -> Result<String> {
+    let director = director_bin()?;
+    vm::run(
+        &VmSpec {
+            director: &director,
+            available: &MODULES,
+            boot_modules: &MODULES,
+            script: &format!("DIRECTORS='{directors}'\n{TOPOLOGY}\n{body}"),
+            files,
+            programs: &["/usr/sbin/ethtool"],
+        },
+        Duration::from_secs(300),
+    )
+}
+
+const SCRIPT: &str = r#"
+st() { /director status --json --state-dir /run/director; }
+# The VIPs on the director's LAN interface (the IPv6 one deprecated, as
+# VRRP adds it: never the source of the director's own connections, such
+# as its health checks).
+ip -n director addr add 10.0.0.100/32 dev eth0
+ip -n director addr add fd00::100/128 dev eth0 nodad preferred_lft 0
 for f in 4 6; do printf '#!/bin/sh\ncat > /tmp/up%s\n' $f > /bin/sink$f; chmod +x /bin/sink$f; done
 /sbin/ip netns exec rs1 nc -ll -p 9000 -e /bin/sink4 &
 /sbin/ip netns exec rs1 nc -ll -p 9001 -e /bin/sink6 &
@@ -174,27 +215,10 @@ echo BEGIN dlog; tail -n 80 /tmp/d.log; echo END dlog
 
 #[test]
 fn xdp_tunnel_services_reach_real_servers_in_another_subnet() -> Result<()> {
-    let director = director_bin()?;
-    let modules = [
-        "veth",
-        "bridge",
-        "crc32c_generic",
-        "tunnel4",
-        "tunnel6",
-        "ip_tunnel",
-        "ipip",
-        "ip6_tunnel",
-    ];
-    let out = vm::run(
-        &VmSpec {
-            director: &director,
-            available: &modules,
-            boot_modules: &modules,
-            script: SCRIPT,
-            files: &[("/etc/director.toml", CONFIG.to_string())],
-            programs: &["/usr/sbin/ethtool"],
-        },
-        Duration::from_secs(300),
+    let out = boot(
+        "director:10",
+        &[("/etc/director.toml", CONFIG.to_string())],
+        SCRIPT,
     )?;
     let dlog = vm::section(&out, "dlog");
     let results = vm::results(&out);
@@ -266,5 +290,140 @@ fn xdp_tunnel_services_reach_real_servers_in_another_subnet() -> Result<()> {
         !r.contains("FAILED") && r.contains("rs1") && r.contains("rs2"),
         "{r}\n{dlog}"
     );
+    Ok(())
+}
+
+/// A VRRP pair of directors for a tunnel service (`PRIORITY` and `NAME`
+/// filled in per director).
+const PAIR_CONFIG: &str = r#"[global]
+router_id = "NAME"
+interface = "eth0"
+state_dir = "/run/NAME"
+dataplane = "xdp"
+xdp_mode = "generic"
+
+[[vrrp_instance]]
+name = "VI_1"
+virtual_router_id = 51
+priority = PRIORITY
+version = 3
+advert_int = 0.1
+virtual_ipaddress = ["10.0.0.100/32"]
+
+[[virtual_server]]
+address = "10.0.0.100"
+port = 80
+lb_kind = "tun"
+
+[[virtual_server.real_server]]
+address = "192.168.50.20"
+
+[[virtual_server.real_server]]
+address = "192.168.50.21"
+"#;
+
+const FAILOVER: &str = r#"
+st() { /director status --json --state-dir /run/$1; }
+mac() { ip -n $1 -j link show eth0 | sed 's/.*"address":"\([^"]*\)".*/\1/'; }
+# A client that reads slowly (about 1 MB/s): downloads last a few seconds.
+slow() { while :; do n=$(dd bs=65536 count=1 2>/dev/null | tee -a $1 | wc -c); [ "$n" -eq 0 ] && break; sleep 0.05; done; }
+/sbin/ip netns exec d1 /director run --config /etc/d1.toml > /tmp/d1.log 2>&1 &
+sleep 1
+/sbin/ip netns exec d2 /director run --config /etc/d2.toml > /tmp/d2.log 2>&1 &
+wait_for "ip -n d1 addr show eth0 | grep -q 10.0.0.100 && [ \"\$(get 10.0.0.100)\" != FAILED ]" 60 || echo "RESULT start=timeout"
+wait_for "st d2 | grep -q '\"state\": \"backup\"'" 30 || echo "RESULT backup=timeout"
+echo BEGIN before; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END before
+# Long downloads through d1, then d1's link goes down under them.
+pids=
+for i in 1 2 3 4; do
+  ip netns exec client sh -c "printf 'GET /big HTTP/1.0\r\n\r\n' | nc 10.0.0.100 80" | slow /tmp/dl$i &
+  pids="$pids $!"
+done
+sleep 2
+echo "RESULT during=$(for i in 1 2 3 4; do wc -c < /tmp/dl$i; done | tr '\n' ' ')"
+ip -n d1 link set eth0 down
+wait_for "st d2 | grep -q '\"state\": \"master\"'" 10 || echo "RESULT takeover=timeout"
+wait $pids
+echo "RESULT sizes=$(for i in 1 2 3 4; do wc -c < /tmp/dl$i; done | tr '\n' ' ')"
+echo "RESULT vip_mac=$(ip -n client neigh show 10.0.0.100 | sed 's/.*lladdr \([^ ]*\).*/\1/')"
+echo "RESULT d2_mac=$(mac d2)"
+echo BEGIN after; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END after
+echo BEGIN d2status; st d2; echo; echo END d2status
+echo BEGIN dlog; tail -n 30 /tmp/d2.log; echo END dlog
+"#;
+
+/// Failover with a tunnel service: the master's link goes down under four
+/// long downloads; the backup takes the VIP (the client's neighbour entry
+/// moves to it), places the established flows on the same real servers
+/// (both directors build the same Maglev table) and wraps them on: every
+/// download completes whole, and the new master's counters carry them.
+#[test]
+fn tunnel_flows_survive_a_failover() -> Result<()> {
+    let config = |name: &str, priority: &str| {
+        PAIR_CONFIG
+            .replace("NAME", name)
+            .replace("PRIORITY", priority)
+    };
+    let out = boot(
+        "d1:11 d2:12",
+        &[
+            ("/etc/d1.toml", config("d1", "150")),
+            ("/etc/d2.toml", config("d2", "100")),
+        ],
+        FAILOVER,
+    )?;
+    let dlog = vm::section(&out, "dlog");
+    let results = vm::results(&out);
+    let result = |k: &str| {
+        results
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    ensure!(
+        !results.iter().any(|(k, _)| k == "modprobe_failed"
+            || k == "start"
+            || k == "backup"
+            || k == "takeover"),
+        "{results:?}\n{dlog}"
+    );
+    for s in ["before", "after"] {
+        let r = vm::section(&out, s);
+        ensure!(
+            !r.contains("FAILED") && r.contains("rs1") && r.contains("rs2"),
+            "{s}: {r}\n{dlog}"
+        );
+    }
+    // The downloads were under way at the failover, and all completed.
+    let during: Vec<u64> = result("during")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let body = 6 * 1024 * 1024;
+    ensure!(
+        during.len() == 4 && during.iter().all(|&n| n > 0 && n < body),
+        "not under way at the failover: {during:?}"
+    );
+    let sizes: Vec<u64> = result("sizes")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ensure!(
+        sizes.len() == 4 && sizes.iter().all(|&n| n > body),
+        "downloads broken by the failover: {sizes:?} (body {body})\n{dlog}"
+    );
+    // The takeover is real: the client sends to d2, d2 forwards.
+    ensure!(
+        !result("d2_mac").is_empty() && result("vip_mac") == result("d2_mac"),
+        "the client's entry for the VIP: {} (d2 {})",
+        result("vip_mac"),
+        result("d2_mac")
+    );
+    let status: serde_json::Value = serde_json::from_str(vm::section(&out, "d2status").trim())?;
+    let packets = status["virtual_servers"][0]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(packets > 100, "d2 forwarded {packets} packets\n{status}");
     Ok(())
 }
