@@ -181,13 +181,14 @@ for f in 4 6; do printf '#!/bin/sh\ncat > /tmp/up%s\n' $f > /bin/sink$f; chmod +
 /sbin/ip netns exec rs1 nc -ll -p 9001 -e /bin/sink6 &
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
 wait_for '[ "$(get 10.0.0.100)" != FAILED ] && [ "$(get fd00::100)" != FAILED ]' 60 || echo "RESULT start=timeout"
-echo BEGIN req4; for i in 1 2 3 4 5 6 7 8; do get 10.0.0.100; done; echo END req4
-echo BEGIN req6; for i in 1 2 3 4 5 6 7 8; do get fd00::100; done; echo END req6
+echo BEGIN req4; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get 10.0.0.100; done; echo END req4
+echo BEGIN req6; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get fd00::100; done; echo END req6
 echo BEGIN status; st; echo; echo END status
 echo BEGIN routermac; ip -n router -j link show eth0; echo END routermac
 # Path MTU: 300 kB of full-size segments; the client must learn 1480 / 1460.
-ip netns exec client sh -c 'dd if=/dev/zero bs=1000 count=300 2>/dev/null | nc -w 3 10.0.0.100 9000'
-ip netns exec client sh -c 'dd if=/dev/zero bs=1000 count=300 2>/dev/null | nc -w 3 fd00::100 9001'
+# (cut at 30 s: without path MTU discovery the upload stalls)
+timeout 30 /sbin/ip netns exec client sh -c 'dd if=/dev/zero bs=1000 count=300 2>/dev/null | nc -w 3 10.0.0.100 9000'
+timeout 30 /sbin/ip netns exec client sh -c 'dd if=/dev/zero bs=1000 count=300 2>/dev/null | nc -w 3 fd00::100 9001'
 sleep 1
 echo "RESULT up4=$(wc -c < /tmp/up4)"
 echo "RESULT up6=$(wc -c < /tmp/up6)"
@@ -209,7 +210,7 @@ wait_for "[ \$(st | grep -o '\"mac\": null' | wc -l) -ge 2 ]" 20 || echo "RESULT
 echo BEGIN unrouted; st; echo; echo END unrouted
 ip -n director route add 192.168.50.0/24 via 10.0.0.1
 wait_for '[ "$(get 10.0.0.100)" != FAILED ]' 20 || echo "RESULT rerouted=timeout"
-echo BEGIN req4back; for i in 1 2 3 4 5 6 7 8; do get 10.0.0.100; done; echo END req4back
+echo BEGIN req4back; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get 10.0.0.100; done; echo END req4back
 echo BEGIN dlog; tail -n 80 /tmp/d.log; echo END dlog
 "#;
 
@@ -332,7 +333,7 @@ sleep 1
 /sbin/ip netns exec d2 /director run --config /etc/d2.toml > /tmp/d2.log 2>&1 &
 wait_for "ip -n d1 addr show eth0 | grep -q 10.0.0.100 && [ \"\$(get 10.0.0.100)\" != FAILED ]" 60 || echo "RESULT start=timeout"
 wait_for "st d2 | grep -q '\"state\": \"backup\"'" 30 || echo "RESULT backup=timeout"
-echo BEGIN before; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END before
+echo BEGIN before; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get 10.0.0.100; done; echo END before
 # Long downloads through d1, then d1's link goes down under them.
 pids=
 for i in 1 2 3 4; do
@@ -343,11 +344,13 @@ sleep 2
 echo "RESULT during=$(for i in 1 2 3 4; do wc -c < /tmp/dl$i; done | tr '\n' ' ')"
 ip -n d1 link set eth0 down
 wait_for "st d2 | grep -q '\"state\": \"master\"'" 10 || echo "RESULT takeover=timeout"
+# (cut at 60 s: a failover that breaks them leaves them hanging)
+( sleep 60; kill $pids 2>/dev/null ) &
 wait $pids
 echo "RESULT sizes=$(for i in 1 2 3 4; do wc -c < /tmp/dl$i; done | tr '\n' ' ')"
 echo "RESULT vip_mac=$(ip -n client neigh show 10.0.0.100 | sed 's/.*lladdr \([^ ]*\).*/\1/')"
 echo "RESULT d2_mac=$(mac d2)"
-echo BEGIN after; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END after
+echo BEGIN after; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get 10.0.0.100; done; echo END after
 echo BEGIN d2status; st d2; echo; echo END d2status
 echo BEGIN dlog; tail -n 30 /tmp/d2.log; echo END dlog
 "#;
