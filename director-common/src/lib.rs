@@ -76,8 +76,15 @@ pub const PROG_DIRECTOR: &str = "director";
 pub const PROG_FLOOR: &str = "floor";
 /// Name of the group-member trie ([`MemberKey`]).
 pub const MAP_MEMBERS: &str = "MEMBERS";
+/// Name of the virtual-MAC set: MACs (padded to 8 bytes) of the VRRP
+/// instances with `use_vmac` this director is master of; frames addressed
+/// to them are forwarded like frames addressed to the interface.
+pub const MAP_VMACS: &str = "VMACS";
+/// Entries of the virtual-MAC set.
+pub const MAX_VMACS: u32 = 64;
 /// Every map the program pins (and the daemon adopts after a restart).
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
+    MAP_VMACS,
     MAP_MEMBERS,
     MAP_VIP_FILTER,
     MAP_SERVICES,

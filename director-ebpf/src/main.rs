@@ -42,7 +42,7 @@ use director_common::{
     BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey,
     FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES,
     MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS,
-    MAX_SERVICES, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT,
+    MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT,
     SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash,
     fmix32, fold_addr, source_hash, vip_bucket,
 };
@@ -84,6 +84,10 @@ static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Virtual MACs (`use_vmac`) of the VRRP instances we are master of.
+#[map(name = "VMACS")]
+static VMACS: HashMap<[u8; 8], u8> = HashMap::with_max_entries(MAX_VMACS, 0);
 
 const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -195,6 +199,8 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     let dst_mac: [u8; 6] = read(ctx, 0)?;
     match SETTINGS.get(0) {
         Some(s) if s.mac == dst_mac => {}
+        // A VRRP virtual MAC (00:00:5e:00:01:VRID) we are master of.
+        Some(_) if is_our_vmac(&dst_mac) => {}
         _ => return Err(Pass),
     }
     let v6 = packet.key.flags & FLOW_V6 != 0;
@@ -229,6 +235,18 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     } else {
         Err(Pass)
     }
+}
+
+/// A VRRP virtual MAC (RFC 5798's IPv4 prefix) in the set the daemon keeps
+/// while master: one prefix comparison, and a lookup only for such frames.
+#[inline(always)]
+fn is_our_vmac(mac: &[u8; 6]) -> bool {
+    if mac[..5] != [0x00, 0x00, 0x5e, 0x00, 0x01] {
+        return false;
+    }
+    let key = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0];
+    // SAFETY: only whether the key is there is read.
+    unsafe { VMACS.get(&key) }.is_some()
 }
 
 #[inline(always)]

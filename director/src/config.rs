@@ -246,6 +246,16 @@ pub struct VrrpInstance {
     /// the instance in Fault, as keepalived does).
     #[serde(default)]
     pub dont_track_primary: bool,
+    /// keepalived's `use_vmac [NAME]`: the virtual addresses live on a
+    /// macvlan interface with the virtual router's MAC (RFC 5798:
+    /// 00:00:5e:00:01:VRID), so a failover changes no client's ARP cache.
+    /// `true` names it `vrrp.VRID`; a string names it.
+    #[serde(default)]
+    pub use_vmac: Option<UseVmac>,
+    /// keepalived's `vmac_xmit_base`: adverts leave from the base
+    /// interface (its MAC) rather than from the virtual MAC.
+    #[serde(default)]
+    pub vmac_xmit_base: bool,
     /// `[[vrrp_script]]` names (or `{ name, weight }`) that adjust
     /// priority or force Fault.
     #[serde(default)]
@@ -445,6 +455,20 @@ impl VrrpInstance {
     }
 
     /// Whether the instance runs over IPv6.
+    /// The virtual-MAC interface's name, when `use_vmac` is on.
+    pub fn vmac_name(&self) -> Option<String> {
+        match &self.use_vmac {
+            Some(UseVmac::On(true)) => Some(format!("vrrp.{}", self.virtual_router_id)),
+            Some(UseVmac::Named(n)) => Some(n.clone()),
+            Some(UseVmac::On(false)) | None => None,
+        }
+    }
+
+    /// The virtual router's MAC (RFC 5798 section 7.3, IPv4).
+    pub fn vmac(&self) -> [u8; 6] {
+        [0x00, 0x00, 0x5e, 0x00, 0x01, self.virtual_router_id]
+    }
+
     pub fn is_ipv6(&self) -> bool {
         self.addresses()
             .first()
@@ -878,6 +902,15 @@ impl fmt::Display for Protocol {
             Protocol::Udp => "udp",
         })
     }
+}
+
+/// `use_vmac`: on (`true`, named `vrrp.VRID`), off, or the interface's
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UseVmac {
+    On(bool),
+    Named(String),
 }
 
 /// `inet` or `inet6` (a `fwmark` service's family).
@@ -2026,6 +2059,36 @@ impl Config {
             }
             if v.priority == 0 {
                 return Err(problem(at("priority"), "must be between 1 and 255"));
+            }
+            if let Some(name) = v.vmac_name() {
+                if v.is_ipv6() {
+                    return Err(problem(
+                        at("use_vmac"),
+                        "virtual MACs are supported for IPv4 instances (an IPv6 instance keeps the interface's MAC and announces moves with unsolicited NAs)",
+                    ));
+                }
+                if name.is_empty()
+                    || name.len() > 15
+                    || name.contains(['/', ' ', ':'])
+                    || name == "."
+                    || name == ".."
+                {
+                    return Err(problem(
+                        at("use_vmac"),
+                        format!(
+                            "`{name}` is not an interface name (1-15 characters, no `/`, `:` or spaces)"
+                        ),
+                    ));
+                }
+                let clash = self.vrrp_instance[..i]
+                    .iter()
+                    .any(|o| o.vmac_name().as_deref() == Some(name.as_str()));
+                if clash {
+                    return Err(problem(
+                        at("use_vmac"),
+                        format!("interface `{name}` is another instance's virtual MAC interface"),
+                    ));
+                }
             }
             match v.version {
                 2 => {

@@ -1025,7 +1025,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             Some(pins)
         }
     };
-    let dataplane = Dataplane::open(
+    let mut dataplane = Dataplane::open(
         g.dataplane,
         &XdpOptions {
             interface: g.interface.clone(),
@@ -1057,7 +1057,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     });
     checks.update(health::all_specs(&config));
     let board = checks.board();
-    let vrrp = Vrrp::start(&config)?;
+    let vrrp = Vrrp::start_with(&config, dataplane.vmac_hook())?;
     // Flow-table sharing with peer directors.
     let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
         Some(fs) if dataplane.name() == "xdp" => {

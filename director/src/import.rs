@@ -925,6 +925,7 @@ impl Translator {
         let mut t = Table::new();
         t.insert("name".into(), string(name));
         let mut addresses = Vec::new();
+        let mut vmac: Option<&Node> = None;
         for c in n.children.iter().flatten() {
             let simple: Option<(&str, Conv)> = match c.keyword.as_str() {
                 "interface" => Some(("interface", |a| Some(string(a)))),
@@ -1061,8 +1062,10 @@ impl Translator {
                     }
                     t.insert(c.keyword.clone(), Value::Array(lines));
                 }
-                "use_vmac" | "vmac_xmit_base" => {
-                    self.warn(c, "VMACs are not supported: the interface's MAC is used")
+                // Decided once the addresses are known (IPv4 only).
+                "use_vmac" => vmac = Some(c),
+                "vmac_xmit_base" => {
+                    t.insert("vmac_xmit_base".into(), Value::Boolean(true));
                 }
                 "dont_track_primary" => {
                     t.insert("dont_track_primary".into(), Value::Boolean(true));
@@ -1070,6 +1073,24 @@ impl Translator {
                 "smtp_alert" => self.warn(c, "director sends no mail"),
                 "native_ipv6" => {}
                 _ => self.warn(c, no_equivalent(&c.keyword)),
+            }
+        }
+        if let Some(c) = vmac {
+            let v6 = addresses
+                .first()
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.contains(':'));
+            if v6 {
+                self.warn(
+                    c,
+                    "virtual MACs are supported for IPv4 instances: the interface's MAC is used (moves are announced with unsolicited NAs)",
+                );
+            } else {
+                let value = match c.args.first() {
+                    Some(name) => string(name),
+                    None => Value::Boolean(true),
+                };
+                t.insert("use_vmac".into(), value);
             }
         }
         if !addresses.is_empty() {
@@ -1791,6 +1812,29 @@ mod tests {
                 .any(|n| n.contains("b.conf:2: note: `lb_algo wrr` kept"))
         );
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn virtual_macs_come_across_for_ipv4() {
+        let text = "vrrp_instance A {\n  interface eth0\n  virtual_router_id 51\n  use_vmac\n  vmac_xmit_base\n  virtual_ipaddress {\n    10.0.0.100\n  }\n}\n\
+vrrp_instance B {\n  interface eth0\n  virtual_router_id 52\n  use_vmac vm52\n  virtual_ipaddress {\n    10.0.0.101\n  }\n}\n\
+vrrp_instance C {\n  interface eth0\n  virtual_router_id 53\n  use_vmac\n  virtual_ipaddress {\n    fd00::100\n  }\n}\n";
+        let imp = import_text(Path::new("k.conf"), text).expect("import");
+        let cfg: Table = toml::from_str(&imp.toml).expect("valid TOML");
+        let vi = &cfg["vrrp_instance"];
+        assert_eq!(vi[0]["use_vmac"].as_bool(), Some(true));
+        assert_eq!(vi[0]["vmac_xmit_base"].as_bool(), Some(true));
+        assert_eq!(vi[1]["use_vmac"].as_str(), Some("vm52"));
+        assert!(vi[2].get("use_vmac").is_none());
+        let lines: Vec<String> = imp.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("k.conf:21:") && l.contains("IPv4 instances")),
+            "{lines:#?}"
+        );
+        crate::config::Config::parse(Path::new("imported.toml"), &imp.toml)
+            .expect("passes check-config");
     }
 
     #[test]

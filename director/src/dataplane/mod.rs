@@ -169,6 +169,16 @@ impl Dataplane {
         }
     }
 
+    /// What VRRP calls when a virtual MAC (`use_vmac`) becomes ours or
+    /// stops being ours: the XDP program then accepts frames addressed to
+    /// it. (IPVS needs nothing: the macvlan holding the VIP delivers them.)
+    pub fn vmac_hook(&mut self) -> Option<crate::vrrp::instance::VmacHook> {
+        match self {
+            Dataplane::Xdp(d) => d.vmac_hook(),
+            Dataplane::Ipvs(_) => None,
+        }
+    }
+
     /// MACs a previous run forwarded to (XDP's pinned maps).
     pub fn known_macs(&self) -> Vec<(IpAddr, Mac)> {
         match self {

@@ -117,6 +117,8 @@ pub struct Vrrp {
     interface: String,
     tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
+    /// Told when a virtual MAC becomes ours or stops being ours.
+    vmac_hook: Option<VmacHook>,
 }
 
 /// What instances track by name (`[[vrrp_script]]`, `[[track_file]]`,
@@ -197,11 +199,23 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     }))
 }
 
+/// Told when a virtual MAC (`use_vmac`) becomes ours (`true`: we are
+/// master) or stops being ours: the XDP dataplane accepts frames addressed
+/// to it only meanwhile, so a backup never forwards what a switch floods.
+pub type VmacHook = Arc<dyn Fn([u8; 6], bool) + Send + Sync>;
+
 impl Vrrp {
     /// Starts every `[[vrrp_instance]]` on a dedicated thread. Returns once
     /// each instance has its socket (or the first error).
     pub fn start(config: &Config) -> Result<Vrrp, VrrpError> {
+        Self::start_with(config, None)
+    }
+
+    /// [`Vrrp::start`], telling `vmac_hook` when a virtual MAC becomes ours
+    /// or stops being ours.
+    pub fn start_with(config: &Config, vmac_hook: Option<VmacHook>) -> Result<Vrrp, VrrpError> {
         let mut vrrp = Vrrp {
+            vmac_hook: vmac_hook.clone(),
             quorum: QuorumBoard::default(),
             instances: Vec::new(),
             start_tx: None,
@@ -225,7 +239,9 @@ impl Vrrp {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(run_all(tracks, groups, quorum, start_rx)),
+                    Ok(runtime) => {
+                        runtime.block_on(run_all(tracks, groups, quorum, vmac_hook, start_rx))
+                    }
                     Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
                 }
             })
@@ -295,7 +311,7 @@ impl Vrrp {
         self.check_reconfigure(config)?;
         if self.start_tx.is_none() && !config.vrrp_instance.is_empty() {
             // No VRRP thread yet: start one as `start` would.
-            let started = Vrrp::start(config)?;
+            let started = Vrrp::start_with(config, self.vmac_hook.clone())?;
             let old = std::mem::replace(self, started);
             old.stop().await;
             return Ok(());
@@ -429,6 +445,7 @@ async fn run_all(
     tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
     quorum: QuorumBoard,
+    vmac_hook: Option<VmacHook>,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
     track::init_files(&tracks.files);
@@ -437,7 +454,12 @@ async fn run_all(
         processes: track::start_processes(&tracks.processes),
         files: track::start_files(&tracks.files),
     };
-    let notifier = Notifier::start();
+    let shared = Shared {
+        trackers,
+        notifier: Notifier::start(),
+        quorum,
+        vmac_hook,
+    };
     type GroupShared = (
         VrrpSyncGroup,
         broadcast::Sender<(String, State)>,
@@ -458,17 +480,7 @@ async fn run_all(
                 tx: tx.clone(),
                 priorities: priorities.clone(),
             });
-        match Runner::open(
-            cmd.inst,
-            cmd.iface,
-            cmd.status,
-            &trackers,
-            notifier.clone(),
-            group,
-            quorum.clone(),
-        )
-        .await
-        {
+        match Runner::open(cmd.inst, cmd.iface, cmd.status, &shared, group).await {
             Ok(runner) => {
                 tasks.push(tokio::spawn(runner.run(cmd.commands)));
                 let _ = cmd.ready.send(Ok(()));
@@ -521,12 +533,18 @@ async fn open_when_usable(
     ifindex: u32,
     src: IpAddr,
     multicast: bool,
+    on_vmac: bool,
 ) -> Result<VrrpSocket, NetError> {
     const DAD_WAIT: Duration = Duration::from_secs(10);
     let started = Instant::now();
     let mut said = false;
     loop {
-        match VrrpSocket::open(iface, ifindex, src, multicast) {
+        let opened = if on_vmac {
+            VrrpSocket::open_on_device(iface, ifindex, src, multicast)
+        } else {
+            VrrpSocket::open(iface, ifindex, src, multicast)
+        };
+        match opened {
             Err(NetError::Io { source, .. })
                 if src.is_ipv6()
                     && source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
@@ -602,6 +620,17 @@ struct Runner {
     /// When each drop reason was last logged (one line per reason per
     /// DROP_LOG_EVERY, however many packets a flood brings).
     drop_logged: BTreeMap<Reject, std::time::Instant>,
+    /// The virtual-MAC interface (`use_vmac`): name and index.
+    vmac: Option<(String, u32)>,
+    vmac_hook: Option<VmacHook>,
+}
+
+/// What every instance of the VRRP thread shares.
+struct Shared {
+    trackers: Trackers,
+    notifier: Notifier,
+    quorum: QuorumBoard,
+    vmac_hook: Option<VmacHook>,
 }
 
 impl Runner {
@@ -609,11 +638,13 @@ impl Runner {
         cfg: VrrpInstance,
         iface: String,
         status: Arc<Mutex<InstanceStatus>>,
-        trackers: &Trackers,
-        notifier: Notifier,
+        shared: &Shared,
         group: Option<SyncGroup>,
-        quorum: QuorumBoard,
     ) -> Result<Runner, VrrpError> {
+        let trackers = &shared.trackers;
+        let notifier = shared.notifier.clone();
+        let quorum = shared.quorum.clone();
+        let vmac_hook = shared.vmac_hook.clone();
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
             .await
@@ -641,12 +672,46 @@ impl Runner {
                 })?
                 .ok_or_else(|| VrrpError::NoSource(name.clone()))?,
         };
-        let socket = open_when_usable(&name, &iface, link.index, src, cfg.unicast_peer.is_empty())
-            .await
-            .map_err(|source| VrrpError::Net {
-                name: name.clone(),
-                source,
-            })?;
+        // The virtual-MAC interface (`use_vmac`): the addresses go there,
+        // announcements and (unless vmac_xmit_base) adverts leave from it.
+        let vmac = match cfg.vmac_name() {
+            Some(vname) => {
+                let index = net::create_vmac(
+                    &handle,
+                    &vname,
+                    link.index,
+                    crate::neighbor::Mac(cfg.vmac()),
+                )
+                .await
+                .map_err(|source| VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                })?;
+                info!(instance = %name, interface = %vname, vmac = %crate::neighbor::Mac(cfg.vmac()), "virtual MAC interface ready");
+                Some((vname, index))
+            }
+            None => None,
+        };
+        // Adverts from the virtual MAC are also received there: a frame
+        // whose source MAC is a local macvlan's is handed to that macvlan
+        // only, never to the base interface.
+        let (sock_iface, sock_index, on_vmac) = match &vmac {
+            Some((n, i)) if !cfg.vmac_xmit_base => (n.as_str(), *i, true),
+            _ => (iface.as_str(), link.index, false),
+        };
+        let socket = open_when_usable(
+            &name,
+            sock_iface,
+            sock_index,
+            src,
+            cfg.unicast_peer.is_empty(),
+            on_vmac,
+        )
+        .await
+        .map_err(|source| VrrpError::Net {
+            name: name.clone(),
+            source,
+        })?;
         let mut paths = Vec::new();
         for h in &cfg.heartbeat {
             let net_err = |source| VrrpError::Net {
@@ -670,13 +735,19 @@ impl Runner {
                         VrrpError::NoSource(format!("{name} (heartbeat {})", h.interface))
                     })?,
             };
-            let socket =
-                open_when_usable(&name, &h.interface, index, src, h.unicast_peer.is_empty())
-                    .await
-                    .map_err(|source| VrrpError::Net {
-                        name: name.clone(),
-                        source,
-                    })?;
+            let socket = open_when_usable(
+                &name,
+                &h.interface,
+                index,
+                src,
+                h.unicast_peer.is_empty(),
+                false,
+            )
+            .await
+            .map_err(|source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            })?;
             info!(instance = %name, interface = %h.interface, source = %src, "VRRP heartbeat path");
             paths.push(HbPath {
                 socket,
@@ -689,13 +760,16 @@ impl Runner {
             .iter()
             .map(|g| start_gateway(&name, g.clone()))
             .collect();
-        let announcer =
-            net::Announcer::open(&iface, link.index, link.mac, v6).map_err(|source| {
-                VrrpError::Net {
-                    name: name.clone(),
-                    source,
-                }
-            })?;
+        let announcer = match &vmac {
+            Some((vname, index)) => {
+                net::Announcer::open(vname, *index, crate::neighbor::Mac(cfg.vmac()), v6)
+            }
+            None => net::Announcer::open(&iface, link.index, link.mac, v6),
+        }
+        .map_err(|source| VrrpError::Net {
+            name: name.clone(),
+            source,
+        })?;
         let machine = Machine::new(Params {
             version: cfg.version,
             priority: cfg.priority,
@@ -748,8 +822,24 @@ impl Runner {
             garp_bursts_left: 0,
             last_advert: None,
             drop_logged: BTreeMap::new(),
+            vmac,
+            vmac_hook,
             cfg,
         })
+    }
+
+    /// Where the virtual addresses go: the virtual-MAC interface, or ours.
+    fn address_ifindex(&self) -> u32 {
+        self.vmac.as_ref().map_or(self.ifindex, |(_, i)| *i)
+    }
+
+    /// Tells the dataplane whether our virtual MAC is ours now.
+    fn own_vmac(&self, ours: bool) {
+        if self.vmac.is_some()
+            && let Some(hook) = &self.vmac_hook
+        {
+            hook(self.cfg.vmac(), ours);
+        }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -789,6 +879,12 @@ impl Runner {
                     };
                     let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
                     self.perform(actions).await;
+                    // The virtual-MAC interface goes with the instance.
+                    if let Some((vname, _)) = &self.vmac
+                        && let Err(e) = net::delete_vmac(&self.handle, vname).await
+                    {
+                        warn!(instance = %self.cfg.name, interface = %vname, error = %e, "cannot remove the virtual MAC interface");
+                    }
                     self.notify("STOP");
                     if let Some(done) = done {
                         let _ = done.send(());
@@ -964,12 +1060,31 @@ impl Runner {
         };
         let name = self.cfg.name.clone();
         if now.index != old.index {
-            let socket = VrrpSocket::open(
-                &self.iface,
-                now.index,
-                self.socket.source(),
-                self.cfg.unicast_peer.is_empty(),
-            );
+            // A virtual-MAC interface went with the old one.
+            if let Some((vname, _)) = self.vmac.clone() {
+                let mac = crate::neighbor::Mac(self.cfg.vmac());
+                match net::create_vmac(&self.handle, &vname, now.index, mac).await {
+                    Ok(i) => self.vmac = Some((vname, i)),
+                    Err(e) => {
+                        debug!(instance = %name, error = %e, "virtual MAC interface not re-created yet");
+                        return;
+                    }
+                }
+            }
+            let socket = match &self.vmac {
+                Some((n, i)) if !self.cfg.vmac_xmit_base => VrrpSocket::open_on_device(
+                    n,
+                    *i,
+                    self.socket.source(),
+                    self.cfg.unicast_peer.is_empty(),
+                ),
+                _ => VrrpSocket::open(
+                    &self.iface,
+                    now.index,
+                    self.socket.source(),
+                    self.cfg.unicast_peer.is_empty(),
+                ),
+            };
             match socket {
                 Ok(s) => self.socket = s,
                 Err(e) => {
@@ -980,7 +1095,16 @@ impl Runner {
                 }
             }
         }
-        match net::Announcer::open(&self.iface, now.index, now.mac, self.cfg.is_ipv6()) {
+        let announcer = match &self.vmac {
+            Some((vname, index)) => net::Announcer::open(
+                vname,
+                *index,
+                crate::neighbor::Mac(self.cfg.vmac()),
+                self.cfg.is_ipv6(),
+            ),
+            None => net::Announcer::open(&self.iface, now.index, now.mac, self.cfg.is_ipv6()),
+        };
+        match announcer {
             Ok(a) => self.announcer = a,
             Err(e) => {
                 debug!(instance = %name, error = %e, "announcer not reopened yet");
@@ -1238,8 +1362,12 @@ impl Runner {
             match action {
                 Action::SendAdvert(priority) => self.send_advert(priority),
                 Action::AddAddresses => {
+                    // Frames to the virtual MAC are ours before anyone is
+                    // told the addresses moved.
+                    self.own_vmac(true);
+                    let index = self.address_ifindex();
                     for a in self.vips.clone() {
-                        if let Err(e) = net::add_address(&self.handle, self.ifindex, a).await {
+                        if let Err(e) = net::add_address(&self.handle, index, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
                     }
@@ -1255,8 +1383,10 @@ impl Runner {
                 Action::RemoveAddresses => {
                     self.garp_at = None;
                     self.remove_routes().await;
+                    self.own_vmac(false);
+                    let index = self.address_ifindex();
                     for a in self.vips.clone() {
-                        if let Err(e) = net::remove_address(&self.handle, self.ifindex, a).await {
+                        if let Err(e) = net::remove_address(&self.handle, index, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
                         }
                     }

@@ -99,7 +99,19 @@ impl VrrpSocket {
         src: IpAddr,
         multicast: bool,
     ) -> Result<VrrpSocket, NetError> {
-        Self::build(interface, ifindex, src, multicast, true)
+        Self::build(interface, ifindex, src, multicast, true, false)
+    }
+
+    /// [`VrrpSocket::open`] on an interface that does not hold `src` (the
+    /// virtual-MAC interface, so adverts carry the virtual MAC): the bound
+    /// device, not the source address, picks the way out.
+    pub fn open_on_device(
+        interface: &str,
+        ifindex: u32,
+        src: IpAddr,
+        multicast: bool,
+    ) -> Result<VrrpSocket, NetError> {
+        Self::build(interface, ifindex, src, multicast, true, true)
     }
 
     /// A receive-only socket for watching a link's adverts (multicast group
@@ -110,7 +122,7 @@ impl VrrpSocket {
         } else {
             Ipv4Addr::UNSPECIFIED.into()
         };
-        Self::build(interface, ifindex, any, true, false)
+        Self::build(interface, ifindex, any, true, false, false)
     }
 
     /// The receive socket (joined to the group when `join`) and the send
@@ -121,9 +133,10 @@ impl VrrpSocket {
         src: IpAddr,
         join: bool,
         bind_tx: bool,
+        by_device: bool,
     ) -> Result<VrrpSocket, NetError> {
-        let tx = Self::raw(interface, ifindex, src, false, bind_tx, false)?;
-        let rx = Self::raw(interface, ifindex, src, join, false, true)?;
+        let tx = Self::raw(interface, ifindex, src, false, bind_tx, false, !by_device)?;
+        let rx = Self::raw(interface, ifindex, src, join, false, true, !by_device)?;
         rx.set_nonblocking(true).map_err(io_err("non-blocking"))?;
         // SAFETY: the socket is owned by the AsyncFd and closed only with it.
         let fd = unsafe { AsyncFd::register_with_interest(rx, Interest::READABLE) }
@@ -144,6 +157,7 @@ impl VrrpSocket {
         join: bool,
         bind: bool,
         receive: bool,
+        multicast_if: bool,
     ) -> Result<Socket, NetError> {
         let multicast = join;
         let v6 = src.is_ipv6();
@@ -191,8 +205,10 @@ impl VrrpSocket {
             s.set_multicast_loop_v4(false)
                 .map_err(io_err("multicast loop"))?;
             let IpAddr::V4(a) = src else { unreachable!() };
-            s.set_multicast_if_v4(&a)
-                .map_err(io_err("multicast interface"))?;
+            if multicast_if {
+                s.set_multicast_if_v4(&a)
+                    .map_err(io_err("multicast interface"))?;
+            }
             if multicast {
                 s.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(ifindex))
                     .map_err(io_err("joining 224.0.0.18"))?;
@@ -432,6 +448,90 @@ pub async fn remove_address(
         Ok(()) => Ok(()),
         // EADDRNOTAVAIL: not there.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the virtual-MAC interface `name` (a private-mode macvlan on
+/// `base` with `mac`, as keepalived's `use_vmac`), replacing one a previous
+/// daemon left; returns its index. Before it comes up, IPv6 is turned off
+/// on it (no link-local address, no neighbour discovery or MLD from the
+/// virtual MAC: on a backup that would pull the MAC's traffic to it), and
+/// the base answers ARP only for its own addresses (`arp_ignore = 1`): else
+/// it would answer for the VIP with its own MAC.
+pub async fn create_vmac(
+    handle: &rtnetlink::Handle,
+    name: &str,
+    base: u32,
+    mac: Mac,
+) -> Result<u32, NetError> {
+    delete_vmac(handle, name).await?;
+    let msg =
+        rtnetlink::LinkMacVlan::new(name, base, netlink_packet_route::link::MacVlanMode::Private)
+            .address(mac.0.to_vec())
+            .build();
+    handle.link().add(msg).execute().await?;
+    let index = link_index(handle, name)
+        .await?
+        .ok_or_else(|| NetError::NoAddress(name.to_string(), "link"))?;
+    let sysctl = |path: String, value: &str| {
+        std::fs::write(&path, value).map_err(io_err(format!("writing {path}")))
+    };
+    // (A kernel without IPv6 has no such file: nothing to turn off.)
+    let v6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if std::path::Path::new(&v6).exists() {
+        sysctl(v6, "1")?;
+    }
+    if let Some(base_name) = link_name(handle, base).await? {
+        let path = format!("/proc/sys/net/ipv4/conf/{base_name}/arp_ignore");
+        if std::fs::read_to_string(&path)
+            .map(|v| v.trim() == "0")
+            .unwrap_or(false)
+        {
+            sysctl(path, "1")?;
+        }
+    }
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await?;
+    Ok(index)
+}
+
+/// Removes the virtual-MAC interface `name` (nothing when it is gone).
+pub async fn delete_vmac(handle: &rtnetlink::Handle, name: &str) -> Result<(), NetError> {
+    if let Some(index) = link_index(handle, name).await? {
+        match handle.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The index of the interface `name`, if there is one.
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV for an unknown name.
+        Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The name of the interface with index `index`.
+async fn link_name(handle: &rtnetlink::Handle, index: u32) -> Result<Option<String>, NetError> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.attributes.iter().find_map(|a| match a {
+            netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })),
+        Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

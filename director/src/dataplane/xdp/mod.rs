@@ -261,6 +261,41 @@ impl XdpDataplane {
     }
 
     /// Loads the program without attaching it, for BPF_PROG_TEST_RUN.
+    /// The hook VRRP calls when a virtual MAC becomes ours (inserted in
+    /// the program's set) or stops being ours (removed). The set is taken
+    /// out of the object and shared with the hook (the program keeps its
+    /// own reference); `None` when it was taken already.
+    pub fn vmac_hook(&mut self) -> Option<crate::vrrp::instance::VmacHook> {
+        let map = self.ebpf.take_map(director_common::MAP_VMACS)?;
+        let set: aya::maps::HashMap<aya::maps::MapData, [u8; 8], u8> =
+            aya::maps::HashMap::try_from(map).ok()?;
+        let set = std::sync::Mutex::new(set);
+        // A restarted daemon starts with no instance master.
+        if let Ok(mut s) = set.lock() {
+            let keys: Vec<[u8; 8]> = s.keys().flatten().collect();
+            for k in keys {
+                let _ = s.remove(&k);
+            }
+        }
+        Some(std::sync::Arc::new(move |mac: [u8; 6], ours: bool| {
+            let key = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0];
+            let Ok(mut s) = set.lock() else {
+                return;
+            };
+            let result = if ours {
+                s.insert(key, 1, 0)
+            } else {
+                match s.remove(&key) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    other => other,
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(vmac = %crate::neighbor::Mac(mac), error = %e, "cannot update the dataplane's virtual MACs");
+            }
+        }))
+    }
+
     pub fn load_for_test() -> Result<XdpDataplane, XdpError> {
         let mut ebpf = load(None)?;
         // Keep the log ring buffer alive (it must outlive the program load);
