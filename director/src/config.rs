@@ -53,6 +53,60 @@ pub struct Config {
     /// `[[track_process]]`: processes that must run.
     #[serde(default)]
     pub track_process: Vec<TrackProcess>,
+    /// `[[bfd_instance]]`: BFD sessions (RFC 5880/5881) to neighbours.
+    #[serde(default)]
+    pub bfd_instance: Vec<BfdInstance>,
+}
+
+/// keepalived's `bfd_instance`: a single-hop BFD session (RFC 5880
+/// asynchronous mode, RFC 5881) to `neighbor_ip`. Intervals in
+/// milliseconds, as keepalived.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdInstance {
+    pub name: String,
+    pub neighbor_ip: IpAddr,
+    /// Our address for the session (default: what the kernel picks).
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
+    /// Required Min RX Interval, ms.
+    #[serde(default = "bfd_interval")]
+    pub min_rx: u32,
+    /// Desired Min TX Interval while Up, ms.
+    #[serde(default = "bfd_interval")]
+    pub min_tx: u32,
+    /// Desired Min TX Interval while not Up, ms.
+    #[serde(default = "bfd_idle_tx")]
+    pub idle_tx: u32,
+    /// Detect Mult: packets missed before the session goes down.
+    #[serde(default = "bfd_multiplier")]
+    pub multiplier: u8,
+    /// Wait for the neighbour to speak first.
+    #[serde(default)]
+    pub passive: bool,
+    /// TTL sent, and the least accepted (255: single hop, RFC 5881).
+    #[serde(default = "bfd_ttl")]
+    pub ttl: u8,
+    /// For `track_bfd` entries that give none: 0 (session down: Fault),
+    /// < 0 subtracted while down, > 0 added while up.
+    #[serde(default)]
+    pub weight: i32,
+}
+
+fn bfd_interval() -> u32 {
+    10
+}
+
+fn bfd_idle_tx() -> u32 {
+    1000
+}
+
+fn bfd_multiplier() -> u8 {
+    5
+}
+
+fn bfd_ttl() -> u8 {
+    255
 }
 
 /// Something a `vrrp_instance` tracks: its name, or `{ name, weight }` to
@@ -266,6 +320,15 @@ pub struct VrrpInstance {
     /// `[[track_process]]` names (or `{ name, weight }`).
     #[serde(default)]
     pub track_process: Vec<Tracked>,
+    /// `[[bfd_instance]]` names (or `{ name, weight }`): a session down
+    /// forces Fault (weight 0) or adjusts the priority.
+    #[serde(default)]
+    pub track_bfd: Vec<Tracked>,
+    /// A `[[bfd_instance]]` to the master: as a backup, its session going
+    /// down is taken as the master's death at once, without waiting for
+    /// the master-down interval (the adverts still decide who is master).
+    #[serde(default)]
+    pub master_bfd: Option<String>,
     /// Virtual servers whose quorum adjusts priority or forces Fault.
     #[serde(default)]
     pub track_virtual_server: Vec<TrackVirtualServer>,
@@ -1944,6 +2007,50 @@ impl Config {
                 command_line(vec![Key("virtual_server"), Index(i), Key(k)], v.as_deref())?;
             }
         }
+        for (i, b) in self.bfd_instance.iter().enumerate() {
+            let at = |k: &'static str| vec![Key("bfd_instance"), Index(i), Key(k)];
+            if b.name.is_empty() || self.bfd_instance[..i].iter().any(|o| o.name == b.name) {
+                return Err(problem(
+                    at("name"),
+                    format!("name `{}` is empty or used twice", b.name),
+                ));
+            }
+            if self.bfd_instance[..i]
+                .iter()
+                .any(|o| o.neighbor_ip == b.neighbor_ip)
+            {
+                return Err(problem(
+                    at("neighbor_ip"),
+                    format!("{} has another session already", b.neighbor_ip),
+                ));
+            }
+            if b.source_ip
+                .is_some_and(|s| s.is_ipv4() != b.neighbor_ip.is_ipv4())
+            {
+                return Err(problem(
+                    at("source_ip"),
+                    "not of the neighbour's address family",
+                ));
+            }
+            for (k, v) in [
+                ("min_rx", b.min_rx),
+                ("min_tx", b.min_tx),
+                ("idle_tx", b.idle_tx),
+            ] {
+                if !(1..=60_000).contains(&v) {
+                    return Err(problem(at(k), "milliseconds between 1 and 60000"));
+                }
+            }
+            if b.multiplier == 0 {
+                return Err(problem(at("multiplier"), "must be between 1 and 255"));
+            }
+            if b.ttl == 0 {
+                return Err(problem(at("ttl"), "must be between 1 and 255"));
+            }
+            if !(-254..=254).contains(&b.weight) {
+                return Err(problem(at("weight"), "must be between -254 and 254"));
+            }
+        }
         for (i, f) in self.track_file.iter().enumerate() {
             let at = |k: &'static str| vec![Key("track_file"), Index(i), Key(k)];
             if f.name.is_empty() || self.track_file[..i].iter().any(|o| o.name == f.name) {
@@ -2190,7 +2297,21 @@ impl Config {
                     ));
                 }
             }
-            let lists: [(&'static str, &Vec<Tracked>, &str, Vec<&str>); 3] = [
+            if let Some(m) = &v.master_bfd
+                && !self.bfd_instance.iter().any(|b| &b.name == m)
+            {
+                return Err(problem(
+                    at("master_bfd"),
+                    format!("no [[bfd_instance]] named `{m}`"),
+                ));
+            }
+            let lists: [(&'static str, &Vec<Tracked>, &str, Vec<&str>); 4] = [
+                (
+                    "track_bfd",
+                    &v.track_bfd,
+                    "[[bfd_instance]]",
+                    self.bfd_instance.iter().map(|s| s.name.as_str()).collect(),
+                ),
                 (
                     "track_script",
                     &v.track_script,

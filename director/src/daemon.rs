@@ -69,6 +69,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("{0}")]
     FlowSync(String),
+    #[error("BFD: {0}")]
+    Bfd(String),
 }
 
 /// What we know of one real server's MAC.
@@ -437,6 +439,8 @@ struct Daemon {
     dataplane: Dataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,
+    /// BFD sessions.
+    bfd: Option<crate::bfd::Bfd>,
     /// Our interface (its MAC and MTU go to the dataplane).
     link: crate::neighbor::LinkInfo,
     /// Weights of drained real servers, for `enable`.
@@ -627,6 +631,11 @@ impl Daemon {
             }),
             virtual_servers,
             vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
+            bfd: self
+                .bfd
+                .as_ref()
+                .map(crate::bfd::Bfd::statuses)
+                .unwrap_or_default(),
         }
     }
 
@@ -1057,7 +1066,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     });
     checks.update(health::all_specs(&config));
     let board = checks.board();
-    let vrrp = Vrrp::start_with(&config, dataplane.vmac_hook())?;
+    let bfd = crate::bfd::Bfd::start(&config.bfd_instance)
+        .map_err(|e| DaemonError::Bfd(e.to_string()))?;
+    let vrrp = Vrrp::start_with(
+        &config,
+        crate::vrrp::instance::Inputs {
+            vmac_hook: dataplane.vmac_hook(),
+            bfd: bfd.verdicts(),
+        },
+    )?;
     // Flow-table sharing with peer directors.
     let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
         Some(fs) if dataplane.name() == "xdp" => {
@@ -1122,6 +1139,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         dataplane,
         applied: None,
         vrrp: Some(vrrp),
+        bfd: Some(bfd),
         link,
         drained: BTreeMap::new(),
         macs,
@@ -1281,6 +1299,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     // Masters hand over first (priority 0), then the control plane goes.
     if let Some(vrrp) = daemon.vrrp.take() {
         vrrp.stop().await;
+    }
+    // BFD peers learn we went administratively down.
+    if let Some(bfd) = daemon.bfd.take() {
+        bfd.stop().await;
     }
     control.abort();
     if let Some(m) = metrics {

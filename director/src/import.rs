@@ -656,6 +656,7 @@ impl Translator {
         let mut scripts = Vec::new();
         let mut files = Vec::new();
         let mut processes = Vec::new();
+        let mut bfds = Vec::new();
         let mut instances = Vec::new();
         let mut groups = Vec::new();
         let mut services = Vec::new();
@@ -666,6 +667,7 @@ impl Translator {
                 "vrrp_script" => scripts.extend(self.vrrp_script(n)),
                 "vrrp_track_file" => files.extend(self.track_file(n)),
                 "vrrp_track_process" => processes.extend(self.track_process(n)),
+                "bfd_instance" => bfds.extend(self.bfd_instance(n)),
                 "vrrp_instance" => instances.extend(self.vrrp_instance(n).map(|t| (n, t))),
                 "vrrp_sync_group" => groups.extend(self.sync_group(n).map(|t| (n, t))),
                 "virtual_server" => services.extend(self.virtual_server(n).map(|t| (n, t))),
@@ -704,6 +706,7 @@ impl Translator {
             ("track_script", names(&scripts)),
             ("track_file", names(&files)),
             ("track_process", names(&processes)),
+            ("track_bfd", names(&bfds)),
         ];
         for (n, t) in &mut instances {
             for (key, known) in &defined {
@@ -807,6 +810,7 @@ impl Translator {
             ("vrrp_script", scripts),
             ("track_file", files),
             ("track_process", processes),
+            ("bfd_instance", bfds),
             ("vrrp_instance", instances),
             ("vrrp_sync_group", groups),
             ("virtual_server_group", vs_groups),
@@ -1032,7 +1036,8 @@ impl Translator {
                     }
                     t.insert("authentication".into(), Value::Table(auth));
                 }
-                "track_interface" | "track_script" | "track_file" | "track_process" => {
+                "track_interface" | "track_script" | "track_file" | "track_process"
+                | "track_bfd" => {
                     let mut items = Vec::new();
                     for a in c.children.iter().flatten() {
                         items.push(self.tracked(a));
@@ -1154,6 +1159,45 @@ impl Translator {
     }
 
     /// `vrrp_track_file NAME { file PATH; weight W; init_file [V] [overwrite] }`.
+    /// keepalived's `bfd_instance NAME { neighbor_ip ...; ... }`.
+    fn bfd_instance(&mut self, n: &Node) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, "a bfd_instance needs a name");
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        for c in n.children.iter().flatten() {
+            let conv: Option<(&str, Conv)> = match c.keyword.as_str() {
+                "neighbor_ip" => Some(("neighbor_ip", |a| Some(string(a)))),
+                "source_ip" => Some(("source_ip", |a| Some(string(a)))),
+                "min_rx" => Some(("min_rx", int)),
+                "min_tx" => Some(("min_tx", int)),
+                "idle_tx" => Some(("idle_tx", int)),
+                "multiplier" => Some(("multiplier", int)),
+                "ttl" | "max_hops" => Some(("ttl", int)),
+                "weight" => Some(("weight", int)),
+                _ => None,
+            };
+            match (c.keyword.as_str(), conv) {
+                (_, Some((key, conv))) => {
+                    if let Some(v) = self.one(c, conv) {
+                        t.insert(key.into(), v);
+                    }
+                }
+                ("passive", None) => {
+                    t.insert("passive".into(), Value::Boolean(true));
+                }
+                _ => self.warn(c, "unknown bfd_instance keyword"),
+            }
+        }
+        if !t.contains_key("neighbor_ip") {
+            self.warn(n, "skipped: a bfd_instance needs neighbor_ip");
+            return None;
+        }
+        Some(t)
+    }
+
     fn track_file(&mut self, n: &Node) -> Option<Table> {
         let Some(name) = n.args.first() else {
             self.warn(n, "a vrrp_track_file needs a name");

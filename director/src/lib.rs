@@ -1,5 +1,6 @@
 //! The director daemon as a library: the binary in `main.rs` is a thin CLI.
 
+pub mod bfd;
 pub mod bgp;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod import;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;
+pub mod netmsg;
 pub mod persist;
 pub mod script;
 pub mod status;

@@ -264,6 +264,29 @@ pub fn render(s: &Status) -> String {
             dropped.get_or_create(&labels).inc_by(*n);
         }
     }
+
+    let bfd_up = gauge(&mut reg, "bfd_session_up", "1 while the BFD session is Up");
+    let bfd_trans = counter(&mut reg, "bfd_transitions", "BFD session state changes");
+    let bfd_dropped = counter(
+        &mut reg,
+        "bfd_packets_dropped",
+        "Received BFD packets dropped, by reason",
+    );
+    for b in &s.bfd {
+        let base = [
+            ("session", b.name.as_str()),
+            ("neighbor", b.neighbor_ip.as_str()),
+        ];
+        bfd_up
+            .get_or_create(&l(&base))
+            .set(if b.state == "up" { 1.0 } else { 0.0 });
+        bfd_trans.get_or_create(&l(&base)).inc_by(b.transitions);
+        for (reason, n) in &b.dropped {
+            let mut labels = l(&base);
+            labels.push(("reason".into(), reason.clone()));
+            bfd_dropped.get_or_create(&labels).inc_by(*n);
+        }
+    }
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         warn!(error = %e, "cannot encode metrics");
@@ -398,6 +421,7 @@ mod tests {
                 split_brains: 1,
                 peer_seen: true,
             }],
+            bfd: vec![],
         };
         let text = render(&s);
         let lines = text.lines().map(|l| Ok(l.to_string()));

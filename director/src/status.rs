@@ -38,6 +38,9 @@ pub struct Status {
     /// VRRP instances.
     #[serde(default)]
     pub vrrp: Vec<InstanceStatus>,
+    /// BFD sessions (`[[bfd_instance]]`).
+    #[serde(default)]
+    pub bfd: Vec<crate::bfd::BfdStatus>,
 }
 
 /// Flow sync counters.
@@ -175,6 +178,26 @@ pub fn render(s: &Status) -> String {
         }
         out.push('\n');
     }
+    if !s.bfd.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<40} {:<10} {:<10} {:>10} {:>11}",
+            "BFD session", "neighbor", "state", "remote", "detect ms", "transitions"
+        );
+        for b in &s.bfd {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<40} {:<10} {:<10} {:>10.1} {:>11}",
+                b.name,
+                b.neighbor_ip,
+                b.state.to_uppercase(),
+                b.remote_state.to_uppercase(),
+                b.detect_time_ms,
+                b.transitions
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
         "{:<5} {:<42} {:<6} {:>7} {:>12} {:>14} {:>10}",
@@ -274,6 +297,7 @@ mod tests {
                 }],
             }],
             vrrp: vec![],
+            bfd: vec![],
         }
     }
 

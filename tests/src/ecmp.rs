@@ -19,7 +19,9 @@ pub const ROUTER: &str = "10.0.0.1";
 /// The client behind the router.
 pub const FAR_CLIENT: &str = "10.1.0.2";
 
-fn bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, PathBuf)> {
+/// Runs BIRD 2 in `ns` with `conf` (files under `dir`): the process and its
+/// control socket.
+pub fn bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, PathBuf)> {
     let conf_path = dir.join(format!("bird-{name}.conf"));
     std::fs::write(&conf_path, conf)?;
     let sock = dir.join(format!("bird-{name}.ctl"));

@@ -328,12 +328,19 @@ fn groups_trackers_routes_and_conditions_come_across() -> Result<()> {
         ensure!(tracked == scripts, "{id}: {vi}");
     }
 
-    // What is not there yet is named, and the rest still comes across.
+    // BFD comes across (sessions and track_bfd); connection sync and a
+    // dangling group member are named.
     let (t, text, reported) = import(&corpus("bfd-pair.conf"))?;
     check_config(&text)?;
     ensure!(
-        reported == lines("bfd-pair.conf", &[5, 8, 29, 44, 50]),
+        reported == lines("bfd-pair.conf", &[5, 44, 50]),
         "{reported:?}"
+    );
+    ensure!(
+        t["bfd_instance"][0]["neighbor_ip"].as_str() == Some("10.3.0.1")
+            && t["bfd_instance"][0]["multiplier"].as_integer() == Some(3)
+            && t["vrrp_instance"][0]["track_bfd"][0].as_str() == Some("upstream"),
+        "{t}"
     );
     ensure!(t["vrrp_sync_group"][0]["group"].as_array().map(Vec::len) == Some(2));
     Ok(())

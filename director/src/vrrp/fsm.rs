@@ -49,6 +49,9 @@ pub enum Event {
     Priority(u8),
     /// A `vrrp_sync_group` peer entered this state: follow it.
     Follow(State),
+    /// BFD says the master is gone (`master_bfd`): a backup takes over at
+    /// once instead of waiting for the master-down interval.
+    MasterDown,
     /// Our own timer fired late (this machine was starved of CPU): a backup
     /// cannot trust the silence it measured, so it waits one more
     /// Master_Adver_Interval before declaring the master dead.
@@ -290,6 +293,8 @@ impl Machine {
                 self.deadline = Some(now + self.master_adver_interval());
             }
             (_, Event::Starved) => {}
+            // Only a backup has a master to lose.
+            (State::Init | State::Master | State::Fault, Event::MasterDown) => {}
             (_, Event::Priority(p)) => {
                 // An owner stays an owner.
                 if self.params.priority != 255 {
@@ -298,6 +303,10 @@ impl Machine {
             }
 
             // 6.4.2 Backup.
+            (State::Backup, Event::MasterDown) => {
+                self.master = None;
+                self.become_master(now, &mut actions);
+            }
             (State::Backup, Event::Timer) => {
                 if self.deadline.is_some_and(|d| now >= d) {
                     self.master = None;
@@ -469,6 +478,24 @@ mod tests {
         let a = b.step(Event::Startup, t0);
         assert_eq!(transitions(&a), vec![(State::Init, State::Backup)]);
         assert_eq!(b.deadline(), Some(t0 + b.master_down_interval()));
+    }
+
+    #[test]
+    fn bfd_master_down_takes_over_at_once_only_from_backup() {
+        let t0 = Instant::now();
+        let mut b = Machine::new(params(3, 100, 100));
+        b.step(Event::Startup, t0);
+        let t1 = t0 + Duration::from_millis(500);
+        b.step(advert("10.0.0.11", 150, 100), t1);
+        // Long before the master-down interval: BFD says the master died.
+        let a = b.step(Event::MasterDown, t1 + Duration::from_millis(30));
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+        assert!(a.contains(&Action::AddAddresses));
+        // A master (or an instance in Fault) ignores it.
+        assert!(
+            b.step(Event::MasterDown, t1 + Duration::from_millis(40))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub struct Vrrp {
     interface: String,
     tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
-    /// Told when a virtual MAC becomes ours or stops being ours.
-    vmac_hook: Option<VmacHook>,
+    /// What the instances take from the rest of the daemon.
+    inputs: Inputs,
 }
 
 /// What instances track by name (`[[vrrp_script]]`, `[[track_file]]`,
@@ -129,6 +129,9 @@ struct TrackConfig {
     scripts: Vec<VrrpScript>,
     files: Vec<TrackFile>,
     processes: Vec<TrackProcess>,
+    /// `[[bfd_instance]]` names and weights (the sessions themselves run
+    /// outside VRRP; a change of them needs a restart).
+    bfd_weights: Vec<(String, i32)>,
 }
 
 impl TrackConfig {
@@ -137,6 +140,11 @@ impl TrackConfig {
             scripts: config.vrrp_script.clone(),
             files: config.track_file.clone(),
             processes: config.track_process.clone(),
+            bfd_weights: config
+                .bfd_instance
+                .iter()
+                .map(|b| (b.name.clone(), b.weight))
+                .collect(),
         }
     }
 }
@@ -151,6 +159,8 @@ struct Trackers {
     processes: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
     /// `[[track_file]]` values.
     files: BTreeMap<String, (i32, watch::Receiver<i64>)>,
+    /// `[[bfd_instance]]` verdicts (`None` until the first).
+    bfd: BTreeMap<String, (i32, watch::Receiver<Option<bool>>)>,
 }
 
 impl Trackers {
@@ -174,6 +184,7 @@ impl Trackers {
         }
         let mut checks = pick(&cfg.track_script, &self.scripts);
         checks.extend(pick(&cfg.track_process, &self.processes));
+        checks.extend(pick(&cfg.track_bfd, &self.bfd));
         (checks, pick(&cfg.track_file, &self.files))
     }
 }
@@ -204,18 +215,27 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
 /// to it only meanwhile, so a backup never forwards what a switch floods.
 pub type VmacHook = Arc<dyn Fn([u8; 6], bool) + Send + Sync>;
 
+/// What VRRP takes from the rest of the daemon.
+#[derive(Clone, Default)]
+pub struct Inputs {
+    /// Told when a virtual MAC becomes ours or stops being ours.
+    pub vmac_hook: Option<VmacHook>,
+    /// BFD sessions' verdicts by name (`track_bfd`, `master_bfd`).
+    pub bfd: BTreeMap<String, watch::Receiver<Option<bool>>>,
+}
+
 impl Vrrp {
     /// Starts every `[[vrrp_instance]]` on a dedicated thread. Returns once
     /// each instance has its socket (or the first error).
     pub fn start(config: &Config) -> Result<Vrrp, VrrpError> {
-        Self::start_with(config, None)
+        Self::start_with(config, Inputs::default())
     }
 
-    /// [`Vrrp::start`], telling `vmac_hook` when a virtual MAC becomes ours
-    /// or stops being ours.
-    pub fn start_with(config: &Config, vmac_hook: Option<VmacHook>) -> Result<Vrrp, VrrpError> {
+    /// [`Vrrp::start`] with what the instances take from the rest of the
+    /// daemon (the virtual-MAC hook, BFD verdicts).
+    pub fn start_with(config: &Config, inputs: Inputs) -> Result<Vrrp, VrrpError> {
         let mut vrrp = Vrrp {
-            vmac_hook: vmac_hook.clone(),
+            inputs: inputs.clone(),
             quorum: QuorumBoard::default(),
             instances: Vec::new(),
             start_tx: None,
@@ -240,7 +260,7 @@ impl Vrrp {
                     .build()
                 {
                     Ok(runtime) => {
-                        runtime.block_on(run_all(tracks, groups, quorum, vmac_hook, start_rx))
+                        runtime.block_on(run_all(tracks, groups, quorum, inputs, start_rx))
                     }
                     Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
                 }
@@ -311,7 +331,7 @@ impl Vrrp {
         self.check_reconfigure(config)?;
         if self.start_tx.is_none() && !config.vrrp_instance.is_empty() {
             // No VRRP thread yet: start one as `start` would.
-            let started = Vrrp::start_with(config, self.vmac_hook.clone())?;
+            let started = Vrrp::start_with(config, self.inputs.clone())?;
             let old = std::mem::replace(self, started);
             old.stop().await;
             return Ok(());
@@ -423,7 +443,7 @@ fn soft_change(old: &VrrpInstance, new: &VrrpInstance) -> bool {
 
 /// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
 /// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
-fn raise_priority() {
+pub(crate) fn raise_priority() {
     // Lock the process's memory too (keepalived does the same): a page
     // fault on this thread would wait for the address-space lock, which a
     // normal-priority thread may hold while the machine is busy.
@@ -445,7 +465,7 @@ async fn run_all(
     tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
     quorum: QuorumBoard,
-    vmac_hook: Option<VmacHook>,
+    inputs: Inputs,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
     track::init_files(&tracks.files);
@@ -453,12 +473,22 @@ async fn run_all(
         scripts: start_scripts(&tracks.scripts),
         processes: track::start_processes(&tracks.processes),
         files: track::start_files(&tracks.files),
+        bfd: tracks
+            .bfd_weights
+            .iter()
+            .filter_map(|(name, w)| {
+                inputs
+                    .bfd
+                    .get(name)
+                    .map(|rx| (name.clone(), (*w, rx.clone())))
+            })
+            .collect(),
     };
     let shared = Shared {
         trackers,
         notifier: Notifier::start(),
         quorum,
-        vmac_hook,
+        vmac_hook: inputs.vmac_hook,
     };
     type GroupShared = (
         VrrpSyncGroup,
@@ -561,6 +591,19 @@ async fn open_when_usable(
     }
 }
 
+/// A BFD verdict changed (never, without a session or once its sender
+/// is gone).
+async fn bfd_changed(rx: &mut Option<watch::Receiver<Option<bool>>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_paths(paths: &[HbPath]) -> (usize, Result<Received, NetError>) {
     if paths.is_empty() {
         return std::future::pending().await;
@@ -623,6 +666,8 @@ struct Runner {
     /// The virtual-MAC interface (`use_vmac`): name and index.
     vmac: Option<(String, u32)>,
     vmac_hook: Option<VmacHook>,
+    /// `master_bfd`: the BFD session to the master.
+    master_bfd: Option<watch::Receiver<Option<bool>>>,
 }
 
 /// What every instance of the VRRP thread shares.
@@ -824,6 +869,11 @@ impl Runner {
             drop_logged: BTreeMap::new(),
             vmac,
             vmac_hook,
+            master_bfd: cfg
+                .master_bfd
+                .as_ref()
+                .and_then(|n| shared.trackers.bfd.get(n))
+                .map(|(_, rx)| rx.clone()),
             cfg,
         })
     }
@@ -852,6 +902,7 @@ impl Runner {
         let mut tracking = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
         let mut tracked = (false, self.cfg.priority);
+        let mut master_bfd = self.master_bfd.clone();
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
             let deadline = self
@@ -952,6 +1003,18 @@ impl Runner {
                     self.perform(actions).await;
                 }
                 _ = sleep_until(garp) => self.garp_burst(),
+                _ = bfd_changed(&mut master_bfd) => {
+                    let down = master_bfd.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
+                    if down && self.machine.state() == State::Backup {
+                        info!(
+                            instance = %self.cfg.name,
+                            session = ?self.cfg.master_bfd,
+                            "BFD session to the master is down: taking over without waiting for the master-down interval"
+                        );
+                        let a = self.machine.step(Event::MasterDown, std::time::Instant::now());
+                        self.perform(a).await;
+                    }
+                }
                 Some((member, state)) = peer => {
                     if member != self.cfg.name && state != self.machine.state() {
                         let a = self.machine.step(Event::Follow(state), std::time::Instant::now());

@@ -64,8 +64,6 @@ const RECV_BUFFER: libc::c_int = 4 << 20;
 
 const IPV6_RECVPKTINFO: libc::c_int = 49;
 const IPV6_RECVHOPLIMIT: libc::c_int = 51;
-const IPV6_PKTINFO: libc::c_int = 50;
-const IPV6_HOPLIMIT: libc::c_int = 52;
 
 fn setsockopt_int(
     fd: RawFd,
@@ -321,54 +319,18 @@ impl VrrpSocket {
 /// recvmsg on an IPv6 raw socket: the source from the address, the
 /// destination and hop limit from ancillary data.
 fn recv_v6(fd: RawFd) -> io::Result<Received> {
-    let mut buf = [0u8; 2048];
-    // cmsghdr needs 8-byte alignment: a u64 buffer gives it.
-    let mut ctrl = [0u64; 32];
-    // SAFETY: zeroed sockaddr_in6 is valid.
-    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: zeroed msghdr, then every pointer set to live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = &mut from as *mut libc::sockaddr_in6 as *mut libc::c_void;
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&ctrl);
-    // SAFETY: msg points at buffers that outlive the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut dst = None;
-    let mut ttl = 0u8;
-    // SAFETY: walking the control buffer the kernel filled, with its macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            if (*c).cmsg_level == libc::IPPROTO_IPV6 {
-                if (*c).cmsg_type == IPV6_PKTINFO {
-                    let info = std::ptr::read_unaligned(data as *const libc::in6_pktinfo);
-                    dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
-                } else if (*c).cmsg_type == IPV6_HOPLIMIT {
-                    let v = std::ptr::read_unaligned(data as *const libc::c_int);
-                    ttl = v.clamp(0, 255) as u8;
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let dst =
-        dst.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no destination address"))?;
+    let m = crate::netmsg::recv(fd, 2048)?;
+    let dst = m
+        .dst6
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no destination address"))?;
+    let src = m
+        .src
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source address"))?;
     Ok(Received {
-        src: IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)),
+        src,
         dst: IpAddr::V6(dst),
-        ttl,
-        payload: buf[..n as usize].to_vec(),
+        ttl: m.ttl,
+        payload: m.payload,
     })
 }
 

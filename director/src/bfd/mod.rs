@@ -1,0 +1,518 @@
+//! BFD (RFC 5880 asynchronous mode, RFC 5881 single hop, IPv4 and IPv6):
+//! `[[bfd_instance]]` sessions, run on a thread of their own with
+//! real-time priority (10 ms timers), published to VRRP (`track_bfd`,
+//! `master_bfd`) through watch channels and to the status.
+//!
+//! Received packets: UDP port 3784, TTL/hop limit at least the session's
+//! `ttl` (255 for single hop), version 1, no authentication (none is
+//! configured), no multipoint, non-zero discriminators; matched by our
+//! discriminator, or by the source address while the peer does not know
+//! it yet. Every drop is counted by reason. Sent from a port in
+//! 49152-65535 with the session's TTL.
+
+pub mod packet;
+pub mod session;
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use crate::config::BfdInstance;
+use packet::{Control, Drop, State};
+use session::{Params, Session};
+
+/// The BFD control port (RFC 5881 section 4).
+pub const PORT: u16 = 3784;
+
+/// Errors starting BFD.
+#[derive(Debug, thiserror::Error)]
+pub enum BfdError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BfdError {
+    let what = what.into();
+    move |source| BfdError::Io { what, source }
+}
+
+/// One session in the status document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BfdStatus {
+    pub name: String,
+    pub neighbor_ip: String,
+    /// `up`, `down`, `init` or `admin_down`.
+    pub state: String,
+    pub remote_state: String,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// The last diagnostic we set (RFC 5880: 0 none, 1 detection time
+    /// expired, 3 neighbour signalled down, 7 administratively down).
+    pub diagnostic: u8,
+    /// Detection time now, milliseconds.
+    pub detect_time_ms: f64,
+    pub transitions: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// Received packets dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// The running sessions.
+pub struct Bfd {
+    /// Per session: `Some(true)` while Up, `Some(false)` once it was Up
+    /// and went down, or came up never (`None` until the first verdict).
+    states: BTreeMap<String, watch::Receiver<Option<bool>>>,
+    status: Arc<Mutex<Vec<BfdStatus>>>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bfd {
+    /// Starts `sessions` (none: nothing runs).
+    pub fn start(sessions: &[BfdInstance]) -> Result<Bfd, BfdError> {
+        let status = Arc::new(Mutex::new(Vec::new()));
+        if sessions.is_empty() {
+            return Ok(Bfd {
+                states: BTreeMap::new(),
+                status,
+                stop: None,
+                thread: None,
+            });
+        }
+        let mut rng = rand::rng();
+        let mut runs = Vec::new();
+        let mut states = BTreeMap::new();
+        for cfg in sessions {
+            let (tx, rx) = watch::channel(None);
+            states.insert(cfg.name.clone(), rx);
+            let mut local_disc: u32 = rng.random_range(1..u32::MAX);
+            while runs
+                .iter()
+                .any(|r: &Run| r.session.local_disc == local_disc)
+            {
+                local_disc = rng.random_range(1..u32::MAX);
+            }
+            let socket = sender(cfg)?;
+            runs.push(Run {
+                session: Session::new(params(cfg), local_disc),
+                cfg: cfg.clone(),
+                socket,
+                verdict: tx,
+                next_tx: Instant::now(),
+                sent: 0,
+                received: 0,
+                dropped: BTreeMap::new(),
+            });
+        }
+        let v4 = sessions.iter().any(|s| s.neighbor_ip.is_ipv4());
+        let v6 = sessions.iter().any(|s| s.neighbor_ip.is_ipv6());
+        let rx4 = if v4 { Some(receiver(false)?) } else { None };
+        let rx6 = if v6 { Some(receiver(true)?) } else { None };
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let shared = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("bfd".into())
+            .spawn(move || {
+                crate::vrrp::instance::raise_priority();
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(runs, rx4, rx6, shared, stop_rx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the BFD runtime"),
+                }
+            })
+            .map_err(io_err("the BFD thread"))?;
+        Ok(Bfd {
+            states,
+            status,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Each session's verdict, by name.
+    pub fn verdicts(&self) -> BTreeMap<String, watch::Receiver<Option<bool>>> {
+        self.states.clone()
+    }
+
+    /// The sessions, for the status document.
+    pub fn statuses(&self) -> Vec<BfdStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops: every session tells its peer it goes administratively down.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(()).await;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn params(cfg: &BfdInstance) -> Params {
+    Params {
+        min_tx: cfg.min_tx.saturating_mul(1000),
+        min_rx: cfg.min_rx.saturating_mul(1000),
+        idle_tx: cfg.idle_tx.saturating_mul(1000),
+        multiplier: cfg.multiplier,
+        passive: cfg.passive,
+    }
+}
+
+/// One session with its socket and counters.
+struct Run {
+    session: Session,
+    cfg: BfdInstance,
+    socket: std::net::UdpSocket,
+    verdict: watch::Sender<Option<bool>>,
+    next_tx: Instant,
+    sent: u64,
+    received: u64,
+    dropped: BTreeMap<Drop, u64>,
+}
+
+impl Run {
+    fn send(&mut self) {
+        let p = self.session.packet().encode();
+        match self
+            .socket
+            .send_to(&p, SocketAddr::new(self.cfg.neighbor_ip, PORT))
+        {
+            Ok(_) => self.sent += 1,
+            Err(e) => {
+                tracing::debug!(session = %self.cfg.name, error = %e, "BFD send failed")
+            }
+        }
+    }
+
+    /// Schedules the next packet (jittered).
+    fn schedule(&mut self, now: Instant) {
+        self.next_tx = match self.session.tx_interval() {
+            Some(i) => now + self.session.jittered(i, rand::rng().random::<f64>()),
+            None => now + Duration::from_secs(3600),
+        };
+    }
+
+    /// Logs and publishes a state change.
+    fn changed(&mut self) {
+        let s = &self.session;
+        info!(
+            session = %self.cfg.name,
+            neighbor = %self.cfg.neighbor_ip,
+            state = s.state.as_str(),
+            remote_state = s.remote_state.as_str(),
+            diagnostic = s.diag,
+            detect_time_ms = s.detect_time().as_secs_f64() * 1000.0,
+            "BFD session state change"
+        );
+        let up = s.state == State::Up;
+        let previous = *self.verdict.borrow();
+        // Down before it was ever up is no verdict yet (the peer may start
+        // later): only Up, and leaving Up, are.
+        let next = match (previous, up) {
+            (_, true) => Some(true),
+            (Some(_), false) => Some(false),
+            (None, false) => None,
+        };
+        if next != previous {
+            let _ = self.verdict.send(next);
+        }
+    }
+
+    fn status(&self) -> BfdStatus {
+        let s = &self.session;
+        BfdStatus {
+            name: self.cfg.name.clone(),
+            neighbor_ip: self.cfg.neighbor_ip.to_string(),
+            state: s.state.as_str().to_string(),
+            remote_state: s.remote_state.as_str().to_string(),
+            local_discriminator: s.local_disc,
+            remote_discriminator: s.remote_disc,
+            diagnostic: s.diag,
+            detect_time_ms: s.detect_time().as_secs_f64() * 1000.0,
+            transitions: s.transitions,
+            packets_sent: self.sent,
+            packets_received: self.received,
+            dropped: self
+                .dropped
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), *v))
+                .collect(),
+        }
+    }
+}
+
+/// The sending socket of a session: from `source_ip` (or any), a port in
+/// 49152-65535 (RFC 5881 section 4), the session's TTL.
+fn sender(cfg: &BfdInstance) -> Result<std::net::UdpSocket, BfdError> {
+    let v6 = cfg.neighbor_ip.is_ipv6();
+    let any: IpAddr = if v6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let src = cfg.source_ip.unwrap_or(any);
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let mut rng = rand::rng();
+    let mut last = None;
+    for _ in 0..64 {
+        let s =
+            Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(io_err("BFD socket"))?;
+        if v6 {
+            s.set_unicast_hops_v6(u32::from(cfg.ttl))
+                .map_err(io_err("hop limit"))?;
+        } else {
+            s.set_ttl_v4(u32::from(cfg.ttl)).map_err(io_err("TTL"))?;
+        }
+        let port: u16 = rng.random_range(49152..=65535);
+        match s.bind(&SockAddr::from(SocketAddr::new(src, port))) {
+            Ok(()) => {
+                s.set_nonblocking(true).map_err(io_err("non-blocking"))?;
+                return Ok(s.into());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(io_err(format!("binding a BFD source port on {src}"))(
+        last.unwrap_or_else(|| io::Error::other("no port")),
+    ))
+}
+
+/// The receiving socket of a family: port 3784, TTL / hop limit reported.
+fn receiver(v6: bool) -> Result<AsyncFd<Socket>, BfdError> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(io_err("BFD socket"))?;
+    s.set_reuse_address(true).map_err(io_err("SO_REUSEADDR"))?;
+    let any: IpAddr = if v6 {
+        s.set_only_v6(true).map_err(io_err("IPV6_V6ONLY"))?;
+        setsockopt_int(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVHOPLIMIT,
+            1,
+        )
+        .map_err(io_err("IPV6_RECVHOPLIMIT"))?;
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        setsockopt_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, 1)
+            .map_err(io_err("IP_RECVTTL"))?;
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    s.bind(&SockAddr::from(SocketAddr::new(any, PORT)))
+        .map_err(io_err(format!("binding UDP port {PORT}")))?;
+    s.set_nonblocking(true).map_err(io_err("non-blocking"))?;
+    // SAFETY: the socket is owned by the AsyncFd and closed only with it.
+    unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
+        .map_err(|e| io_err("registering the socket")(e.into()))
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a plain setsockopt with an int option.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One datagram: (payload, source, TTL or hop limit).
+fn recv_ttl(fd: RawFd) -> io::Result<(Vec<u8>, IpAddr, u8)> {
+    let m = crate::netmsg::recv(fd, 512)?;
+    let src = m
+        .src
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source"))?;
+    Ok((m.payload, src, m.ttl))
+}
+
+/// Reads one datagram when `fd` is readable (never when it is `None`).
+async fn readable(fd: &Option<AsyncFd<Socket>>) -> io::Result<(Vec<u8>, IpAddr, u8)> {
+    let Some(fd) = fd else {
+        return std::future::pending().await;
+    };
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|inner| recv_ttl(inner.get_ref().as_raw_fd())) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// A received datagram: checked, matched to a session, applied. Returns
+/// whether a session's state changed.
+fn deliver(runs: &mut [Run], bytes: &[u8], src: IpAddr, ttl: u8, now: Instant) -> bool {
+    let c = match Control::parse(bytes) {
+        Ok(c) => c,
+        Err(reason) => {
+            // Counted on the session of that source, if any.
+            if let Some(r) = runs.iter_mut().find(|r| r.cfg.neighbor_ip == src) {
+                *r.dropped.entry(reason).or_default() += 1;
+            }
+            return false;
+        }
+    };
+    let found = if c.your_disc != 0 {
+        runs.iter_mut()
+            .position(|r| r.session.local_disc == c.your_disc)
+    } else {
+        runs.iter_mut().position(|r| r.cfg.neighbor_ip == src)
+    };
+    let Some(i) = found else {
+        if let Some(r) = runs.iter_mut().find(|r| r.cfg.neighbor_ip == src) {
+            *r.dropped.entry(Drop::NoSession).or_default() += 1;
+        }
+        return false;
+    };
+    let r = &mut runs[i];
+    if r.cfg.neighbor_ip != src {
+        *r.dropped.entry(Drop::NoSession).or_default() += 1;
+        return false;
+    }
+    if ttl < r.cfg.ttl {
+        *r.dropped.entry(Drop::Ttl).or_default() += 1;
+        return false;
+    }
+    if c.your_disc == 0 && !matches!(r.session.state, State::Down | State::AdminDown) {
+        *r.dropped.entry(Drop::YourDiscriminator).or_default() += 1;
+        return false;
+    }
+    r.received += 1;
+    let was_silent = r.session.tx_interval().is_none();
+    if r.session.receive(&c, now) {
+        r.changed();
+        // A state change is told at once (no waiting for the timer).
+        r.send();
+        r.schedule(now);
+        return true;
+    }
+    if r.session.send_final {
+        // A Poll is answered at once (RFC 5880 6.5).
+        r.send();
+    } else if was_silent {
+        r.schedule(now);
+    }
+    false
+}
+
+async fn run(
+    mut runs: Vec<Run>,
+    rx4: Option<AsyncFd<Socket>>,
+    rx6: Option<AsyncFd<Socket>>,
+    status: Arc<Mutex<Vec<BfdStatus>>>,
+    mut stop: mpsc::Receiver<()>,
+) {
+    for r in &mut runs {
+        info!(
+            session = %r.cfg.name,
+            neighbor = %r.cfg.neighbor_ip,
+            min_tx_ms = r.cfg.min_tx,
+            min_rx_ms = r.cfg.min_rx,
+            multiplier = r.cfg.multiplier,
+            passive = r.cfg.passive,
+            "BFD session starting"
+        );
+        r.schedule(Instant::now());
+        if !r.cfg.passive {
+            r.next_tx = Instant::now();
+        }
+    }
+    let publish = |runs: &[Run]| {
+        if let Ok(mut s) = status.lock() {
+            *s = runs.iter().map(Run::status).collect();
+        }
+    };
+    publish(&runs);
+    let mut published = Instant::now();
+    loop {
+        let now = Instant::now();
+        let mut changed = false;
+        // Timers: expiries, then packets due.
+        for r in &mut runs {
+            if r.session.expire(now) {
+                warn!(session = %r.cfg.name, neighbor = %r.cfg.neighbor_ip, "BFD detection time expired: neighbour down");
+                r.changed();
+                r.schedule(now);
+                changed = true;
+            }
+            if now >= r.next_tx {
+                r.send();
+                r.schedule(now);
+            }
+        }
+        // The status follows state changes at once, counters every 200 ms.
+        if changed || now.duration_since(published) >= Duration::from_millis(200) {
+            publish(&runs);
+            published = now;
+        }
+        let next = runs
+            .iter()
+            .flat_map(|r| [Some(r.next_tx), r.session.expires_at()])
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+            r = readable(&rx4) => if let Ok((b, src, ttl)) = r
+                && deliver(&mut runs, &b, src, ttl, Instant::now())
+            {
+                publish(&runs);
+                published = Instant::now();
+            },
+            r = readable(&rx6) => if let Ok((b, src, ttl)) = r {
+                // An IPv4-mapped source is the IPv4 session's.
+                let src = match src {
+                    IpAddr::V6(v) => v.to_ipv4_mapped().map_or(src, IpAddr::V4),
+                    v4 => v4,
+                };
+                if deliver(&mut runs, &b, src, ttl, Instant::now()) {
+                    publish(&runs);
+                    published = Instant::now();
+                }
+            },
+            _ = stop.recv() => {
+                for r in &mut runs {
+                    r.session.admin_down();
+                    r.changed();
+                    for _ in 0..3 {
+                        r.send();
+                    }
+                }
+                publish(&runs);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `recvmsg` with the ancillary data the daemon's protocols read: the
+//! sender, the TTL / hop limit (IP_RECVTTL, IPV6_RECVHOPLIMIT) and the
+//! IPv6 destination (IPV6_RECVPKTINFO). Used by VRRP's raw IPv6 socket and
+//! BFD's UDP sockets.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::RawFd,
+};
+
+/// One received datagram.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    /// The sender's address.
+    pub src: Option<IpAddr>,
+    /// TTL or hop limit on arrival (0 when not reported).
+    pub ttl: u8,
+    /// The IPv6 destination (IPV6_PKTINFO), when reported.
+    pub dst6: Option<Ipv6Addr>,
+}
+
+/// Reads one datagram from `fd` (non-blocking sockets: WouldBlock when
+/// there is none).
+pub fn recv(fd: RawFd, capacity: usize) -> io::Result<Message> {
+    let mut buf = vec![0u8; capacity];
+    // cmsghdr needs 8-byte alignment: a u64 buffer gives it.
+    let mut ctrl = [0u64; 32];
+    // SAFETY: a zeroed sockaddr_storage is valid.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: zeroed msghdr, then every pointer set to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut from as *mut libc::sockaddr_storage as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&ctrl);
+    // SAFETY: msg points at buffers that outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    let src = match i32::from(from.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let a = unsafe { *(&from as *const _ as *const libc::sockaddr_in) };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let a = unsafe { *(&from as *const _ as *const libc::sockaddr_in6) };
+            Some(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    };
+    let mut ttl = 0u8;
+    let mut dst6 = None;
+    // SAFETY: walking the control buffer the kernel filled, with its macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_TTL) | (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    let v = std::ptr::read_unaligned(data as *const libc::c_int);
+                    ttl = v.clamp(0, 255) as u8;
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data as *const libc::in6_pktinfo);
+                    dst6 = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(Message {
+        payload: buf,
+        src,
+        ttl,
+        dst6,
+    })
+}
