@@ -570,6 +570,12 @@ pub struct Global {
     /// Seconds a UDP flow may stay idle before it is placed again.
     #[serde(default = "default_udp_timeout")]
     pub udp_timeout: u32,
+    /// Entries of the XDP flow table (1,024 to 16,777,216). Restart-only:
+    /// a daemon started with another size re-creates the table, and the
+    /// flows it held are placed again (by Maglev: the same servers unless
+    /// the pool changed meanwhile).
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
     /// Where to serve Prometheus `/metrics` and `/status` over HTTP
     /// (`ADDR:PORT`; none by default).
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -1295,6 +1301,13 @@ fn default_udp_timeout() -> u32 {
     DEFAULT_UDP_TIMEOUT
 }
 
+/// The flow table's default size: a million flows.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_000_000;
+
+fn default_flow_table_size() -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE
+}
+
 /// A configuration that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1545,6 +1558,12 @@ impl Config {
             return Err(problem(
                 vec![Key("global"), Key("udp_timeout")],
                 "must be at least 1 second",
+            ));
+        }
+        if !(1024..=16_777_216).contains(&g.flow_table_size) {
+            return Err(problem(
+                vec![Key("global"), Key("flow_table_size")],
+                "must be between 1024 and 16777216 flows",
             ));
         }
         if let Some(b) = &g.bgp {
@@ -2934,6 +2953,18 @@ track_script = ["chk_nginx"]
             "{ipvs}{svc}  [virtual_server.real_server.tcp_check]\n  connect_port = 80\n"
         ))
         .expect("a check with its port");
+    }
+
+    #[test]
+    fn flow_table_size_defaults_to_a_million_and_is_bounded() {
+        let base = "[global]\ninterface = \"eth0\"\n";
+        assert_eq!(parse(base).expect("ok").global.flow_table_size, 1_000_000);
+        let c = parse(&format!("{base}flow_table_size = 4000000\n")).expect("ok");
+        assert_eq!(c.global.flow_table_size, 4_000_000);
+        for bad in [0u64, 1023, 16_777_217] {
+            let e = err(&format!("{base}flow_table_size = {bad}\n"));
+            assert!(e.contains("flow_table_size") && e.contains("1024"), "{e}");
+        }
     }
 
     #[test]

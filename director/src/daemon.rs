@@ -606,6 +606,11 @@ impl Daemon {
             interface: g.interface.clone(),
             // IPVS services are kernel state: they outlive the daemon.
             dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
+            flow_table_size: (self.dataplane.name() == "xdp")
+                .then_some(self.config.global.flow_table_size),
+            flow_table_memory_bytes: (self.dataplane.name() == "xdp").then(|| {
+                crate::dataplane::xdp::flow_table_bytes(self.config.global.flow_table_size)
+            }),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             dataplane_error: self.dataplane_error.clone(),
             flow_sync: self.sync_stats.as_ref().map(|(peers, st)| {
@@ -1043,10 +1048,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                 dir: p.path.clone(),
                 state_dir: g.state_dir.clone(),
             }),
+            flow_table_size: g.flow_table_size,
         },
         &g.state_dir,
     )?;
     info!(dataplane = dataplane.name(), xdp_mode = ?dataplane.xdp_mode(), "dataplane ready");
+    if dataplane.name() == "xdp" {
+        info!(
+            flows = g.flow_table_size,
+            memory_mib = crate::dataplane::xdp::flow_table_bytes(g.flow_table_size) / (1 << 20),
+            "flow table"
+        );
+    }
     let dataplane_is_xdp = dataplane.name() == "xdp";
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {

@@ -180,4 +180,36 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("netlink_neighbour", netlink_neighbour),
     ("ipvs_reply", ipvs_reply),
     ("probe_replies", probe_replies),
+    ("bfd_control", bfd_control),
 ];
+
+/// BFD control packets: parsing never panics; what parses re-encodes to
+/// bytes that parse to the same packet; a session takes any parsed packet
+/// without panicking and keeps its timers sane.
+pub fn bfd_control(data: &[u8]) {
+    use crate::bfd::{packet::Control, session};
+    let Ok(c) = Control::parse(data) else {
+        return;
+    };
+    assert_eq!(
+        Control::parse(&c.encode()),
+        Ok(c),
+        "parse(encode(packet)) differs"
+    );
+    let mut s = session::Session::new(
+        session::Params {
+            min_tx: 10_000,
+            min_rx: 10_000,
+            idle_tx: 1_000_000,
+            multiplier: 3,
+            passive: false,
+        },
+        1,
+    );
+    let now = std::time::Instant::now();
+    s.receive(&c, now);
+    let _ = s.detect_time();
+    let _ = s.tx_interval();
+    let _ = s.packet();
+    s.expire(now + std::time::Duration::from_secs(3600));
+}

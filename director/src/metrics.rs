@@ -371,6 +371,8 @@ mod tests {
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),
             dataplane_survives_restart: true,
+            flow_table_size: None,
+            flow_table_memory_bytes: None,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
             flow_sync: None,

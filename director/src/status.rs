@@ -24,6 +24,12 @@ pub struct Status {
     /// Where the XDP dataplane is pinned.
     #[serde(default)]
     pub pin_dir: Option<String>,
+    /// Entries of the XDP flow table (`global.flow_table_size`), and the
+    /// kernel memory it takes (`null` with IPVS).
+    #[serde(default)]
+    pub flow_table_size: Option<u32>,
+    #[serde(default)]
+    pub flow_table_memory_bytes: Option<u64>,
     /// The last update the dataplane refused (`null` when the last one
     /// succeeded): the previous state keeps forwarding meanwhile.
     #[serde(default)]
@@ -264,6 +270,8 @@ mod tests {
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),
             dataplane_survives_restart: true,
+            flow_table_size: None,
+            flow_table_memory_bytes: None,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
             flow_sync: None,

@@ -11,7 +11,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{ecmp::EcmpLab, http, lab::VIP, scenario};
+use director_tests::{
+    ecmp::{EcmpLab, EcmpOptions},
+    http,
+    lab::VIP,
+    scenario,
+};
 
 #[test]
 fn ecmp_directors_announced_by_bird() -> Result<()> {
@@ -93,13 +98,13 @@ fn ecmp_directors_announced_by_bird() -> Result<()> {
 /// the new master's route replaces it.
 #[test]
 fn mode_both_announces_from_the_vrrp_master_after_the_delay() -> Result<()> {
-    use director_tests::ecmp::EcmpOptions;
     let mut e = EcmpLab::start_with(
         2,
         2,
         &EcmpOptions {
             bgp: "mode = \"both\", announce_delay = 2".into(),
             vrrp: true,
+            bfd: false,
         },
     )?;
     // Only the master's route, and it stays so.
@@ -139,5 +144,25 @@ fn mode_both_announces_from_the_vrrp_master_after_the_delay() -> Result<()> {
         .far
         .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
     ensure!(t.ok == 20, "through the new master: {t:?}");
+    Ok(())
+}
+
+/// BFD between the router and the directors (BIRD on both sides, `bfd on`
+/// in BGP, 10 ms x 3): a director that dies (link down, process killed) is
+/// withdrawn by the router long before the BGP hold time (3 s).
+#[test]
+fn bfd_withdraws_a_dead_director_before_the_hold_time() -> Result<()> {
+    let mut e = EcmpLab::start_with(
+        2,
+        2,
+        &EcmpOptions {
+            bfd: true,
+            ..Default::default()
+        },
+    )?;
+    let took = e.withdrawal_of_a_dead_director()?;
+    // The hold time is 3 s: a withdrawal within one second was BFD's.
+    ensure!(took < Duration::from_secs(1), "withdrawn after {took:?}");
+    eprintln!("dead director withdrawn after {took:?} (BFD 10 ms x 3; hold time 3 s)");
     Ok(())
 }

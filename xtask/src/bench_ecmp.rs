@@ -80,6 +80,7 @@ pub fn run(short: bool) -> Result<()> {
             );
             if n == 3 {
                 lost_on_kill(e, conns, short)?;
+                withdrawal(short)?;
             }
             continue;
         }
@@ -95,6 +96,7 @@ pub fn run(short: bool) -> Result<()> {
         );
         if n == 3 {
             lost_on_kill(e, conns, short)?;
+            withdrawal(short)?;
         }
     }
     Ok(())
@@ -110,6 +112,52 @@ fn packets(e: &EcmpLab) -> Result<Vec<u64>> {
             Ok(s["virtual_servers"][0]["packets"].as_u64().unwrap_or(0))
         })
         .collect()
+}
+
+/// How long the router takes to withdraw a dead director (link down,
+/// process killed): with BFD (BIRD on both sides, 10 ms x 3) and without
+/// (the BGP hold time, 3 s in the lab), in the same run.
+fn withdrawal(short: bool) -> Result<()> {
+    use director_tests::ecmp::EcmpOptions;
+    let runs = if short { 1 } else { 5 };
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for _ in 0..runs {
+        for bfd in [true, false] {
+            if short && !bfd {
+                continue;
+            }
+            let mut e = EcmpLab::start_with(
+                2,
+                2,
+                &EcmpOptions {
+                    bfd,
+                    ..Default::default()
+                },
+            )?;
+            let took = e.withdrawal_of_a_dead_director()?;
+            if bfd { &mut with } else { &mut without }.push(took);
+        }
+    }
+    with.sort();
+    without.sort();
+    if short {
+        ensure!(
+            with[0] < Duration::from_secs(1),
+            "BFD: the dead director withdrawn after {:?}",
+            with[0]
+        );
+        println!("ok  ecmp: a dead director withdrawn by BFD before the hold time");
+        return Ok(());
+    }
+    let ms = |v: &[Duration]| v[v.len() / 2].as_secs_f64() * 1000.0;
+    println!(
+        "  a dead director withdrawn by the router (median of {runs}): BFD 10 ms x 3 {:.0} ms, BGP hold time 3 s {:.0} ms ({:.3}x)",
+        ms(&with),
+        ms(&without),
+        ms(&with) / ms(&without)
+    );
+    Ok(())
 }
 
 fn lost_on_kill(mut e: EcmpLab, conns: usize, short: bool) -> Result<()> {

@@ -368,11 +368,18 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
 
 /// Part two: three active directors behind a BIRD router (BGP, ECMP).
 fn active_active() -> Result<()> {
-    use director_tests::ecmp::EcmpLab;
+    use director_tests::ecmp::{EcmpLab, EcmpOptions};
     println!(
-        "\n== active-active: three directors announce the VIP over BGP (BIRD) to a router with ECMP =="
+        "\n== active-active: three directors announce the VIP over BGP (BIRD, with BFD) to a router with ECMP =="
     );
-    let mut e = EcmpLab::start(3, 2)?;
+    let mut e = EcmpLab::start_with(
+        3,
+        2,
+        &EcmpOptions {
+            bfd: true,
+            ..Default::default()
+        },
+    )?;
     println!(
         "  router next hops for {VIP}: {}",
         e.next_hops()?.join(", ")
@@ -398,7 +405,7 @@ fn active_active() -> Result<()> {
     );
     let (opened, kept) = e.kill_last_with_open_connections(20)?;
     println!(
-        "  director3 dies: the router withdraws it; {kept} of {opened} open connections continue on the same real server through the other two"
+        "  director3 dies: the router withdraws it (BFD notices in tens of milliseconds); {kept} of {opened} open connections continue on the same real server through the other two"
     );
     ensure!(t.failed == 0, "requests failed through the ECMP router");
     ensure!(

@@ -21,6 +21,7 @@ const TARGETS: &[&str] = &[
     "netlink_neighbour",
     "ipvs_reply",
     "probe_replies",
+    "bfd_control",
 ];
 
 fn cargo_fuzz() -> Command {

@@ -229,6 +229,22 @@ pub struct XdpOptions {
     /// Where to pin maps and the link; `None` ties the dataplane's life to
     /// this process.
     pub pins: Option<PinPaths>,
+    /// Entries of the flow table.
+    pub flow_table_size: u32,
+}
+
+/// Kernel memory of a flow table of `entries` (preallocated LRU hash:
+/// per element the kernel's element header, key and value, 8-byte
+/// rounded; an estimate of what `bpftool map show` reports as memlock).
+pub fn flow_table_bytes(entries: u32) -> u64 {
+    // (Measured: a million-entry table is 128,778,112 bytes of memlock on
+    // Linux 6.18, 128.8 bytes per entry.)
+    const ELEMENT_HEADER: u64 = 64;
+    let round = |n: usize| (n as u64).div_ceil(8) * 8;
+    u64::from(entries)
+        * (ELEMENT_HEADER
+            + round(std::mem::size_of::<FlowKey>())
+            + round(std::mem::size_of::<FlowValue>()))
 }
 
 impl XdpDataplane {
@@ -236,7 +252,10 @@ impl XdpDataplane {
     /// it, or swaps it into an existing pinned link without a gap. Must be
     /// called inside a tokio runtime (the program's logs are read by a task).
     pub fn open(opts: &XdpOptions) -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(opts.pins.as_ref().map(|p| p.dir.as_path()))?;
+        let mut ebpf = load(
+            opts.pins.as_ref().map(|p| p.dir.as_path()),
+            opts.flow_table_size,
+        )?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(Logger::Task(spawn_logger(logger))),
             Err(e) => {
@@ -260,7 +279,6 @@ impl XdpDataplane {
         Ok(dp)
     }
 
-    /// Loads the program without attaching it, for BPF_PROG_TEST_RUN.
     /// The hook VRRP calls when a virtual MAC becomes ours (inserted in
     /// the program's set) or stops being ours (removed). The set is taken
     /// out of the object and shared with the hook (the program keeps its
@@ -296,8 +314,9 @@ impl XdpDataplane {
         }))
     }
 
+    /// Loads the program without attaching it, for BPF_PROG_TEST_RUN.
     pub fn load_for_test() -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(None)?;
+        let mut ebpf = load(None, director_common::MAX_FLOWS)?;
         // Keep the log ring buffer alive (it must outlive the program load);
         // records are not read.
         let logger = EbpfLogger::init(&mut ebpf).ok();
@@ -1068,12 +1087,26 @@ fn vip_filter<'a>(keys: impl Iterator<Item = &'a ServiceKey>) -> Vec<u64> {
     words
 }
 
-fn load(pin_dir: Option<&Path>) -> Result<Ebpf, XdpError> {
+fn load(pin_dir: Option<&Path>, flows: u32) -> Result<Ebpf, XdpError> {
     if PROGRAM.is_empty() {
         return Err(XdpError::NotBuilt);
     }
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_FLOWS, flows);
     if let Some(dir) = pin_dir {
+        // A pinned flow table of another size is re-created at the size
+        // asked for (a pinned map is reused as it is otherwise).
+        let pinned = dir.join(MAP_FLOWS);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&pinned)
+            && info.max_entries() != flows
+        {
+            warn!(
+                old = info.max_entries(),
+                new = flows,
+                "flow table resized: its flows are placed again (by Maglev: on the same real servers unless the pool changed)"
+            );
+            let _ = std::fs::remove_file(&pinned);
+        }
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
