@@ -91,6 +91,10 @@ pub struct BfdInstance {
     /// < 0 subtracted while down, > 0 added while up.
     #[serde(default)]
     pub weight: i32,
+    /// Command run when the session comes up or, having been up, goes
+    /// down, with the arguments `BFD NAME UP|DOWN` (as VRRP's `notify`).
+    #[serde(default)]
+    pub notify: Option<String>,
 }
 
 fn bfd_interval() -> u32 {
@@ -2069,6 +2073,7 @@ impl Config {
             if !(-254..=254).contains(&b.weight) {
                 return Err(problem(at("weight"), "must be between -254 and 254"));
             }
+            command_line(at("notify"), b.notify.as_deref())?;
         }
         for (i, f) in self.track_file.iter().enumerate() {
             let at = |k: &'static str| vec![Key("track_file"), Index(i), Key(k)];

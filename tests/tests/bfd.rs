@@ -64,9 +64,11 @@ fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Resu
     let director = lab.directors[0].ip.to_string();
     let state = lab.state_dir("director1")?;
     let servers = vec![lab.real_servers[0].ip.to_string()];
+    let notified = lab.dir.join("bfd-notify.log");
     let config = format!(
-        "{}\n[[bfd_instance]]\nname = \"to-client\"\nneighbor_ip = \"{client}\"\nmin_rx = 10\nmin_tx = 10\nmultiplier = 3\n",
-        scenario::http_config(&lab, "director1", &servers)?
+        "{}\n[[bfd_instance]]\nname = \"to-client\"\nneighbor_ip = \"{client}\"\nmin_rx = 10\nmin_tx = 10\nmultiplier = 3\nnotify = \"/bin/sh -c 'echo $0 $1 $2 >> {}'\"\n",
+        scenario::http_config(&lab, "director1", &servers)?,
+        notified.display()
     );
     let path = lab.write("d.toml", &config)?;
     let mut d = scenario::spawn_director(&lab, 0, &path)?;
@@ -104,6 +106,11 @@ fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Resu
     // (Not a speed figure: a 30 ms detection that takes half a second is
     // broken; the poll itself spawns a process per status.)
     ensure!(took < Duration::from_millis(500), "detected after {took:?}");
+    // notify ran for each change: up, then down.
+    wait("notify", Duration::from_secs(5), || {
+        Ok(std::fs::read_to_string(&notified)? == "BFD to-client UP\nBFD to-client DOWN\n")
+    })
+    .with_context(|| std::fs::read_to_string(&notified).unwrap_or_default())?;
     eprintln!("BIRD killed: director's session down after {took:?} (detection time 30 ms; polled)");
 
     // BIRD back: up again. Then the director is killed: BIRD detects it.

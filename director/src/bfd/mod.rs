@@ -234,7 +234,29 @@ impl Run {
         };
         if next != previous {
             let _ = self.verdict.send(next);
+            self.notify(next == Some(true));
         }
+    }
+
+    /// Runs the session's `notify` command (`BFD NAME UP|DOWN`) off the
+    /// timers: a task of its own, cut at 30 s.
+    fn notify(&self, up: bool) {
+        let Some(mut argv) = self.cfg.notify.as_deref().and_then(shlex::split) else {
+            return;
+        };
+        argv.extend([
+            "BFD".to_string(),
+            self.cfg.name.clone(),
+            if up { "UP" } else { "DOWN" }.to_string(),
+        ]);
+        tokio::spawn(async move {
+            use crate::script::{Ended, Leftovers, run};
+            match run(&argv, Duration::from_secs(30), 0, Leftovers::Keep).await {
+                Ok(r) if r.ended == Ended::Exited(0) => {}
+                Ok(r) => warn!(command = ?argv, ended = ?r.ended, "BFD notify failed"),
+                Err(e) => warn!(command = ?argv, error = %e, "cannot run BFD notify"),
+            }
+        });
     }
 
     fn status(&self) -> BfdStatus {
