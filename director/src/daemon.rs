@@ -803,6 +803,11 @@ impl Daemon {
                 old_g.control_group != new_g.control_group,
             ),
             ("global.flow_sync", old_g.flow_sync != new_g.flow_sync),
+            (
+                "global.flow_table_size",
+                old_g.flow_table_size != new_g.flow_table_size,
+            ),
+            ("bfd_instance", self.config.bfd_instance != new.bfd_instance),
         ] {
             if changed {
                 return Err(format!(

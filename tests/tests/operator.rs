@@ -147,6 +147,23 @@ fn metrics_status_and_live_reload() -> Result<()> {
     lab.write("director.toml", &good.replace("\"eth0\"", "\"eth1\""))?;
     let (ok, err) = reload(&state)?;
     ensure!(!ok && err.contains("needs a restart"), "{err}");
+    for (what, text) in [
+        (
+            "global.flow_table_size",
+            good.replacen("[global]\n", "[global]\nflow_table_size = 4096\n", 1),
+        ),
+        (
+            "bfd_instance",
+            format!("{good}\n[[bfd_instance]]\nname = \"b\"\nneighbor_ip = \"10.0.0.2\"\n"),
+        ),
+    ] {
+        lab.write("director.toml", &text)?;
+        let (ok, err) = reload(&state)?;
+        ensure!(
+            !ok && err.contains("needs a restart") && err.contains(what),
+            "{err}"
+        );
+    }
     Ok(())
 }
 
