@@ -706,15 +706,10 @@ fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
-/// The IPv4 header checksum of `h` (its checksum field zero).
+/// The IPv4 header checksum of the 20 bytes of `h` (its checksum field
+/// zero).
 #[inline(always)]
-fn ipv4_checksum(h: &[u8; IPV4_LEN]) -> [u8; 2] {
-    ipv4_checksum_of(h)
-}
-
-/// [`ipv4_checksum`] of a slice holding the header's 20 bytes.
-#[inline(always)]
-fn ipv4_checksum_of(h: &[u8]) -> [u8; 2] {
+fn ipv4_checksum(h: &[u8]) -> [u8; 2] {
     let mut sum = 0u64;
     let mut i = 0;
     while i + 1 < IPV4_LEN && i + 1 < h.len() {
@@ -732,7 +727,7 @@ fn ip_len(ctx: &XdpContext) -> usize {
 
 /// Writes an Ethernet header into the frame's first bytes.
 #[inline(always)]
-fn write_eth(e: &mut [u8; ETH_LEN], dst: &[u8; 6], src: &[u8; 6], ethertype: u16) {
+fn write_eth(e: &mut [u8], dst: &[u8], src: &[u8], ethertype: u16) {
     e[..6].copy_from_slice(dst);
     e[6..12].copy_from_slice(src);
     e[12..].copy_from_slice(&ethertype.to_be_bytes());
@@ -876,10 +871,8 @@ fn too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
     let (eth, rest) = head.split_at_mut(ETH_LEN);
     let (h, icmp) = rest.split_at_mut(IPV4_LEN);
     let quote = q.as_mut_ptr();
-    let (dst, src) = (&macs[6..12], &macs[..6]);
-    eth[..6].copy_from_slice(dst);
-    eth[6..12].copy_from_slice(src);
-    eth[12..].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    // Back to the client, from the MAC it sent to.
+    write_eth(eth, &macs[6..12], &macs[..6], ETH_P_IP);
     h[0] = 0x45;
     h[1] = 0;
     h[2..4].copy_from_slice(&((IPV4_LEN + ICMP_LEN + QUOTE4) as u16).to_be_bytes());
@@ -889,7 +882,7 @@ fn too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
     h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&q[16..20]); // from the VIP
     h[16..20].copy_from_slice(&q[12..16]); // to the client
-    let c = ipv4_checksum_of(h);
+    let c = ipv4_checksum(h);
     h[10..12].copy_from_slice(&c);
     icmp[0] = 3;
     icmp[1] = 4;
@@ -937,9 +930,7 @@ fn too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
     let (eth, rest) = head.split_at_mut(ETH_LEN);
     let (h, icmp) = rest.split_at_mut(IPV6_LEN);
     let quote = q.as_mut_ptr();
-    eth[..6].copy_from_slice(&macs[6..12]);
-    eth[6..12].copy_from_slice(&macs[..6]);
-    eth[12..].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    write_eth(eth, &macs[6..12], &macs[..6], ETH_P_IPV6);
     h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
     h[4..6].copy_from_slice(&((ICMP_LEN + QUOTE6) as u16).to_be_bytes());
     h[6] = IPPROTO_ICMPV6;

@@ -186,25 +186,8 @@ fn tcp_frame(p: &PathProbe, src: IpAddr, sport: u16, seq: u32, ack: u32, flags: 
     t[8..12].copy_from_slice(&ack.to_be_bytes());
     let sum = checksum(&[&pseudo_header(src, p.vip, TCP, t.len()), &t]);
     t[16..18].copy_from_slice(&sum.to_be_bytes());
-    let (ethertype, ip) = match (src, p.vip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = frames::ipv4(
-                s.octets(),
-                d.octets(),
-                TCP,
-                frames::Frag::default(),
-                &[],
-                &t,
-            );
-            h[6] = 0x40; // don't fragment
-            let sum = checksum(&[&h[..20]]);
-            h[10..12].copy_from_slice(&sum.to_be_bytes());
-            (ETH_IPV4, h)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => (ETH_IPV6, frames::ipv6(s.octets(), d.octets(), TCP, &t)),
-        // Families were checked by the caller.
-        _ => (ETH_IPV4, Vec::new()),
-    };
+    let ethertype = if p.vip.is_ipv4() { ETH_IPV4 } else { ETH_IPV6 };
+    let ip = ip_packet(src, p.vip, TCP, &t);
     let ip = if p.tunnel {
         encapsulate(src, p.rs, &ip)
     } else {
@@ -221,24 +204,31 @@ fn tcp_frame(p: &PathProbe, src: IpAddr, sport: u16, seq: u32, ack: u32, flags: 
 /// `inner` inside an outer header from `src` to `rs`: IPv4 in IPv4
 /// (protocol 4) or IPv6 in IPv6 (next header 41).
 fn encapsulate(src: IpAddr, rs: IpAddr, inner: &[u8]) -> Vec<u8> {
-    match (src, rs) {
+    let protocol = if rs.is_ipv4() { 4 } else { 41 };
+    ip_packet(src, rs, protocol, inner)
+}
+
+/// An IP packet from `src` to `dst` around `payload` (IPv4: don't
+/// fragment, header checksum filled in).
+fn ip_packet(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut h = frames::ipv4(
                 s.octets(),
                 d.octets(),
-                4,
+                protocol,
                 frames::Frag::default(),
                 &[],
-                inner,
+                payload,
             );
             h[6] = 0x40; // don't fragment
             let sum = checksum(&[&h[..20]]);
             h[10..12].copy_from_slice(&sum.to_be_bytes());
             h
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => frames::ipv6(s.octets(), d.octets(), 41, inner),
+        (IpAddr::V6(s), IpAddr::V6(d)) => frames::ipv6(s.octets(), d.octets(), protocol, payload),
         // Families were checked by the caller.
-        _ => inner.to_vec(),
+        _ => payload.to_vec(),
     }
 }
 

@@ -1,13 +1,37 @@
-//! `recvmsg` with the ancillary data the daemon's protocols read: the
-//! sender, the TTL / hop limit (IP_RECVTTL, IPV6_RECVHOPLIMIT) and the
-//! IPv6 destination (IPV6_RECVPKTINFO). Used by VRRP's raw IPv6 socket and
-//! BFD's UDP sockets.
+//! Socket plumbing shared by VRRP's raw sockets and BFD's UDP sockets:
+//! integer socket options, and `recvmsg` with the ancillary data the
+//! protocols read (the sender, the TTL / hop limit from IP_RECVTTL /
+//! IPV6_RECVHOPLIMIT, the IPv6 destination from IPV6_RECVPKTINFO).
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::RawFd,
 };
+
+/// Sets an integer socket option.
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a plain int option on a socket the caller owns.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
 
 /// One received datagram.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::config::BfdInstance;
+use crate::{config::BfdInstance, netmsg::setsockopt_int};
 use packet::{Control, Drop, State};
 use session::{Params, Session};
 
@@ -344,29 +344,6 @@ fn receiver(v6: bool) -> Result<AsyncFd<Socket>, BfdError> {
     // SAFETY: the socket is owned by the AsyncFd and closed only with it.
     unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
         .map_err(|e| io_err("registering the socket")(e.into()))
-}
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: a plain setsockopt with an int option.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// One datagram: (payload, source, TTL or hop limit).

@@ -19,6 +19,7 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type}
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
+use crate::netmsg::setsockopt_int;
 use crate::{config::VirtualAddress, neighbor::Mac};
 
 /// Errors of the VRRP network layer.
@@ -64,29 +65,6 @@ const RECV_BUFFER: libc::c_int = 4 << 20;
 
 const IPV6_RECVPKTINFO: libc::c_int = 49;
 const IPV6_RECVHOPLIMIT: libc::c_int = 51;
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: a plain int option on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 impl VrrpSocket {
     /// Opens the socket on `interface` with source address `src`; joins the
