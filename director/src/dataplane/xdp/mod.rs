@@ -302,11 +302,11 @@ impl XdpDataplane {
             };
             let result = if ours {
                 s.insert(key, 1, 0)
+            } else if s.get(&key, 0).is_ok() {
+                s.remove(&key)
             } else {
-                match s.remove(&key) {
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                    other => other,
-                }
+                // Not ours already (an instance starting as backup says so).
+                Ok(())
             };
             if let Err(e) = result {
                 tracing::error!(vmac = %crate::neighbor::Mac(mac), error = %e, "cannot update the dataplane's virtual MACs");
