@@ -199,7 +199,7 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     let dst_mac: [u8; 6] = read(ctx, 0)?;
     match SETTINGS.get(0) {
         Some(s) if s.mac == dst_mac => {}
-        // A VRRP virtual MAC (00:00:5e:00:01:VRID) we are master of.
+        // A VRRP virtual MAC (00:00:5e:00:0{1,2}:VRID) we are master of.
         Some(_) if is_our_vmac(&dst_mac) => {}
         _ => return Err(Pass),
     }
@@ -237,11 +237,12 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     }
 }
 
-/// A VRRP virtual MAC (RFC 5798's IPv4 prefix) in the set the daemon keeps
-/// while master: one prefix comparison, and a lookup only for such frames.
+/// A VRRP virtual MAC (RFC 5798's 00:00:5e:00:01:VRID for IPv4,
+/// 00:00:5e:00:02:VRID for IPv6) in the set the daemon keeps while master:
+/// a prefix comparison, and a lookup only for such frames.
 #[inline(always)]
 fn is_our_vmac(mac: &[u8; 6]) -> bool {
-    if mac[..5] != [0x00, 0x00, 0x5e, 0x00, 0x01] {
+    if mac[..4] != [0x00, 0x00, 0x5e, 0x00] || !(mac[4] == 0x01 || mac[4] == 0x02) {
         return false;
     }
     let key = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0];

@@ -63,6 +63,16 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Restart the running daemon in place without moving any VIP: it hands
+    /// its VRRP state over and executes its binary again (the file at the
+    /// path it was started from: a binary upgrade). Waits until the new
+    /// process answers. `systemctl restart director` does the same.
+    Restart {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Show the VRRP adverts seen on an interface, grouped by virtual
     /// router; flags two masters for one VRID as a split brain.
     WatchVrrp {

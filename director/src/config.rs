@@ -531,9 +531,18 @@ impl VrrpInstance {
         }
     }
 
-    /// The virtual router's MAC (RFC 5798 section 7.3, IPv4).
+    /// The virtual router's MAC (RFC 5798 section 7.3): 00-00-5E-00-01-{VRID} for IPv4,
+    /// 00-00-5E-00-02-{VRID} for IPv6.
     pub fn vmac(&self) -> [u8; 6] {
-        [0x00, 0x00, 0x5e, 0x00, 0x01, self.virtual_router_id]
+        let family = if self.is_ipv6() { 0x02 } else { 0x01 };
+        [0x00, 0x00, 0x5e, 0x00, family, self.virtual_router_id]
+    }
+
+    /// Whether adverts leave from the virtual-MAC interface: with
+    /// `use_vmac`, unless `vmac_xmit_base`, for IPv4 (IPv6 adverts need the
+    /// base interface's link-local address).
+    pub fn adverts_from_vmac(&self) -> bool {
+        self.vmac_name().is_some() && !self.vmac_xmit_base && !self.is_ipv6()
     }
 
     pub fn is_ipv6(&self) -> bool {
@@ -2192,12 +2201,6 @@ impl Config {
                 return Err(problem(at("priority"), "must be between 1 and 255"));
             }
             if let Some(name) = v.vmac_name() {
-                if v.is_ipv6() {
-                    return Err(problem(
-                        at("use_vmac"),
-                        "virtual MACs are supported for IPv4 instances (an IPv6 instance keeps the interface's MAC and announces moves with unsolicited NAs)",
-                    ));
-                }
                 if name.is_empty()
                     || name.len() > 15
                     || name.contains(['/', ' ', ':'])

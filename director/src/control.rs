@@ -38,6 +38,9 @@ pub enum Request {
     RealServer(RealServerChange),
     /// Withdraw every BGP route, wait `withdraw_wait`, then stop.
     Drain,
+    /// Hand the VRRP state over and execute the binary again in place
+    /// (a restart or binary upgrade that moves no VIP).
+    Restart,
 }
 
 /// `director real-server ACTION ...`.

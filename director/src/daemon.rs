@@ -27,7 +27,7 @@ use crate::{
     health::{self, Board},
     neighbor::{Mac, Neighbor, NeighborError, Neighbors},
     status::{RealServerStatus, Status, VirtualServerStatus},
-    vrrp::instance::{Vrrp, VrrpError},
+    vrrp::instance::{VmacHook, Vrrp, VrrpError},
 };
 
 /// How often unresolved real servers are retried.
@@ -601,6 +601,8 @@ impl Daemon {
             .collect();
         Status {
             router_id: g.router_id.clone(),
+            pid: std::process::id(),
+            started_at: *STARTED_AT.get_or_init(unix_now),
             dataplane: self.dataplane.name().to_string(),
             xdp_mode: self.dataplane.xdp_mode().map(str::to_string),
             interface: g.interface.clone(),
@@ -671,9 +673,11 @@ impl Daemon {
     fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Reload | Request::RealServer(_) | Request::Drain => Response::Error {
-                error: "handled by the event loop".into(),
-            },
+            Request::Reload | Request::RealServer(_) | Request::Drain | Request::Restart => {
+                Response::Error {
+                    error: "handled by the event loop".into(),
+                }
+            }
         }
     }
 
@@ -1009,15 +1013,77 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// When this process's daemon started (Unix seconds).
+static STARTED_AT: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// For good: masters released the VIP with a priority-0 advert.
+    Stop,
+    /// A restart by the service manager: state handed over to the next
+    /// process, which the manager starts.
+    Restart,
+    /// `director restart`: state handed over; the caller executes the
+    /// binary again in this process.
+    Reexec,
+}
+
+/// The virtual-MAC hook given to VRRP, which may start before the
+/// dataplane is open (a restart resumes masters first): what VRRP says
+/// meanwhile is replayed when the dataplane's own hook arrives.
+#[derive(Clone, Default)]
+struct LateHook(Arc<Mutex<LateHookState>>);
+
+/// The dataplane's hook once there, and what was said before.
+type LateHookState = (Option<VmacHook>, BTreeMap<[u8; 6], bool>);
+
+impl LateHook {
+    fn hook(&self) -> VmacHook {
+        let me = self.clone();
+        Arc::new(move |mac, ours| {
+            if let Ok(mut g) = me.0.lock() {
+                match &g.0 {
+                    Some(h) => h(mac, ours),
+                    None => {
+                        g.1.insert(mac, ours);
+                    }
+                }
+            }
+        })
+    }
+
+    fn set(&self, real: Option<VmacHook>) {
+        if let Ok(mut g) = self.0.lock() {
+            let pending = std::mem::take(&mut g.1);
+            if let Some(h) = &real {
+                for (mac, ours) in pending {
+                    h(mac, ours);
+                }
+            }
+            g.0 = real;
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
 /// keeps forwarding; the next `director run` adopts it.
-pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, DaemonError> {
     let g = config.global.clone();
     std::fs::create_dir_all(&g.state_dir).map_err(|source| DaemonError::StateDir {
         path: g.state_dir.clone(),
         source,
     })?;
     let _instance = lock_state_dir(&g.state_dir)?;
+    STARTED_AT.get_or_init(unix_now);
+    // A restarting predecessor's instances: resumed before anything slow.
+    let handover = crate::handover::take(&g.state_dir).map(Arc::new);
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
@@ -1031,6 +1097,28 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         virtual_servers = config.virtual_server.len(),
         "director starting"
     );
+    // BFD and VRRP come up before the dataplane when the previous process
+    // handed over a master: its first advert must leave before the backups'
+    // master-down timers run out (the pinned dataplane forwards meanwhile).
+    // Otherwise VRRP starts after the dataplane: a master takes the VIP
+    // only once its frames are forwarded.
+    let bfd = crate::bfd::Bfd::start(&config.bfd_instance)
+        .map_err(|e| DaemonError::Bfd(e.to_string()))?;
+    let vmac_hook = LateHook::default();
+    let start_vrrp = || {
+        Vrrp::start_with(
+            &config,
+            crate::vrrp::instance::Inputs {
+                vmac_hook: Some(vmac_hook.hook()),
+                bfd: bfd.verdicts(),
+                handover: handover.clone(),
+            },
+        )
+    };
+    let early_vrrp = match &handover {
+        Some(h) if h.instances.iter().any(|i| i.state == "master") => Some(start_vrrp()?),
+        _ => None,
+    };
     let pins = match g.dataplane {
         DataplaneKind::Ipvs => None,
         DataplaneKind::Xdp | DataplaneKind::Auto => {
@@ -1084,15 +1172,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
     });
     checks.update(health::all_specs(&config));
     let board = checks.board();
-    let bfd = crate::bfd::Bfd::start(&config.bfd_instance)
-        .map_err(|e| DaemonError::Bfd(e.to_string()))?;
-    let vrrp = Vrrp::start_with(
-        &config,
-        crate::vrrp::instance::Inputs {
-            vmac_hook: dataplane.vmac_hook(),
-            bfd: bfd.verdicts(),
-        },
-    )?;
+    vmac_hook.set(dataplane.vmac_hook());
+    let vrrp = match early_vrrp {
+        Some(v) => v,
+        None => start_vrrp()?,
+    };
     // Flow-table sharing with peer directors.
     let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
         Some(fs) if dataplane.name() == "xdp" => {
@@ -1216,8 +1300,17 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         }
         daemon.announce();
         tokio::select! {
-            _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); break Ok(()); }
-            _ = sigterm.recv() => { info!(signal = "SIGTERM", "stopping"); break Ok(()); }
+            _ = sigint.recv() => { info!(signal = "SIGINT", "stopping"); break Ok(Stopped::Stop); }
+            _ = sigterm.recv() => {
+                // `systemctl restart` (or an upgrade's): hand over instead
+                // of moving the VIP away and back.
+                if crate::handover::systemd_restart_pending().await {
+                    info!(signal = "SIGTERM", "restarting (systemd restart job): handing over");
+                    break Ok(Stopped::Restart);
+                }
+                info!(signal = "SIGTERM", "stopping");
+                break Ok(Stopped::Stop);
+            }
             _ = sighup.recv() => {
                 info!(signal = "SIGHUP", "reloading the configuration");
                 if let Err(e) = daemon.reload().await {
@@ -1238,7 +1331,20 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
                         info!(withdraw_wait = wait, "draining: routes withdrawn, stopping after the wait");
                         let _ = reply.send(Response::Ok { ok: true });
                         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-                        break Ok(());
+                        break Ok(Stopped::Stop);
+                    }
+                    Request::Restart => {
+                        // The next process must be able to start.
+                        if let Err(e) = Config::load(&daemon.config_path) {
+                            error!("restart refused, nothing changed: {e}");
+                            let _ = reply.send(Response::Error {
+                                error: format!("restart refused (the running daemon goes on): {e}"),
+                            });
+                            continue;
+                        }
+                        info!("restarting in place (director restart): handing over");
+                        let _ = reply.send(Response::Ok { ok: true });
+                        break Ok(Stopped::Reexec);
                     }
                     Request::Reload => match daemon.reload().await {
                         Ok(()) => Response::Ok { ok: true },
@@ -1301,8 +1407,22 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    // BGP: withdraw, and give the routers time to move traffic away.
-    if daemon.bird.is_some() && !daemon.draining {
+    // A restart hands over only if the next process can start: a config
+    // that no longer loads would leave the VIP held by no daemon.
+    let result = match result {
+        Ok(Stopped::Restart | Stopped::Reexec) => match Config::load(&daemon.config_path) {
+            Ok(_) => result,
+            Err(e) => {
+                warn!(error = %e, "the config file no longer loads, so the next process cannot start: stopping for good (the VIP moves to a backup)");
+                Ok(Stopped::Stop)
+            }
+        },
+        other => other,
+    };
+    let handing_over = matches!(result, Ok(Stopped::Restart | Stopped::Reexec));
+    // BGP: withdraw, and give the routers time to move traffic away (not
+    // for a restart: the next process announces the same).
+    if daemon.bird.is_some() && !daemon.draining && !handing_over {
         daemon.draining = true;
         daemon.announce();
         daemon.withdrawn().await;
@@ -1315,12 +1435,25 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
     // Masters hand over first (priority 0), then the control plane goes.
+    // For a restart, the next process is handed what we hold.
     if let Some(vrrp) = daemon.vrrp.take() {
-        vrrp.stop().await;
+        if handing_over {
+            let instances = vrrp.hand_over().await;
+            let h = crate::handover::Handover::new(instances);
+            if let Err(e) = crate::handover::write(&daemon.config.global.state_dir, &h) {
+                error!(error = %e, "cannot write the handover file: the next process starts afresh");
+            }
+        } else {
+            vrrp.stop().await;
+        }
     }
-    // BFD peers learn we went administratively down.
+    // BFD peers learn we went administratively down (unless we come back).
     if let Some(bfd) = daemon.bfd.take() {
-        bfd.stop().await;
+        if handing_over {
+            bfd.abandon().await;
+        } else {
+            bfd.stop().await;
+        }
     }
     control.abort();
     if let Some(m) = metrics {
@@ -1342,7 +1475,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         }
     }
     daemon.dataplane.release();
-    info!("director stopped");
+    match result {
+        Ok(Stopped::Stop) | Err(_) => info!("director stopped"),
+        Ok(_) => info!("director stopped, handed over to the next process"),
+    }
     result
 }
 

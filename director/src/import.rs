@@ -1081,22 +1081,11 @@ impl Translator {
             }
         }
         if let Some(c) = vmac {
-            let v6 = addresses
-                .first()
-                .and_then(Value::as_str)
-                .is_some_and(|a| a.contains(':'));
-            if v6 {
-                self.warn(
-                    c,
-                    "virtual MACs are supported for IPv4 instances: the interface's MAC is used (moves are announced with unsolicited NAs)",
-                );
-            } else {
-                let value = match c.args.first() {
-                    Some(name) => string(name),
-                    None => Value::Boolean(true),
-                };
-                t.insert("use_vmac".into(), value);
-            }
+            let value = match c.args.first() {
+                Some(name) => string(name),
+                None => Value::Boolean(true),
+            };
+            t.insert("use_vmac".into(), value);
         }
         if !addresses.is_empty() {
             t.insert("virtual_ipaddress".into(), Value::Array(addresses));
@@ -1859,7 +1848,7 @@ mod tests {
     }
 
     #[test]
-    fn virtual_macs_come_across_for_ipv4() {
+    fn virtual_macs_come_across() {
         let text = "vrrp_instance A {\n  interface eth0\n  virtual_router_id 51\n  use_vmac\n  vmac_xmit_base\n  virtual_ipaddress {\n    10.0.0.100\n  }\n}\n\
 vrrp_instance B {\n  interface eth0\n  virtual_router_id 52\n  use_vmac vm52\n  virtual_ipaddress {\n    10.0.0.101\n  }\n}\n\
 vrrp_instance C {\n  interface eth0\n  virtual_router_id 53\n  use_vmac\n  virtual_ipaddress {\n    fd00::100\n  }\n}\n";
@@ -1869,14 +1858,8 @@ vrrp_instance C {\n  interface eth0\n  virtual_router_id 53\n  use_vmac\n  virtu
         assert_eq!(vi[0]["use_vmac"].as_bool(), Some(true));
         assert_eq!(vi[0]["vmac_xmit_base"].as_bool(), Some(true));
         assert_eq!(vi[1]["use_vmac"].as_str(), Some("vm52"));
-        assert!(vi[2].get("use_vmac").is_none());
-        let lines: Vec<String> = imp.warnings.iter().map(ToString::to_string).collect();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("k.conf:21:") && l.contains("IPv4 instances")),
-            "{lines:#?}"
-        );
+        assert_eq!(vi[2]["use_vmac"].as_bool(), Some(true), "IPv6 too");
+        assert!(imp.warnings.is_empty(), "{:#?}", imp.warnings);
         crate::config::Config::parse(Path::new("imported.toml"), &imp.toml)
             .expect("passes check-config");
     }

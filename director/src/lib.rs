@@ -12,6 +12,7 @@ pub mod flowsync;
 pub mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub mod health;
 pub mod import;
 pub mod maglev;

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
         Command::Reload { state_dir, config } => {
             state_dir_of(state_dir, config).and_then(|dir| reload(&dir))
         }
+        Command::Restart { state_dir, config } => {
+            state_dir_of(state_dir, config).and_then(|dir| restart(&dir))
+        }
         Command::WatchVrrp {
             interface,
             duration,
@@ -310,6 +313,34 @@ fn reload(state_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// `director restart`: asks the daemon to hand over and execute itself
+/// again, then waits (up to 30 s) for the new process to answer.
+fn restart(state_dir: &Path) -> anyhow::Result<()> {
+    let started = |r| match r {
+        Ok(Response::Status(s)) => Some(s.started_at),
+        _ => None,
+    };
+    let before = started(control::request(state_dir, &Request::Status));
+    command(state_dir, &Request::Restart)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The old process removes its socket as it goes; the new one binds it.
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Ok(Response::Status(s)) = control::request(state_dir, &Request::Status)
+            && Some(s.started_at) != before
+        {
+            println!("restarted (pid {})", s.pid);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the daemon of {} did not come back within 30 s: see its log (journalctl -u director)",
+                state_dir.display()
+            );
+        }
+    }
+}
+
 fn flush_state(target: &Target) -> anyhow::Result<()> {
     let removed = daemon::flush(&target.state_dir, &target.pin_dir)?;
     if removed.is_empty() {
@@ -330,7 +361,18 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(config, path))?;
+    // The binary as started: after an upgrade replaced the file, this
+    // path names the new binary (/proc/self/exe would name the old one).
+    let exe = std::env::current_exe().context("finding our own binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let stopped = runtime.block_on(daemon::run(config, path))?;
+    drop(runtime);
+    if stopped == daemon::Stopped::Reexec {
+        use std::os::unix::process::CommandExt as _;
+        tracing::info!(binary = %exe.display(), "executing the binary again");
+        let e = std::process::Command::new(&exe).args(&args).exec();
+        bail!("cannot execute {} again: {e}", exe.display());
+    }
     Ok(())
 }
 

@@ -367,6 +367,8 @@ mod tests {
     fn a_real_prometheus_parser_reads_the_metrics() {
         let s = Status {
             router_id: "lb1".into(),
+            pid: 1,
+            started_at: 0.0,
             dataplane: "xdp".into(),
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),

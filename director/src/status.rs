@@ -11,6 +11,12 @@ pub use crate::vrrp::instance::InstanceStatus;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub router_id: String,
+    /// The daemon's process ID, and when this process started (Unix
+    /// seconds): `director restart` keeps the PID and changes the time.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub started_at: f64,
     /// `xdp` (or `ipvs`).
     pub dataplane: String,
     /// `native` or `generic` for XDP.
@@ -266,6 +272,8 @@ mod tests {
     fn sample() -> Status {
         Status {
             router_id: "lb1".into(),
+            pid: 1,
+            started_at: 0.0,
             dataplane: "xdp".into(),
             xdp_mode: Some("native".into()),
             interface: "eth0".into(),

@@ -149,14 +149,17 @@ pub fn vrrp_config(lab: &Lab, router_id: &str, priority: u8, extra: &str) -> Res
 /// 100, `extra` in both instances) and waits until director1 is master,
 /// director2 backup, and both have resolved every real server.
 pub fn vrrp_pair(lab: &Lab, extra: &str) -> Result<(Proc, Proc)> {
-    let p1 = lab.write(
-        "director1.toml",
+    vrrp_pair_of(
+        lab,
         &vrrp_config(lab, "director1", 150, extra)?,
-    )?;
-    let p2 = lab.write(
-        "director2.toml",
         &vrrp_config(lab, "director2", 100, extra)?,
-    )?;
+    )
+}
+
+/// [`vrrp_pair`] with the two directors' whole configs (instance `VI_1`).
+pub fn vrrp_pair_of(lab: &Lab, config1: &str, config2: &str) -> Result<(Proc, Proc)> {
+    let p1 = lab.write("director1.toml", config1)?;
+    let p2 = lab.write("director2.toml", config2)?;
     let d1 = spawn_director(lab, 0, &p1)?;
     let d2 = spawn_director(lab, 1, &p2)?;
     let s1 = lab.state_dir("director1")?;

@@ -6,8 +6,10 @@
 //! the VIP, and: `systemctl restart` loses none; `systemctl stop` leaves it
 //! forwarding; `kill -9` of the daemon is restarted by systemd, which
 //! adopts the pinned dataplane, losing none; an upgrade to the next package
-//! version (apt) loses none; `director flush` from a root shell removes it
-//! all. A request fails if it does not complete within 5 s or needed more
+//! version (apt) loses none; with VRRP and a backup director, ten
+//! `systemctl restart`s and a package reinstall of the master move no VIP
+//! (no transition on the backup, no notification, no failed request);
+//! `director flush` from a root shell removes it all. A request fails if it does not complete within 5 s or needed more
 //! than 0.9 s to connect (a SYN lost while nothing forwarded).
 
 use std::{path::PathBuf, time::Duration};
@@ -30,6 +32,20 @@ port = 80
 
   [[virtual_server.real_server]]
   address = "10.0.0.21"
+"#;
+
+/// The VRRP phase: this machine's director as master (its notifications
+/// logged) with [`CONFIG`]'s service, a backup director in namespace d2.
+const VRRP_INSTANCE: &str = r#"
+[[vrrp_instance]]
+name = "VI_1"
+virtual_router_id = 51
+priority = 150
+version = 3
+# TCG emulation is slow: restarts under it need the longer interval.
+advert_int = 1
+virtual_ipaddress = ["10.0.0.100/32"]
+notify = "/bin/sh -c 'echo $* >> /run/director/notify.log' notify"
 "#;
 
 const SCENARIO: &str = r#"
@@ -136,6 +152,44 @@ load_stop upgrade
 echo "RESULT version=$(dpkg-query -W -f '${Version}' director)"
 echo "RESULT after_upgrade=$(systemctl is-active director)"
 
+# VRRP: a backup in namespace d2; restarts and an upgrade of the master
+# move no VIP (no transition on the backup, no notification).
+systemctl stop director
+ip addr del 10.0.0.100/32 dev eth0
+install -m 0644 /root/install/vrrp1.toml /etc/director/director.toml
+sed -e 's/priority = 150/priority = 100/' -e 's|^notify = .*||' \
+  -e 's|^interface = "eth0"|interface = "eth0"\nstate_dir = "/run/director-d2"|' \
+  /root/install/vrrp1.toml > /root/vrrp2.toml
+host d2 10.0.0.11
+ip netns exec d2 director run --config /root/vrrp2.toml > /tmp/d2.log 2>&1 &
+systemctl start director
+vrrp() { director status --json --state-dir $1 2>/dev/null | grep -o "\"$2\": [\"a-z0-9]*" | head -1 | sed 's/.*: //; s/"//g'; }
+for i in $(seq 60); do
+  [ "$(vrrp /run/director state)" = master ] && [ "$(vrrp /run/director-d2 state)" = backup ] && break
+  sleep 0.5
+done
+ready vrrp
+echo "RESULT vrrp_start=$(vrrp /run/director state)/$(vrrp /run/director-d2 state)"
+before=$(vrrp /run/director-d2 transitions)
+load_start vrrp
+for i in $(seq 10); do
+  systemctl restart director
+  ready vrrp
+  sleep 1
+done
+apt-get install -y -q --reinstall /root/install/director_2.deb > /tmp/apt3.log 2>&1 || { echo "RESULT apt_reinstall_failed=1"; cat /tmp/apt3.log; }
+ready vrrp
+load_stop vrrp
+echo "RESULT vrrp_end=$(vrrp /run/director state)/$(vrrp /run/director-d2 state)"
+echo "RESULT vrrp_backup_transitions=$(( $(vrrp /run/director-d2 transitions) - before ))"
+echo "RESULT vrrp_taken_over=$(journalctl -u director --no-pager | grep -c 'taken over from the previous process')"
+echo "RESULT vrrp_notified=$(wc -l < /run/director/notify.log)"
+echo BEGIN d2
+grep -i "vrrp" /tmp/d2.log | tail -20
+echo END d2
+echo BEGIN handover
+journalctl -u director --no-pager -o short-precise | grep -E "handing over|handed over|taking over|taken over|too long|state change|Starting|Started" | tail -60
+echo END handover
 systemctl stop director
 director flush
 echo "RESULT flushed_pins=$(ls /sys/fs/bpf/director 2>/dev/null | wc -l)"
@@ -156,10 +210,13 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         .collect::<Result<_>>()?;
     let config = work.join("director.toml");
     std::fs::write(&config, CONFIG)?;
+    let vrrp1 = work.join("vrrp1.toml");
+    std::fs::write(&vrrp1, format!("{CONFIG}{VRRP_INSTANCE}"))?;
     let files = [
         ("/root/install/director_1.deb", debs[0].clone()),
         ("/root/install/director_2.deb", debs[1].clone()),
         ("/root/install/director.toml", config),
+        ("/root/install/vrrp1.toml", vrrp1),
     ];
     let out = systemd_vm::run(
         &systemd_vm::SystemdVmSpec {
@@ -221,7 +278,7 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         get("version")
     );
     ensure!(get("after_upgrade").as_deref() == Some("active"));
-    for phase in ["restart", "stop", "kill", "upgrade"] {
+    for phase in ["restart", "stop", "kill", "upgrade", "vrrp"] {
         let (ok, failed, slow) = (
             num(&format!("{phase}_ok"))?,
             num(&format!("{phase}_failed"))?,
@@ -234,6 +291,38 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
             "{phase}: {failed} failed, {slow} needed a SYN retransmission\n{journal}"
         );
     }
+    // Restarts (systemctl restart, a package reinstall) of a VRRP master
+    // with a backup listening.
+    let d2 = format!(
+        "backup director:\n{}\nthe master's handovers:\n{}",
+        vm::section(&out, "d2"),
+        vm::section(&out, "handover")
+    );
+    ensure!(
+        get("vrrp_start").as_deref() == Some("master/backup"),
+        "VRRP pair not formed: {:?}\n{journal}\n{d2}",
+        get("vrrp_start")
+    );
+    ensure!(
+        get("vrrp_end").as_deref() == Some("master/backup"),
+        "after the restarts: {:?}\n{journal}\n{d2}",
+        get("vrrp_end")
+    );
+    ensure!(
+        num("vrrp_backup_transitions")? == 0,
+        "the backup changed state {} times during the master's restarts\n{journal}\n{d2}",
+        num("vrrp_backup_transitions")?
+    );
+    ensure!(
+        num("vrrp_taken_over")? == 11,
+        "{} of 11 restarts resumed the master\n{d2}",
+        num("vrrp_taken_over")?
+    );
+    ensure!(
+        num("vrrp_notified")? == 1,
+        "notifications ran during the restarts ({} lines)",
+        num("vrrp_notified")?
+    );
     ensure!(num("stopped_xdp")? == 1, "systemctl stop detached XDP");
     ensure!(num("restarts")? >= 1, "systemd did not restart the daemon");
     ensure!(

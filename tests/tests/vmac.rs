@@ -22,20 +22,97 @@ fn new_flows(state: &std::path::Path) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// What `ip -br addr show dev vrrp.51` prints in a namespace (empty when
-/// there is no such interface).
-fn vmac_interface(lab: &Lab, i: usize) -> Result<String> {
+/// What `ip -br link/addr show dev IFACE` print in director `i`'s
+/// namespace (empty when there is no such interface).
+fn vmac_interface_named(lab: &Lab, i: usize, iface: &str) -> Result<String> {
     let out = lab.directors[i]
         .ns
-        .ip(&["-br", "link", "show", "dev", "vrrp.51"])?;
+        .ip(&["-br", "link", "show", "dev", iface])?;
     let addrs = lab.directors[i]
         .ns
-        .ip(&["-br", "addr", "show", "dev", "vrrp.51"])?;
+        .ip(&["-br", "addr", "show", "dev", iface])?;
     Ok(format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&addrs.stdout)
     ))
+}
+
+fn vmac_interface(lab: &Lab, i: usize) -> Result<String> {
+    vmac_interface_named(lab, i, "vrrp.51")
+}
+
+/// The client's neighbour entry for `vip` pinned to `vmac`: requests go
+/// to director1 (master) only; then director1's link goes down, director2
+/// takes instance `instance` over (the VIP on its `iface`), and the same
+/// pinned entry reaches it. Neither daemon failed to update the
+/// dataplane's set of virtual MACs (a backup starting up clears an entry
+/// it never had: no error either).
+fn pinned_entry_survives_failover(
+    lab: &Lab,
+    daemons: [&director_tests::Proc; 2],
+    vip: std::net::IpAddr,
+    vmac: &str,
+    instance: &str,
+    iface: &str,
+) -> Result<()> {
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    let family = if vip.is_ipv6() { "-6" } else { "-4" };
+    lab.client.ns.ip(&[
+        family,
+        "neigh",
+        "replace",
+        &vip.to_string(),
+        "lladdr",
+        vmac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    let addr = SocketAddr::new(vip, 80);
+    let before = (new_flows(&s1)?, new_flows(&s2)?);
+    let t = lab
+        .client
+        .run(move || http::hammer(addr, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "through the virtual MAC: {t:?}");
+    let after = (new_flows(&s1)?, new_flows(&s2)?);
+    ensure!(
+        after.0 >= before.0 + 20 && after.1 == before.1,
+        "the master placed {} and the backup {} of 20 flows",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    // The master's link goes down: the backup takes the VIP and the
+    // virtual MAC; the client's pinned entry now reaches it.
+    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    scenario::wait_vrrp_state(&s2, instance, "master", Duration::from_secs(5))?;
+    let b = vmac_interface_named(lab, 1, iface)?;
+    ensure!(b.contains(&vip.to_string()), "new master: {b}");
+    let before = new_flows(&s2)?;
+    let t = lab
+        .client
+        .run(move || http::hammer(addr, 20, Duration::from_secs(2)))?;
+    ensure!(t.ok == 20, "after the failover: {t:?}");
+    ensure!(
+        new_flows(&s2)? >= before + 20,
+        "the new master did not carry the requests"
+    );
+    let neigh = lab
+        .client
+        .ns
+        .ip(&[family, "neigh", "show", &vip.to_string(), "dev", "eth0"])?;
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    ensure!(neigh.contains(vmac), "the client's entry moved: {neigh}");
+    for d in daemons {
+        ensure!(
+            !d.log()
+                .contains("cannot update the dataplane's virtual MACs"),
+            "{}",
+            d.log()
+        );
+    }
+    Ok(())
 }
 
 #[test]
@@ -46,7 +123,6 @@ fn a_pinned_arp_entry_for_the_virtual_mac_survives_a_failover() -> Result<()> {
         vip_on_director: false,
     })?;
     let (d1, d2) = scenario::vrrp_pair(&lab, "version = 3\nadvert_int = 0.1\nuse_vmac = true")?;
-    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
 
     // Both have the interface; only the master holds the VIP on it.
     let (m, b) = (vmac_interface(&lab, 0)?, vmac_interface(&lab, 1)?);
@@ -59,68 +135,11 @@ fn a_pinned_arp_entry_for_the_virtual_mac_survives_a_failover() -> Result<()> {
         "backup: {b}"
     );
 
-    // The client's entry for the VIP: the virtual MAC, pinned.
-    lab.client.ns.ip(&[
-        "neigh",
-        "replace",
-        &VIP.to_string(),
-        "lladdr",
-        VMAC,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
-    let vip = SocketAddr::from((VIP, 80));
-    let before = (new_flows(&s1)?, new_flows(&s2)?);
-    let t = lab
-        .client
-        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
-    ensure!(t.ok == 20, "through the virtual MAC: {t:?}");
-    let after = (new_flows(&s1)?, new_flows(&s2)?);
-    ensure!(
-        after.0 >= before.0 + 20 && after.1 == before.1,
-        "the master placed {} and the backup {} of 20 flows",
-        after.0 - before.0,
-        after.1 - before.1
-    );
-
-    // The master's link goes down: the backup takes the VIP and the
-    // virtual MAC; the client's pinned entry now reaches it.
-    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
-    let b = vmac_interface(&lab, 1)?;
-    ensure!(b.contains(&format!("{VIP}/32")), "new master: {b}");
-    let before = new_flows(&s2)?;
-    let t = lab
-        .client
-        .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
-    ensure!(t.ok == 20, "after the failover: {t:?}");
-    ensure!(
-        new_flows(&s2)? >= before + 20,
-        "the new master did not carry the requests"
-    );
-    let neigh = lab
-        .client
-        .ns
-        .ip(&["neigh", "show", &VIP.to_string(), "dev", "eth0"])?;
-    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
-    ensure!(neigh.contains(VMAC), "the client's entry moved: {neigh}");
-    // The dataplane's set of virtual MACs took every change (a backup
-    // starting up clears an entry it never had: no error either).
-    for d in [&d1, &d2] {
-        ensure!(
-            !d.log()
-                .contains("cannot update the dataplane's virtual MACs"),
-            "{}",
-            d.log()
-        );
-    }
-    Ok(())
+    pinned_entry_survives_failover(&lab, [&d1, &d2], VIP.into(), VMAC, "VI_1", "vrrp.51")
 }
 
-/// A config asking for a virtual MAC on an IPv6 instance, or two
-/// instances naming the same interface, is refused with the key.
+/// A config with two instances naming the same virtual-MAC interface, or
+/// a name that is no interface name, is refused with the key.
 #[test]
 fn bad_use_vmac_is_refused() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vmac-{}", std::process::id()));
@@ -131,10 +150,6 @@ fn bad_use_vmac_is_refused() -> Result<()> {
         (
             "virtual_ipaddress = [\"10.0.0.101\"]\nuse_vmac = \"vm0\"\n",
             "another instance's virtual MAC interface",
-        ),
-        (
-            "virtual_ipaddress = [\"fd00::100\"]\nuse_vmac = true\n",
-            "IPv4 instances",
         ),
         (
             "virtual_ipaddress = [\"10.0.0.101\"]\nuse_vmac = \"much-too-long-name\"\n",
@@ -154,4 +169,80 @@ fn bad_use_vmac_is_refused() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// IPv6: the VIP lives on the macvlan with 00:00:5e:00:02:VRID (RFC 5798's
+/// IPv6 virtual MAC), which has no link-local address of its own (adverts
+/// come from the base interface's); a client whose neighbour entry for the
+/// VIP is pinned to the virtual MAC keeps being served across a failover,
+/// by the new master.
+#[test]
+fn ipv6_a_pinned_neighbour_entry_for_the_virtual_mac_survives_a_failover() -> Result<()> {
+    use director_tests::lab::VIP6;
+    const VMAC6: &str = "00:00:5e:00:02:3d"; // VRID 61
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })?;
+    let servers: Vec<String> = lab
+        .real_servers
+        .iter()
+        .map(|r| r.ip6().to_string())
+        .collect();
+    let mut procs = Vec::new();
+    for (i, prio) in [(0usize, 150u8), (1, 100)] {
+        let name = format!("director{}", i + 1);
+        let mut c = scenario::global_config(&lab, &name)?;
+        c.push_str(&format!(
+            "\n[[vrrp_instance]]\nname = \"VI_6\"\nvirtual_router_id = 61\npriority = {prio}\nversion = 3\nadvert_int = 0.1\nuse_vmac = true\nvirtual_ipaddress = [\"{VIP6}\"]\n"
+        ));
+        c.push_str(&scenario::virtual_server(
+            &VIP6.to_string(),
+            80,
+            &servers,
+            &[],
+        ));
+        let path = lab.write(&format!("{name}.toml"), &c)?;
+        procs.push(scenario::spawn_director(&lab, i, &path)?);
+    }
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    scenario::wait_vrrp_state(&s1, "VI_6", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_6", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    let st = scenario::status(&s2)?;
+    ensure!(
+        st["vrrp"][0]["master_address"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("fe80::")),
+        "adverts not from a link-local address: {}",
+        st["vrrp"][0]
+    );
+    let show = |i: usize, what: &[&str]| -> Result<String> {
+        let mut args = vec!["-6", "-br"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["dev", "vrrp.61"]);
+        let out = lab.directors[i].ns.ip(&args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (m, b) = (show(0, &["link", "show"])?, show(1, &["link", "show"])?);
+    ensure!(m.contains(VMAC6) && b.contains(VMAC6), "{m} / {b}");
+    let (m, b) = (show(0, &["addr", "show"])?, show(1, &["addr", "show"])?);
+    ensure!(
+        m.contains(&VIP6.to_string()) && !m.contains("fe80:"),
+        "master's virtual-MAC interface: {m}"
+    );
+    ensure!(
+        !b.contains(&VIP6.to_string()) && !b.contains("fe80:"),
+        "backup's virtual-MAC interface: {b}"
+    );
+    pinned_entry_survives_failover(
+        &lab,
+        [&procs[0], &procs[1]],
+        VIP6.into(),
+        VMAC6,
+        "VI_6",
+        "vrrp.61",
+    )
 }

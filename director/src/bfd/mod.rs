@@ -78,7 +78,7 @@ pub struct Bfd {
     /// and went down, or came up never (`None` until the first verdict).
     states: BTreeMap<String, watch::Receiver<Option<bool>>>,
     status: Arc<Mutex<Vec<BfdStatus>>>,
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<mpsc::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -157,9 +157,20 @@ impl Bfd {
     }
 
     /// Stops: every session tells its peer it goes administratively down.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_telling(true).await;
+    }
+
+    /// Stops for a restart: the peers are not told (the next process
+    /// brings the sessions up again; a peer with a short detection time
+    /// sees them time out meanwhile).
+    pub async fn abandon(self) {
+        self.stop_telling(false).await;
+    }
+
+    async fn stop_telling(mut self, tell: bool) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(()).await;
+            let _ = tx.send(tell).await;
         }
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -430,7 +441,7 @@ async fn run(
     rx4: Option<AsyncFd<Socket>>,
     rx6: Option<AsyncFd<Socket>>,
     status: Arc<Mutex<Vec<BfdStatus>>>,
-    mut stop: mpsc::Receiver<()>,
+    mut stop: mpsc::Receiver<bool>,
 ) {
     for r in &mut runs {
         info!(
@@ -501,7 +512,10 @@ async fn run(
                     published = Instant::now();
                 }
             },
-            _ = stop.recv() => {
+            tell = stop.recv() => {
+                if tell == Some(false) {
+                    return;
+                }
                 for r in &mut runs {
                     r.session.admin_down();
                     r.changed();

@@ -81,6 +81,8 @@ pub struct InstanceStatus {
 
 enum Command {
     Shutdown(oneshot::Sender<()>),
+    /// The process restarts: keep what is held, say what state we were in.
+    HandOver(oneshot::Sender<Option<crate::handover::Instance>>),
     /// A reload changed only what the running instance can take in place.
     Update(Box<VrrpInstance>),
 }
@@ -92,6 +94,8 @@ struct StartCmd {
     status: Arc<Mutex<InstanceStatus>>,
     commands: mpsc::Receiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), VrrpError>>,
+    /// The state the previous process handed over (`master`, `backup`).
+    resume: Option<String>,
 }
 
 /// One running instance, as the daemon sees it.
@@ -222,6 +226,9 @@ pub struct Inputs {
     pub vmac_hook: Option<VmacHook>,
     /// BFD sessions' verdicts by name (`track_bfd`, `master_bfd`).
     pub bfd: BTreeMap<String, watch::Receiver<Option<bool>>>,
+    /// What the previous process handed over (used by the first start
+    /// only).
+    pub handover: Option<Arc<crate::handover::Handover>>,
 }
 
 impl Vrrp {
@@ -271,6 +278,8 @@ impl Vrrp {
         for inst in &config.vrrp_instance {
             vrrp.start_instance(inst.clone())?;
         }
+        // A handover is for the first start only, never a reload's.
+        vrrp.inputs.handover = None;
         Ok(vrrp)
     }
 
@@ -280,6 +289,11 @@ impl Vrrp {
             .clone()
             .unwrap_or_else(|| self.interface.clone());
         let status = new_status(&inst, &iface);
+        let resume = self
+            .inputs
+            .handover
+            .as_ref()
+            .and_then(|h| h.resume(&inst, &iface));
         let (tx, rx) = mpsc::channel(8);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let start_tx = self.start_tx.as_ref().ok_or(VrrpError::Gone)?;
@@ -290,6 +304,7 @@ impl Vrrp {
                 status: status.clone(),
                 commands: rx,
                 ready: ready_tx,
+                resume,
             })
             .map_err(|_| VrrpError::Gone)?;
         ready_rx.recv().map_err(|_| VrrpError::Gone)??;
@@ -387,6 +402,26 @@ impl Vrrp {
             .iter()
             .filter_map(|h| h.status.lock().ok().map(|s| s.clone()))
             .collect()
+    }
+
+    /// Stop for a restart (see [`crate::handover`]): masters send one last
+    /// ordinary advert and keep their addresses; nothing is notified.
+    /// Returns the instances to resume.
+    pub async fn hand_over(mut self) -> Vec<crate::handover::Instance> {
+        let mut out = Vec::new();
+        for h in std::mem::take(&mut self.instances) {
+            let (tx, rx) = oneshot::channel();
+            if h.commands.send(Command::HandOver(tx)).await.is_ok()
+                && let Ok(Ok(Some(i))) = tokio::time::timeout(Duration::from_secs(5), rx).await
+            {
+                out.push(i);
+            }
+        }
+        self.start_tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        out
     }
 
     /// Graceful stop: masters send priority 0 and release their addresses.
@@ -510,7 +545,7 @@ async fn run_all(
                 tx: tx.clone(),
                 priorities: priorities.clone(),
             });
-        match Runner::open(cmd.inst, cmd.iface, cmd.status, &shared, group).await {
+        match Runner::open(cmd.inst, cmd.iface, cmd.status, &shared, group, cmd.resume).await {
             Ok(runner) => {
                 tasks.push(tokio::spawn(runner.run(cmd.commands)));
                 let _ = cmd.ready.send(Ok(()));
@@ -668,6 +703,9 @@ struct Runner {
     vmac_hook: Option<VmacHook>,
     /// `master_bfd`: the BFD session to the master.
     master_bfd: Option<watch::Receiver<Option<bool>>>,
+    /// Taking over from the previous process: the first transition is
+    /// the state it had, not a change (no notification).
+    resumed: bool,
 }
 
 /// What every instance of the VRRP thread shares.
@@ -685,6 +723,7 @@ impl Runner {
         status: Arc<Mutex<InstanceStatus>>,
         shared: &Shared,
         group: Option<SyncGroup>,
+        resume: Option<String>,
     ) -> Result<Runner, VrrpError> {
         let trackers = &shared.trackers;
         let notifier = shared.notifier.clone();
@@ -726,6 +765,7 @@ impl Runner {
                     &vname,
                     link.index,
                     crate::neighbor::Mac(cfg.vmac()),
+                    v6,
                 )
                 .await
                 .map_err(|source| VrrpError::Net {
@@ -739,9 +779,11 @@ impl Runner {
         };
         // Adverts from the virtual MAC are also received there: a frame
         // whose source MAC is a local macvlan's is handed to that macvlan
-        // only, never to the base interface.
+        // only, never to the base interface. IPv6 adverts leave from the
+        // base interface's link-local address (the virtual-MAC interface
+        // has none: one would be shared by every director).
         let (sock_iface, sock_index, on_vmac) = match &vmac {
-            Some((n, i)) if !cfg.vmac_xmit_base => (n.as_str(), *i, true),
+            Some((n, i)) if cfg.adverts_from_vmac() => (n.as_str(), *i, true),
             _ => (iface.as_str(), link.index, false),
         };
         let socket = open_when_usable(
@@ -821,7 +863,8 @@ impl Runner {
             advert_interval_cs: cfg.advert_interval_cs(),
             preempt: !cfg.nopreempt,
             preempt_delay: Duration::from_secs_f64(cfg.preempt_delay),
-            start_as_master: cfg.state == InitialState::Master,
+            start_as_master: cfg.state == InitialState::Master
+                || resume.as_deref() == Some("master"),
             primary: src,
         });
         let (checks, files) = trackers.resolve(&cfg);
@@ -874,6 +917,7 @@ impl Runner {
                 .as_ref()
                 .and_then(|n| shared.trackers.bfd.get(n))
                 .map(|(_, rx)| rx.clone()),
+            resumed: resume.is_some(),
             cfg,
         })
     }
@@ -899,6 +943,7 @@ impl Runner {
             self.perform(vec![Action::RemoveAddresses]).await;
         }
         self.perform(actions).await;
+        self.resumed = false;
         let mut tracking = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
         let mut tracked = (false, self.cfg.priority);
@@ -926,6 +971,10 @@ impl Runner {
                             continue;
                         }
                         Some(Command::Shutdown(done)) => Some(done),
+                        Some(Command::HandOver(done)) => {
+                            let _ = done.send(self.hand_over());
+                            return;
+                        }
                         None => None,
                     };
                     let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
@@ -1126,7 +1175,9 @@ impl Runner {
             // A virtual-MAC interface went with the old one.
             if let Some((vname, _)) = self.vmac.clone() {
                 let mac = crate::neighbor::Mac(self.cfg.vmac());
-                match net::create_vmac(&self.handle, &vname, now.index, mac).await {
+                match net::create_vmac(&self.handle, &vname, now.index, mac, self.cfg.is_ipv6())
+                    .await
+                {
                     Ok(i) => self.vmac = Some((vname, i)),
                     Err(e) => {
                         debug!(instance = %name, error = %e, "virtual MAC interface not re-created yet");
@@ -1135,7 +1186,7 @@ impl Runner {
                 }
             }
             let socket = match &self.vmac {
-                Some((n, i)) if !self.cfg.vmac_xmit_base => VrrpSocket::open_on_device(
+                Some((n, i)) if self.cfg.adverts_from_vmac() => VrrpSocket::open_on_device(
                     n,
                     *i,
                     self.socket.source(),
@@ -1475,6 +1526,18 @@ impl Runner {
                         self.notify("SPLIT_BRAIN");
                     }
                 }
+                Action::Transition {
+                    from: State::Init,
+                    to,
+                } if self.resumed => {
+                    info!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        state = to.as_str(),
+                        priority = self.machine.priority(),
+                        "VRRP state taken over from the previous process (no change, no notification)"
+                    );
+                }
                 Action::Transition { from, to } => {
                     let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
                     info!(
@@ -1522,6 +1585,30 @@ impl Runner {
             s.master_address = master.map(|m| m.to_string());
             s.transitions = transitions;
         });
+    }
+
+    /// The process restarts: a master sends one last ordinary advert (the
+    /// backups' master-down timers start afresh) and keeps its addresses,
+    /// routes and virtual MAC; a backup keeps nothing to keep. Nothing is
+    /// notified. Fault and Init are not handed over (the next process
+    /// starts them afresh).
+    fn hand_over(&mut self) -> Option<crate::handover::Instance> {
+        let state = self.machine.state();
+        if !matches!(state, State::Master | State::Backup) {
+            return None;
+        }
+        if state == State::Master {
+            self.send_advert(self.machine.priority());
+        }
+        info!(instance = %self.cfg.name, state = state.as_str(), "VRRP instance handed over to the next process");
+        Some(crate::handover::Instance {
+            name: self.cfg.name.clone(),
+            virtual_router_id: self.cfg.virtual_router_id,
+            interface: self.iface.clone(),
+            state: state.as_str().to_string(),
+            virtual_ipaddress: self.cfg.virtual_ipaddress.clone(),
+            advert_int: self.cfg.advert_int,
+        })
     }
 
     fn send_advert(&mut self, priority: u8) {

@@ -392,37 +392,54 @@ pub async fn remove_address(
     }
 }
 
-/// Creates the virtual-MAC interface `name` (a private-mode macvlan on
-/// `base` with `mac`, as keepalived's `use_vmac`), replacing one a previous
-/// daemon left; returns its index. Before it comes up, IPv6 is turned off
-/// on it (no link-local address, no neighbour discovery or MLD from the
-/// virtual MAC: on a backup that would pull the MAC's traffic to it), and
-/// the base answers ARP only for its own addresses (`arp_ignore = 1`): else
-/// it would answer for the VIP with its own MAC.
+/// Creates (or takes over, when one left by the previous process is
+/// there as it should be: a restart must not drop the addresses on it) the
+/// private-mode macvlan `name` on `base` with the virtual MAC, and brings
+/// it up. For IPv4 it has IPv6 off (it never speaks from the shared MAC on
+/// its own) and the base interface gets `arp_ignore = 1` (or the base
+/// would answer ARP for the VIP with its own MAC); for IPv6 it generates
+/// no link-local address (one derived from the shared MAC would be the
+/// same on every director) and holds only the virtual addresses. Returns
+/// its index.
 pub async fn create_vmac(
     handle: &rtnetlink::Handle,
     name: &str,
     base: u32,
     mac: Mac,
+    v6: bool,
 ) -> Result<u32, NetError> {
-    delete_vmac(handle, name).await?;
-    let msg =
-        rtnetlink::LinkMacVlan::new(name, base, netlink_packet_route::link::MacVlanMode::Private)
+    let index = match existing_vmac(handle, name, base, mac).await? {
+        Some(index) => index,
+        None => {
+            delete_vmac(handle, name).await?;
+            let msg = rtnetlink::LinkMacVlan::new(
+                name,
+                base,
+                netlink_packet_route::link::MacVlanMode::Private,
+            )
             .address(mac.0.to_vec())
             .build();
-    handle.link().add(msg).execute().await?;
-    let index = link_index(handle, name)
-        .await?
-        .ok_or_else(|| NetError::NoAddress(name.to_string(), "link"))?;
+            handle.link().add(msg).execute().await?;
+            link_index(handle, name)
+                .await?
+                .ok_or_else(|| NetError::NoAddress(name.to_string(), "link"))?
+        }
+    };
     let sysctl = |path: String, value: &str| {
         std::fs::write(&path, value).map_err(io_err(format!("writing {path}")))
     };
-    // (A kernel without IPv6 has no such file: nothing to turn off.)
-    let v6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    if std::path::Path::new(&v6).exists() {
-        sysctl(v6, "1")?;
+    // (A kernel without IPv6 has no such files: nothing to set.)
+    let conf6 = |key: &str| format!("/proc/sys/net/ipv6/conf/{name}/{key}");
+    if std::path::Path::new(&conf6("disable_ipv6")).exists() {
+        if v6 {
+            // IN6_ADDR_GEN_MODE_NONE before the link comes up.
+            sysctl(conf6("addr_gen_mode"), "1")?;
+            sysctl(conf6("disable_ipv6"), "0")?;
+        } else {
+            sysctl(conf6("disable_ipv6"), "1")?;
+        }
     }
-    if let Some(base_name) = link_name(handle, base).await? {
+    if !v6 && let Some(base_name) = link_name(handle, base).await? {
         let path = format!("/proc/sys/net/ipv4/conf/{base_name}/arp_ignore");
         if std::fs::read_to_string(&path)
             .map(|v| v.trim() == "0")
@@ -437,6 +454,32 @@ pub async fn create_vmac(
         .execute()
         .await?;
     Ok(index)
+}
+
+/// The index of interface `name` if it is a link on `base` with `mac`
+/// (what [`create_vmac`] makes).
+async fn existing_vmac(
+    handle: &rtnetlink::Handle,
+    name: &str,
+    base: u32,
+    mac: Mac,
+) -> Result<Option<u32>, NetError> {
+    use netlink_packet_route::link::LinkAttribute;
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let link = match links.try_next().await {
+        Ok(Some(l)) => l,
+        Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let on_base = link
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Link(b) if *b == base));
+    let with_mac = link
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Address(m) if m.as_slice() == mac.0.as_slice()));
+    Ok((on_base && with_mac).then_some(link.header.index))
 }
 
 /// Removes the virtual-MAC interface `name` (nothing when it is gone).

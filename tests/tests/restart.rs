@@ -1,0 +1,187 @@
+//! Restarting or upgrading the master moves no VIP: no priority-0 advert,
+//! no transition on the backup, no notification, no lost datagram.
+//! (`systemctl restart` under a real systemd: `systemd_vm.rs`.)
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Result, ensure};
+use director_tests::{
+    Lab, LabSpec, Proc,
+    lab::VIP,
+    scenario::{self},
+};
+use nix::sys::signal::Signal;
+
+const FAST: &str = "version = 3\nadvert_int = 0.1";
+
+fn lab() -> Result<Lab> {
+    Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 2,
+        vip_on_director: false,
+    })
+}
+
+/// The pair with a UDP echo service on the VIP, notifications logged per
+/// director.
+fn pair(lab: &Lab) -> Result<(Proc, Proc)> {
+    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let config = |i: usize, prio: u8| -> Result<String> {
+        let name = format!("director{}", i + 1);
+        let notify = lab.path(&format!("notify{}.log", i + 1));
+        let extra = format!(
+            "{FAST}\nnotify = \"/bin/sh -c 'echo \\\"$*\\\" >> {}' notify\"",
+            notify.display()
+        );
+        let mut c = scenario::vrrp_config(lab, &name, prio, &extra)?;
+        c.push_str(&scenario::udp_virtual_server(&VIP.to_string(), 7, &servers));
+        Ok(c)
+    };
+    scenario::vrrp_pair_of(lab, &config(0, 150)?, &config(1, 100)?)
+}
+
+fn instance(state: &Path) -> Result<serde_json::Value> {
+    Ok(scenario::status(state)?["vrrp"][0].clone())
+}
+
+/// 20 `director restart` of the master at adverts every 100 ms, a
+/// datagram every millisecond through the VIP: the backup never changes
+/// state, no notification runs on either side, no datagram is lost, and
+/// each restart is a new process start in the same PID.
+#[test]
+fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
+    let lab = lab()?;
+    let echo = lab.start_udp_echo(VIP.into(), 7)?;
+    let (mut d1, mut d2) = pair(&lab)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let backup_before = instance(&s2)?;
+    let first = scenario::status(&s1)?;
+    let notified = |i: usize| std::fs::read_to_string(lab.path(&format!("notify{i}.log")));
+    let (n1, n2) = (notified(1)?, notified(2)?);
+    ensure!(
+        n1.contains("MASTER") && n2.contains("BACKUP"),
+        "{n1} / {n2}"
+    );
+
+    let udp = SocketAddr::from((VIP, 7));
+    let mut starts = vec![first["started_at"].as_f64().unwrap_or(0.0)];
+    let ((), tally) =
+        director_tests::udp::probe_during(&lab.client.ns, udp, Duration::from_millis(1), || {
+            for round in 0..20 {
+                let (ok, out) = scenario::director_cli(&["restart"], &s1)?;
+                ensure!(ok, "restart {round}: {out}");
+                let s = scenario::status(&s1)?;
+                ensure!(
+                    s["pid"] == first["pid"],
+                    "restart {round}: the PID changed ({} -> {})",
+                    first["pid"],
+                    s["pid"]
+                );
+                starts.push(s["started_at"].as_f64().unwrap_or(0.0));
+                ensure!(
+                    s["vrrp"][0]["state"] == "master",
+                    "restart {round}: {}",
+                    s["vrrp"][0]
+                );
+                // A few adverts' time between restarts.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok(())
+        })?;
+    drop(echo);
+    eprintln!("20 restarts: {tally:?}");
+    starts.dedup();
+    ensure!(starts.len() == 21, "not 20 new starts: {starts:?}");
+    let backup_after = instance(&s2)?;
+    ensure!(
+        backup_after["state"] == "backup"
+            && backup_after["transitions"] == backup_before["transitions"],
+        "the backup moved: before {backup_before}, after {backup_after}"
+    );
+    ensure!(tally.sent > 5000, "only {} datagrams sent", tally.sent);
+    ensure!(
+        tally.lost() == 0,
+        "{} of {} datagrams lost (longest gap {} ms)",
+        tally.lost(),
+        tally.sent,
+        tally.longest_gap
+    );
+    let (m1, m2) = (notified(1)?, notified(2)?);
+    ensure!(
+        m1 == n1 && m2 == n2,
+        "notifications ran: director1 {n1:?} -> {m1:?}; director2 {n2:?} -> {m2:?}"
+    );
+    ensure!(lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?);
+    scenario::assert_carries(&lab, 0, VIP.into(), &s1, 10)?;
+    let log1 = d1.log();
+    let ages: Vec<u64> = log1
+        .lines()
+        .filter(|l| l.contains("taking over from the previous process"))
+        .filter_map(|l| {
+            l.split("age_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!("handover age at the new process's start, ms: {ages:?}");
+    ensure!(
+        log1.matches("VRRP state taken over from the previous process")
+            .count()
+            == 20,
+        "master's log:\n{log1}"
+    );
+    let log2 = d2.log();
+    ensure!(
+        !log2.contains("VRRP state change\"") || log2.matches("VRRP state change").count() == 1,
+        "the backup changed state:\n{log2}"
+    );
+
+    // A plain stop still hands the VIP over at once (priority 0).
+    d1.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(2))?;
+    ensure!(
+        !s1.join("handover.json").exists(),
+        "a stop for good left a handover"
+    );
+    d2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// A restart the new process could not survive is refused: with a config
+/// file that no longer loads, `director restart` fails naming the file and
+/// line, and the running master keeps running (same process start, VIP
+/// held, backup unmoved).
+#[test]
+fn a_restart_with_a_broken_config_is_refused() -> Result<()> {
+    let lab = lab()?;
+    let (_d1, _d2) = pair(&lab)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let before = scenario::status(&s1)?;
+    let config = lab.path("director1.toml");
+    let good = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!("{good}\n[[virtual_server]]\naddress = \"not an address\"\n"),
+    )?;
+    let (ok, out) = scenario::director_cli(&["restart"], &s1)?;
+    ensure!(!ok, "restart with a broken config succeeded: {out}");
+    ensure!(
+        out.contains("director1.toml") && out.contains("address"),
+        "the error does not name the file and key: {out}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = scenario::status(&s1)?;
+    ensure!(
+        after["started_at"] == before["started_at"] && after["vrrp"][0]["state"] == "master",
+        "the running daemon changed: {}",
+        after["vrrp"][0]
+    );
+    ensure!(scenario::vrrp_state(&s2, "VI_1").as_deref() == Some("backup"));
+    std::fs::write(&config, good)?;
+    Ok(())
+}
