@@ -1245,8 +1245,8 @@ pub struct DnsCheck {
     #[serde(flatten)]
     pub common: CheckCommon,
     /// Record type: A, AAAA, NS, MX, TXT, SOA, CNAME (default A).
-    #[serde(default = "default_dns_type")]
-    pub r#type: String,
+    #[serde(default)]
+    pub r#type: DnsType,
     /// Name to ask for (default ".").
     #[serde(default = "default_dns_name")]
     pub name: String,
@@ -1255,11 +1255,96 @@ pub struct DnsCheck {
 fn default_delay_loop() -> f64 {
     6.0
 }
-fn default_dns_type() -> String {
-    "A".into()
-}
 fn default_dns_name() -> String {
     ".".into()
+}
+
+/// `dns_check.type`: the record types keepalived's DNS_CHECK asks for
+/// (case-insensitive in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DnsType {
+    #[default]
+    A,
+    Ns,
+    Cname,
+    Soa,
+    Mx,
+    Txt,
+    Aaaa,
+}
+
+impl DnsType {
+    const ALL: [DnsType; 7] = [
+        DnsType::A,
+        DnsType::Ns,
+        DnsType::Cname,
+        DnsType::Soa,
+        DnsType::Mx,
+        DnsType::Txt,
+        DnsType::Aaaa,
+    ];
+
+    /// The name in the file and in DNS tools.
+    pub fn name(self) -> &'static str {
+        match self {
+            DnsType::A => "A",
+            DnsType::Ns => "NS",
+            DnsType::Cname => "CNAME",
+            DnsType::Soa => "SOA",
+            DnsType::Mx => "MX",
+            DnsType::Txt => "TXT",
+            DnsType::Aaaa => "AAAA",
+        }
+    }
+
+    /// The record type number (RFC 1035, RFC 3596).
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+        }
+    }
+}
+
+impl TryFrom<String> for DnsType {
+    type Error = String;
+    fn try_from(s: String) -> Result<DnsType, String> {
+        DnsType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("`{s}` is not one of A, AAAA, NS, MX, TXT, SOA, CNAME"))
+    }
+}
+
+impl From<DnsType> for String {
+    fn from(t: DnsType) -> String {
+        t.name().to_string()
+    }
+}
+
+/// The CA certificates in a PEM file (`ca_file`: checked at load, used by
+/// `ssl_get`).
+pub fn load_ca_file(path: &Path) -> Result<tokio_rustls::rustls::RootCertStore, String> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(roots)
 }
 
 /// Parses a status range like `"200-299"` or `"204"`.
@@ -1911,7 +1996,7 @@ impl Config {
                 }
             }
             if let Some(f) = &h.ca_file
-                && let Err(e) = crate::health::load_ca_file(f)
+                && let Err(e) = load_ca_file(f)
             {
                 return Err(problem(at(check, "ca_file"), e));
             }
@@ -1991,17 +2076,6 @@ impl Config {
                     "dr_check always probes the virtual address through the real server",
                 ));
             }
-        }
-        if let Some(d) = &rs.dns_check
-            && crate::health::dns_type(&d.r#type).is_none()
-        {
-            return Err(problem(
-                at("dns_check", "type"),
-                format!(
-                    "`{}` is not one of A, AAAA, NS, MX, TXT, SOA, CNAME",
-                    d.r#type
-                ),
-            ));
         }
         Ok(())
     }

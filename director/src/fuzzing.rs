@@ -163,9 +163,12 @@ pub fn ipvs_reply(data: &[u8]) {
 pub fn probe_replies(data: &[u8]) {
     let _ = crate::health::parse_http(data);
     let id = data.first().map_or(0, |b| u16::from(*b) << 8 | 0x34);
-    let _ = crate::health::dns_answer_ok(id, data);
-    let _ = crate::drpath::classify(data, Ipv4Addr::new(10, 0, 0, 100).into());
-    let _ = crate::drpath::classify(data, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into());
+    let _ = crate::health::dns_answer_ok(id, "example.com", crate::config::DnsType::A, data);
+    let _ = crate::health::drpath::classify(data, Ipv4Addr::new(10, 0, 0, 100).into());
+    let _ = crate::health::drpath::classify(
+        data,
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into(),
+    );
 }
 
 /// One invariant check over outside bytes.

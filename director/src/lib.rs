@@ -7,7 +7,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod drpath;
 pub mod flowsync;
 pub mod frames;
 #[doc(hidden)]
@@ -23,3 +22,4 @@ pub mod persist;
 pub mod script;
 pub mod status;
 pub mod vrrp;
+pub mod wire;

@@ -221,6 +221,34 @@ fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
     Ok(())
 }
 
+/// Both real servers' health, as a status predicate.
+fn both(a: bool, b: bool) -> impl Fn(&serde_json::Value) -> bool {
+    move |s| rs_healthy(s, 0) == Some(a) && rs_healthy(s, 1) == Some(b)
+}
+
+/// Director1 serving the VIP (port 80, checks every 0.5 s) with both lab
+/// real servers, each checked by `checks` (its check tables); returns once
+/// both passed a check.
+fn checked_by(lab: &Lab, checks: &str) -> Result<(director_tests::Proc, std::path::PathBuf)> {
+    let state = lab.state_dir("director1")?;
+    let mut c = scenario::global_config(lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
+    ));
+    for rs in &lab.real_servers {
+        c.push_str(&format!(
+            "\n  [[virtual_server.real_server]]\n  address = \"{}\"\n{checks}",
+            rs.ip
+        ));
+    }
+    let path = lab.write("director1.toml", &c)?;
+    let d = scenario::spawn_director(lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(15), |s| {
+        both(true, true)(s) && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
+    })?;
+    Ok((d, state))
+}
+
 /// `ping_check` and `smtp_check` against real peers: the kernel answering
 /// ICMP echo (until a firewall drops it) and Python's standard SMTP server
 /// (until it is stopped): each server leaves when its check fails and
@@ -251,25 +279,10 @@ fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
     };
     let _smtp1 = smtp(0)?;
     let mut smtp2 = smtp(1)?;
-    let state = lab.state_dir("director1")?;
-    let mut c = scenario::global_config(&lab, "director1")?;
-    c.push_str(&format!(
-        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
-    ));
-    for rs in &lab.real_servers {
-        c.push_str(&format!(
-            "\n  [[virtual_server.real_server]]\n  address = \"{}\"\n  [virtual_server.real_server.ping_check]\n  connect_timeout = 0.5\n  retry = 0\n  warmup = 0\n  [virtual_server.real_server.smtp_check]\n  connect_timeout = 1\n  retry = 0\n  warmup = 0\n  helo_name = \"director.lab\"\n",
-            rs.ip
-        ));
-    }
-    let path = lab.write("director1.toml", &c)?;
-    let _d = scenario::spawn_director(&lab, 0, &path)?;
-    let both = |a: bool, b: bool| {
-        move |s: &serde_json::Value| rs_healthy(s, 0) == Some(a) && rs_healthy(s, 1) == Some(b)
-    };
-    scenario::wait_status(&state, Duration::from_secs(15), |s| {
-        both(true, true)(s) && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
-    })?;
+    let (_d, state) = checked_by(
+        &lab,
+        "  [virtual_server.real_server.ping_check]\n  connect_timeout = 0.5\n  retry = 0\n  warmup = 0\n  [virtual_server.real_server.smtp_check]\n  connect_timeout = 1\n  retry = 0\n  warmup = 0\n  helo_name = \"director.lab\"\n",
+    )?;
     // ICMP dropped on rs1: its ping_check fails.
     let rs1 = &lab.real_servers[0].ns;
     rs1.exec("nft", &["add table inet lab"])?;
@@ -288,6 +301,70 @@ fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
     smtp2.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))?;
     scenario::wait_status(&state, Duration::from_secs(10), both(true, false))?;
     let _smtp2 = smtp(1)?;
+    scenario::wait_status(&state, Duration::from_secs(10), both(true, true))?;
+    Ok(())
+}
+
+/// `dns_check` against a real DNS server (dnsmasq) on each real server:
+/// healthy while it answers the question with a record of the type asked;
+/// a server whose answer has no such record (AAAA for a name with only an
+/// A record: NOERROR, no answer) and a server that stopped answering leave
+/// the pool, and return when they answer again.
+#[test]
+fn dns_check_follows_a_real_dns_server() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let dnsmasq = |j: usize, records: &str| -> Result<director_tests::Proc> {
+        let rs = &lab.real_servers[j];
+        let mut args = vec![
+            "--keep-in-foreground".to_string(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--no-daemon".into(),
+            "--port=53".into(),
+            format!("--listen-address={}", rs.ip),
+            "--bind-interfaces".into(),
+            format!(
+                "--pid-file={}",
+                lab.path(&format!("dnsmasq-{j}.pid")).display()
+            ),
+        ];
+        args.extend(records.split_whitespace().map(str::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rs.ns
+            .spawn("dnsmasq", &args, &lab.path(&format!("dnsmasq-{j}.log")))
+    };
+    let only_a = "--local=/lab/ --host-record=web.lab,10.9.9.9";
+    let with_aaaa = "--local=/lab/ --host-record=web.lab,10.9.9.9,fd00:9::9";
+    let _dns1 = dnsmasq(0, with_aaaa)?;
+    let mut dns2 = dnsmasq(1, with_aaaa)?;
+    let (_d, state) = checked_by(
+        &lab,
+        "  [virtual_server.real_server.dns_check]\n  connect_timeout = 0.5\n  retry = 0\n  warmup = 0\n  type = \"aaaa\"\n  name = \"web.lab\"\n",
+    )?;
+    // rs2 now knows only an A record: its answer to AAAA is empty.
+    dns2.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))?;
+    dns2 = dnsmasq(1, only_a)?;
+    let s = scenario::wait_status(&state, Duration::from_secs(10), both(true, false))?;
+    let error = s["virtual_servers"][0]["real_servers"][1]["last_error"].to_string();
+    ensure!(error.contains("no AAAA record"), "{error}");
+    ensure!(served_by(&lab, 10)?.keys().all(|k| k == "rs1"));
+    // Silent: no answer at all.
+    dns2.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))?;
+    let s = scenario::wait_status(&state, Duration::from_secs(10), |s| {
+        rs_healthy(s, 1) == Some(false)
+            && !s["virtual_servers"][0]["real_servers"][1]["last_error"]
+                .to_string()
+                .contains("AAAA")
+    })?;
+    eprintln!(
+        "silent server: {}",
+        s["virtual_servers"][0]["real_servers"][1]["last_error"]
+    );
+    let _dns2 = dnsmasq(1, with_aaaa)?;
     scenario::wait_status(&state, Duration::from_secs(10), both(true, true))?;
     Ok(())
 }

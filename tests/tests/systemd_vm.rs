@@ -171,6 +171,7 @@ done
 ready vrrp
 echo "RESULT vrrp_start=$(vrrp /run/director state)/$(vrrp /run/director-d2 state)"
 before=$(vrrp /run/director-d2 transitions)
+notified=$(wc -l < /run/director/notify.log)
 load_start vrrp
 for i in $(seq 10); do
   systemctl restart director
@@ -183,7 +184,7 @@ load_stop vrrp
 echo "RESULT vrrp_end=$(vrrp /run/director state)/$(vrrp /run/director-d2 state)"
 echo "RESULT vrrp_backup_transitions=$(( $(vrrp /run/director-d2 transitions) - before ))"
 echo "RESULT vrrp_taken_over=$(journalctl -u director --no-pager | grep -c 'taken over from the previous process')"
-echo "RESULT vrrp_notified=$(wc -l < /run/director/notify.log)"
+echo "RESULT vrrp_notified=$(( $(wc -l < /run/director/notify.log) - notified ))"
 echo BEGIN d2
 grep -i "vrrp" /tmp/d2.log | tail -20
 echo END d2
@@ -191,6 +192,9 @@ echo BEGIN handover
 journalctl -u director --no-pager -o short-precise | grep -E "handing over|handed over|taking over|taken over|too long|state change|Starting|Started" | tail -60
 echo END handover
 systemctl stop director
+kill $(pgrep -f vrrp2.toml)
+sleep 1
+director flush --config /root/vrrp2.toml > /dev/null
 director flush
 echo "RESULT flushed_pins=$(ls /sys/fs/bpf/director 2>/dev/null | wc -l)"
 echo "RESULT flushed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
@@ -319,7 +323,7 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         num("vrrp_taken_over")?
     );
     ensure!(
-        num("vrrp_notified")? == 1,
+        num("vrrp_notified")? == 0,
         "notifications ran during the restarts ({} lines)",
         num("vrrp_notified")?
     );

@@ -22,6 +22,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tests: captures"),
     ("tshark", "tests: VRRP decoding"),
     ("nginx-light", "lab: real servers' HTTP"),
+    ("dnsmasq-base", "tests: a real DNS server for dns_check"),
     ("keepalived", "tests: VRRP interop"),
     ("bird2", "tests: BGP announcement of VIPs (ECMP lab)"),
     ("ipvsadm", "tests: IPVS cross-check"),

@@ -20,6 +20,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
 use crate::netmsg::setsockopt_int;
+use crate::wire::link_addr;
 use crate::{config::VirtualAddress, neighbor::Mac};
 
 /// Errors of the VRRP network layer.
@@ -553,25 +554,6 @@ pub fn garp_frame(mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// A packet-socket address: `ifindex`, EtherType `proto` (network order),
-/// destination `mac`.
-pub fn link_addr(ifindex: u32, proto: u16, mac: Mac) -> io::Result<SockAddr> {
-    // SAFETY: a zeroed sockaddr_ll, then filled in; its size is passed on.
-    unsafe {
-        let (_, addr) = SockAddr::try_init(|storage, len| {
-            let ll = storage as *mut libc::sockaddr_ll;
-            (*ll).sll_family = libc::AF_PACKET as u16;
-            (*ll).sll_protocol = proto;
-            (*ll).sll_ifindex = ifindex as i32;
-            (*ll).sll_halen = 6;
-            (&mut (*ll).sll_addr)[..6].copy_from_slice(&mac.0);
-            *len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            Ok(())
-        })?;
-        Ok(addr)
-    }
-}
-
 /// Sockets for announcing addresses, opened once per instance: closing a
 /// packet socket waits for an RCU grace period, which can take tens of
 /// milliseconds on a busy machine - too long for a VRRP loop at 10 ms.
@@ -676,7 +658,7 @@ pub fn ping(address: IpAddr, seq: u16, wait: Duration) -> bool {
     echo.extend_from_slice(b"director-gateway");
     if !v6 {
         // ICMPv6 checksums are filled in by the kernel; ICMPv4 ones are ours.
-        let sum = super::packet::checksum(&[&echo]);
+        let sum = crate::wire::checksum(&[&echo]);
         echo[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     if socket

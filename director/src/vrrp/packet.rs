@@ -11,6 +11,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use crate::wire::{checksum, pseudo_header};
+
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
 /// The IPv4 multicast group of VRRP.
@@ -82,51 +84,6 @@ impl Reject {
             Reject::Source => "source",
         }
     }
-}
-
-/// The Internet checksum (RFC 1071) of `parts` concatenated.
-pub fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let mut odd: Option<u8> = None;
-    for part in parts {
-        for b in part.iter() {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, *b])),
-                None => odd = Some(*b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The IPv4 or IPv6 pseudo-header of an upper-layer checksum.
-pub fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, protocol]);
-            p.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            let v6 = |a: IpAddr| match a {
-                IpAddr::V6(a) => a.octets(),
-                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            };
-            p.extend_from_slice(&v6(src));
-            p.extend_from_slice(&v6(dst));
-            p.extend_from_slice(&(len as u32).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, protocol]);
-        }
-    }
-    p
 }
 
 impl Advert {

@@ -23,13 +23,11 @@ use std::{
 use rand::Rng as _;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
+use super::{CheckSpec, Outcome, PathEnv};
 use crate::{
     frames,
     neighbor::Mac,
-    vrrp::{
-        net::link_addr,
-        packet::{checksum, pseudo_header},
-    },
+    wire::{checksum, link_addr, pseudo_header},
 };
 
 const ETH_ARP: u16 = 0x0806;
@@ -382,6 +380,44 @@ fn filter(src: IpAddr, vip: IpAddr, port: u16, sport: u16, arp: bool) -> Vec<Soc
         ops.push(Op::MustAccept(u32::from(sport)));
     }
     assemble(&ops)
+}
+
+/// One `dr_check` attempt: the probe runs on a blocking thread.
+pub(super) async fn dr_path(
+    spec: &CheckSpec,
+    env: Option<&PathEnv>,
+    vip: IpAddr,
+    arp: bool,
+    tunnel: bool,
+) -> Outcome {
+    let Some(env) = env else {
+        return Outcome::fail("dr_check needs the daemon's interface");
+    };
+    let rs = spec.target.ip();
+    let Some(rs_mac) = env.macs.lock().ok().and_then(|m| m.get(&rs).copied()) else {
+        return Outcome::fail(format!("MAC of {rs} not resolved"));
+    };
+    let Some(link) = env.link.lock().ok().map(|l| *l) else {
+        return Outcome::fail("dr_check: interface state unavailable");
+    };
+    let p = PathProbe {
+        ifindex: link.index,
+        our_mac: link.mac,
+        rs_mac,
+        rs,
+        src: spec.bindto,
+        vip,
+        port: spec.target.port(),
+        arp,
+        tunnel,
+        // Inside the caller's cut, so the probe's own verdict is reported.
+        timeout: spec.timeout.mul_f64(0.9),
+    };
+    match tokio::task::spawn_blocking(move || probe(&p)).await {
+        Ok(Ok(())) => Outcome::ok(),
+        Ok(Err(e)) => Outcome::fail(e),
+        Err(e) => Outcome::fail(format!("probe task: {e}")),
+    }
 }
 
 #[cfg(test)]

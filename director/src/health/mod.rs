@@ -1,6 +1,7 @@
 //! Health checks of real servers (keepalived's checkers): `tcp_check`,
 //! `http_get`, `ssl_get`, `misc_check`, `udp_check`, `dns_check`, and our
-//! `dr_check` (through the direct-routing path, see [`crate::drpath`]).
+//! `dr_check` (through the direct-routing path, see [`drpath`]). One file
+//! per probe kind; this one holds the specs, the verdicts and the tasks.
 //!
 //! One task per distinct probe (kind, target, parameters), however many
 //! services list the server. A round is one attempt plus `retry` more,
@@ -10,41 +11,36 @@
 //! in lock-step. Every probe is cut at its timeout; a misbehaving script is
 //! killed; nothing a server sends is trusted beyond a bounded read.
 
+mod dns;
+pub mod drpath;
+mod http;
+mod script;
+mod tcp;
+mod tls;
+mod udp;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    sync::{Arc, LazyLock, Mutex},
+    path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
-use md5::{Digest as _, Md5};
 use rand::Rng as _;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpSocket, UdpSocket},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use tokio_rustls::rustls::{
-    self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+pub use self::{
+    dns::{dns_answer_ok, dns_query},
+    http::parse_http,
 };
-
 use crate::{
-    config::{CheckCommon, Config, HttpCheck, RealServer, VirtualServer},
+    config::{CheckCommon, Config, DnsType, HttpCheck, RealServer, VirtualServer},
     neighbor::Mac,
 };
-
-/// Longest HTTP response read (headers and body).
-const MAX_HTTP: usize = 1 << 20;
-/// Longest output kept from a script.
-const MAX_SCRIPT_OUTPUT: usize = 4096;
 
 /// What one probe does.
 #[derive(Debug, Clone)]
@@ -65,7 +61,7 @@ pub enum Kind {
         require_reply: bool,
     },
     Dns {
-        qtype: u16,
+        qtype: DnsType,
         name: String,
     },
     /// `ping_check`: ICMP echo.
@@ -376,7 +372,7 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     if let Some(c) = &rs.dns_check {
         out.push(CheckSpec {
             kind: Kind::Dns {
-                qtype: dns_type(&c.r#type).unwrap_or(1),
+                qtype: c.r#type,
                 name: c.name.clone(),
             },
             ..base(&c.common, 53)
@@ -387,20 +383,6 @@ pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
-}
-
-/// DNS record type numbers for the names `dns_check` accepts.
-pub fn dns_type(name: &str) -> Option<u16> {
-    Some(match name.to_ascii_uppercase().as_str() {
-        "A" => 1,
-        "NS" => 2,
-        "CNAME" => 5,
-        "SOA" => 6,
-        "MX" => 15,
-        "TXT" => 16,
-        "AAAA" => 28,
-        _ => return None,
-    })
 }
 
 /// The probe keys of every real server: `[service][real server]`, computed
@@ -640,25 +622,25 @@ pub async fn probe(spec: &CheckSpec) -> Outcome {
 /// One attempt, with what `dr_check` needs.
 pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
     match &spec.kind {
-        Kind::Tcp => match connect(spec).await {
+        Kind::Tcp => match tcp::connect(spec).await {
             Ok(_) => Outcome::ok(),
             Err(e) => Outcome::fail(e),
         },
         Kind::Http { urls, host, tls } => {
             for u in urls {
-                if let Err(e) = http_once(spec, u, host.as_deref(), tls.as_ref()).await {
+                if let Err(e) = http::http_once(spec, u, host.as_deref(), tls.as_ref()).await {
                     return Outcome::fail(format!("{}: {e}", u.path));
                 }
             }
             Outcome::ok()
         }
-        Kind::Misc { argv, dynamic } => misc(argv, *dynamic, spec.timeout).await,
+        Kind::Misc { argv, dynamic } => script::misc(argv, *dynamic, spec.timeout).await,
         Kind::Udp {
             payload,
             require_reply,
-        } => udp(spec, payload, *require_reply).await,
-        Kind::Dns { qtype, name } => dns(spec, *qtype, name).await,
-        Kind::DrPath { vip, arp, tunnel } => dr_path(spec, env, *vip, *arp, *tunnel).await,
+        } => udp::udp(spec, payload, *require_reply).await,
+        Kind::Dns { qtype, name } => dns::dns(spec, *qtype, name).await,
+        Kind::DrPath { vip, arp, tunnel } => drpath::dr_path(spec, env, *vip, *arp, *tunnel).await,
         Kind::Ping => {
             // A sequence number of its own per attempt: replies to other
             // probes (every raw ICMP socket sees them all) are told apart.
@@ -672,445 +654,17 @@ pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
                 Err(e) => Outcome::fail(format!("probe task: {e}")),
             }
         }
-        Kind::Smtp { helo } => smtp(spec, helo).await,
-    }
-}
-
-/// One SMTP exchange: banner 220, HELO answered 250, QUIT.
-async fn smtp(spec: &CheckSpec, helo: &str) -> Outcome {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let stream = match connect(spec).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::fail(e),
-    };
-    let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read.take(8192)).lines();
-    // The last line of a reply: "NNN text" (continuation lines: "NNN-").
-    async fn reply(
-        lines: &mut tokio::io::Lines<
-            tokio::io::BufReader<tokio::io::Take<tokio::net::tcp::OwnedReadHalf>>,
-        >,
-    ) -> Result<String, String> {
-        loop {
-            match lines.next_line().await {
-                Ok(Some(l)) if l.len() >= 4 && l.as_bytes()[3] == b'-' => continue,
-                Ok(Some(l)) => return Ok(l),
-                Ok(None) => return Err("connection closed".into()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-    match reply(&mut lines).await {
-        Ok(l) if l.starts_with("220") => {}
-        Ok(l) => return Outcome::fail(format!("banner: {l}")),
-        Err(e) => return Outcome::fail(format!("banner: {e}")),
-    }
-    if let Err(e) = write.write_all(format!("HELO {helo}\r\n").as_bytes()).await {
-        return Outcome::fail(format!("HELO: {e}"));
-    }
-    let verdict = match reply(&mut lines).await {
-        Ok(l) if l.starts_with("250") => Outcome::ok(),
-        Ok(l) => Outcome::fail(format!("HELO answered: {l}")),
-        Err(e) => Outcome::fail(format!("HELO: {e}")),
-    };
-    let _ = write.write_all(b"QUIT\r\n").await;
-    verdict
-}
-
-async fn dr_path(
-    spec: &CheckSpec,
-    env: Option<&PathEnv>,
-    vip: IpAddr,
-    arp: bool,
-    tunnel: bool,
-) -> Outcome {
-    let Some(env) = env else {
-        return Outcome::fail("dr_check needs the daemon's interface");
-    };
-    let rs = spec.target.ip();
-    let Some(rs_mac) = env.macs.lock().ok().and_then(|m| m.get(&rs).copied()) else {
-        return Outcome::fail(format!("MAC of {rs} not resolved"));
-    };
-    let Some(link) = env.link.lock().ok().map(|l| *l) else {
-        return Outcome::fail("dr_check: interface state unavailable");
-    };
-    let p = crate::drpath::PathProbe {
-        ifindex: link.index,
-        our_mac: link.mac,
-        rs_mac,
-        rs,
-        src: spec.bindto,
-        vip,
-        port: spec.target.port(),
-        arp,
-        tunnel,
-        // Inside the caller's cut, so the probe's own verdict is reported.
-        timeout: spec.timeout.mul_f64(0.9),
-    };
-    match tokio::task::spawn_blocking(move || crate::drpath::probe(&p)).await {
-        Ok(Ok(())) => Outcome::ok(),
-        Ok(Err(e)) => Outcome::fail(e),
-        Err(e) => Outcome::fail(format!("probe task: {e}")),
-    }
-}
-
-async fn connect(spec: &CheckSpec) -> Result<tokio::net::TcpStream, String> {
-    let socket = if spec.target.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("socket: {e}"))?;
-    if let Some(b) = spec.bindto {
-        socket
-            .bind(SocketAddr::new(b, 0))
-            .map_err(|e| format!("bind {b}: {e}"))?;
-    }
-    socket
-        .connect(spec.target)
-        .await
-        .map_err(|e| format!("connect {}: {e}", spec.target))
-}
-
-async fn http_once(
-    spec: &CheckSpec,
-    u: &UrlSpec,
-    host: Option<&str>,
-    tls: Option<&TlsSpec>,
-) -> Result<(), String> {
-    let s = connect(spec).await?;
-    let host = host
-        .map(str::to_string)
-        .unwrap_or_else(|| spec.target.to_string());
-    let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: director-check\r\nConnection: close\r\n\r\n",
-        u.path
-    );
-    let raw = match tls {
-        None => exchange(s, req.as_bytes()).await?,
-        Some(t) => {
-            let config = tls_config(t)?;
-            let name = match &t.sni {
-                Some(n) => {
-                    ServerName::try_from(n.clone()).map_err(|e| format!("server name {n}: {e}"))?
-                }
-                // No name: no SNI; a verified certificate must then name
-                // the address.
-                None => ServerName::IpAddress(spec.target.ip().into()),
-            };
-            let s = tokio_rustls::TlsConnector::from(config)
-                .connect(name, s)
-                .await
-                .map_err(|e| format!("TLS handshake: {e}"))?;
-            exchange(s, req.as_bytes()).await?
-        }
-    };
-    let (status, body) = parse_http(&raw)?;
-    if !u.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
-        return Err(format!("status {status}"));
-    }
-    if let Some(want) = &u.digest {
-        let got = hex(&Md5::digest(body));
-        if &got != want {
-            return Err(format!("digest {got}, expected {want}"));
-        }
-    }
-    if let Some(re) = &u.regex
-        && !re.is_match(&String::from_utf8_lossy(body))
-    {
-        return Err(format!("body does not match /{}/", re.as_str()));
-    }
-    Ok(())
-}
-
-/// Sends `request`, reads the response to its end (bounded).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    request: &[u8],
-) -> Result<Vec<u8>, String> {
-    s.write_all(request)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    match (&mut s).take(MAX_HTTP as u64).read_to_end(&mut raw).await {
-        Ok(_) => Ok(raw),
-        // Many TLS servers close without close_notify once they have
-        // answered: what was read is the whole response.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
-        Err(e) => Err(format!("read: {e}")),
-    }
-}
-
-/// The CA certificates in a PEM file.
-pub fn load_ca_file(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    for c in certs {
-        let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
-    }
-    Ok(roots)
-}
-
-/// TLS client settings, built once per (verify, CA file).
-fn tls_config(t: &TlsSpec) -> Result<Arc<ClientConfig>, String> {
-    type Cache = Mutex<HashMap<(bool, Option<PathBuf>), Arc<ClientConfig>>>;
-    static CACHE: LazyLock<Cache> = LazyLock::new(Cache::default);
-    let key = (t.verify, t.ca_file.clone());
-    if let Some(c) = CACHE.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return Ok(c);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?;
-    let config = if t.verify {
-        let roots = match &t.ca_file {
-            Some(f) => load_ca_file(f)?,
-            None => {
-                let mut roots = RootCertStore::empty();
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                roots
-            }
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
-    };
-    let config = Arc::new(config);
-    if let Ok(mut c) = CACHE.lock() {
-        c.insert(key, config.clone());
-    }
-    Ok(config)
-}
-
-/// keepalived's `SSL_GET` default: any certificate is accepted (the
-/// handshake signatures are still checked).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Status and body of a raw HTTP/1.x response.
-pub fn parse_http(raw: &[u8]) -> Result<(u16, &[u8]), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .lines()
-        .next()
-        .filter(|l| l.starts_with("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("no HTTP status line")?;
-    Ok((status, &raw[end + 4..]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn misc(argv: &[String], dynamic: bool, timeout: Duration) -> Outcome {
-    use crate::script::{Ended, Leftovers, run};
-    let program = argv.first().map(String::as_str).unwrap_or("");
-    match run(argv, timeout, MAX_SCRIPT_OUTPUT, Leftovers::Kill).await {
-        Err(e) => Outcome::fail(e),
-        Ok(r) => match r.ended {
-            Ended::TimedOut => Outcome::fail(format!("{program} killed after {timeout:?}")),
-            Ended::Signalled => Outcome::fail(format!("{program} killed by a signal")),
-            Ended::Exited(0) => Outcome::ok(),
-            Ended::Exited(code) if dynamic && code >= 2 => Outcome {
-                ok: true,
-                weight: Some(code as u32 - 2),
-                error: None,
-            },
-            Ended::Exited(code) => Outcome::fail(format!("{program} exited {code}")),
-        },
-    }
-}
-
-async fn udp_socket(spec: &CheckSpec) -> Result<UdpSocket, String> {
-    let local = spec.bindto.unwrap_or(if spec.target.is_ipv4() {
-        IpAddr::from([0, 0, 0, 0])
-    } else {
-        IpAddr::from([0u16; 8])
-    });
-    let s = UdpSocket::bind(SocketAddr::new(local, 0))
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
-    s.connect(spec.target)
-        .await
-        .map_err(|e| format!("connect {}: {e}", spec.target))?;
-    Ok(s)
-}
-
-async fn udp(spec: &CheckSpec, payload: &[u8], require_reply: bool) -> Outcome {
-    let s = match udp_socket(spec).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::fail(e),
-    };
-    if let Err(e) = s.send(payload).await {
-        return Outcome::fail(format!("send: {e}"));
-    }
-    let mut buf = [0u8; 2048];
-    // Without a required reply, success is "no port unreachable came back"
-    // within a short wait.
-    let wait = if require_reply {
-        spec.timeout
-    } else {
-        spec.timeout.min(Duration::from_millis(500))
-    };
-    match tokio::time::timeout(wait, s.recv(&mut buf)).await {
-        Ok(Ok(_)) => Outcome::ok(),
-        Ok(Err(e)) => Outcome::fail(format!("{e}")),
-        Err(_) if require_reply => Outcome::fail("no reply"),
-        Err(_) => Outcome::ok(),
-    }
-}
-
-/// A DNS query for `name`/`qtype` with id `id`, recursion desired.
-pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(32);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        let l = &label.as_bytes()[..label.len().min(63)];
-        q.push(l.len() as u8);
-        q.extend_from_slice(l);
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes());
-    q
-}
-
-/// Checks a DNS answer to query `id`: a response, no error, an answer.
-pub fn dns_answer_ok(id: u16, r: &[u8]) -> Result<(), String> {
-    if r.len() < 12 {
-        return Err("short DNS answer".into());
-    }
-    if u16::from_be_bytes([r[0], r[1]]) != id {
-        return Err("DNS answer to another query".into());
-    }
-    if r[2] & 0x80 == 0 {
-        return Err("not a DNS response".into());
-    }
-    let rcode = r[3] & 0x0f;
-    if rcode != 0 {
-        return Err(format!("DNS rcode {rcode}"));
-    }
-    if u16::from_be_bytes([r[6], r[7]]) == 0 {
-        return Err("no answer records".into());
-    }
-    Ok(())
-}
-
-async fn dns(spec: &CheckSpec, qtype: u16, name: &str) -> Outcome {
-    let s = match udp_socket(spec).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::fail(e),
-    };
-    let id: u16 = rand::rng().random();
-    if let Err(e) = s.send(&dns_query(id, name, qtype)).await {
-        return Outcome::fail(format!("send: {e}"));
-    }
-    let mut buf = [0u8; 4096];
-    match s.recv(&mut buf).await {
-        Ok(n) => match dns_answer_ok(id, &buf[..n]) {
-            Ok(()) => Outcome::ok(),
-            Err(e) => Outcome::fail(e),
-        },
-        Err(e) => Outcome::fail(format!("{e}")),
+        Kind::Smtp { helo } => tcp::smtp(spec, helo).await,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_http_responses() {
-        let (s, b) = parse_http(b"HTTP/1.1 503 Unavailable\r\nX: y\r\n\r\nsorry").expect("ok");
-        assert_eq!((s, b), (503, &b"sorry"[..]));
-        assert!(parse_http(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_http(b"garbage\r\n\r\n").is_err());
-        assert!(parse_http(b"").is_err());
-    }
-
-    #[test]
-    fn dns_query_and_answer() {
-        let q = dns_query(0x1234, "example.com.", 1);
-        assert_eq!(&q[..4], &[0x12, 0x34, 0x01, 0x00]);
-        assert_eq!(&q[12..], b"\x07example\x03com\x00\x00\x01\x00\x01");
-        let mut a = q.clone();
-        a[2] |= 0x80;
-        a[7] = 1;
-        assert_eq!(dns_answer_ok(0x1234, &a), Ok(()));
-        assert!(dns_answer_ok(0x9999, &a).is_err());
-        a[3] = 3; // NXDOMAIN
-        assert!(dns_answer_ok(0x1234, &a).is_err());
-        assert!(dns_answer_ok(0x1234, &a[..5]).is_err());
-        assert_eq!(dns_type("aaaa"), Some(28));
-        assert_eq!(dns_type("SPF"), None);
-    }
+    use crate::config::load_ca_file;
+    use script::misc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
 
     fn spec(kind: Kind, target: SocketAddr) -> CheckSpec {
         CheckSpec {
