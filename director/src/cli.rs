@@ -88,28 +88,8 @@ pub enum Command {
     /// Change a real server of the running daemon without editing the file
     /// (a reload reads the file again): add, remove, weight, drain, enable.
     RealServer {
-        /// add, remove, weight, drain (weight 0, remembering the weight) or
-        /// enable (back to the remembered weight).
-        #[arg(value_parser = ["add", "remove", "weight", "drain", "enable"])]
-        action: String,
-        /// The virtual server's address.
-        #[arg(long)]
-        vip: std::net::IpAddr,
-        /// The virtual server's port.
-        #[arg(long)]
-        port: u16,
-        #[arg(long, default_value = "tcp")]
-        protocol: String,
-        /// The real server's address.
-        #[arg(long)]
-        address: std::net::IpAddr,
-        /// For add and weight.
-        #[arg(long)]
-        weight: Option<u32>,
-        /// Also write the change into the daemon's config file (comments
-        /// and layout kept), so a reload or restart keeps it.
-        #[arg(long)]
-        persist: bool,
+        #[command(flatten)]
+        change: crate::control::RealServerChange,
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long, short)]

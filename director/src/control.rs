@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::status::Status;
+use crate::{config::Protocol, status::Status};
 
 /// File name of the socket in the state directory.
 pub const SOCKET: &str = "director.sock";
@@ -43,28 +43,73 @@ pub enum Request {
     Restart,
 }
 
-/// `director real-server ACTION ...`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `director real-server ACTION ...`: the same fields on the command line
+/// and on the control socket (JSON: `"action": "drain"`, `"protocol":
+/// "tcp"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RealServerChange {
-    /// add, remove, weight, drain, enable.
-    pub action: String,
-    /// The virtual server: address, port, protocol.
+    /// What to do to the real server.
+    #[arg(value_enum)]
+    pub action: RealServerAction,
+    /// The virtual server's address.
+    #[arg(long)]
     pub vip: std::net::IpAddr,
+    /// The virtual server's port.
+    #[arg(long)]
     pub port: u16,
-    #[serde(default = "tcp")]
-    pub protocol: String,
-    /// The real server.
+    /// The virtual server's protocol (tcp or udp).
+    #[serde(default)]
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    pub protocol: Protocol,
+    /// The real server's address.
+    #[arg(long)]
     pub address: std::net::IpAddr,
     /// For add and weight.
+    #[arg(long)]
     pub weight: Option<u32>,
-    /// Also write the change to the config file.
+    /// Also write the change into the daemon's config file (comments and
+    /// layout kept), so a reload or restart keeps it.
     #[serde(default)]
+    #[arg(long)]
     pub persist: bool,
 }
 
-fn tcp() -> String {
-    "tcp".into()
+/// What `director real-server` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RealServerAction {
+    /// Add it (with --weight, default 1).
+    Add,
+    /// Remove it.
+    Remove,
+    /// Set its weight (--weight).
+    Weight,
+    /// Weight 0, remembering the weight: no new flows, existing ones go on.
+    Drain,
+    /// Back to the weight it had before `drain`.
+    Enable,
+}
+
+impl RealServerAction {
+    /// The word on the command line and on the socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RealServerAction::Add => "add",
+            RealServerAction::Remove => "remove",
+            RealServerAction::Weight => "weight",
+            RealServerAction::Drain => "drain",
+            RealServerAction::Enable => "enable",
+        }
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("`{s}`: tcp or udp")),
+    }
 }
 
 /// The daemon's answer.

@@ -444,7 +444,7 @@ struct Daemon {
     /// Our interface (its MAC and MTU go to the dataplane).
     link: crate::neighbor::LinkInfo,
     /// Weights of drained real servers, for `enable`.
-    drained: BTreeMap<(IpAddr, u16, IpAddr), u32>,
+    drained: BTreeMap<(crate::config::ServiceAddr, IpAddr), u32>,
     /// Resolved real-server MACs, shared with `dr_check` probes.
     macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
     /// BGP announcements through BIRD (`[global.bgp]`).
@@ -476,8 +476,7 @@ impl Daemon {
         );
         for (i, up) in quorum_changes {
             let vs = &self.config.virtual_server[i];
-            let name = crate::dataplane::service_key(vs.address(), vs.port(), vs.protocol);
-            let name = crate::dataplane::key_name(&name);
+            let name = vs.id();
             if up {
                 info!(service = %name, "quorum gained");
             } else {
@@ -505,7 +504,7 @@ impl Daemon {
                     .enumerate()
                     .map(|(i, vs)| {
                         let up = self.quorum.get(&i).copied().unwrap_or(true);
-                        ((vs.address(), vs.port(), vs.protocol), up)
+                        (vs.id(), up)
                     })
                     .collect(),
             );
@@ -843,21 +842,20 @@ impl Daemon {
     /// `director real-server ...`: changes the running config (not the
     /// file); a later reload reads the file again.
     fn change_real_server(&mut self, c: &crate::control::RealServerChange) -> Result<(), String> {
+        use crate::control::RealServerAction as Action;
         let mut new = self.config.clone();
-        let protocol = match c.protocol.as_str() {
-            "tcp" => crate::config::Protocol::Tcp,
-            "udp" => crate::config::Protocol::Udp,
-            p => return Err(format!("protocol `{p}`: use tcp or udp")),
-        };
+        let protocol = c.protocol;
         let index = new
             .find_service(c.vip, c.port, protocol)
             .ok_or_else(|| format!("no virtual server {}:{}/{}", c.vip, c.port, c.protocol))?;
         let vs = &mut new.virtual_server[index];
+        let key = (vs.id(), c.address);
         let pos = vs.real_server.iter().position(|r| r.address == c.address);
-        let key = (c.vip, c.port, c.address);
-        match (c.action.as_str(), pos) {
-            ("add", Some(_)) => return Err(format!("{} is already a real server", c.address)),
-            ("add", None) => vs.real_server.push(crate::config::RealServer::new(
+        match (c.action, pos) {
+            (Action::Add, Some(_)) => {
+                return Err(format!("{} is already a real server", c.address));
+            }
+            (Action::Add, None) => vs.real_server.push(crate::config::RealServer::new(
                 c.address,
                 c.weight.unwrap_or(1),
             )),
@@ -867,26 +865,21 @@ impl Daemon {
                     c.address
                 ));
             }
-            ("remove", Some(i)) => {
+            (Action::Remove, Some(i)) => {
                 vs.real_server.remove(i);
             }
-            ("weight", Some(i)) => {
+            (Action::Weight, Some(i)) => {
                 vs.real_server[i].weight = c.weight.ok_or("weight needs --weight N")?;
             }
-            ("drain", Some(i)) => {
+            (Action::Drain, Some(i)) => {
                 let w = vs.real_server[i].weight;
                 if w > 0 {
                     self.drained.insert(key, w);
                 }
                 vs.real_server[i].weight = 0;
             }
-            ("enable", Some(i)) => {
+            (Action::Enable, Some(i)) => {
                 vs.real_server[i].weight = self.drained.remove(&key).unwrap_or(1);
-            }
-            (a, _) => {
-                return Err(format!(
-                    "unknown action `{a}`: add, remove, weight, drain, enable"
-                ));
             }
         }
         new.check()?;
@@ -918,7 +911,7 @@ impl Daemon {
             info!(file = %self.config_path.display(), "real server change written to the config file");
         }
         info!(
-            action = %c.action,
+            action = c.action.as_str(),
             virtual_server = %format!("{}:{}/{}", c.vip, c.port, c.protocol),
             real_server = %c.address,
             "real server changed at runtime"

@@ -80,25 +80,10 @@ fn main() -> ExitCode {
             json,
         } => watch_vrrp(&interface, duration, json),
         Command::RealServer {
-            action,
-            vip,
-            port,
-            protocol,
-            address,
-            weight,
-            persist,
+            change,
             state_dir,
             config,
         } => state_dir_of(state_dir, config).and_then(|dir| {
-            let change = control::RealServerChange {
-                action,
-                vip,
-                port,
-                protocol,
-                address,
-                weight,
-                persist,
-            };
             command(&dir, &Request::RealServer(change))?;
             println!("done");
             Ok(())

@@ -302,6 +302,14 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         vm::section(&out, "d2"),
         vm::section(&out, "handover")
     );
+    eprintln!(
+        "the master's handovers (age: handover file written -> read by the next process):\n{}",
+        vm::section(&out, "handover")
+            .lines()
+            .filter(|l| l.contains("taking over"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     ensure!(
         get("vrrp_start").as_deref() == Some("master/backup"),
         "VRRP pair not formed: {:?}\n{journal}\n{d2}",

@@ -14,10 +14,10 @@ use std::{net::IpAddr, path::Path};
 
 use tracing::warn;
 
-use director_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey};
+use director_common::ServiceKey;
 
 use crate::{
-    config::{DataplaneKind, Protocol, Scheduler},
+    config::{DataplaneKind, Protocol, Scheduler, ServiceAddr},
     neighbor::Mac,
 };
 
@@ -219,17 +219,23 @@ pub struct ServicePlan {
 }
 
 impl ServicePlan {
+    /// Which service this is.
+    pub fn id(&self) -> ServiceAddr {
+        ServiceAddr {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+
     /// The service map key of this service.
     pub fn key(&self) -> ServiceKey {
-        service_key(self.address, self.port, self.protocol)
+        self.id().key()
     }
 
     /// `address:port/protocol` for logs.
     pub fn name(&self) -> String {
-        match self.address {
-            IpAddr::V4(a) => format!("{a}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(a) => format!("[{a}]:{}/{}", self.port, self.protocol),
-        }
+        self.id().to_string()
     }
 }
 
@@ -257,32 +263,5 @@ impl Traffic {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
         self.new_flows = self.new_flows.wrapping_add(other.new_flows);
-    }
-}
-
-/// Service map key for a service.
-pub fn service_key(address: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
-    match address {
-        IpAddr::V4(a) => ServiceKey::v4(a.octets(), port, protocol.number()),
-        IpAddr::V6(a) => ServiceKey::v6(a.octets(), port, protocol.number()),
-    }
-}
-
-/// `address:port/protocol` of a service key, for logs.
-pub fn key_name(key: &ServiceKey) -> String {
-    let proto = match key.protocol {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        _ => "?",
-    };
-    let port = key.port();
-    if key.flags & director_common::KEY_V6 != 0 {
-        format!("[{}]:{port}/{proto}", std::net::Ipv6Addr::from(key.addr))
-    } else {
-        let a = key.addr;
-        format!(
-            "{}:{port}/{proto}",
-            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3])
-        )
     }
 }

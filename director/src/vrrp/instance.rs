@@ -110,7 +110,7 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether each virtual server (address, port, protocol) has quorum, as
 /// the daemon last computed it (`track_virtual_server`).
-pub type QuorumBoard = Arc<Mutex<BTreeMap<(IpAddr, u16, crate::config::Protocol), bool>>>;
+pub type QuorumBoard = Arc<Mutex<BTreeMap<crate::config::ServiceAddr, bool>>>;
 
 /// The running VRRP instances.
 pub struct Vrrp {
@@ -318,7 +318,7 @@ impl Vrrp {
 
     /// Publishes which virtual servers have quorum (read by instances
     /// with `track_virtual_server` at their next tracking tick).
-    pub fn set_quorum(&self, quorum: BTreeMap<(IpAddr, u16, crate::config::Protocol), bool>) {
+    pub fn set_quorum(&self, quorum: BTreeMap<crate::config::ServiceAddr, bool>) {
         if let Ok(mut q) = self.quorum.lock() {
             *q = quorum;
         }
@@ -1291,7 +1291,7 @@ impl Runner {
                 .cfg
                 .track_virtual_server
                 .iter()
-                .map(|t| (q.get(&(t.address, t.port, t.protocol)).copied(), t.weight))
+                .map(|t| (q.get(&t.id()).copied(), t.weight))
                 .collect(),
             Err(_) => Vec::new(),
         };

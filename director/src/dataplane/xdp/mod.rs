@@ -60,7 +60,7 @@ mod link;
 
 pub use exceptions::Scan;
 
-use super::{ServicePlan, Traffic, key_name};
+use super::{ServicePlan, Traffic};
 use crate::{
     config::{Scheduler, XdpMode},
     maglev,
@@ -421,10 +421,14 @@ impl XdpDataplane {
         let member_addrs: Vec<ServiceKey> = plan
             .iter()
             .flat_map(|s| {
-                s.members
-                    .iter()
-                    .flat_map(|m| m.addresses())
-                    .map(|a| super::service_key(a, 0, s.protocol))
+                s.members.iter().flat_map(|m| m.addresses()).map(|a| {
+                    crate::config::ServiceAddr {
+                        address: a,
+                        port: 0,
+                        protocol: s.protocol,
+                    }
+                    .key()
+                })
             })
             .collect();
         let new_filter = vip_filter(wanted.keys().chain(&member_addrs));
@@ -446,7 +450,10 @@ impl XdpDataplane {
         for key in &gone {
             self.services_map()?.remove(key)?;
             self.services.remove(key);
-            info!(service = %key_name(key), "virtual service removed from the dataplane");
+            info!(
+                service = %crate::config::ServiceAddr::from_key(key).map_or_else(|| "?".into(), |s| s.to_string()),
+                "virtual service removed from the dataplane"
+            );
         }
 
         let mut retired = Vec::new();
@@ -586,7 +593,12 @@ impl XdpDataplane {
                 let mut blocks = [(0u16, 0u8); 32];
                 let n = director_common::port_blocks(m.ports.0, m.ports.1, &mut blocks);
                 for a in m.addresses() {
-                    let base = super::service_key(a, 0, s.protocol);
+                    let base = crate::config::ServiceAddr {
+                        address: a,
+                        port: 0,
+                        protocol: s.protocol,
+                    }
+                    .key();
                     for (start, bits) in &blocks[..n] {
                         let key = MemberKey {
                             protocol,

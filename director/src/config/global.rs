@@ -1,0 +1,167 @@
+//! `[global]`: the director's own settings, BGP and flow sync.
+
+use super::*;
+
+/// `[global]`: settings for the whole director (keepalived's `global_defs`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Global {
+    /// Name of this director in logs and status (keepalived's `router_id`);
+    /// defaults to the host name.
+    #[serde(default = "default_router_id")]
+    pub router_id: String,
+    /// Interface that receives VIP traffic and where the XDP program runs.
+    pub interface: String,
+    /// Directory for the control socket and runtime state.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Directory (on a bpffs) where the XDP dataplane's maps and link are
+    /// pinned so that they outlive the daemon; default
+    /// `/sys/fs/bpf/director/<name of the state directory>`
+    /// (`/sys/fs/bpf/director/run-director` for the default state
+    /// directory). See [`Global::pin_dir`].
+    pub pin_dir: Option<PathBuf>,
+    /// XDP attach mode: `auto` (native, falling back to generic), `native`
+    /// or `generic`.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Seconds a UDP flow may stay idle before it is placed again.
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout: u32,
+    /// Entries of the XDP flow table (1,024 to 16,777,216). Restart-only:
+    /// a daemon started with another size re-creates the table, and the
+    /// flows it held are placed again (by Maglev: the same servers unless
+    /// the pool changed meanwhile).
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
+    /// Where to serve Prometheus `/metrics` and `/status` over HTTP
+    /// (`ADDR:PORT`; none by default).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Which dataplane forwards: `auto` (XDP, falling back to IPVS with a
+    /// log line saying why), `xdp` or `ipvs`.
+    #[serde(default)]
+    pub dataplane: DataplaneKind,
+    /// Announce VIPs over BGP through BIRD 2 (`[global.bgp]`).
+    pub bgp: Option<BgpConfig>,
+    /// Share flow-table exceptions with peer directors (XDP dataplane).
+    pub flow_sync: Option<FlowSyncConfig>,
+    /// Group allowed to use the control socket (mode 0660 instead of 0600;
+    /// root only by default).
+    pub control_group: Option<String>,
+}
+
+impl Global {
+    /// Where the XDP dataplane is pinned: `pin_dir`, or the default under
+    /// the host's bpffs for this state directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_dir
+            .clone()
+            .unwrap_or_else(|| crate::dataplane::bpffs::default_pin_dir(&self.state_dir))
+    }
+}
+
+/// How VIPs reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BgpMode {
+    /// VRRP only: nothing is announced.
+    Vrrp,
+    /// Announce each VIP whose virtual server has quorum (active-active
+    /// directors behind ECMP).
+    #[default]
+    Bgp,
+    /// Announce only while this director is VRRP master for the VIP.
+    Both,
+}
+
+/// `[global.bgp]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    #[serde(default)]
+    pub mode: BgpMode,
+    /// BIRD's control socket.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
+    /// Files BIRD includes (`route VIP/32 blackhole;` lines); default
+    /// `<state_dir>/bird-vips4.conf` and `bird-vips6.conf`.
+    pub announce_file_v4: Option<PathBuf>,
+    pub announce_file_v6: Option<PathBuf>,
+    /// Seconds a VIP must be eligible before it is announced.
+    #[serde(default)]
+    pub announce_delay: f64,
+    /// Seconds between withdrawing every route and stopping (drain and
+    /// shutdown), so routers move traffic away first.
+    #[serde(default = "default_withdraw_wait")]
+    pub withdraw_wait: f64,
+}
+
+pub(super) fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
+}
+pub(super) fn default_withdraw_wait() -> f64 {
+    2.0
+}
+
+/// `global.flow_sync`: where to listen, the peers, the shared key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSyncConfig {
+    /// `ADDR:PORT` to receive peers' flows on.
+    pub listen: std::net::SocketAddr,
+    /// `ADDR:PORT` of each peer director.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Shared secret authenticating the datagrams (HMAC-SHA256).
+    pub key: String,
+    /// Seconds between rounds (default 0.5).
+    #[serde(default = "default_sync_interval")]
+    pub interval: f64,
+}
+
+pub(super) fn default_sync_interval() -> f64 {
+    0.5
+}
+
+/// `global.dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    #[default]
+    Auto,
+    Xdp,
+    Ipvs,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// This host's name (the default router_id and SMTP HELO name).
+pub fn host_name() -> String {
+    default_router_id()
+}
+
+pub(super) fn default_router_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "director".to_string())
+}
+
+pub(super) fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// The flow table's default size: a million flows.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_000_000;
+
+pub(super) fn default_flow_table_size() -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE
+}
