@@ -84,7 +84,7 @@ impl Handover {
         let h = self.instances.iter().find(|i| i.name == inst.name)?;
         let same = h.virtual_router_id == inst.virtual_router_id
             && h.interface == interface
-            && h.virtual_ipaddress == inst.virtual_ipaddress
+            && h.virtual_ipaddress == inst.address_texts()
             && (h.advert_int - inst.advert_int).abs() < 1e-9;
         if !same {
             info!(instance = %inst.name, "handed over but configured differently now: starting afresh");
@@ -230,7 +230,7 @@ mod tests {
             virtual_router_id: 51,
             interface: "eth0".into(),
             state: "master".into(),
-            virtual_ipaddress: inst.virtual_ipaddress.clone(),
+            virtual_ipaddress: inst.address_texts(),
             advert_int: 0.1,
         }]);
         write(&dir, &h).expect("test setup");

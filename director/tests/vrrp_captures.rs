@@ -31,7 +31,7 @@ fn keepalived_v2() {
     let (src, dst) = (ip("10.9.0.1"), ip("224.0.0.18"));
     let a = Advert::decode(&V2, false, src, dst).expect("keepalived's v2 advert decodes");
     assert_eq!(
-        (a.version, a.vrid, a.priority, a.interval_cs),
+        (a.version.number(), a.vrid, a.priority, a.interval_cs),
         (2, 51, 150, 100)
     );
     assert_eq!(a.addresses, vec![ip("10.9.0.100")]);
@@ -44,7 +44,7 @@ fn keepalived_v3_ipv4() {
     let (src, dst) = (ip("10.9.0.1"), ip("224.0.0.18"));
     let a = Advert::decode(&V3, false, src, dst).expect("keepalived's v3 advert decodes");
     assert_eq!(
-        (a.version, a.vrid, a.priority, a.interval_cs),
+        (a.version.number(), a.vrid, a.priority, a.interval_cs),
         (3, 51, 150, 100)
     );
     assert_eq!(a.addresses, vec![ip("10.9.0.100")]);
@@ -62,7 +62,7 @@ fn keepalived_v3_ipv6() {
     let (src, dst) = (ip("fe80::1"), ip("ff02::12"));
     let a = Advert::decode(&V6, true, src, dst).expect("keepalived's v3 IPv6 advert decodes");
     assert_eq!(
-        (a.version, a.vrid, a.priority, a.interval_cs),
+        (a.version.number(), a.vrid, a.priority, a.interval_cs),
         (3, 51, 150, 100)
     );
     assert_eq!(a.addresses, vec![ip("fd00::100")]);

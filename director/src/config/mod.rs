@@ -138,16 +138,28 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        let invalid = |e: toml::de::Error, key: String| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, col) = line_col(text, offset);
+            let message = e.message().trim();
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 col,
-                key: String::new(),
-                message: e.message().trim().to_string(),
+                message: if key.is_empty() {
+                    message.to_string()
+                } else {
+                    format!("`{key}`: {message}")
+                },
+                key,
             }
+        };
+        let document = toml::Deserializer::parse(text).map_err(|e| invalid(e, String::new()))?;
+        // A value serde refuses is reported with its key.
+        let mut config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            invalid(e.into_inner(), key)
         })?;
         if let Err(p) = config.resolve_members().and_then(|()| config.validate()) {
             let offset = locate(text, &p.path);
@@ -599,7 +611,7 @@ track_script = ["chk_nginx"]
     fn parses_vrrp_instances() {
         let c = parse(VRRP).expect("valid");
         let v = &c.vrrp_instance[0];
-        assert_eq!(v.version, 2, "keepalived's default version");
+        assert_eq!(v.version, Version::V2, "keepalived's default version");
         assert_eq!(v.state, InitialState::Backup);
         assert!(!v.nopreempt);
         assert_eq!(v.advert_interval_cs(), 100);

@@ -222,8 +222,8 @@ pub struct VrrpInstance {
     #[serde(default = "default_advert_int")]
     pub advert_int: f64,
     /// VRRP version, 2 or 3.
-    #[serde(default = "default_vrrp_version")]
-    pub version: u8,
+    #[serde(default)]
+    pub version: Version,
     /// Initial state: `backup` (default) or `master` (become master at once).
     #[serde(default)]
     pub state: InitialState,
@@ -234,7 +234,7 @@ pub struct VrrpInstance {
     #[serde(default)]
     pub preempt_delay: f64,
     /// Addresses held by the master: `ADDR` or `ADDR/PREFIX`.
-    pub virtual_ipaddress: Vec<String>,
+    pub virtual_ipaddress: Vec<VirtualIp>,
     /// Source address for unicast adverts (default: the interface's).
     pub unicast_src_ip: Option<IpAddr>,
     /// Send adverts to these peers instead of multicast.
@@ -424,9 +424,6 @@ pub(super) fn default_priority() -> u8 {
 pub(super) fn default_advert_int() -> f64 {
     1.0
 }
-pub(super) fn default_vrrp_version() -> u8 {
-    2
-}
 pub(super) fn default_garp_delay() -> u32 {
     5
 }
@@ -468,16 +465,93 @@ pub fn parse_virtual_address(s: &str) -> Result<VirtualAddress, String> {
     Ok(VirtualAddress { address, prefix })
 }
 
+/// The VRRP version: 2 (RFC 3768: IPv4, whole seconds, authentication;
+/// keepalived's default) or 3 (RFC 5798: IPv4 and IPv6, centiseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Version {
+    #[default]
+    V2,
+    V3,
+}
+
+impl Version {
+    /// The number in the file, the status and the packet.
+    pub fn number(self) -> u8 {
+        match self {
+            Version::V2 => 2,
+            Version::V3 => 3,
+        }
+    }
+}
+
+impl TryFrom<u8> for Version {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Version, String> {
+        match n {
+            2 => Ok(Version::V2),
+            3 => Ok(Version::V3),
+            _ => Err(format!("{n}: must be 2 or 3")),
+        }
+    }
+}
+
+impl From<Version> for u8 {
+    fn from(v: Version) -> u8 {
+        v.number()
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+/// A `virtual_ipaddress` entry: parsed once, at load; shown as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VirtualIp {
+    pub addr: VirtualAddress,
+    text: String,
+}
+
+impl TryFrom<String> for VirtualIp {
+    type Error = String;
+    fn try_from(text: String) -> Result<VirtualIp, String> {
+        Ok(VirtualIp {
+            addr: parse_virtual_address(&text)?,
+            text,
+        })
+    }
+}
+
+impl From<VirtualIp> for String {
+    fn from(v: VirtualIp) -> String {
+        v.text
+    }
+}
+
+impl fmt::Display for VirtualIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl VrrpInstance {
-    /// The parsed virtual addresses (validated at load).
+    /// The virtual addresses.
     pub fn addresses(&self) -> Vec<VirtualAddress> {
+        self.virtual_ipaddress.iter().map(|v| v.addr).collect()
+    }
+
+    /// The virtual addresses as written in the file.
+    pub fn address_texts(&self) -> Vec<String> {
         self.virtual_ipaddress
             .iter()
-            .filter_map(|s| parse_virtual_address(s).ok())
+            .map(ToString::to_string)
             .collect()
     }
 
-    /// Whether the instance runs over IPv6.
     /// The virtual-MAC interface's name, when `use_vmac` is on.
     pub fn vmac_name(&self) -> Option<String> {
         match &self.use_vmac {

@@ -223,7 +223,7 @@ impl Config {
                 }
             }
             match v.version {
-                2 => {
+                Version::V2 => {
                     if v.advert_int.fract() != 0.0 || !(1.0..=255.0).contains(&v.advert_int) {
                         return Err(problem(
                             at("advert_int"),
@@ -231,7 +231,7 @@ impl Config {
                         ));
                     }
                 }
-                3 => {
+                Version::V3 => {
                     let cs = v.advert_int * 100.0;
                     if !(1.0..=4095.0).contains(&cs) || (cs - cs.round()).abs() > 1e-6 {
                         return Err(problem(
@@ -240,7 +240,6 @@ impl Config {
                         ));
                     }
                 }
-                _ => return Err(problem(at("version"), "must be 2 or 3")),
             }
             if !(v.preempt_delay >= 0.0 && v.preempt_delay <= 1000.0) {
                 return Err(problem(
@@ -255,14 +254,13 @@ impl Config {
                 ));
             }
             let mut family = None;
-            for (j, s) in v.virtual_ipaddress.iter().enumerate() {
+            for (j, a) in v.addresses().into_iter().enumerate() {
                 let at = vec![
                     Key("vrrp_instance"),
                     Index(i),
                     Key("virtual_ipaddress"),
                     Index(j),
                 ];
-                let a = parse_virtual_address(s).map_err(|m| problem(at.clone(), m))?;
                 let v6 = a.address.is_ipv6();
                 if *family.get_or_insert(v6) != v6 {
                     return Err(problem(
@@ -273,7 +271,7 @@ impl Config {
                         ),
                     ));
                 }
-                if v6 && v.version == 2 {
+                if v6 && v.version == Version::V2 {
                     return Err(problem(
                         at,
                         "VRRP version 2 is IPv4 only; use version = 3 for IPv6",
@@ -303,7 +301,7 @@ impl Config {
                 ));
             }
             if let Some(auth) = &v.authentication {
-                if v.version != 2 {
+                if v.version != Version::V2 {
                     return Err(problem(
                         at("authentication"),
                         "authentication exists in VRRP version 2 only (RFC 5798 removed it)",

@@ -90,7 +90,7 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct Params {
     /// 2 or 3.
-    pub version: u8,
+    pub version: crate::config::Version,
     /// Configured priority (255: address owner).
     pub priority: u8,
     /// Advertisement interval, centiseconds (v2: a multiple of 100).
@@ -172,7 +172,7 @@ impl Machine {
     /// Skew_Time (RFC 5798 6.1; RFC 3768 6.1 is the same in seconds).
     pub fn skew(&self) -> Duration {
         let p = u64::from(self.priority);
-        if self.params.version == 2 {
+        if self.params.version == crate::config::Version::V2 {
             Duration::from_micros((256 - p) * 1_000_000 / 256)
         } else {
             Duration::from_micros(
@@ -328,7 +328,7 @@ impl Machine {
                     // The master is leaving: take over after the skew time.
                     self.deadline = Some(now + self.skew());
                 } else if !self.params.preempt || priority >= self.priority || preempt_held {
-                    if self.params.version == 3 {
+                    if self.params.version == crate::config::Version::V3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
                     self.master = Some(src);
@@ -368,7 +368,7 @@ impl Machine {
                 } else if priority > self.priority
                     || (priority == self.priority && src > self.params.primary)
                 {
-                    if self.params.version == 3 {
+                    if self.params.version == crate::config::Version::V3 {
                         self.master_adver_interval_cs = interval_cs;
                     }
                     self.master = Some(src);
@@ -408,6 +408,7 @@ mod tests {
     }
 
     fn params(version: u8, priority: u8, interval_cs: u16) -> Params {
+        let version = crate::config::Version::try_from(version).expect("2 or 3");
         Params {
             version,
             priority,

@@ -202,10 +202,10 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
         virtual_router_id: inst.virtual_router_id,
         master_address: None,
         transitions: 0,
-        version: inst.version,
+        version: inst.version.number(),
         advert_int: inst.advert_int,
         interface: iface.to_string(),
-        virtual_ipaddress: inst.virtual_ipaddress.clone(),
+        virtual_ipaddress: inst.address_texts(),
         adverts_sent: 0,
         adverts_received: 0,
         rejected: BTreeMap::new(),
@@ -874,7 +874,7 @@ impl Runner {
             vrid = cfg.virtual_router_id,
             interface = %iface,
             source = %src,
-            version = cfg.version,
+            version = cfg.version.number(),
             mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
             "VRRP instance starting"
         );
@@ -1382,7 +1382,7 @@ impl Runner {
         if !peers.is_empty() && !peers.contains(&p.src) {
             return Err(Reject::Source);
         }
-        if advert.version == 2 {
+        if advert.version == crate::config::Version::V2 {
             if advert.interval_cs != self.cfg.advert_interval_cs() {
                 return Err(Reject::Interval);
             }
@@ -1606,7 +1606,7 @@ impl Runner {
             virtual_router_id: self.cfg.virtual_router_id,
             interface: self.iface.clone(),
             state: state.as_str().to_string(),
-            virtual_ipaddress: self.cfg.virtual_ipaddress.clone(),
+            virtual_ipaddress: self.cfg.address_texts(),
             advert_int: self.cfg.advert_int,
         })
     }

@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::config::Version;
 pub use crate::wire::{checksum, pseudo_header};
 
 /// IP protocol number of VRRP.
@@ -27,7 +28,7 @@ pub const AUTH_PASS: u8 = 1;
 /// A decoded advertisement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advert {
-    pub version: u8,
+    pub version: Version,
     pub vrid: u8,
     pub priority: u8,
     /// Advertisement interval in centiseconds (v2: whole seconds x 100).
@@ -91,12 +92,12 @@ impl Advert {
     /// matter for the v3 checksum).
     pub fn encode(&self, src: IpAddr, dst: IpAddr) -> Vec<u8> {
         let mut b = vec![
-            (self.version << 4) | 1,
+            (self.version.number() << 4) | 1,
             self.vrid,
             self.priority,
             self.addresses.len() as u8,
         ];
-        if self.version == 2 {
+        if self.version == Version::V2 {
             let (auth_type, _) = self.auth.unwrap_or((0, [0; 8]));
             b.push(auth_type);
             b.push((self.interval_cs / 100).max(1) as u8);
@@ -110,10 +111,10 @@ impl Advert {
                 IpAddr::V6(a) => b.extend_from_slice(&a.octets()),
             }
         }
-        if self.version == 2 {
+        if self.version == Version::V2 {
             b.extend_from_slice(&self.auth.map(|(_, d)| d).unwrap_or([0; 8]));
         }
-        let sum = if self.version == 2 {
+        let sum = if self.version == Version::V2 {
             checksum(&[&b])
         } else {
             checksum(&[&pseudo_header(src, dst, IPPROTO_VRRP, b.len()), &b])
@@ -128,11 +129,10 @@ impl Advert {
         if bytes.len() < 8 {
             return Err(Reject::Short);
         }
-        let version = bytes[0] >> 4;
-        if version != 2 && version != 3 {
+        let Ok(version) = Version::try_from(bytes[0] >> 4) else {
             return Err(Reject::Version);
-        }
-        if v6 && version == 2 {
+        };
+        if v6 && version == Version::V2 {
             return Err(Reject::Version); // VRRPv2 is IPv4 only
         }
         if bytes[0] & 0x0f != 1 {
@@ -140,7 +140,7 @@ impl Advert {
         }
         let count = usize::from(bytes[3]);
         let alen = if v6 { 16 } else { 4 };
-        let auth_len = if version == 2 { 8 } else { 0 };
+        let auth_len = if version == Version::V2 { 8 } else { 0 };
         let need = 8 + count * alen + auth_len;
         if bytes.len() < need {
             return Err(Reject::Length);
@@ -148,7 +148,7 @@ impl Advert {
         // Trailing bytes beyond the message are ignored (RFC 3768 adds none;
         // some senders pad), but the checksum covers what we parse.
         let msg = &bytes[..need];
-        let ok = if version == 2 {
+        let ok = if version == Version::V2 {
             checksum(&[msg]) == 0
         } else {
             checksum(&[&pseudo_header(src, dst, IPPROTO_VRRP, msg.len()), msg]) == 0
@@ -156,7 +156,7 @@ impl Advert {
         if !ok {
             return Err(Reject::Checksum);
         }
-        let interval_cs = if version == 2 {
+        let interval_cs = if version == Version::V2 {
             u16::from(bytes[5]) * 100
         } else {
             u16::from_be_bytes([bytes[4], bytes[5]]) & 0x0fff
@@ -178,7 +178,7 @@ impl Advert {
                 }
             })
             .collect();
-        let auth = (version == 2).then(|| {
+        let auth = (version == Version::V2).then(|| {
             let mut d = [0u8; 8];
             d.copy_from_slice(&bytes[need - 8..need]);
             (bytes[4], d)
@@ -241,7 +241,7 @@ mod tests {
     fn v2_roundtrip_and_keepalived_bytes() {
         let wire = fix_v2_checksum(KEEPALIVED_V2.to_vec());
         let a = Advert::decode(&wire, false, ip("10.0.0.11"), ip("224.0.0.18")).expect("decodes");
-        assert_eq!(a.version, 2);
+        assert_eq!(a.version, Version::V2);
         assert_eq!(a.vrid, 51);
         assert_eq!(a.priority, 150);
         assert_eq!(a.interval_cs, 100);
@@ -261,7 +261,7 @@ mod tests {
             ("fe80::1", "ff02::12", vec![ip("fd00::100")]),
         ] {
             let a = Advert {
-                version: 3,
+                version: Version::V3,
                 vrid: 7,
                 priority: 200,
                 interval_cs: 10,
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn v3_ipv4_wire_layout() {
         let a = Advert {
-            version: 3,
+            version: Version::V3,
             vrid: 1,
             priority: 100,
             interval_cs: 100,

@@ -68,7 +68,7 @@ impl Watch {
             .entry(src)
             .or_insert(Advertiser {
                 address: src,
-                version: a.version,
+                version: a.version.number(),
                 priority: a.priority,
                 advert_int: 0.0,
                 addresses: vec![],
@@ -77,7 +77,7 @@ impl Watch {
                 last_seen: 0.0,
                 seen: None,
             });
-        entry.version = a.version;
+        entry.version = a.version.number();
         entry.priority = a.priority;
         entry.advert_int = f64::from(a.interval_cs) / 100.0;
         entry.addresses = a.addresses;
@@ -193,7 +193,7 @@ mod tests {
 
     fn advert(vrid: u8, priority: u8) -> Vec<u8> {
         Advert {
-            version: 3,
+            version: crate::config::Version::V3,
             vrid,
             priority,
             interval_cs: 100,
@@ -216,7 +216,7 @@ mod tests {
         assert!(!w.routers()[0].split_brain);
         let b: IpAddr = "10.0.0.2".parse().expect("ip");
         let from_b = Advert {
-            version: 3,
+            version: crate::config::Version::V3,
             vrid: 51,
             priority: 100,
             interval_cs: 100,
