@@ -13,7 +13,7 @@ use std::{
 use futures::StreamExt as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -462,6 +462,10 @@ struct Daemon {
     /// Flow sync's counters, and the flows imported from peers.
     sync_stats: Option<(usize, Arc<crate::flowsync::SyncStats>)>,
     imported: u64,
+    /// Which virtual servers have quorum, for VRRP.
+    quorum_tx: watch::Sender<BTreeMap<crate::config::ServiceAddr, bool>>,
+    /// The VRRP instances' states, as they publish them.
+    vrrp_states: watch::Receiver<crate::vrrp::instance::States>,
 }
 
 impl Daemon {
@@ -496,19 +500,19 @@ impl Daemon {
                 });
             }
         }
-        if let Some(vrrp) = &self.vrrp {
-            vrrp.set_quorum(
-                self.config
-                    .virtual_server
-                    .iter()
-                    .enumerate()
-                    .map(|(i, vs)| {
-                        let up = self.quorum.get(&i).copied().unwrap_or(true);
-                        (vs.id(), up)
-                    })
-                    .collect(),
-            );
-        }
+        // VRRP's `track_virtual_server` sees quorum changes at once.
+        let quorum: BTreeMap<crate::config::ServiceAddr, bool> = self
+            .config
+            .virtual_server
+            .iter()
+            .enumerate()
+            .map(|(i, vs)| (vs.id(), self.quorum.get(&i).copied().unwrap_or(true)))
+            .collect();
+        self.quorum_tx.send_if_modified(|q| {
+            let changed = *q != quorum;
+            *q = quorum;
+            changed
+        });
         if self.applied.as_ref() == Some(&next) {
             return Ok(());
         }
@@ -691,14 +695,11 @@ impl Daemon {
             return;
         }
         let masters: Vec<IpAddr> = self
-            .vrrp
-            .as_ref()
-            .map(Vrrp::statuses)
-            .unwrap_or_default()
-            .iter()
-            .filter(|s| s.state == "master")
-            .flat_map(|s| s.virtual_ipaddress.clone())
-            .filter_map(|a| a.split('/').next().and_then(|a| a.parse().ok()))
+            .vrrp_states
+            .borrow()
+            .values()
+            .filter(|p| p.state == crate::vrrp::fsm::State::Master)
+            .flat_map(|p| p.addresses.iter().copied())
             .collect();
         let now = std::time::Instant::now();
         let mut eligible = BTreeMap::new();
@@ -1098,6 +1099,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     let bfd = crate::bfd::Bfd::start(&config.bfd_instance)
         .map_err(|e| DaemonError::Bfd(e.to_string()))?;
     let vmac_hook = LateHook::default();
+    let (quorum_tx, quorum_rx) = watch::channel(BTreeMap::new());
+    let (states_tx, vrrp_states) = watch::channel(crate::vrrp::instance::States::new());
+    let states_tx = Arc::new(states_tx);
+    let mut vrrp_changes = vrrp_states.clone();
     let start_vrrp = || {
         Vrrp::start_with(
             &config,
@@ -1105,6 +1110,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 vmac_hook: Some(vmac_hook.hook()),
                 bfd: bfd.verdicts(),
                 handover: handover.clone(),
+                states: Some(states_tx.clone()),
+                quorum: Some(quorum_rx.clone()),
             },
         )
     };
@@ -1251,6 +1258,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             )
         }),
         imported: 0,
+        quorum_tx,
+        vrrp_states,
     };
     let mut interface_gone = false;
     // Flow sync: the scan under way, the table version last scanned, the
@@ -1260,20 +1269,30 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     > = None;
     let mut scanned: Option<u64> = None;
     let mut exceptions: Vec<crate::dataplane::xdp::PinnedFlow> = Vec::new();
+    // The neighbour table is read on its own timer (sooner while a real
+    // server is unresolved), when the kernel reports a neighbour or link
+    // change, and after a request or reload that may add servers; not on
+    // every wake of the loop (health changes, VRRP changes, flow sync).
+    let mut next_refresh = tokio::time::Instant::now();
+    let mut refresh_now = true;
     let result = loop {
-        let delay = match daemon.resolver.refresh(&neighbors).await {
-            Ok(true) => RESOLVE_RETRY,
-            Ok(false) => REFRESH,
-            Err(e) => {
-                error!(error = %e, "cannot read the neighbour table");
-                REFRESH
+        if refresh_now || tokio::time::Instant::now() >= next_refresh {
+            let delay = match daemon.resolver.refresh(&neighbors).await {
+                Ok(true) => RESOLVE_RETRY,
+                Ok(false) => REFRESH,
+                Err(e) => {
+                    error!(error = %e, "cannot read the neighbour table");
+                    REFRESH
+                }
+            };
+            next_refresh = tokio::time::Instant::now() + delay;
+            refresh_now = false;
+            let resolved = daemon.resolver.resolved();
+            if let Ok(mut m) = daemon.macs.lock()
+                && *m != resolved
+            {
+                *m = resolved;
             }
-        };
-        let resolved = daemon.resolver.resolved();
-        if let Ok(mut m) = daemon.macs.lock()
-            && *m != resolved
-        {
-            *m = resolved;
         }
         // A refused update never stops the daemon: the last good state
         // keeps forwarding, the error is reported (once) and retried.
@@ -1305,12 +1324,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 break Ok(Stopped::Stop);
             }
             _ = sighup.recv() => {
+                refresh_now = true;
                 info!(signal = "SIGHUP", "reloading the configuration");
                 if let Err(e) = daemon.reload().await {
                     error!("reload refused, nothing changed: {e}");
                 }
             }
             Some((request, reply)) = control_rx.recv() => {
+                refresh_now = true;
                 let answer = match request {
                     Request::RealServer(change) => match daemon.change_real_server(&change) {
                         Ok(()) => Response::Ok { ok: true },
@@ -1350,8 +1371,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 };
                 let _ = reply.send(answer);
             }
-            Some(()) = neigh_events.next() => {}
+            Some(()) = neigh_events.next() => refresh_now = true,
+            // A VRRP instance changed state: BGP announcements follow.
+            Ok(()) = vrrp_changes.changed() => {}
             Some(()) = link_events.next() => {
+                refresh_now = true;
                 daemon.follow_link(&mut neighbors, &shared_link, &mut interface_gone).await;
             }
             _ = tick(&mut bgp_tick) => {}
@@ -1397,7 +1421,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 // Coalesce a burst of changes into one re-plan.
                 while health_rx.try_recv().is_ok() {}
             }
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(next_refresh) => {}
         }
     };
     // A restart hands over only if the next process can start: a config

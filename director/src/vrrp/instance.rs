@@ -108,13 +108,25 @@ struct Handle {
 /// Drop reasons are logged at most this often (each), with their count.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Whether each virtual server (address, port, protocol) has quorum, as
-/// the daemon last computed it (`track_virtual_server`).
-pub type QuorumBoard = Arc<Mutex<BTreeMap<crate::config::ServiceAddr, bool>>>;
+/// Whether each virtual server has quorum, as the daemon last computed it
+/// (`track_virtual_server`): instances re-evaluate their priority as soon
+/// as it changes.
+pub type QuorumBoard = watch::Receiver<BTreeMap<crate::config::ServiceAddr, bool>>;
+
+/// One instance's state as VRRP publishes it to the rest of the daemon
+/// (which VIPs this director holds as master, for BGP): typed, not the
+/// status document's strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub state: State,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Every instance's published state, by name.
+pub type States = BTreeMap<String, Published>;
 
 /// The running VRRP instances.
 pub struct Vrrp {
-    quorum: QuorumBoard,
     instances: Vec<Handle>,
     start_tx: Option<mpsc::UnboundedSender<StartCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -229,6 +241,11 @@ pub struct Inputs {
     /// What the previous process handed over (used by the first start
     /// only).
     pub handover: Option<Arc<crate::handover::Handover>>,
+    /// Where instances publish their state (the daemon keeps the
+    /// receiver across reloads).
+    pub states: Option<Arc<watch::Sender<States>>>,
+    /// Which virtual servers have quorum (`track_virtual_server`).
+    pub quorum: Option<QuorumBoard>,
 }
 
 impl Vrrp {
@@ -241,9 +258,18 @@ impl Vrrp {
     /// [`Vrrp::start`] with what the instances take from the rest of the
     /// daemon (the virtual-MAC hook, BFD verdicts).
     pub fn start_with(config: &Config, inputs: Inputs) -> Result<Vrrp, VrrpError> {
+        let mut inputs = inputs;
+        // Without the daemon (tests, tools): channels of our own.
+        let states = inputs
+            .states
+            .get_or_insert_with(|| Arc::new(watch::channel(States::new()).0))
+            .clone();
+        let quorum = inputs
+            .quorum
+            .get_or_insert_with(|| watch::channel(BTreeMap::new()).1)
+            .clone();
         let mut vrrp = Vrrp {
             inputs: inputs.clone(),
-            quorum: QuorumBoard::default(),
             instances: Vec::new(),
             start_tx: None,
             thread: None,
@@ -257,7 +283,6 @@ impl Vrrp {
         let (start_tx, start_rx) = mpsc::unbounded_channel::<StartCmd>();
         let tracks = TrackConfig::of(config);
         let groups = config.vrrp_sync_group.clone();
-        let quorum = vrrp.quorum.clone();
         let thread = std::thread::Builder::new()
             .name("vrrp".into())
             .spawn(move || {
@@ -267,7 +292,7 @@ impl Vrrp {
                     .build()
                 {
                     Ok(runtime) => {
-                        runtime.block_on(run_all(tracks, groups, quorum, inputs, start_rx))
+                        runtime.block_on(run_all(tracks, groups, quorum, states, inputs, start_rx))
                     }
                     Err(e) => error!(error = %e, "cannot start the VRRP runtime"),
                 }
@@ -314,14 +339,6 @@ impl Vrrp {
             commands: tx,
         });
         Ok(())
-    }
-
-    /// Publishes which virtual servers have quorum (read by instances
-    /// with `track_virtual_server` at their next tracking tick).
-    pub fn set_quorum(&self, quorum: BTreeMap<crate::config::ServiceAddr, bool>) {
-        if let Ok(mut q) = self.quorum.lock() {
-            *q = quorum;
-        }
     }
 
     /// Whether `config` can be applied without a restart (checked before
@@ -378,6 +395,7 @@ impl Vrrp {
             } else {
                 info!(instance = %h.config.name, "VRRP instance removed or changed by reload");
                 shutdown(&h).await;
+                self.unpublish(&h.config.name);
             }
         }
         self.instances = kept;
@@ -424,10 +442,18 @@ impl Vrrp {
         out
     }
 
+    /// Takes a stopped instance's published state away.
+    fn unpublish(&self, name: &str) {
+        if let Some(tx) = &self.inputs.states {
+            tx.send_if_modified(|m| m.remove(name).is_some());
+        }
+    }
+
     /// Graceful stop: masters send priority 0 and release their addresses.
     pub async fn stop(mut self) {
         for h in std::mem::take(&mut self.instances) {
             shutdown(&h).await;
+            self.unpublish(&h.config.name);
         }
         self.start_tx = None;
         if let Some(t) = self.thread.take() {
@@ -500,6 +526,7 @@ async fn run_all(
     tracks: TrackConfig,
     groups: Vec<VrrpSyncGroup>,
     quorum: QuorumBoard,
+    states: Arc<watch::Sender<States>>,
     inputs: Inputs,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
@@ -523,6 +550,7 @@ async fn run_all(
         trackers,
         notifier: Notifier::start(),
         quorum,
+        states,
         vmac_hook: inputs.vmac_hook,
     };
     type GroupShared = (
@@ -688,6 +716,8 @@ struct Runner {
     routes: Vec<routes::VirtualRoute>,
     rules: Vec<routes::VirtualRule>,
     quorum: QuorumBoard,
+    /// Where this instance's state is published.
+    states: Arc<watch::Sender<States>>,
     notifier: Notifier,
     /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
     split_noted: Option<std::time::Instant>,
@@ -713,6 +743,7 @@ struct Shared {
     trackers: Trackers,
     notifier: Notifier,
     quorum: QuorumBoard,
+    states: Arc<watch::Sender<States>>,
     vmac_hook: Option<VmacHook>,
 }
 
@@ -728,6 +759,7 @@ impl Runner {
         let trackers = &shared.trackers;
         let notifier = shared.notifier.clone();
         let quorum = shared.quorum.clone();
+        let states = shared.states.clone();
         let vmac_hook = shared.vmac_hook.clone();
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
@@ -904,6 +936,7 @@ impl Runner {
             routes: vroutes,
             rules: vrules,
             quorum,
+            states,
             notifier,
             split_noted: None,
             garp_at: None,
@@ -948,6 +981,7 @@ impl Runner {
         let mut ticks = 0u64;
         let mut tracked = (false, self.cfg.priority);
         let mut master_bfd = self.master_bfd.clone();
+        let mut quorum = self.quorum.clone();
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
             let deadline = self
@@ -1084,23 +1118,35 @@ impl Runner {
                             "VRRP peer never seen: no other router's advert has arrived since start; if this router has peers, their adverts are being dropped (firewall?) or misconfigured (set standalone = true if it is alone)"
                         );
                     }
-                    let now = self.tracking();
-                    if now != tracked {
-                        let t = std::time::Instant::now();
-                        if now.1 != tracked.1 {
-                            info!(instance = %self.cfg.name, old = tracked.1, new = now.1, "effective priority changed");
-                            let a = self.machine.step(Event::Priority(now.1), t);
-                            self.perform(a).await;
-                        }
-                        if now.0 != tracked.0 {
-                            let a = self.machine.step(Event::Fault(now.0), t);
-                            self.perform(a).await;
-                        }
-                        tracked = now;
-                    }
+                    self.retrack(&mut tracked).await;
+                }
+                Ok(()) = quorum.changed() => {
+                    // A tracked virtual server's quorum: at once, not at
+                    // the next tick.
+                    self.retrack(&mut tracked).await;
                 }
             }
         }
+    }
+
+    /// Re-evaluates tracking (fault, effective priority) and feeds what
+    /// changed since `tracked` to the state machine.
+    async fn retrack(&mut self, tracked: &mut (bool, u8)) {
+        let now = self.tracking();
+        if now == *tracked {
+            return;
+        }
+        let t = std::time::Instant::now();
+        if now.1 != tracked.1 {
+            info!(instance = %self.cfg.name, old = tracked.1, new = now.1, "effective priority changed");
+            let a = self.machine.step(Event::Priority(now.1), t);
+            self.perform(a).await;
+        }
+        if now.0 != tracked.0 {
+            let a = self.machine.step(Event::Fault(now.0), t);
+            self.perform(a).await;
+        }
+        *tracked = now;
     }
 
     /// Takes a reload's changes that need no restart of the instance
@@ -1286,14 +1332,13 @@ impl Runner {
         if self.gateways.iter().any(|g| *g.borrow() == Some(false)) {
             fault = true;
         }
-        let services: Vec<(Option<bool>, i32)> = match self.quorum.lock() {
-            Ok(q) => self
-                .cfg
+        let services: Vec<(Option<bool>, i32)> = {
+            let q = self.quorum.borrow();
+            self.cfg
                 .track_virtual_server
                 .iter()
                 .map(|t| (q.get(&t.id()).copied(), t.weight))
-                .collect(),
-            Err(_) => Vec::new(),
+                .collect()
         };
         let checks = self.checks.iter().map(|(w, rx)| (*rx.borrow(), *w));
         for (up, weight) in checks.chain(services) {
@@ -1584,6 +1629,18 @@ impl Runner {
             s.effective_priority = prio;
             s.master_address = master.map(|m| m.to_string());
             s.transitions = transitions;
+        });
+        let published = Published {
+            state,
+            addresses: self.vip_set.clone(),
+        };
+        let name = &self.cfg.name;
+        self.states.send_if_modified(|m| {
+            if m.get(name) == Some(&published) {
+                return false;
+            }
+            m.insert(name.clone(), published);
+            true
         });
     }
 
