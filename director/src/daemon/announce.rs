@@ -1,0 +1,58 @@
+//! BGP announcements through BIRD: which VIPs, when.
+
+use super::*;
+
+impl Daemon {
+    /// Makes BIRD announce the VIPs that should be: virtual servers with
+    /// quorum (and, in `both` mode, whose VRRP instance is master here),
+    /// each after `announce_delay`; nothing while draining.
+    pub(super) fn announce(&mut self) {
+        let Some(b) = self.config.global.bgp.clone() else {
+            return;
+        };
+        if self.bird.is_none() {
+            return;
+        }
+        let masters: Vec<IpAddr> = self
+            .vrrp_states
+            .borrow()
+            .values()
+            .filter(|p| p.state == crate::vrrp::fsm::State::Master)
+            .flat_map(|p| p.addresses.iter().copied())
+            .collect();
+        let now = std::time::Instant::now();
+        let mut eligible = BTreeMap::new();
+        if !self.draining {
+            for (i, vs) in self.config.virtual_server.iter().enumerate() {
+                let up = self.quorum.get(&i).copied().unwrap_or(true);
+                let vrrp_ok =
+                    b.mode != crate::config::BgpMode::Both || masters.contains(&vs.address());
+                if up && vrrp_ok {
+                    let since = self.eligible.get(&vs.address()).copied().unwrap_or(now);
+                    eligible.insert(vs.address(), since);
+                }
+            }
+        }
+        self.eligible = eligible;
+        let delay = Duration::from_secs_f64(b.announce_delay);
+        let wanted: std::collections::BTreeSet<IpAddr> = self
+            .eligible
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= delay)
+            .map(|(a, _)| *a)
+            .collect();
+        if let Some(bird) = self.bird.as_ref() {
+            bird.set(&wanted);
+        }
+    }
+
+    /// Waits until BIRD has withdrawn every route (bounded: a hung BIRD
+    /// must not keep a drain or a shutdown waiting).
+    pub(super) async fn withdrawn(&self) {
+        if let Some(bird) = self.bird.as_ref()
+            && !bird.settled(Duration::from_secs(12)).await
+        {
+            warn!("BIRD did not confirm the withdrawal in time");
+        }
+    }
+}

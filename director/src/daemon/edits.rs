@@ -1,0 +1,268 @@
+//! Changes at runtime: our interface re-created or changed, a reload, a
+//! real server changed over the control socket; all or nothing.
+
+use super::*;
+
+impl Daemon {
+    /// A link changed somewhere: when it is our interface (re-created,
+    /// renamed in place of the old one, its MAC changed), the dataplane,
+    /// the neighbour lookups and the DR-path checks follow it.
+    pub(super) async fn follow_link(
+        &mut self,
+        neighbors: &mut Neighbors,
+        shared: &Arc<Mutex<crate::neighbor::LinkInfo>>,
+        gone: &mut bool,
+    ) {
+        let interface = self.config.global.interface.clone();
+        let old = neighbors.link();
+        match neighbors.lookup(&interface).await {
+            Ok(Some(now)) => {
+                if *gone {
+                    info!(%interface, ifindex = now.index, "interface is back");
+                    *gone = false;
+                }
+                if now == old {
+                    return;
+                }
+                info!(
+                    %interface,
+                    old_ifindex = old.index,
+                    ifindex = now.index,
+                    old_mac = %old.mac,
+                    mac = %now.mac,
+                    "interface changed: following it"
+                );
+                neighbors.set_link(now);
+                if let Ok(mut l) = shared.lock() {
+                    *l = now;
+                }
+                // The program checks frames are addressed to our MAC; the
+                // next apply writes the new one.
+                self.link = now;
+                self.applied = None;
+                if let Err(e) = self.dataplane.follow_interface() {
+                    error!(%interface, error = %e, "cannot re-attach the dataplane to the interface");
+                }
+            }
+            Ok(None) => {
+                if !*gone {
+                    warn!(%interface, "interface is gone; the dataplane follows it when it is back");
+                    *gone = true;
+                }
+            }
+            Err(e) => warn!(%interface, error = %e, "cannot look the interface up"),
+        }
+    }
+
+    /// Re-reads the config file and applies the difference. On any error
+    /// nothing changes and the error (FILE:LINE:COL: ...) is returned.
+    pub(super) async fn reload(&mut self) -> Result<(), String> {
+        let new = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let (old_g, new_g) = (&self.config.global, &new.global);
+        for (key, changed) in [
+            ("global.interface", old_g.interface != new_g.interface),
+            ("global.state_dir", old_g.state_dir != new_g.state_dir),
+            ("global.pin_dir", old_g.pin_dir() != new_g.pin_dir()),
+            ("global.xdp_mode", old_g.xdp_mode != new_g.xdp_mode),
+            ("global.dataplane", old_g.dataplane != new_g.dataplane),
+            (
+                "global.metrics_address",
+                old_g.metrics_address != new_g.metrics_address,
+            ),
+            (
+                "global.control_group",
+                old_g.control_group != new_g.control_group,
+            ),
+            ("global.flow_sync", old_g.flow_sync != new_g.flow_sync),
+            (
+                "global.flow_table_size",
+                old_g.flow_table_size != new_g.flow_table_size,
+            ),
+            ("bfd_instance", self.config.bfd_instance != new.bfd_instance),
+        ] {
+            if changed {
+                return Err(format!(
+                    "{}: changing {key} needs a restart of the daemon",
+                    self.config_path.display()
+                ));
+            }
+        }
+        if let Some(vrrp) = self.vrrp.as_ref() {
+            vrrp.check_reconfigure(&new).map_err(|e| e.to_string())?;
+        }
+        // The dataplane first (all or nothing, rolled back on a refusal),
+        // then VRRP; a VRRP failure rolls the dataplane back too.
+        let previous = self.adopt(new)?;
+        if let Some(vrrp) = self.vrrp.as_mut()
+            && let Err(e) = vrrp.reconfigure(&self.config).await
+        {
+            self.restore(previous);
+            return Err(e.to_string());
+        }
+        info!(
+            virtual_servers = self.config.virtual_server.len(),
+            vrrp_instances = self.config.vrrp_instance.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// `director real-server ...`: changes the running config (not the
+    /// file); a later reload reads the file again.
+    pub(super) fn change_real_server(
+        &mut self,
+        c: &crate::control::RealServerChange,
+    ) -> Result<(), String> {
+        use crate::control::RealServerAction as Action;
+        let mut new = self.config.clone();
+        let protocol = c.protocol;
+        let index = new
+            .find_service(c.vip, c.port, protocol)
+            .ok_or_else(|| format!("no virtual server {}:{}/{}", c.vip, c.port, c.protocol))?;
+        let vs = &mut new.virtual_server[index];
+        let key = (vs.id(), c.address);
+        let pos = vs.real_server.iter().position(|r| r.address == c.address);
+        match (c.action, pos) {
+            (Action::Add, Some(_)) => {
+                return Err(format!("{} is already a real server", c.address));
+            }
+            (Action::Add, None) => vs.real_server.push(crate::config::RealServer::new(
+                c.address,
+                c.weight.unwrap_or(1),
+            )),
+            (_, None) => {
+                return Err(format!(
+                    "{} is not a real server of that service",
+                    c.address
+                ));
+            }
+            (Action::Remove, Some(i)) => {
+                vs.real_server.remove(i);
+            }
+            (Action::Weight, Some(i)) => {
+                vs.real_server[i].weight = c.weight.ok_or("weight needs --weight N")?;
+            }
+            (Action::Drain, Some(i)) => {
+                let w = vs.real_server[i].weight;
+                if w > 0 {
+                    self.drained.insert(key, w);
+                }
+                vs.real_server[i].weight = 0;
+            }
+            (Action::Enable, Some(i)) => {
+                vs.real_server[i].weight = self.drained.remove(&key).unwrap_or(1);
+            }
+        }
+        new.check()?;
+        // Persisting: the edited file is prepared and validated before
+        // anything changes; it is written once the change is live.
+        let persisted = if c.persist {
+            let target = crate::persist::Target {
+                vip: c.vip,
+                port: c.port,
+                protocol,
+                address: c.address,
+                index,
+            };
+            let after = new.virtual_server[index]
+                .real_server
+                .iter()
+                .find(|r| r.address == c.address);
+            Some(
+                crate::persist::prepare(&self.config_path, target, after)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        self.adopt(new)?;
+        if let Some(text) = persisted {
+            crate::persist::write_atomic(&self.config_path, &text)
+                .map_err(|e| format!("applied, but not persisted: {e}"))?;
+            info!(file = %self.config_path.display(), "real server change written to the config file");
+        }
+        info!(
+            action = c.action.as_str(),
+            virtual_server = %format!("{}:{}/{}", c.vip, c.port, c.protocol),
+            real_server = %c.address,
+            "real server changed at runtime"
+        );
+        Ok(())
+    }
+
+    /// Makes `new` the running configuration (already validated), all or
+    /// nothing: its plan is applied to the dataplane first; if the kernel
+    /// refuses it, the previous plan is applied again and nothing else
+    /// changed. Returns what [`Daemon::restore`] needs to undo it.
+    pub(super) fn adopt(&mut self, new: Config) -> Result<Previous, String> {
+        // Real servers: keep what is known of those that stay.
+        let mut resolver = Resolver::new(&new);
+        for (addr, state) in resolver.servers.iter_mut() {
+            if let Some(old) = self.resolver.servers.get(addr) {
+                *state = *old;
+            }
+        }
+        let keys = health::probe_keys(&new);
+        // Quorum state is by service position: start it afresh.
+        let mut quorum = BTreeMap::new();
+        let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
+        if let Err(e) = self
+            .dataplane
+            .apply(&next, new.global.udp_timeout, self.link)
+        {
+            if let Some(old) = &self.applied
+                && let Err(again) =
+                    self.dataplane
+                        .apply(old, self.config.global.udp_timeout, self.link)
+            {
+                error!(error = %again, "could not restore the previous dataplane state");
+            }
+            return Err(format!("the dataplane refused it: {e}"));
+        }
+        let previous = Previous {
+            config: std::mem::replace(&mut self.config, new),
+            resolver: std::mem::replace(&mut self.resolver, resolver),
+            keys: std::mem::replace(&mut self.keys, keys),
+            applied: self.applied.replace(next),
+        };
+        if let Some(checks) = self.checks.as_mut() {
+            checks.update(health::all_specs(&self.config));
+        }
+        self.quorum.clear();
+        // Quorum bookkeeping, scripts and VRRP tracking for the new
+        // services (the dataplane has the plan already).
+        if let Err(e) = self.sync() {
+            warn!(error = %e, "dataplane update after the reload");
+        }
+        Ok(previous)
+    }
+
+    /// Undoes an [`Daemon::adopt`] (a later step of the reload failed).
+    pub(super) fn restore(&mut self, previous: Previous) {
+        self.config = previous.config;
+        self.resolver = previous.resolver;
+        self.keys = previous.keys;
+        if let Some(checks) = self.checks.as_mut() {
+            checks.update(health::all_specs(&self.config));
+        }
+        self.quorum.clear();
+        self.applied = None;
+        if let Some(old) = &previous.applied
+            && let Err(e) = self
+                .dataplane
+                .apply(old, self.config.global.udp_timeout, self.link)
+        {
+            error!(error = %e, "could not restore the previous dataplane state");
+        } else {
+            self.applied = previous.applied;
+        }
+    }
+}
+
+/// What a reload replaced, to put it back.
+pub(super) struct Previous {
+    config: Config,
+    resolver: Resolver,
+    keys: health::ProbeKeys,
+    applied: Option<Vec<ServicePlan>>,
+}

@@ -1,0 +1,233 @@
+//! What the dataplane should hold: each service's real servers with
+//! their weights and MACs, and quorum; a pure function of the config, the
+//! health board and the resolved MACs (unit-tested), and the step that
+//! applies it.
+
+use super::*;
+
+/// Health of one real server of a service: healthy, and a weight a
+/// `misc_dynamic` check asked for.
+pub(super) fn server_health(
+    board: &Board,
+    vs: &VirtualServer,
+    keys: &[String],
+) -> (bool, Option<u32>) {
+    let Ok(b) = board.lock() else {
+        return (true, None);
+    };
+    let mut healthy = true;
+    let mut weight = None;
+    for key in keys {
+        if let Some(p) = b.get(key) {
+            healthy &= p.healthy;
+            weight = weight.or(p.weight);
+        } else {
+            healthy &= !vs.alpha;
+        }
+    }
+    (healthy, weight)
+}
+
+/// Quorum bookkeeping of one service (keepalived's quorum and hysteresis).
+pub(super) fn quorum_next(vs: &VirtualServer, up: Option<bool>, healthy_weight: u64) -> bool {
+    let q = u64::from(vs.quorum);
+    let h = u64::from(vs.hysteresis);
+    match up {
+        None => healthy_weight >= q,
+        Some(true) => healthy_weight + h >= q,
+        Some(false) => healthy_weight >= q + h,
+    }
+}
+
+/// The dataplane plan for `config` given MACs, health and quorum. Updates
+/// `quorum` with each service's state; returns the services whose quorum
+/// changed (for the quorum_up / quorum_down scripts).
+pub(super) fn plan(
+    config: &Config,
+    keys: &health::ProbeKeys,
+    resolver: &Resolver,
+    board: &Board,
+    quorum: &mut BTreeMap<usize, bool>,
+) -> (Vec<ServicePlan>, Vec<(usize, bool)>) {
+    let mut changed = Vec::new();
+    let plans = config
+        .virtual_server
+        .iter()
+        .enumerate()
+        .map(|(i, vs)| {
+            let mut healthy_weight = 0u64;
+            let mut backends: Vec<BackendPlan> = vs
+                .real_server
+                .iter()
+                .enumerate()
+                .filter_map(|(j, rs)| {
+                    let none = Vec::new();
+                    let k = keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
+                    let (healthy, dynamic) = server_health(board, vs, k);
+                    let weight = dynamic.unwrap_or(rs.weight);
+                    if healthy {
+                        healthy_weight += u64::from(weight);
+                    }
+                    let weight = match (healthy, rs.inhibit_on_failure) {
+                        (true, _) => weight,
+                        // Failed but inhibited: drains instead of leaving.
+                        (false, true) => 0,
+                        (false, false) => return None,
+                    };
+                    Some(BackendPlan {
+                        address: rs.address,
+                        weight,
+                        mac: resolver.mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun),
+                    })
+                })
+                .collect();
+            let before = quorum.get(&i).copied();
+            let up = quorum_next(vs, before, healthy_weight);
+            quorum.insert(i, up);
+            if before.is_some() && before != Some(up) {
+                changed.push((i, up));
+            }
+            if !up && let Some(sorry) = vs.sorry_server {
+                backends = vec![BackendPlan {
+                    address: sorry,
+                    weight: 1,
+                    mac: resolver.mac(&sorry, false),
+                }];
+            }
+            ServicePlan {
+                address: vs.address(),
+                port: vs.port(),
+                protocol: vs.protocol,
+                scheduler: vs.scheduler,
+                persistence_timeout: vs.persistence_timeout,
+                backends,
+                members: if vs.group.is_some() {
+                    vs.members.clone()
+                } else {
+                    Vec::new()
+                },
+                lb_kind: vs.lb_kind,
+                fwmark: vs.fwmark,
+            }
+        })
+        .collect();
+    (plans, changed)
+}
+
+impl Daemon {
+    /// Re-plans and applies when anything changed.
+    pub(super) fn sync(&mut self) -> Result<(), DataplaneError> {
+        let (next, quorum_changes) = plan(
+            &self.config,
+            &self.keys,
+            &self.resolver,
+            &self.board,
+            &mut self.quorum,
+        );
+        for (i, up) in quorum_changes {
+            let vs = &self.config.virtual_server[i];
+            let name = vs.id();
+            if up {
+                info!(service = %name, "quorum gained");
+            } else {
+                warn!(service = %name, sorry_server = ?vs.sorry_server, "quorum lost");
+            }
+            let script = if up { &vs.quorum_up } else { &vs.quorum_down };
+            if let Some(argv) = script.as_deref().and_then(shlex::split) {
+                // Off the loop; cut at 60 s with everything it started.
+                tokio::spawn(async move {
+                    use crate::script::{Ended, Leftovers, run};
+                    let program = argv.first().cloned().unwrap_or_default();
+                    match run(&argv, Duration::from_secs(60), 0, Leftovers::Keep).await {
+                        Ok(r) if r.ended == Ended::Exited(0) => {}
+                        Ok(r) => warn!(script = %program, ended = ?r.ended, "quorum script failed"),
+                        Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
+                    }
+                });
+            }
+        }
+        // VRRP's `track_virtual_server` sees quorum changes at once.
+        let quorum: BTreeMap<crate::config::ServiceAddr, bool> = self
+            .config
+            .virtual_server
+            .iter()
+            .enumerate()
+            .map(|(i, vs)| (vs.id(), self.quorum.get(&i).copied().unwrap_or(true)))
+            .collect();
+        self.quorum_tx.send_if_modified(|q| {
+            let changed = *q != quorum;
+            *q = quorum;
+            changed
+        });
+        if self.applied.as_ref() == Some(&next) {
+            return Ok(());
+        }
+        self.dataplane
+            .apply(&next, self.config.global.udp_timeout, self.link)?;
+        for s in &next {
+            let ready = s
+                .backends
+                .iter()
+                .filter(|b| b.mac.is_some() && b.weight > 0)
+                .count();
+            let before = self.applied.as_ref().and_then(|a| {
+                a.iter().find(|p| p.key() == s.key()).map(|p| {
+                    p.backends
+                        .iter()
+                        .filter(|b| b.mac.is_some() && b.weight > 0)
+                        .count()
+                })
+            });
+            if before != Some(ready) {
+                info!(service = %s.name(), real_servers = ready, "forwarding");
+            }
+        }
+        self.applied = Some(next);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::resolver::Resolution;
+
+    #[test]
+    fn plan_carries_weights_and_known_macs() {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            r#"
+[global]
+interface = "eth0"
+[[virtual_server]]
+address = "10.0.0.100"
+port = 80
+scheduler = "sh"
+persistence_timeout = 30
+  [[virtual_server.real_server]]
+  address = "10.0.0.11"
+  [[virtual_server.real_server]]
+  address = "10.0.0.12"
+  [[virtual_server.real_server]]
+  address = "10.0.0.13"
+  weight = 0
+"#,
+        )
+        .expect("valid");
+        let mut resolver = Resolver::new(&config);
+        let mac = Mac([2, 0, 0, 0, 0, 11]);
+        let a11: IpAddr = "10.0.0.11".parse().expect("ip");
+        resolver.servers.insert(a11, Resolution::Resolved(mac));
+        let board = Board::default();
+        let keys = health::probe_keys(&config);
+        let (p, _) = plan(&config, &keys, &resolver, &board, &mut BTreeMap::new());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].port, 80);
+        assert_eq!(p[0].persistence_timeout, 30);
+        assert_eq!(p[0].scheduler, crate::config::Scheduler::Sh);
+        assert_eq!(p[0].backends.len(), 3);
+        assert_eq!(p[0].backends[0].mac, Some(mac));
+        assert_eq!(p[0].backends[1].mac, None, "10.0.0.12 is unresolved");
+        assert_eq!(p[0].backends[2].weight, 0);
+    }
+}

@@ -1,0 +1,149 @@
+//! The status document and the answers of the control socket.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn status(&self) -> Status {
+        let g = &self.config.global;
+        let plans = self.applied.clone().unwrap_or_default();
+        let virtual_servers = self
+            .config
+            .virtual_server
+            .iter()
+            .zip(plans.iter())
+            .enumerate()
+            .map(|(i, (vs, plan))| {
+                let t = self.dataplane.service_traffic(plan).unwrap_or_default();
+                let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
+                let per_server = self.dataplane.backends_traffic(plan, &addresses);
+                VirtualServerStatus {
+                    address: vs.address().to_string(),
+                    port: vs.port(),
+                    protocol: vs.protocol.to_string(),
+                    scheduler: vs.scheduler.as_str().to_string(),
+                    persistence_timeout: vs.persistence_timeout,
+                    lb_kind: vs.lb_kind.as_str().to_string(),
+                    fwmark: vs.fwmark,
+                    group: vs.group.clone(),
+                    members: if vs.group.is_some() {
+                        vs.members.iter().map(ToString::to_string).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    quorum_up: self.quorum.get(&i).copied().unwrap_or(true),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                    new_flows: t.new_flows,
+                    real_servers: vs
+                        .real_server
+                        .iter()
+                        .enumerate()
+                        .map(|(j, rs)| {
+                            let none = Vec::new();
+                            let keys = self.keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
+                            let t = per_server.get(j).copied().unwrap_or_default();
+                            let (healthy, _) = server_health(&self.board, vs, keys);
+                            let (last_check, last_error, check_latency) = self.last_check(keys);
+                            RealServerStatus {
+                                healthy,
+                                last_check,
+                                last_error,
+                                check_latency,
+                                address: rs.address.to_string(),
+                                port: rs.port.unwrap_or(vs.port()),
+                                weight: rs.weight,
+                                mac: self
+                                    .resolver
+                                    .mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun)
+                                    .map(|m| m.to_string()),
+                                packets: t.packets,
+                                bytes: t.bytes,
+                                new_flows: t.new_flows,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            router_id: g.router_id.clone(),
+            pid: std::process::id(),
+            started_at: *STARTED_AT.get_or_init(unix_now),
+            dataplane: self.dataplane.name().to_string(),
+            xdp_mode: self.dataplane.xdp_mode().map(str::to_string),
+            interface: g.interface.clone(),
+            // IPVS services are kernel state: they outlive the daemon.
+            dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
+            flow_table_size: (self.dataplane.name() == "xdp")
+                .then_some(self.config.global.flow_table_size),
+            flow_table_memory_bytes: (self.dataplane.name() == "xdp").then(|| {
+                crate::dataplane::xdp::flow_table_bytes(self.config.global.flow_table_size)
+            }),
+            pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
+            dataplane_error: self.dataplane_error.clone(),
+            flow_sync: self.sync_stats.as_ref().map(|(peers, st)| {
+                use std::sync::atomic::Ordering::Relaxed;
+                crate::status::FlowSyncStatus {
+                    peers: *peers,
+                    flows_sent: st.sent.load(Relaxed),
+                    flows_received: st.received.load(Relaxed),
+                    flows_imported: self.imported,
+                    dropped: st
+                        .dropped
+                        .lock()
+                        .map(|d| d.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                        .unwrap_or_default(),
+                }
+            }),
+            bgp: self.bird.as_ref().map(|b| {
+                let (announced, error) = b.state();
+                crate::status::BgpStatus {
+                    announced: announced.iter().map(IpAddr::to_string).collect(),
+                    error,
+                }
+            }),
+            virtual_servers,
+            vrrp: self.vrrp.as_ref().map(Vrrp::statuses).unwrap_or_default(),
+            bfd: self
+                .bfd
+                .as_ref()
+                .map(crate::bfd::Bfd::statuses)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The most recent check of a real server and its error, if any.
+    pub(super) fn last_check(&self, keys: &[String]) -> (Option<f64>, Option<String>, Option<f64>) {
+        let Ok(b) = self.board.lock() else {
+            return (None, None, None);
+        };
+        let mut last = None::<f64>;
+        let mut error = None;
+        let mut latency = None::<f64>;
+        for key in keys {
+            if let Some(p) = b.get(key) {
+                if let Some(t) = p.last_check {
+                    last = Some(last.map_or(t, |l| l.max(t)));
+                }
+                if p.last_error.is_some() {
+                    error = p.last_error.clone();
+                }
+                if let Some(t) = p.latency {
+                    latency = Some(latency.map_or(t, |l| l.max(t)));
+                }
+            }
+        }
+        (last, error, latency)
+    }
+
+    pub(super) fn answer(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Reload | Request::RealServer(_) | Request::Drain | Request::Restart => {
+                Response::Error {
+                    error: "handled by the event loop".into(),
+                }
+            }
+        }
+    }
+}

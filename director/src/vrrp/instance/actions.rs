@@ -1,0 +1,392 @@
+//! What the state machine asks for: adverts, addresses, routes,
+//! announcements, notifications, the handover to the next process.
+
+use super::*;
+
+impl Runner {
+    pub(super) fn bump<T>(&self, f: impl FnOnce(&mut InstanceStatus) -> T) -> T
+    where
+        T: Default,
+    {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => T::default(),
+        }
+    }
+
+    /// The index routes without `dev` or `via` go out of (the instance's
+    /// interface), or their `dev`'s.
+    pub(super) fn route_ifindex(&self, r: &routes::VirtualRoute) -> Option<u32> {
+        match &r.dev {
+            Some(d) => std::fs::read_to_string(format!("/sys/class/net/{d}/ifindex"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            None if r.via.is_none() => Some(self.ifindex),
+            None => None,
+        }
+    }
+
+    /// Adds `virtual_routes` then `virtual_rules` (on becoming master).
+    pub(super) async fn add_routes(&mut self) {
+        for r in self.routes.clone() {
+            let index = self.route_ifindex(&r);
+            if r.dev.is_some() && index.is_none() {
+                error!(instance = %self.cfg.name, route = %r.text, "cannot add virtual route: no such interface");
+                continue;
+            }
+            match routes::add_route(&self.handle, &r, index).await {
+                Ok(()) => debug!(instance = %self.cfg.name, route = %r.text, "virtual route added"),
+                Err(e) => {
+                    error!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot add virtual route")
+                }
+            }
+        }
+        for r in self.rules.clone() {
+            match routes::add_rule(&self.handle, &r).await {
+                Ok(()) => debug!(instance = %self.cfg.name, rule = %r.text, "virtual rule added"),
+                Err(e) => {
+                    error!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot add virtual rule")
+                }
+            }
+        }
+    }
+
+    /// Removes `virtual_rules` then `virtual_routes` (on leaving master, and
+    /// at start: a daemon that died may have left them).
+    pub(super) async fn remove_routes(&mut self) {
+        for r in self.rules.clone() {
+            if let Err(e) = routes::delete_rule(&self.handle, &r).await {
+                warn!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot remove virtual rule");
+            }
+        }
+        for r in self.routes.clone() {
+            let index = self.route_ifindex(&r);
+            if r.dev.is_some() && index.is_none() {
+                // Its interface is gone, and the route with it.
+                continue;
+            }
+            if let Err(e) = routes::delete_route(&self.handle, &r, index).await {
+                warn!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot remove virtual route");
+            }
+        }
+    }
+
+    pub(super) async fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::SendAdvert(priority) => self.send_advert(priority),
+                Action::AddAddresses => {
+                    // Frames to the virtual MAC are ours before anyone is
+                    // told the addresses moved.
+                    self.own_vmac(true);
+                    let index = self.address_ifindex();
+                    for a in self.vips.clone() {
+                        if let Err(e) = net::add_address(&self.handle, index, a).await {
+                            error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
+                        }
+                    }
+                    self.add_routes().await;
+                }
+                Action::Announce => {
+                    self.garp_bursts_left = 1;
+                    self.announce();
+                    self.garp_at = Some(
+                        Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_delay)),
+                    );
+                }
+                Action::RemoveAddresses => {
+                    self.garp_at = None;
+                    self.remove_routes().await;
+                    self.own_vmac(false);
+                    let index = self.address_ifindex();
+                    for a in self.vips.clone() {
+                        if let Err(e) = net::remove_address(&self.handle, index, a).await {
+                            error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
+                        }
+                    }
+                }
+                Action::SplitBrain { other, yielded } => {
+                    warn!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        other = %other,
+                        our_priority = self.machine.priority(),
+                        outcome = if yielded { "we yield" } else { "we stay master" },
+                        "VRRP split brain: another master for our virtual router"
+                    );
+                    self.bump(|s| s.split_brains += 1);
+                    // Its own notification (never notify_stop), at most
+                    // once per SPLIT_NOTE_EVERY: a lasting split brain
+                    // brings one advert per interval.
+                    if self
+                        .split_noted
+                        .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
+                    {
+                        self.split_noted = Some(std::time::Instant::now());
+                        self.notify("SPLIT_BRAIN");
+                    }
+                }
+                Action::Transition {
+                    from: State::Init,
+                    to,
+                } if self.resumed => {
+                    info!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        state = to.as_str(),
+                        priority = self.machine.priority(),
+                        "VRRP state taken over from the previous process (no change, no notification)"
+                    );
+                }
+                Action::Transition { from, to } => {
+                    let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+                    info!(
+                        instance = %self.cfg.name,
+                        vrid = self.cfg.virtual_router_id,
+                        old = from.as_str(),
+                        new = to.as_str(),
+                        priority = self.machine.priority(),
+                        master = ?self.machine.master(),
+                        since_last_advert_ms = ?silence_ms,
+                        "VRRP state change"
+                    );
+                    let name = match to {
+                        State::Master => Some("MASTER"),
+                        State::Backup => Some("BACKUP"),
+                        State::Fault => Some("FAULT"),
+                        State::Init => None,
+                    };
+                    if let Some(n) = name {
+                        self.notify(n);
+                    }
+                    if !self.following
+                        && let Some(g) = &self.group
+                    {
+                        // Fault spreads to the group, and so does leaving it.
+                        if to == State::Fault || from == State::Fault {
+                            let _ = g.tx.send((self.cfg.name.clone(), to));
+                        }
+                        if let Some(n) = name {
+                            self.notify_group(&g.config, n);
+                        }
+                    }
+                }
+            }
+        }
+        let (state, prio, master, transitions) = (
+            self.machine.state(),
+            self.machine.priority(),
+            self.machine.master(),
+            self.machine.transitions(),
+        );
+        self.bump(|s| {
+            s.state = state.as_str().to_string();
+            s.effective_priority = prio;
+            s.master_address = master.map(|m| m.to_string());
+            s.transitions = transitions;
+        });
+        let published = Published {
+            state,
+            addresses: self.vip_set.clone(),
+        };
+        let name = &self.cfg.name;
+        self.states.send_if_modified(|m| {
+            if m.get(name) == Some(&published) {
+                return false;
+            }
+            m.insert(name.clone(), published);
+            true
+        });
+    }
+
+    /// The process restarts: a master sends one last ordinary advert (the
+    /// backups' master-down timers start afresh) and keeps its addresses,
+    /// routes and virtual MAC; a backup keeps nothing to keep. Nothing is
+    /// notified. Fault and Init are not handed over (the next process
+    /// starts them afresh).
+    pub(super) fn hand_over(&mut self) -> Option<crate::handover::Instance> {
+        let state = self.machine.state();
+        if !matches!(state, State::Master | State::Backup) {
+            return None;
+        }
+        if state == State::Master {
+            self.send_advert(self.machine.priority());
+        }
+        info!(instance = %self.cfg.name, state = state.as_str(), "VRRP instance handed over to the next process");
+        Some(crate::handover::Instance {
+            name: self.cfg.name.clone(),
+            virtual_router_id: self.cfg.virtual_router_id,
+            interface: self.iface.clone(),
+            state: state.as_str().to_string(),
+            virtual_ipaddress: self.cfg.address_texts(),
+            advert_int: self.cfg.advert_int,
+        })
+    }
+
+    pub(super) fn send_advert(&mut self, priority: u8) {
+        let advert = Advert {
+            version: self.cfg.version,
+            vrid: self.cfg.virtual_router_id,
+            priority,
+            interval_cs: self.cfg.advert_interval_cs(),
+            addresses: self.vips.iter().map(|a| a.address).collect(),
+            auth: self
+                .cfg
+                .authentication
+                .as_ref()
+                .map(|a| (AUTH_PASS, auth_data(&a.auth_pass))),
+        };
+        let src = self.socket.source();
+        let targets: Vec<IpAddr> = if self.cfg.unicast_peer.is_empty() {
+            vec![if src.is_ipv6() {
+                MULTICAST_V6.into()
+            } else {
+                MULTICAST_V4.into()
+            }]
+        } else {
+            self.cfg.unicast_peer.clone()
+        };
+        for dst in targets {
+            match self.socket.send(dst, &advert.encode(src, dst)) {
+                Ok(()) => {
+                    self.bump(|s| s.adverts_sent += 1);
+                }
+                Err(e) => warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent"),
+            }
+        }
+        // The same advert on every heartbeat path.
+        for h in &self.paths {
+            let src = h.socket.source();
+            let group: IpAddr = if src.is_ipv6() {
+                MULTICAST_V6.into()
+            } else {
+                MULTICAST_V4.into()
+            };
+            let targets = if h.peers.is_empty() {
+                vec![group]
+            } else {
+                h.peers.clone()
+            };
+            for dst in targets {
+                if let Err(e) = h.socket.send(dst, &advert.encode(src, dst)) {
+                    warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent on a heartbeat path");
+                }
+            }
+        }
+    }
+
+    /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
+    pub(super) fn announce(&self) {
+        let addrs = &self.vips;
+        let v4: Vec<_> = addrs
+            .iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V4(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let v6: Vec<_> = addrs
+            .iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V6(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        for _ in 0..self.cfg.garp_master_repeat.max(1) {
+            if let Err(e) = self.announcer.garps(&v4) {
+                warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP failed");
+            }
+            if let Err(e) = self.announcer.nas(&v6) {
+                warn!(instance = %self.cfg.name, error = %e, "neighbour advertisement failed");
+            }
+        }
+    }
+
+    /// The delayed second burst, then refreshes every garp_master_refresh.
+    pub(super) fn garp_burst(&mut self) {
+        if self.machine.state() != State::Master {
+            self.garp_at = None;
+            return;
+        }
+        self.announce();
+        if self.garp_bursts_left > 0 {
+            self.garp_bursts_left -= 1;
+        }
+        self.garp_at = (self.cfg.garp_master_refresh > 0)
+            .then(|| Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
+    }
+
+    /// Queues the notify scripts for `state` (run in order, off this loop).
+    pub(super) fn notify(&self, state: &str) {
+        let none = None;
+        let specific = match state {
+            "MASTER" => &self.cfg.notify_master,
+            "BACKUP" => &self.cfg.notify_backup,
+            "FAULT" => &self.cfg.notify_fault,
+            "STOP" => &self.cfg.notify_stop,
+            // SPLIT_BRAIN: only the generic `notify` hears of it.
+            _ => &none,
+        };
+        let mut jobs = Vec::new();
+        if let Some(cmd) = specific.as_deref().and_then(shlex::split) {
+            jobs.push(cmd);
+        }
+        if let Some(mut cmd) = self.cfg.notify.as_deref().and_then(shlex::split) {
+            cmd.extend([
+                "INSTANCE".to_string(),
+                self.cfg.name.clone(),
+                state.to_string(),
+                self.machine.priority().to_string(),
+            ]);
+            jobs.push(cmd);
+        }
+        // Split-brain reports queue apart: they never replace (nor are
+        // replaced by) a state change.
+        let subject = if state == "SPLIT_BRAIN" {
+            format!("{}/split", self.cfg.name)
+        } else {
+            self.cfg.name.clone()
+        };
+        self.notifier.send(&subject, jobs);
+    }
+}
+
+impl Runner {
+    /// The group's notify scripts, run by the member that moved first.
+    pub(super) fn notify_group(&self, g: &VrrpSyncGroup, state: &str) {
+        let specific = match state {
+            "MASTER" => &g.notify_master,
+            "BACKUP" => &g.notify_backup,
+            "FAULT" => &g.notify_fault,
+            _ => &None,
+        };
+        let mut jobs = Vec::new();
+        if let Some(cmd) = specific.as_deref().and_then(shlex::split) {
+            jobs.push(cmd);
+        }
+        if let Some(mut cmd) = g.notify.as_deref().and_then(shlex::split) {
+            cmd.extend(["GROUP".to_string(), g.name.clone(), state.to_string()]);
+            jobs.push(cmd);
+        }
+        self.notifier.send(&format!("group {}", g.name), jobs);
+    }
+}
+
+/// The instance's `virtual_routes` and `virtual_rules`, parsed (the
+/// configuration check parsed them already: an error here cannot happen,
+/// and would only skip the entry).
+pub(super) fn parse_routes(
+    cfg: &VrrpInstance,
+) -> (Vec<routes::VirtualRoute>, Vec<routes::VirtualRule>) {
+    let v6 = cfg.is_ipv6();
+    (
+        cfg.virtual_routes
+            .iter()
+            .filter_map(|r| routes::parse_route(r, v6).ok())
+            .collect(),
+        cfg.virtual_rules
+            .iter()
+            .filter_map(|r| routes::parse_rule(r, v6).ok())
+            .collect(),
+    )
+}

@@ -1,0 +1,92 @@
+//! Adverts received: checked (every drop counted by reason) and fed to
+//! the state machine.
+
+use super::*;
+
+impl Runner {
+    /// An advert from the instance's own socket (`path` None) or a
+    /// heartbeat path.
+    pub(super) async fn received(&mut self, path: Option<usize>, p: Received) {
+        match self.check(path, &p) {
+            Ok(advert) => {
+                self.last_advert = Some(std::time::Instant::now());
+                self.bump(|s| {
+                    s.adverts_received += 1;
+                    s.peer_seen = true;
+                });
+                let actions = self.machine.step(
+                    Event::Advert {
+                        src: p.src,
+                        priority: advert.priority,
+                        interval_cs: advert.interval_cs,
+                    },
+                    std::time::Instant::now(),
+                );
+                self.perform(actions).await;
+            }
+            Err(reason) => {
+                let count = self.bump(|s| {
+                    let n = s.rejected.entry(reason.label().to_string()).or_insert(0);
+                    *n += 1;
+                    *n
+                });
+                // Another virtual router on the link is normal: counted,
+                // never logged. Others: one line per reason per interval.
+                let now = std::time::Instant::now();
+                let due = self
+                    .drop_logged
+                    .get(&reason)
+                    .is_none_or(|t| now.duration_since(*t) >= DROP_LOG_EVERY);
+                if reason != Reject::Vrid && due {
+                    self.drop_logged.insert(reason, now);
+                    warn!(instance = %self.cfg.name, from = %p.src, %reason, count, "VRRP packet dropped (logged at most every 10 s per reason)");
+                }
+            }
+        }
+    }
+
+    /// RFC 5798 7.1 / RFC 3768 7.1 receive checks.
+    pub(super) fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
+        let (own, peers) = match path.and_then(|i| self.paths.get(i)) {
+            Some(h) => (h.socket.source(), &h.peers),
+            None => (self.socket.source(), &self.cfg.unicast_peer),
+        };
+        if p.src == own || p.src == self.socket.source() {
+            return Err(Reject::Own);
+        }
+        let v6 = p.src.is_ipv6();
+        let advert = Advert::decode(&p.payload, v6, p.src, p.dst)?;
+        if advert.vrid != self.cfg.virtual_router_id {
+            return Err(Reject::Vrid);
+        }
+        if p.ttl != TTL {
+            return Err(Reject::Ttl);
+        }
+        if advert.version != self.cfg.version {
+            return Err(Reject::Version);
+        }
+        if !peers.is_empty() && !peers.contains(&p.src) {
+            return Err(Reject::Source);
+        }
+        if advert.version == crate::config::Version::V2 {
+            if advert.interval_cs != self.cfg.advert_interval_cs() {
+                return Err(Reject::Interval);
+            }
+            let (auth_type, data) = advert.auth.unwrap_or((0, [0; 8]));
+            match &self.cfg.authentication {
+                Some(a) if auth_type != AUTH_PASS || data != auth_data(&a.auth_pass) => {
+                    return Err(Reject::Auth);
+                }
+                Some(_) => {}
+                None if auth_type != 0 => return Err(Reject::Auth),
+                None => {}
+            }
+        }
+        let mut theirs = advert.addresses.clone();
+        theirs.sort();
+        if advert.priority != 255 && advert.priority != 0 && self.vip_set != theirs {
+            return Err(Reject::Addresses);
+        }
+        Ok(advert)
+    }
+}

@@ -1,0 +1,455 @@
+//! One instance's runner: its sockets, state machine and event loop.
+
+use super::*;
+
+pub(super) struct Runner {
+    /// Extra heartbeat paths (`heartbeat`).
+    pub(super) paths: Vec<HbPath>,
+    /// `track_gateway` verdicts (`None` until the first).
+    pub(super) gateways: Vec<watch::Receiver<Option<bool>>>,
+    /// The parsed `virtual_ipaddress` list (parsed once, not per packet).
+    pub(super) vips: Vec<crate::config::VirtualAddress>,
+    /// Their addresses, sorted: what a valid advert must carry.
+    pub(super) vip_set: Vec<IpAddr>,
+    pub(super) group: Option<SyncGroup>,
+    /// Performing a `Follow`: transitions are not re-broadcast as our own.
+    pub(super) following: bool,
+    pub(super) cfg: VrrpInstance,
+    /// The instance's interface, followed when it is re-created or its MAC
+    /// changes.
+    pub(super) iface: String,
+    pub(super) ifindex: u32,
+    /// Whether the own interface is up and running (tracked unless
+    /// `dont_track_primary`), and since when it is (`None`: down).
+    pub(super) primary_up: bool,
+    pub(super) primary_up_since: Option<std::time::Instant>,
+    pub(super) handle: rtnetlink::Handle,
+    pub(super) links: Neighbors,
+    pub(super) socket: VrrpSocket,
+    pub(super) announcer: net::Announcer,
+    pub(super) machine: Machine,
+    pub(super) status: Arc<Mutex<InstanceStatus>>,
+    /// This instance's tracked scripts and processes with its weights.
+    pub(super) checks: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    /// This instance's tracked files with its weights.
+    pub(super) files: Vec<(i32, watch::Receiver<i64>)>,
+    /// Every tracked item's verdict, for a reload that changes what the
+    /// instance tracks.
+    pub(super) trackers: Trackers,
+    /// `virtual_routes` and `virtual_rules`, parsed (held while master).
+    pub(super) routes: Vec<routes::VirtualRoute>,
+    pub(super) rules: Vec<routes::VirtualRule>,
+    pub(super) quorum: QuorumBoard,
+    /// Where this instance's state is published.
+    pub(super) states: Arc<watch::Sender<States>>,
+    pub(super) notifier: Notifier,
+    /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
+    pub(super) split_noted: Option<std::time::Instant>,
+    pub(super) garp_at: Option<Instant>,
+    pub(super) garp_bursts_left: u32,
+    /// When the last valid advert from another router arrived.
+    pub(super) last_advert: Option<std::time::Instant>,
+    /// When each drop reason was last logged (one line per reason per
+    /// DROP_LOG_EVERY, however many packets a flood brings).
+    pub(super) drop_logged: BTreeMap<Reject, std::time::Instant>,
+    /// The virtual-MAC interface (`use_vmac`): name and index.
+    pub(super) vmac: Option<(String, u32)>,
+    pub(super) vmac_hook: Option<VmacHook>,
+    /// `master_bfd`: the BFD session to the master.
+    pub(super) master_bfd: Option<watch::Receiver<Option<bool>>>,
+    /// Taking over from the previous process: the first transition is
+    /// the state it had, not a change (no notification).
+    pub(super) resumed: bool,
+}
+
+/// What every instance of the VRRP thread shares.
+pub(super) struct Shared {
+    pub(super) trackers: Trackers,
+    pub(super) notifier: Notifier,
+    pub(super) quorum: QuorumBoard,
+    pub(super) states: Arc<watch::Sender<States>>,
+    pub(super) vmac_hook: Option<VmacHook>,
+}
+
+impl Runner {
+    pub(super) async fn open(
+        cfg: VrrpInstance,
+        iface: String,
+        status: Arc<Mutex<InstanceStatus>>,
+        shared: &Shared,
+        group: Option<SyncGroup>,
+        resume: Option<String>,
+    ) -> Result<Runner, VrrpError> {
+        let trackers = &shared.trackers;
+        let notifier = shared.notifier.clone();
+        let quorum = shared.quorum.clone();
+        let states = shared.states.clone();
+        let vmac_hook = shared.vmac_hook.clone();
+        let name = cfg.name.clone();
+        let links = Neighbors::open(&iface)
+            .await
+            .map_err(|source| VrrpError::Link {
+                name: name.clone(),
+                source,
+            })?;
+        let link = links.link();
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| VrrpError::Net {
+            name: name.clone(),
+            source: NetError::Io {
+                what: "netlink".into(),
+                source: e,
+            },
+        })?;
+        tokio::spawn(connection);
+        let v6 = cfg.is_ipv6();
+        let src = match cfg.unicast_src_ip {
+            Some(a) => a,
+            None => net::primary_address(&handle, link.index, v6)
+                .await
+                .map_err(|source| VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| VrrpError::NoSource(name.clone()))?,
+        };
+        // The virtual-MAC interface (`use_vmac`): the addresses go there,
+        // announcements and (unless vmac_xmit_base) adverts leave from it.
+        let vmac = match cfg.vmac_name() {
+            Some(vname) => {
+                let index = net::create_vmac(
+                    &handle,
+                    &vname,
+                    link.index,
+                    crate::neighbor::Mac(cfg.vmac()),
+                    v6,
+                )
+                .await
+                .map_err(|source| VrrpError::Net {
+                    name: name.clone(),
+                    source,
+                })?;
+                info!(instance = %name, interface = %vname, vmac = %crate::neighbor::Mac(cfg.vmac()), "virtual MAC interface ready");
+                Some((vname, index))
+            }
+            None => None,
+        };
+        // Adverts from the virtual MAC are also received there: a frame
+        // whose source MAC is a local macvlan's is handed to that macvlan
+        // only, never to the base interface. IPv6 adverts leave from the
+        // base interface's link-local address (the virtual-MAC interface
+        // has none: one would be shared by every director).
+        let (sock_iface, sock_index, on_vmac) = match &vmac {
+            Some((n, i)) if cfg.adverts_from_vmac() => (n.as_str(), *i, true),
+            _ => (iface.as_str(), link.index, false),
+        };
+        let socket = open_when_usable(
+            &name,
+            sock_iface,
+            sock_index,
+            src,
+            cfg.unicast_peer.is_empty(),
+            on_vmac,
+        )
+        .await
+        .map_err(|source| VrrpError::Net {
+            name: name.clone(),
+            source,
+        })?;
+        let mut paths = Vec::new();
+        for h in &cfg.heartbeat {
+            let net_err = |source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            };
+            let hb_link =
+                Neighbors::open(&h.interface)
+                    .await
+                    .map_err(|source| VrrpError::Link {
+                        name: name.clone(),
+                        source,
+                    })?;
+            let index = hb_link.link().index;
+            let src = match h.unicast_src_ip {
+                Some(a) => a,
+                None => net::primary_address(&handle, index, v6)
+                    .await
+                    .map_err(net_err)?
+                    .ok_or_else(|| {
+                        VrrpError::NoSource(format!("{name} (heartbeat {})", h.interface))
+                    })?,
+            };
+            let socket = open_when_usable(
+                &name,
+                &h.interface,
+                index,
+                src,
+                h.unicast_peer.is_empty(),
+                false,
+            )
+            .await
+            .map_err(|source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            })?;
+            info!(instance = %name, interface = %h.interface, source = %src, "VRRP heartbeat path");
+            paths.push(HbPath {
+                socket,
+                peers: h.unicast_peer.clone(),
+                _link: hb_link,
+            });
+        }
+        let gateways = cfg
+            .track_gateway
+            .iter()
+            .map(|g| start_gateway(&name, g.clone()))
+            .collect();
+        let announcer = match &vmac {
+            Some((vname, index)) => {
+                net::Announcer::open(vname, *index, crate::neighbor::Mac(cfg.vmac()), v6)
+            }
+            None => net::Announcer::open(&iface, link.index, link.mac, v6),
+        }
+        .map_err(|source| VrrpError::Net {
+            name: name.clone(),
+            source,
+        })?;
+        let machine = Machine::new(Params {
+            version: cfg.version,
+            priority: cfg.priority,
+            advert_interval_cs: cfg.advert_interval_cs(),
+            preempt: !cfg.nopreempt,
+            preempt_delay: Duration::from_secs_f64(cfg.preempt_delay),
+            start_as_master: cfg.state == InitialState::Master
+                || resume.as_deref() == Some("master"),
+            primary: src,
+        });
+        let (checks, files) = trackers.resolve(&cfg);
+        let (vroutes, vrules) = parse_routes(&cfg);
+        info!(
+            instance = %cfg.name,
+            vrid = cfg.virtual_router_id,
+            interface = %iface,
+            source = %src,
+            version = cfg.version.number(),
+            mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
+            "VRRP instance starting"
+        );
+        let vips = cfg.addresses();
+        let mut vip_set: Vec<IpAddr> = vips.iter().map(|a| a.address).collect();
+        vip_set.sort();
+        Ok(Runner {
+            paths,
+            gateways,
+            vips,
+            vip_set,
+            group,
+            following: false,
+            iface,
+            ifindex: link.index,
+            primary_up: true,
+            primary_up_since: std::time::Instant::now().checked_sub(PRIMARY_SETTLE),
+            handle,
+            links,
+            socket,
+            announcer,
+            machine,
+            status,
+            checks,
+            files,
+            trackers: trackers.clone(),
+            routes: vroutes,
+            rules: vrules,
+            quorum,
+            states,
+            notifier,
+            split_noted: None,
+            garp_at: None,
+            garp_bursts_left: 0,
+            last_advert: None,
+            drop_logged: BTreeMap::new(),
+            vmac,
+            vmac_hook,
+            master_bfd: cfg
+                .master_bfd
+                .as_ref()
+                .and_then(|n| shared.trackers.bfd.get(n))
+                .map(|(_, rx)| rx.clone()),
+            resumed: resume.is_some(),
+            cfg,
+        })
+    }
+
+    /// Where the virtual addresses go: the virtual-MAC interface, or ours.
+    pub(super) fn address_ifindex(&self) -> u32 {
+        self.vmac.as_ref().map_or(self.ifindex, |(_, i)| *i)
+    }
+
+    /// Tells the dataplane whether our virtual MAC is ours now.
+    pub(super) fn own_vmac(&self, ours: bool) {
+        if self.vmac.is_some()
+            && let Some(hook) = &self.vmac_hook
+        {
+            hook(self.cfg.vmac(), ours);
+        }
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let actions = self.machine.step(Event::Startup, std::time::Instant::now());
+        if !actions.contains(&Action::AddAddresses) {
+            // Not master: addresses left by a daemon that died must go.
+            self.perform(vec![Action::RemoveAddresses]).await;
+        }
+        self.perform(actions).await;
+        self.resumed = false;
+        let mut tracking = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        let mut tracked = (false, self.cfg.priority);
+        let mut master_bfd = self.master_bfd.clone();
+        let mut quorum = self.quorum.clone();
+        loop {
+            let far = Instant::now() + Duration::from_secs(3600);
+            let deadline = self
+                .machine
+                .deadline()
+                .map(Instant::from_std)
+                .unwrap_or(far);
+            let garp = self.garp_at.unwrap_or(far);
+            let peer = async {
+                match self.group.as_mut() {
+                    Some(g) => g.rx.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => {
+                    let done = match cmd {
+                        Some(Command::Update(new)) => {
+                            self.update(*new).await;
+                            continue;
+                        }
+                        Some(Command::Shutdown(done)) => Some(done),
+                        Some(Command::HandOver(done)) => {
+                            let _ = done.send(self.hand_over());
+                            return;
+                        }
+                        None => None,
+                    };
+                    let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
+                    self.perform(actions).await;
+                    // The virtual-MAC interface goes with the instance.
+                    if let Some((vname, _)) = &self.vmac
+                        && let Err(e) = net::delete_vmac(&self.handle, vname).await
+                    {
+                        warn!(instance = %self.cfg.name, interface = %vname, error = %e, "cannot remove the virtual MAC interface");
+                    }
+                    self.notify("STOP");
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                r = self.socket.recv() => match r {
+                    Ok(p) => self.received(None, p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                (i, r) = recv_paths(&self.paths) => match r {
+                    Ok(p) => self.received(Some(i), p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                _ = sleep_until(deadline) => {
+                    // Adverts that arrived while we were busy count first:
+                    // a loaded machine must not declare a live master dead.
+                    while let Ok(Some(p)) = self.socket.try_recv() {
+                        self.received(None, p).await;
+                    }
+                    for i in 0..self.paths.len() {
+                        while let Ok(Some(p)) = self.paths[i].socket.try_recv() {
+                            self.received(Some(i), p).await;
+                        }
+                    }
+                    if self.machine.state() == State::Backup
+                        && let Some(due) = self.machine.deadline()
+                        && due <= std::time::Instant::now()
+                    {
+                        // Woken far later than due: we were starved, and so
+                        // may the master have been. The silence we measured
+                        // is not evidence; wait one more interval.
+                        let late = std::time::Instant::now().saturating_duration_since(due);
+                        if self.machine.deadline() == Some(due)
+                            && late > self.machine.master_adver_interval()
+                        {
+                            warn!(
+                                instance = %self.cfg.name,
+                                late_ms = late.as_secs_f64() * 1000.0,
+                                "VRRP timer fired late: this machine is overloaded; giving the master one more interval"
+                            );
+                            let a = self.machine.step(Event::Starved, std::time::Instant::now());
+                            self.perform(a).await;
+                            continue;
+                        }
+                    }
+                    let now = std::time::Instant::now();
+                    if self.machine.state() == State::Master
+                        && let Some(due) = self.machine.deadline()
+                        && now.saturating_duration_since(due) > self.machine.master_adver_interval()
+                    {
+                        warn!(
+                            instance = %self.cfg.name,
+                            late_ms = now.saturating_duration_since(due).as_secs_f64() * 1000.0,
+                            "VRRP advert sent late: this machine is overloaded"
+                        );
+                    }
+                    let actions = self.machine.step(Event::Timer, now);
+                    self.perform(actions).await;
+                }
+                _ = sleep_until(garp) => self.garp_burst(),
+                _ = bfd_changed(&mut master_bfd) => {
+                    let down = master_bfd.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
+                    if down && self.machine.state() == State::Backup {
+                        info!(
+                            instance = %self.cfg.name,
+                            session = ?self.cfg.master_bfd,
+                            "BFD session to the master is down: taking over without waiting for the master-down interval"
+                        );
+                        let a = self.machine.step(Event::MasterDown, std::time::Instant::now());
+                        self.perform(a).await;
+                    }
+                }
+                Some((member, state)) = peer => {
+                    if member != self.cfg.name && state != self.machine.state() {
+                        let a = self.machine.step(Event::Follow(state), std::time::Instant::now());
+                        self.following = true;
+                        self.perform(a).await;
+                        self.following = false;
+                    }
+                }
+                _ = tracking.tick() => {
+                    ticks += 1;
+                    self.follow_interface().await;
+                    // Every 30 s: a router that never heard a peer says so.
+                    if ticks % 300 == 1 && !self.cfg.standalone && self.last_advert.is_none() && ticks > 1 {
+                        warn!(
+                            instance = %self.cfg.name,
+                            vrid = self.cfg.virtual_router_id,
+                            state = self.machine.state().as_str(),
+                            "VRRP peer never seen: no other router's advert has arrived since start; if this router has peers, their adverts are being dropped (firewall?) or misconfigured (set standalone = true if it is alone)"
+                        );
+                    }
+                    self.retrack(&mut tracked).await;
+                }
+                Ok(()) = quorum.changed() => {
+                    // A tracked virtual server's quorum: at once, not at
+                    // the next tick.
+                    self.retrack(&mut tracked).await;
+                }
+            }
+        }
+    }
+}

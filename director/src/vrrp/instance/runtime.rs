@@ -1,0 +1,180 @@
+//! The VRRP thread: real-time priority, the runtime that starts each
+//! instance's runner, sync groups and heartbeat paths.
+
+use super::*;
+
+/// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
+/// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
+pub(crate) fn raise_priority() {
+    // Lock the process's memory too (keepalived does the same): a page
+    // fault on this thread would wait for the address-space lock, which a
+    // normal-priority thread may hold while the machine is busy.
+    // SAFETY: plain syscall; failure only costs determinism.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "memory not locked");
+    }
+    let param = libc::sched_param { sched_priority: 10 };
+    // SCHED_RESET_ON_FORK: scripts we start run with normal scheduling.
+    let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: plain syscall on the current thread.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) };
+    if r != 0 {
+        debug!(errno = r, "VRRP thread keeps normal scheduling");
+    }
+}
+
+pub(super) async fn run_all(
+    tracks: TrackConfig,
+    groups: Vec<VrrpSyncGroup>,
+    quorum: QuorumBoard,
+    states: Arc<watch::Sender<States>>,
+    inputs: Inputs,
+    mut starts: mpsc::UnboundedReceiver<StartCmd>,
+) {
+    track::init_files(&tracks.files);
+    let trackers = Trackers {
+        scripts: start_scripts(&tracks.scripts),
+        processes: track::start_processes(&tracks.processes),
+        files: track::start_files(&tracks.files),
+        bfd: tracks
+            .bfd_weights
+            .iter()
+            .filter_map(|(name, w)| {
+                inputs
+                    .bfd
+                    .get(name)
+                    .map(|rx| (name.clone(), (*w, rx.clone())))
+            })
+            .collect(),
+    };
+    let shared = Shared {
+        trackers,
+        notifier: Notifier::start(),
+        quorum,
+        states,
+        vmac_hook: inputs.vmac_hook,
+    };
+    type GroupShared = (
+        VrrpSyncGroup,
+        broadcast::Sender<(String, State)>,
+        Arc<Mutex<BTreeMap<String, u8>>>,
+    );
+    let groups: Vec<GroupShared> = groups
+        .into_iter()
+        .map(|g| (g, broadcast::channel(64).0, Arc::default()))
+        .collect();
+    let mut tasks = Vec::new();
+    while let Some(cmd) = starts.recv().await {
+        let group = groups
+            .iter()
+            .find(|(g, _, _)| g.group.contains(&cmd.inst.name))
+            .map(|(g, tx, priorities)| SyncGroup {
+                config: g.clone(),
+                rx: tx.subscribe(),
+                tx: tx.clone(),
+                priorities: priorities.clone(),
+            });
+        match Runner::open(cmd.inst, cmd.iface, cmd.status, &shared, group, cmd.resume).await {
+            Ok(runner) => {
+                tasks.push(tokio::spawn(runner.run(cmd.commands)));
+                let _ = cmd.ready.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = cmd.ready.send(Err(e));
+            }
+        }
+    }
+    // The daemon dropped its end: wait for the instances it shut down.
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// This instance's `vrrp_sync_group`, if any. Members advertise the
+/// lowest effective priority of the group (a tracked check failing on one
+/// member lowers them all, so peers take them over together), and Fault
+/// spreads to every member.
+pub(super) struct SyncGroup {
+    pub(super) config: VrrpSyncGroup,
+    pub(super) tx: broadcast::Sender<(String, State)>,
+    pub(super) rx: broadcast::Receiver<(String, State)>,
+    pub(super) priorities: Arc<Mutex<BTreeMap<String, u8>>>,
+}
+
+/// One instance with its socket and machine.
+/// One extra heartbeat path: its socket and peers (none: multicast).
+pub(super) struct HbPath {
+    pub(super) socket: VrrpSocket,
+    pub(super) peers: Vec<IpAddr>,
+    pub(super) _link: Neighbors,
+}
+
+/// The next advert from any extra path (never, without any).
+/// At most one split-brain notification per instance this often.
+pub(super) const SPLIT_NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// How long the own interface must be back up before an instance leaves
+/// Fault (a switch port forwards only after its own link handling).
+pub(super) const PRIMARY_SETTLE: Duration = Duration::from_secs(1);
+
+/// Opens the instance's socket. An IPv6 source address still in duplicate
+/// address detection (an interface just brought up: its link-local address
+/// is tentative for about a second) cannot be bound yet: wait for it, up to
+/// DAD_WAIT, as a daemon started at boot must.
+pub(super) async fn open_when_usable(
+    name: &str,
+    iface: &str,
+    ifindex: u32,
+    src: IpAddr,
+    multicast: bool,
+    on_vmac: bool,
+) -> Result<VrrpSocket, NetError> {
+    const DAD_WAIT: Duration = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let opened = if on_vmac {
+            VrrpSocket::open_on_device(iface, ifindex, src, multicast)
+        } else {
+            VrrpSocket::open(iface, ifindex, src, multicast)
+        };
+        match opened {
+            Err(NetError::Io { source, .. })
+                if src.is_ipv6()
+                    && source.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    && started.elapsed() < DAD_WAIT =>
+            {
+                if !said {
+                    info!(instance = %name, source = %src, "waiting for the source address to finish duplicate address detection");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A BFD verdict changed (never, without a session or once its sender
+/// is gone).
+pub(super) async fn bfd_changed(rx: &mut Option<watch::Receiver<Option<bool>>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn recv_paths(paths: &[HbPath]) -> (usize, Result<Received, NetError>) {
+    if paths.is_empty() {
+        return std::future::pending().await;
+    }
+    let futures = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Box::pin(async move { (i, p.socket.recv().await) }));
+    futures::future::select_all(futures).await.0
+}
