@@ -194,6 +194,72 @@ impl Advert {
     }
 }
 
+/// What an instance expects of the adverts it hears (RFC 5798 7.1,
+/// RFC 3768 7.1): the checks that need its configuration, beside the
+/// decoder's.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    /// Our own source addresses (our adverts come back to us).
+    pub own: &'a [IpAddr],
+    pub vrid: u8,
+    pub version: Version,
+    /// v2: the interval every router must use.
+    pub interval_cs: u16,
+    /// v2: the password (`authentication`), if any.
+    pub password: Option<[u8; 8]>,
+    /// `unicast_peer`: only these may speak (empty: anyone).
+    pub peers: &'a [IpAddr],
+    /// Our virtual addresses, sorted.
+    pub addresses: &'a [IpAddr],
+}
+
+/// Decodes and checks an advert that arrived from `src` to `dst` with
+/// `ttl`: every reason to drop it is a [`Reject`].
+pub fn accept(
+    e: &Expect<'_>,
+    payload: &[u8],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+) -> Result<Advert, Reject> {
+    if e.own.contains(&src) {
+        return Err(Reject::Own);
+    }
+    let advert = Advert::decode(payload, src.is_ipv6(), src, dst)?;
+    if advert.vrid != e.vrid {
+        return Err(Reject::Vrid);
+    }
+    if ttl != TTL {
+        return Err(Reject::Ttl);
+    }
+    if advert.version != e.version {
+        return Err(Reject::Version);
+    }
+    if !e.peers.is_empty() && !e.peers.contains(&src) {
+        return Err(Reject::Source);
+    }
+    if advert.version == Version::V2 {
+        if advert.interval_cs != e.interval_cs {
+            return Err(Reject::Interval);
+        }
+        let (auth_type, data) = advert.auth.unwrap_or((0, [0; 8]));
+        match e.password {
+            Some(p) if auth_type != AUTH_PASS || data != p => return Err(Reject::Auth),
+            Some(_) => {}
+            None if auth_type != 0 => return Err(Reject::Auth),
+            None => {}
+        }
+    }
+    // Priority 0 (a master leaving) and 255 (an owner) are heard whatever
+    // addresses they carry.
+    let mut theirs = advert.addresses.clone();
+    theirs.sort();
+    if advert.priority != 255 && advert.priority != 0 && e.addresses != theirs.as_slice() {
+        return Err(Reject::Addresses);
+    }
+    Ok(advert)
+}
+
 /// The password as carried in v2 authentication data (8 bytes, padded).
 pub fn auth_data(password: &str) -> [u8; 8] {
     let mut d = [0u8; 8];
@@ -294,6 +360,83 @@ mod tests {
         assert_eq!(&w[..6], &[0x31, 1, 100, 1, 0x00, 0x64]);
         assert_eq!(&w[8..], &[192, 168, 1, 1]);
         assert_eq!(w.len(), 12);
+    }
+
+    #[test]
+    fn receive_checks_name_every_reason() {
+        let (us, peer, other) = (ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12"));
+        let vips = [ip("10.0.0.100")];
+        let v2 = |prio: u8, interval_cs: u16, addrs: Vec<IpAddr>, pass: Option<&str>| {
+            Advert {
+                version: Version::V2,
+                vrid: 51,
+                priority: prio,
+                interval_cs,
+                addresses: addrs,
+                auth: pass.map(|p| (AUTH_PASS, auth_data(p))),
+            }
+            .encode(peer, ip("224.0.0.18"))
+        };
+        let own = [us];
+        let expect = Expect {
+            own: &own,
+            vrid: 51,
+            version: Version::V2,
+            interval_cs: 100,
+            password: Some(auth_data("secret")),
+            peers: &[],
+            addresses: &vips,
+        };
+        let dst = ip("224.0.0.18");
+        let good = v2(150, 100, vips.to_vec(), Some("secret"));
+        assert!(accept(&expect, &good, peer, dst, 255).is_ok());
+        assert_eq!(accept(&expect, &good, us, dst, 255), Err(Reject::Own));
+        assert_eq!(accept(&expect, &good, peer, dst, 254), Err(Reject::Ttl));
+        let vrid = Expect {
+            vrid: 52,
+            ..expect.clone()
+        };
+        assert_eq!(accept(&vrid, &good, peer, dst, 255), Err(Reject::Vrid));
+        let v3 = Expect {
+            version: Version::V3,
+            ..expect.clone()
+        };
+        assert_eq!(accept(&v3, &good, peer, dst, 255), Err(Reject::Version));
+        let unicast = [other];
+        let peers = Expect {
+            peers: &unicast,
+            ..expect.clone()
+        };
+        assert_eq!(accept(&peers, &good, peer, dst, 255), Err(Reject::Source));
+        let slow = v2(150, 200, vips.to_vec(), Some("secret"));
+        assert_eq!(
+            accept(&expect, &slow, peer, dst, 255),
+            Err(Reject::Interval)
+        );
+        let wrong = v2(150, 100, vips.to_vec(), Some("guess"));
+        assert_eq!(accept(&expect, &wrong, peer, dst, 255), Err(Reject::Auth));
+        let none = v2(150, 100, vips.to_vec(), None);
+        assert_eq!(accept(&expect, &none, peer, dst, 255), Err(Reject::Auth));
+        let open = Expect {
+            password: None,
+            ..expect.clone()
+        };
+        assert_eq!(accept(&open, &good, peer, dst, 255), Err(Reject::Auth));
+        assert!(accept(&open, &none, peer, dst, 255).is_ok());
+        let elsewhere = v2(150, 100, vec![ip("10.0.0.200")], Some("secret"));
+        assert_eq!(
+            accept(&expect, &elsewhere, peer, dst, 255),
+            Err(Reject::Addresses)
+        );
+        // A master leaving (priority 0) and an owner (255) are heard
+        // whatever they carry.
+        for prio in [0, 255] {
+            let p = v2(prio, 100, vec![ip("10.0.0.200")], Some("secret"));
+            assert!(
+                accept(&expect, &p, peer, dst, 255).is_ok(),
+                "priority {prio}"
+            );
+        }
     }
 
     #[test]

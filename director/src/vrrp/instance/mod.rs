@@ -20,7 +20,7 @@ use super::{
     fsm::{Action, Event, Machine, Params, State},
     net::{self, NetError, Received, VrrpSocket},
     notify::Notifier,
-    packet::{AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, TTL, auth_data},
+    packet::{self, AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, auth_data},
     routes, track,
 };
 use crate::{

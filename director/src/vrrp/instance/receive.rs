@@ -45,48 +45,25 @@ impl Runner {
         }
     }
 
-    /// RFC 5798 7.1 / RFC 3768 7.1 receive checks.
+    /// RFC 5798 7.1 / RFC 3768 7.1 receive checks ([`packet::accept`]).
     pub(super) fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
         let (own, peers) = match path.and_then(|i| self.paths.get(i)) {
-            Some(h) => (h.socket.source(), &h.peers),
-            None => (self.socket.source(), &self.cfg.unicast_peer),
+            Some(h) => ([h.socket.source(), self.socket.source()], &h.peers),
+            None => ([self.socket.source(); 2], &self.cfg.unicast_peer),
         };
-        if p.src == own || p.src == self.socket.source() {
-            return Err(Reject::Own);
-        }
-        let v6 = p.src.is_ipv6();
-        let advert = Advert::decode(&p.payload, v6, p.src, p.dst)?;
-        if advert.vrid != self.cfg.virtual_router_id {
-            return Err(Reject::Vrid);
-        }
-        if p.ttl != TTL {
-            return Err(Reject::Ttl);
-        }
-        if advert.version != self.cfg.version {
-            return Err(Reject::Version);
-        }
-        if !peers.is_empty() && !peers.contains(&p.src) {
-            return Err(Reject::Source);
-        }
-        if advert.version == crate::config::Version::V2 {
-            if advert.interval_cs != self.cfg.advert_interval_cs() {
-                return Err(Reject::Interval);
-            }
-            let (auth_type, data) = advert.auth.unwrap_or((0, [0; 8]));
-            match &self.cfg.authentication {
-                Some(a) if auth_type != AUTH_PASS || data != auth_data(&a.auth_pass) => {
-                    return Err(Reject::Auth);
-                }
-                Some(_) => {}
-                None if auth_type != 0 => return Err(Reject::Auth),
-                None => {}
-            }
-        }
-        let mut theirs = advert.addresses.clone();
-        theirs.sort();
-        if advert.priority != 255 && advert.priority != 0 && self.vip_set != theirs {
-            return Err(Reject::Addresses);
-        }
-        Ok(advert)
+        let expect = packet::Expect {
+            own: &own,
+            vrid: self.cfg.virtual_router_id,
+            version: self.cfg.version,
+            interval_cs: self.cfg.advert_interval_cs(),
+            password: self
+                .cfg
+                .authentication
+                .as_ref()
+                .map(|a| auth_data(&a.auth_pass)),
+            peers,
+            addresses: &self.vip_set,
+        };
+        packet::accept(&expect, &p.payload, p.src, p.dst, p.ttl)
     }
 }
