@@ -11,6 +11,7 @@ use nix::{
     unistd::Pid,
 };
 use tokio::io::AsyncReadExt as _;
+use tracing::warn;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,28 @@ fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
+}
+
+/// Runs an operator's notification (`what`: notify, quorum, BFD notify)
+/// to its end, leaving what it started, and logs a failure in one line:
+/// killed at its timeout, failed (exit code or signal), or not started.
+pub async fn run_logged(argv: &[String], timeout: Duration, what: &'static str) {
+    let program = argv.first().cloned().unwrap_or_default();
+    match run(argv, timeout, 0, Leftovers::Keep).await {
+        Ok(r) => match r.ended {
+            Ended::Exited(0) => {}
+            Ended::TimedOut => {
+                warn!(script = %program, kind = what, timeout_s = timeout.as_secs_f64(), "script killed at its timeout")
+            }
+            ended => warn!(script = %program, kind = what, ?ended, "script failed"),
+        },
+        Err(e) => warn!(script = %program, kind = what, error = %e, "cannot run script"),
+    }
+}
+
+/// [`run_logged`] on its own task (off the caller's loop).
+pub fn spawn_logged(argv: Vec<String>, timeout: Duration, what: &'static str) {
+    tokio::spawn(async move { run_logged(&argv, timeout, what).await });
 }
 
 /// Runs `argv` (program and arguments, no shell) for at most `timeout`,

@@ -260,14 +260,7 @@ impl Run {
             self.cfg.name.clone(),
             if up { "UP" } else { "DOWN" }.to_string(),
         ]);
-        tokio::spawn(async move {
-            use crate::script::{Ended, Leftovers, run};
-            match run(&argv, Duration::from_secs(30), 0, Leftovers::Keep).await {
-                Ok(r) if r.ended == Ended::Exited(0) => {}
-                Ok(r) => warn!(command = ?argv, ended = ?r.ended, "BFD notify failed"),
-                Err(e) => warn!(command = ?argv, error = %e, "cannot run BFD notify"),
-            }
-        });
+        crate::script::spawn_logged(argv, Duration::from_secs(30), "BFD notify");
     }
 
     fn status(&self) -> BfdStatus {

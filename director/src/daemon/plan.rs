@@ -135,15 +135,7 @@ impl Daemon {
             let script = if up { &vs.quorum_up } else { &vs.quorum_down };
             if let Some(argv) = script.as_deref().and_then(shlex::split) {
                 // Off the loop; cut at 60 s with everything it started.
-                tokio::spawn(async move {
-                    use crate::script::{Ended, Leftovers, run};
-                    let program = argv.first().cloned().unwrap_or_default();
-                    match run(&argv, Duration::from_secs(60), 0, Leftovers::Keep).await {
-                        Ok(r) if r.ended == Ended::Exited(0) => {}
-                        Ok(r) => warn!(script = %program, ended = ?r.ended, "quorum script failed"),
-                        Err(e) => warn!(script = %program, error = %e, "cannot run quorum script"),
-                    }
-                });
+                crate::script::spawn_logged(argv, Duration::from_secs(60), "quorum");
             }
         }
         // VRRP's `track_virtual_server` sees quorum changes at once.

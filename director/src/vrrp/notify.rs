@@ -13,7 +13,7 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// How long one notify script may run.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,19 +88,8 @@ impl Notifier {
 }
 
 async fn run_jobs(jobs: Jobs, timeout: Duration) {
-    use crate::script::{Ended, Leftovers, run};
     for argv in jobs {
-        let program = argv.first().cloned().unwrap_or_default();
-        match run(&argv, timeout, 0, Leftovers::Keep).await {
-            Ok(r) => match r.ended {
-                Ended::Exited(0) => {}
-                Ended::TimedOut => {
-                    warn!(script = %program, timeout_s = timeout.as_secs_f64(), "notify script killed at its timeout")
-                }
-                ended => warn!(script = %program, ?ended, "notify script failed"),
-            },
-            Err(e) => warn!(script = %program, error = %e, "cannot run notify script"),
-        }
+        crate::script::run_logged(&argv, timeout, "notify").await;
     }
 }
 
