@@ -76,6 +76,21 @@ pub const PROG_DIRECTOR: &str = "director";
 pub const PROG_FLOOR: &str = "floor";
 /// Name of the group-member trie ([`MemberKey`]).
 pub const MAP_MEMBERS: &str = "MEMBERS";
+/// Name of the per-CPU new-flow rate window ([`RateWindow`]; not pinned).
+pub const MAP_NEW_FLOW_RATE: &str = "NEW_FLOW_RATE";
+/// Name of the per-CPU count of new flows forwarded but not recorded
+/// (above `new_flow_limit`; not pinned).
+pub const MAP_UNRECORDED: &str = "UNRECORDED";
+
+/// One CPU's new-flow count in the current one-second window.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    /// When the window began (ns, coarse monotonic clock).
+    pub start: u64,
+    pub count: u64,
+}
+
 /// Name of the virtual-MAC set: MACs (padded to 8 bytes) of the VRRP
 /// instances with `use_vmac` this director is master of; frames addressed
 /// to them are forwarded like frames addressed to the interface.
@@ -346,8 +361,12 @@ pub struct Settings {
     /// flow's hash gives the last two, so a real server's NIC spreads
     /// flows across its queues.
     pub tunnel_src4: [u8; 4],
-    /// Always zero.
-    pub _pad: [u8; 4],
+    /// At most this many new flows per second per CPU are recorded in the
+    /// flow table (0: no limit); beyond it new flows are still forwarded,
+    /// by the Maglev table, but not recorded, so a SYN flood cannot push
+    /// established flows out of the LRU table (Katran's guard). Zero in
+    /// the settings of a program older than the field: no limit.
+    pub new_flow_limit: u32,
     /// Outer source of IPv6 tunnels: the first 12 bytes (a /96); the
     /// flow's hash gives the last four.
     pub tunnel_src6: [u8; 16],
@@ -372,6 +391,8 @@ mod pod {
     unsafe impl aya::Pod for super::PersistKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateWindow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.

@@ -42,9 +42,9 @@ use director_common::{
     BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey,
     FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES,
     MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS,
-    MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, SVC_PERSISTENT,
-    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_hash,
-    fmix32, fold_addr, source_hash, vip_bucket,
+    MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow,
+    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
+    addr_hash, flow_hash, fmix32, fold_addr, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -84,6 +84,14 @@ static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// This CPU's new flows in the current second (the SYN-flood guard).
+#[map(name = "NEW_FLOW_RATE")]
+static NEW_FLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// New flows forwarded but not recorded (above `new_flow_limit`), per CPU.
+#[map(name = "UNRECORDED")]
+static UNRECORDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Virtual MACs (`use_vmac`) of the VRRP instances we are master of.
 #[map(name = "VMACS")]
@@ -418,21 +426,64 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
         }
     }
 
-    // 2. A new flow (or one whose server left): place it.
+    // 2. A new flow (or one whose server left): place it, and record it
+    // unless this CPU is past its new-flow limit (a flood).
     let service = find_service(key).ok_or(Pass)?;
     let (id, b) = place(key, &service, now)?;
-    let _ = FLOWS.insert(
-        key,
-        &FlowValue {
-            backend: id,
-            generation: b.generation,
-            service: service.id,
-            _pad: 0,
-            atime: now,
-        },
-        0,
-    );
+    if record_new_flow() {
+        let _ = FLOWS.insert(
+            key,
+            &FlowValue {
+                backend: id,
+                generation: b.generation,
+                service: service.id,
+                _pad: 0,
+                atime: now,
+            },
+            0,
+        );
+    }
     Ok((id, b, service.id, true))
+}
+
+/// Katran's SYN-flood guard: at most `new_flow_limit` new flows per second
+/// are recorded on this CPU. Past it, new flows are still forwarded (by
+/// the Maglev table, which places them as the record would) but not
+/// inserted, so a flood cannot push established flows out of the LRU flow
+/// table. Costs new flows only: a settings read, and with a limit the
+/// coarse clock and a per-CPU counter.
+#[inline(always)]
+fn record_new_flow() -> bool {
+    let limit = match SETTINGS.get(0) {
+        Some(s) => u64::from(s.new_flow_limit),
+        // Verifier: the array's only element always exists.
+        None => 0,
+    };
+    if limit == 0 {
+        return true;
+    }
+    // Verifier: index 0 of a one-element per-CPU array always exists.
+    let Some(w) = NEW_FLOW_RATE.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: this CPU's element; XDP runs with preemption disabled.
+    let w = unsafe { &mut *w };
+    if now.wrapping_sub(w.start) >= 1_000_000_000 {
+        w.start = now;
+        w.count = 0;
+    }
+    w.count += 1;
+    if w.count <= limit {
+        return true;
+    }
+    // Verifier: index 0 of a one-element per-CPU array always exists.
+    if let Some(n) = UNRECORDED.get_ptr_mut(0) {
+        // SAFETY: this CPU's element, as above.
+        unsafe { *n += 1 };
+    }
+    false
 }
 
 /// A TCP SYN without ACK: a client opening a connection. Only asked about

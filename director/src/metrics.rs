@@ -75,6 +75,16 @@ pub fn render(s: &Status) -> String {
             0.0
         });
 
+    if let Some(n) = s.flows_unrecorded {
+        counter(
+            &mut reg,
+            "flows_unrecorded",
+            "New flows forwarded but not recorded in the flow table (past global.new_flow_limit: a flood)",
+        )
+        .get_or_create(&Vec::new())
+        .inc_by(n);
+    }
+
     let vs_packets = counter(
         &mut reg,
         "virtual_server_packets",
@@ -375,6 +385,8 @@ mod tests {
             dataplane_survives_restart: true,
             flow_table_size: None,
             flow_table_memory_bytes: None,
+            new_flow_limit: None,
+            flows_unrecorded: Some(3),
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
             flow_sync: None,

@@ -36,6 +36,14 @@ pub struct Status {
     pub flow_table_size: Option<u32>,
     #[serde(default)]
     pub flow_table_memory_bytes: Option<u64>,
+    /// The SYN-flood guard (`global.new_flow_limit`: new flows recorded
+    /// per second per CPU at most, 0 none) and the new flows forwarded but
+    /// not recorded past it since the program was loaded (`null` with
+    /// IPVS).
+    #[serde(default)]
+    pub new_flow_limit: Option<u32>,
+    #[serde(default)]
+    pub flows_unrecorded: Option<u64>,
     /// The last update the dataplane refused (`null` when the last one
     /// succeeded): the previous state keeps forwarding meanwhile.
     #[serde(default)]
@@ -280,6 +288,8 @@ mod tests {
             dataplane_survives_restart: true,
             flow_table_size: None,
             flow_table_memory_bytes: None,
+            new_flow_limit: None,
+            flows_unrecorded: None,
             pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
             dataplane_error: None,
             flow_sync: None,

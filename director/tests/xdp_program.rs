@@ -851,3 +851,49 @@ fn oversized_tunnel_packets_get_icmp_too_big() {
     let frame = frames::tcp_frame(ip("10.4.0.1"), 40001, ip("10.0.0.100"), 80, SYN);
     assert_eq!(dp.test_run(&frame, 1).expect("test run").0, XDP_TX);
 }
+
+/// The SYN-flood guard: past `new_flow_limit` new flows in a second on
+/// this CPU, new flows are still forwarded - to the server the Maglev
+/// table gives, as a recorded flow would be - but not recorded, and
+/// counted; flows recorded before keep their server when the pool changes.
+#[test]
+fn past_the_new_flow_limit_flows_are_forwarded_but_not_recorded() {
+    let mut plan = web();
+    let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
+    dp.set_new_flow_limit(50);
+    dp.apply(&plan, 300, link()).expect("apply");
+    let syn = |p: u16| frames::tcp_frame(ip("10.7.0.1"), 30000 + p, ip("10.0.0.100"), 80, SYN);
+    let ack = |p: u16| frames::tcp_frame(ip("10.7.0.1"), 30000 + p, ip("10.0.0.100"), 80, ACK);
+    // One burst, well within a second: 50 recorded, 150 not.
+    let placed: Vec<[u8; 6]> = (0..200u16)
+        .map(|p| {
+            let (v, mac) = run(&dp, &syn(p));
+            assert_eq!(v, XDP_TX, "a flow past the limit was not forwarded");
+            mac
+        })
+        .collect();
+    assert_eq!(dp.unrecorded_flows().expect("counter"), 150);
+    // Unrecorded flows still stick while the pool stands (Maglev).
+    for p in 0..200u16 {
+        assert_eq!(run(&dp, &ack(p)).1, placed[p as usize]);
+    }
+    // A server added: the recorded flows keep their server; of the
+    // unrecorded ones, some are placed again by the new table.
+    plan[0].backends.push(director::dataplane::BackendPlan {
+        address: ip("10.0.0.23"),
+        weight: 1,
+        mac: Some(mac_of(4)),
+    });
+    dp.apply(&plan, 300, link()).expect("apply");
+    let moved = (0..200u16)
+        .filter(|p| run(&dp, &ack(*p)).1 != placed[*p as usize])
+        .collect::<Vec<_>>();
+    assert!(
+        moved.iter().all(|p| *p >= 50),
+        "recorded flows moved: {moved:?}"
+    );
+    assert!(
+        !moved.is_empty(),
+        "no unrecorded flow moved: the table did not change?"
+    );
+}

@@ -21,6 +21,7 @@
 
 pub mod bpfmap;
 pub mod ecmp;
+pub mod flood;
 pub mod http;
 pub mod inject;
 pub mod lab;

@@ -71,6 +71,15 @@ fn pinned_entry_survives_failover(
         "permanent",
     ])?;
     let addr = SocketAddr::new(vip, 80);
+    // The switch learned the virtual MAC on the master's port (a backup
+    // that speaks from it, even once, would take its traffic).
+    let fdb = lab.switch().exec("bridge", &["fdb", "show"])?;
+    let fdb = String::from_utf8_lossy(&fdb.stdout).to_string();
+    ensure!(
+        fdb.lines()
+            .any(|l| l.starts_with(vmac) && l.contains("p-director1")),
+        "the switch sends the virtual MAC elsewhere: {fdb}"
+    );
     let before = (new_flows(&s1)?, new_flows(&s2)?);
     let t = lab
         .client
@@ -211,14 +220,12 @@ fn ipv6_a_pinned_neighbour_entry_for_the_virtual_mac_survives_a_failover() -> Re
     scenario::wait_vrrp_state(&s2, "VI_6", "backup", Duration::from_secs(10))?;
     scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
     scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
-    let st = scenario::status(&s2)?;
-    ensure!(
+    // Adverts come from the base interface's link-local address.
+    scenario::wait_status(&s2, Duration::from_secs(5), |st| {
         st["vrrp"][0]["master_address"]
             .as_str()
-            .is_some_and(|m| m.starts_with("fe80::")),
-        "adverts not from a link-local address: {}",
-        st["vrrp"][0]
-    );
+            .is_some_and(|m| m.starts_with("fe80::"))
+    })?;
     let show = |i: usize, what: &[&str]| -> Result<String> {
         let mut args = vec!["-6", "-br"];
         args.extend_from_slice(what);

@@ -34,6 +34,13 @@ pub struct Global {
     /// the pool changed meanwhile).
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// The SYN-flood guard: at most this many new flows per second per CPU
+    /// are recorded in the flow table (0: no limit). Past it new flows are
+    /// still forwarded, by the Maglev table, but not recorded, so a flood
+    /// cannot push established flows out of the table. A reload applies
+    /// it.
+    #[serde(default = "default_new_flow_limit")]
+    pub new_flow_limit: u32,
     /// Where to serve Prometheus `/metrics` and `/status` over HTTP
     /// (`ADDR:PORT`; none by default).
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -161,6 +168,14 @@ pub(super) fn default_state_dir() -> PathBuf {
 
 /// The flow table's default size: a million flows.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_000_000;
+
+/// The SYN-flood guard's default: 100,000 new flows recorded per second
+/// per CPU.
+pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 100_000;
+
+pub(super) fn default_new_flow_limit() -> u32 {
+    DEFAULT_NEW_FLOW_LIMIT
+}
 
 pub(super) fn default_flow_table_size() -> u32 {
     DEFAULT_FLOW_TABLE_SIZE

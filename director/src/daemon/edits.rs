@@ -206,6 +206,7 @@ impl Daemon {
         // Quorum state is by service position: start it afresh.
         let mut quorum = BTreeMap::new();
         let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
+        self.dataplane.set_new_flow_limit(new.global.new_flow_limit);
         if let Err(e) = self
             .dataplane
             .apply(&next, new.global.udp_timeout, self.link)
@@ -217,6 +218,8 @@ impl Daemon {
             {
                 error!(error = %again, "could not restore the previous dataplane state");
             }
+            self.dataplane
+                .set_new_flow_limit(self.config.global.new_flow_limit);
             return Err(format!("the dataplane refused it: {e}"));
         }
         let previous = Previous {
@@ -247,6 +250,8 @@ impl Daemon {
         }
         self.quorum.clear();
         self.applied = None;
+        self.dataplane
+            .set_new_flow_limit(self.config.global.new_flow_limit);
         if let Some(old) = &previous.applied
             && let Err(e) = self
                 .dataplane

@@ -79,6 +79,9 @@ impl Daemon {
             flow_table_memory_bytes: (self.dataplane.name() == "xdp").then(|| {
                 crate::dataplane::xdp::flow_table_bytes(self.config.global.flow_table_size)
             }),
+            new_flow_limit: (self.dataplane.name() == "xdp")
+                .then_some(self.config.global.new_flow_limit),
+            flows_unrecorded: self.dataplane.unrecorded_flows(),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             dataplane_error: self.dataplane_error.clone(),
             flow_sync: self.sync_stats.as_ref().map(|(peers, st)| {

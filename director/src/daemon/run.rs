@@ -90,6 +90,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             "flow table"
         );
     }
+    dataplane.set_new_flow_limit(g.new_flow_limit);
     let dataplane_is_xdp = dataplane.name() == "xdp";
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {

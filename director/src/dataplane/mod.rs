@@ -96,6 +96,21 @@ impl Dataplane {
         }
     }
 
+    /// The SYN-flood guard (`global.new_flow_limit`; XDP only).
+    pub fn set_new_flow_limit(&mut self, n: u32) {
+        if let Dataplane::Xdp(d) = self {
+            d.set_new_flow_limit(n);
+        }
+    }
+
+    /// New flows forwarded but not recorded past the limit (XDP only).
+    pub fn unrecorded_flows(&self) -> Option<u64> {
+        match self {
+            Dataplane::Xdp(d) => d.unrecorded_flows().ok(),
+            Dataplane::Ipvs(_) => None,
+        }
+    }
+
     pub fn apply(
         &mut self,
         plans: &[ServicePlan],

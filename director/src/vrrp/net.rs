@@ -395,13 +395,13 @@ pub async fn remove_address(
 
 /// Creates (or takes over, when one left by the previous process is
 /// there as it should be: a restart must not drop the addresses on it) the
-/// private-mode macvlan `name` on `base` with the virtual MAC, and brings
-/// it up. For IPv4 it has IPv6 off (it never speaks from the shared MAC on
-/// its own) and the base interface gets `arp_ignore = 1` (or the base
+/// private-mode macvlan `name` on `base` with the virtual MAC. For IPv4 it
+/// is brought up, with IPv6 off (it never speaks from the shared MAC on
+/// its own), and the base interface gets `arp_ignore = 1` (or the base
 /// would answer ARP for the VIP with its own MAC); for IPv6 it generates
 /// no link-local address (one derived from the shared MAC would be the
-/// same on every director) and holds only the virtual addresses. Returns
-/// its index.
+/// same on every director), holds only the virtual addresses, and is up
+/// only while master. Returns its index.
 pub async fn create_vmac(
     handle: &rtnetlink::Handle,
     name: &str,
@@ -449,12 +449,21 @@ pub async fn create_vmac(
             sysctl(path, "1")?;
         }
     }
-    handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await?;
+    // An IPv6 one stays down until this director is master: a link that is
+    // up speaks (MLD reports as addresses come and go) from the shared MAC,
+    // and a switch would send the virtual MAC's traffic to a backup.
+    if !v6 {
+        set_link(handle, index, true).await?;
+    }
     Ok(index)
+}
+
+/// Brings interface `index` up or down.
+pub async fn set_link(handle: &rtnetlink::Handle, index: u32, up: bool) -> Result<(), NetError> {
+    let msg = rtnetlink::LinkUnspec::new_with_index(index);
+    let msg = if up { msg.up() } else { msg.down() };
+    handle.link().set(msg.build()).execute().await?;
+    Ok(())
 }
 
 /// The index of interface `name` if it is a link on `base` with `mac`

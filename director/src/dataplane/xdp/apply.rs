@@ -16,7 +16,7 @@ impl XdpDataplane {
             mac: link.mac.0,
             mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
             tunnel_src4: TUNNEL_SOURCE_V4,
-            _pad: [0; 4],
+            new_flow_limit: self.new_flow_limit,
             tunnel_src6: TUNNEL_SOURCE_V6,
         };
         if self.settings != Some(settings) {

@@ -211,6 +211,8 @@ pub struct XdpDataplane {
     slots: HashMap<(ServiceKey, IpAddr), Slot>,
     generations: Vec<u32>,
     settings: Option<Settings>,
+    /// New flows recorded per second per CPU at most (0: no limit).
+    new_flow_limit: u32,
     /// The VIP filter as written to the map.
     filter: Vec<u64>,
     /// Bumped whenever a table, a real-server slot or a service entry is
@@ -361,9 +363,27 @@ impl XdpDataplane {
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
             settings: None,
+            new_flow_limit: 0,
             filter: vec![0; VIP_FILTER_WORDS as usize],
             version: 0,
         }
+    }
+
+    /// At most `n` new flows per second per CPU are recorded in the flow
+    /// table (0: no limit); written with the next [`XdpDataplane::apply`].
+    pub fn set_new_flow_limit(&mut self, n: u32) {
+        self.new_flow_limit = n;
+    }
+
+    /// New flows forwarded but not recorded (past the limit), summed over
+    /// CPUs.
+    pub fn unrecorded_flows(&self) -> Result<u64, XdpError> {
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(director_common::MAP_UNRECORDED)?)?;
+        Ok(array
+            .get(&0, 0)?
+            .iter()
+            .fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 
     /// The mode the program runs in.

@@ -79,6 +79,7 @@ impl Runner {
                     // Frames to the virtual MAC are ours before anyone is
                     // told the addresses moved.
                     self.own_vmac(true);
+                    self.vmac_link(true).await;
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
                         if let Err(e) = net::add_address(&self.handle, index, a).await {
@@ -98,6 +99,9 @@ impl Runner {
                     self.garp_at = None;
                     self.remove_routes().await;
                     self.own_vmac(false);
+                    // (Down first: the addresses go without a word from
+                    // the shared MAC.)
+                    self.vmac_link(false).await;
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
                         if let Err(e) = net::remove_address(&self.handle, index, a).await {

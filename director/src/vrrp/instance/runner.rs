@@ -285,6 +285,17 @@ impl Runner {
     }
 
     /// Tells the dataplane whether our virtual MAC is ours now.
+    /// An IPv6 virtual-MAC interface is up only while master (see
+    /// [`net::create_vmac`]).
+    pub(super) async fn vmac_link(&self, up: bool) {
+        if let Some((vname, index)) = &self.vmac
+            && self.cfg.is_ipv6()
+            && let Err(e) = net::set_link(&self.handle, *index, up).await
+        {
+            warn!(instance = %self.cfg.name, interface = %vname, up, error = %e, "cannot set the virtual MAC interface's state");
+        }
+    }
+
     pub(super) fn own_vmac(&self, ours: bool) {
         if self.vmac.is_some()
             && let Some(hook) = &self.vmac_hook

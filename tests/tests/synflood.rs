@@ -1,0 +1,196 @@
+//! A SYN flood against the VIP while long downloads run, idle keep-alive
+//! connections wait, and the pool changes: the SYN-flood guard
+//! (`global.new_flow_limit`) keeps the established flows recorded, so no
+//! download and no idle connection breaks when a real server is added
+//! mid-flood; the control socket keeps answering quickly. Without the
+//! guard (limit 0) the flood pushes the idle connections' flows out of the
+//! (small) flow table and the new Maglev table moves some of them: that
+//! run must break connections, or this test could not fail. (Busy flows
+//! survive either way: the LRU table keeps what is used.)
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use director_tests::{Lab, LabSpec, flood, http, lab::VIP, scenario};
+
+const SIZE: usize = 3 << 20;
+
+/// The longest round trip of the control socket's status request while
+/// `stop` is unset.
+fn worst_status(state: &Path, stop: &AtomicBool) -> Result<(Duration, usize)> {
+    let mut worst = Duration::ZERO;
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let mut s = std::os::unix::net::UnixStream::connect(state.join("director.sock"))?;
+        s.write_all(b"{\"command\":\"status\"}\n")?;
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line)?;
+        ensure!(line.contains("router_id"), "status answer: {line}");
+        worst = worst.max(t.elapsed());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((worst, n))
+}
+
+struct Outcome {
+    broken: usize,
+    idle_broken: usize,
+    flood: flood::Flood,
+    worst_status: Duration,
+    statuses: usize,
+    unrecorded: u64,
+}
+
+/// Ten downloads through the VIP; a flood of SYNs from the client; a real
+/// server added by a reload in the middle of it.
+fn flood_with_limit(limit: u32) -> Result<Outcome> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let servers = |n: usize| -> Vec<String> {
+        lab.real_servers[..n]
+            .iter()
+            .map(|r| r.ip.to_string())
+            .collect()
+    };
+    let config = |n: usize| -> Result<String> {
+        let mut c = scenario::global_config(&lab, "director1")?;
+        // The smallest flow table: a flood many times its size is quick.
+        c.push_str(&format!(
+            "flow_table_size = 1024\nnew_flow_limit = {limit}\n"
+        ));
+        c.push_str(&scenario::virtual_server(
+            &VIP.to_string(),
+            80,
+            &servers(n),
+            &[],
+        ));
+        Ok(c)
+    };
+    let path = lab.write("director1.toml", &config(2)?)?;
+    let state = lab.state_dir("director1")?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 10, SIZE);
+    // Idle keep-alive connections: one request now, the next after the
+    // flood (an idle flow is what a flood pushes out of the table).
+    let mut idle = lab
+        .client
+        .run(move || -> Result<Vec<(http::KeepAlive, String)>> {
+            (0..30)
+                .map(|_| {
+                    let mut c = http::KeepAlive::connect(vip, Duration::from_secs(5))?;
+                    let body = c.get("/")?.body;
+                    Ok((c, body))
+                })
+                .collect()
+        })??;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (src, dst) = (
+        flood::parse_mac(&lab.client.mac()?)?,
+        flood::parse_mac(&lab.directors[0].mac()?)?,
+    );
+    let flag = stop.clone();
+    let flooder = lab
+        .client
+        .ns
+        .spawn_thread(move || flood::syn_flood("eth0", src, dst, VIP, 80, u64::MAX, &flag));
+    let flag = stop.clone();
+    let st = state.clone();
+    let prober = std::thread::spawn(move || worst_status(&st, &flag));
+    std::thread::sleep(Duration::from_millis(1500));
+    // The pool changes mid-flood: a new Maglev table.
+    std::fs::write(&path, config(3)?)?;
+    let (ok, err) = scenario::director_cli(&["reload"], &state)?;
+    ensure!(ok, "reload: {err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let flood = flooder
+        .join()
+        .map_err(|_| anyhow::anyhow!("flooder panicked"))???;
+    let (worst, statuses) = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober panicked"))??;
+    let broken = downloads.outcomes().iter().filter(|o| o.is_err()).count();
+    let mut idle_broken = 0;
+    for (c, first) in idle.iter_mut() {
+        if c.get("/").map(|r| r.body).ok().as_ref() != Some(first) {
+            idle_broken += 1;
+        }
+    }
+    let s = scenario::status(&state)?;
+    Ok(Outcome {
+        broken,
+        idle_broken,
+        flood,
+        worst_status: worst,
+        statuses,
+        unrecorded: s["flows_unrecorded"].as_u64().context("flows_unrecorded")?,
+    })
+}
+
+#[test]
+fn a_syn_flood_breaks_no_download_and_the_daemon_answers() -> Result<()> {
+    let guarded = flood_with_limit(100)?;
+    eprintln!(
+        "guarded: {} SYNs in {:.1} s ({:.0}/s), {} unrecorded, {} downloads and {} idle connections broken, status worst {:?} over {}",
+        guarded.flood.sent,
+        guarded.flood.took.as_secs_f64(),
+        guarded.flood.rate(),
+        guarded.unrecorded,
+        guarded.broken,
+        guarded.idle_broken,
+        guarded.worst_status,
+        guarded.statuses
+    );
+    ensure!(
+        guarded.flood.sent > 50 * 1024,
+        "the flood was too small to matter: {} SYNs",
+        guarded.flood.sent
+    );
+    ensure!(
+        guarded.unrecorded > guarded.flood.sent / 2,
+        "the guard did not engage: {} of {} unrecorded",
+        guarded.unrecorded,
+        guarded.flood.sent
+    );
+    ensure!(guarded.broken == 0, "{} downloads broke", guarded.broken);
+    ensure!(
+        guarded.idle_broken == 0,
+        "{} idle connections broke",
+        guarded.idle_broken
+    );
+    ensure!(
+        guarded.worst_status < Duration::from_millis(100),
+        "the control socket took {:?}",
+        guarded.worst_status
+    );
+
+    let open = flood_with_limit(0)?;
+    eprintln!(
+        "unguarded: {} SYNs, {} downloads and {} idle connections broken",
+        open.flood.sent, open.broken, open.idle_broken
+    );
+    ensure!(
+        open.idle_broken > 0,
+        "without the guard no connection broke: this test cannot tell"
+    );
+    Ok(())
+}
