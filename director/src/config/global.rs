@@ -169,9 +169,9 @@ pub(super) fn default_state_dir() -> PathBuf {
 /// The flow table's default size: a million flows.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_000_000;
 
-/// The SYN-flood guard's default: 100,000 new flows recorded per second
+/// The SYN-flood guard's default: 20,000 new flows recorded per second
 /// per CPU.
-pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 100_000;
+pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 20_000;
 
 pub(super) fn default_new_flow_limit() -> u32 {
     DEFAULT_NEW_FLOW_LIMIT
