@@ -112,3 +112,23 @@ pub fn recv(fd: RawFd, capacity: usize) -> io::Result<Message> {
         dst6,
     })
 }
+
+/// SCHED_FIFO for the VRRP thread when permitted (keepalived does the same
+/// with `vrrp_rt_priority`): adverts leave on time on a busy machine.
+pub fn raise_priority() {
+    // Lock the process's memory too (keepalived does the same): a page
+    // fault on this thread would wait for the address-space lock, which a
+    // normal-priority thread may hold while the machine is busy.
+    // SAFETY: plain syscall; failure only costs determinism.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "memory not locked");
+    }
+    let param = libc::sched_param { sched_priority: 10 };
+    // SCHED_RESET_ON_FORK: scripts we start run with normal scheduling.
+    let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+    // SAFETY: plain syscall on the current thread.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) };
+    if r != 0 {
+        tracing::debug!(errno = r, "VRRP thread keeps normal scheduling");
+    }
+}

@@ -128,7 +128,7 @@ impl Bfd {
         let thread = std::thread::Builder::new()
             .name("bfd".into())
             .spawn(move || {
-                crate::vrrp::instance::raise_priority();
+                crate::netmsg::raise_priority();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

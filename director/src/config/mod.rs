@@ -36,6 +36,7 @@ pub const MAX_WEIGHT: u32 = 65535;
 
 mod check;
 mod global;
+pub mod routes;
 mod service;
 mod validate;
 mod vrrp;

@@ -403,7 +403,7 @@ impl Config {
                 }
             }
             for (j, r) in v.virtual_routes.iter().enumerate() {
-                if let Err(e) = crate::vrrp::routes::parse_route(r, v6) {
+                if let Err(e) = routes::parse_route(r, v6) {
                     return Err(problem(
                         vec![
                             Key("vrrp_instance"),
@@ -416,7 +416,7 @@ impl Config {
                 }
             }
             for (j, r) in v.virtual_rules.iter().enumerate() {
-                if let Err(e) = crate::vrrp::routes::parse_rule(r, v6) {
+                if let Err(e) = routes::parse_rule(r, v6) {
                     return Err(problem(
                         vec![
                             Key("vrrp_instance"),

@@ -51,7 +51,7 @@ use tracing::{info, warn};
 /// bpfman).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Under the bpffs root: one directory per daemon (per state directory).
-pub const DEFAULT_PARENT: &str = "/sys/fs/bpf/director";
+pub use crate::config::{DEFAULT_PIN_PARENT as DEFAULT_PARENT, default_pin_dir, pin_name};
 
 /// Errors preparing the pin directory.
 #[derive(Debug, thiserror::Error)]
@@ -65,60 +65,6 @@ pub enum BpffsError {
     Mount { path: PathBuf, source: nix::Error },
     #[error("pin directory {path}: {what}")]
     Other { path: PathBuf, what: String },
-}
-
-/// The pin directory for a daemon whose state directory is `state_dir`,
-/// unless configured: `/sys/fs/bpf/director/<name>` where the name is the
-/// state directory's path with `/` as `-` (`run-director` for the default
-/// `/run/director`); see [`pin_name`].
-pub fn default_pin_dir(state_dir: &Path) -> PathBuf {
-    Path::new(DEFAULT_PARENT).join(pin_name(state_dir))
-}
-
-/// A directory name for a state directory: its path with `/` written `-`
-/// (leading and trailing `/` and repeats dropped). When that could be read
-/// two ways (the path has a `-` or a byte other than ASCII letters, digits,
-/// `_` and `.`, which become `_`), `@` and a hash of the whole path follow,
-/// so different state directories never share a name. Only characters that
-/// need no quoting in TOML basic strings or shells.
-pub fn pin_name(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt as _;
-    let bytes = path.as_os_str().as_bytes();
-    let mut out = String::new();
-    let mut plain = true;
-    let mut last_slash = true;
-    for &b in bytes {
-        match b {
-            b'/' => {
-                if !last_slash {
-                    out.push('-');
-                }
-                last_slash = true;
-                continue;
-            }
-            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' => out.push(b as char),
-            _ => {
-                out.push(if b == b'-' { '-' } else { '_' });
-                plain = false;
-            }
-        }
-        last_slash = false;
-    }
-    while out.ends_with('-') {
-        out.pop();
-    }
-    if out.is_empty() {
-        out.push_str("root");
-        plain = false;
-    }
-    if !plain {
-        // FNV-1a, 64 bits.
-        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        out.push_str(&format!("@{hash:016x}"));
-    }
-    out
 }
 
 /// The prepared pin directory.

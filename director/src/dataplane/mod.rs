@@ -187,7 +187,7 @@ impl Dataplane {
     /// What VRRP calls when a virtual MAC (`use_vmac`) becomes ours or
     /// stops being ours: the XDP program then accepts frames addressed to
     /// it. (IPVS needs nothing: the macvlan holding the VIP delivers them.)
-    pub fn vmac_hook(&mut self) -> Option<crate::vrrp::instance::VmacHook> {
+    pub fn vmac_hook(&mut self) -> Option<VmacHook> {
         match self {
             Dataplane::Xdp(d) => d.vmac_hook(),
             Dataplane::Ipvs(_) => None,
@@ -210,6 +210,11 @@ impl Dataplane {
         }
     }
 }
+
+/// Told when a virtual MAC (`use_vmac`) becomes ours (`true`: we are
+/// master) or stops being ours: the XDP dataplane accepts frames addressed
+/// to it only meanwhile, so a backup never forwards what a switch floods.
+pub type VmacHook = std::sync::Arc<dyn Fn([u8; 6], bool) + Send + Sync>;
 
 /// One virtual service as the dataplane should forward it.
 #[derive(Debug, Clone, PartialEq, Eq)]

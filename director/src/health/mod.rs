@@ -14,6 +14,7 @@
 mod dns;
 pub mod drpath;
 mod http;
+pub mod ping;
 mod script;
 mod tcp;
 mod tls;
@@ -646,9 +647,7 @@ pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
             // probes (every raw ICMP socket sees them all) are told apart.
             let seq: u16 = rand::rng().random();
             let (target, wait) = (spec.target.ip(), spec.timeout.mul_f64(0.9));
-            match tokio::task::spawn_blocking(move || crate::vrrp::net::ping(target, seq, wait))
-                .await
-            {
+            match tokio::task::spawn_blocking(move || ping::ping(target, seq, wait)).await {
                 Ok(true) => Outcome::ok(),
                 Ok(false) => Outcome::fail(format!("no echo reply from {target}")),
                 Err(e) => Outcome::fail(format!("probe task: {e}")),

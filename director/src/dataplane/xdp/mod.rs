@@ -291,7 +291,7 @@ impl XdpDataplane {
     /// the program's set) or stops being ours (removed). The set is taken
     /// out of the object and shared with the hook (the program keeps its
     /// own reference); `None` when it was taken already.
-    pub fn vmac_hook(&mut self) -> Option<crate::vrrp::instance::VmacHook> {
+    pub fn vmac_hook(&mut self) -> Option<super::VmacHook> {
         let map = self.ebpf.take_map(director_common::MAP_VMACS)?;
         let set: aya::maps::HashMap<aya::maps::MapData, [u8; 8], u8> =
             aya::maps::HashMap::try_from(map).ok()?;

@@ -143,7 +143,7 @@ mod runner;
 mod runtime;
 mod tracking;
 
-pub(crate) use self::runtime::raise_priority;
+pub(crate) use crate::netmsg::raise_priority;
 // The parts see each other through this module.
 use self::{actions::*, runner::*, runtime::*, tracking::*};
 
@@ -168,10 +168,7 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     }))
 }
 
-/// Told when a virtual MAC (`use_vmac`) becomes ours (`true`: we are
-/// master) or stops being ours: the XDP dataplane accepts frames addressed
-/// to it only meanwhile, so a backup never forwards what a switch floods.
-pub type VmacHook = Arc<dyn Fn([u8; 6], bool) + Send + Sync>;
+pub use crate::dataplane::VmacHook;
 
 /// What VRRP takes from the rest of the daemon.
 #[derive(Clone, Default)]

@@ -325,9 +325,10 @@ pub(super) fn start_gateway(
             seq = seq.wrapping_add(1);
             let address = g.address;
             let wait = interval.min(Duration::from_secs(1));
-            let ok = tokio::task::spawn_blocking(move || net::ping(address, seq, wait))
-                .await
-                .unwrap_or(false);
+            let ok =
+                tokio::task::spawn_blocking(move || crate::health::ping::ping(address, seq, wait))
+                    .await
+                    .unwrap_or(false);
             let v = verdict.get_or_insert_with(|| crate::health::Verdict::new(ok));
             let changed = v.record(ok, g.rise, g.fall);
             let now = Some(v.healthy);
