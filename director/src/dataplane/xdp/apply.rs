@@ -20,9 +20,7 @@ impl XdpDataplane {
             tunnel_src6: TUNNEL_SOURCE_V6,
         };
         if self.settings != Some(settings) {
-            let mut array: Array<&mut MapData, Settings> =
-                Array::try_from(self.map_mut(MAP_SETTINGS)?)?;
-            array.set(0, settings, 0)?;
+            self.maps.settings.set(0, settings, 0)?;
             self.settings = Some(settings);
         }
         let wanted: BTreeMap<ServiceKey, &ServicePlan> =
@@ -74,7 +72,7 @@ impl XdpDataplane {
                 Some(i) => i.id,
                 None => {
                     let id = self.free_service_id()?;
-                    self.zero_counters(MAP_SERVICE_STATS, id)?;
+                    self.zero_counters(Stats::Service, id)?;
                     id
                 }
             };
@@ -234,8 +232,7 @@ impl XdpDataplane {
         }
         self.version += 1;
         let old = std::mem::take(&mut self.members);
-        let mut trie: LpmTrie<&mut MapData, MemberKey, ServiceValue> =
-            LpmTrie::try_from(self.map_mut(MAP_MEMBERS)?)?;
+        let trie = &mut self.maps.members;
         for (k, v) in &wanted {
             if old.get(k) != Some(v)
                 && let Err(e) = trie.insert(&LpmKey::new(k.0, k.1), v, 0)
@@ -272,10 +269,8 @@ impl XdpDataplane {
             .map(|(i, (new, _))| (i, *new))
             .collect();
         if !changed.is_empty() {
-            let mut array: Array<&mut MapData, u64> =
-                Array::try_from(self.map_mut(MAP_VIP_FILTER)?)?;
             for (i, word) in changed {
-                array.set(i, word, 0)?;
+                self.maps.vip_filter.set(i, word, 0)?;
             }
         }
         self.filter = words;
@@ -315,7 +310,7 @@ impl XdpDataplane {
             addr,
             _pad: [0; 4],
         };
-        self.zero_counters(MAP_BACKEND_STATS, id)?;
+        self.zero_counters(Stats::Backend, id)?;
         self.write_backend(id, &written)?;
         let slot = Slot { id, written };
         self.slots.insert((key, address), slot);
@@ -357,7 +352,7 @@ impl XdpDataplane {
 
     pub(super) fn write_table(&mut self, base: u32, table: &[u16]) -> Result<(), XdpError> {
         self.version += 1;
-        let mut array: Array<&mut MapData, [u16; 4]> = Array::try_from(self.map_mut(MAP_MAGLEV)?)?;
+        let array = &mut self.maps.maglev;
         for (i, chunk) in table.chunks(MAGLEV_LANES as usize).enumerate() {
             let mut elem = [NO_BACKEND; 4];
             elem[..chunk.len()].copy_from_slice(chunk);
@@ -368,16 +363,16 @@ impl XdpDataplane {
 
     pub(super) fn write_backend(&mut self, id: u32, b: &Backend) -> Result<(), XdpError> {
         self.version += 1;
-        let mut array: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(MAP_BACKENDS)?)?;
-        array.set(id, b, 0)?;
+        self.maps.backends.set(id, b, 0)?;
         Ok(())
     }
 
+    /// The service map, for a write (the tables' version moves on).
     pub(super) fn services_map(
         &mut self,
-    ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
+    ) -> Result<&mut BpfHashMap<MapData, ServiceKey, ServiceValue>, XdpError> {
         self.version += 1;
-        Ok(BpfHashMap::try_from(self.map_mut(MAP_SERVICES)?)?)
+        Ok(&mut self.maps.services)
     }
 }
 

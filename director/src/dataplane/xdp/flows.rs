@@ -26,12 +26,9 @@ impl XdpDataplane {
                 )
             })
             .collect();
-        let MapOrNot::Data(flows) = MapOrNot::of(self.map(MAP_FLOWS)?) else {
-            return Err(XdpError::Missing(MAP_FLOWS));
-        };
-        let MapOrNot::Data(maglev) = MapOrNot::of(self.map(MAP_MAGLEV)?) else {
-            return Err(XdpError::Missing(MAP_MAGLEV));
-        };
+        use aya::maps::IterableMap as _;
+        let flows = self.maps.flows.map();
+        let maglev = self.maps.maglev.map();
         Ok(Scan {
             version: self.version,
             flows: BpfHashMap::try_from(aya::maps::Map::LruHashMap(exceptions::dup(flows)?))?,
@@ -86,8 +83,7 @@ impl XdpDataplane {
                 ))
             })
             .collect();
-        let mut map: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
-            BpfHashMap::try_from(self.map_mut(MAP_FLOWS)?)?;
+        let map = &mut self.maps.flows;
         let mut added = 0;
         for (k, v) in values {
             // BPF_NOEXIST: never overrides what this director decided.

@@ -197,6 +197,8 @@ enum Logger {
 pub struct XdpDataplane {
     logger: Option<Logger>,
     ebpf: Ebpf,
+    /// The program's maps, typed, taken out of the object once at open.
+    maps: Maps,
     attachment: Attachment,
     interface: String,
     /// The interface index the program is attached to.
@@ -282,7 +284,7 @@ impl XdpDataplane {
                 (Attachment::Owned(id), mode)
             }
         };
-        let mut dp = XdpDataplane::new(ebpf, logger, attachment, interface, opts.mode, mode);
+        let mut dp = XdpDataplane::new(ebpf, logger, attachment, interface, opts.mode, mode)?;
         dp.adopt()?;
         Ok(dp)
     }
@@ -330,28 +332,30 @@ impl XdpDataplane {
         let logger = EbpfLogger::init(&mut ebpf).ok();
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
-        Ok(XdpDataplane::new(
+        XdpDataplane::new(
             ebpf,
             logger.map(|l| Logger::Held(Box::new(l))),
             Attachment::None,
             String::new(),
             XdpMode::Auto,
             AttachMode::Native,
-        ))
+        )
     }
 
     /// A loaded program with nothing installed yet.
     fn new(
-        ebpf: Ebpf,
+        mut ebpf: Ebpf,
         logger: Option<Logger>,
         attachment: Attachment,
         interface: String,
         requested: XdpMode,
         mode: AttachMode,
-    ) -> XdpDataplane {
-        XdpDataplane {
+    ) -> Result<XdpDataplane, XdpError> {
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(XdpDataplane {
             logger,
             ebpf,
+            maps,
             attachment,
             ifindex: ifindex(&interface),
             interface,
@@ -366,7 +370,7 @@ impl XdpDataplane {
             new_flow_limit: 0,
             filter: vec![0; VIP_FILTER_WORDS as usize],
             version: 0,
-        }
+        })
     }
 
     /// At most `n` new flows per second per CPU are recorded in the flow
@@ -378,9 +382,9 @@ impl XdpDataplane {
     /// New flows forwarded but not recorded (past the limit), summed over
     /// CPUs.
     pub fn unrecorded_flows(&self) -> Result<u64, XdpError> {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(director_common::MAP_UNRECORDED)?)?;
-        Ok(array
+        Ok(self
+            .maps
+            .unrecorded
             .get(&0, 0)?
             .iter()
             .fold(0u64, |a, v| a.wrapping_add(*v)))
@@ -432,7 +436,7 @@ impl XdpDataplane {
     /// Counters of a service, summed over CPUs.
     pub fn service_traffic(&self, service: &ServicePlan) -> Result<Traffic, XdpError> {
         match self.services.get(&service.key()) {
-            Some(i) => self.read_counters(MAP_SERVICE_STATS, i.id),
+            Some(i) => self.read_counters(Stats::Service, i.id),
             None => Ok(Traffic::default()),
         }
     }
@@ -444,7 +448,7 @@ impl XdpDataplane {
         address: IpAddr,
     ) -> Result<Traffic, XdpError> {
         match self.slots.get(&(service.key(), address)) {
-            Some(slot) => self.read_counters(MAP_BACKEND_STATS, slot.id),
+            Some(slot) => self.read_counters(Stats::Backend, slot.id),
             None => Ok(Traffic::default()),
         }
     }
@@ -512,17 +516,11 @@ impl XdpDataplane {
 
     /// Reads back what a previous daemon installed in pinned maps.
     fn adopt(&mut self) -> Result<(), XdpError> {
-        self.filter = {
-            let array: Array<&MapData, u64> = Array::try_from(self.map(MAP_VIP_FILTER)?)?;
-            (0..VIP_FILTER_WORDS)
-                .map(|i| array.get(&i, 0))
-                .collect::<Result<_, _>>()?
-        };
-        let services: Vec<(ServiceKey, ServiceValue)> = {
-            let map: BpfHashMap<&MapData, ServiceKey, ServiceValue> =
-                BpfHashMap::try_from(self.map(MAP_SERVICES)?)?;
-            map.iter().filter_map(Result::ok).collect()
-        };
+        self.filter = (0..VIP_FILTER_WORDS)
+            .map(|i| self.maps.vip_filter.get(&i, 0))
+            .collect::<Result<_, _>>()?;
+        let services: Vec<(ServiceKey, ServiceValue)> =
+            self.maps.services.iter().filter_map(Result::ok).collect();
         let mut by_id = HashMap::new();
         for (key, value) in services {
             if key.flags & KEY_FRAGMENT != 0 {
@@ -541,20 +539,16 @@ impl XdpDataplane {
                 },
             );
         }
-        self.members = {
-            let trie: LpmTrie<&MapData, MemberKey, ServiceValue> =
-                LpmTrie::try_from(self.map(MAP_MEMBERS)?)?;
-            trie.iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                .collect()
-        };
-        let all: Vec<Backend> = {
-            let backends: Array<&MapData, Backend> = Array::try_from(self.map(MAP_BACKENDS)?)?;
-            (0..MAX_REAL_SERVERS)
-                .map(|id| backends.get(&id, 0))
-                .collect::<Result<_, _>>()?
-        };
+        self.members = self
+            .maps
+            .members
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+            .collect();
+        let all: Vec<Backend> = (0..MAX_REAL_SERVERS)
+            .map(|id| self.maps.backends.get(&id, 0))
+            .collect::<Result<_, _>>()?;
         let mut adopted = Vec::new();
         for (id, b) in (0u32..).zip(all) {
             self.generations[id as usize] = b.generation;
@@ -581,14 +575,6 @@ impl XdpDataplane {
         Ok(())
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, XdpError> {
-        self.ebpf.map(name).ok_or(XdpError::Missing(name))
-    }
-
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, XdpError> {
-        self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))
-    }
-
     fn free_service_id(&self) -> Result<u32, XdpError> {
         let used: std::collections::HashSet<u32> = self.services.values().map(|i| i.id).collect();
         (0..MAX_SERVICES)
@@ -596,24 +582,82 @@ impl XdpDataplane {
             .ok_or(XdpError::Capacity("service"))
     }
 
-    fn zero_counters(&mut self, map: &'static str, index: u32) -> Result<(), XdpError> {
+    fn zero_counters(&mut self, which: Stats, index: u32) -> Result<(), XdpError> {
         let cpus = nr_cpus().map_err(|(_, e)| XdpError::Cpus(e.to_string()))?;
-        let mut array: PerCpuArray<&mut MapData, Counters> =
-            PerCpuArray::try_from(self.map_mut(map)?)?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
             .map_err(|e| XdpError::Cpus(e.to_string()))?;
-        array.set(index, zeros, 0)?;
+        self.maps.stats_mut(which).set(index, zeros, 0)?;
         Ok(())
     }
 
-    fn read_counters(&self, map: &'static str, index: u32) -> Result<Traffic, XdpError> {
-        let array: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
-        let values = array.get(&index, 0)?;
+    fn read_counters(&self, which: Stats, index: u32) -> Result<Traffic, XdpError> {
+        let values = self.maps.stats(which).get(&index, 0)?;
         Ok(values.iter().fold(Traffic::default(), |t, c| Traffic {
             packets: t.packets + c.packets,
             bytes: t.bytes + c.bytes,
             new_flows: t.new_flows + c.new_flows,
         }))
+    }
+}
+
+/// The program's maps the daemon reads and writes, typed and taken out of
+/// the loaded object once, at open: a writer cannot name a map that is not
+/// there, and none is looked up by name again.
+pub(super) struct Maps {
+    pub(super) settings: Array<MapData, Settings>,
+    pub(super) services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    pub(super) backends: Array<MapData, Backend>,
+    pub(super) maglev: Array<MapData, [u16; 4]>,
+    pub(super) members: LpmTrie<MapData, MemberKey, ServiceValue>,
+    pub(super) vip_filter: Array<MapData, u64>,
+    pub(super) flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+    pub(super) service_stats: PerCpuArray<MapData, Counters>,
+    pub(super) backend_stats: PerCpuArray<MapData, Counters>,
+    pub(super) unrecorded: PerCpuArray<MapData, u64>,
+}
+
+/// Which per-CPU counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Stats {
+    Service,
+    Backend,
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Maps, XdpError> {
+        fn one<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = ebpf.take_map(name).ok_or(XdpError::Missing(name))?;
+            Ok(T::try_from(map)?)
+        }
+        Ok(Maps {
+            settings: one(ebpf, MAP_SETTINGS)?,
+            services: one(ebpf, MAP_SERVICES)?,
+            backends: one(ebpf, MAP_BACKENDS)?,
+            maglev: one(ebpf, MAP_MAGLEV)?,
+            members: one(ebpf, MAP_MEMBERS)?,
+            vip_filter: one(ebpf, MAP_VIP_FILTER)?,
+            flows: one(ebpf, MAP_FLOWS)?,
+            service_stats: one(ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: one(ebpf, MAP_BACKEND_STATS)?,
+            unrecorded: one(ebpf, director_common::MAP_UNRECORDED)?,
+        })
+    }
+
+    fn stats(&self, which: Stats) -> &PerCpuArray<MapData, Counters> {
+        match which {
+            Stats::Service => &self.service_stats,
+            Stats::Backend => &self.backend_stats,
+        }
+    }
+
+    fn stats_mut(&mut self, which: Stats) -> &mut PerCpuArray<MapData, Counters> {
+        match which {
+            Stats::Service => &mut self.service_stats,
+            Stats::Backend => &mut self.backend_stats,
+        }
     }
 }
 
@@ -624,22 +668,6 @@ impl Drop for XdpDataplane {
         }
         if let Some(Logger::Task(task)) = self.logger.take() {
             task.abort();
-        }
-    }
-}
-
-/// The map data behind an aya map of the kinds the dataplane uses.
-enum MapOrNot<'a> {
-    Data(&'a MapData),
-    Other,
-}
-
-impl<'a> MapOrNot<'a> {
-    fn of(map: &'a aya::maps::Map) -> MapOrNot<'a> {
-        use aya::maps::Map;
-        match map {
-            Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => MapOrNot::Data(d),
-            _ => MapOrNot::Other,
         }
     }
 }
