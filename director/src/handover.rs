@@ -21,7 +21,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// File name in the state directory.
 pub const FILE: &str = "handover.json";
@@ -168,14 +168,21 @@ pub async fn systemd_restart_pending() -> bool {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = match tokio::time::timeout(Duration::from_secs(2), run).await {
+    // VRRP keeps advertising meanwhile (its own thread), and systemd waits
+    // TimeoutStopSec (90 s) for us: a busy machine may take its time.
+    let out = match tokio::time::timeout(Duration::from_secs(15), run).await {
         Ok(Ok(o)) if o.status.success() => o,
         other => {
-            debug!(unit = %unit, result = ?other.map(|r| r.map(|o| o.status)), "cannot ask systemd for our jobs");
+            warn!(unit = %unit, result = ?other.map(|r| r.map(|o| o.status)), "cannot ask systemd whether this stop is a restart: stopping for good");
             return false;
         }
     };
-    restart_job_listed(&String::from_utf8_lossy(&out.stdout), &unit)
+    let jobs = String::from_utf8_lossy(&out.stdout);
+    let restart = restart_job_listed(&jobs, &unit);
+    if !restart {
+        info!(unit = %unit, jobs = %jobs.trim(), "systemd has no restart job for us: stopping for good");
+    }
+    restart
 }
 
 /// Whether `systemctl list-jobs --plain` output lists a restart of `unit`

@@ -16,6 +16,11 @@ use anyhow::{Context as _, Result, ensure};
 use director_tests::{Lab, LabSpec, ecmp::bird, scenario};
 use nix::sys::signal::Signal;
 
+/// The tests of this file run one at a time: each runs sessions at 10 ms
+/// x 3 (a 30 ms detection time) that two labs competing for the CPUs make
+/// flap.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The session in a daemon's status.
 fn session(state: &Path) -> Result<serde_json::Value> {
     let s = scenario::status(state)?;
@@ -55,6 +60,7 @@ fn bird_conf(me: &str, peer: &str) -> String {
 
 #[test]
 fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 1,
@@ -154,6 +160,7 @@ fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Resu
 /// once its BFD session to it expires.
 #[test]
 fn master_bfd_takes_over_before_the_master_down_interval() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 1,
