@@ -162,20 +162,37 @@ pub async fn systemd_restart_pending() -> bool {
     let Some(unit) = own_unit() else {
         return false;
     };
-    let run = tokio::process::Command::new("systemctl")
-        .args(["list-jobs", "--no-legend", "--plain", "--no-pager", &unit])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    // VRRP keeps advertising meanwhile (its own thread), and systemd waits
-    // TimeoutStopSec (90 s) for us: a busy machine may take its time.
-    let out = match tokio::time::timeout(Duration::from_secs(15), run).await {
-        Ok(Ok(o)) if o.status.success() => o,
-        other => {
-            warn!(unit = %unit, result = ?other.map(|r| r.map(|o| o.status)), "cannot ask systemd whether this stop is a restart: stopping for good");
-            return false;
+    // systemd's stop signals every process of our cgroup: a systemctl
+    // started while it does so is killed too. It ignores SIGTERM (its
+    // disposition survives exec), and a killed one is asked again.
+    let mut last = None;
+    let mut out = None;
+    for _ in 0..3 {
+        let mut cmd = tokio::process::Command::new("systemctl");
+        cmd.args(["list-jobs", "--no-legend", "--plain", "--no-pager", &unit])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                Ok(())
+            });
         }
+        // VRRP keeps advertising meanwhile (its own thread), and systemd
+        // waits TimeoutStopSec (90 s) for us: a busy machine may be slow.
+        match tokio::time::timeout(Duration::from_secs(15), cmd.output()).await {
+            Ok(Ok(o)) if o.status.success() => {
+                out = Some(o);
+                break;
+            }
+            other => last = Some(format!("{:?}", other.map(|r| r.map(|o| o.status)))),
+        }
+    }
+    let Some(out) = out else {
+        warn!(unit = %unit, result = last.unwrap_or_default(), "cannot ask systemd whether this stop is a restart: stopping for good");
+        return false;
     };
     let jobs = String::from_utf8_lossy(&out.stdout);
     let restart = restart_job_listed(&jobs, &unit);

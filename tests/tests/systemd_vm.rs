@@ -190,7 +190,7 @@ echo BEGIN d2
 grep -i "vrrp" /tmp/d2.log | tail -20
 echo END d2
 echo BEGIN handover
-journalctl -u director --no-pager -o short-precise | grep -E "handing over|handed over|taking over|taken over|too long|state change|Starting|Started" | tail -60
+journalctl -u director --no-pager -o short-precise | grep -E "handing over|handed over|taking over|taken over|too long|state change|Starting|Started|stopping|restart job|cannot ask|no longer loads|stopped" | tail -90
 echo END handover
 systemctl stop director
 kill $(pgrep -f vrrp2.toml)
