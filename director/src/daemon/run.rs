@@ -30,17 +30,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     );
     // BFD and VRRP come up before the dataplane when the previous process
     // handed over a master: its first advert must leave before the backups'
-    // master-down timers run out (the pinned dataplane forwards meanwhile).
-    // Otherwise VRRP starts after the dataplane: a master takes the VIP
-    // only once its frames are forwarded.
-    let bfd = crate::bfd::Bfd::start(&config.bfd_instance)
-        .map_err(|e| DaemonError::Bfd(e.to_string()))?;
+    // master-down timers run out (the pinned dataplane forwards meanwhile,
+    // and its link is swapped without a gap). Otherwise both start after
+    // the dataplane: a master takes the VIP only once its frames are
+    // forwarded, and no BFD session sees the gap a first XDP attach makes.
+    let start_bfd = || {
+        crate::bfd::Bfd::start(&config.bfd_instance).map_err(|e| DaemonError::Bfd(e.to_string()))
+    };
     let vmac_hook = LateHook::default();
     let (quorum_tx, quorum_rx) = watch::channel(BTreeMap::new());
     let (states_tx, vrrp_states) = watch::channel(crate::vrrp::instance::States::new());
     let states_tx = Arc::new(states_tx);
     let mut vrrp_changes = vrrp_states.clone();
-    let start_vrrp = || {
+    let start_vrrp = |bfd: &crate::bfd::Bfd| {
         Vrrp::start_with(
             &config,
             crate::vrrp::instance::Inputs {
@@ -52,8 +54,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             },
         )
     };
-    let early_vrrp = match &handover {
-        Some(h) if h.instances.iter().any(|i| i.state == "master") => Some(start_vrrp()?),
+    let early = match &handover {
+        Some(h) if h.instances.iter().any(|i| i.state == "master") => {
+            let bfd = start_bfd()?;
+            let vrrp = start_vrrp(&bfd)?;
+            Some((bfd, vrrp))
+        }
         _ => None,
     };
     let pins = match g.dataplane {
@@ -111,9 +117,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     checks.update(health::all_specs(&config));
     let board = checks.board();
     vmac_hook.set(dataplane.vmac_hook());
-    let vrrp = match early_vrrp {
-        Some(v) => v,
-        None => start_vrrp()?,
+    let (bfd, vrrp) = match early {
+        Some(both) => both,
+        None => {
+            let bfd = start_bfd()?;
+            let vrrp = start_vrrp(&bfd)?;
+            (bfd, vrrp)
+        }
     };
     // Flow-table sharing with peer directors.
     let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
