@@ -320,11 +320,23 @@ impl Drop {
     }
 }
 
-/// The sync endpoint: a socket, the peers, the key.
+/// The sync endpoint: the receiving task runs on its own; sending is done
+/// by [`Sender`], off the daemon's loop.
 pub struct FlowSync {
     /// Counters shared with the receiving task.
     pub stats: std::sync::Arc<SyncStats>,
-    socket: std::sync::Arc<UdpSocket>,
+    /// Sends flows to the peers (a blocking thread takes it with the scan
+    /// of the flow table: building and authenticating a full table's
+    /// datagrams is milliseconds of work the loop must not do).
+    pub sender: std::sync::Arc<std::sync::Mutex<Sender>>,
+}
+
+/// The sending half: the peers, the key, what was sent.
+pub struct Sender {
+    stats: std::sync::Arc<SyncStats>,
+    /// The listening socket's descriptor, shared (datagrams leave from the
+    /// listening port); non-blocking, so a full send buffer is waited for.
+    socket: std::net::UdpSocket,
     peers: Vec<SocketAddr>,
     key: Vec<u8>,
     /// Our source address in datagrams (the listening address, or the one
@@ -407,26 +419,39 @@ impl FlowSync {
                 }
             }
         });
+        let socket = std::os::fd::AsFd::as_fd(&*socket)
+            .try_clone_to_owned()
+            .map(std::net::UdpSocket::from)
+            .map_err(|source| SyncError::Socket {
+                addr: listen,
+                source,
+            })?;
+        let sender = Sender {
+            stats: stats.clone(),
+            socket,
+            peers,
+            key: key_bytes,
+            listen: listen.ip(),
+            // Grows across restarts: a restarted sender is not taken
+            // for a replay.
+            seq: now_ms().saturating_mul(1000),
+            sent: Default::default(),
+            rounds: 0,
+        };
         Ok((
             FlowSync {
                 stats,
-                socket,
-                peers,
-                key: key_bytes,
-                listen: listen.ip(),
-                // Grows across restarts: a restarted sender is not taken
-                // for a replay.
-                seq: now_ms().saturating_mul(1000),
-                sent: Default::default(),
-                rounds: 0,
+                sender: std::sync::Arc::new(std::sync::Mutex::new(sender)),
             },
             rx,
         ))
     }
+}
 
+impl Sender {
     /// Sends the exceptions that are new since the last round (all of them
     /// every 20th round, so a restarted peer catches up).
-    pub async fn send(&mut self, flows: &[PinnedFlow]) {
+    pub fn send(&mut self, flows: &[PinnedFlow]) {
         self.rounds += 1;
         let full = self.rounds % 20 == 1;
         let now: std::collections::HashSet<(FlowKey, IpAddr)> =
@@ -437,17 +462,20 @@ impl FlowSync {
             .copied()
             .collect();
         self.sent = now;
-        for chunk in news.chunks(PER_DATAGRAM) {
-            for p in &self.peers {
+        if news.is_empty() {
+            return;
+        }
+        for p in &self.peers {
+            let from = if self.listen.is_unspecified() {
+                source_towards(p.ip()).unwrap_or(self.listen)
+            } else {
+                self.listen
+            };
+            for chunk in news.chunks(PER_DATAGRAM) {
                 self.seq += 1;
-                let from = if self.listen.is_unspecified() {
-                    source_towards(p.ip()).unwrap_or(self.listen)
-                } else {
-                    self.listen
-                };
                 let d = encode(&self.key, from, p.ip(), self.seq, now_ms(), chunk);
-                match self.socket.send_to(&d, p).await {
-                    Ok(_) => {
+                match send_waiting(&self.socket, &d, *p) {
+                    Ok(()) => {
                         self.stats
                             .sent
                             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -455,6 +483,27 @@ impl FlowSync {
                     Err(e) => debug!(peer = %p, error = %e, "flow sync send failed"),
                 }
             }
+        }
+    }
+}
+
+/// Sends on a non-blocking socket, waiting (up to a second) while its send
+/// buffer is full.
+fn send_waiting(socket: &std::net::UdpSocket, d: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        match socket.send_to(d, to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(
+                    std::os::fd::AsFd::as_fd(socket),
+                    PollFlags::POLLOUT,
+                )];
+                if poll(&mut fds, PollTimeout::from(1000u16)).map_err(std::io::Error::from)? == 0 {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 
 #[repr(C, align(8))]
@@ -49,5 +51,40 @@ impl PinnedMap {
         attr.0[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("map update")?;
         Ok(())
+    }
+
+    /// Reads every entry once (next key, then its value), as a daemon
+    /// walking the map from user space does; returns how many there were.
+    pub fn walk(&self, key_len: usize, value_len: usize) -> Result<usize> {
+        let fd = (self.0.as_raw_fd() as u32).to_ne_bytes();
+        let mut key = vec![0u8; key_len];
+        let mut next = vec![0u8; key_len];
+        let mut value = vec![0u8; value_len];
+        let mut first = true;
+        let mut n = 0;
+        loop {
+            let mut attr = Attr([0; 128]);
+            attr.0[..4].copy_from_slice(&fd);
+            // key at 8 (0 asks for the first key), next_key at 16.
+            if !first {
+                attr.0[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+            }
+            attr.0[16..24].copy_from_slice(&(next.as_mut_ptr() as u64).to_ne_bytes());
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+                Err(e) => return Err(e).context("map next key"),
+            }
+            first = false;
+            std::mem::swap(&mut key, &mut next);
+            let mut attr = Attr([0; 128]);
+            attr.0[..4].copy_from_slice(&fd);
+            attr.0[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+            attr.0[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+            // An entry evicted meanwhile is skipped.
+            if bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).is_ok() {
+                n += 1;
+            }
+        }
     }
 }

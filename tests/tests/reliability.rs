@@ -123,8 +123,11 @@ fn a_hung_bird_never_stalls_the_daemon() -> Result<()> {
 }
 
 /// Flow sync with a full flow table (262,144 flows, two thirds of them
-/// exceptions) every 50 ms: the daemon keeps answering within 100 ms (the
-/// table was walked on its loop, two system calls per flow, every round).
+/// exceptions) every 50 ms: the daemon keeps answering in under a quarter of
+/// one walk of the table timed on the same machine (the table was once
+/// walked on its loop, two system calls per flow, every round; the flows
+/// are now read, diffed, authenticated and sent on a blocking thread). Seen
+/// here: 7-9 ms against a 690 ms walk.
 #[test]
 fn flow_sync_with_a_full_flow_table_never_stalls_the_daemon() -> Result<()> {
     use director_tests::bpfmap::PinnedMap;
@@ -162,6 +165,13 @@ fn flow_sync_with_a_full_flow_table_never_stalls_the_daemon() -> Result<()> {
         key[36] = 6;
         flows.update(&key, &value)?;
     }
+    // What a stall would cost: one walk of the table from user space, timed
+    // here on the same machine (a daemon walking it on its loop answered
+    // nothing for that long, 2.5 s on the 2-core lab VM).
+    let t = std::time::Instant::now();
+    let walked = flows.walk(40, 24)?;
+    let walk = t.elapsed();
+    ensure!(walked >= 200_000, "only {walked} flows in the table");
     let mut worst = Duration::ZERO;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
@@ -170,9 +180,11 @@ fn flow_sync_with_a_full_flow_table_never_stalls_the_daemon() -> Result<()> {
         worst = worst.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(20));
     }
+    eprintln!("worst status {worst:?}, one walk of {walked} flows {walk:?}");
     ensure!(
-        worst < Duration::from_millis(100),
-        "status took {worst:?} with a full flow table and flow sync every 50 ms"
+        worst < walk / 4,
+        "status took {worst:?} with a full flow table and flow sync every 50 ms \
+         (one walk of the table takes {walk:?})"
     );
     Ok(())
 }

@@ -126,7 +126,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         }
     };
     // Flow-table sharing with peer directors.
-    let (mut flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
+    let (flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
         Some(fs) if dataplane.name() == "xdp" => {
             let (sync, rx) =
                 crate::flowsync::FlowSync::start(fs.listen, fs.peers.clone(), fs.key.clone())
@@ -337,8 +337,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 {
                     let full = Some(scan.version()) != scanned;
                     let known = exceptions.clone();
+                    let sender = flow_sync.as_ref().map(|s| s.sender.clone());
                     scan_task = Some(tokio::task::spawn_blocking(move || {
                         let flows = if full { scan.full(1 << 16) } else { scan.again(&known) };
+                        if let Some(Ok(mut sender)) = sender.as_ref().map(|s| s.lock()) {
+                            sender.send(&flows);
+                        }
                         (scan.version(), flows)
                     }));
                 }
@@ -352,9 +356,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 scan_task = None;
                 if let Ok((version, flows)) = done {
                     scanned = Some(version);
-                    if let Some(sync) = flow_sync.as_mut() {
-                        sync.send(&flows).await;
-                    }
                     exceptions = flows;
                 }
             }
