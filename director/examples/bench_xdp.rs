@@ -17,6 +17,14 @@
 //! flow, a new flow adds N new flows, a non-VIP frame adds nothing. The
 //! live-frame rate (BPF_F_TEST_XDP_LIVE_FRAMES) is checked the same way.
 //!
+//! Then the flow table (5M entries; the Katran anchor gets the same size)
+//! is filled to 1M and 4M established flows, spread over every CPU's LRU
+//! list: established lookups drawn at random over the whole table (cache
+//! misses, not one hot flow) and new flows into it are measured at each
+//! population, the counters proving each lookup hit. The live-frame rate
+//! is measured on one CPU and on all at once, beside the floor's, and the
+//! flow table's kernel memory is read from its fdinfo.
+//!
 //! `--short`: a few hundred calls per path and every check, no figures (CI
 //! proves the harness and the paths with it).
 
@@ -29,11 +37,14 @@ use aya::{
 };
 use director::{
     config::{Protocol, Scheduler},
-    dataplane::{BackendPlan, ServicePlan, Traffic, xdp::PROGRAM, xdp::XdpDataplane},
+    dataplane::{
+        BackendPlan, ServicePlan, Traffic,
+        xdp::{PROGRAM, PinnedFlow, XdpDataplane},
+    },
     frames::{self, ACK, DIRECTOR_MAC, SYN},
     neighbor::{LinkInfo, Mac},
 };
-use director_common::PROG_FLOOR;
+use director_common::{FlowKey, PROG_FLOOR};
 
 /// The benchmark's interface (MTU 1500).
 fn link() -> LinkInfo {
@@ -160,16 +171,32 @@ fn loop_ns(program: &Xdp, frames: &[Vec<u8>], expect: Expect) -> Result<f64> {
 
 /// Live-frame mode: the kernel builds real frames from `frame` and sends
 /// the XDP_TX ones on (to lo, whose lack of XDP transmit drops them after
-/// the program ran); the rate is the wall clock's.
-fn live_mpps(program: &Xdp, frame: &[u8], packets: u32) -> Result<f64> {
+/// the program ran), `packets` on each of `cpus` at once (a thread pinned
+/// to each); the rate is the wall clock's, all CPUs together.
+fn live_mpps(program: &Xdp, frame: &[u8], packets: u32, cpus: &[usize]) -> Result<f64> {
     let started = Instant::now();
-    program.test_run(TestRunOptions {
-        data_in: Some(frame),
-        repeat: packets,
-        attrs: TestRunAttrs::new().xdp_live_frames(64),
-        ..Default::default()
+    std::thread::scope(|s| {
+        let runs: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                s.spawn(move || -> Result<()> {
+                    pin_to(cpu)?;
+                    program.test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        repeat: packets,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })?;
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter().try_for_each(|r| {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("a live-frame thread panicked"))?
+        })
     })?;
-    Ok(f64::from(packets) / started.elapsed().as_secs_f64() / 1e6)
+    Ok(f64::from(packets) * cpus.len() as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
 /// A new client flow per frame to `vip`: the source address and port vary
@@ -206,25 +233,120 @@ fn new_flow_to(v6: bool, round: u32, i: u32, vip: &str) -> Vec<u8> {
     frames::tcp_frame(src, 1024 + (i % 60000) as u16, dst, 80, SYN)
 }
 
-/// Pins this thread to the highest CPU it may use (the flow table's LRU
-/// lists and the counters are per CPU).
-fn pin_cpu() -> Result<usize> {
-    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+/// The CPUs this process may use.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    use nix::sched::{CpuSet, sched_getaffinity};
     use nix::unistd::Pid;
     let allowed = sched_getaffinity(Pid::from_raw(0))?;
-    let cpu = (0..CpuSet::count())
-        .rev()
-        .find(|c| allowed.is_set(*c).unwrap_or(false))
-        .context("no CPU allowed")?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .collect();
+    ensure!(!cpus.is_empty(), "no CPU allowed");
+    Ok(cpus)
+}
+
+/// Pins this thread to `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
     let mut one = CpuSet::new();
     one.set(cpu)?;
     sched_setaffinity(Pid::from_raw(0), &one)?;
-    Ok(cpu)
+    Ok(())
+}
+
+/// Client `i` of the filled flow table: 11.x.y.z:40000 -> 10.0.0.100:80
+/// (2^24 distinct flows).
+fn filled_client(i: u32) -> IpAddr {
+    IpAddr::from([11, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+}
+
+/// Fills the flow table with the established flows `from..to` of `svc`
+/// (their real servers in turn), a chunk on each allowed CPU in turn: the
+/// kernel gives each CPU's LRU list its share of the table, as RSS spreads
+/// flows over the CPUs. Pins back to `cpu`.
+fn fill(
+    dp: &mut XdpDataplane,
+    svc: &ServicePlan,
+    (from, to): (u32, u32),
+    cpus: &[usize],
+    cpu: usize,
+) -> Result<()> {
+    let service = svc.key();
+    let mut dst = [0u8; 16];
+    dst[..4].copy_from_slice(&[10, 0, 0, 100]);
+    const CHUNK: u32 = 4096;
+    let mut start = from;
+    while start < to {
+        let end = to.min((start / CHUNK + 1) * CHUNK);
+        pin_to(cpus[(start / CHUNK) as usize % cpus.len()])?;
+        let flows: Vec<PinnedFlow> = (start..end)
+            .map(|i| {
+                let mut src = [0u8; 16];
+                src[..4].copy_from_slice(&[11, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                PinnedFlow {
+                    flow: FlowKey {
+                        src,
+                        dst,
+                        sport: 40000u16.to_be_bytes(),
+                        dport: 80u16.to_be_bytes(),
+                        protocol: director_common::IPPROTO_TCP,
+                        ..FlowKey::default()
+                    },
+                    service,
+                    backend: svc.backends[(i % 3) as usize].address,
+                }
+            })
+            .collect();
+        let added = dp.import_flows(&flows)?;
+        ensure!(
+            added == flows.len(),
+            "only {added} of {} flows went into the table",
+            flows.len()
+        );
+        start = end;
+    }
+    pin_to(cpu)
+}
+
+/// `n` ACKs of flows drawn at random from the first `filled` of the filled
+/// table: lookups spread over the whole table (cache misses), not one hot
+/// flow.
+fn spread(n: u32, filled: u32, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % u64::from(filled)) as u32;
+            frames::tcp_frame(filled_client(i), 40000, ip("10.0.0.100"), 80, ACK)
+        })
+        .collect()
+}
+
+/// Kernel memory of this process's LRU hash maps of `entries` entries (the
+/// flow table): the `memlock` its fdinfo reports.
+fn flow_table_memlock(entries: u32) -> Option<u64> {
+    let dir = std::fs::read_dir("/proc/self/fdinfo").ok()?;
+    dir.flatten().find_map(|e| {
+        let text = std::fs::read_to_string(e.path()).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        // BPF_MAP_TYPE_LRU_HASH is 9.
+        (field("map_type:")? == "9" && field("max_entries:")? == entries.to_string())
+            .then(|| field("memlock:")?.parse().ok())
+            .flatten()
+    })
 }
 
 /// One measured path.
 struct Row {
-    name: &'static str,
+    name: String,
     best: f64,
 }
 
@@ -237,7 +359,7 @@ fn delta(after: Traffic, before: Traffic) -> (u64, u64) {
 
 /// Katran's figures from its anchor's run in this same process's run:
 /// (floor, established, new flow) in ns.
-fn katran(n: u32, rounds: u32) -> Result<Option<(f64, f64, f64)>> {
+fn katran(n: u32, rounds: u32, table: u32) -> Result<Option<(f64, f64, f64)>> {
     let root =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/katran/run.sh");
     if !root.exists() {
@@ -247,6 +369,7 @@ fn katran(n: u32, rounds: u32) -> Result<Option<(f64, f64, f64)>> {
         .arg(&root)
         .env("N", n.to_string())
         .env("ROUNDS", rounds.to_string())
+        .env("KATRAN_LRU_TOTAL", table.to_string())
         .output()
         .context("running the Katran anchor")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -277,7 +400,16 @@ fn main() -> Result<()> {
     } else {
         (20_000, 3, 2_000_000)
     };
-    let cpu = pin_cpu()?;
+    // The flow table's size (Katran's anchor gets the same), and the
+    // populations the spread lookups are measured at.
+    let (table, populations) = if short {
+        (65_536u32, [10_000u32, 40_000])
+    } else {
+        (5_000_000, [1_000_000, 4_000_000])
+    };
+    let cpus = allowed_cpus()?;
+    let cpu = *cpus.last().context("no CPU")?;
+    pin_to(cpu)?;
 
     let mut floor_obj = EbpfLoader::new()
         .load(PROGRAM)
@@ -312,7 +444,7 @@ fn main() -> Result<()> {
         ),
         tunnel("fd00::150", &["fd00:50::20", "fd00:50::21", "fd00:50::22"]),
     ];
-    let mut dp = XdpDataplane::load_for_test()?;
+    let mut dp = XdpDataplane::load_for_test_sized(table)?;
     dp.apply(&plan, 300, link())?;
     let prog = dp.program()?;
 
@@ -350,7 +482,7 @@ fn main() -> Result<()> {
     ]
     .into_iter()
     .map(|name| Row {
-        name,
+        name: name.to_string(),
         best: f64::MAX,
     })
     .collect();
@@ -406,13 +538,63 @@ fn main() -> Result<()> {
         }
     }
 
-    // Live frames: an established IPv4 flow of the third service. Its
-    // counters must grow by exactly the frames sent, with one new flow.
+    // Live frames: an established IPv4 flow of the third service, on one
+    // CPU and on all at once. Its counters must grow by exactly the frames
+    // sent, with one new flow.
     let live_frame = frames::tcp_frame(ip("10.1.0.2"), 40000, ip("10.0.0.200"), 80, ACK);
     let before = traffic(2)?;
-    let live_prog = live_mpps(prog, &live_frame, live);
+    let live_one = live_mpps(prog, &live_frame, live, &[cpu]);
+    let live_all = live_mpps(prog, &live_frame, live, &cpus);
     let (packets, flows) = delta(traffic(2)?, before);
-    let live_floor = live_mpps(floor, &live_frame, live);
+    let live_sent = u64::from(live) * (1 + cpus.len() as u64);
+    let live_floor_one = live_mpps(floor, &live_frame, live, &[cpu]);
+    let live_floor_all = live_mpps(floor, &live_frame, live, &cpus);
+
+    // Established flows spread over a table filled to each population.
+    let mut filled = 0;
+    for target in populations {
+        fill(&mut dp, &plan[0], (filled, target), &cpus, cpu)?;
+        filled = target;
+        let frames = spread(n, filled, 0x9e37_79b9_7f4a_7c15 ^ u64::from(target));
+        let prog = dp.program()?;
+        let mut row = Row {
+            name: format!("established TCP flow, IPv4, {filled} flows, spread"),
+            best: f64::MAX,
+        };
+        for _ in 0..rounds {
+            rows[0].best = rows[0].best.min(loop_ns(floor, &est4s, Expect::Swapped)?);
+            let before = dp.service_traffic(&plan[0])?;
+            row.best = row.best.min(loop_ns(prog, &frames, Expect::Forwarded)?);
+            let (packets, flows) = delta(dp.service_traffic(&plan[0])?, before);
+            ensure!(
+                packets == u64::from(n) && flows == 0,
+                "{}: {packets} packets and {flows} new flows counted for {n} established-flow calls (the filled flows were not found)",
+                row.name
+            );
+        }
+        rows.push(row);
+        // New flows into the table at this population (each round's SYNs
+        // are new 5-tuples: the table grows by n per round).
+        let mut row = Row {
+            name: format!("new TCP flow, IPv4, {filled} flows in the table"),
+            best: f64::MAX,
+        };
+        for round in 0..rounds {
+            let frames: Vec<Vec<u8>> = (0..n)
+                .map(|i| new_flow_to(false, 40 + round + target % 97, i, "10.0.0.100"))
+                .collect();
+            let before = dp.service_traffic(&plan[0])?;
+            row.best = row.best.min(loop_ns(prog, &frames, Expect::Forwarded)?);
+            let (packets, flows) = delta(dp.service_traffic(&plan[0])?, before);
+            ensure!(
+                packets == u64::from(n) && flows == u64::from(n),
+                "{}: {flows} new flows counted for {n} new-flow calls",
+                row.name
+            );
+        }
+        rows.push(row);
+    }
+    let memlock = flow_table_memlock(table);
 
     if short {
         for r in &rows {
@@ -421,16 +603,23 @@ fn main() -> Result<()> {
                 r.name, n
             );
         }
-        match live_prog {
-            Ok(_) => {
+        match (&live_one, &live_all) {
+            (Ok(_), Ok(_)) => {
                 ensure!(
-                    packets == u64::from(live) && flows == 1,
-                    "live frames: {packets} packets counted for {live} frames"
+                    packets == live_sent && flows == 1,
+                    "live frames: {packets} packets counted for {live_sent} frames"
                 );
-                println!("ok  live frames: {live} frames, counters checked");
+                println!(
+                    "ok  live frames: {live} frames on one CPU, then on each of {} CPUs at once, counters checked",
+                    cpus.len()
+                );
             }
-            Err(e) => println!("--  live frames not available here: {e}"),
+            (Err(e), _) | (_, Err(e)) => println!("--  live frames not available here: {e}"),
         }
+        ensure!(
+            memlock.is_some(),
+            "the flow table's memory was not found in /proc/self/fdinfo"
+        );
         println!("bench xdp --short: every path proven (no figures in short mode)");
         return Ok(());
     }
@@ -452,20 +641,37 @@ fn main() -> Result<()> {
             r.best / floor_ns
         );
     }
-    match (live_prog, live_floor) {
-        (Ok(p), Ok(f)) => {
+    match (live_one, live_all, live_floor_one, live_floor_all) {
+        (Ok(p1), Ok(pa), Ok(f1), Ok(fa)) => {
             ensure!(
-                packets == u64::from(live) && flows == 1,
-                "live frames: {packets} packets counted for {live} frames"
+                packets == live_sent && flows == 1,
+                "live frames: {packets} packets counted for {live_sent} frames"
             );
             println!(
-                "live frames (BPF_F_TEST_XDP_LIVE_FRAMES, {live} frames, established IPv4, one CPU): director {p:.2} Mpps, floor {f:.2} Mpps ({:.2}x the floor's rate)",
-                p / f
+                "live frames (BPF_F_TEST_XDP_LIVE_FRAMES, {live} frames per CPU, established IPv4, XDP_TX):"
+            );
+            println!(
+                "  1 CPU:  director {p1:.2} Mpps, floor {f1:.2} Mpps ({:.2}x the floor's rate)",
+                p1 / f1
+            );
+            println!(
+                "  {} CPUs: director {pa:.2} Mpps, floor {fa:.2} Mpps ({:.2}x the floor's rate)",
+                cpus.len(),
+                pa / fa
             );
         }
-        (Err(e), _) | (_, Err(e)) => println!("live frames: not available here ({e})"),
+        (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
+            println!("live frames: not available here ({e})")
+        }
     }
-    match katran(n, rounds) {
+    if let Some(bytes) = memlock {
+        println!(
+            "flow table: {table} entries, {:.1} MiB of kernel memory (memlock), {:.1} MiB per million entries; {filled} flows in it at the end",
+            bytes as f64 / 1048576.0,
+            bytes as f64 / 1048576.0 / (f64::from(table) / 1e6)
+        );
+    }
+    match katran(n, rounds, table) {
         Ok(Some((kf, ke, kn))) => {
             let ours = |i: usize| rows[i].best - floor_ns;
             println!(

@@ -38,8 +38,13 @@ impl Flood {
 }
 
 /// Floods `vip:port` with SYNs from `iface` until `stop` (or `max`
-/// frames).
+/// frames), from the CPU `cpu` when given (the receiving side handles a
+/// veth frame on the sender's CPU: the flood lands in that CPU's share of
+/// a per-CPU flow table). `seed` picks the sequence of sources.
+#[allow(clippy::too_many_arguments)]
 pub fn syn_flood(
+    cpu: Option<usize>,
+    seed: u32,
     iface: &str,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -48,6 +53,11 @@ pub fn syn_flood(
     max: u64,
     stop: &AtomicBool,
 ) -> Result<Flood> {
+    if let Some(cpu) = cpu {
+        let mut one = nix::sched::CpuSet::new();
+        one.set(cpu)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)?;
+    }
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -82,7 +92,7 @@ pub fn syn_flood(
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut x: u32 = 0x9e37_79b9;
+    let mut x: u32 = 0x9e37_79b9 ^ seed.wrapping_mul(0x85eb_ca6b) | 1;
     while sent < max && !stop.load(Ordering::Relaxed) {
         // xorshift: a new source address and port for every frame.
         x ^= x << 13;

@@ -54,7 +54,7 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         // proven (the prober saw the VIP answer again after the kill).
         let s = &SETTINGS[1];
         for kind in KINDS {
-            let gap = outage(s, kind)?;
+            let gap = outage(s, kind, 0.5)?;
             ensure!(
                 gap < Duration::from_secs(3),
                 "{s:?} {kind:?}: no takeover within 3 s",
@@ -78,9 +78,17 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
     );
     for s in &SETTINGS {
         let mut gaps: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
-        for _ in 0..KILLS {
+        for k in 0..KILLS {
+            // The kill's phase against the master's adverts decides up to
+            // one interval of the outage (the backup counts its down
+            // interval from the last advert it heard): kill k lands
+            // (k + 0.5) / KILLS of an interval later than kill 0, the same
+            // phases for every implementation. Without this the phase was
+            // set by the start-up path of each implementation, nearly the
+            // same on every run, and differed between implementations.
+            let phase = (k as f64 + 0.5) / KILLS as f64;
             for (i, kind) in KINDS.iter().enumerate() {
-                gaps[i].push(outage(s, *kind)?);
+                gaps[i].push(outage(s, *kind, phase)?);
             }
         }
         let pct = |v: &mut Vec<Duration>, p: f64| -> f64 {
@@ -247,8 +255,9 @@ fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
 }
 
 /// The client-visible outage around a kill -9 of the master: the longest
-/// run of unanswered datagrams of a 1 ms UDP probe through the VIP.
-fn outage(s: &Setting, kind: Kind) -> Result<Duration> {
+/// run of unanswered datagrams of a 1 ms UDP probe through the VIP. The
+/// kill comes `phase` (0 to 1) of an advert interval after a fixed delay.
+fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Duration> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 2,
@@ -270,7 +279,10 @@ fn outage(s: &Setting, kind: Kind) -> Result<Duration> {
     let wait = if s.version == 2 { 5000 } else { 1500 };
     let ((), tally) =
         director_tests::udp::probe_during(&lab.client.ns, probe, Duration::from_millis(1), || {
-            std::thread::sleep(Duration::from_millis(300));
+            let interval: f64 = s.interval.parse().unwrap_or(1.0);
+            std::thread::sleep(
+                Duration::from_millis(300) + Duration::from_secs_f64(phase * interval),
+            );
             for pid in &pair.master_pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }

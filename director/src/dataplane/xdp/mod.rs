@@ -326,7 +326,12 @@ impl XdpDataplane {
 
     /// Loads the program without attaching it, for BPF_PROG_TEST_RUN.
     pub fn load_for_test() -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(None, director_common::MAX_FLOWS)?;
+        Self::load_for_test_sized(director_common::MAX_FLOWS)
+    }
+
+    /// [`Self::load_for_test`] with a flow table of `flows` entries.
+    pub fn load_for_test_sized(flows: u32) -> Result<XdpDataplane, XdpError> {
+        let mut ebpf = load(None, flows)?;
         // Keep the log ring buffer alive (it must outlive the program load);
         // records are not read.
         let logger = EbpfLogger::init(&mut ebpf).ok();
