@@ -323,6 +323,21 @@ pub struct FlowValue {
     pub atime: u64,
 }
 
+impl FlowValue {
+    /// A flow (or client) placed on real server `backend` (slot generation
+    /// `generation`) of service `service` at `atime`.
+    #[inline(always)]
+    pub const fn new(backend: u32, generation: u32, service: u32, atime: u64) -> Self {
+        FlowValue {
+            backend,
+            generation,
+            service,
+            _pad: 0,
+            atime,
+        }
+    }
+}
+
 /// Key of the persistence table: one client of one service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

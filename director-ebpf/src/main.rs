@@ -226,13 +226,7 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
             // other fragments (no ports) follow it.
             let _ = FRAGS.insert(
                 &frag_key(&packet),
-                &FlowValue {
-                    backend: id,
-                    generation: b.generation,
-                    service,
-                    _pad: 0,
-                    atime: 0,
-                },
+                &FlowValue::new(id, b.generation, service, 0),
                 0,
             );
         }
@@ -431,17 +425,7 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
     let service = find_service(key).ok_or(Pass)?;
     let (id, b) = place(key, &service, now)?;
     if record_new_flow() {
-        let _ = FLOWS.insert(
-            key,
-            &FlowValue {
-                backend: id,
-                generation: b.generation,
-                service: service.id,
-                _pad: 0,
-                atime: now,
-            },
-            0,
-        );
+        let _ = FLOWS.insert(key, &FlowValue::new(id, b.generation, service.id, now), 0);
     }
     Ok((id, b, service.id, true))
 }
@@ -538,17 +522,7 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     let id = maglev(service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     if persistent {
-        let _ = PERSIST.insert(
-            &pkey,
-            &FlowValue {
-                backend: id,
-                generation: b.generation,
-                service: service.id,
-                _pad: 0,
-                atime: now,
-            },
-            0,
-        );
+        let _ = PERSIST.insert(&pkey, &FlowValue::new(id, b.generation, service.id, now), 0);
     }
     Ok((id, b))
 }

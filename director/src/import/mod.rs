@@ -64,7 +64,13 @@ impl Sources for Disk {
     }
 
     fn glob(&self, base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
-        expand_glob(base, pattern)
+        expand_glob(base, pattern, |dir| {
+            Ok(std::fs::read_dir(dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect())
+        })
     }
 }
 
@@ -80,29 +86,14 @@ impl Sources for InMemory {
     }
 
     fn glob(&self, base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
-        let full = if Path::new(pattern).is_absolute() {
-            PathBuf::from(pattern)
-        } else {
-            base.join(pattern)
-        };
-        let name = full
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if !name.contains(['*', '?']) {
-            return Ok(vec![full]);
-        }
-        let dir = full.parent().unwrap_or(Path::new("."));
-        Ok(self
-            .0
-            .keys()
-            .filter(|p| {
-                p.parent() == Some(dir)
-                    && p.file_name()
-                        .is_some_and(|n| wildcard(&name, &n.to_string_lossy()))
-            })
-            .cloned()
-            .collect())
+        expand_glob(base, pattern, |dir| {
+            Ok(self
+                .0
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .cloned()
+                .collect())
+        })
     }
 }
 

@@ -129,8 +129,13 @@ pub(super) fn tokens_of(
 }
 
 /// The files matching `pattern` (relative to `base` unless absolute);
-/// `*` and `?` are allowed in the last component. Sorted.
-pub(super) fn expand_glob(base: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+/// `*` and `?` are allowed in the last component. Sorted. `files` lists
+/// the files of a directory (the disk's, or those held in memory).
+pub(super) fn expand_glob(
+    base: &Path,
+    pattern: &str,
+    files: impl FnOnce(&Path) -> std::io::Result<Vec<PathBuf>>,
+) -> std::io::Result<Vec<PathBuf>> {
     let full = if Path::new(pattern).is_absolute() {
         PathBuf::from(pattern)
     } else {
@@ -143,12 +148,12 @@ pub(super) fn expand_glob(base: &Path, pattern: &str) -> std::io::Result<Vec<Pat
     if !name.contains(['*', '?']) {
         return Ok(vec![full]);
     }
-    let dir = full.parent().unwrap_or(Path::new("."));
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter(|e| wildcard(&name, &e.file_name().to_string_lossy()))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
+    let mut out: Vec<PathBuf> = files(full.parent().unwrap_or(Path::new(".")))?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| wildcard(&name, &n.to_string_lossy()))
+        })
         .collect();
     out.sort();
     Ok(out)

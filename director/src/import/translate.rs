@@ -59,6 +59,18 @@ impl Translator {
         }
     }
 
+    /// A table holding the name of block `n` (`what NAME { ... }`), or a
+    /// warning when it has none.
+    pub(super) fn named(&mut self, n: &Node, what: &str) -> Option<Table> {
+        let Some(name) = n.args.first() else {
+            self.warn(n, format!("a {what} needs a name"));
+            return None;
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), string(name));
+        Some(t)
+    }
+
     pub(super) fn warn(&mut self, n: &Node, reason: impl Into<String>) {
         self.warnings.push(Warning {
             origin: n.origin.clone(),
@@ -320,12 +332,7 @@ impl Translator {
     }
 
     pub(super) fn vrrp_script(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a vrrp_script needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "vrrp_script")?;
         for c in n.children.iter().flatten() {
             let (key, conv): (&str, Conv) = match c.keyword.as_str() {
                 "script" => ("script", |a| Some(string(a))),

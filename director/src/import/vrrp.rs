@@ -4,12 +4,7 @@ use super::*;
 
 impl Translator {
     pub(super) fn vrrp_instance(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a vrrp_instance needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "vrrp_instance")?;
         let mut addresses = Vec::new();
         let mut vmac: Option<&Node> = None;
         for c in n.children.iter().flatten() {
@@ -229,15 +224,9 @@ impl Translator {
         }
     }
 
-    /// `vrrp_track_file NAME { file PATH; weight W; init_file [V] [overwrite] }`.
     /// keepalived's `bfd_instance NAME { neighbor_ip ...; ... }`.
     pub(super) fn bfd_instance(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a bfd_instance needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "bfd_instance")?;
         for c in n.children.iter().flatten() {
             let conv: Option<(&str, Conv)> = match c.keyword.as_str() {
                 "neighbor_ip" => Some(("neighbor_ip", |a| Some(string(a)))),
@@ -269,13 +258,24 @@ impl Translator {
         Some(t)
     }
 
+    /// A tracked item's `weight W [reverse]`.
+    fn track_weight(&mut self, c: &Node, t: &mut Table) {
+        if c.args.len() > 1 {
+            self.warn(
+                c,
+                "`reverse` is not supported: the weight applies as written",
+            );
+        }
+        if let Some(v) = c.args.first().and_then(|a| int(a)) {
+            t.insert("weight".into(), v);
+        } else {
+            self.warn(c, "expected a weight");
+        }
+    }
+
+    /// `vrrp_track_file NAME { file PATH; weight W; init_file [V] [overwrite] }`.
     pub(super) fn track_file(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a vrrp_track_file needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "vrrp_track_file")?;
         for c in n.children.iter().flatten() {
             match c.keyword.as_str() {
                 "file" => {
@@ -283,19 +283,7 @@ impl Translator {
                         t.insert("file".into(), v);
                     }
                 }
-                "weight" => {
-                    if c.args.len() > 1 {
-                        self.warn(
-                            c,
-                            "`reverse` is not supported: the weight applies as written",
-                        );
-                    }
-                    if let Some(v) = c.args.first().and_then(|a| int(a)) {
-                        t.insert("weight".into(), v);
-                    } else {
-                        self.warn(c, "expected a weight");
-                    }
-                }
+                "weight" => self.track_weight(c, &mut t),
                 "init_file" => {
                     let mut value = Value::Boolean(true);
                     for a in &c.args {
@@ -321,12 +309,7 @@ impl Translator {
 
     /// `vrrp_track_process NAME { process P; parameters ...; ... }`.
     pub(super) fn track_process(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a vrrp_track_process needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "vrrp_track_process")?;
         for c in n.children.iter().flatten() {
             let (key, conv): (&str, Conv) = match c.keyword.as_str() {
                 "process" => ("process", |a| Some(string(a))),
@@ -344,17 +327,7 @@ impl Translator {
                 "quorum" => ("quorum", int),
                 "quorum_max" => ("quorum_max", int),
                 "weight" => {
-                    if c.args.len() > 1 {
-                        self.warn(
-                            c,
-                            "`reverse` is not supported: the weight applies as written",
-                        );
-                    }
-                    if let Some(v) = c.args.first().and_then(|a| int(a)) {
-                        t.insert("weight".into(), v);
-                    } else {
-                        self.warn(c, "expected a weight");
-                    }
+                    self.track_weight(c, &mut t);
                     continue;
                 }
                 "delay" => ("delay", num),
@@ -383,12 +356,7 @@ impl Translator {
     }
 
     pub(super) fn sync_group(&mut self, n: &Node) -> Option<Table> {
-        let Some(name) = n.args.first() else {
-            self.warn(n, "a vrrp_sync_group needs a name");
-            return None;
-        };
-        let mut t = Table::new();
-        t.insert("name".into(), string(name));
+        let mut t = self.named(n, "vrrp_sync_group")?;
         for c in n.children.iter().flatten() {
             match c.keyword.as_str() {
                 "group" => {

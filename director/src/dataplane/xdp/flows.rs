@@ -73,13 +73,7 @@ impl XdpDataplane {
                 let installed = self.services.get(&f.service)?;
                 Some((
                     f.flow,
-                    FlowValue {
-                        backend: slot.id,
-                        generation: slot.written.generation,
-                        service: installed.id,
-                        _pad: 0,
-                        atime: now,
-                    },
+                    FlowValue::new(slot.id, slot.written.generation, installed.id, now),
                 ))
             })
             .collect();
