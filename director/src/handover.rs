@@ -49,6 +49,9 @@ pub struct Handover {
     pub written_ms: u64,
     pub pid: u32,
     pub instances: Vec<Instance>,
+    /// BFD sessions that were Up, held for the next process.
+    #[serde(default)]
+    pub bfd: Vec<crate::bfd::Handed>,
 }
 
 /// Milliseconds of CLOCK_BOOTTIME.
@@ -65,11 +68,12 @@ fn boottime_ms() -> u64 {
 }
 
 impl Handover {
-    pub fn new(instances: Vec<Instance>) -> Handover {
+    pub fn new(instances: Vec<Instance>, bfd: Vec<crate::bfd::Handed>) -> Handover {
         Handover {
             written_ms: boottime_ms(),
             pid: std::process::id(),
             instances,
+            bfd,
         }
     }
 
@@ -249,14 +253,17 @@ mod tests {
             "name = \"VI_1\"\nvirtual_router_id = 51\npriority = 150\nvirtual_ipaddress = [\"10.0.0.100/32\"]\nadvert_int = 0.1\n",
         )
         .expect("test setup");
-        let h = Handover::new(vec![Instance {
-            name: "VI_1".into(),
-            virtual_router_id: 51,
-            interface: "eth0".into(),
-            state: "master".into(),
-            virtual_ipaddress: inst.address_texts(),
-            advert_int: 0.1,
-        }]);
+        let h = Handover::new(
+            vec![Instance {
+                name: "VI_1".into(),
+                virtual_router_id: 51,
+                interface: "eth0".into(),
+                state: "master".into(),
+                virtual_ipaddress: inst.address_texts(),
+                advert_int: 0.1,
+            }],
+            Vec::new(),
+        );
         write(&dir, &h).expect("test setup");
         let taken = take(&dir).expect("test setup");
         assert_eq!(taken.instances, h.instances);

@@ -33,7 +33,24 @@ use tracing::{info, warn};
 
 use crate::{config::BfdInstance, netmsg::setsockopt_int};
 use packet::{Control, Drop, State};
+pub use session::Handed;
 use session::{Params, Session};
+
+/// The peer's detection time while a restart hands our sessions over: our
+/// Desired Min TX is raised so that our multiplier times it is this long.
+const HOLD_DETECT: Duration = Duration::from_secs(6);
+
+/// How long a stopping process waits for its peers to confirm the held
+/// interval (their Final) before it goes.
+const HOLD_CONFIRM: Duration = Duration::from_millis(50);
+
+/// What the BFD thread is told when the daemon stops.
+enum Stop {
+    /// Administratively down: the peers learn it at once.
+    Tell,
+    /// A restart: sessions that are Up are held and handed over.
+    HandOver(tokio::sync::oneshot::Sender<Vec<Handed>>),
+}
 
 /// The BFD control port (RFC 5881 section 4).
 pub const PORT: u16 = 3784;
@@ -78,13 +95,19 @@ pub struct Bfd {
     /// and went down, or came up never (`None` until the first verdict).
     states: BTreeMap<String, watch::Receiver<Option<bool>>>,
     status: Arc<Mutex<Vec<BfdStatus>>>,
-    stop: Option<mpsc::Sender<bool>>,
+    stop: Option<mpsc::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Bfd {
-    /// Starts `sessions` (none: nothing runs).
-    pub fn start(sessions: &[BfdInstance]) -> Result<Bfd, BfdError> {
+    /// Starts `sessions` (none: nothing runs). A session the previous
+    /// process handed over `age` ago (same name and neighbour, its peer
+    /// still waiting) is carried on Up with its discriminators.
+    pub fn start(
+        sessions: &[BfdInstance],
+        handed: &[Handed],
+        age: Duration,
+    ) -> Result<Bfd, BfdError> {
         let status = Arc::new(Mutex::new(Vec::new()));
         if sessions.is_empty() {
             return Ok(Bfd {
@@ -108,8 +131,32 @@ impl Bfd {
                 local_disc = rng.random_range(1..u32::MAX);
             }
             let socket = sender(cfg)?;
+            let resumed = handed
+                .iter()
+                .find(|h| h.name == cfg.name && h.neighbor_ip == cfg.neighbor_ip)
+                .filter(|h| {
+                    // Margin for our own start before the first packet.
+                    let fresh = age + Duration::from_millis(100) < h.peer_detect_time();
+                    if !fresh {
+                        warn!(session = %cfg.name, age_ms = age.as_millis() as u64, "BFD session handed over too long ago: starting afresh");
+                    }
+                    fresh
+                });
+            let session = match resumed {
+                Some(h) => {
+                    info!(
+                        session = %cfg.name,
+                        neighbor = %cfg.neighbor_ip,
+                        local_discriminator = h.local_discriminator,
+                        "BFD session taken over from the previous process"
+                    );
+                    let _ = tx.send(Some(true));
+                    Session::resume(params(cfg), h, Instant::now())
+                }
+                None => Session::new(params(cfg), local_disc),
+            };
             runs.push(Run {
-                session: Session::new(params(cfg), local_disc),
+                session,
                 cfg: cfg.clone(),
                 socket,
                 verdict: tx,
@@ -157,21 +204,28 @@ impl Bfd {
     }
 
     /// Stops: every session tells its peer it goes administratively down.
-    pub async fn stop(self) {
-        self.stop_telling(true).await;
-    }
-
-    /// Stops for a restart: the peers are not told (the next process
-    /// brings the sessions up again; a peer with a short detection time
-    /// sees them time out meanwhile).
-    pub async fn abandon(self) {
-        self.stop_telling(false).await;
-    }
-
-    async fn stop_telling(mut self, tell: bool) {
+    pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(tell).await;
+            let _ = tx.send(Stop::Tell).await;
         }
+        self.join().await;
+    }
+
+    /// Stops for a restart: each session that is Up raises its Desired Min
+    /// TX with a Poll Sequence, so that its peer waits [`HOLD_DETECT`]
+    /// before declaring it down, and is returned for the next process,
+    /// which carries it on (the peer sees no state change).
+    pub async fn hand_over(mut self) -> Vec<Handed> {
+        let Some(tx) = self.stop.take() else {
+            return Vec::new();
+        };
+        let (reply, handed) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Stop::HandOver(reply)).await;
+        self.join().await;
+        handed.await.unwrap_or_default()
+    }
+
+    async fn join(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -373,6 +427,14 @@ async fn readable(fd: &Option<AsyncFd<Socket>>) -> io::Result<(Vec<u8>, IpAddr, 
     }
 }
 
+/// An IPv4-mapped source (the IPv6 socket's) is the IPv4 session's.
+fn unmapped(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V6(v) => v.to_ipv4_mapped().map_or(src, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// A received datagram: checked, matched to a session, applied. Returns
 /// whether a session's state changed.
 fn deliver(runs: &mut [Run], bytes: &[u8], src: IpAddr, ttl: u8, now: Instant) -> bool {
@@ -434,7 +496,7 @@ async fn run(
     rx4: Option<AsyncFd<Socket>>,
     rx6: Option<AsyncFd<Socket>>,
     status: Arc<Mutex<Vec<BfdStatus>>>,
-    mut stop: mpsc::Receiver<bool>,
+    mut stop: mpsc::Receiver<Stop>,
 ) {
     for r in &mut runs {
         info!(
@@ -464,7 +526,13 @@ async fn run(
         // Timers: expiries, then packets due.
         for r in &mut runs {
             if r.session.expire(now) {
-                warn!(session = %r.cfg.name, neighbor = %r.cfg.neighbor_ip, "BFD detection time expired: neighbour down");
+                warn!(
+                    session = %r.cfg.name,
+                    neighbor = %r.cfg.neighbor_ip,
+                    detect_time_ms = r.session.detect_time().as_secs_f64() * 1000.0,
+                    packets_received = r.received,
+                    "BFD detection time expired: neighbour down"
+                );
                 r.changed();
                 r.schedule(now);
                 changed = true;
@@ -494,19 +562,17 @@ async fn run(
                 publish(&runs);
                 published = Instant::now();
             },
-            r = readable(&rx6) => if let Ok((b, src, ttl)) = r {
-                // An IPv4-mapped source is the IPv4 session's.
-                let src = match src {
-                    IpAddr::V6(v) => v.to_ipv4_mapped().map_or(src, IpAddr::V4),
-                    v4 => v4,
-                };
-                if deliver(&mut runs, &b, src, ttl, Instant::now()) {
-                    publish(&runs);
-                    published = Instant::now();
-                }
+            r = readable(&rx6) => if let Ok((b, src, ttl)) = r
+                && deliver(&mut runs, &b, unmapped(src), ttl, Instant::now())
+            {
+                publish(&runs);
+                published = Instant::now();
             },
-            tell = stop.recv() => {
-                if tell == Some(false) {
+            order = stop.recv() => {
+                if let Some(Stop::HandOver(reply)) = order {
+                    let handed = hold(&mut runs, &rx4, &rx6).await;
+                    publish(&runs);
+                    let _ = reply.send(handed);
                     return;
                 }
                 for r in &mut runs {
@@ -521,4 +587,59 @@ async fn run(
             }
         }
     }
+}
+
+/// A restart: every session that is Up holds (its Desired Min TX raised so
+/// that the peer waits [`HOLD_DETECT`]) and polls the peer, which answers
+/// with a Final; packets are resent every 10 ms until every peer has
+/// answered or [`HOLD_CONFIRM`] passed. Returns what the next process
+/// needs.
+async fn hold(
+    runs: &mut [Run],
+    rx4: &Option<AsyncFd<Socket>>,
+    rx6: &Option<AsyncFd<Socket>>,
+) -> Vec<Handed> {
+    let deadline = Instant::now() + HOLD_CONFIRM;
+    let up = |r: &Run| r.session.state == State::Up;
+    for r in runs.iter_mut().filter(|r| up(r)) {
+        let mult = u32::from(r.cfg.multiplier.max(1));
+        let interval = u32::try_from(HOLD_DETECT.as_micros()).unwrap_or(u32::MAX) / mult;
+        r.session.hold(interval);
+        r.send();
+    }
+    let mut resend = Instant::now() + Duration::from_millis(10);
+    while runs.iter().any(|r| up(r) && r.session.polling()) {
+        let now = Instant::now();
+        if now >= deadline {
+            for r in runs.iter().filter(|r| up(r) && r.session.polling()) {
+                warn!(session = %r.cfg.name, neighbor = %r.cfg.neighbor_ip, "BFD peer did not confirm the held interval (it may time the session out during the restart)");
+            }
+            break;
+        }
+        if now >= resend {
+            for r in runs.iter_mut().filter(|r| up(r) && r.session.polling()) {
+                r.send();
+            }
+            resend = now + Duration::from_millis(10);
+        }
+        let wake = tokio::time::Instant::from_std(resend.min(deadline));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            r = readable(rx4) => if let Ok((b, src, ttl)) = r {
+                deliver(runs, &b, src, ttl, Instant::now());
+            },
+            r = readable(rx6) => if let Ok((b, src, ttl)) = r {
+                deliver(runs, &b, unmapped(src), ttl, Instant::now());
+            },
+        }
+    }
+    let handed: Vec<Handed> = runs
+        .iter()
+        .filter(|r| up(r))
+        .map(|r| r.session.handed(&r.cfg.name, r.cfg.neighbor_ip))
+        .collect();
+    for h in &handed {
+        info!(session = %h.name, neighbor = %h.neighbor_ip, peer_detect_ms = h.peer_detect_time().as_millis() as u64, "BFD session held for the next process");
+    }
+    handed
 }

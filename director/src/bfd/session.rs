@@ -39,6 +39,45 @@ pub struct Session {
     pub send_final: bool,
     last_rx: Option<Instant>,
     pub transitions: u64,
+    /// Our Desired Min TX raised while a restart hands the session to the
+    /// next process (µs): the peer's detection time grows to its multiple.
+    hold: Option<u32>,
+    /// Carried on from the previous process and nothing heard since: the
+    /// peer is given [`RESUME_GRACE`] (our own start is the gap).
+    resumed: bool,
+}
+
+/// How long a session carried on from the previous process waits for the
+/// peer's first packet before its detection time applies: the new
+/// process's start (seen at 300 ms on a loaded 2-core machine) is not the
+/// peer's silence.
+pub const RESUME_GRACE: Duration = Duration::from_secs(1);
+
+/// A session handed to the next process at a restart: enough to carry it
+/// on Up, with the same discriminators, without the peer noticing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handed {
+    pub name: String,
+    pub neighbor_ip: std::net::IpAddr,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// The peer's last Required Min RX and Desired Min TX (µs), and its
+    /// multiplier.
+    pub remote_min_rx: u32,
+    pub remote_desired_tx: u32,
+    pub remote_multiplier: u8,
+    /// Our Desired Min TX the peer was last told (µs): it times the
+    /// session out after our multiplier times this.
+    pub hold_us: u32,
+    /// Our multiplier.
+    pub multiplier: u8,
+}
+
+impl Handed {
+    /// How long the peer waits for the next process's first packet.
+    pub fn peer_detect_time(&self) -> Duration {
+        Duration::from_micros(u64::from(self.multiplier.max(1)) * u64::from(self.hold_us))
+    }
 }
 
 impl Session {
@@ -58,16 +97,66 @@ impl Session {
             send_final: false,
             last_rx: None,
             transitions: 0,
+            hold: None,
+            resumed: false,
+        }
+    }
+
+    /// A session carried on from the previous process: Up, with its
+    /// discriminators and the peer's last parameters, as if its last
+    /// packet came now. Our first packet polls the peer back from the held
+    /// interval to our own.
+    pub fn resume(params: Params, h: &Handed, now: Instant) -> Session {
+        Session {
+            state: State::Up,
+            remote_state: State::Up,
+            remote_disc: h.remote_discriminator,
+            remote_min_rx: h.remote_min_rx,
+            remote_desired_tx: h.remote_desired_tx,
+            remote_mult: h.remote_multiplier,
+            poll: true,
+            last_rx: Some(now),
+            resumed: true,
+            ..Session::new(params, h.local_discriminator)
+        }
+    }
+
+    /// Raises our Desired Min TX to `interval` (µs) for a restart, with a
+    /// Poll Sequence (RFC 5880 6.8.3): the peer's detection time becomes
+    /// our multiplier times it while the next process starts.
+    pub fn hold(&mut self, interval: u32) {
+        self.hold = Some(interval);
+        self.poll = true;
+    }
+
+    /// A Poll Sequence waits for the peer's Final.
+    pub fn polling(&self) -> bool {
+        self.poll
+    }
+
+    /// What the next process needs to carry the session on.
+    pub fn handed(&self, name: &str, neighbor_ip: std::net::IpAddr) -> Handed {
+        Handed {
+            name: name.to_string(),
+            neighbor_ip,
+            local_discriminator: self.local_disc,
+            remote_discriminator: self.remote_disc,
+            remote_min_rx: self.remote_min_rx,
+            remote_desired_tx: self.remote_desired_tx,
+            remote_multiplier: self.remote_mult,
+            hold_us: self.desired_tx(),
+            multiplier: self.params.multiplier,
         }
     }
 
     /// Our Desired Min TX Interval now: `min_tx` while Up, else `idle_tx`.
     fn desired_tx(&self) -> u32 {
-        if self.state == State::Up {
+        let own = if self.state == State::Up {
             self.params.min_tx
         } else {
             self.params.idle_tx.max(self.params.min_tx)
-        }
+        };
+        self.hold.map_or(own, |h| h.max(own))
     }
 
     fn set_state(&mut self, state: State, diag: u8) {
@@ -98,6 +187,7 @@ impl Session {
         self.remote_min_rx = c.required_min_rx;
         self.remote_mult = c.detect_mult;
         self.last_rx = Some(now);
+        self.resumed = false;
         if c.final_ {
             self.poll = false;
         }
@@ -131,6 +221,9 @@ impl Session {
     /// When the session expires without a packet (Init and Up only).
     pub fn expires_at(&self) -> Option<Instant> {
         match (self.state, self.last_rx) {
+            (State::Init | State::Up, Some(t)) if self.resumed => {
+                Some(t + self.detect_time().max(RESUME_GRACE))
+            }
             (State::Init | State::Up, Some(t)) => Some(t + self.detect_time()),
             _ => None,
         }
@@ -310,5 +403,46 @@ mod tests {
             3,
         );
         assert!(one.jittered(i, 1.0) <= Duration::from_millis(90));
+    }
+
+    #[test]
+    fn a_held_session_is_resumed_by_the_next_process_without_the_peer_going_down() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (Session::new(params(), 1), Session::new(params(), 2));
+        let mut now = t0;
+        for _ in 0..4 {
+            deliver(&mut a, &mut b, now);
+            deliver(&mut b, &mut a, now);
+            now += Duration::from_millis(10);
+        }
+        assert_eq!((a.state, b.state), (State::Up, State::Up));
+        let fast = b.detect_time();
+        // The restarting side holds: the peer's detection time grows at
+        // the first packet, and the Final ends the Poll Sequence.
+        a.hold(2_000_000);
+        assert!(a.polling());
+        deliver(&mut a, &mut b, now);
+        assert_eq!(b.detect_time(), Duration::from_secs(6));
+        deliver(&mut b, &mut a, now);
+        assert!(!a.polling());
+        let handed = a.handed("peer", "10.0.0.1".parse().expect("address"));
+        assert_eq!(handed.peer_detect_time(), Duration::from_secs(6));
+        // A second later (the restart), far past the fast detection time
+        // but inside the held one: the peer is still Up.
+        now += Duration::from_secs(1);
+        assert!(!b.expire(now) && b.state == State::Up);
+        let mut c = Session::resume(params(), &handed, now);
+        assert_eq!((c.state, c.local_disc, c.remote_disc), (State::Up, 1, 2));
+        // Our own start is no silence of the peer's: a grace first.
+        assert!(!c.expire(now + Duration::from_millis(500)));
+        assert_eq!(c.expires_at(), Some(now + RESUME_GRACE));
+        let first = c.packet();
+        assert!(first.poll && first.desired_min_tx == params().min_tx);
+        let transitions = b.transitions;
+        assert!(!b.receive(&first, now));
+        assert_eq!(b.detect_time(), fast);
+        assert_eq!(b.transitions, transitions);
+        deliver(&mut b, &mut c, now);
+        assert!(!c.polling() && c.state == State::Up);
     }
 }

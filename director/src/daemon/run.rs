@@ -35,7 +35,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     // the dataplane: a master takes the VIP only once its frames are
     // forwarded, and no BFD session sees the gap a first XDP attach makes.
     let start_bfd = || {
-        crate::bfd::Bfd::start(&config.bfd_instance).map_err(|e| DaemonError::Bfd(e.to_string()))
+        let (handed, age) = handover
+            .as_ref()
+            .map_or((&[][..], Duration::ZERO), |h| (&h.bfd[..], h.age()));
+        crate::bfd::Bfd::start(&config.bfd_instance, handed, age)
+            .map_err(|e| DaemonError::Bfd(e.to_string()))
     };
     let vmac_hook = LateHook::default();
     let (quorum_tx, quorum_rx) = watch::channel(BTreeMap::new());
@@ -55,7 +59,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         )
     };
     let early = match &handover {
-        Some(h) if h.instances.iter().any(|i| i.state == "master") => {
+        Some(h) if h.instances.iter().any(|i| i.state == "master") || !h.bfd.is_empty() => {
             let bfd = start_bfd()?;
             let vrrp = start_vrrp(&bfd)?;
             Some((bfd, vrrp))
@@ -400,24 +404,28 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             .map_or(0.0, |b| b.withdraw_wait);
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
-    // Masters hand over first (priority 0), then the control plane goes.
-    // For a restart, the next process is handed what we hold.
-    if let Some(vrrp) = daemon.vrrp.take() {
-        if handing_over {
-            let instances = vrrp.hand_over().await;
-            let h = crate::handover::Handover::new(instances);
-            if let Err(e) = crate::handover::write(&daemon.config.global.state_dir, &h) {
-                error!(error = %e, "cannot write the handover file: the next process starts afresh");
-            }
-        } else {
+    // For a restart, the next process is handed what we hold: BFD
+    // sessions first (their peers are told to wait longer), then VRRP
+    // (one last ordinary advert). Otherwise masters hand over (priority
+    // 0) and BFD peers learn we went administratively down.
+    if handing_over {
+        let bfd = match daemon.bfd.take() {
+            Some(bfd) => bfd.hand_over().await,
+            None => Vec::new(),
+        };
+        let instances = match daemon.vrrp.take() {
+            Some(vrrp) => vrrp.hand_over().await,
+            None => Vec::new(),
+        };
+        let h = crate::handover::Handover::new(instances, bfd);
+        if let Err(e) = crate::handover::write(&daemon.config.global.state_dir, &h) {
+            error!(error = %e, "cannot write the handover file: the next process starts afresh");
+        }
+    } else {
+        if let Some(vrrp) = daemon.vrrp.take() {
             vrrp.stop().await;
         }
-    }
-    // BFD peers learn we went administratively down (unless we come back).
-    if let Some(bfd) = daemon.bfd.take() {
-        if handing_over {
-            bfd.abandon().await;
-        } else {
+        if let Some(bfd) = daemon.bfd.take() {
             bfd.stop().await;
         }
     }
