@@ -290,7 +290,9 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
             num(&format!("{phase}_slow_connect"))?,
         );
         eprintln!("{phase}: {ok} requests served, {failed} failed, {slow} slow connects");
-        ensure!(ok > 20, "{phase}: only {ok} requests");
+        // The prober ran through the phase (curl under TCG takes 100-300 ms
+        // a request: 19-65 requests a phase seen); `failed` is the verdict.
+        ensure!(ok >= 10, "{phase}: only {ok} requests");
         ensure!(
             failed == 0 && slow == 0,
             "{phase}: {failed} failed, {slow} needed a SYN retransmission\n{journal}"
