@@ -100,27 +100,10 @@ fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
         real_servers: 2,
         vip_on_director: true,
     })?;
-    let state = lab.state_dir("director1")?;
-    let mut config = scenario::global_config(&lab, "director1")?;
-    config.push_str(&format!(
-        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\n"
-    ));
-    for rs in &lab.real_servers {
-        config.push_str(&format!(
-            "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 0.5\nretry = 0\n[virtual_server.real_server.dr_check]\nconnect_timeout = 0.5\nretry = 0\n",
-            rs.ip
-        ));
-    }
-    let path = lab.write("director.toml", &config)?;
-    let _d = scenario::spawn_director(&lab, 0, &path)?;
-    let both_healthy = |s: &serde_json::Value| {
-        scenario::all_resolved(s)
-            && s["virtual_servers"][0]["real_servers"][0]["last_check"].is_number()
-            && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
-            && rs_healthy(s, 0) == Some(true)
-            && rs_healthy(s, 1) == Some(true)
-    };
-    scenario::wait_status(&state, Duration::from_secs(20), both_healthy)?;
+    let (_d, state) = checked_by(
+        &lab,
+        "  [virtual_server.real_server.tcp_check]\n  connect_timeout = 0.5\n  retry = 0\n  [virtual_server.real_server.dr_check]\n  connect_timeout = 0.5\n  retry = 0\n",
+    )?;
 
     // rs1 loses the VIP on lo: its own address still accepts connections
     // (tcp_check passes), the path through the VIP does not.
@@ -139,7 +122,7 @@ fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
     let by = served_by(&lab, 30)?;
     ensure!(by.keys().cloned().collect::<Vec<_>>() == ["rs2"], "{by:?}");
     vip_on_lo(0, "add")?;
-    scenario::wait_status(&state, Duration::from_secs(5), both_healthy)?;
+    scenario::wait_status(&state, Duration::from_secs(5), both(true, true))?;
 
     // rs2 answers ARP for the VIP (arp_ignore 0): caught too.
     let arp_ignore = |value: &str| -> Result<()> {
@@ -157,7 +140,7 @@ fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
     let err = s["virtual_servers"][0]["real_servers"][1]["last_error"].to_string();
     ensure!(err.contains("answers ARP for the VIP"), "{err}");
     arp_ignore("1")?;
-    scenario::wait_status(&state, Duration::from_secs(5), both_healthy)?;
+    scenario::wait_status(&state, Duration::from_secs(5), both(true, true))?;
     Ok(())
 }
 

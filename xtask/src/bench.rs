@@ -11,7 +11,15 @@
 //! and implementation, p50 and p99 reported. `--soak SECONDS` then runs a
 //! 10 ms pair under CPU load and counts false failovers.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use director_tests::{Lab, LabSpec, Proc, http, lab::VIP, scenario};
@@ -54,7 +62,7 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         // proven (the prober saw the VIP answer again after the kill).
         let s = &SETTINGS[1];
         for kind in KINDS {
-            let gap = outage(s, kind, 0.5)?;
+            let (gap, _) = outage(s, kind, 0.5)?;
             ensure!(
                 gap < Duration::from_secs(3),
                 "{s:?} {kind:?}: no takeover within 3 s",
@@ -76,8 +84,23 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         "  {:<12} {:>22} {:>22} {:>22}",
         "setting", "director p50/p99", "director+BFD p50/p99", "keepalived p50/p99"
     );
-    for s in &SETTINGS {
+    // FAILOVER_SETTINGS=1,2 measures only those rows (0: v2 1 s, 1: v3
+    // 100 ms, 2: v3 10 ms).
+    let only: Option<Vec<usize>> = std::env::var("FAILOVER_SETTINGS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+    let mut past_lines = Vec::new();
+    for (si, s) in SETTINGS.iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&si)) {
+            continue;
+        }
         let mut gaps: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
+        // Outage minus what the advert phase explains (see `outage`), ms.
+        let mut past: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
+        let interval: f64 = s.interval.parse().unwrap_or(1.0);
+        // The backup's master-down interval (priority 100): 3 intervals
+        // plus the skew (256 - 100) / 256 of one.
+        let down_ms = interval * (3.0 + 156.0 / 256.0) * 1000.0;
         for k in 0..KILLS {
             // The kill's phase against the master's adverts decides up to
             // one interval of the outage (the backup counts its down
@@ -88,7 +111,11 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
             // same on every run, and differed between implementations.
             let phase = (k as f64 + 0.5) / KILLS as f64;
             for (i, kind) in KINDS.iter().enumerate() {
-                gaps[i].push(outage(s, *kind, phase)?);
+                let (gap, since) = outage(s, *kind, phase)?;
+                gaps[i].push(gap);
+                if let Some(since) = since {
+                    past[i].push((gap + since).as_secs_f64() * 1000.0 - down_ms);
+                }
             }
         }
         let pct = |v: &mut Vec<Duration>, p: f64| -> f64 {
@@ -117,6 +144,31 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
                 "  (target BFD p99 <= 50 ms: MISSED)"
             }
         );
+        let fpct = |v: &mut Vec<f64>, p: f64| -> f64 {
+            v.sort_by(f64::total_cmp);
+            v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let (d, k) = (&mut past[0].clone(), &mut past[2].clone());
+        past_lines.push(format!(
+            "  {:<12} director {:.0} / {:.0} ms, keepalived {:.0} / {:.0} ms ({} and {} kills with the master's last advert seen)",
+            s.label,
+            fpct(d, 0.5),
+            fpct(d, 0.99),
+            fpct(k, 0.5),
+            fpct(k, 0.99),
+            d.len(),
+            k.len()
+        ));
+    }
+    if !past_lines.is_empty() {
+        println!(
+            "takeover past the master-down interval (VRRP alone): outage + time from the master's last advert (seen by the client) to the kill - the backup's master-down interval; p50 / p99:"
+        );
+        for l in past_lines {
+            println!("{l}");
+        }
     }
     if soak > 0 {
         soak_run(soak)?;
@@ -254,10 +306,52 @@ fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
     Ok(())
 }
 
+/// The times VRRP adverts from `from` reach this network namespace (a
+/// packet socket sees every IP packet on its interfaces), until `stop`.
+fn sniff_adverts(from: Ipv4Addr, stop: &AtomicBool) -> Result<Vec<Instant>> {
+    let protocol = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(protocol)) };
+    ensure!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 20_000,
+    };
+    // SAFETY: a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: the buffer outlives the call.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // IPv4, protocol 112 (VRRP), from the master.
+        if n >= 20 && buf[0] >> 4 == 4 && buf[9] == 112 && buf[12..16] == from.octets() {
+            seen.push(Instant::now());
+        }
+    }
+    Ok(seen)
+}
+
 /// The client-visible outage around a kill -9 of the master: the longest
-/// run of unanswered datagrams of a 1 ms UDP probe through the VIP. The
-/// kill comes `phase` (0 to 1) of an advert interval after a fixed delay.
-fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Duration> {
+/// run of unanswered datagrams of a 1 ms UDP probe through the VIP; and
+/// how long before the kill the client saw the master's last advert (the
+/// backup counts its master-down interval from it). The kill comes
+/// `phase` (0 to 1) of an advert interval after a fixed delay.
+fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<(Duration, Option<Duration>)> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 2,
@@ -277,19 +371,36 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Duration> {
     let probe = SocketAddr::from((VIP, PROBE_PORT));
     // Enough for a v2 takeover (3 x 1 s + skew) plus margin.
     let wait = if s.version == 2 { 5000 } else { 1500 };
-    let ((), tally) =
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let master = lab.directors[0].ip;
+    let sniffer = lab
+        .client
+        .ns
+        .spawn_thread(move || sniff_adverts(master, &flag));
+    let (killed_at, tally) =
         director_tests::udp::probe_during(&lab.client.ns, probe, Duration::from_millis(1), || {
             let interval: f64 = s.interval.parse().unwrap_or(1.0);
             std::thread::sleep(
                 Duration::from_millis(300) + Duration::from_secs_f64(phase * interval),
             );
+            let killed_at = Instant::now();
             for pid in &pair.master_pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
             lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
             std::thread::sleep(Duration::from_millis(wait));
-            Ok(())
+            Ok(killed_at)
         })?;
+    stop.store(true, Ordering::Relaxed);
+    let adverts = sniffer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the advert sniffer panicked"))???;
+    let since = adverts
+        .iter()
+        .rev()
+        .find(|t| **t <= killed_at)
+        .map(|t| killed_at - *t);
     // The probe ran 500 ms before the kill and `wait` after it: a gap that
     // long means the VIP never answered again.
     ensure!(
@@ -299,7 +410,7 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Duration> {
         tally.sent
     );
     drop(pair);
-    Ok(Duration::from_millis(tally.longest_gap))
+    Ok((Duration::from_millis(tally.longest_gap), since))
 }
 
 /// A director pair at 10 ms adverts with both cores busy: any transition
