@@ -14,6 +14,11 @@ use nix::sys::signal::Signal;
 
 const FAST: &str = "version = 3\nadvert_int = 0.1";
 
+/// The tests of this file run one at a time: each restarts a master many
+/// times (a process start is a burst of CPU) and one runs BFD at 20 ms
+/// timers on this 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn lab() -> Result<Lab> {
     Lab::build(&LabSpec {
         directors: 2,
@@ -28,8 +33,9 @@ fn pair(lab: &Lab) -> Result<(Proc, Proc)> {
     pair_with(lab, false)
 }
 
-/// [`pair`]; with `bfd`, a BFD session between the two (10 ms x 3) and
-/// `master_bfd` on the backup.
+/// [`pair`]; with `bfd`, a BFD session between the two (20 ms x 5: at
+/// 10 ms x 3 a suite running beside it on 2 cores delayed a packet past
+/// 30 ms now and then, restart or not) and `master_bfd` on the backup.
 fn pair_with(lab: &Lab, bfd: bool) -> Result<(Proc, Proc)> {
     let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
     let config = |i: usize, prio: u8| -> Result<String> {
@@ -46,7 +52,7 @@ fn pair_with(lab: &Lab, bfd: bool) -> Result<(Proc, Proc)> {
         c.push_str(&scenario::udp_virtual_server(&VIP.to_string(), 7, &servers));
         if bfd {
             c.push_str(&format!(
-                "\n[[bfd_instance]]\nname = \"peer\"\nneighbor_ip = \"{}\"\nmin_rx = 10\nmin_tx = 10\nmultiplier = 3\n",
+                "\n[[bfd_instance]]\nname = \"peer\"\nneighbor_ip = \"{}\"\nmin_rx = 20\nmin_tx = 20\nmultiplier = 5\n",
                 lab.directors[1 - i].ip
             ));
         }
@@ -77,6 +83,7 @@ fn instance(state: &Path) -> Result<serde_json::Value> {
 /// each restart is a new process start in the same PID.
 #[test]
 fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab()?;
     let echo = lab.start_udp_echo(VIP.into(), 7)?;
     let (mut d1, mut d2) = pair(&lab)?;
@@ -172,7 +179,7 @@ fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
     Ok(())
 }
 
-/// With `master_bfd` on the backup (BFD at 10 ms x 3 between the pair),
+/// With `master_bfd` on the backup (BFD at 20 ms x 5 between the pair),
 /// 10 restarts of the master: each hands its BFD session to the next
 /// process (the peer told to wait longer meanwhile), so the backup's
 /// session never leaves Up and the backup never moves; no datagram lost.
@@ -180,6 +187,7 @@ fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
 /// a dead master and took the VIP.)
 #[test]
 fn restarts_with_master_bfd_keep_the_bfd_session_up() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab()?;
     let echo = lab.start_udp_echo(VIP.into(), 7)?;
     let (mut d1, d2) = pair_with(&lab, true)?;
@@ -237,6 +245,7 @@ fn restarts_with_master_bfd_keep_the_bfd_session_up() -> Result<()> {
 /// held, backup unmoved).
 #[test]
 fn a_restart_with_a_broken_config_is_refused() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab()?;
     let (_d1, _d2) = pair(&lab)?;
     let s1 = lab.state_dir("director1")?;
