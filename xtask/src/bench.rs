@@ -34,6 +34,13 @@ struct Setting {
     interval: &'static str,
 }
 
+impl Setting {
+    /// The advert interval, seconds.
+    fn interval_s(&self) -> f64 {
+        self.interval.parse().unwrap_or(1.0)
+    }
+}
+
 const SETTINGS: [Setting; 3] = [
     Setting {
         label: "v2, 1 s",
@@ -94,10 +101,11 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         if only.as_ref().is_some_and(|o| !o.contains(&si)) {
             continue;
         }
-        let mut gaps: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
+        // Outages, ms.
+        let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
         // Outage minus what the advert phase explains (see `outage`), ms.
         let mut past: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
-        let interval: f64 = s.interval.parse().unwrap_or(1.0);
+        let interval = s.interval_s();
         // The backup's master-down interval (priority 100): 3 intervals
         // plus the skew (256 - 100) / 256 of one.
         let down_ms = interval * (3.0 + 156.0 / 256.0) * 1000.0;
@@ -112,20 +120,15 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
             let phase = (k as f64 + 0.5) / KILLS as f64;
             for (i, kind) in KINDS.iter().enumerate() {
                 let (gap, since) = outage(s, *kind, phase)?;
-                gaps[i].push(gap);
+                gaps[i].push(gap.as_secs_f64() * 1000.0);
                 if let Some(since) = since {
                     past[i].push((gap + since).as_secs_f64() * 1000.0 - down_ms);
                 }
             }
         }
-        let pct = |v: &mut Vec<Duration>, p: f64| -> f64 {
-            v.sort();
-            let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-            v[i].as_secs_f64() * 1000.0
-        };
         let cells: Vec<(f64, f64)> = gaps
             .iter_mut()
-            .map(|g| (pct(g, 0.5), pct(g, 0.99)))
+            .map(|g| (percentile(g, 0.5), percentile(g, 0.99)))
             .collect();
         let cell = |c: (f64, f64)| format!("{:.0} / {:.0} ms", c.0, c.1);
         let (d, b, k) = (cells[0], cells[1], cells[2]);
@@ -144,22 +147,25 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
                 "  (target BFD p99 <= 50 ms: MISSED)"
             }
         );
-        let fpct = |v: &mut Vec<f64>, p: f64| -> f64 {
-            v.sort_by(f64::total_cmp);
-            v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        let (d, k) = (&mut past[0].clone(), &mut past[2].clone());
+        let (d, k) = (
+            (
+                percentile(&mut past[0], 0.5),
+                percentile(&mut past[0], 0.99),
+            ),
+            (
+                percentile(&mut past[2], 0.5),
+                percentile(&mut past[2], 0.99),
+            ),
+        );
         past_lines.push(format!(
             "  {:<12} director {:.0} / {:.0} ms, keepalived {:.0} / {:.0} ms ({} and {} kills with the master's last advert seen)",
             s.label,
-            fpct(d, 0.5),
-            fpct(d, 0.99),
-            fpct(k, 0.5),
-            fpct(k, 0.99),
-            d.len(),
-            k.len()
+            d.0,
+            d.1,
+            k.0,
+            k.1,
+            past[0].len(),
+            past[2].len()
         ));
     }
     if !past_lines.is_empty() {
@@ -174,6 +180,14 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         soak_run(soak)?;
     }
     Ok(())
+}
+
+/// The `p` quantile (0 to 1) of `v` (sorted in place; NaN when empty).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -380,7 +394,7 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<(Duration, Option<Durat
         .spawn_thread(move || sniff_adverts(master, &flag));
     let (killed_at, tally) =
         director_tests::udp::probe_during(&lab.client.ns, probe, Duration::from_millis(1), || {
-            let interval: f64 = s.interval.parse().unwrap_or(1.0);
+            let interval = s.interval_s();
             std::thread::sleep(
                 Duration::from_millis(300) + Duration::from_secs_f64(phase * interval),
             );
