@@ -30,9 +30,23 @@ pub const MAGLEV_ELEMS_PER_TABLE: u32 = MAGLEV_TABLE_SIZE.div_ceil(MAGLEV_LANES)
 pub const MAGLEV_ELEMS: u32 = MAX_SERVICES * 2 * MAGLEV_ELEMS_PER_TABLE;
 /// Table entry meaning "no real server" (the service has none usable).
 pub const NO_BACKEND: u16 = u16::MAX;
-/// Entries of the flow table (an LRU: the least recently used flows are
-/// evicted first when it is full).
+/// Entries of the flow table in the object file (the daemon sets the
+/// size at load: `global.flow_table_size`, a multiple of [`FLOW_WAYS`]).
 pub const MAX_FLOWS: u32 = 262_144;
+/// Entries (ways) per flow-table bucket. A flow has two buckets: it is
+/// recorded in the first while that has a free way, else in a free way of
+/// the second, else over a way of the first not used since its bucket's
+/// last eviction. Ways are never emptied, so a lookup that misses in a
+/// first bucket with a free way is done; only a full first bucket sends
+/// it on to the second.
+pub const FLOW_WAYS: u32 = 4;
+
+/// Name of the flow table's tag array: one `u32` per bucket, a byte per
+/// way ([`flow_tag`] of the flow there, 0: empty). A new connection reads
+/// only its buckets' tag words (a byte per entry: mostly cached) to find a
+/// free way and any way that may hold its key, so its entry is written
+/// without first reading its (uncached) line.
+pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
 /// Bits in the VIP filter: a frame whose destination's bucket bit is clear
 /// is not for a VIP, which costs one inlined array lookup to learn.
 pub const VIP_FILTER_BITS: u32 = 65_536;
@@ -74,6 +88,8 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const PROG_DIRECTOR: &str = "director";
 /// Name of the benchmark floor program (MAC swap + XDP_TX).
 pub const PROG_FLOOR: &str = "floor";
+/// Name of the service index ([`IndexEntry`], two banks).
+pub const MAP_SERVICE_INDEX: &str = "SERVICE_INDEX";
 /// Name of the group-member trie ([`MemberKey`]).
 pub const MAP_MEMBERS: &str = "MEMBERS";
 /// Name of the per-CPU new-flow rate window ([`RateWindow`]; not pinned).
@@ -98,7 +114,9 @@ pub const MAP_VMACS: &str = "VMACS";
 /// Entries of the virtual-MAC set.
 pub const MAX_VMACS: u32 = 64;
 /// Every map the program pins (and the daemon adopts after a restart).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
+    MAP_FLOW_TAGS,
+    MAP_SERVICE_INDEX,
     MAP_VMACS,
     MAP_MEMBERS,
     MAP_VIP_FILTER,
@@ -166,6 +184,60 @@ impl ServiceKey {
     /// Port in host order.
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
+    }
+}
+
+/// Slots of one bank of the service index (a power of two): the XDP
+/// program finds a service there with inlined array reads instead of a
+/// hash-map lookup. Two banks: the daemon writes the idle one, then
+/// switches [`Settings::service_index`] to it.
+pub const SERVICE_INDEX_SLOTS: u32 = 4096;
+/// Slots a lookup visits at most (linear probing from the key's slot); a
+/// key the daemon cannot place within them turns the index off (the
+/// program then uses the service hash map).
+pub const SERVICE_INDEX_PROBES: u32 = 4;
+
+/// One slot of the service index: a service key, as the XDP program
+/// compares it (the address as two words; port, protocol and flags as
+/// one, [`service_index_tail`]), and its value. Empty: `tail` 0 (a key's
+/// protocol is never 0).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IndexEntry {
+    pub addr: [u64; 2],
+    pub tail: u32,
+    /// Always zero.
+    pub _pad: u32,
+    pub value: ServiceValue,
+}
+
+/// The last word of an index key: port (network order), protocol, flags.
+#[inline(always)]
+pub const fn service_index_tail(port: [u8; 2], protocol: u8, flags: u8) -> u32 {
+    u32::from_ne_bytes([port[0], port[1], protocol, flags])
+}
+
+/// The index slot a key's probing starts at.
+#[inline(always)]
+pub const fn service_index_slot(addr: &[u64; 2], tail: u32) -> u32 {
+    let a = addr[0] ^ addr[1].rotate_left(29);
+    fmix32((a as u32) ^ ((a >> 32) as u32).rotate_left(16) ^ tail.wrapping_mul(0x9e37_79b1))
+        & (SERVICE_INDEX_SLOTS - 1)
+}
+
+impl ServiceKey {
+    /// The key's address as the index compares it (native-order words).
+    pub fn index_addr(&self) -> [u64; 2] {
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&self.addr[..8]);
+        hi.copy_from_slice(&self.addr[8..]);
+        [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
+    }
+
+    /// The key's last index word ([`service_index_tail`]).
+    pub const fn index_tail(&self) -> u32 {
+        service_index_tail(self.port, self.protocol, self.flags)
     }
 }
 
@@ -277,8 +349,9 @@ pub struct Backend {
 /// [`FlowKey::flags`]: the addresses are IPv6.
 pub const FLOW_V6: u8 = 1;
 
-/// Key of the flow table: the client-to-VIP 5-tuple.
-#[repr(C)]
+/// Key of the flow table: the client-to-VIP 5-tuple. 8-byte aligned, so
+/// the XDP program compares it as five 64-bit words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -289,6 +362,151 @@ pub struct FlowKey {
     /// [`FLOW_V6`].
     pub flags: u8,
     pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key as five 64-bit words (native order), for comparing and
+    /// hashing.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 5] {
+        // SAFETY: FlowKey is 40 bytes of plain integers, 8-byte aligned.
+        unsafe { *(self as *const FlowKey as *const [u64; 5]) }
+    }
+
+    /// Whether the flow-table entry's key is this one (five word
+    /// compares). `other`'s words are read where they are for each
+    /// compare: a compiler that kept all five in registers across the
+    /// ways of a bucket would spill them onto the 512-byte BPF stack.
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        let a = self as *const FlowKey as *const u64;
+        let b = other as *const FlowKey as *const u64;
+        // SAFETY: FlowKey is 40 bytes, 8-byte aligned: words 0..5 are
+        // inside both keys.
+        unsafe {
+            let w = |i: usize| *a.add(i) == core::ptr::read_volatile(b.add(i));
+            w(0) && w(1) && w(2) && w(3) && w(4)
+        }
+    }
+}
+
+/// One way of the flow table: a flow and the real server it was given,
+/// 64 bytes (one cache line). The table is an array of buckets of
+/// [`FLOW_WAYS`] entries; a flow's buckets are [`flow_buckets`] of its
+/// key's [`flow_table_hash`].
+/// Entries are written without a lock by the XDP program on every CPU and
+/// by the daemon (imports): `check` binds the value to the key, so a
+/// reader that sees a half-written entry finds the check wrong and treats
+/// it as absent (the flow is placed again).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    /// The flow; protocol 0: an empty way.
+    pub key: FlowKey,
+    /// Real server id (index in the backend array).
+    pub backend: u16,
+    /// The service's counter index (established flows never look the
+    /// service up).
+    pub service: u16,
+    /// The backend slot's generation when the flow was placed.
+    pub generation: u32,
+    /// [`flow_check`] of the key's hash and the three fields above.
+    pub check: u32,
+    /// Non-zero once a packet found the entry since its bucket's last
+    /// eviction (second chance: a full bucket evicts an unused way first).
+    pub used: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+    /// Last time a packet of this flow was seen (coarse clock, ns);
+    /// maintained for UDP only, whose flows expire.
+    pub atime: u64,
+}
+
+/// The flow-table hash of a key: 64-bit multiply-xorshift rounds over the
+/// key's five words, from the table's random `seed` (so a client cannot
+/// aim its flows at another's bucket). Its low half places the flow in its
+/// first bucket (and goes into the entry's check), its high half in its
+/// second.
+#[inline(always)]
+pub const fn flow_table_hash(key: &FlowKey, seed: u32) -> u64 {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    let w = key.words();
+    let mut h = (seed as u64) ^ 0x2545_f491_4f6c_dd1d;
+    h = (h ^ w[0]).wrapping_mul(M);
+    h ^= h >> 29;
+    h = (h ^ w[1]).wrapping_mul(M);
+    h ^= h >> 29;
+    h = (h ^ w[2]).wrapping_mul(M);
+    h ^= h >> 29;
+    h = (h ^ w[3]).wrapping_mul(M);
+    h ^= h >> 29;
+    h = (h ^ w[4]).wrapping_mul(M);
+    h ^= h >> 32;
+    h.wrapping_mul(M)
+}
+
+/// First entry of the bucket of 32-bit hash `hash` in a table of
+/// `buckets` buckets (multiply-shift: no division).
+#[inline(always)]
+pub const fn flow_bucket(hash: u32, buckets: u32) -> u32 {
+    (((hash as u64) * (buckets as u64)) >> 32) as u32 * FLOW_WAYS
+}
+
+/// A flow's two buckets (their first entries) for its table hash.
+#[inline(always)]
+pub const fn flow_buckets(hash: u64, buckets: u32) -> (u32, u32) {
+    (
+        flow_bucket(hash as u32, buckets),
+        flow_bucket((hash >> 32) as u32, buckets),
+    )
+}
+
+/// A flow's tag in its bucket's tag word: 8 bits of its table hash that
+/// neither bucket choice uses, never 0 (0 marks an empty way).
+#[inline(always)]
+pub const fn flow_tag(hash: u64) -> u8 {
+    let t = (hash >> 32) as u8;
+    if t == 0 { 1 } else { t }
+}
+
+/// The check word of an entry: never zero, so a zeroed way never checks.
+#[inline(always)]
+pub const fn flow_check(hash: u32, backend: u16, service: u16, generation: u32) -> u32 {
+    fmix32(
+        hash ^ (((backend as u32) << 16) | service as u32).wrapping_mul(0x9e37_79b1)
+            ^ generation.wrapping_mul(0x85eb_ca6b),
+    ) | 1
+}
+
+impl FlowEntry {
+    /// An entry for `key` (table hash `hash`) on real server `backend`.
+    #[inline(always)]
+    pub const fn new(
+        key: FlowKey,
+        hash: u32,
+        backend: u16,
+        service: u16,
+        generation: u32,
+        atime: u64,
+    ) -> Self {
+        FlowEntry {
+            key,
+            backend,
+            service,
+            generation,
+            check: flow_check(hash, backend, service, generation),
+            used: 0,
+            _pad: [0; 3],
+            atime,
+        }
+    }
+
+    /// Whether the entry's value belongs to its key (table hash `hash`):
+    /// false for a way written half by one writer and half by another.
+    #[inline(always)]
+    pub const fn checks(&self, hash: u32) -> bool {
+        self.check == flow_check(hash, self.backend, self.service, self.generation)
+    }
 }
 
 /// Key of the fragment table: one datagram in flight (RFC 791 / RFC 8200
@@ -385,6 +603,13 @@ pub struct Settings {
     /// Outer source of IPv6 tunnels: the first 12 bytes (a /96); the
     /// flow's hash gives the last four.
     pub tunnel_src6: [u8; 16],
+    /// The flow table's hash seed ([`flow_table_hash`]): random, chosen
+    /// when the table is created and kept while it is (its entries sit
+    /// where it put them).
+    pub flow_seed: u32,
+    /// The service index's active bank plus one; 0: no index (services
+    /// are looked up in the hash map).
+    pub service_index: u32,
 }
 
 #[cfg(feature = "user")]
@@ -400,6 +625,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above (a key of integers and byte arrays, then integers).
+    unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IndexEntry {}
     // SAFETY: repr(C), only integers and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: as above.
@@ -480,9 +709,12 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 6 + 1 + 1 + 4 + 4 + 16 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowValue>(), 4 + 4 + 4 + 4 + 8);
+        assert_eq!(size_of::<FlowEntry>(), 40 + 2 + 2 + 4 + 4 + 1 + 3 + 8);
+        assert_eq!(size_of::<FlowEntry>(), 64);
+        assert_eq!(size_of::<IndexEntry>(), 16 + 4 + 4 + 16);
         assert_eq!(size_of::<PersistKey>(), 16 + 4);
         assert_eq!(size_of::<Counters>(), 3 * 8);
-        assert_eq!(size_of::<Settings>(), 8 + 6 + 2 + 4 + 4 + 16);
+        assert_eq!(size_of::<Settings>(), 8 + 6 + 2 + 4 + 4 + 16 + 4 + 4);
         assert_eq!(size_of::<MemberKey>(), 1 + 1 + 16 + 2);
     }
 
@@ -538,6 +770,12 @@ mod tests {
         const { assert!(MAX_REAL_SERVERS_PER_SERVICE <= MAX_REAL_SERVERS) };
         // Real server ids fit in a table entry, with NO_BACKEND to spare.
         const { assert!(MAX_REAL_SERVERS < NO_BACKEND as u32) };
+        // Flow-table entries hold ids as u16.
+        const { assert!(MAX_SERVICES <= u16::MAX as u32) };
+        const { assert!(MAX_FLOWS.is_multiple_of(FLOW_WAYS)) };
+        const { assert!(SERVICE_INDEX_SLOTS.is_power_of_two()) };
+        // Every service key and its fragment key fit, sparsely.
+        const { assert!(SERVICE_INDEX_SLOTS >= 8 * MAX_SERVICES * 2) };
         // At least 100 table entries per real server.
         const { assert!(MAGLEV_TABLE_SIZE >= 100 * MAX_REAL_SERVERS_PER_SERVICE) };
         assert_eq!(maglev_base(0, 1), MAGLEV_ELEMS_PER_TABLE);

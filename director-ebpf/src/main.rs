@@ -31,7 +31,8 @@
 )]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, xdp_action},
+    Global,
+    bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
@@ -39,16 +40,23 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FlowKey,
-    FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES,
-    MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS,
-    MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow,
-    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
-    addr_hash, flow_hash, fmix32, fold_addr, source_hash, vip_bucket,
+    BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FLOW_WAYS,
+    FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, IndexEntry, KEY_FRAGMENT,
+    KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS,
+    MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey,
+    NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS, SVC_PERSISTENT,
+    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_buckets,
+    flow_hash, flow_table_hash, flow_tag, fmix32, fold_addr, service_index_slot,
+    service_index_tail, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES * 2, 0);
+
+/// The services (and their fragment entries) as an open-addressed array
+/// in two banks (see [`IndexEntry`]); `SERVICES` holds the same.
+#[map(name = "SERVICE_INDEX")]
+static SERVICE_INDEX: Array<IndexEntry> = Array::with_max_entries(2 * SERVICE_INDEX_SLOTS, 0);
 
 /// Members of `[[virtual_server_group]]`s: ports and port ranges (as
 /// aligned blocks) of their addresses, and their fragment entries.
@@ -61,9 +69,21 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_REAL_SERVERS, 0);
 #[map(name = "MAGLEV")]
 static MAGLEV: Array<[u16; 4]> = Array::with_max_entries(MAGLEV_ELEMS, 0);
 
+/// The flow table: buckets of [`FLOW_WAYS`] entries (see [`FlowEntry`]);
+/// its size is set at load, and [`FLOW_BUCKETS`] with it. Mappable, so the
+/// daemon reads and writes it in place.
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+static FLOWS: Array<FlowEntry> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
+
+/// The flow table's tag words, one per bucket (see
+/// [`director_common::MAP_FLOW_TAGS`]); sized with the table at load.
+#[map(name = "FLOW_TAGS")]
+static FLOW_TAGS: Array<u32> = Array::with_max_entries(MAX_FLOWS / FLOW_WAYS, BPF_F_MMAPABLE);
+
+/// Buckets of the flow table, set by the loader with the table's size (a
+/// read-only global: the verifier sees a constant).
+#[unsafe(no_mangle)]
+static FLOW_BUCKETS: Global<u32> = Global::new(MAX_FLOWS / FLOW_WAYS);
 
 #[map(name = "PERSIST")]
 static PERSIST: LruHashMap<PersistKey, FlowValue> = LruHashMap::with_max_entries(MAX_PERSIST, 0);
@@ -120,9 +140,15 @@ struct Pass;
 
 #[xdp]
 pub fn director(ctx: XdpContext) -> u32 {
-    match try_forward(&ctx) {
+    action(&ctx, try_forward(&ctx))
+}
+
+/// The XDP action for what became of a frame.
+#[inline(always)]
+fn action(ctx: &XdpContext, out: Result<Out, Pass>) -> u32 {
+    match out {
         Ok(Out::Done(action)) => action,
-        Ok(Out::Tunnel { id, hash }) => send(&ctx, id, hash),
+        Ok(Out::Tunnel { id, hash }) => send(ctx, id, hash),
         Err(Pass) => xdp_action::XDP_PASS,
     }
 }
@@ -189,12 +215,19 @@ struct Packet {
 #[inline(always)]
 fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
     let ethertype = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
-    let mut packet = match ethertype {
-        ETH_P_IP => parse_ipv4(ctx)?,
-        ETH_P_IPV6 => parse_ipv6(ctx)?,
+    let mut packet = Packet {
+        key: FlowKey::default(),
+        l4: 0,
+        fragment: false,
+        first_fragment: false,
+        frag_id: 0,
+    };
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, &mut packet)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, &mut packet)?,
         // ARP, VLAN tags and everything else are the kernel's.
         _ => return Err(Pass),
-    };
+    }
     // Not for a VIP (most of a director's own traffic): one inlined array
     // lookup, no hash-map lookup.
     let bucket = vip_bucket(&packet.key.dst);
@@ -252,9 +285,12 @@ fn is_our_vmac(mac: &[u8; 6]) -> bool {
     unsafe { VMACS.get(&key) }.is_some()
 }
 
+/// Fills `p` from an IPv4 header (in place: no copy of the header or of
+/// the packet description on the BPF stack).
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Pass> {
-    let h: [u8; IPV4_LEN] = read(ctx, ETH_LEN)?;
+fn parse_ipv4(ctx: &XdpContext, p: &mut Packet) -> Result<(), Pass> {
+    // SAFETY: ptr_at checked the whole header is inside the frame.
+    let h = unsafe { &*ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN)? };
     if h[0] >> 4 != 4 {
         return Err(Pass);
     }
@@ -264,40 +300,30 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Pass> {
     if ihl < IPV4_LEN {
         return Err(Pass); // malformed
     }
-    let mut key = FlowKey {
-        protocol: h[9],
-        ..FlowKey::default()
-    };
-    key.src[..4].copy_from_slice(&h[12..16]);
-    key.dst[..4].copy_from_slice(&h[16..20]);
+    p.key.protocol = h[9];
+    p.key.src[..4].copy_from_slice(&h[12..16]);
+    p.key.dst[..4].copy_from_slice(&h[16..20]);
+    p.l4 = ETH_LEN + ihl;
     // More-fragments flag or a fragment offset: a fragment.
-    let fragment = h[6] & 0x3f != 0 || h[7] != 0;
-    Ok(Packet {
-        key,
-        l4: ETH_LEN + ihl,
-        fragment,
-        first_fragment: fragment && h[6] & 0x1f == 0 && h[7] == 0,
-        frag_id: u16::from_be_bytes([h[4], h[5]]) as u32,
-    })
+    p.fragment = h[6] & 0x3f != 0 || h[7] != 0;
+    p.first_fragment = p.fragment && h[6] & 0x1f == 0 && h[7] == 0;
+    p.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
+    Ok(())
 }
 
+/// Fills `p` from an IPv6 header and its extension headers.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
-    let h: [u8; IPV6_LEN] = read(ctx, ETH_LEN)?;
+fn parse_ipv6(ctx: &XdpContext, p: &mut Packet) -> Result<(), Pass> {
+    // SAFETY: as in parse_ipv4.
+    let h = unsafe { &*ptr_at::<[u8; IPV6_LEN]>(ctx, ETH_LEN)? };
     if h[0] >> 4 != 6 {
         return Err(Pass);
     }
-    let mut key = FlowKey {
-        flags: FLOW_V6,
-        ..FlowKey::default()
-    };
-    key.src.copy_from_slice(&h[8..24]);
-    key.dst.copy_from_slice(&h[24..40]);
+    p.key.flags = FLOW_V6;
+    p.key.src.copy_from_slice(&h[8..24]);
+    p.key.dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut offset = ETH_LEN + IPV6_LEN;
-    let mut fragment = false;
-    let mut first_fragment = false;
-    let mut frag_id = 0;
     for _ in 0..IPV6_MAX_EXT {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
@@ -309,27 +335,22 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
                 let ext: [u8; 8] = read(ctx, offset)?;
                 next = ext[0];
                 offset += 8;
-                fragment = true;
-                frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                p.fragment = true;
+                p.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
                 // Offset (13 bits) zero: the first fragment, whose headers
                 // follow. A later fragment holds only data: nothing after
                 // its fragment header is a header, whatever `next` says.
-                first_fragment = ext[2] == 0 && ext[3] & 0xf8 == 0;
-                if !first_fragment {
+                p.first_fragment = ext[2] == 0 && ext[3] & 0xf8 == 0;
+                if !p.first_fragment {
                     break;
                 }
             }
             _ => break,
         }
     }
-    key.protocol = next;
-    Ok(Packet {
-        key,
-        l4: offset,
-        fragment,
-        first_fragment,
-        frag_id,
-    })
+    p.key.protocol = next;
+    p.l4 = offset;
+    Ok(())
 }
 
 /// The service for a new flow: exact port first, then a group member
@@ -338,16 +359,8 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Packet, Pass> {
 #[inline(always)]
 fn find_service(key: &FlowKey) -> Option<ServiceValue> {
     let flags = if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 };
-    let mut skey = ServiceKey {
-        addr: key.dst,
-        port: key.dport,
-        protocol: key.protocol,
-        flags,
-    };
-    // SAFETY (the three lookups): the value is copied out at once; the
-    // daemon replaces entries whole.
-    if let Some(v) = unsafe { SERVICES.get(&skey) } {
-        return Some(*v);
+    if let Some(v) = service(key, key.dport, flags) {
+        return Some(v);
     }
     let member = Key::new(
         MEMBER_PREFIX_BASE + 16,
@@ -361,7 +374,47 @@ fn find_service(key: &FlowKey) -> Option<ServiceValue> {
     if let Some(v) = MEMBERS.get(&member) {
         return Some(*v);
     }
-    skey.port = [0, 0];
+    service(key, [0, 0], flags)
+}
+
+/// The service of `key`'s destination and protocol at `port` (0: any
+/// port) with `flags`: from the service index (inlined array reads) when
+/// the daemon keeps one, else from the service hash map.
+#[inline(always)]
+fn service(key: &FlowKey, port: [u8; 2], flags: u8) -> Option<ServiceValue> {
+    let bank = match SETTINGS.get(0) {
+        Some(s) => s.service_index,
+        // Verifier: the array's only element always exists.
+        None => 0,
+    };
+    if bank != 0 {
+        let w = key.words();
+        let addr = [w[2], w[3]];
+        let tail = service_index_tail(port, key.protocol, flags);
+        let base = (bank - 1) * SERVICE_INDEX_SLOTS;
+        let slot = service_index_slot(&addr, tail);
+        let mut p = 0;
+        while p < SERVICE_INDEX_PROBES {
+            // Verifier: the index is masked into the bank.
+            let e = SERVICE_INDEX.get(base + ((slot + p) & (SERVICE_INDEX_SLOTS - 1)))?;
+            if e.tail == 0 {
+                return None;
+            }
+            if e.tail == tail && e.addr[0] == addr[0] && e.addr[1] == addr[1] {
+                return Some(e.value);
+            }
+            p += 1;
+        }
+        return None;
+    }
+    let skey = ServiceKey {
+        addr: key.dst,
+        port,
+        protocol: key.protocol,
+        flags,
+    };
+    // SAFETY: the value is copied out at once; the daemon replaces
+    // entries whole.
     unsafe { SERVICES.get(&skey) }.copied()
 }
 
@@ -403,31 +456,279 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
         0
     };
 
-    // 1. An established flow: no service lookup at all.
-    // SAFETY: the value is copied out at once.
-    if let Some(flow) = unsafe { FLOWS.get(key) }.copied() {
-        let fresh = !udp || now.wrapping_sub(flow.atime) < udp_timeout();
-        if fresh
-            && let Some(b) = backend(flow.backend)
-            && b.generation == flow.generation
-            && !(b.flags & BACKEND_DRAINING != 0 && is_new_tcp_connection(ctx, key, l4))
-        {
-            if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
-                // Refresh the idle time at most once a second per flow.
-                let _ = FLOWS.insert(key, &FlowValue { atime: now, ..flow }, 0);
+    // 1. An established flow: no service lookup at all. A connection
+    // opening (a SYN) reads only its buckets' tag words: its entry is
+    // almost never there, and the tags say where it may be and where a
+    // free way is, so its bucket's uncached line is written, never read.
+    let seed = match SETTINGS.get(0) {
+        Some(s) => s.flow_seed,
+        // Verifier: the array's only element always exists.
+        None => 0,
+    };
+    let hash = flow_table_hash(key, seed);
+    let (b1, b2) = flow_buckets(hash, table_buckets());
+    let check = hash as u32;
+    let syn = is_new_tcp_connection(ctx, key, l4);
+    let found = if syn {
+        find_tagged(key, check, flow_tag(hash), b1, b2)
+    } else {
+        find_flow(key, check, b1, b2)
+    };
+    let mut own = None;
+    match found {
+        Found::Entry(index, e) => {
+            // SAFETY: a pointer into the table's element; fields are read
+            // once (another CPU may rewrite the way: `checks` held).
+            let flow = unsafe { *e };
+            let fresh = !udp || now.wrapping_sub(flow.atime) < udp_timeout();
+            if fresh
+                && let Some(b) = backend(u32::from(flow.backend))
+                && b.generation == flow.generation
+                && !(b.flags & BACKEND_DRAINING != 0 && syn)
+            {
+                // SAFETY: as above; single-word stores.
+                unsafe {
+                    if flow.used == 0 {
+                        (*e).used = 1;
+                    }
+                    if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
+                        // Refresh the idle time at most once a second per flow.
+                        (*e).atime = now;
+                    }
+                }
+                return Ok((u32::from(flow.backend), b, u32::from(flow.service), false));
             }
-            return Ok((flow.backend, b, flow.service, false));
+            own = Some(index);
         }
+        Found::Torn(index) => own = Some(index),
+        Found::Missing | Found::Full => {}
     }
 
     // 2. A new flow (or one whose server left): place it, and record it
-    // unless this CPU is past its new-flow limit (a flood).
+    // unless this CPU is past its new-flow limit (a flood), in the way its
+    // key had or the way `victim` picks.
     let service = find_service(key).ok_or(Pass)?;
     let (id, b) = place(key, &service, now)?;
     if record_new_flow() {
-        let _ = FLOWS.insert(key, &FlowValue::new(id, b.generation, service.id, now), 0);
+        let way = match own {
+            Some(index) => Some(index),
+            None => victim(b1, b2, check),
+        };
+        if let Some(index) = way {
+            record(
+                index,
+                key,
+                hash,
+                id as u16,
+                service.id as u16,
+                b.generation,
+                now,
+            );
+        }
     }
     Ok((id, b, service.id, true))
+}
+
+/// Writes a flow's entry into way `index`, field by field (no 64-byte
+/// copy on the BPF stack), then its tag.
+#[inline(always)]
+fn record(
+    index: u32,
+    key: &FlowKey,
+    hash: u64,
+    backend: u16,
+    service: u16,
+    generation: u32,
+    now: u64,
+) {
+    // Verifier: the index is one of the flow's buckets' ways.
+    let Some(e) = FLOWS.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: a pointer into the table's element.
+    unsafe {
+        (*e).key = *key;
+        (*e).backend = backend;
+        (*e).service = service;
+        (*e).generation = generation;
+        (*e).check = director_common::flow_check(hash as u32, backend, service, generation);
+        (*e).used = 0;
+        (*e).atime = now;
+    }
+    set_tag_byte(index / FLOW_WAYS, index % FLOW_WAYS, flow_tag(hash));
+}
+
+/// Sets way `way`'s tag in bucket `bucket`'s tag word: one byte store
+/// (other CPUs write the other ways' bytes).
+#[inline(always)]
+fn set_tag_byte(bucket: u32, way: u32, value: u8) {
+    if let Some(t) = FLOW_TAGS.get_ptr_mut(bucket) {
+        // SAFETY: `way` < 4 (the mask is for the verifier): inside the
+        // element.
+        unsafe { *(t as *mut u8).add((way & 3) as usize) = value };
+    }
+}
+
+/// Bucket `first`'s tag word (0 where the array has no such element: the
+/// verifier's case only).
+#[inline(always)]
+fn tags(first: u32) -> u32 {
+    FLOW_TAGS.get(first / FLOW_WAYS).copied().unwrap_or(0)
+}
+
+/// Whether a tag word's four ways are all taken.
+#[inline(always)]
+fn full(t: u32) -> bool {
+    t & 0xff != 0 && t & 0xff00 != 0 && t & 0xff_0000 != 0 && t & 0xff00_0000 != 0
+}
+
+/// Buckets of the flow table (the loader's constant).
+#[inline(always)]
+fn table_buckets() -> u32 {
+    FLOW_BUCKETS.load()
+}
+
+/// What a flow's buckets hold for it.
+enum Found {
+    /// The flow's entry (its index and place).
+    Entry(u32, *mut FlowEntry),
+    /// The way with the flow's key, its value half-written (two writers
+    /// at once): treated as absent, and rewritten.
+    Torn(u32),
+    Missing,
+    /// Not in this bucket, whose ways are all taken (the flow may be in
+    /// its second).
+    Full,
+}
+
+/// Looks `key` (check hash `check`) up in its first bucket `b1`, and in
+/// its second `b2` only when `b1` is full (a flow goes to its second
+/// bucket only then, and ways are never emptied).
+#[inline(always)]
+fn find_flow(key: &FlowKey, check: u32, b1: u32, b2: u32) -> Found {
+    match find_in(key, check, b1) {
+        Found::Full => match find_in(key, check, b2) {
+            Found::Full => Found::Missing,
+            found => found,
+        },
+        found => found,
+    }
+}
+
+/// Looks `key` up in the bucket at `first`. Ways fill in order and are
+/// never emptied, so an empty way ends the search.
+#[inline(always)]
+fn find_in(key: &FlowKey, check: u32, first: u32) -> Found {
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        let index = first + w;
+        // Verifier: `first` is below the table's size by construction.
+        let Some(e) = FLOWS.get_ptr_mut(index) else {
+            return Found::Missing;
+        };
+        // SAFETY: a pointer into the table's element.
+        if unsafe { (*e).key.protocol } == 0 {
+            return Found::Missing;
+        }
+        if let Some(found) = holding(index, e, key, check) {
+            return found;
+        }
+        w += 1;
+    }
+    Found::Full
+}
+
+/// What way `index` (at `e`) is for `key` when it holds it: its entry, or
+/// torn when its value does not check; `None` for another key.
+#[inline(always)]
+fn holding(index: u32, e: *mut FlowEntry, key: &FlowKey, check: u32) -> Option<Found> {
+    // SAFETY: a pointer into the table's element.
+    let entry = unsafe { &*e };
+    if !entry.key.same(key) {
+        return None;
+    }
+    Some(if entry.checks(check) {
+        Found::Entry(index, e)
+    } else {
+        Found::Torn(index)
+    })
+}
+
+/// [`find_flow`] through the tag words: only ways tagged with `tag` are
+/// read (a new connection's entry is almost never there).
+#[inline(always)]
+fn find_tagged(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> Found {
+    let t1 = tags(b1);
+    match find_tag(key, check, tag, t1, b1) {
+        Found::Missing if full(t1) => find_tag(key, check, tag, tags(b2), b2),
+        found => found,
+    }
+}
+
+/// The way of bucket `first` (tag word `t`) tagged `tag` that holds `key`.
+#[inline(always)]
+fn find_tag(key: &FlowKey, check: u32, tag: u8, t: u32, first: u32) -> Found {
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        if (t >> (8 * w)) as u8 == tag {
+            let index = first + w;
+            // Verifier: as in find_in.
+            let Some(e) = FLOWS.get_ptr_mut(index) else {
+                return Found::Missing;
+            };
+            if let Some(found) = holding(index, e, key, check) {
+                return found;
+            }
+        }
+        w += 1;
+    }
+    Found::Missing
+}
+
+/// The first empty way of a bucket by its tag word.
+#[inline(always)]
+fn empty_way(t: u32) -> Option<u32> {
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        if (t >> (8 * w)) as u8 == 0 {
+            return Some(w);
+        }
+        w += 1;
+    }
+    None
+}
+
+/// The way a new flow goes to: an empty way of its first bucket `b1`,
+/// else of its second `b2`, else a way of `b1` not used since its last
+/// eviction, else (all used) one of `b1` picked by the hash, and every
+/// way's use in `b1` starts over.
+#[inline(always)]
+fn victim(b1: u32, b2: u32, check: u32) -> Option<u32> {
+    if let Some(w) = empty_way(tags(b1)) {
+        return Some(b1 + w);
+    }
+    if let Some(w) = empty_way(tags(b2)) {
+        return Some(b2 + w);
+    }
+    // Both full: read b1's ways (the slow path of a busy table).
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        if let Some(e) = FLOWS.get(b1 + w)
+            && e.used == 0
+        {
+            return Some(b1 + w);
+        }
+        w += 1;
+    }
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        if let Some(e) = FLOWS.get_ptr_mut(b1 + w) {
+            // SAFETY: a pointer into the table's element; one byte.
+            unsafe { (*e).used = 0 };
+        }
+        w += 1;
+    }
+    Some(b1 + (check >> 30) % FLOW_WAYS)
 }
 
 /// Katran's SYN-flood guard: at most `new_flow_limit` new flows per second
@@ -470,15 +771,16 @@ fn record_new_flow() -> bool {
     false
 }
 
-/// A TCP SYN without ACK: a client opening a connection. Only asked about
-/// flows of draining servers, so the common path never reads the flags.
+/// A TCP SYN without ACK: a client opening a connection (one byte of the
+/// TCP header, read in place).
 #[inline(always)]
 fn is_new_tcp_connection(ctx: &XdpContext, key: &FlowKey, l4: usize) -> bool {
     if key.protocol != IPPROTO_TCP {
         return false;
     }
-    match read::<[u8; 14]>(ctx, l4) {
-        Ok(h) => h[13] & 0x12 == 0x02,
+    match ptr_at::<[u8; 14]>(ctx, l4) {
+        // SAFETY: ptr_at checked the 14 bytes are inside the frame.
+        Ok(h) => (unsafe { (*h)[13] }) & 0x12 == 0x02,
         Err(Pass) => false,
     }
 }
@@ -562,23 +864,17 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         count(ctx, f.service, f.backend, false);
         return Ok(sent(ctx, f.backend, &b, key));
     }
-    let skey = ServiceKey {
-        addr: key.dst,
-        port: [0, 0],
-        protocol: key.protocol,
-        flags: KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 },
-    };
-    // SAFETY: copied out at once.
-    let service = match unsafe { SERVICES.get(&skey) }.copied() {
+    let flags = KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 };
+    let service = match service(key, [0, 0], flags) {
         Some(s) => s,
         // A group member's address: its fragment entry is in the trie.
         None => *MEMBERS
             .get(Key::new(
                 MEMBER_PREFIX_BASE,
                 MemberKey {
-                    protocol: skey.protocol,
-                    flags: skey.flags,
-                    addr: skey.addr,
+                    protocol: key.protocol,
+                    flags,
+                    addr: key.dst,
                     port: [0, 0],
                 },
             ))
@@ -629,7 +925,9 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         if icmp[0] != 2 {
             return Err(Pass);
         }
-        let h: [u8; IPV6_LEN] = read(ctx, inner)?;
+        // SAFETY: ptr_at checked the header is inside the frame; read in
+        // place (no copy on the BPF stack).
+        let h = unsafe { &*ptr_at::<[u8; IPV6_LEN]>(ctx, inner)? };
         key.protocol = h[6];
         // Quoted packet: VIP -> client. The flow is client -> VIP.
         key.dst.copy_from_slice(&h[8..24]);
@@ -639,7 +937,8 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         if icmp[0] != 3 || icmp[1] != 4 {
             return Err(Pass);
         }
-        let h: [u8; IPV4_LEN] = read(ctx, inner)?;
+        // SAFETY: as above.
+        let h = unsafe { &*ptr_at::<[u8; IPV4_LEN]>(ctx, inner)? };
         let ihl = ((h[0] & 0x0f) as usize) * 4; // masked: bounded for the verifier
         if ihl < IPV4_LEN {
             return Err(Pass);
@@ -660,10 +959,13 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     key.dport = [ports[0], ports[1]];
     key.sport = [ports[2], ports[3]];
     let service = find_service(&key).ok_or(Pass)?;
-    // SAFETY: copied out at once.
-    let id = match unsafe { FLOWS.get(&key) }.copied() {
-        Some(flow) => flow.backend,
-        None => {
+    let seed = SETTINGS.get(0).map_or(0, |s| s.flow_seed);
+    let hash = flow_table_hash(&key, seed);
+    let (b1, b2) = flow_buckets(hash, table_buckets());
+    let id = match find_flow(&key, hash as u32, b1, b2) {
+        // SAFETY: a pointer into the table's element.
+        Found::Entry(_, e) => u32::from(unsafe { (*e).backend }),
+        Found::Torn(_) | Found::Missing | Found::Full => {
             let hash = if service.flags & SVC_SOURCE_HASH != 0 {
                 source_hash(&key.src)
             } else {
@@ -772,7 +1074,7 @@ fn encapsulate4(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Resul
         if first[6] & 0x40 == 0 || len > s.mtu as usize {
             return Ok(xdp_action::XDP_DROP);
         }
-        return too_big4(ctx, s.mtu - IPV4_LEN as u16);
+        return Ok(too_big4(ctx, s.mtu - IPV4_LEN as u16));
     }
     // SAFETY: the helper checks the headroom itself.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_LEN as i32)) } != 0 {
@@ -818,7 +1120,7 @@ fn encapsulate6(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Resul
         if len > s.mtu as usize {
             return Ok(xdp_action::XDP_DROP); // an aggregate, as in encapsulate4
         }
-        return too_big6(ctx, s.mtu as u32 - IPV6_LEN as u32);
+        return Ok(too_big6(ctx, s.mtu as u32 - IPV6_LEN as u32));
     }
     // SAFETY: the helper checks the headroom itself.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_LEN as i32)) } != 0 {
@@ -869,8 +1171,16 @@ fn swap_sum(sum: i64) -> u64 {
 /// Turns the frame into an ICMP "fragmentation needed" (type 3 code 4)
 /// from the VIP to the client, with the MTU left inside the tunnel, so
 /// path MTU discovery works through the director.
+/// A function of its own (a BPF-to-BPF call, cold: only a packet too
+/// big for the tunnel gets here), so its locals stay off the main path's
+/// stack frame. Drops what it cannot turn into the reply.
+#[inline(never)]
+fn too_big4(ctx: &XdpContext, mtu: u16) -> u32 {
+    try_too_big4(ctx, mtu).unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[inline(always)]
-fn too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
+fn try_too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
     let len = ip_len(ctx);
     if len < QUOTE4 {
         return Ok(xdp_action::XDP_DROP);
@@ -931,8 +1241,14 @@ fn too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
 
 /// Turns the frame into an ICMPv6 "packet too big" (type 2) from the VIP
 /// to the client, with the MTU left inside the tunnel.
+/// A function of its own, as [`too_big4`].
+#[inline(never)]
+fn too_big6(ctx: &XdpContext, mtu: u32) -> u32 {
+    try_too_big6(ctx, mtu).unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[inline(always)]
-fn too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
+fn try_too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
     let len = ip_len(ctx);
     if len < QUOTE6 {
         return Ok(xdp_action::XDP_DROP);
@@ -968,11 +1284,18 @@ fn too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
     // The checksum covers a pseudo-header (both addresses, the length,
     // the next header), the ICMPv6 header and the quote.
     let mut sum = (ICMP_LEN + QUOTE6) as u64 + IPPROTO_ICMPV6 as u64;
-    let mut k = 8;
-    while k < IPV6_LEN {
-        sum += u16::from_be_bytes([h[k], h[k + 1]]) as u64;
-        k += 2;
-    }
+    // SAFETY: the helper reads the two addresses (32 bytes of the reply's
+    // header, which ptr_at checked).
+    let addrs = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            h[8..].as_mut_ptr() as *mut u32,
+            32,
+            0,
+        )
+    };
+    sum += swap_sum(addrs);
     sum += u16::from_be_bytes([2, 0]) as u64 + (mtu >> 16) as u64 + (mtu & 0xffff) as u64;
     // SAFETY: the helper reads QUOTE6 bytes ptr_at checked.
     let q = unsafe {

@@ -26,7 +26,9 @@
 //! flow table's kernel memory is read from its fdinfo.
 //!
 //! `--short`: a few hundred calls per path and every check, no figures (CI
-//! proves the harness and the paths with it).
+//! proves the harness and the paths with it). For experiments:
+//! `BENCH_XDP_TABLE=N` sets the flow table's entries, `BENCH_XDP_QUICK=1`
+//! skips the filled-table rows.
 
 use std::{net::IpAddr, time::Instant};
 
@@ -261,58 +263,52 @@ fn filled_client(i: u32) -> IpAddr {
     IpAddr::from([11, (i >> 16) as u8, (i >> 8) as u8, i as u8])
 }
 
-/// Fills the flow table with the established flows `from..to` of `svc`
-/// (their real servers in turn), a chunk on each allowed CPU in turn: the
-/// kernel gives each CPU's LRU list its share of the table, as RSS spreads
-/// flows over the CPUs. Pins back to `cpu`.
-fn fill(
-    dp: &mut XdpDataplane,
-    svc: &ServicePlan,
-    (from, to): (u32, u32),
-    cpus: &[usize],
-    cpu: usize,
-) -> Result<()> {
-    let service = svc.key();
+/// The key of filled flow `i` (client `i`:40000 -> 10.0.0.100:80).
+fn filled_key(i: u32) -> FlowKey {
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[11, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
     let mut dst = [0u8; 16];
     dst[..4].copy_from_slice(&[10, 0, 0, 100]);
-    const CHUNK: u32 = 4096;
-    let mut start = from;
-    while start < to {
-        let end = to.min((start / CHUNK + 1) * CHUNK);
-        pin_to(cpus[(start / CHUNK) as usize % cpus.len()])?;
-        let flows: Vec<PinnedFlow> = (start..end)
-            .map(|i| {
-                let mut src = [0u8; 16];
-                src[..4].copy_from_slice(&[11, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-                PinnedFlow {
-                    flow: FlowKey {
-                        src,
-                        dst,
-                        sport: 40000u16.to_be_bytes(),
-                        dport: 80u16.to_be_bytes(),
-                        protocol: director_common::IPPROTO_TCP,
-                        ..FlowKey::default()
-                    },
-                    service,
-                    backend: svc.backends[(i % 3) as usize].address,
-                }
-            })
-            .collect();
-        let added = dp.import_flows(&flows)?;
-        ensure!(
-            added == flows.len(),
-            "only {added} of {} flows went into the table",
-            flows.len()
-        );
-        start = end;
+    FlowKey {
+        src,
+        dst,
+        sport: 40000u16.to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        protocol: director_common::IPPROTO_TCP,
+        ..FlowKey::default()
     }
-    pin_to(cpu)
 }
 
-/// `n` ACKs of flows drawn at random from the first `filled` of the filled
-/// table: lookups spread over the whole table (cache misses), not one hot
-/// flow.
-fn spread(n: u32, filled: u32, seed: u64) -> Vec<Vec<u8>> {
+/// Fills the flow table with the established flows `from..to` of `svc`
+/// (their real servers in turn), as flow sync imports them (a flow is
+/// recorded in a free way of one of its two buckets, never over another).
+/// Returns the ones recorded (the others found both buckets full).
+fn fill(dp: &mut XdpDataplane, svc: &ServicePlan, (from, to): (u32, u32)) -> Result<Vec<u32>> {
+    let service = svc.key();
+    const CHUNK: u32 = 65_536;
+    let mut recorded = Vec::new();
+    let mut start = from;
+    while start < to {
+        let end = to.min(start + CHUNK);
+        let flows: Vec<PinnedFlow> = (start..end)
+            .map(|i| PinnedFlow {
+                flow: filled_key(i),
+                service,
+                backend: svc.backends[(i % 3) as usize].address,
+            })
+            .collect();
+        dp.import_flows(&flows)?;
+        let table = dp.flow_table();
+        recorded.extend((start..end).filter(|i| table.get(&filled_key(*i)).is_some()));
+        start = end;
+    }
+    Ok(recorded)
+}
+
+/// `n` ACKs of flows drawn at random from `flows` (the filled flows that
+/// were recorded): lookups spread over the whole table (cache misses), not
+/// one hot flow.
+fn spread(n: u32, flows: &[u32], seed: u64) -> Vec<Vec<u8>> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
@@ -320,28 +316,32 @@ fn spread(n: u32, filled: u32, seed: u64) -> Vec<Vec<u8>> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let i = (x % u64::from(filled)) as u32;
+            let i = flows[(x % flows.len() as u64) as usize];
             frames::tcp_frame(filled_client(i), 40000, ip("10.0.0.100"), 80, ACK)
         })
         .collect()
 }
 
-/// Kernel memory of this process's LRU hash maps of `entries` entries (the
-/// flow table): the `memlock` its fdinfo reports.
+/// Kernel memory of this process's flow table of `entries` entries: the
+/// `memlock` its fdinfo reports for the entry array and for its tag words
+/// (an array of `entries / 4`).
 fn flow_table_memlock(entries: u32) -> Option<u64> {
-    let dir = std::fs::read_dir("/proc/self/fdinfo").ok()?;
-    dir.flatten().find_map(|e| {
-        let text = std::fs::read_to_string(e.path()).ok()?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-        };
-        // BPF_MAP_TYPE_LRU_HASH is 9.
-        (field("map_type:")? == "9" && field("max_entries:")? == entries.to_string())
-            .then(|| field("memlock:")?.parse().ok())
-            .flatten()
-    })
+    let memlock = |max_entries: u32| {
+        let dir = std::fs::read_dir("/proc/self/fdinfo").ok()?;
+        dir.flatten().find_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            // BPF_MAP_TYPE_ARRAY is 2.
+            (field("map_type:")? == "2" && field("max_entries:")? == max_entries.to_string())
+                .then(|| field("memlock:")?.parse::<u64>().ok())
+                .flatten()
+        })
+    };
+    Some(memlock(entries)? + memlock(entries / director_common::FLOW_WAYS)?)
 }
 
 /// One measured path.
@@ -407,6 +407,10 @@ fn main() -> Result<()> {
     } else {
         (5_000_000, [1_000_000, 4_000_000])
     };
+    let table = std::env::var("BENCH_XDP_TABLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(table);
     let cpus = allowed_cpus()?;
     let cpu = *cpus.last().context("no CPU")?;
     pin_to(cpu)?;
@@ -552,10 +556,22 @@ fn main() -> Result<()> {
 
     // Established flows spread over a table filled to each population.
     let mut filled = 0;
-    for target in populations {
-        fill(&mut dp, &plan[0], (filled, target), &cpus, cpu)?;
+    let mut recorded = Vec::new();
+    let mut unrecorded = Vec::new();
+    let quick = std::env::var_os("BENCH_XDP_QUICK").is_some();
+    for target in populations.into_iter().filter(|_| !quick) {
+        let before = recorded.len();
+        recorded.extend(fill(&mut dp, &plan[0], (filled, target))?);
+        unrecorded.push((
+            target,
+            (target - filled) as usize - (recorded.len() - before),
+        ));
         filled = target;
-        let frames = spread(n, filled, 0x9e37_79b9_7f4a_7c15 ^ u64::from(target));
+        // New flows measured at the last population may have taken ways of
+        // full buckets: draw from the flows the table holds now.
+        let table = dp.flow_table();
+        recorded.retain(|i| table.get(&filled_key(*i)).is_some());
+        let frames = spread(n, &recorded, 0x9e37_79b9_7f4a_7c15 ^ u64::from(target));
         let prog = dp.program()?;
         let mut row = Row {
             name: format!("established TCP flow, IPv4, {filled} flows, spread"),
@@ -666,9 +682,16 @@ fn main() -> Result<()> {
     }
     if let Some(bytes) = memlock {
         println!(
-            "flow table: {table} entries, {:.1} MiB of kernel memory (memlock), {:.1} MiB per million entries; {filled} flows in it at the end",
+            "flow table: {table} entries, {:.1} MiB of kernel memory (memlock), {:.1} MiB per million entries; {} of the {filled} filled flows recorded",
             bytes as f64 / 1048576.0,
-            bytes as f64 / 1048576.0 / (f64::from(table) / 1e6)
+            bytes as f64 / 1048576.0 / (f64::from(table) / 1e6),
+            recorded.len()
+        );
+    }
+    for (target, missed) in &unrecorded {
+        println!(
+            "  filling to {target}: {missed} flows found both their buckets full ({:.4}% of the flows filled)",
+            *missed as f64 * 100.0 / f64::from(*target)
         );
     }
     match katran(n, rounds, table) {

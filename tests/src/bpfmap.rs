@@ -53,6 +53,17 @@ impl PinnedMap {
         Ok(())
     }
 
+    /// The value of `key` (its bytes as the map holds them), `len` bytes.
+    pub fn lookup(&self, key: &[u8], len: usize) -> Result<Vec<u8>> {
+        let mut value = vec![0u8; len];
+        let mut attr = Attr([0; 128]);
+        attr.0[..4].copy_from_slice(&(self.0.as_raw_fd() as u32).to_ne_bytes());
+        attr.0[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+        attr.0[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("map lookup")?;
+        Ok(value)
+    }
+
     /// Reads every entry once (next key, then its value), as a daemon
     /// walking the map from user space does; returns how many there were.
     pub fn walk(&self, key_len: usize, value_len: usize) -> Result<usize> {

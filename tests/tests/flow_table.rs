@@ -20,15 +20,22 @@ fn pinned_flows(pin_dir: &str) -> Result<u64> {
     v["max_entries"].as_u64().context("max_entries")
 }
 
-#[test]
-fn the_flow_table_has_the_configured_size_and_follows_a_change() -> Result<()> {
+/// A lab of one director and two real servers: the lab, the director's
+/// state directory, the servers' addresses.
+fn one_director() -> Result<(Lab, std::path::PathBuf, Vec<String>)> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,
         vip_on_director: true,
     })?;
     let state = lab.state_dir("director1")?;
-    let servers: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let servers = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    Ok((lab, state, servers))
+}
+
+#[test]
+fn the_flow_table_has_the_configured_size_and_follows_a_change() -> Result<()> {
+    let (lab, state, servers) = one_director()?;
     let base = scenario::http_config(&lab, "director1", &servers)?;
     let sized = |n: u32| {
         base.replacen(
@@ -62,6 +69,132 @@ fn the_flow_table_has_the_configured_size_and_follows_a_change() -> Result<()> {
     scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
     ensure!(pinned_flows(&pin_dir)? == 8192);
     ensure!(d.log().contains("flow table resized"), "{}", d.log());
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 10, Duration::from_secs(2)))?;
+    ensure!(t.ok == 10, "{t:?}");
+    Ok(())
+}
+
+/// `bpftool` with `args`, failing with its output.
+fn bpftool(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("bpftool").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An upgrade from the version whose flow table was an LRU hash (40-byte
+/// keys, 24-byte values) and whose settings had 40 bytes: the new daemon
+/// re-creates both maps, carries the old table's flows into the new one
+/// (on the same real server) and keeps serving.
+#[test]
+fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
+    use director_tests::bpfmap::PinnedMap;
+    let (lab, state, servers) = one_director()?;
+    let config = scenario::http_config(&lab, "director1", &servers)?.replacen(
+        "[global]\n",
+        "[global]\nflow_table_size = 4096\n",
+        1,
+    );
+    let path = lab.write("d.toml", &config)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    let s = scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    let pins = std::path::PathBuf::from(s["pin_dir"].as_str().context("pin_dir")?);
+    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+
+    // Real server slot 0 as the stopped daemon left it: its generation.
+    let backend = PinnedMap::open(&pins.join("BACKENDS"))?.lookup(&0u32.to_ne_bytes(), 40)?;
+    let generation = u32::from_ne_bytes(backend[8..12].try_into()?);
+    ensure!(backend[7] != 0, "real server slot 0 is not in use");
+    let old_settings = PinnedMap::open(&pins.join("SETTINGS"))?.lookup(&0u32.to_ne_bytes(), 48)?;
+
+    // The older version's maps in their place: one flow on slot 0.
+    let flows = pins.join("FLOWS");
+    let settings = pins.join("SETTINGS");
+    std::fs::remove_file(&flows)?;
+    std::fs::remove_file(&settings)?;
+    let (flows_s, settings_s) = (flows.to_string_lossy(), settings.to_string_lossy());
+    bpftool(&[
+        "map", "create", &flows_s, "type", "lru_hash", "key", "40", "value", "24", "entries",
+        "4096", "name", "FLOWS",
+    ])?;
+    bpftool(&[
+        "map",
+        "create",
+        &settings_s,
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "40",
+        "entries",
+        "1",
+        "name",
+        "SETTINGS",
+    ])?;
+    let mut key = [0u8; 40];
+    key[..4].copy_from_slice(&[10, 0, 0, 77]);
+    key[16..20].copy_from_slice(&VIP.octets());
+    key[32..34].copy_from_slice(&5555u16.to_be_bytes());
+    key[34..36].copy_from_slice(&80u16.to_be_bytes());
+    key[36] = 6;
+    let mut value = [0u8; 24];
+    value[4..8].copy_from_slice(&generation.to_ne_bytes());
+    let mut args = vec!["map", "update", "pinned", &flows_s, "key", "hex"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    args.extend(hex(&key));
+    args.extend(["value".into(), "hex".into()]);
+    args.extend(hex(&value));
+    bpftool(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut args = vec!["map", "update", "pinned", &settings_s, "key", "hex"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    args.extend(hex(&0u32.to_ne_bytes()));
+    args.extend(["value".into(), "hex".into()]);
+    args.extend(hex(&old_settings[..40]));
+    bpftool(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+
+    let d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    let log = d.log();
+    ensure!(
+        log.contains("flows of the previous flow table carried over") && log.contains("recorded=1"),
+        "{log}"
+    );
+    // The flow is in the new table, on slot 0: one of its buckets' ways.
+    let settings = PinnedMap::open(&settings)?.lookup(&0u32.to_ne_bytes(), 48)?;
+    ensure!(
+        settings[..40] == old_settings[..40],
+        "settings not carried over"
+    );
+    let seed = u32::from_ne_bytes(settings[40..44].try_into()?);
+    let mut fk = director_common::FlowKey::default();
+    fk.src[..4].copy_from_slice(&key[..4]);
+    fk.dst[..4].copy_from_slice(&key[16..20]);
+    fk.sport = 5555u16.to_be_bytes();
+    fk.dport = 80u16.to_be_bytes();
+    fk.protocol = 6;
+    let hash = director_common::flow_table_hash(&fk, seed);
+    let (b1, b2) = director_common::flow_buckets(hash, 4096 / director_common::FLOW_WAYS);
+    let table = PinnedMap::open(&flows)?;
+    let found = (0..director_common::FLOW_WAYS)
+        .flat_map(|w| [b1 + w, b2 + w])
+        .filter_map(|i| table.lookup(&i.to_ne_bytes(), 64).ok())
+        .any(|e| e[..40] == key[..] && e[40..42] == [0, 0]);
+    ensure!(found, "the carried flow is not in the new flow table");
+    let vip = std::net::SocketAddr::from((VIP, 80));
     let t = lab
         .client
         .run(move || http::hammer(vip, 10, Duration::from_secs(2)))?;

@@ -43,6 +43,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "e2fsprogs",
         "tests: the systemd VM's ext4 image (mkfs.ext4 -d)",
     ),
+    ("lintian", "tests: the Debian package's lintian check"),
     ("llvm-22-dev", "build: bpf-linker"),
     ("libpolly-22-dev", "build: bpf-linker"),
     ("libzstd-dev", "build: bpf-linker"),

@@ -28,10 +28,9 @@ pub struct Global {
     /// Seconds a UDP flow may stay idle before it is placed again.
     #[serde(default = "default_udp_timeout")]
     pub udp_timeout: u32,
-    /// Entries of the XDP flow table (1,024 to 16,777,216). Restart-only:
-    /// a daemon started with another size re-creates the table, and the
-    /// flows it held are placed again (by Maglev: the same servers unless
-    /// the pool changed meanwhile).
+    /// Entries of the XDP flow table (1,024 to 16,777,216; rounded up to
+    /// whole buckets of 4). Restart-only: a daemon started with another
+    /// size re-creates the table and carries the flows it held into it.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
     /// The SYN-flood guard: at most this many new flows per second per CPU

@@ -8,5 +8,6 @@ pub mod net;
 pub mod notify;
 pub mod packet;
 pub mod routes;
+pub mod timer;
 pub mod track;
 pub mod watch;

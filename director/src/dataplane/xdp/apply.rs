@@ -18,6 +18,8 @@ impl XdpDataplane {
             tunnel_src4: TUNNEL_SOURCE_V4,
             new_flow_limit: self.new_flow_limit,
             tunnel_src6: TUNNEL_SOURCE_V6,
+            flow_seed: self.flows.seed(),
+            service_index: self.settings.map_or(0, |s| s.service_index),
         };
         if self.settings != Some(settings) {
             self.maps.settings.set(0, settings, 0)?;
@@ -170,6 +172,9 @@ impl XdpDataplane {
         for key in &gone {
             retired.extend(self.slots.keys().filter(|(k, _)| k == key).copied());
         }
+        self.sync_fragments()?;
+        // The program switches to the new services (and tables) here.
+        self.sync_index()?;
         // Only now that no table points at them: retire removed servers.
         // Their flows find the slot unusable and are placed again.
         for k in retired {
@@ -181,9 +186,78 @@ impl XdpDataplane {
                 self.write_backend(slot.id, &cleared)?;
             }
         }
-        self.sync_fragments()?;
         self.sync_members(plan)?;
         self.write_filter(new_filter)?;
+        Ok(())
+    }
+
+    /// Makes the service index hold what the service map holds: written
+    /// into the idle bank, then the program switched to it with one
+    /// settings write. Keys that do not fit within the probe limit turn
+    /// the index off (the program uses the hash map; said once).
+    pub(super) fn sync_index(&mut self) -> Result<(), XdpError> {
+        use director_common::{
+            IndexEntry, SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS, service_index_slot,
+        };
+        let mut slots = vec![IndexEntry::default(); SERVICE_INDEX_SLOTS as usize];
+        let mut fits = true;
+        let entries = self
+            .services
+            .iter()
+            .map(|(k, i)| (k, i.value))
+            .chain(self.fragments.iter().map(|(k, v)| (k, *v)));
+        for (key, value) in entries {
+            let (addr, tail) = (key.index_addr(), key.index_tail());
+            let start = service_index_slot(&addr, tail);
+            let free = (0..SERVICE_INDEX_PROBES)
+                .map(|p| ((start + p) & (SERVICE_INDEX_SLOTS - 1)) as usize)
+                .find(|i| slots[*i].tail == 0);
+            match free {
+                Some(i) => {
+                    slots[i] = IndexEntry {
+                        addr,
+                        tail,
+                        _pad: 0,
+                        value,
+                    }
+                }
+                None => fits = false,
+            }
+        }
+        let current = self.settings.map_or(0, |s| s.service_index);
+        let wanted = if fits {
+            let active = current.checked_sub(1).map(|b| b as usize);
+            if active.is_some_and(|b| self.index_banks[b].as_ref() == Some(&slots)) {
+                return Ok(());
+            }
+            let bank = match active {
+                Some(b) => 1 - b,
+                None => 0,
+            };
+            let base = bank as u32 * SERVICE_INDEX_SLOTS;
+            let old = self.index_banks[bank].take();
+            for (i, e) in slots.iter().enumerate() {
+                if old.as_ref().is_none_or(|o| o[i] != *e) {
+                    self.maps.service_index.set(base + i as u32, e, 0)?;
+                }
+            }
+            self.index_banks[bank] = Some(slots);
+            bank as u32 + 1
+        } else {
+            if !self.index_overflow_said {
+                warn!(
+                    "the service index cannot hold every service within its probe limit: the XDP program looks services up in its hash map (slower for new flows)"
+                );
+                self.index_overflow_said = true;
+            }
+            0
+        };
+        if wanted != current {
+            let mut settings = self.settings.unwrap_or_default();
+            settings.service_index = wanted;
+            self.maps.settings.set(0, settings, 0)?;
+            self.settings = Some(settings);
+        }
         Ok(())
     }
 

@@ -11,13 +11,13 @@
 
 use std::{collections::HashMap, net::IpAddr, os::fd::AsFd as _, sync::Arc};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, MapData};
 use director_common::{
-    FlowKey, FlowValue, MAGLEV_LANES, MAGLEV_TABLE_SIZE, SVC_SOURCE_HASH, ServiceKey, flow_hash,
+    FlowEntry, FlowKey, MAGLEV_LANES, MAGLEV_TABLE_SIZE, SVC_SOURCE_HASH, ServiceKey, flow_hash,
     source_hash,
 };
 
-use super::{PinnedFlow, XdpError};
+use super::{FlowTable, PinnedFlow, XdpError};
 
 /// What a service's placement is, as of the snapshot.
 #[derive(Clone)]
@@ -33,7 +33,7 @@ pub(super) struct ServiceView {
 /// run on another thread while the daemon goes on).
 pub struct Scan {
     pub(super) version: u64,
-    pub(super) flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+    pub(super) flows: Arc<FlowTable>,
     pub(super) maglev: Array<MapData, [u16; 4]>,
     /// Real-server id -> (service, address, generation).
     pub(super) by_id: HashMap<u32, (ServiceKey, IpAddr, u32)>,
@@ -57,8 +57,8 @@ impl Scan {
     }
 
     /// Whether `key` -> `value` is an exception; the flow to share if so.
-    fn exception(&self, key: FlowKey, value: FlowValue) -> Option<PinnedFlow> {
-        let (service, backend, generation) = self.by_id.get(&value.backend)?;
+    fn exception(&self, key: FlowKey, value: FlowEntry) -> Option<PinnedFlow> {
+        let (service, backend, generation) = self.by_id.get(&u32::from(value.backend))?;
         // A flow of a slot reused since: it will be re-hashed anyway.
         if *generation != value.generation {
             return None;
@@ -78,7 +78,7 @@ impl Scan {
                 .ok()
                 .map(|e| u32::from(e[(slot % MAGLEV_LANES) as usize])),
         };
-        (chosen != Some(value.backend)).then_some(PinnedFlow {
+        (chosen != Some(u32::from(value.backend))).then_some(PinnedFlow {
             flow: key,
             service: *service,
             backend: *backend,
@@ -89,8 +89,7 @@ impl Scan {
     pub fn full(&self, limit: usize) -> Vec<PinnedFlow> {
         let mut out = Vec::new();
         for entry in self.flows.iter() {
-            let Ok((key, value)) = entry else { continue };
-            if let Some(f) = self.exception(key, value) {
+            if let Some(f) = self.exception(entry.key, entry) {
                 out.push(f);
                 if out.len() >= limit {
                     break;
@@ -106,7 +105,7 @@ impl Scan {
         known
             .iter()
             .filter_map(|f| {
-                let value = self.flows.get(&f.flow, 0).ok()?;
+                let value = self.flows.get(&f.flow)?;
                 self.exception(f.flow, value)
             })
             .collect()

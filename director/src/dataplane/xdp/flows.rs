@@ -27,11 +27,10 @@ impl XdpDataplane {
             })
             .collect();
         use aya::maps::IterableMap as _;
-        let flows = self.maps.flows.map();
         let maglev = self.maps.maglev.map();
         Ok(Scan {
             version: self.version,
-            flows: BpfHashMap::try_from(aya::maps::Map::LruHashMap(exceptions::dup(flows)?))?,
+            flows: self.flows.clone(),
             maglev: Array::try_from(aya::maps::Map::Array(exceptions::dup(maglev)?))?,
             by_id,
             services,
@@ -66,25 +65,53 @@ impl XdpDataplane {
             unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
             t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
         };
-        let values: Vec<(FlowKey, FlowValue)> = flows
+        Ok(flows
             .iter()
-            .filter_map(|f| {
-                let slot = self.slots.get(&(f.service, f.backend))?;
-                let installed = self.services.get(&f.service)?;
-                Some((
-                    f.flow,
-                    FlowValue::new(slot.id, slot.written.generation, installed.id, now),
-                ))
+            .filter(|f| {
+                let (Some(slot), Some(installed)) = (
+                    self.slots.get(&(f.service, f.backend)),
+                    self.services.get(&f.service),
+                ) else {
+                    return false;
+                };
+                // Never overrides what this director decided.
+                self.flows.insert_new(
+                    &f.flow,
+                    slot.id as u16,
+                    installed.id as u16,
+                    slot.written.generation,
+                    now,
+                )
             })
-            .collect();
-        let map = &mut self.maps.flows;
-        let mut added = 0;
-        for (k, v) in values {
-            // BPF_NOEXIST: never overrides what this director decided.
-            if map.insert(k, v, 1).is_ok() {
-                added += 1;
-            }
+            .count())
+    }
+
+    /// Records the flows of a pinned table re-created at another size or
+    /// format (their ids are the adopted maps').
+    pub(super) fn carry(&self, flows: &[CarriedFlow]) {
+        let added = flows
+            .iter()
+            .filter(|f| {
+                self.flows.insert_new(
+                    &f.key,
+                    f.backend as u16,
+                    f.service as u16,
+                    f.generation,
+                    f.atime,
+                )
+            })
+            .count();
+        if !flows.is_empty() {
+            info!(
+                flows = flows.len(),
+                recorded = added,
+                "flows of the previous flow table carried over"
+            );
         }
-        Ok(added)
+    }
+
+    /// The flow table, mapped.
+    pub fn flow_table(&self) -> &FlowTable {
+        &self.flows
     }
 }

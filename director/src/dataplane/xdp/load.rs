@@ -4,31 +4,215 @@
 
 use super::*;
 
-pub(super) fn load(pin_dir: Option<&Path>, flows: u32) -> Result<Ebpf, XdpError> {
+/// A flow of a pinned flow table that could not be adopted as it was
+/// (another size, an older format), to be recorded in the new one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CarriedFlow {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub service: u32,
+    pub generation: u32,
+    pub atime: u64,
+}
+
+/// The loaded object, and what became of the pinned maps.
+pub(super) struct Loaded {
+    pub ebpf: Ebpf,
+    /// Entries of the flow table: the size asked for, in whole buckets.
+    pub flow_entries: u32,
+    /// The pinned flow table was adopted as it was (its seed is the one in
+    /// the pinned settings).
+    pub flows_adopted: bool,
+    /// Its pinned tag words too (else they are rebuilt from its entries).
+    pub tags_adopted: bool,
+    /// Flows of a pinned table re-created at another size or format.
+    pub carried: Vec<CarriedFlow>,
+    /// The settings of a pinned settings map of an older format (its
+    /// fields that this version still has), written before the program
+    /// runs.
+    pub carried_settings: Option<Settings>,
+}
+
+/// Entries of a flow table of `flows` flows: whole buckets.
+pub fn flow_entries(flows: u32) -> u32 {
+    flows.div_ceil(FLOW_WAYS).max(1) * FLOW_WAYS
+}
+
+pub(super) fn load(pin_dir: Option<&Path>, flows: u32) -> Result<Loaded, XdpError> {
     if PROGRAM.is_empty() {
         return Err(XdpError::NotBuilt);
     }
+    let entries = flow_entries(flows);
+    let buckets = entries / FLOW_WAYS;
+    let (mut flows_adopted, mut tags_adopted) = (false, false);
+    let (mut carried, mut carried_settings) = (Vec::new(), None);
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MAP_FLOWS, flows);
+    loader.map_max_entries(MAP_FLOWS, entries);
+    loader.map_max_entries(MAP_FLOW_TAGS, buckets);
+    loader.override_global("FLOW_BUCKETS", &buckets, true);
     if let Some(dir) = pin_dir {
-        // A pinned flow table of another size is re-created at the size
-        // asked for (a pinned map is reused as it is otherwise).
-        let pinned = dir.join(MAP_FLOWS);
-        if let Ok(info) = aya::maps::MapInfo::from_pin(&pinned)
-            && info.max_entries() != flows
-        {
+        let stale = incompatible_pins(dir, entries)?;
+        let adopted = |name: &str| dir.join(name).exists() && !stale.contains(&name);
+        flows_adopted = adopted(MAP_FLOWS);
+        tags_adopted = adopted(MAP_FLOW_TAGS);
+        if stale.contains(&MAP_FLOWS) {
+            // Flows carry over only where real-server and service ids do.
+            if adopted(MAP_BACKENDS) && adopted(MAP_SERVICES) {
+                let seed = read_pinned_settings(&dir.join(MAP_SETTINGS)).map(|s| s.flow_seed);
+                carried = read_old_flows(&dir.join(MAP_FLOWS), seed);
+            }
             warn!(
-                old = info.max_entries(),
-                new = flows,
-                "flow table resized: its flows are placed again (by Maglev: on the same real servers unless the pool changed)"
+                flows = carried.len(),
+                entries,
+                "flow table re-created (another size or an older format): its flows carried over"
             );
-            let _ = std::fs::remove_file(&pinned);
+        }
+        if stale.contains(&MAP_SETTINGS) {
+            carried_settings = read_pinned_settings(&dir.join(MAP_SETTINGS));
+        }
+        for name in &stale {
+            let _ = std::fs::remove_file(dir.join(name));
         }
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    Ok(loader.load(PROGRAM)?)
+    Ok(Loaded {
+        ebpf: loader.load(PROGRAM)?,
+        flow_entries: entries,
+        flows_adopted,
+        tags_adopted,
+        carried,
+        carried_settings,
+    })
+}
+
+/// The pinned maps in `dir` this program cannot use as they are: another
+/// type, key, value or flag than its definition, or another size (the
+/// flow table: other than `flow_entries`). Each is logged.
+fn incompatible_pins(dir: &Path, flow_entries: u32) -> Result<Vec<&'static str>, XdpError> {
+    let object = aya_obj::Object::parse(PROGRAM)
+        .map_err(|e| XdpError::Link(format!("cannot parse the XDP object: {e}")))?;
+    let mut stale = Vec::new();
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let want_entries = match name {
+            MAP_FLOWS => flow_entries,
+            MAP_FLOW_TAGS => flow_entries / FLOW_WAYS,
+            _ => def.max_entries(),
+        };
+        let fits = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) => {
+                let same = info.map_type().ok().map(|t| t as u32) == Some(def.map_type())
+                    && info.key_size() == def.key_size()
+                    && info.value_size() == def.value_size()
+                    && info.map_flags() == def.map_flags();
+                if same && info.max_entries() != want_entries {
+                    warn!(
+                        map = name,
+                        old = info.max_entries(),
+                        new = want_entries,
+                        "flow table resized: its flows are carried over into the new one"
+                    );
+                } else if !same {
+                    warn!(
+                        map = name,
+                        "pinned map of an older format: re-created (its contents are written again)"
+                    );
+                }
+                same && info.max_entries() == want_entries
+            }
+            Err(e) => {
+                warn!(map = name, error = %e, "unreadable pinned map: re-created");
+                false
+            }
+        };
+        if !fits {
+            stale.push(name);
+        }
+    }
+    Ok(stale)
+}
+
+/// The settings in a pinned settings map, of this format or the one
+/// before (40 bytes, without the flow seed: fields are only appended).
+fn read_pinned_settings(path: &Path) -> Option<Settings> {
+    const OLD: usize = 40;
+    let map = MapData::from_pin(path).ok()?;
+    let size = map.info().ok()?.value_size() as usize;
+    let map = aya::maps::Map::Array(map);
+    if size == std::mem::size_of::<Settings>() {
+        return Array::<_, Settings>::try_from(map).ok()?.get(&0, 0).ok();
+    }
+    if size != OLD {
+        return None;
+    }
+    let old: [u8; OLD] = Array::<_, [u8; OLD]>::try_from(map).ok()?.get(&0, 0).ok()?;
+    let mut bytes = [0u8; std::mem::size_of::<Settings>()];
+    bytes[..OLD].copy_from_slice(&old);
+    // SAFETY: Settings is plain integers and byte arrays (every bit
+    // pattern is a value), and `bytes` is exactly its size.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Settings>()) })
+}
+
+/// The flows of a pinned flow table of another size or an older format:
+/// the LRU hash of 40-byte keys and 24-byte values, or an array of
+/// entries (those that check with `seed`, when it is known).
+fn read_old_flows(path: &Path, seed: Option<u32>) -> Vec<CarriedFlow> {
+    let Ok(map) = MapData::from_pin(path) else {
+        return Vec::new();
+    };
+    let Ok(info) = map.info() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match (info.key_size(), info.value_size()) {
+        (40, 24) => {
+            let Ok(old) =
+                BpfHashMap::<_, FlowKey, FlowValue>::try_from(aya::maps::Map::LruHashMap(map))
+            else {
+                return Vec::new();
+            };
+            for (key, v) in old.iter().filter_map(Result::ok) {
+                out.push(CarriedFlow {
+                    key,
+                    backend: v.backend,
+                    service: v.service,
+                    generation: v.generation,
+                    atime: v.atime,
+                });
+            }
+        }
+        (4, 64) => {
+            let Ok(old) = Array::<_, FlowEntry>::try_from(aya::maps::Map::Array(map)) else {
+                return Vec::new();
+            };
+            for e in (0..info.max_entries()).filter_map(|i| old.get(&i, 0).ok()) {
+                if e.key.protocol == 0
+                    || seed.is_some_and(|s| {
+                        !e.checks(director_common::flow_table_hash(&e.key, s) as u32)
+                    })
+                {
+                    continue;
+                }
+                out.push(CarriedFlow {
+                    key: e.key,
+                    backend: u32::from(e.backend),
+                    service: u32::from(e.service),
+                    generation: e.generation,
+                    atime: e.atime,
+                });
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {

@@ -40,7 +40,7 @@ use director_common::{
     PROG_DIRECTOR, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
     VIP_FILTER_WORDS, maglev_base,
 };
-use director_common::{FlowKey, FlowValue, MAP_FLOWS};
+use director_common::{FLOW_WAYS, FlowEntry, FlowKey, FlowValue, MAP_FLOW_TAGS, MAP_FLOWS};
 
 /// Outer source of IPv4 tunnels: 172.16.0.0/16, the last two bytes from
 /// the flow's hash (as Katran does), so a real server's NIC spreads
@@ -58,11 +58,13 @@ use tracing::{info, warn};
 mod apply;
 mod exceptions;
 mod flows;
+mod flowtable;
 mod link;
 mod load;
 
-pub use self::load::flush;
+pub use self::load::{flow_entries, flush};
 pub use exceptions::Scan;
+pub use flowtable::FlowTable;
 
 // The parts see each other through this module.
 use self::load::*;
@@ -199,6 +201,8 @@ pub struct XdpDataplane {
     ebpf: Ebpf,
     /// The program's maps, typed, taken out of the object once at open.
     maps: Maps,
+    /// The flow table, mapped (shared with flow sync's scans).
+    flows: std::sync::Arc<FlowTable>,
     attachment: Attachment,
     interface: String,
     /// The interface index the program is attached to.
@@ -215,6 +219,11 @@ pub struct XdpDataplane {
     settings: Option<Settings>,
     /// New flows recorded per second per CPU at most (0: no limit).
     new_flow_limit: u32,
+    /// What each bank of the service index holds, as this process wrote
+    /// it (`None`: not known, written whole next time).
+    index_banks: [Option<Vec<director_common::IndexEntry>>; 2],
+    /// The service index did not fit (said once).
+    index_overflow_said: bool,
     /// The VIP filter as written to the map.
     filter: Vec<u64>,
     /// Bumped whenever a table, a real-server slot or a service entry is
@@ -243,18 +252,16 @@ pub struct XdpOptions {
     pub flow_table_size: u32,
 }
 
-/// Kernel memory of a flow table of `entries` (preallocated LRU hash:
-/// per element the kernel's element header, key and value, 8-byte
-/// rounded; an estimate of what `bpftool map show` reports as memlock).
-pub fn flow_table_bytes(entries: u32) -> u64 {
-    // (Measured: a million-entry table is 128,778,112 bytes of memlock on
-    // Linux 6.18, 128.8 bytes per entry.)
-    const ELEMENT_HEADER: u64 = 64;
-    let round = |n: usize| (n as u64).div_ceil(8) * 8;
-    u64::from(entries)
-        * (ELEMENT_HEADER
-            + round(std::mem::size_of::<FlowKey>())
-            + round(std::mem::size_of::<FlowValue>()))
+/// Kernel memory of a flow table of `flows` flows: an array of 64-byte
+/// entries (whole buckets) and its tag words (4 bytes a bucket), each
+/// page-rounded after a page of the array's header (what `bpftool map
+/// show` reports as memlock).
+pub fn flow_table_bytes(flows: u32) -> u64 {
+    const PAGE: u64 = 4096;
+    let entries = u64::from(flow_entries(flows));
+    let array = |bytes: u64| PAGE + bytes.div_ceil(PAGE) * PAGE;
+    array(entries * std::mem::size_of::<FlowEntry>() as u64)
+        + array(entries / u64::from(FLOW_WAYS) * 4)
 }
 
 impl XdpDataplane {
@@ -262,10 +269,11 @@ impl XdpDataplane {
     /// it, or swaps it into an existing pinned link without a gap. Must be
     /// called inside a tokio runtime (the program's logs are read by a task).
     pub fn open(opts: &XdpOptions) -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(
+        let loaded = load(
             opts.pins.as_ref().map(|p| p.dir.as_path()),
             opts.flow_table_size,
         )?;
+        let mut ebpf = loaded.ebpf;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(Logger::Task(spawn_logger(logger))),
             Err(e) => {
@@ -276,6 +284,11 @@ impl XdpDataplane {
         let interface = opts.interface.clone();
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
+        // Before the program sees a frame: the flow table's seed, and the
+        // settings of an older pinned format carried over.
+        let mut maps = Maps::take(&mut ebpf)?;
+        let seed = maps.flow_seed(loaded.flows_adopted, loaded.carried_settings)?;
+        let program = xdp_program(&mut ebpf)?;
 
         let (attachment, mode) = match &opts.pins {
             Some(pins) => attach_pinned(program, pins, &interface, opts.mode)?,
@@ -284,8 +297,16 @@ impl XdpDataplane {
                 (Attachment::Owned(id), mode)
             }
         };
-        let mut dp = XdpDataplane::new(ebpf, logger, attachment, interface, opts.mode, mode)?;
+        let (flows, tags) = maps.flows_maps()?;
+        let table = FlowTable::map(flows, tags, loaded.flow_entries, seed)?;
+        if loaded.flows_adopted && !loaded.tags_adopted {
+            table.rebuild_tags();
+        }
+        let mut dp = XdpDataplane::new(
+            ebpf, maps, table, logger, attachment, interface, opts.mode, mode,
+        );
         dp.adopt()?;
+        dp.carry(&loaded.carried);
         Ok(dp)
     }
 
@@ -331,35 +352,46 @@ impl XdpDataplane {
 
     /// [`Self::load_for_test`] with a flow table of `flows` entries.
     pub fn load_for_test_sized(flows: u32) -> Result<XdpDataplane, XdpError> {
-        let mut ebpf = load(None, flows)?;
+        let loaded = load(None, flows)?;
+        let mut ebpf = loaded.ebpf;
         // Keep the log ring buffer alive (it must outlive the program load);
         // records are not read.
         let logger = EbpfLogger::init(&mut ebpf).ok();
         let program = xdp_program(&mut ebpf)?;
         program.load()?;
-        XdpDataplane::new(
+        let mut maps = Maps::take(&mut ebpf)?;
+        let seed = maps.flow_seed(false, None)?;
+        let (flows, tags) = maps.flows_maps()?;
+        let table = FlowTable::map(flows, tags, loaded.flow_entries, seed)?;
+        Ok(XdpDataplane::new(
             ebpf,
+            maps,
+            table,
             logger.map(|l| Logger::Held(Box::new(l))),
             Attachment::None,
             String::new(),
             XdpMode::Auto,
             AttachMode::Native,
-        )
+        ))
     }
 
     /// A loaded program with nothing installed yet.
+    #[expect(clippy::too_many_arguments, reason = "the parts open() assembled")]
     fn new(
-        mut ebpf: Ebpf,
+        ebpf: Ebpf,
+        maps: Maps,
+        flows: FlowTable,
         logger: Option<Logger>,
         attachment: Attachment,
         interface: String,
         requested: XdpMode,
         mode: AttachMode,
-    ) -> Result<XdpDataplane, XdpError> {
-        let maps = Maps::take(&mut ebpf)?;
-        Ok(XdpDataplane {
+    ) -> XdpDataplane {
+        let settings = maps.settings.get(&0, 0).ok();
+        XdpDataplane {
             logger,
             ebpf,
+            flows: std::sync::Arc::new(flows),
             maps,
             attachment,
             ifindex: ifindex(&interface),
@@ -371,11 +403,13 @@ impl XdpDataplane {
             members: BTreeMap::new(),
             slots: HashMap::new(),
             generations: vec![0; MAX_REAL_SERVERS as usize],
-            settings: None,
+            settings,
             new_flow_limit: 0,
+            index_banks: [None, None],
+            index_overflow_said: false,
             filter: vec![0; VIP_FILTER_WORDS as usize],
             version: 0,
-        })
+        }
     }
 
     /// At most `n` new flows per second per CPU are recorded in the flow
@@ -611,15 +645,21 @@ impl XdpDataplane {
 pub(super) struct Maps {
     pub(super) settings: Array<MapData, Settings>,
     pub(super) services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    pub(super) service_index: Array<MapData, director_common::IndexEntry>,
     pub(super) backends: Array<MapData, Backend>,
     pub(super) maglev: Array<MapData, [u16; 4]>,
     pub(super) members: LpmTrie<MapData, MemberKey, ServiceValue>,
     pub(super) vip_filter: Array<MapData, u64>,
-    pub(super) flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+    /// Taken by [`Maps::flows_maps`] into the [`FlowTable`]: the entries
+    /// and the tag words.
+    flows: Option<FlowMaps>,
     pub(super) service_stats: PerCpuArray<MapData, Counters>,
     pub(super) backend_stats: PerCpuArray<MapData, Counters>,
     pub(super) unrecorded: PerCpuArray<MapData, u64>,
 }
+
+/// The flow table's entries and tag words.
+type FlowMaps = (Array<MapData, FlowEntry>, Array<MapData, u32>);
 
 /// Which per-CPU counters.
 #[derive(Debug, Clone, Copy)]
@@ -640,15 +680,46 @@ impl Maps {
         Ok(Maps {
             settings: one(ebpf, MAP_SETTINGS)?,
             services: one(ebpf, MAP_SERVICES)?,
+            service_index: one(ebpf, director_common::MAP_SERVICE_INDEX)?,
             backends: one(ebpf, MAP_BACKENDS)?,
             maglev: one(ebpf, MAP_MAGLEV)?,
             members: one(ebpf, MAP_MEMBERS)?,
             vip_filter: one(ebpf, MAP_VIP_FILTER)?,
-            flows: one(ebpf, MAP_FLOWS)?,
+            flows: Some((
+                one(ebpf, MAP_FLOWS)?,
+                one(ebpf, director_common::MAP_FLOW_TAGS)?,
+            )),
             service_stats: one(ebpf, MAP_SERVICE_STATS)?,
             backend_stats: one(ebpf, MAP_BACKEND_STATS)?,
             unrecorded: one(ebpf, director_common::MAP_UNRECORDED)?,
         })
+    }
+
+    /// The flow table's maps, for [`FlowTable::map`] (once).
+    fn flows_maps(&mut self) -> Result<FlowMaps, XdpError> {
+        self.flows.take().ok_or(XdpError::Missing(MAP_FLOWS))
+    }
+
+    /// The flow table's hash seed, written into the settings before the
+    /// program sees a frame: the pinned one when the table was adopted
+    /// as it was (its entries sit where that seed put them), else a new
+    /// random one. `carried` (an older pinned format's settings) is
+    /// written with it.
+    fn flow_seed(&mut self, adopted: bool, carried: Option<Settings>) -> Result<u32, XdpError> {
+        let mut settings = carried
+            .or_else(|| self.settings.get(&0, 0).ok())
+            .unwrap_or_default();
+        if adopted && settings.flow_seed != 0 {
+            return Ok(settings.flow_seed);
+        }
+        settings.flow_seed = loop {
+            let seed: u32 = rand::random();
+            if seed != 0 {
+                break seed;
+            }
+        };
+        self.settings.set(0, settings, 0)?;
+        Ok(settings.flow_seed)
     }
 
     fn stats(&self, which: Stats) -> &PerCpuArray<MapData, Counters> {

@@ -317,6 +317,15 @@ impl Runner {
         let mut tracked = (false, self.cfg.priority);
         let mut master_bfd = self.master_bfd.clone();
         let mut quorum = self.quorum.clone();
+        // The protocol's deadlines on a timerfd: tokio's wheel would wake
+        // up to a millisecond late.
+        let timer = match crate::vrrp::timer::PreciseTimer::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(instance = %self.cfg.name, error = %e, "no timerfd: VRRP timers wake up to a millisecond late");
+                None
+            }
+        };
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
             let deadline = self
@@ -374,7 +383,7 @@ impl Runner {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                _ = sleep_until(deadline) => {
+                _ = precise_sleep_until(timer.as_ref(), deadline) => {
                     // Adverts that arrived while we were busy count first:
                     // a loaded machine must not declare a live master dead.
                     while let Ok(Some(p)) = self.socket.try_recv() {
@@ -463,4 +472,15 @@ impl Runner {
             }
         }
     }
+}
+
+/// Sleeps until `deadline` on the precise timer, or on tokio's when there
+/// is none (or it failed).
+async fn precise_sleep_until(timer: Option<&crate::vrrp::timer::PreciseTimer>, deadline: Instant) {
+    if let Some(t) = timer
+        && t.sleep_until(deadline.into_std()).await.is_ok()
+    {
+        return;
+    }
+    sleep_until(deadline).await
 }
