@@ -113,7 +113,7 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
             // The kill's phase against the master's adverts decides up to
             // one interval of the outage (the backup counts its down
             // interval from the last advert it heard): kill k lands
-            // (k + 0.5) / KILLS of an interval later than kill 0, the same
+            // (k + 0.5) / KILLS of an interval after an advert, the same
             // phases for every implementation. Without this the phase was
             // set by the start-up path of each implementation, nearly the
             // same on every run, and differed between implementations.
@@ -322,7 +322,11 @@ fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
 
 /// The times VRRP adverts from `from` reach this network namespace (a
 /// packet socket sees every IP packet on its interfaces), until `stop`.
-fn sniff_adverts(from: Ipv4Addr, stop: &AtomicBool) -> Result<Vec<Instant>> {
+fn sniff_adverts(
+    from: Ipv4Addr,
+    stop: &AtomicBool,
+    seen: &std::sync::Mutex<Vec<Instant>>,
+) -> Result<()> {
     let protocol = (libc::ETH_P_IP as u16).to_be();
     // SAFETY: plain socket call; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(protocol)) };
@@ -348,23 +352,27 @@ fn sniff_adverts(from: Ipv4Addr, stop: &AtomicBool) -> Result<Vec<Instant>> {
         )
     };
     let mut buf = [0u8; 256];
-    let mut seen = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the buffer outlives the call.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         // IPv4, protocol 112 (VRRP), from the master.
         if n >= 20 && buf[0] >> 4 == 4 && buf[9] == 112 && buf[12..16] == from.octets() {
-            seen.push(Instant::now());
+            let now = Instant::now();
+            seen.lock()
+                .map_err(|_| anyhow::anyhow!("advert list poisoned"))?
+                .push(now);
         }
     }
-    Ok(seen)
+    Ok(())
 }
 
 /// The client-visible outage around a kill -9 of the master: the longest
 /// run of unanswered datagrams of a 1 ms UDP probe through the VIP; and
 /// how long before the kill the client saw the master's last advert (the
 /// backup counts its master-down interval from it). The kill comes
-/// `phase` (0 to 1) of an advert interval after a fixed delay.
+/// `phase` (0 to 1) of an advert interval after an advert of the master
+/// seen by the client (past a settling delay), so every implementation is
+/// killed at the same phases of its own adverts.
 fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<(Duration, Option<Duration>)> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
@@ -388,16 +396,34 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<(Duration, Option<Durat
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let master = lab.directors[0].ip;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = seen.clone();
     let sniffer = lab
         .client
         .ns
-        .spawn_thread(move || sniff_adverts(master, &flag));
+        .spawn_thread(move || sniff_adverts(master, &flag, &heard));
     let (killed_at, tally) =
         director_tests::udp::probe_during(&lab.client.ns, probe, Duration::from_millis(1), || {
             let interval = s.interval_s();
-            std::thread::sleep(
-                Duration::from_millis(300) + Duration::from_secs_f64(phase * interval),
-            );
+            let settled = Instant::now() + Duration::from_millis(300);
+            std::thread::sleep(Duration::from_millis(300));
+            // The next advert the client sees, then the phase.
+            let advert = loop {
+                let last = seen
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("advert list poisoned"))?
+                    .last()
+                    .copied();
+                match last {
+                    Some(t) if t >= settled => break t,
+                    _ if settled.elapsed() > Duration::from_secs(5) => {
+                        anyhow::bail!("no advert from the master within 5 s")
+                    }
+                    _ => std::thread::sleep(Duration::from_micros(200)),
+                }
+            };
+            let at = advert + Duration::from_secs_f64(phase * interval);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
             let killed_at = Instant::now();
             for pid in &pair.master_pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
@@ -407,9 +433,13 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<(Duration, Option<Durat
             Ok(killed_at)
         })?;
     stop.store(true, Ordering::Relaxed);
-    let adverts = sniffer
+    sniffer
         .join()
         .map_err(|_| anyhow::anyhow!("the advert sniffer panicked"))???;
+    let adverts = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("advert list poisoned"))?
+        .clone();
     let since = adverts
         .iter()
         .rev()
