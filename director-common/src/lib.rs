@@ -41,12 +41,18 @@ pub const MAX_FLOWS: u32 = 262_144;
 /// it on to the second.
 pub const FLOW_WAYS: u32 = 4;
 
-/// Name of the flow table's tag array: one `u32` per bucket, a byte per
-/// way ([`flow_tag`] of the flow there, 0: empty). A new connection reads
+/// Name of the flow table's tag array: a `u32` word per bucket (two to an
+/// array element of 8 bytes, the low one first), a byte per way
+/// ([`flow_tag`] of the flow there, 0: empty). A new connection reads
 /// only its buckets' tag words (a byte per entry: mostly cached) to find a
 /// free way and any way that may hold its key, so its entry is written
 /// without first reading its (uncached) line.
 pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
+
+/// Elements of the tag array of a table of `buckets` buckets.
+pub const fn flow_tag_elements(buckets: u32) -> u32 {
+    buckets.div_ceil(2)
+}
 /// Bits in the VIP filter: a frame whose destination's bucket bit is clear
 /// is not for a VIP, which costs one inlined array lookup to learn.
 pub const VIP_FILTER_BITS: u32 = 65_536;

@@ -78,7 +78,7 @@ static FLOWS: Array<FlowEntry> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPAB
 /// The flow table's tag words, one per bucket (see
 /// [`director_common::MAP_FLOW_TAGS`]); sized with the table at load.
 #[map(name = "FLOW_TAGS")]
-static FLOW_TAGS: Array<u32> = Array::with_max_entries(MAX_FLOWS / FLOW_WAYS, BPF_F_MMAPABLE);
+static FLOW_TAGS: Array<u64> = Array::with_max_entries(MAX_FLOWS / FLOW_WAYS / 2, BPF_F_MMAPABLE);
 
 /// Buckets of the flow table, set by the loader with the table's size (a
 /// read-only global: the verifier sees a constant).
@@ -559,13 +559,15 @@ fn record(
 }
 
 /// Sets way `way`'s tag in bucket `bucket`'s tag word: one byte store
-/// (other CPUs write the other ways' bytes).
+/// (other CPUs write the other ways' bytes). An array element is a `u64`
+/// holding two buckets' words (elements are 8-byte strided: `u32`
+/// elements would leave holes in the daemon's mapping).
 #[inline(always)]
 fn set_tag_byte(bucket: u32, way: u32, value: u8) {
-    if let Some(t) = FLOW_TAGS.get_ptr_mut(bucket) {
-        // SAFETY: `way` < 4 (the mask is for the verifier): inside the
-        // element.
-        unsafe { *(t as *mut u8).add((way & 3) as usize) = value };
+    if let Some(t) = FLOW_TAGS.get_ptr_mut(bucket / 2) {
+        // SAFETY: the byte is within the element: (bucket & 1) * 4 plus
+        // way < 4 (the masks are for the verifier).
+        unsafe { *(t as *mut u8).add(((bucket & 1) * 4 + (way & 3)) as usize) = value };
     }
 }
 
@@ -573,7 +575,9 @@ fn set_tag_byte(bucket: u32, way: u32, value: u8) {
 /// verifier's case only).
 #[inline(always)]
 fn tags(first: u32) -> u32 {
-    FLOW_TAGS.get(first / FLOW_WAYS).copied().unwrap_or(0)
+    let bucket = first / FLOW_WAYS;
+    let pair = FLOW_TAGS.get(bucket / 2).copied().unwrap_or(0);
+    (pair >> ((bucket & 1) * 32)) as u32
 }
 
 /// Whether a tag word's four ways are all taken.

@@ -323,8 +323,7 @@ fn spread(n: u32, flows: &[u32], seed: u64) -> Vec<Vec<u8>> {
 }
 
 /// Kernel memory of this process's flow table of `entries` entries: the
-/// `memlock` its fdinfo reports for the entry array and for its tag words
-/// (an array of `entries / 4`).
+/// `memlock` its fdinfo reports for the entry array and for its tag words.
 fn flow_table_memlock(entries: u32) -> Option<u64> {
     let memlock = |max_entries: u32| {
         let dir = std::fs::read_dir("/proc/self/fdinfo").ok()?;
@@ -341,7 +340,12 @@ fn flow_table_memlock(entries: u32) -> Option<u64> {
                 .flatten()
         })
     };
-    Some(memlock(entries)? + memlock(entries / director_common::FLOW_WAYS)?)
+    Some(
+        memlock(entries)?
+            + memlock(director_common::flow_tag_elements(
+                entries / director_common::FLOW_WAYS,
+            ))?,
+    )
 }
 
 /// One measured path.

@@ -897,3 +897,67 @@ fn past_the_new_flow_limit_flows_are_forwarded_but_not_recorded() {
         "no unrecorded flow moved: the table did not change?"
     );
 }
+
+/// Flows imported into a table half full (as flow sync imports them), after
+/// new connections the program recorded, are recorded and all found, by user space and by the program: every way
+/// taken is one the tags mark, and the program forwards each to the
+/// imported server without placing it again.
+#[test]
+fn imported_flows_are_recorded_and_found() {
+    use director::dataplane::xdp::PinnedFlow;
+    use director_common::FlowKey;
+    let plan = web();
+    let mut dp = XdpDataplane::load_for_test_sized(3 * 4096).expect("load (as root)");
+    dp.apply(&plan, 300, link()).expect("apply");
+    let service = plan[0].key();
+    let key = |i: u32| {
+        let mut k = FlowKey::default();
+        k.src[..4].copy_from_slice(&[11, 0, (i >> 8) as u8, i as u8]);
+        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
+        k.sport = 40000u16.to_be_bytes();
+        k.dport = 80u16.to_be_bytes();
+        k.protocol = 6;
+        k
+    };
+    let flows: Vec<PinnedFlow> = (0..4096)
+        .map(|i| PinnedFlow {
+            flow: key(i),
+            service,
+            backend: plan[0].backends[(i % 3) as usize].address,
+        })
+        .collect();
+    // New connections recorded by the program first (SYNs): the table
+    // holds both kinds.
+    for i in 0..2048u32 {
+        let f = frames::tcp_frame(
+            IpAddr::from([12, 0, (i >> 8) as u8, i as u8]),
+            1000,
+            ip("10.0.0.100"),
+            80,
+            SYN,
+        );
+        assert_eq!(run(&dp, &f).0, XDP_TX);
+    }
+    let added = dp.import_flows(&flows).expect("import");
+    let table = dp.flow_table();
+    let found = (0..4096).filter(|i| table.get(&key(*i)).is_some()).count();
+    assert_eq!(found, added, "imported flows not found");
+    assert!(added >= 4000, "only {added} of 4096 recorded at half full");
+    for i in (0..4096)
+        .filter(|i| table.get(&key(*i)).is_some())
+        .take(300)
+    {
+        let f = frames::tcp_frame(
+            IpAddr::from([11, 0, (i >> 8) as u8, i as u8]),
+            40000,
+            ip("10.0.0.100"),
+            80,
+            ACK,
+        );
+        assert_eq!(
+            run(&dp, &f),
+            (XDP_TX, mac_of((i % 3 + 1) as u8).0),
+            "flow {i}"
+        );
+    }
+}

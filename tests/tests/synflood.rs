@@ -161,13 +161,14 @@ fn flood_with_limit(limit: u32) -> Result<Outcome> {
         .join()
         .map_err(|_| anyhow::anyhow!("prober panicked"))??;
     let broken = downloads.outcomes().iter().filter(|o| o.is_err()).count();
-    // How full the flood left the table: its tag words, a byte per way.
+    // How full the flood left the table: its tag words, a byte per way
+    // (two buckets' words to an element).
     let s = scenario::status(&state)?;
     let pins = std::path::PathBuf::from(s["pin_dir"].as_str().context("pin_dir")?);
     let tags = director_tests::bpfmap::PinnedMap::open(&pins.join("FLOW_TAGS"))?;
     let mut ways = (0, 0);
-    for bucket in 0..1024u32 / director_common::FLOW_WAYS {
-        let word = tags.lookup(&bucket.to_ne_bytes(), 4)?;
+    for element in 0..director_common::flow_tag_elements(1024 / director_common::FLOW_WAYS) {
+        let word = tags.lookup(&element.to_ne_bytes(), 8)?;
         ways.0 += word.iter().filter(|b| **b != 0).count();
         ways.1 += word.len();
     }

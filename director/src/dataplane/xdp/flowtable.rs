@@ -1,6 +1,6 @@
 //! The flow table from user space: the XDP program's array of buckets of
-//! [`FlowEntry`] ways and its tag words (one `u32` per bucket: a byte per
-//! way), both mapped into the daemon's memory (the
+//! [`FlowEntry`] ways and its tag words (one `u32` per bucket, two to an
+//! 8-byte array element: a byte per way), both mapped into the daemon's memory (the
 //! maps are `BPF_F_MMAPABLE`), so imports and scans read and write them in
 //! place instead of one system call per entry.
 //!
@@ -76,7 +76,7 @@ pub struct FlowTable {
     tags: Mapping<u32>,
     seed: u32,
     /// The maps' handles (the mappings hold the maps too).
-    _maps: (Array<MapData, FlowEntry>, Array<MapData, u32>),
+    _maps: (Array<MapData, FlowEntry>, Array<MapData, u64>),
 }
 
 // SAFETY: the mappings are shared memory that every access reads or writes
@@ -91,13 +91,17 @@ impl FlowTable {
     /// `tags`, hashed with `seed`.
     pub fn map(
         flows: Array<MapData, FlowEntry>,
-        tags: Array<MapData, u32>,
+        tags: Array<MapData, u64>,
         entries: u32,
         seed: u32,
     ) -> Result<FlowTable, XdpError> {
         Ok(FlowTable {
             entries: Mapping::new(&flows, entries as usize)?,
-            tags: Mapping::new(&tags, (entries / FLOW_WAYS) as usize)?,
+            // u32 words, two to each 8-byte element.
+            tags: Mapping::new(
+                &tags,
+                2 * director_common::flow_tag_elements(entries / FLOW_WAYS) as usize,
+            )?,
             seed,
             _maps: (flows, tags),
         })

@@ -48,7 +48,7 @@ pub(super) fn load(pin_dir: Option<&Path>, flows: u32) -> Result<Loaded, XdpErro
     let (mut carried, mut carried_settings) = (Vec::new(), None);
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_FLOWS, entries);
-    loader.map_max_entries(MAP_FLOW_TAGS, buckets);
+    loader.map_max_entries(MAP_FLOW_TAGS, director_common::flow_tag_elements(buckets));
     loader.override_global("FLOW_BUCKETS", &buckets, true);
     if let Some(dir) = pin_dir {
         let stale = incompatible_pins(dir, entries)?;
@@ -104,7 +104,7 @@ fn incompatible_pins(dir: &Path, flow_entries: u32) -> Result<Vec<&'static str>,
         };
         let want_entries = match name {
             MAP_FLOWS => flow_entries,
-            MAP_FLOW_TAGS => flow_entries / FLOW_WAYS,
+            MAP_FLOW_TAGS => director_common::flow_tag_elements(flow_entries / FLOW_WAYS),
             _ => def.max_entries(),
         };
         let fits = match aya::maps::MapInfo::from_pin(&path) {

@@ -659,7 +659,7 @@ pub(super) struct Maps {
 }
 
 /// The flow table's entries and tag words.
-type FlowMaps = (Array<MapData, FlowEntry>, Array<MapData, u32>);
+type FlowMaps = (Array<MapData, FlowEntry>, Array<MapData, u64>);
 
 /// Which per-CPU counters.
 #[derive(Debug, Clone, Copy)]
