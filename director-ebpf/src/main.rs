@@ -1109,8 +1109,18 @@ fn encapsulate4(ctx: &XdpContext, b: &Backend, s: &Settings, hash: u32) -> Resul
     h[14] = (hash >> 8) as u8;
     h[15] = hash as u8;
     h[16..20].copy_from_slice(&b.addr[..4]);
-    let c = ipv4_checksum(h);
-    h[10..12].copy_from_slice(&c);
+    // The checksum from the values just written (in registers), not read
+    // back from the frame: the header's 16-bit words summed.
+    let word = |hi: u8, lo: u8| u64::from(u16::from_be_bytes([hi, lo]));
+    let sum = word(0x45, first[1])
+        + (len + IPV4_LEN) as u64
+        + word(0x40, 0)
+        + word(64, IPPROTO_IPIP)
+        + word(s.tunnel_src4[0], s.tunnel_src4[1])
+        + u64::from(hash as u16)
+        + word(b.addr[0], b.addr[1])
+        + word(b.addr[2], b.addr[3]);
+    h[10..12].copy_from_slice(&(!fold(sum)).to_be_bytes());
     Ok(xdp_action::XDP_TX)
 }
 
