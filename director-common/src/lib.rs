@@ -331,13 +331,21 @@ pub const BACKEND_DRAINING: u8 = 2;
 /// next hop's.
 pub const BACKEND_TUNNEL: u8 = 4;
 
+/// [`Backend::flags`]: the real server failed its checks (set with
+/// [`BACKEND_DRAINING`]). Its established TCP flows continue (the server
+/// may still be serving them, as IPVS keeps a removed server's
+/// connections); its UDP flows, which no connection holds to it, are
+/// placed again.
+pub const BACKEND_FAILED: u8 = 8;
+
 /// One real server (of one service) as the XDP program sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// Destination MAC written into forwarded frames.
     pub mac: [u8; 6],
-    /// [`BACKEND_USABLE`], [`BACKEND_DRAINING`], [`BACKEND_TUNNEL`].
+    /// [`BACKEND_USABLE`], [`BACKEND_DRAINING`], [`BACKEND_TUNNEL`],
+    /// [`BACKEND_FAILED`].
     pub flags: u8,
     /// 4 or 6 (the tunnel's outer header; the VIP's family is the same).
     pub family: u8,

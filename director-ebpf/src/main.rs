@@ -40,14 +40,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6, FLOW_WAYS,
-    FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, IndexEntry, KEY_FRAGMENT,
-    KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS, MAX_MEMBER_KEYS,
-    MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey,
-    NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS, SVC_PERSISTENT,
-    SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS, addr_hash, flow_buckets,
-    flow_hash, flow_table_hash, flow_tag, fmix32, fold_addr, service_index_slot,
-    service_index_tail, source_hash, vip_bucket,
+    BACKEND_DRAINING, BACKEND_FAILED, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6,
+    FLOW_WAYS, FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, IndexEntry,
+    KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS,
+    MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE,
+    MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS,
+    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
+    addr_hash, flow_buckets, flow_hash, flow_table_hash, flow_tag, fmix32, fold_addr,
+    service_index_slot, service_index_tail, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -475,6 +475,17 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
         find_flow(key, check, b1, b2)
     };
     let mut own = None;
+    // An established flow leaves its server only if it is gone (slot
+    // generation), a SYN (a reused port) if it drains or failed, a UDP
+    // flow if it failed: a TCP connection stays on a failed server, which
+    // may still be serving it.
+    let refused = if syn {
+        BACKEND_DRAINING
+    } else if udp {
+        BACKEND_FAILED
+    } else {
+        0
+    };
     match found {
         Found::Entry(index, e) => {
             // SAFETY: a pointer into the table's element; fields are read
@@ -484,7 +495,7 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
             if fresh
                 && let Some(b) = backend(u32::from(flow.backend))
                 && b.generation == flow.generation
-                && !(b.flags & BACKEND_DRAINING != 0 && syn)
+                && b.flags & refused == 0
             {
                 // SAFETY: as above; single-word stores.
                 unsafe {

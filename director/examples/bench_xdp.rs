@@ -85,6 +85,7 @@ fn service(vip: &str, servers: &[&str]) -> ServicePlan {
                 address: ip(a),
                 weight: 1,
                 mac: Some(Mac(backend_mac(i))),
+                failed: false,
             })
             .collect(),
         members: Vec::new(),

@@ -278,6 +278,73 @@ fn draining_keeps_flows_and_removal_rehashes_them() {
     }
 }
 
+/// A server failing its checks (not removed from the config): its
+/// established TCP flows stay, a SYN (new or on a reused port) goes
+/// elsewhere, its UDP flows are placed again; back healthy, it is
+/// reached again by the flows that stayed.
+#[test]
+fn a_failed_server_keeps_tcp_flows_and_loses_udp_flows() {
+    let mut plan = web();
+    let dp_plan = plan.clone();
+    let mut dp = loaded(&dp_plan);
+    let vip = ip("10.0.0.100");
+    let failed = mac_of(2).0;
+    let tcp: Vec<[u8; 6]> = (0..300u16)
+        .map(|p| {
+            run(
+                &dp,
+                &frames::tcp_frame(ip("10.4.0.1"), 10000 + p, vip, 80, SYN),
+            )
+            .1
+        })
+        .collect();
+    let udp: Vec<[u8; 6]> = (0..300u16)
+        .map(|p| run(&dp, &frames::udp_frame(ip("10.4.0.1"), 10000 + p, vip, 53)).1)
+        .collect();
+    assert!(tcp.contains(&failed) && udp.contains(&failed));
+
+    for s in &mut plan[..2] {
+        s.backends[1].weight = 0;
+        s.backends[1].failed = true;
+    }
+    dp.apply(&plan, 300, link()).expect("apply");
+    for p in 0..300u16 {
+        let ack = frames::tcp_frame(ip("10.4.0.1"), 10000 + p, vip, 80, ACK);
+        assert_eq!(
+            run(&dp, &ack).1,
+            tcp[p as usize],
+            "an established TCP flow left its (failed) server"
+        );
+        let now = run(&dp, &frames::udp_frame(ip("10.4.0.1"), 10000 + p, vip, 53)).1;
+        assert_ne!(now, failed, "a UDP flow stayed on a failed server");
+        if udp[p as usize] != failed {
+            assert_eq!(now, udp[p as usize], "a UDP flow of a healthy server moved");
+        }
+        let syn = frames::tcp_frame(ip("10.5.0.1"), 20000 + p, vip, 80, SYN);
+        assert_ne!(
+            run(&dp, &syn).1,
+            failed,
+            "a new flow went to a failed server"
+        );
+    }
+    let reused = (0..300u16)
+        .find(|p| tcp[*p as usize] == failed)
+        .expect("one");
+    let syn = frames::tcp_frame(ip("10.4.0.1"), 10000 + reused, vip, 80, SYN);
+    assert_ne!(
+        run(&dp, &syn).1,
+        failed,
+        "a reused port reopened a failed server"
+    );
+
+    // Healthy again: the flows that stayed still reach it.
+    dp.apply(&dp_plan, 300, link()).expect("apply");
+    for p in (0..300u16).filter(|p| *p != reused && tcp[*p as usize] == failed) {
+        let ack = frames::tcp_frame(ip("10.4.0.1"), 10000 + p, vip, 80, ACK);
+        assert_eq!(run(&dp, &ack).1, failed);
+    }
+}
+
 #[test]
 fn any_port_source_hash_and_persistence() {
     let servers = [("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)];
@@ -883,6 +950,7 @@ fn past_the_new_flow_limit_flows_are_forwarded_but_not_recorded() {
         address: ip("10.0.0.23"),
         weight: 1,
         mac: Some(mac_of(4)),
+        failed: false,
     });
     dp.apply(&plan, 300, link()).expect("apply");
     let moved = (0..200u16)

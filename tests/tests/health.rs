@@ -209,21 +209,28 @@ fn both(a: bool, b: bool) -> impl Fn(&serde_json::Value) -> bool {
     move |s| rs_healthy(s, 0) == Some(a) && rs_healthy(s, 1) == Some(b)
 }
 
-/// Director1 serving the VIP (port 80, checks every 0.5 s) with both lab
-/// real servers, each checked by `checks` (its check tables); returns once
-/// both passed a check.
-fn checked_by(lab: &Lab, checks: &str) -> Result<(director_tests::Proc, std::path::PathBuf)> {
-    let state = lab.state_dir("director1")?;
-    let mut c = scenario::global_config(lab, "director1")?;
-    c.push_str(&format!(
-        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n"
-    ));
+/// A `[[virtual_server]]` on the VIP (checks every 0.5 s) with every lab
+/// real server, each checked by `checks` (its check tables).
+fn checked_service(lab: &Lab, protocol: &str, port: u16, checks: &str) -> String {
+    let mut c = format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\ndelay_loop = 0.5\n"
+    );
     for rs in &lab.real_servers {
         c.push_str(&format!(
             "\n  [[virtual_server.real_server]]\n  address = \"{}\"\n{checks}",
             rs.ip
         ));
     }
+    c
+}
+
+/// Director1 serving the VIP (port 80, checks every 0.5 s) with both lab
+/// real servers, each checked by `checks` (its check tables); returns once
+/// both passed a check.
+fn checked_by(lab: &Lab, checks: &str) -> Result<(director_tests::Proc, std::path::PathBuf)> {
+    let state = lab.state_dir("director1")?;
+    let mut c = scenario::global_config(lab, "director1")?;
+    c.push_str(&checked_service(lab, "tcp", 80, checks));
     let path = lab.write("director1.toml", &c)?;
     let d = scenario::spawn_director(lab, 0, &path)?;
     scenario::wait_status(&state, Duration::from_secs(15), |s| {
@@ -349,5 +356,113 @@ fn dns_check_follows_a_real_dns_server() -> Result<()> {
     );
     let _dns2 = dnsmasq(1, with_aaaa)?;
     scenario::wait_status(&state, Duration::from_secs(10), both(true, true))?;
+    Ok(())
+}
+
+/// A real server that fails its checks but still serves what it has (it
+/// stops accepting connections: an overloaded or flapping server) keeps
+/// its established TCP connections: every download it carries completes,
+/// while new connections go elsewhere. Its UDP flows, which hold nothing
+/// on it, are placed again at once. Before, its downloads were reset (the
+/// flows were placed on another server, which answered with RST).
+#[test]
+fn a_failed_server_keeps_its_connections_and_loses_its_udp_flows() -> Result<()> {
+    const SIZE: usize = 1 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    lab.write_big_file(SIZE)?;
+    let state = lab.state_dir("director1")?;
+    let check = "  [virtual_server.real_server.tcp_check]\n  connect_port = 80\n  connect_timeout = 0.5\n  retry = 0\n";
+    let mut c = scenario::global_config(&lab, "director1")?;
+    for (protocol, port) in [("tcp", 80), ("udp", 7)] {
+        c.push_str(&checked_service(&lab, protocol, port, check));
+    }
+    let path = lab.write("director.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let healthy = |s: &serde_json::Value, want: bool| {
+        (0..2).all(|v| s["virtual_servers"][v]["real_servers"][2]["healthy"] == want)
+    };
+    scenario::wait_status(&state, Duration::from_secs(10), |s| {
+        scenario::all_resolved(s) && healthy(s, true)
+    })?;
+    let _echo = lab.start_udp_echo(VIP.into(), 7)?;
+
+    // UDP flows from 16 client ports, each answered.
+    let udp = SocketAddr::from((VIP, 7));
+    let sockets = lab.client.run(move || {
+        (0..16)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(udp)?;
+                s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>>>()
+    })??;
+    let answered = |s: &std::net::UdpSocket| {
+        let mut buf = [0u8; 8];
+        (0..5).any(|_| s.send(b"ping").is_ok() && s.recv(&mut buf).is_ok())
+    };
+    ensure!(sockets.iter().all(answered), "a UDP flow unanswered");
+
+    // Nine downloads at 512 KiB/s: at least one on rs3.
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads: Vec<_> = (0..9)
+        .map(|_| {
+            lab.client
+                .ns
+                .spawn_thread(move || http::download_big(vip, SIZE).map(|_| ()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let rs3 = &lab.real_servers[2].ns;
+    let on_rs3 = String::from_utf8_lossy(
+        &rs3.exec("ss", &["-Htn", "state", "established", "( sport = :80 )"])?
+            .stdout,
+    )
+    .lines()
+    .count();
+    ensure!(on_rs3 > 0, "no download on rs3");
+
+    // rs3 takes no new connection and no UDP: its checks fail.
+    rs3.exec("nft", &["add table inet t"])?;
+    rs3.exec(
+        "nft",
+        &["add chain inet t input { type filter hook input priority 0 ; }"],
+    )?;
+    rs3.exec(
+        "nft",
+        &["add rule inet t input tcp dport 80 tcp flags syn drop"],
+    )?;
+    rs3.exec("nft", &["add rule inet t input udp dport 7 drop"])?;
+    scenario::wait_status(&state, Duration::from_secs(5), |s| healthy(s, false))?;
+    // Every UDP flow is answered again (those on rs3 by another server).
+    let unanswered = lab
+        .client
+        .run(move || sockets.iter().filter(|s| !answered(s)).count())?;
+    ensure!(
+        unanswered == 0,
+        "{unanswered} UDP flows stayed on the failed server"
+    );
+    let by = served_by(&lab, 30)?;
+    ensure!(
+        by.keys().cloned().collect::<Vec<_>>() == ["rs1", "rs2"],
+        "a new connection reached the failed server: {by:?}"
+    );
+    // The downloads, rs3's included, complete intact.
+    for d in downloads {
+        d.join()
+            .map_err(|_| anyhow::anyhow!("download thread panicked"))??
+            .map_err(|e| anyhow::anyhow!("a download broke ({on_rs3} on rs3): {e:#}"))?;
+    }
+
+    // rs3 recovers: it takes new connections again.
+    rs3.exec("nft", &["delete table inet t"])?;
+    scenario::wait_status(&state, Duration::from_secs(5), |s| healthy(s, true))?;
+    let by = served_by(&lab, 30)?;
+    ensure!(by.contains_key("rs3"), "rs3 back but unused: {by:?}");
     Ok(())
 }

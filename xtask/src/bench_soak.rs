@@ -147,10 +147,21 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     let downloads = {
         let (stop, ok, broken) = (stop.clone(), downloads_ok.clone(), downloads_broken.clone());
         lab.client.ns.spawn_thread(move || {
+            let t0 = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                let began = t0.elapsed();
                 match http::download_big(vip, SIZE) {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => broken.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        // Which event broke it: the time lines up with the
+                        // tick log below.
+                        eprintln!(
+                            "soak: download begun at {:.1} s broke at {:.1} s: {e:#}",
+                            began.as_secs_f64(),
+                            t0.elapsed().as_secs_f64()
+                        );
+                        broken.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         })
@@ -164,11 +175,18 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     let mut first_minute = None;
     let mut heavy = false;
     let mut tick = 0u64;
+    // What happened when: printed if a download broke, to line up with
+    // the download thread's times (both from the start of the traffic).
+    let mut events: Vec<String> = Vec::new();
+    let mut event = |what: &str| {
+        events.push(format!("{:.1} s: {what}", started.elapsed().as_secs_f64()));
+    };
     while started.elapsed() < total {
         std::thread::sleep(Duration::from_secs(1));
         tick += 1;
         if tick.is_multiple_of(reload_every) {
             heavy = !heavy;
+            event("reload");
             std::fs::write(&p1, config(&lab, "director1", 150, heavy)?)?;
             std::fs::write(&p2, config(&lab, "director2", 100, heavy)?)?;
             for s in [&s1, &s2] {
@@ -181,6 +199,7 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
             // the pool; connections it serves go on), then accepts again.
             let rs3 = &lab.real_servers[2].ns;
             if tick / flap_every % 2 == 1 {
+                event("rs3 drops SYNs");
                 rs3.exec("nft", &["add table inet soak"])?;
                 rs3.exec(
                     "nft",
@@ -191,6 +210,7 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
                     &["add rule inet soak input tcp dport 80 tcp flags syn drop"],
                 )?;
             } else {
+                event("rs3 accepts again");
                 rs3.exec("nft", &["delete table inet soak"])?;
             }
         }
@@ -203,11 +223,18 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
             } else {
                 Signal::SIGKILL
             };
+            event(if graceful {
+                "master stopped (SIGTERM)"
+            } else {
+                "master killed"
+            });
             d1.stop(signal, Duration::from_secs(10)).ok();
             scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+            event("backup is master; master restarted");
             d1 = scenario::spawn_director(&lab, 0, &p1)?;
             scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
             scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(5))?;
+            event("master preempted");
             planned += 2;
         }
         if first_minute.is_none() && started.elapsed() >= Duration::from_secs(60) {
@@ -230,6 +257,11 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     );
     drop(d1);
     drop(d2);
+    if broken > 0 || false_failovers > 0 {
+        for e in &events {
+            eprintln!("soak: {e}");
+        }
+    }
     if short {
         ensure!(tally.ok > 100, "too few requests: {tally:?}");
         ensure!(ok > 0, "no download completed");

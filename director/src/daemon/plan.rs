@@ -60,7 +60,7 @@ pub(super) fn plan(
                 .real_server
                 .iter()
                 .enumerate()
-                .filter_map(|(j, rs)| {
+                .map(|(j, rs)| {
                     let none = Vec::new();
                     let k = keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
                     let (healthy, dynamic) = server_health(board, vs, k);
@@ -68,17 +68,15 @@ pub(super) fn plan(
                     if healthy {
                         healthy_weight += u64::from(weight);
                     }
-                    let weight = match (healthy, rs.inhibit_on_failure) {
-                        (true, _) => weight,
-                        // Failed but inhibited: drains instead of leaving.
-                        (false, true) => 0,
-                        (false, false) => return None,
-                    };
-                    Some(BackendPlan {
+                    let weight = if healthy { weight } else { 0 };
+                    BackendPlan {
                         address: rs.address,
                         weight,
                         mac: resolver.mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun),
-                    })
+                        // Failed with inhibit_on_failure: only drains
+                        // (stays in IPVS at weight 0).
+                        failed: !healthy && !rs.inhibit_on_failure,
+                    }
                 })
                 .collect();
             let before = quorum.get(&i).copied();
@@ -92,6 +90,7 @@ pub(super) fn plan(
                     address: sorry,
                     weight: 1,
                     mac: resolver.mac(&sorry, false),
+                    failed: false,
                 }];
             }
             ServicePlan {

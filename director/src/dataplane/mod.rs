@@ -267,6 +267,10 @@ pub struct BackendPlan {
     pub weight: u32,
     /// Unknown MAC: the server gets no traffic at all.
     pub mac: Option<Mac>,
+    /// Failed its checks (weight 0): no new flows. The XDP dataplane keeps
+    /// its established TCP flows on it (as IPVS keeps a removed server's
+    /// connections); IPVS removes it, as keepalived does.
+    pub failed: bool,
 }
 
 /// Per-service or per-real-server traffic counters, summed over CPUs.

@@ -36,6 +36,7 @@ pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]
                 address: ip(a),
                 weight: *w,
                 mac: Some(mac_of(i as u8 + 1)),
+                failed: false,
             })
             .collect(),
         members: Vec::new(),

@@ -356,7 +356,10 @@ impl IpvsDataplane {
             }
             let have = self.dests(&id)?;
             let svc = Attr::Nested(CMD_ATTR_SERVICE, id.attrs());
-            for b in &plan.backends {
+            // A failed server leaves IPVS, as with keepalived (IPVS keeps
+            // its connections' entries; they resume if it comes back).
+            let wanted = || plan.backends.iter().filter(|b| !b.failed);
+            for b in wanted() {
                 let dest = Attr::Nested(
                     CMD_ATTR_DEST,
                     Self::dest_attrs(&id, b.address, b.weight, plan.lb_kind),
@@ -380,7 +383,7 @@ impl IpvsDataplane {
                 )?;
             }
             for address in have.keys() {
-                if !plan.backends.iter().any(|b| b.address == *address) {
+                if !wanted().any(|b| b.address == *address) {
                     let dest = Attr::Nested(
                         CMD_ATTR_DEST,
                         vec![
@@ -579,6 +582,7 @@ mod tests {
                 address: "10.0.0.20".parse().expect("ip"),
                 weight: 0,
                 mac: None,
+                failed: false,
             }],
             members: Vec::new(),
             lb_kind: crate::config::LbKind::Dr,

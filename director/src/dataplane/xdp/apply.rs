@@ -86,10 +86,12 @@ impl XdpDataplane {
                 let usable = b.mac.is_some();
                 let mut next = slot.written;
                 next.mac = b.mac.map(|m| m.0).unwrap_or([0; 6]);
-                next.flags = match (usable, b.weight) {
-                    (false, _) => 0,
-                    (true, 0) => BACKEND_USABLE | BACKEND_DRAINING,
-                    (true, _) => BACKEND_USABLE,
+                next.flags = match (usable, b.weight, b.failed) {
+                    (false, _, _) => 0,
+                    // Failed: its established TCP flows continue.
+                    (true, _, true) => BACKEND_USABLE | BACKEND_DRAINING | BACKEND_FAILED,
+                    (true, 0, false) => BACKEND_USABLE | BACKEND_DRAINING,
+                    (true, _, false) => BACKEND_USABLE,
                 } | match service.lb_kind {
                     crate::config::LbKind::Tun => BACKEND_TUNNEL,
                     crate::config::LbKind::Dr => 0,
