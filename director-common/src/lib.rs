@@ -429,12 +429,25 @@ pub struct FlowEntry {
     /// Non-zero once a packet found the entry since its bucket's last
     /// eviction (second chance: a full bucket evicts an unused way first).
     pub used: u8,
+    /// Non-zero once the client sent a FIN or RST: the connection is
+    /// closing. Its entry is honoured while packets keep coming (the rest
+    /// of the close, a half-closed stream), but once idle for
+    /// [`CLOSED_FLOW_IDLE_NS`], or for a SYN at once, its 5-tuple is a new
+    /// connection and is placed again: it must not follow the closed one to
+    /// its server (whose TIME_WAIT socket would stall it) when it was
+    /// opened through another director.
+    pub closed: u8,
     /// Always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Last time a packet of this flow was seen (coarse clock, ns);
-    /// maintained for UDP only, whose flows expire.
+    /// maintained for UDP flows, which expire, and closing TCP ones.
     pub atime: u64,
 }
+
+/// How long a closing TCP flow's entry ([`FlowEntry::closed`]) outlives
+/// its last packet: its close (FIN, ACK, retransmissions) and a half-closed
+/// stream's ACKs come well within it.
+pub const CLOSED_FLOW_IDLE_NS: u64 = 2_000_000_000;
 
 /// The flow-table hash of a key: 64-bit multiply-xorshift rounds over the
 /// key's five words, from the table's random `seed` (so a client cannot
@@ -510,7 +523,8 @@ impl FlowEntry {
             generation,
             check: flow_check(hash, backend, service, generation),
             used: 0,
-            _pad: [0; 3],
+            closed: 0,
+            _pad: [0; 2],
             atime,
         }
     }

@@ -40,14 +40,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use director_common::{
-    BACKEND_DRAINING, BACKEND_FAILED, BACKEND_TUNNEL, BACKEND_USABLE, Backend, Counters, FLOW_V6,
-    FLOW_WAYS, FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP, IndexEntry,
-    KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS, MAX_FRAGS,
-    MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS, MEMBER_PREFIX_BASE,
-    MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS,
-    SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings, VIP_FILTER_WORDS,
-    addr_hash, flow_buckets, flow_hash, flow_table_hash, flow_tag, fmix32, fold_addr,
-    service_index_slot, service_index_tail, source_hash, vip_bucket,
+    BACKEND_DRAINING, BACKEND_FAILED, BACKEND_TUNNEL, BACKEND_USABLE, Backend, CLOSED_FLOW_IDLE_NS,
+    Counters, FLOW_V6, FLOW_WAYS, FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP,
+    IndexEntry, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS,
+    MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS,
+    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES,
+    SERVICE_INDEX_SLOTS, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
+    VIP_FILTER_WORDS, addr_hash, flow_buckets, flow_hash, flow_table_hash, flow_tag, fmix32,
+    fold_addr, service_index_slot, service_index_tail, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -447,8 +447,8 @@ fn backend(id: u32) -> Option<Backend> {
 #[inline(always)]
 fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u32, bool), Pass> {
     let udp = key.protocol == IPPROTO_UDP;
-    // UDP flows expire (they have no end); TCP flows live until the LRU
-    // evicts them.
+    // UDP flows expire (they have no end); TCP flows live until a new
+    // flow needs their way, or, once closing, until idle.
     let now = if udp {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_coarse_ns() }
@@ -468,7 +468,9 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
     let hash = flow_table_hash(key, seed);
     let (b1, b2) = flow_buckets(hash, table_buckets());
     let check = hash as u32;
-    let syn = is_new_tcp_connection(ctx, key, l4);
+    let flags = tcp_flags(ctx, key, l4);
+    // SYN without ACK: a connection opening.
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let found = if syn {
         find_tagged(key, check, flow_tag(hash), b1, b2)
     } else {
@@ -491,7 +493,11 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
             // SAFETY: a pointer into the table's element; fields are read
             // once (another CPU may rewrite the way: `checks` held).
             let flow = unsafe { *e };
-            let fresh = !udp || now.wrapping_sub(flow.atime) < udp_timeout();
+            let fresh = if udp {
+                now.wrapping_sub(flow.atime) < udp_timeout()
+            } else {
+                flow.closed == 0 || closing_goes_on(e, flow.atime, syn)
+            };
             if fresh
                 && let Some(b) = backend(u32::from(flow.backend))
                 && b.generation == flow.generation
@@ -505,6 +511,12 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
                     if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
                         // Refresh the idle time at most once a second per flow.
                         (*e).atime = now;
+                    }
+                    if flags & (TCP_FIN | TCP_RST) != 0 && flow.closed == 0 {
+                        // The client closes: from now on the entry lives
+                        // only while packets come.
+                        (*e).atime = bpf_ktime_get_coarse_ns();
+                        (*e).closed = 1;
                     }
                 }
                 return Ok((u32::from(flow.backend), b, u32::from(flow.service), false));
@@ -564,6 +576,7 @@ fn record(
         (*e).generation = generation;
         (*e).check = director_common::flow_check(hash as u32, backend, service, generation);
         (*e).used = 0;
+        (*e).closed = 0;
         (*e).atime = now;
     }
     set_tag_byte(index / FLOW_WAYS, index % FLOW_WAYS, flow_tag(hash));
@@ -715,8 +728,8 @@ fn empty_way(t: u32) -> Option<u32> {
 
 /// The way a new flow goes to: an empty way of its first bucket `b1`,
 /// else of its second `b2`, else a way of `b1` not used since its last
-/// eviction, else (all used) one of `b1` picked by the hash, and every
-/// way's use in `b1` starts over.
+/// eviction or whose connection is closing, else (all used) one of `b1`
+/// picked by the hash, and every way's use in `b1` starts over.
 #[inline(always)]
 fn victim(b1: u32, b2: u32, check: u32) -> Option<u32> {
     if let Some(w) = empty_way(tags(b1)) {
@@ -729,7 +742,7 @@ fn victim(b1: u32, b2: u32, check: u32) -> Option<u32> {
     let mut w = 0;
     while w < FLOW_WAYS {
         if let Some(e) = FLOWS.get(b1 + w)
-            && e.used == 0
+            && (e.used == 0 || e.closed != 0)
         {
             return Some(b1 + w);
         }
@@ -786,18 +799,43 @@ fn record_new_flow() -> bool {
     false
 }
 
-/// A TCP SYN without ACK: a client opening a connection (one byte of the
-/// TCP header, read in place).
+/// The TCP flags of the segment at `l4` (one byte of the header, read in
+/// place; 0 for other protocols or a truncated header).
 #[inline(always)]
-fn is_new_tcp_connection(ctx: &XdpContext, key: &FlowKey, l4: usize) -> bool {
+fn tcp_flags(ctx: &XdpContext, key: &FlowKey, l4: usize) -> u8 {
     if key.protocol != IPPROTO_TCP {
-        return false;
+        return 0;
     }
     match ptr_at::<[u8; 14]>(ctx, l4) {
         // SAFETY: ptr_at checked the 14 bytes are inside the frame.
-        Ok(h) => (unsafe { (*h)[13] }) & 0x12 == 0x02,
-        Err(Pass) => false,
+        Ok(h) => unsafe { (*h)[13] },
+        Err(Pass) => 0,
     }
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether a closing TCP flow's entry (last packet at `atime`) still
+/// holds for this packet: not for a SYN (a new connection on the 5-tuple),
+/// nor once idle for [`CLOSED_FLOW_IDLE_NS`] (a new connection, maybe
+/// opened through another director, must not follow the closed one to its
+/// server); else the packet refreshes it.
+#[inline(always)]
+fn closing_goes_on(e: *mut FlowEntry, atime: u64, syn: bool) -> bool {
+    if syn {
+        return false;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(atime) >= CLOSED_FLOW_IDLE_NS {
+        return false;
+    }
+    // SAFETY: a pointer into the table's element; one word.
+    unsafe { (*e).atime = now };
+    true
 }
 
 /// Chooses the real server for a new flow: the client's previous one with

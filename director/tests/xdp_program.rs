@@ -10,7 +10,7 @@ use std::{
 use director::{
     config::{Protocol, Scheduler},
     dataplane::xdp::XdpDataplane,
-    frames::{self, ACK, CLIENT_MAC, DIRECTOR_MAC, Frag, SYN},
+    frames::{self, ACK, CLIENT_MAC, DIRECTOR_MAC, FIN, Frag, SYN},
 };
 
 mod common;
@@ -946,12 +946,7 @@ fn past_the_new_flow_limit_flows_are_forwarded_but_not_recorded() {
     }
     // A server added: the recorded flows keep their server; of the
     // unrecorded ones, some are placed again by the new table.
-    plan[0].backends.push(director::dataplane::BackendPlan {
-        address: ip("10.0.0.23"),
-        weight: 1,
-        mac: Some(mac_of(4)),
-        failed: false,
-    });
+    add_fourth_server(&mut plan);
     dp.apply(&plan, 300, link()).expect("apply");
     let moved = (0..200u16)
         .filter(|p| run(&dp, &ack(*p)).1 != placed[*p as usize])
@@ -1028,4 +1023,70 @@ fn imported_flows_are_recorded_and_found() {
             "flow {i}"
         );
     }
+}
+
+/// A connection the client closes (FIN or RST) keeps its server while its
+/// packets come (the close, a half-closed stream); once idle for 2 s, or
+/// at once for a SYN, its 5-tuple is a new connection and goes where a
+/// director without the entry would place it (a connection opened
+/// through another director must not follow the closed one). An open
+/// flow's entry never ages.
+#[test]
+fn a_closed_connections_entry_gives_way_to_a_new_one() {
+    use std::time::Duration;
+    let mut plan = web();
+    let mut dp = loaded(&plan);
+    let vip = ip("10.0.0.100");
+    let frame = |p: u16, flags: u8| frames::tcp_frame(ip("10.4.0.1"), 10000 + p, vip, 80, flags);
+    let first: Vec<[u8; 6]> = (0..300u16).map(|p| run(&dp, &frame(p, SYN)).1).collect();
+    // A server added: recorded flows stay; a director without them (fresh)
+    // places some on the new server.
+    add_fourth_server(&mut plan);
+    dp.apply(&plan, 300, link()).expect("apply");
+    let fresh = loaded(&plan);
+    let elsewhere = |p: u16| run(&fresh, &frame(p, SYN)).1;
+    let moved: Vec<u16> = (0..300u16)
+        .filter(|p| elsewhere(*p) != first[*p as usize])
+        .collect();
+    assert!(moved.len() >= 8, "{} flows would move", moved.len());
+    let was = |p: u16| first[p as usize];
+    let (closing, open) = moved.split_at(moved.len() / 2);
+    for &p in closing {
+        assert_eq!(run(&dp, &frame(p, FIN | ACK)).1, was(p), "the FIN moved");
+        assert_eq!(run(&dp, &frame(p, ACK)).1, was(p), "the last ACK moved");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    // A half-closed stream: its ACKs keep the entry.
+    assert_eq!(run(&dp, &frame(closing[0], ACK)).1, was(closing[0]));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        run(&dp, &frame(closing[0], ACK)).1,
+        was(closing[0]),
+        "a half-closed stream lost its server"
+    );
+    for &p in &closing[1..] {
+        assert_eq!(
+            run(&dp, &frame(p, ACK)).1,
+            elsewhere(p),
+            "a new connection followed a closed one's entry"
+        );
+    }
+    for &p in &open[1..] {
+        assert_eq!(run(&dp, &frame(p, ACK)).1, was(p), "an open flow aged");
+    }
+    // A retransmitted SYN keeps its server; a SYN after a FIN is a new
+    // connection, placed at once.
+    assert_eq!(run(&dp, &frame(open[1], SYN)).1, was(open[1]));
+    assert_eq!(run(&dp, &frame(open[0], FIN | ACK)).1, was(open[0]));
+    assert_eq!(run(&dp, &frame(open[0], SYN)).1, elsewhere(open[0]));
+}
+
+/// A fourth real server (10.0.0.23) in `web()`'s first service.
+fn add_fourth_server(plan: &mut [director::dataplane::ServicePlan]) {
+    plan[0].backends.push(director::dataplane::BackendPlan {
+        address: ip("10.0.0.23"),
+        weight: 1,
+        mac: Some(mac_of(4)),
+        failed: false,
+    });
 }

@@ -229,6 +229,11 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
                 "master killed"
             });
             d1.stop(signal, Duration::from_secs(10)).ok();
+            // The stopped daemon's log, kept (the next one starts afresh).
+            let _ = std::fs::copy(
+                lab.path("director1.log"),
+                lab.path(&format!("director1-until-{tick}s.log")),
+            );
             scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
             event("backup is master; master restarted");
             d1 = scenario::spawn_director(&lab, 0, &p1)?;

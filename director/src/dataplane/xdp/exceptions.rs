@@ -58,6 +58,11 @@ impl Scan {
 
     /// Whether `key` -> `value` is an exception; the flow to share if so.
     fn exception(&self, key: FlowKey, value: FlowEntry) -> Option<PinnedFlow> {
+        // A closing connection: nothing for a peer to carry on (and its
+        // entry must not outlive it there).
+        if value.closed != 0 {
+            return None;
+        }
         let (service, backend, generation) = self.by_id.get(&u32::from(value.backend))?;
         // A flow of a slot reused since: it will be re-hashed anyway.
         if *generation != value.generation {

@@ -207,7 +207,9 @@ impl FlowTable {
             (0..FLOW_WAYS).find(|w| (t >> (8 * w)) as u8 == 0)
         };
         let index = match self.find(key, b1, b2) {
-            Some((_, e)) if e.checks(hash as u32) => return false,
+            // (A closing connection's entry gives way: the peer has the
+            // 5-tuple open.)
+            Some((_, e)) if e.checks(hash as u32) && e.closed == 0 => return false,
             Some((index, _)) => index,
             None => match free(b1) {
                 Some(w) => b1 + w,
