@@ -221,6 +221,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     > = None;
     let mut scanned: Option<u64> = None;
     let mut exceptions: Vec<crate::dataplane::xdp::PinnedFlow> = Vec::new();
+    // Flows taken from peers: one log line per 10 s at most (a reload on
+    // the peer sends a burst of datagrams).
+    let (mut imported_unlogged, mut import_logged) = (0u64, None::<std::time::Instant>);
     // The neighbour table is read on its own timer (sooner while a real
     // server is unresolved), when the kernel reports a neighbour or link
     // change, and after a request or reload that may add servers; not on
@@ -366,8 +369,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             Some(flows) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 let added = daemon.dataplane.import_flows(&flows);
                 daemon.imported += added as u64;
-                if added > 0 {
-                    info!(flows = added, "flows taken from a peer director");
+                imported_unlogged += added as u64;
+                if imported_unlogged > 0
+                    && import_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    info!(flows = imported_unlogged, "flows taken from a peer director (since the last such line)");
+                    imported_unlogged = 0;
+                    import_logged = Some(std::time::Instant::now());
                 }
             }
             Some(_) = health_rx.recv() => {
