@@ -456,6 +456,10 @@ fn main() -> Result<()> {
         tunnel("fd00::150", &["fd00:50::20", "fd00:50::21", "fd00:50::22"]),
     ];
     let mut dp = XdpDataplane::load_for_test_sized(table)?;
+    // The SYN-flood guard on, as the daemon runs it by default (every new
+    // flow counted in its CPU's rate window), with a limit never reached:
+    // every new flow is recorded (checked at the end).
+    dp.set_new_flow_limit(u32::MAX);
     dp.apply(&plan, 300, link())?;
     let prog = dp.program()?;
 
@@ -633,6 +637,11 @@ fn main() -> Result<()> {
         rows.push(row);
     }
     let memlock = flow_table_memlock(table);
+    let past_limit = dp.unrecorded_flows()?;
+    ensure!(
+        past_limit == 0,
+        "{past_limit} new flows past the guard's limit were not recorded"
+    );
 
     if short {
         for r in &rows {
