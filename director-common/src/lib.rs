@@ -141,6 +141,15 @@ pub const IPPROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
+/// TCP header flag bits (byte 13).
+pub const TCP_FIN: u8 = 0x01;
+/// See [`TCP_FIN`].
+pub const TCP_SYN: u8 = 0x02;
+/// See [`TCP_FIN`].
+pub const TCP_RST: u8 = 0x04;
+/// See [`TCP_FIN`].
+pub const TCP_ACK: u8 = 0x10;
+
 /// [`ServiceKey::flags`]: the address is IPv6.
 pub const KEY_V6: u8 = 1;
 /// [`ServiceKey::flags`]: the entry that fragments of this VIP and protocol

@@ -46,8 +46,9 @@ use director_common::{
     MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS,
     MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES,
     SERVICE_INDEX_SLOTS, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
-    VIP_FILTER_WORDS, addr_hash, flow_buckets, flow_hash, flow_table_hash, flow_tag, fmix32,
-    fold_addr, service_index_slot, service_index_tail, source_hash, vip_bucket,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VIP_FILTER_WORDS, addr_hash, flow_buckets, flow_hash,
+    flow_table_hash, flow_tag, fmix32, fold_addr, service_index_slot, service_index_tail,
+    source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -818,11 +819,6 @@ fn tcp_flags(ctx: &XdpContext, key: &FlowKey, l4: usize) -> u8 {
         Err(Pass) => 0,
     }
 }
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Whether a closing TCP flow's entry (last packet at `atime`) still
 /// holds for this packet: not for a SYN (a new connection on the 5-tuple),

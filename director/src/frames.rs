@@ -9,11 +9,11 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 
 /// TCP flags byte: SYN.
-pub const SYN: u8 = 0x02;
+pub const SYN: u8 = director_common::TCP_SYN;
 /// TCP flags byte: ACK.
-pub const ACK: u8 = 0x10;
+pub const ACK: u8 = director_common::TCP_ACK;
 /// TCP flags byte: FIN.
-pub const FIN: u8 = 0x01;
+pub const FIN: u8 = director_common::TCP_FIN;
 
 /// A TCP header (20 bytes) with `flags`.
 pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {

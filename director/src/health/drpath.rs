@@ -33,8 +33,9 @@ use crate::{
 const ETH_ARP: u16 = 0x0806;
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
-const TCP: u8 = 6;
-const RST: u8 = 0x04;
+const TCP: u8 = director_common::IPPROTO_TCP;
+const RST: u8 = director_common::TCP_RST;
+const SYN_ACK: u8 = director_common::TCP_SYN | director_common::TCP_ACK;
 /// How long to wait for an ARP reply once the TCP answer is in (the ARP
 /// question went first, so its answer is normally already queued).
 const ARP_GRACE: Duration = Duration::from_millis(20);
@@ -142,7 +143,7 @@ pub fn probe(p: &PathProbe) -> Result<(), String> {
                         "connection refused through the VIP {} port {}",
                         p.vip, p.port
                     )));
-                } else if flags & 0x12 == 0x12 {
+                } else if flags & SYN_ACK == SYN_ACK {
                     // Reset the half-open connection on the real server.
                     let rst = tcp_frame(p, src, sport, ack, 0, RST);
                     let _ = socket.send_to(&rst, &to(ethertype)?);
