@@ -134,6 +134,8 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     );
 
     // Traffic: requests back to back, and downloads one after another.
+    // Times in the soak's logs count from here.
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let vip = SocketAddr::from((VIP, 80));
     let requests = {
@@ -147,18 +149,17 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     let downloads = {
         let (stop, ok, broken) = (stop.clone(), downloads_ok.clone(), downloads_broken.clone());
         lab.client.ns.spawn_thread(move || {
-            let t0 = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let began = t0.elapsed();
+                let began = started.elapsed();
                 match http::download_big(vip, SIZE) {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        // Which event broke it: the time lines up with the
-                        // tick log below.
+                        // Which event broke it: the same clock as the
+                        // event log below.
                         eprintln!(
                             "soak: download begun at {:.1} s broke at {:.1} s: {e:#}",
                             began.as_secs_f64(),
-                            t0.elapsed().as_secs_f64()
+                            started.elapsed().as_secs_f64()
                         );
                         broken.fetch_add(1, Ordering::Relaxed)
                     }
@@ -167,7 +168,6 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
         })
     };
 
-    let started = Instant::now();
     // The backup's own start (init -> backup) is its first transition.
     let mut planned = transitions(&s2)?;
     let d2_pid = d2.pid().context("pid")?;
@@ -175,8 +175,8 @@ pub fn run(minutes: u64, short: bool) -> Result<()> {
     let mut first_minute = None;
     let mut heavy = false;
     let mut tick = 0u64;
-    // What happened when: printed if a download broke, to line up with
-    // the download thread's times (both from the start of the traffic).
+    // What happened when: printed if a download broke, on the download
+    // thread's clock.
     let mut events: Vec<String> = Vec::new();
     let mut event = |what: &str| {
         events.push(format!("{:.1} s: {what}", started.elapsed().as_secs_f64()));
