@@ -49,9 +49,27 @@ pub const FLOW_WAYS: u32 = 4;
 /// without first reading its (uncached) line.
 pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
 
-/// Elements of the tag array of a table of `buckets` buckets.
+/// Elements of the tag words of a table of `buckets` buckets (the tag
+/// array's first part).
 pub const fn flow_tag_elements(buckets: u32) -> u32 {
     buckets.div_ceil(2)
+}
+
+/// Elements of the occupancy bytes of a table of `buckets` buckets (the
+/// tag array's second part, after the tag words): a byte per bucket, eight
+/// to an element, non-zero once a way of the bucket holds a flow (ways are
+/// never emptied). A quarter of the tag words' size, so it stays cached
+/// where they do not: a new connection whose first bucket is empty (most,
+/// in a table sized for its peak) learns it from this byte and writes its
+/// entry into that bucket's first way without reading its tag word.
+pub const fn flow_occupancy_elements(buckets: u32) -> u32 {
+    buckets.div_ceil(8)
+}
+
+/// Elements of the tag array ([`MAP_FLOW_TAGS`]): the tag words, then the
+/// occupancy bytes.
+pub const fn flow_tag_array_elements(buckets: u32) -> u32 {
+    flow_tag_elements(buckets) + flow_occupancy_elements(buckets)
 }
 /// Bits in the VIP filter: a frame whose destination's bucket bit is clear
 /// is not for a VIP, which costs one inlined array lookup to learn.

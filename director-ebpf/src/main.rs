@@ -47,8 +47,8 @@ use director_common::{
     MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES,
     SERVICE_INDEX_SLOTS, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VIP_FILTER_WORDS, addr_hash, flow_buckets, flow_hash,
-    flow_table_hash, flow_tag, fmix32, fold_addr, service_index_slot, service_index_tail,
-    source_hash, vip_bucket,
+    flow_table_hash, flow_tag, flow_tag_array_elements, flow_tag_elements, fmix32, fold_addr,
+    service_index_slot, service_index_tail, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -79,7 +79,10 @@ static FLOWS: Array<FlowEntry> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPAB
 /// The flow table's tag words, one per bucket (see
 /// [`director_common::MAP_FLOW_TAGS`]); sized with the table at load.
 #[map(name = "FLOW_TAGS")]
-static FLOW_TAGS: Array<u64> = Array::with_max_entries(MAX_FLOWS / FLOW_WAYS / 2, BPF_F_MMAPABLE);
+static FLOW_TAGS: Array<u64> = Array::with_max_entries(
+    flow_tag_array_elements(MAX_FLOWS / FLOW_WAYS),
+    BPF_F_MMAPABLE,
+);
 
 /// Buckets of the flow table, set by the loader with the table's size (a
 /// read-only global: the verifier sees a constant).
@@ -473,11 +476,12 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
     // SYN without ACK: a connection opening.
     let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let found = if syn {
-        find_tagged(key, check, flow_tag(hash), b1, b2)
+        find_opening(key, check, flow_tag(hash), b1, b2)
     } else {
         find_flow(key, check, b1, b2)
     };
-    let mut own = None;
+    // The way the flow's entry goes to, when the lookup found one.
+    let mut way = None;
     // An established flow leaves its server only if it is gone (slot
     // generation), a SYN (a reused port) if it drains or failed, a UDP
     // flow if it failed: a TCP connection stays on a failed server, which
@@ -522,9 +526,9 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
                 }
                 return Ok((u32::from(flow.backend), b, u32::from(flow.service), false));
             }
-            own = Some(index);
+            way = Some(index);
         }
-        Found::Torn(index) => own = Some(index),
+        Found::Torn(index) | Found::Free(index) => way = Some(index),
         Found::Missing | Found::Full => {}
     }
 
@@ -534,7 +538,7 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
     let service = find_service(key).ok_or(Pass)?;
     let (id, b) = place(key, &service, now)?;
     if record_new_flow() {
-        let way = match own {
+        let way = match way {
             Some(index) => Some(index),
             None => victim(b1, b2, check),
         };
@@ -581,6 +585,41 @@ fn record(
         (*e).atime = now;
     }
     set_tag_byte(index / FLOW_WAYS, index % FLOW_WAYS, flow_tag(hash));
+    occupy(index / FLOW_WAYS);
+}
+
+/// The occupancy byte of `bucket`: its element and byte.
+#[inline(always)]
+fn occupancy_at(bucket: u32) -> (u32, u32) {
+    (flow_tag_elements(table_buckets()) + bucket / 8, bucket % 8)
+}
+
+/// Whether a way of the bucket at `first` holds a flow (its occupancy
+/// byte; the verifier's case, no such element, counts as taken).
+#[inline(always)]
+fn occupied(first: u32) -> bool {
+    let (element, byte) = occupancy_at(first / FLOW_WAYS);
+    match FLOW_TAGS.get(element) {
+        Some(word) => (word >> (8 * byte)) as u8 != 0,
+        None => true,
+    }
+}
+
+/// Marks `bucket` occupied: one byte store, once (other CPUs write the
+/// element's other bytes).
+#[inline(always)]
+fn occupy(bucket: u32) {
+    let (element, byte) = occupancy_at(bucket);
+    if let Some(t) = FLOW_TAGS.get_ptr_mut(element) {
+        // SAFETY: the byte is within the element (byte < 8; the mask is
+        // for the verifier).
+        unsafe {
+            let b = (t as *mut u8).add((byte & 7) as usize);
+            if *b == 0 {
+                *b = 1;
+            }
+        }
+    }
 }
 
 /// Sets way `way`'s tag in bucket `bucket`'s tag word: one byte store
@@ -628,6 +667,9 @@ enum Found {
     /// Not in this bucket, whose ways are all taken (the flow may be in
     /// its second).
     Full,
+    /// Not there, and its first bucket is empty: way 0 of it (the index)
+    /// is where its entry goes.
+    Free(u32),
 }
 
 /// Looks `key` (check hash `check`) up in its first bucket `b1`, and in
@@ -681,6 +723,19 @@ fn holding(index: u32, e: *mut FlowEntry, key: &FlowKey, check: u32) -> Option<F
     } else {
         Found::Torn(index)
     })
+}
+
+/// [`find_flow`] for a connection opening (its entry is almost never
+/// there): its first bucket empty (the occupancy byte, mostly cached), the
+/// entry goes to that bucket's first way, no tag word read; else the tag
+/// words say which ways may hold the key and where a free way is, so the
+/// entry's uncached line is written, never read.
+#[inline(always)]
+fn find_opening(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> Found {
+    if !occupied(b1) {
+        return Found::Free(b1);
+    }
+    find_tagged(key, check, tag, b1, b2)
 }
 
 /// [`find_flow`] through the tag words: only ways tagged with `tag` are
@@ -1020,7 +1075,7 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     let id = match find_flow(&key, hash as u32, b1, b2) {
         // SAFETY: a pointer into the table's element.
         Found::Entry(_, e) => u32::from(unsafe { (*e).backend }),
-        Found::Torn(_) | Found::Missing | Found::Full => {
+        Found::Torn(_) | Found::Missing | Found::Full | Found::Free(_) => {
             let hash = if service.flags & SVC_SOURCE_HASH != 0 {
                 source_hash(&key.src)
             } else {

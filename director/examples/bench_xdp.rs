@@ -345,7 +345,7 @@ fn flow_table_memlock(entries: u32) -> Option<u64> {
     };
     Some(
         memlock(entries)?
-            + memlock(director_common::flow_tag_elements(
+            + memlock(director_common::flow_tag_array_elements(
                 entries / director_common::FLOW_WAYS,
             ))?,
     )

@@ -1025,6 +1025,132 @@ fn imported_flows_are_recorded_and_found() {
     }
 }
 
+/// A connection opening whose first bucket holds a flow (one the program
+/// recorded, or one the daemon imported) never takes that flow's way: the
+/// bucket's occupancy byte sends it to the tag words, which find it a free
+/// way. A tag array rebuilt from the entries (one re-created beside an
+/// adopted table) says the same.
+#[test]
+fn a_new_connection_never_takes_a_flows_way() {
+    use director::dataplane::xdp::PinnedFlow;
+    use director_common::{FLOW_WAYS, FlowKey, flow_buckets, flow_table_hash};
+    let plan = web();
+    let mut dp = XdpDataplane::load_for_test_sized(4096).expect("load (as root)");
+    dp.apply(&plan, 300, link()).expect("apply");
+    let (seed, buckets) = {
+        let table = dp.flow_table();
+        (table.seed(), table.entries() / FLOW_WAYS)
+    };
+    let key = |src: [u8; 4], sport: u16| {
+        let mut k = FlowKey::default();
+        k.src[..4].copy_from_slice(&src);
+        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
+        k.sport = sport.to_be_bytes();
+        k.dport = 80u16.to_be_bytes();
+        k.protocol = 6;
+        k
+    };
+    let first_bucket = |k: &FlowKey| flow_buckets(flow_table_hash(k, seed), buckets).0;
+    // A client (port 1000) whose flow's first bucket is `b`, from `*next` on.
+    let colliding = |b: u32, next: &mut u32| loop {
+        *next += 1;
+        let src = [12, (*next >> 16) as u8, (*next >> 8) as u8, *next as u8];
+        if first_bucket(&key(src, 1000)) == b {
+            return src;
+        }
+    };
+    let syn = |src: [u8; 4]| frames::tcp_frame(IpAddr::from(src), 1000, ip("10.0.0.100"), 80, SYN);
+    let ack = |src: [u8; 4], sport: u16| {
+        frames::tcp_frame(IpAddr::from(src), sport, ip("10.0.0.100"), 80, ACK)
+    };
+    let service = plan[0].key();
+    // 64 imported flows, each alone in its first bucket, on server i % 3.
+    let mut used = BTreeSet::new();
+    let imported: Vec<[u8; 4]> = (0..4096u32)
+        .map(|i| [11, 0, (i >> 8) as u8, i as u8])
+        .filter(|src| used.insert(first_bucket(&key(*src, 40000))))
+        .take(64)
+        .collect();
+    let flows: Vec<PinnedFlow> = imported
+        .iter()
+        .enumerate()
+        .map(|(i, src)| PinnedFlow {
+            flow: key(*src, 40000),
+            service,
+            backend: plan[0].backends[i % 3].address,
+        })
+        .collect();
+    assert_eq!(dp.import_flows(&flows).expect("import"), 64);
+    // 64 connections the program records, each alone in its first bucket
+    // too (and not in an imported flow's).
+    let mut next = 0;
+    let mut recorded = Vec::new();
+    while recorded.len() < 64 {
+        next += 1;
+        let src = [13, 0, (next >> 8) as u8, next as u8];
+        if used.insert(first_bucket(&key(src, 1000))) {
+            assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
+            recorded.push((src, run(&dp, &ack(src, 1000)).1));
+        }
+    }
+    let check = |dp: &XdpDataplane, round: &str| {
+        let table = dp.flow_table();
+        assert_eq!(table.tag_mismatches(), 0, "{round}: tags disagree");
+        for (i, src) in imported.iter().enumerate() {
+            assert!(
+                table.get(&key(*src, 40000)).is_some(),
+                "{round}: imported flow {i} lost"
+            );
+            assert_eq!(
+                run(dp, &ack(*src, 40000)),
+                (XDP_TX, mac_of((i % 3 + 1) as u8).0),
+                "{round}: imported flow {i} moved"
+            );
+        }
+        for (src, mac) in &recorded {
+            assert!(
+                table.get(&key(*src, 1000)).is_some(),
+                "{round}: recorded flow {src:?} lost"
+            );
+            assert_eq!(
+                run(dp, &ack(*src, 1000)).1,
+                *mac,
+                "{round}: recorded flow {src:?} moved"
+            );
+        }
+    };
+    // New connections into each of those buckets.
+    let mut opened = Vec::new();
+    let mut next = 0;
+    let taken: Vec<u32> = used.iter().copied().collect();
+    for &b in &taken {
+        let src = colliding(b, &mut next);
+        assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
+        opened.push(src);
+    }
+    check(&dp, "after openings");
+    let table = dp.flow_table();
+    for src in &opened {
+        assert!(
+            table.get(&key(*src, 1000)).is_some(),
+            "opening {src:?} not recorded"
+        );
+    }
+    // The tag array re-created and rebuilt from the entries: consistent,
+    // and openings into the same buckets still take free ways.
+    table.clear_tags();
+    assert!(
+        table.tag_mismatches() > 0,
+        "cleared tags agree with a table holding flows?"
+    );
+    table.rebuild_tags();
+    for &b in &taken {
+        let src = colliding(b, &mut next);
+        assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
+    }
+    check(&dp, "after a rebuild");
+}
+
 /// A connection the client closes (FIN or RST) keeps its server while its
 /// packets come (the close, a half-closed stream); once idle for 2 s, or
 /// at once for a SYN, its 5-tuple is a new connection and goes where a

@@ -201,3 +201,97 @@ fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
     ensure!(t.ok == 10, "{t:?}");
     Ok(())
 }
+
+/// An upgrade from the version whose tag array held only the tag words (no
+/// occupancy bytes): the new daemon adopts the flow table, re-creates the
+/// tag array at its new size and rebuilds it from the flows (a bucket's
+/// occupancy byte set exactly when a way holds a flow), and keeps serving
+/// the flows it holds.
+#[test]
+fn a_tag_array_of_the_previous_layout_is_rebuilt() -> Result<()> {
+    use director_common::{FLOW_WAYS, flow_tag_elements};
+    use director_tests::bpfmap::PinnedMap;
+    let (lab, state, servers) = one_director()?;
+    let config = scenario::http_config(&lab, "director1", &servers)?.replacen(
+        "[global]\n",
+        "[global]\nflow_table_size = 4096\n",
+        1,
+    );
+    let path = lab.write("d.toml", &config)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    let s = scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    let pins = std::path::PathBuf::from(s["pin_dir"].as_str().context("pin_dir")?);
+    let vip = std::net::SocketAddr::from((VIP, 80));
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 40, Duration::from_secs(2)))?;
+    ensure!(t.ok == 40, "{t:?}");
+    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+
+    // The ways holding a flow, by bucket.
+    let buckets = 4096 / FLOW_WAYS;
+    let taken = |pins: &std::path::Path| -> Result<Vec<bool>> {
+        let flows = PinnedMap::open(&pins.join("FLOWS"))?;
+        (0..buckets)
+            .map(|b| {
+                let mut any = false;
+                for i in b * FLOW_WAYS..(b + 1) * FLOW_WAYS {
+                    any |= flows.lookup(&i.to_ne_bytes(), 64)?[36] != 0;
+                }
+                Ok(any)
+            })
+            .collect()
+    };
+    let before = taken(&pins)?;
+    ensure!(
+        before.iter().filter(|t| **t).count() >= 30,
+        "the requests left {} flows",
+        before.iter().filter(|t| **t).count()
+    );
+    // The previous version's tag array in its place: tag words only.
+    let tags = pins.join("FLOW_TAGS");
+    std::fs::remove_file(&tags)?;
+    let old = flow_tag_elements(buckets).to_string();
+    let tags_s = tags.to_string_lossy();
+    bpftool(&[
+        "map",
+        "create",
+        &tags_s,
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        &old,
+        "name",
+        "FLOW_TAGS",
+        "flags",
+        "1024",
+    ])?;
+
+    let d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
+    ensure!(
+        d.log().contains("tag array is re-created and rebuilt"),
+        "{}",
+        d.log()
+    );
+    ensure!(taken(&pins)? == before, "the adopted flow table changed");
+    let array = PinnedMap::open(&tags)?;
+    for (b, taken) in before.iter().enumerate() {
+        let b = b as u32;
+        let element = flow_tag_elements(buckets) + b / 8;
+        let occupied = array.lookup(&element.to_ne_bytes(), 8)?[(b % 8) as usize] != 0;
+        ensure!(
+            occupied == *taken,
+            "bucket {b}: occupancy byte {occupied}, a way taken {taken}"
+        );
+    }
+    let t = lab
+        .client
+        .run(move || http::hammer(vip, 10, Duration::from_secs(2)))?;
+    ensure!(t.ok == 10, "{t:?}");
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! The flow table from user space: the XDP program's array of buckets of
-//! [`FlowEntry`] ways and its tag words (one `u32` per bucket, two to an
-//! 8-byte array element: a byte per way), both mapped into the daemon's memory (the
-//! maps are `BPF_F_MMAPABLE`), so imports and scans read and write them in
-//! place instead of one system call per entry.
+//! [`FlowEntry`] ways and its tag array (tag words, one `u32` per bucket,
+//! two to an 8-byte array element: a byte per way; then occupancy bytes,
+//! one per bucket), both mapped into the daemon's memory (the maps are
+//! `BPF_F_MMAPABLE`), so imports and scans read and write them in place
+//! instead of one system call per entry.
 //!
 //! Entries are written without a lock by the program on every CPU and by
 //! the daemon: every read goes through [`FlowEntry::checks`], which fails
@@ -73,7 +74,11 @@ impl<T> Drop for Mapping<T> {
 /// The program's flow table, mapped.
 pub struct FlowTable {
     entries: Mapping<FlowEntry>,
+    /// The tag array as `u32` words: a tag word per bucket, then (from
+    /// `occupancy`, in words) the occupancy bytes.
     tags: Mapping<u32>,
+    /// The first word of the occupancy bytes.
+    occupancy: u32,
     seed: u32,
     /// The maps' handles (the mappings hold the maps too).
     _maps: (Array<MapData, FlowEntry>, Array<MapData, u64>),
@@ -95,13 +100,15 @@ impl FlowTable {
         entries: u32,
         seed: u32,
     ) -> Result<FlowTable, XdpError> {
+        let buckets = entries / FLOW_WAYS;
         Ok(FlowTable {
             entries: Mapping::new(&flows, entries as usize)?,
             // u32 words, two to each 8-byte element.
             tags: Mapping::new(
                 &tags,
-                2 * director_common::flow_tag_elements(entries / FLOW_WAYS) as usize,
+                2 * director_common::flow_tag_array_elements(buckets) as usize,
             )?,
+            occupancy: 2 * director_common::flow_tag_elements(buckets),
             seed,
             _maps: (flows, tags),
         })
@@ -145,6 +152,20 @@ impl FlowTable {
                 .cast::<u8>()
                 .add(byte as usize)
                 .write_volatile(value)
+        }
+    }
+
+    /// Marks the bucket at `first` occupied (a byte; the program may be
+    /// writing the word's others).
+    fn occupy(&self, first: u32) {
+        let bucket = first / FLOW_WAYS;
+        // SAFETY: as in `read`; a byte inside the word.
+        unsafe {
+            self.tags
+                .at(self.occupancy + bucket / 4)
+                .cast::<u8>()
+                .add((bucket % 4) as usize)
+                .write_volatile(1)
         }
     }
 
@@ -224,6 +245,7 @@ impl FlowTable {
         self.write(index, entry);
         let first = index - index % FLOW_WAYS;
         self.set_tag(first, index % FLOW_WAYS, flow_tag(hash));
+        self.occupy(first);
         true
     }
 
@@ -236,18 +258,67 @@ impl FlowTable {
         })
     }
 
-    /// Writes every bucket's tag word from its entries (tag words that were
-    /// not kept with the entries: a tag array re-created beside an adopted
-    /// table).
+    /// The occupancy byte of the bucket at `first`.
+    fn occupancy_byte(&self, first: u32) -> u8 {
+        let bucket = first / FLOW_WAYS;
+        // SAFETY: as in `read`; a byte inside the word.
+        unsafe {
+            self.tags
+                .at(self.occupancy + bucket / 4)
+                .cast::<u8>()
+                .add((bucket % 4) as usize)
+                .read_volatile()
+        }
+    }
+
+    /// Buckets whose tag word or occupancy byte disagrees with their ways
+    /// (a tag not 0 exactly for an empty way, the occupancy byte not
+    /// non-zero exactly when a way is taken): 0 for a consistent table.
+    pub fn tag_mismatches(&self) -> usize {
+        (0..self.entries())
+            .step_by(FLOW_WAYS as usize)
+            .filter(|&first| {
+                let word = self.tag_word(first);
+                let ways: Vec<bool> = (first..first + FLOW_WAYS)
+                    .map(|i| self.read(i).key.protocol != 0)
+                    .collect();
+                let tags_agree = ways
+                    .iter()
+                    .enumerate()
+                    .all(|(w, taken)| ((word >> (8 * w)) as u8 != 0) == *taken);
+                let occupied = self.occupancy_byte(first) != 0;
+                !tags_agree || occupied != ways.iter().any(|t| *t)
+            })
+            .count()
+    }
+
+    /// Zeroes the tag array (tag words and occupancy bytes), as a tag
+    /// array re-created beside an adopted table is: for tests of
+    /// [`FlowTable::rebuild_tags`].
+    pub fn clear_tags(&self) {
+        for word in 0..self.tags.len as u32 {
+            // SAFETY: as in `read`.
+            unsafe { self.tags.at(word).write_volatile(0) }
+        }
+    }
+
+    /// Writes every bucket's tag word and occupancy byte from its entries
+    /// (a tag array that was not kept with the entries: re-created beside
+    /// an adopted table).
     pub fn rebuild_tags(&self) {
         for i in 0..self.entries() {
             let e = self.read(i);
-            let tag = if e.key.protocol == 0 {
-                0
+            let first = i - i % FLOW_WAYS;
+            if e.key.protocol == 0 {
+                self.set_tag(first, i % FLOW_WAYS, 0);
             } else {
-                flow_tag(flow_table_hash(&e.key, self.seed))
-            };
-            self.set_tag(i - i % FLOW_WAYS, i % FLOW_WAYS, tag);
+                self.set_tag(
+                    first,
+                    i % FLOW_WAYS,
+                    flow_tag(flow_table_hash(&e.key, self.seed)),
+                );
+                self.occupy(first);
+            }
         }
     }
 }

@@ -48,7 +48,10 @@ pub(super) fn load(pin_dir: Option<&Path>, flows: u32) -> Result<Loaded, XdpErro
     let (mut carried, mut carried_settings) = (Vec::new(), None);
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_FLOWS, entries);
-    loader.map_max_entries(MAP_FLOW_TAGS, director_common::flow_tag_elements(buckets));
+    loader.map_max_entries(
+        MAP_FLOW_TAGS,
+        director_common::flow_tag_array_elements(buckets),
+    );
     loader.override_global("FLOW_BUCKETS", &buckets, true);
     if let Some(dir) = pin_dir {
         let stale = incompatible_pins(dir, entries)?;
@@ -104,7 +107,7 @@ fn incompatible_pins(dir: &Path, flow_entries: u32) -> Result<Vec<&'static str>,
         };
         let want_entries = match name {
             MAP_FLOWS => flow_entries,
-            MAP_FLOW_TAGS => director_common::flow_tag_elements(flow_entries / FLOW_WAYS),
+            MAP_FLOW_TAGS => director_common::flow_tag_array_elements(flow_entries / FLOW_WAYS),
             _ => def.max_entries(),
         };
         let fits = match aya::maps::MapInfo::from_pin(&path) {
@@ -113,7 +116,16 @@ fn incompatible_pins(dir: &Path, flow_entries: u32) -> Result<Vec<&'static str>,
                     && info.key_size() == def.key_size()
                     && info.value_size() == def.value_size()
                     && info.map_flags() == def.map_flags();
-                if same && info.max_entries() != want_entries {
+                if same && info.max_entries() != want_entries && name == MAP_FLOW_TAGS {
+                    // Follows the table's size, or an older layout (before
+                    // the occupancy bytes): rebuilt from the flows.
+                    info!(
+                        map = name,
+                        old = info.max_entries(),
+                        new = want_entries,
+                        "the flow table's tag array is re-created and rebuilt from its flows"
+                    );
+                } else if same && info.max_entries() != want_entries {
                     warn!(
                         map = name,
                         old = info.max_entries(),

@@ -253,15 +253,19 @@ pub struct XdpOptions {
 }
 
 /// Kernel memory of a flow table of `flows` flows: an array of 64-byte
-/// entries (whole buckets) and its tag words (4 bytes a bucket), each
-/// page-rounded after a page of the array's header (what `bpftool map
-/// show` reports as memlock).
+/// entries (whole buckets) and its tag array (tag words and occupancy
+/// bytes: 8-byte elements), each page-rounded after a page of the array's
+/// header (what `bpftool map show` reports as memlock).
 pub fn flow_table_bytes(flows: u32) -> u64 {
     const PAGE: u64 = 4096;
-    let entries = u64::from(flow_entries(flows));
+    let entries = flow_entries(flows);
     let array = |bytes: u64| PAGE + bytes.div_ceil(PAGE) * PAGE;
-    array(entries * std::mem::size_of::<FlowEntry>() as u64)
-        + array(entries / u64::from(FLOW_WAYS) * 4)
+    array(u64::from(entries) * std::mem::size_of::<FlowEntry>() as u64)
+        + array(
+            u64::from(director_common::flow_tag_array_elements(
+                entries / FLOW_WAYS,
+            )) * 8,
+        )
 }
 
 impl XdpDataplane {
