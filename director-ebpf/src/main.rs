@@ -667,8 +667,9 @@ enum Found {
     /// Not in this bucket, whose ways are all taken (the flow may be in
     /// its second).
     Full,
-    /// Not there, and its first bucket is empty: way 0 of it (the index)
-    /// is where its entry goes.
+    /// Not there, and the way at the index is free: where its entry goes
+    /// (the first free way of its first bucket, or of its second when the
+    /// first is full).
     Free(u32),
 }
 
@@ -687,7 +688,8 @@ fn find_flow(key: &FlowKey, check: u32, b1: u32, b2: u32) -> Found {
 }
 
 /// Looks `key` up in the bucket at `first`. Ways fill in order and are
-/// never emptied, so an empty way ends the search.
+/// never emptied, so an empty way ends the search, and is where a new
+/// entry for the key goes (no tag word read to find it).
 #[inline(always)]
 fn find_in(key: &FlowKey, check: u32, first: u32) -> Found {
     let mut w = 0;
@@ -699,7 +701,7 @@ fn find_in(key: &FlowKey, check: u32, first: u32) -> Found {
         };
         // SAFETY: a pointer into the table's element.
         if unsafe { (*e).key.protocol } == 0 {
-            return Found::Missing;
+            return Found::Free(index);
         }
         if let Some(found) = holding(index, e, key, check) {
             return found;

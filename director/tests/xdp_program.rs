@@ -1029,7 +1029,8 @@ fn imported_flows_are_recorded_and_found() {
 /// recorded, or one the daemon imported) never takes that flow's way: the
 /// bucket's occupancy byte sends it to the tag words, which find it a free
 /// way. A tag array rebuilt from the entries (one re-created beside an
-/// adopted table) says the same.
+/// adopted table) says the same. A mid-stream packet of a flow the table
+/// does not hold is recorded in the free way its lookup ended at.
 #[test]
 fn a_new_connection_never_takes_a_flows_way() {
     use director::dataplane::xdp::PinnedFlow;
@@ -1149,6 +1150,23 @@ fn a_new_connection_never_takes_a_flows_way() {
         assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
     }
     check(&dp, "after a rebuild");
+    // Mid-stream packets of connections the table never saw (opened
+    // through another director) into the same buckets: recorded in the
+    // free way their lookup ended at, over no flow.
+    let mut pickups = Vec::new();
+    for &b in &taken {
+        let src = colliding(b, &mut next);
+        assert_eq!(run(&dp, &ack(src, 1000)).0, XDP_TX);
+        pickups.push(src);
+    }
+    check(&dp, "after mid-stream pickups");
+    let table = dp.flow_table();
+    for src in &pickups {
+        assert!(
+            table.get(&key(*src, 1000)).is_some(),
+            "pickup {src:?} not recorded"
+        );
+    }
 }
 
 /// A connection the client closes (FIN or RST) keeps its server while its

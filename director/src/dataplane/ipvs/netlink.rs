@@ -286,6 +286,9 @@ pub enum NetlinkError {
     Decode(String),
 }
 
+/// How long a missing IPVS family is waited for (a module still loading).
+const FAMILY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A blocking generic-netlink client for the IPVS family.
 pub struct Client {
     socket: Socket,
@@ -304,7 +307,37 @@ impl Client {
             family: 0,
             seq: 0,
         };
-        client.family = client.resolve()?;
+        // A module being loaded (by us a moment ago, or by another process:
+        // modprobe returns at once while another one's load runs) may not
+        // have registered its family yet: the lookup says ENOENT for a
+        // while. While the module is there (loaded or loading), asked
+        // again for up to FAMILY_WAIT; then, or without the module, the
+        // kernel has no IPVS.
+        let started = std::time::Instant::now();
+        let mut waited = false;
+        client.family = loop {
+            match client.resolve() {
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT)
+                        && std::path::Path::new("/sys/module/ip_vs").exists()
+                        && started.elapsed() < FAMILY_WAIT =>
+                {
+                    if !waited {
+                        tracing::info!(
+                            "the ip_vs module is still loading: waiting for its netlink family"
+                        );
+                        waited = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    return Err(NetlinkError::NoFamily);
+                }
+                other => break other?,
+            }
+        };
         Ok(client)
     }
 
