@@ -1120,53 +1120,42 @@ fn a_new_connection_never_takes_a_flows_way() {
             );
         }
     };
-    // New connections into each of those buckets.
-    let mut opened = Vec::new();
-    let mut next = 0;
+    // A packet (`frame` of a client) from a new client into each of those
+    // buckets, every one forwarded and recorded; returns the clients.
     let taken: Vec<u32> = used.iter().copied().collect();
-    for &b in &taken {
-        let src = colliding(b, &mut next);
-        assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
-        opened.push(src);
-    }
+    let mut next = 0;
+    let mut into_taken = |dp: &XdpDataplane, frame: &dyn Fn([u8; 4]) -> Vec<u8>, what: &str| {
+        let clients: Vec<[u8; 4]> = taken.iter().map(|b| colliding(*b, &mut next)).collect();
+        for src in &clients {
+            assert_eq!(run(dp, &frame(*src)).0, XDP_TX);
+        }
+        let table = dp.flow_table();
+        for src in &clients {
+            assert!(
+                table.get(&key(*src, 1000)).is_some(),
+                "{what} {src:?} not recorded"
+            );
+        }
+    };
+    // New connections.
+    into_taken(&dp, &syn, "opening");
     check(&dp, "after openings");
-    let table = dp.flow_table();
-    for src in &opened {
-        assert!(
-            table.get(&key(*src, 1000)).is_some(),
-            "opening {src:?} not recorded"
-        );
-    }
     // The tag array re-created and rebuilt from the entries: consistent,
     // and openings into the same buckets still take free ways.
+    let table = dp.flow_table();
     table.clear_tags();
     assert!(
         table.tag_mismatches() > 0,
         "cleared tags agree with a table holding flows?"
     );
     table.rebuild_tags();
-    for &b in &taken {
-        let src = colliding(b, &mut next);
-        assert_eq!(run(&dp, &syn(src)).0, XDP_TX);
-    }
+    into_taken(&dp, &syn, "opening after a rebuild");
     check(&dp, "after a rebuild");
     // Mid-stream packets of connections the table never saw (opened
-    // through another director) into the same buckets: recorded in the
-    // free way their lookup ended at, over no flow.
-    let mut pickups = Vec::new();
-    for &b in &taken {
-        let src = colliding(b, &mut next);
-        assert_eq!(run(&dp, &ack(src, 1000)).0, XDP_TX);
-        pickups.push(src);
-    }
+    // through another director): recorded in the free way their lookup
+    // ended at, over no flow.
+    into_taken(&dp, &|src| ack(src, 1000), "pickup");
     check(&dp, "after mid-stream pickups");
-    let table = dp.flow_table();
-    for src in &pickups {
-        assert!(
-            table.get(&key(*src, 1000)).is_some(),
-            "pickup {src:?} not recorded"
-        );
-    }
 }
 
 /// A connection the client closes (FIN or RST) keeps its server while its
