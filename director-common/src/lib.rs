@@ -112,6 +112,12 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const PROG_DIRECTOR: &str = "director";
 /// Name of the benchmark floor program (MAC swap + XDP_TX).
 pub const PROG_FLOOR: &str = "floor";
+/// Name of the benchmark program giving each frame a new client address
+/// before it tail-calls the measured program (slot 0 of
+/// [`MAP_BENCH_TARGETS`]).
+pub const PROG_FRESH_CLIENT: &str = "fresh_client";
+/// Name of [`PROG_FRESH_CLIENT`]'s tail-call target array.
+pub const MAP_BENCH_TARGETS: &str = "BENCH_TARGETS";
 /// Name of the service index ([`IndexEntry`], two banks).
 pub const MAP_SERVICE_INDEX: &str = "SERVICE_INDEX";
 /// Name of the group-member trie ([`MemberKey`]).

@@ -24,8 +24,11 @@
 //! lookups drawn at random over the flows it holds (cache
 //! misses, not one hot flow) and new flows into it are measured at each
 //! population, the counters proving each lookup hit. The live-frame rate
-//! is measured on one CPU and on all at once, beside the floor's, and the
-//! flow table's kernel memory is read from its fdinfo.
+//! is measured on one CPU and on all at once, beside the floor's, for an
+//! established flow and for new flows (the `fresh_client` program gives
+//! every frame a client address of its own, then tail-calls the director's
+//! program on a dataplane of its own, or the floor), and the flow table's
+//! kernel memory is read from its fdinfo.
 //!
 //! `--short`: a few hundred calls per path and every check, no figures (CI
 //! proves the harness and the paths with it). For experiments:
@@ -37,6 +40,7 @@ use std::{net::IpAddr, time::Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use director::{
@@ -48,7 +52,7 @@ use director::{
     frames::{self, ACK, DIRECTOR_MAC, SYN},
     neighbor::{LinkInfo, Mac},
 };
-use director_common::{FlowKey, PROG_FLOOR};
+use director_common::{FlowKey, MAP_BENCH_TARGETS, PROG_FLOOR, PROG_FRESH_CLIENT};
 
 /// The benchmark's interface (MTU 1500).
 fn link() -> LinkInfo {
@@ -202,6 +206,45 @@ fn live_mpps(program: &Xdp, frame: &[u8], packets: u32, cpus: &[usize]) -> Resul
         })
     })?;
     Ok(f64::from(packets) * cpus.len() as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Live-frame rates of new flows, on one CPU and on all of `cpus` at
+/// once: the director's program (a dataplane of its own with `plan` and a
+/// table of `table` entries, empty), then the floor, each as slot 0 of
+/// `targets` behind `fresh`, which gives every frame a client address of
+/// its own. The director's counters must count every frame a new flow, all
+/// recorded. Returns the director's rates, then the floor's.
+fn live_new_flows(
+    (fresh, targets, floor): (&Xdp, &mut ProgramArray<MapData>, &Xdp),
+    plan: &[ServicePlan],
+    table: u32,
+    frames: u32,
+    (cpu, cpus): (usize, &[usize]),
+) -> Result<[f64; 4]> {
+    let mut dp = XdpDataplane::load_for_test_sized(table)?;
+    dp.set_new_flow_limit(u32::MAX);
+    dp.apply(plan, 300, link())?;
+    let prog = dp.program()?;
+    let syn = frames::tcp_frame(ip("10.9.0.1"), 40001, ip("10.0.0.200"), 80, SYN);
+    targets.set(0, prog.fd()?, 0)?;
+    let before = dp.service_traffic(&plan[2])?;
+    let one = live_mpps(fresh, &syn, frames, &[cpu])?;
+    let all = live_mpps(fresh, &syn, frames, cpus)?;
+    let (packets, flows) = delta(dp.service_traffic(&plan[2])?, before);
+    let sent = u64::from(frames) * (1 + cpus.len() as u64);
+    ensure!(
+        packets == sent && flows == sent,
+        "live frames of new flows: {packets} packets and {flows} new flows counted for {sent} frames"
+    );
+    let unrecorded = dp.unrecorded_flows()?;
+    ensure!(
+        unrecorded == 0,
+        "live frames of new flows: {unrecorded} not recorded"
+    );
+    targets.set(0, floor.fd()?, 0)?;
+    let floor_one = live_mpps(fresh, &syn, frames, &[cpu])?;
+    let floor_all = live_mpps(fresh, &syn, frames, cpus)?;
+    Ok([one, all, floor_one, floor_all])
 }
 
 /// A new client flow per frame to `vip`: the source address and port vary
@@ -425,12 +468,25 @@ fn main() -> Result<()> {
     let mut floor_obj = EbpfLoader::new()
         .load(PROGRAM)
         .context("loading the object")?;
-    let floor: &mut Xdp = floor_obj
-        .program_mut(PROG_FLOOR)
-        .context("floor program")?
-        .try_into()?;
-    floor.load()?;
-    let floor: &Xdp = floor;
+    let mut targets = ProgramArray::try_from(
+        floor_obj
+            .take_map(MAP_BENCH_TARGETS)
+            .context("bench target array")?,
+    )?;
+    for name in [PROG_FLOOR, PROG_FRESH_CLIENT] {
+        let p: &mut Xdp = floor_obj
+            .program_mut(name)
+            .with_context(|| format!("{name} program"))?
+            .try_into()?;
+        p.load()?;
+    }
+    let program = |name: &str| -> Result<&Xdp> {
+        Ok(floor_obj
+            .program(name)
+            .with_context(|| format!("{name} program"))?
+            .try_into()?)
+    };
+    let (floor, fresh) = (program(PROG_FLOOR)?, program(PROG_FRESH_CLIENT)?);
 
     // A third service for live frames: its real servers' MAC is the
     // director's, so the rewrite leaves the frame as it was (the kernel
@@ -579,6 +635,16 @@ fn main() -> Result<()> {
     let live_sent = u64::from(live) * (1 + cpus.len() as u64);
     let live_floor_one = live_mpps(floor, &live_frame, live, &[cpu]);
     let live_floor_all = live_mpps(floor, &live_frame, live, &cpus);
+    // Live frames of new flows, half as many per CPU (the table of their
+    // own dataplane ends 60% full in full mode).
+    let live_new = live / 2;
+    let new_live = live_new_flows(
+        (fresh, &mut targets, floor),
+        &plan,
+        table,
+        live_new,
+        (cpu, &cpus),
+    );
 
     // Established flows spread over a table filled to each population.
     let mut filled = 0;
@@ -663,6 +729,13 @@ fn main() -> Result<()> {
             }
             (Err(e), _) | (_, Err(e)) => println!("--  live frames not available here: {e}"),
         }
+        match &new_live {
+            Ok(_) => println!(
+                "ok  live frames of new flows: {live_new} SYNs of distinct clients on one CPU, then on each of {} CPUs at once, every one counted a new flow",
+                cpus.len()
+            ),
+            Err(e) => println!("--  live frames of new flows not available here: {e}"),
+        }
         ensure!(
             memlock.is_some(),
             "the flow table's memory was not found in /proc/self/fdinfo"
@@ -710,6 +783,23 @@ fn main() -> Result<()> {
         (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
             println!("live frames: not available here ({e})")
         }
+    }
+    match new_live {
+        Ok([p1, pa, f1, fa]) => {
+            println!(
+                "live frames of new flows ({live_new} IPv4 SYNs per CPU, each from a client of its own, into an empty {table}-entry table; `fresh_client` sets the address and tail-calls the program, for the floor too):"
+            );
+            println!(
+                "  1 CPU:  director {p1:.2} M new flows/s, floor {f1:.2} Mpps ({:.2}x the floor's rate)",
+                p1 / f1
+            );
+            println!(
+                "  {} CPUs: director {pa:.2} M new flows/s, floor {fa:.2} Mpps ({:.2}x the floor's rate)",
+                cpus.len(),
+                pa / fa
+            );
+        }
+        Err(e) => println!("live frames of new flows: not available here ({e})"),
     }
     if let Some(bytes) = memlock {
         println!(
