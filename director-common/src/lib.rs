@@ -55,15 +55,16 @@ pub const fn flow_tag_elements(buckets: u32) -> u32 {
     buckets.div_ceil(2)
 }
 
-/// Elements of the occupancy bytes of a table of `buckets` buckets (the
-/// tag array's second part, after the tag words): a byte per bucket, eight
-/// to an element, non-zero once a way of the bucket holds a flow (ways are
-/// never emptied). A quarter of the tag words' size, so it stays cached
-/// where they do not: a new connection whose first bucket is empty (most,
-/// in a table sized for its peak) learns it from this byte and writes its
-/// entry into that bucket's first way without reading its tag word.
+/// Elements of the occupancy bits of a table of `buckets` buckets (the
+/// tag array's second part, after the tag words): a bit per bucket,
+/// sixty-four to an element, set once a way of the bucket holds a flow
+/// (ways are never emptied; CPUs set bits with an atomic OR). A
+/// thirty-second of the tag words' size, so it stays cached where they do
+/// not: a new connection whose first bucket is empty (most, in a table
+/// sized for its peak) learns it from this bit and writes its entry into
+/// that bucket's first way without reading its tag word.
 pub const fn flow_occupancy_elements(buckets: u32) -> u32 {
-    buckets.div_ceil(8)
+    buckets.div_ceil(64)
 }
 
 /// Elements of the tag array ([`MAP_FLOW_TAGS`]): the tag words, then the

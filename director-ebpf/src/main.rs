@@ -23,6 +23,10 @@
 //! nothing is ever read past the end of the frame.
 #![no_std]
 #![no_main]
+// An atomic OR on a map value (BPF_ATOMIC | BPF_OR): the bpfel target
+// has no `AtomicU64::fetch_or`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys and values go by reference: passing them by value copies them
 // onto the BPF stack, which is 512 bytes for the whole call chain.
 #![expect(
@@ -42,6 +46,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
+use core::intrinsics::{AtomicOrdering, atomic_or};
 use director_common::{
     BACKEND_DRAINING, BACKEND_FAILED, BACKEND_TUNNEL, BACKEND_USABLE, Backend, CLOSED_FLOW_IDLE_NS,
     Counters, FLOW_V6, FLOW_WAYS, FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP,
@@ -591,35 +596,36 @@ fn record(
     occupy(index / FLOW_WAYS);
 }
 
-/// The occupancy byte of `bucket`: its element and byte.
+/// The occupancy bit of `bucket`: its element and bit.
 #[inline(always)]
-fn occupancy_at(bucket: u32) -> (u32, u32) {
-    (flow_tag_elements(table_buckets()) + bucket / 8, bucket % 8)
+fn occupancy_at(bucket: u32) -> (u32, u64) {
+    (
+        flow_tag_elements(table_buckets()) + bucket / 64,
+        1 << (bucket % 64),
+    )
 }
 
 /// Whether a way of the bucket at `first` holds a flow (its occupancy
-/// byte; the verifier's case, no such element, counts as taken).
+/// bit; the verifier's case, no such element, counts as taken).
 #[inline(always)]
 fn occupied(first: u32) -> bool {
-    let (element, byte) = occupancy_at(first / FLOW_WAYS);
+    let (element, bit) = occupancy_at(first / FLOW_WAYS);
     match FLOW_TAGS.get(element) {
-        Some(word) => (word >> (8 * byte)) as u8 != 0,
+        Some(word) => word & bit != 0,
         None => true,
     }
 }
 
-/// Marks `bucket` occupied: one byte store, once (other CPUs write the
-/// element's other bytes).
+/// Marks `bucket` occupied: an atomic OR of its bit, once (other CPUs set
+/// the element's other bits).
 #[inline(always)]
 fn occupy(bucket: u32) {
-    let (element, byte) = occupancy_at(bucket);
+    let (element, bit) = occupancy_at(bucket);
     if let Some(t) = FLOW_TAGS.get_ptr_mut(element) {
-        // SAFETY: the byte is within the element (byte < 8; the mask is
-        // for the verifier).
+        // SAFETY: a pointer into the array's 8-aligned element.
         unsafe {
-            let b = (t as *mut u8).add((byte & 7) as usize);
-            if *b == 0 {
-                *b = 1;
+            if *t & bit == 0 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(t, bit);
             }
         }
     }
@@ -731,7 +737,7 @@ fn holding(index: u32, e: *mut FlowEntry, key: &FlowKey, check: u32) -> Option<F
 }
 
 /// [`find_flow`] for a connection opening (its entry is almost never
-/// there): its first bucket empty (the occupancy byte, mostly cached), the
+/// there): its first bucket empty (the occupancy bit, cached), the
 /// entry goes to that bucket's first way, no tag word read; else the tag
 /// words say which ways may hold the key and where a free way is, so the
 /// entry's uncached line is written, never read.

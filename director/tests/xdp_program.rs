@@ -1027,7 +1027,7 @@ fn imported_flows_are_recorded_and_found() {
 
 /// A connection opening whose first bucket holds a flow (one the program
 /// recorded, or one the daemon imported) never takes that flow's way: the
-/// bucket's occupancy byte sends it to the tag words, which find it a free
+/// bucket's occupancy bit sends it to the tag words, which find it a free
 /// way. A tag array rebuilt from the entries (one re-created beside an
 /// adopted table) says the same. A mid-stream packet of a flow the table
 /// does not hold is recorded in the free way its lookup ended at.

@@ -202,11 +202,11 @@ fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
     Ok(())
 }
 
-/// An upgrade from the version whose tag array held only the tag words (no
-/// occupancy bytes): the new daemon adopts the flow table, re-creates the
-/// tag array at its new size and rebuilds it from the flows (a bucket's
-/// occupancy byte set exactly when a way holds a flow), and keeps serving
-/// the flows it holds.
+/// Upgrades from the versions whose tag array held only the tag words, and
+/// then the tag words and an occupancy byte per bucket: the new daemon
+/// adopts the flow table, re-creates the tag array at its new size and
+/// rebuilds it from the flows (a bucket's occupancy bit set exactly when a
+/// way holds a flow), and keeps serving the flows it holds.
 #[test]
 fn a_tag_array_of_the_previous_layout_is_rebuilt() -> Result<()> {
     use director_common::{FLOW_WAYS, flow_tag_elements};
@@ -226,7 +226,6 @@ fn a_tag_array_of_the_previous_layout_is_rebuilt() -> Result<()> {
         .client
         .run(move || http::hammer(vip, 40, Duration::from_secs(2)))?;
     ensure!(t.ok == 40, "{t:?}");
-    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
 
     // The ways holding a flow, by bucket.
     let buckets = 4096 / FLOW_WAYS;
@@ -248,46 +247,58 @@ fn a_tag_array_of_the_previous_layout_is_rebuilt() -> Result<()> {
         "the requests left {} flows",
         before.iter().filter(|t| **t).count()
     );
-    // The previous version's tag array in its place: tag words only.
-    let tags = pins.join("FLOW_TAGS");
-    std::fs::remove_file(&tags)?;
-    let old = flow_tag_elements(buckets).to_string();
-    let tags_s = tags.to_string_lossy();
-    bpftool(&[
-        "map",
-        "create",
-        &tags_s,
-        "type",
-        "array",
-        "key",
-        "4",
-        "value",
-        "8",
-        "entries",
-        &old,
-        "name",
-        "FLOW_TAGS",
-        "flags",
-        "1024",
-    ])?;
+    // The previous versions' tag arrays: tag words only; tag words and a
+    // byte per bucket.
+    for old in [
+        flow_tag_elements(buckets),
+        flow_tag_elements(buckets) + buckets.div_ceil(8),
+    ] {
+        d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+        let tags = pins.join("FLOW_TAGS");
+        std::fs::remove_file(&tags)?;
+        let old = old.to_string();
+        let tags_s = tags.to_string_lossy();
+        bpftool(&[
+            "map",
+            "create",
+            &tags_s,
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            &old,
+            "name",
+            "FLOW_TAGS",
+            "flags",
+            "1024",
+        ])?;
 
-    let d = scenario::spawn_director(&lab, 0, &path)?;
-    scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
-    ensure!(
-        d.log().contains("tag array is re-created and rebuilt"),
-        "{}",
-        d.log()
-    );
-    ensure!(taken(&pins)? == before, "the adopted flow table changed");
-    let array = PinnedMap::open(&tags)?;
-    for (b, taken) in before.iter().enumerate() {
-        let b = b as u32;
-        let element = flow_tag_elements(buckets) + b / 8;
-        let occupied = array.lookup(&element.to_ne_bytes(), 8)?[(b % 8) as usize] != 0;
+        d = scenario::spawn_director(&lab, 0, &path)?;
+        scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
         ensure!(
-            occupied == *taken,
-            "bucket {b}: occupancy byte {occupied}, a way taken {taken}"
+            d.log().contains("tag array is re-created and rebuilt"),
+            "{}",
+            d.log()
         );
+        ensure!(taken(&pins)? == before, "the adopted flow table changed");
+        let array = PinnedMap::open(&tags)?;
+        for (b, taken) in before.iter().enumerate() {
+            let b = b as u32;
+            let element = flow_tag_elements(buckets) + b / 64;
+            let word = u64::from_ne_bytes(
+                array.lookup(&element.to_ne_bytes(), 8)?[..8]
+                    .try_into()
+                    .context("an 8-byte element")?,
+            );
+            let occupied = word & (1 << (b % 64)) != 0;
+            ensure!(
+                occupied == *taken,
+                "from {old} elements, bucket {b}: occupancy bit {occupied}, a way taken {taken}"
+            );
+        }
     }
     let t = lab
         .client

@@ -1,7 +1,7 @@
 //! The flow table from user space: the XDP program's array of buckets of
 //! [`FlowEntry`] ways and its tag array (tag words, one `u32` per bucket,
-//! two to an 8-byte array element: a byte per way; then occupancy bytes,
-//! one per bucket), both mapped into the daemon's memory (the maps are
+//! two to an 8-byte array element: a byte per way; then occupancy bits,
+//! one per bucket, set with an atomic OR), both mapped into the daemon's memory (the maps are
 //! `BPF_F_MMAPABLE`), so imports and scans read and write them in place
 //! instead of one system call per entry.
 //!
@@ -13,6 +13,7 @@
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::maps::{Array, IterableMap as _, MapData};
@@ -75,9 +76,9 @@ impl<T> Drop for Mapping<T> {
 pub struct FlowTable {
     entries: Mapping<FlowEntry>,
     /// The tag array as `u32` words: a tag word per bucket, then (from
-    /// `occupancy`, in words) the occupancy bytes.
+    /// `occupancy`, in words) the occupancy bits.
     tags: Mapping<u32>,
-    /// The first word of the occupancy bytes.
+    /// The first word of the occupancy bits.
     occupancy: u32,
     seed: u32,
     /// The maps' handles (the mappings hold the maps too).
@@ -155,18 +156,21 @@ impl FlowTable {
         }
     }
 
-    /// Marks the bucket at `first` occupied (a byte; the program may be
-    /// writing the word's others).
-    fn occupy(&self, first: u32) {
+    /// The occupancy bit of the bucket at `first`: its word (the
+    /// program's 64-bit elements seen as little-endian halves) and mask.
+    fn occupancy_bit(&self, first: u32) -> (&AtomicU32, u32) {
         let bucket = first / FLOW_WAYS;
-        // SAFETY: as in `read`; a byte inside the word.
-        unsafe {
-            self.tags
-                .at(self.occupancy + bucket / 4)
-                .cast::<u8>()
-                .add((bucket % 4) as usize)
-                .write_volatile(1)
-        }
+        // SAFETY: inside the mapping, 4-aligned; every CPU's program and
+        // the daemon only OR into it atomically or read it.
+        let word = unsafe { AtomicU32::from_ptr(self.tags.at(self.occupancy + bucket / 32)) };
+        (word, 1 << (bucket % 32))
+    }
+
+    /// Marks the bucket at `first` occupied (an atomic OR: the program may
+    /// be setting the word's other bits).
+    fn occupy(&self, first: u32) {
+        let (word, bit) = self.occupancy_bit(first);
+        word.fetch_or(bit, Ordering::Relaxed);
     }
 
     /// The key's table hash and its two buckets' first entries.
@@ -258,22 +262,15 @@ impl FlowTable {
         })
     }
 
-    /// The occupancy byte of the bucket at `first`.
-    fn occupancy_byte(&self, first: u32) -> u8 {
-        let bucket = first / FLOW_WAYS;
-        // SAFETY: as in `read`; a byte inside the word.
-        unsafe {
-            self.tags
-                .at(self.occupancy + bucket / 4)
-                .cast::<u8>()
-                .add((bucket % 4) as usize)
-                .read_volatile()
-        }
+    /// Whether the bucket at `first` has its occupancy bit set.
+    fn occupied(&self, first: u32) -> bool {
+        let (word, bit) = self.occupancy_bit(first);
+        word.load(Ordering::Relaxed) & bit != 0
     }
 
-    /// Buckets whose tag word or occupancy byte disagrees with their ways
-    /// (a tag not 0 exactly for an empty way, the occupancy byte not
-    /// non-zero exactly when a way is taken): 0 for a consistent table.
+    /// Buckets whose tag word or occupancy bit disagrees with their ways
+    /// (a tag not 0 exactly for an empty way, the occupancy bit not set
+    /// exactly when a way is taken): 0 for a consistent table.
     pub fn tag_mismatches(&self) -> usize {
         (0..self.entries())
             .step_by(FLOW_WAYS as usize)
@@ -286,13 +283,13 @@ impl FlowTable {
                     .iter()
                     .enumerate()
                     .all(|(w, taken)| ((word >> (8 * w)) as u8 != 0) == *taken);
-                let occupied = self.occupancy_byte(first) != 0;
+                let occupied = self.occupied(first);
                 !tags_agree || occupied != ways.iter().any(|t| *t)
             })
             .count()
     }
 
-    /// Zeroes the tag array (tag words and occupancy bytes), as a tag
+    /// Zeroes the tag array (tag words and occupancy bits), as a tag
     /// array re-created beside an adopted table is: for tests of
     /// [`FlowTable::rebuild_tags`].
     pub fn clear_tags(&self) {
@@ -302,7 +299,7 @@ impl FlowTable {
         }
     }
 
-    /// Writes every bucket's tag word and occupancy byte from its entries
+    /// Writes every bucket's tag word and occupancy bit from its entries
     /// (a tag array that was not kept with the entries: re-created beside
     /// an adopted table).
     pub fn rebuild_tags(&self) {

@@ -118,7 +118,7 @@ fn incompatible_pins(dir: &Path, flow_entries: u32) -> Result<Vec<&'static str>,
                     && info.map_flags() == def.map_flags();
                 if same && info.max_entries() != want_entries && name == MAP_FLOW_TAGS {
                     // Follows the table's size, or an older layout (before
-                    // the occupancy bytes): rebuilt from the flows.
+                    // the occupancy bits): rebuilt from the flows.
                     info!(
                         map = name,
                         old = info.max_entries(),

@@ -254,7 +254,7 @@ pub struct XdpOptions {
 
 /// Kernel memory of a flow table of `flows` flows: an array of 64-byte
 /// entries (whole buckets) and its tag array (tag words and occupancy
-/// bytes: 8-byte elements), each page-rounded after a page of the array's
+/// bits: 8-byte elements), each page-rounded after a page of the array's
 /// header (what `bpftool map show` reports as memlock).
 pub fn flow_table_bytes(flows: u32) -> u64 {
     const PAGE: u64 = 4096;
