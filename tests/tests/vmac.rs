@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, anyhow, ensure};
 use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
 
 /// VRID 51.
@@ -124,6 +124,30 @@ fn pinned_entry_survives_failover(
     Ok(())
 }
 
+/// Frames from the virtual MAC that reach the switch on the backup's
+/// (director2's) port while the client asks both directors for their own
+/// addresses by ARP: broadcasts that reach the backup's macvlan too, which
+/// must not answer from the shared MAC (the switch would then send the
+/// virtual MAC's traffic to the backup).
+fn backup_frames_from(lab: &Lab, vmac: &str) -> Result<String> {
+    let capture = format!(
+        "timeout 3 tcpdump -n -e -l -Q in -i {} 'ether src {vmac}' 2>/dev/null; true",
+        lab.directors[1].port
+    );
+    std::thread::scope(|s| {
+        let seen = s.spawn(|| lab.switch().exec("sh", &["-c", &capture]));
+        std::thread::sleep(Duration::from_secs(1));
+        for d in &lab.directors {
+            let ip = d.ip.to_string();
+            // (No entry yet is fine.)
+            let _ = lab.client.ns.ip(&["neigh", "del", &ip, "dev", "eth0"]);
+            lab.client.ns.exec("ping", &["-c", "1", "-W", "1", &ip])?;
+        }
+        let out = seen.join().map_err(|_| anyhow!("the capture panicked"))??;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    })
+}
+
 #[test]
 fn a_pinned_arp_entry_for_the_virtual_mac_survives_a_failover() -> Result<()> {
     let lab = Lab::build(&LabSpec {
@@ -142,6 +166,11 @@ fn a_pinned_arp_entry_for_the_virtual_mac_survives_a_failover() -> Result<()> {
     ensure!(
         b.contains(VMAC) && !b.contains(&VIP.to_string()),
         "backup: {b}"
+    );
+    let heard = backup_frames_from(&lab, VMAC)?;
+    ensure!(
+        heard.trim().is_empty(),
+        "the backup spoke from the virtual MAC:\n{heard}"
     );
 
     pinned_entry_survives_failover(&lab, [&d1, &d2], VIP.into(), VMAC, "VI_1", "vrrp.51")

@@ -396,8 +396,9 @@ pub async fn remove_address(
 /// there as it should be: a restart must not drop the addresses on it) the
 /// private-mode macvlan `name` on `base` with the virtual MAC. For IPv4 it
 /// is brought up, with IPv6 off (it never speaks from the shared MAC on
-/// its own), and the base interface gets `arp_ignore = 1` (or the base
-/// would answer ARP for the VIP with its own MAC); for IPv6 it generates
+/// its own), and it and the base interface get `arp_ignore = 1` (the base
+/// would answer ARP for the VIP with its own MAC, a backup's macvlan ARP
+/// for the director's own address with the shared MAC); for IPv6 it generates
 /// no link-local address (one derived from the shared MAC would be the
 /// same on every director), holds only the virtual addresses, and is up
 /// only while master. Returns its index.
@@ -439,14 +440,24 @@ pub async fn create_vmac(
             sysctl(conf6("disable_ipv6"), "1")?;
         }
     }
-    if !v6 && let Some(base_name) = link_name(handle, base).await? {
-        let path = format!("/proc/sys/net/ipv4/conf/{base_name}/arp_ignore");
+    // `arp_ignore = 1` where it is 0: on the base (or it would answer ARP
+    // for the VIP with its own MAC) and on the virtual-MAC interface itself
+    // (a broadcast ARP request for the director's own address reaches it
+    // too, and a backup answering from the shared MAC would make the switch
+    // send the virtual MAC's traffic to it).
+    let arp_ignore = |ifname: &str| {
+        let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore");
         if std::fs::read_to_string(&path)
             .map(|v| v.trim() == "0")
             .unwrap_or(false)
         {
             sysctl(path, "1")?;
         }
+        Ok::<(), NetError>(())
+    };
+    arp_ignore(name)?;
+    if !v6 && let Some(base_name) = link_name(handle, base).await? {
+        arp_ignore(&base_name)?;
     }
     // An IPv6 one stays down until this director is master: a link that is
     // up speaks (MLD reports as addresses come and go) from the shared MAC,
@@ -455,6 +466,27 @@ pub async fn create_vmac(
         set_link(handle, index, true).await?;
     }
     Ok(index)
+}
+
+/// Stops IGMP reports for the link-local groups (224.0.0.x) in this
+/// network namespace (`net.ipv4.igmp_link_local_mcast_reports = 0`), as
+/// keepalived's `disable_local_igmp` does. A backup joins 224.0.0.18 on its
+/// virtual-MAC interface (the master's adverts, from the shared MAC, reach
+/// only that interface), and its IGMP reports would carry the shared MAC:
+/// a switch would then send the virtual MAC's traffic to the backup until
+/// the master's next advert. Switches flood 224.0.0.x whatever the
+/// reports say (RFC 4541 2.1.2), so the reports serve nothing. Returns
+/// whether the setting was changed (it is left as found otherwise).
+pub fn quiet_link_local_igmp() -> Result<bool, NetError> {
+    const PATH: &str = "/proc/sys/net/ipv4/igmp_link_local_mcast_reports";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() != "0" => {
+            std::fs::write(PATH, "0").map_err(io_err(format!("writing {PATH}")))?;
+            Ok(true)
+        }
+        // Already off, or a kernel without the setting (before 4.3).
+        _ => Ok(false),
+    }
 }
 
 /// Brings interface `index` up or down.

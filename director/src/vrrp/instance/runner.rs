@@ -142,6 +142,20 @@ impl Runner {
             Some((n, i)) if cfg.adverts_from_vmac() => (n.as_str(), *i, true),
             _ => (iface.as_str(), link.index, false),
         };
+        if on_vmac && cfg.unicast_peer.is_empty() {
+            let changed = net::quiet_link_local_igmp().map_err(|source| VrrpError::Net {
+                name: name.clone(),
+                source,
+            })?;
+            if changed {
+                info!(
+                    instance = %name,
+                    sysctl = "net.ipv4.igmp_link_local_mcast_reports",
+                    value = 0,
+                    "IGMP reports for 224.0.0.x turned off: a backup's report for the VRRP group would carry the virtual MAC"
+                );
+            }
+        }
         let socket = open_when_usable(
             &name,
             sock_iface,
