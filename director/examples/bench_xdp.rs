@@ -90,6 +90,7 @@ fn service(vip: &str, servers: &[&str]) -> ServicePlan {
                 weight: 1,
                 mac: Some(Mac(backend_mac(i))),
                 failed: false,
+                pool_weight: 1,
             })
             .collect(),
         members: Vec::new(),

@@ -216,6 +216,47 @@ fn icmp_errors_follow_the_flow_they_quote() {
     assert_eq!(run(&dp, &err).0, XDP_PASS);
 }
 
+/// Flows placed while a real server is out of its pool (failed checks) are
+/// shared by flow sync before the server is back: exactly the flows the
+/// recovered pool's table would move, which a peer that sees the recovery
+/// first (or alone, this director dead) would otherwise send elsewhere.
+#[test]
+fn flows_placed_while_a_server_is_out_are_shared_before_it_returns() {
+    let mut plan = web();
+    plan[0].backends[1].weight = 0;
+    plan[0].backends[1].failed = true;
+    let mut dp = loaded(&plan);
+    let out = mac_of(2).0;
+    for p in 0..300u16 {
+        let f = frames::tcp_frame(ip("10.6.0.1"), 30000 + p, ip("10.0.0.100"), 80, SYN);
+        assert_ne!(run(&dp, &f).1, out, "a new flow went to a failed server");
+    }
+    // The flows flow sync shares now, by client port, sorted.
+    let shared_now = |dp: &director::dataplane::xdp::XdpDataplane| {
+        let mut ports: Vec<_> = dp
+            .exception_flows(1 << 16)
+            .expect("scan")
+            .iter()
+            .map(|f| f.flow.sport)
+            .collect();
+        ports.sort();
+        ports
+    };
+    let shared = shared_now(&dp);
+    // The server is back: the flows its return would move are exceptions
+    // now, by the current table; they must be those shared before.
+    plan[0].backends[1].weight = 1;
+    plan[0].backends[1].failed = false;
+    dp.apply(&plan, 300, link()).expect("apply");
+    let moved = shared_now(&dp);
+    assert!(
+        moved.len() > 50,
+        "the return moved only {} of 300 flows",
+        moved.len()
+    );
+    assert_eq!(shared, moved, "flows shared before the return");
+}
+
 #[test]
 fn draining_keeps_flows_and_removal_rehashes_them() {
     let mut plan = web();
@@ -1221,5 +1262,6 @@ fn add_fourth_server(plan: &mut [director::dataplane::ServicePlan]) {
         weight: 1,
         mac: Some(mac_of(4)),
         failed: false,
+        pool_weight: 1,
     });
 }

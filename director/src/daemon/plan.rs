@@ -68,10 +68,12 @@ pub(super) fn plan(
                     if healthy {
                         healthy_weight += u64::from(weight);
                     }
+                    let pool_weight = weight;
                     let weight = if healthy { weight } else { 0 };
                     BackendPlan {
                         address: rs.address,
                         weight,
+                        pool_weight,
                         mac: resolver.mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun),
                         // Failed with inhibit_on_failure: only drains
                         // (stays in IPVS at weight 0).
@@ -91,6 +93,7 @@ pub(super) fn plan(
                     weight: 1,
                     mac: resolver.mac(&sorry, false),
                     failed: false,
+                    pool_weight: 1,
                 }];
             }
             ServicePlan {

@@ -336,13 +336,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             _ = tick(&mut bgp_tick) => {}
             _ = tick(&mut sync_tick) => {
                 // The flow table is read on a blocking thread: a full walk
-                // only after the tables changed, else the exceptions known
-                // are looked up again.
+                // after the tables changed or while a real server is out of
+                // a pool (its new flows are exceptions), else the exceptions
+                // known are looked up again.
                 if flow_sync.is_some()
                     && scan_task.is_none()
                     && let Some(scan) = daemon.dataplane.exception_scan()
                 {
-                    let full = Some(scan.version()) != scanned;
+                    let full = Some(scan.version()) != scanned || scan.degraded();
                     let known = exceptions.clone();
                     let sender = flow_sync.as_ref().map(|s| s.sender.clone());
                     scan_task = Some(tokio::task::spawn_blocking(move || {

@@ -271,6 +271,11 @@ pub struct BackendPlan {
     /// its established TCP flows on it (as IPVS keeps a removed server's
     /// connections); IPVS removes it, as keepalived does.
     pub failed: bool,
+    /// Its weight once its checks pass again (configured or dynamic; the
+    /// `weight` of a healthy server): flow sync shares a flow the table of
+    /// the recovered pool would move, before the recovery, which a peer
+    /// may see first.
+    pub pool_weight: u32,
 }
 
 /// Per-service or per-real-server traffic counters, summed over CPUs.

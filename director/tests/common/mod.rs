@@ -37,6 +37,7 @@ pub fn service(vip: &str, port: u16, protocol: Protocol, servers: &[(&str, u32)]
                 weight: *w,
                 mac: Some(mac_of(i as u8 + 1)),
                 failed: false,
+                pool_weight: *w,
             })
             .collect(),
         members: Vec::new(),

@@ -583,6 +583,7 @@ mod tests {
                 weight: 0,
                 mac: None,
                 failed: false,
+                pool_weight: 0,
             }],
             members: Vec::new(),
             lb_kind: crate::config::LbKind::Dr,

@@ -81,6 +81,7 @@ impl XdpDataplane {
             // Real-server slots: write new and changed ones first, so the
             // table never points at a slot not yet written.
             let mut entries = Vec::new();
+            let mut pool_entries = Vec::new();
             for b in &service.backends {
                 let slot = self.slot(*key, id, b.address)?;
                 let usable = b.mac.is_some();
@@ -108,9 +109,20 @@ impl XdpDataplane {
                         weight: b.weight,
                         id: slot.id as u16,
                     });
+                    pool_entries.push(maglev::Entry {
+                        address: b.address,
+                        weight: b.pool_weight,
+                        id: slot.id as u16,
+                    });
                 }
             }
             let table = maglev::build(&entries, MAGLEV_TABLE_SIZE);
+            // The recovered pool's table, only while it differs.
+            let pool = (pool_entries
+                .iter()
+                .zip(&entries)
+                .any(|(p, e)| p.weight != e.weight))
+            .then(|| std::sync::Arc::new(maglev::build(&pool_entries, MAGLEV_TABLE_SIZE)));
             let flags = match service.scheduler {
                 Scheduler::Sh => SVC_SOURCE_HASH,
                 // The others are refused by the config check (IPVS only).
@@ -162,6 +174,7 @@ impl XdpDataplane {
                     bank,
                     value,
                     table: Some(std::sync::Arc::new(table)),
+                    pool,
                 },
             );
             // Slots of real servers no longer in this service.

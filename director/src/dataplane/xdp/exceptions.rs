@@ -2,7 +2,9 @@
 //! loop and in proportion to what changed.
 //!
 //! An exception is a flow pinned to a real server the service's current
-//! Maglev table would not pick (it was placed before a table changed). New
+//! Maglev table would not pick (it was placed before a table changed), or
+//! the table of its whole pool would not (placed while a server failed its
+//! checks: a peer that sees it recover first, or alone, would move it). New
 //! flows are placed by the current table, so new exceptions appear only
 //! when a table changes: the whole flow table is walked once after each
 //! change (in a blocking thread, on a snapshot of the tables and a handle
@@ -27,6 +29,9 @@ pub(super) struct ServiceView {
     pub base: u32,
     /// The table, when this process wrote it (else read from the map).
     pub table: Option<Arc<Vec<u16>>>,
+    /// The whole pool's table while a server is out of it (see
+    /// `BackendPlan::pool_weight`).
+    pub pool: Option<Arc<Vec<u16>>>,
 }
 
 /// A snapshot to find exceptions with, owning its map handles (so it can
@@ -83,11 +88,26 @@ impl Scan {
                 .ok()
                 .map(|e| u32::from(e[(slot % MAGLEV_LANES) as usize])),
         };
-        (chosen != Some(u32::from(value.backend))).then_some(PinnedFlow {
+        // Also a flow the recovered pool would move (placed while a server
+        // was out): a peer may see the server recover before this director
+        // does, or without it (this one dead).
+        let moves = |t: &Option<Arc<Vec<u16>>>| {
+            t.as_ref()
+                .and_then(|t| t.get(slot as usize))
+                .is_some_and(|id| u32::from(*id) != u32::from(value.backend))
+        };
+        (chosen != Some(u32::from(value.backend)) || moves(&view.pool)).then_some(PinnedFlow {
             flow: key,
             service: *service,
             backend: *backend,
         })
+    }
+
+    /// Whether a service's pool has a server out of its table: its new flows
+    /// may be exceptions (see [`ServiceView::pool`]), so every scan walks
+    /// the whole flow table until the server is back.
+    pub fn degraded(&self) -> bool {
+        self.services.values().any(|v| v.pool.is_some())
     }
 
     /// Walks the whole flow table (after a table change): at most `limit`.

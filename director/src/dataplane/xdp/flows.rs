@@ -22,6 +22,7 @@ impl XdpDataplane {
                         flags: i.value.flags,
                         base: i.value.table,
                         table: i.table.clone(),
+                        pool: i.pool.clone(),
                     },
                 )
             })

@@ -178,6 +178,9 @@ struct Installed {
     value: ServiceValue,
     /// The active table, when this process wrote it.
     table: Option<std::sync::Arc<Vec<u16>>>,
+    /// The table of the whole pool (every server at its `pool_weight`),
+    /// when it differs from the active one (a server failed its checks).
+    pool: Option<std::sync::Arc<Vec<u16>>>,
 }
 
 /// A real server's slot in the backend array.
@@ -579,6 +582,7 @@ impl XdpDataplane {
                     bank,
                     value,
                     table: None,
+                    pool: None,
                 },
             );
         }
