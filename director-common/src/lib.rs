@@ -68,7 +68,7 @@ pub const fn flow_occupancy_elements(buckets: u32) -> u32 {
 }
 
 /// Elements of the tag array ([`MAP_FLOW_TAGS`]): the tag words, then the
-/// occupancy bytes.
+/// occupancy bits.
 pub const fn flow_tag_array_elements(buckets: u32) -> u32 {
     flow_tag_elements(buckets) + flow_occupancy_elements(buckets)
 }

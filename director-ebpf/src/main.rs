@@ -84,8 +84,8 @@ static MAGLEV: Array<[u16; 4]> = Array::with_max_entries(MAGLEV_ELEMS, 0);
 #[map(name = "FLOWS")]
 static FLOWS: Array<FlowEntry> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
 
-/// The flow table's tag words, one per bucket (see
-/// [`director_common::MAP_FLOW_TAGS`]); sized with the table at load.
+/// The flow table's tag words, one per bucket, then its occupancy bits
+/// (see [`director_common::MAP_FLOW_TAGS`]); sized with the table at load.
 #[map(name = "FLOW_TAGS")]
 static FLOW_TAGS: Array<u64> = Array::with_max_entries(
     flow_tag_array_elements(MAX_FLOWS / FLOW_WAYS),

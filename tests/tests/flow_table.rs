@@ -91,13 +91,18 @@ fn hex(bytes: &[u8]) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An upgrade from the version whose flow table was an LRU hash (40-byte
-/// keys, 24-byte values) and whose settings had 40 bytes: the new daemon
-/// re-creates both maps, carries the old table's flows into the new one
-/// (on the same real server) and keeps serving.
-#[test]
-fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
-    use director_tests::bpfmap::PinnedMap;
+/// A director with a 4096-entry flow table, started, its servers resolved.
+struct Small {
+    lab: Lab,
+    state: std::path::PathBuf,
+    /// Its config file.
+    path: std::path::PathBuf,
+    d: director_tests::Proc,
+    /// Its pinned maps.
+    pins: std::path::PathBuf,
+}
+
+fn small_table_director() -> Result<Small> {
     let (lab, state, servers) = one_director()?;
     let config = scenario::http_config(&lab, "director1", &servers)?.replacen(
         "[global]\n",
@@ -105,9 +110,32 @@ fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
         1,
     );
     let path = lab.write("d.toml", &config)?;
-    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    let d = scenario::spawn_director(&lab, 0, &path)?;
     let s = scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
     let pins = std::path::PathBuf::from(s["pin_dir"].as_str().context("pin_dir")?);
+    Ok(Small {
+        lab,
+        state,
+        path,
+        d,
+        pins,
+    })
+}
+
+/// An upgrade from the version whose flow table was an LRU hash (40-byte
+/// keys, 24-byte values) and whose settings had 40 bytes: the new daemon
+/// re-creates both maps, carries the old table's flows into the new one
+/// (on the same real server) and keeps serving.
+#[test]
+fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
+    use director_tests::bpfmap::PinnedMap;
+    let Small {
+        lab,
+        state,
+        path,
+        mut d,
+        pins,
+    } = small_table_director()?;
     d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
 
     // Real server slot 0 as the stopped daemon left it: its generation.
@@ -211,16 +239,13 @@ fn a_flow_table_of_the_older_format_is_carried_over() -> Result<()> {
 fn a_tag_array_of_the_previous_layout_is_rebuilt() -> Result<()> {
     use director_common::{FLOW_WAYS, flow_tag_elements};
     use director_tests::bpfmap::PinnedMap;
-    let (lab, state, servers) = one_director()?;
-    let config = scenario::http_config(&lab, "director1", &servers)?.replacen(
-        "[global]\n",
-        "[global]\nflow_table_size = 4096\n",
-        1,
-    );
-    let path = lab.write("d.toml", &config)?;
-    let mut d = scenario::spawn_director(&lab, 0, &path)?;
-    let s = scenario::wait_status(&state, Duration::from_secs(10), scenario::all_resolved)?;
-    let pins = std::path::PathBuf::from(s["pin_dir"].as_str().context("pin_dir")?);
+    let Small {
+        lab,
+        state,
+        path,
+        mut d,
+        pins,
+    } = small_table_director()?;
     let vip = std::net::SocketAddr::from((VIP, 80));
     let t = lab
         .client
