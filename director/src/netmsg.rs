@@ -43,6 +43,33 @@ pub struct Message {
     pub ttl: u8,
     /// The IPv6 destination (IPV6_PKTINFO), when reported.
     pub dst6: Option<Ipv6Addr>,
+    /// When the kernel received it (SO_TIMESTAMPNS), as an instant of this
+    /// process's monotonic clock; `None` when not reported.
+    pub arrived: Option<std::time::Instant>,
+}
+
+/// The instant the kernel's receive timestamp (`CLOCK_REALTIME`) names: its
+/// age on the realtime clock taken back from now on the monotonic one. An
+/// age that is negative or over a second (the realtime clock stepped) is
+/// not trusted.
+fn arrival(stamp: libc::timespec) -> Option<std::time::Instant> {
+    let stamp = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(stamp.tv_sec).ok()?,
+            u32::try_from(stamp.tv_nsec).ok()?,
+        );
+    let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+    let age = wall.duration_since(stamp).ok()?;
+    if age > std::time::Duration::from_secs(1) {
+        return None;
+    }
+    now.checked_sub(age)
+}
+
+/// Asks the kernel to stamp each datagram's arrival (read by [`recv`] as
+/// [`Message::arrived`]).
+pub fn stamp_arrivals(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Reads one datagram from `fd` (non-blocking sockets: WouldBlock when
@@ -86,6 +113,7 @@ pub fn recv(fd: RawFd, capacity: usize) -> io::Result<Message> {
     };
     let mut ttl = 0u8;
     let mut dst6 = None;
+    let mut arrived = None;
     // SAFETY: walking the control buffer the kernel filled, with its macros.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -100,6 +128,9 @@ pub fn recv(fd: RawFd, capacity: usize) -> io::Result<Message> {
                     let info = std::ptr::read_unaligned(data as *const libc::in6_pktinfo);
                     dst6 = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
                 }
+                (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS) => {
+                    arrived = arrival(std::ptr::read_unaligned(data as *const libc::timespec));
+                }
                 _ => {}
             }
             c = libc::CMSG_NXTHDR(&msg, c);
@@ -110,6 +141,7 @@ pub fn recv(fd: RawFd, capacity: usize) -> io::Result<Message> {
         src,
         ttl,
         dst6,
+        arrived,
     })
 }
 
@@ -130,5 +162,48 @@ pub fn raise_priority() {
     let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) };
     if r != 0 {
         tracing::debug!(errno = r, "VRRP thread keeps normal scheduling");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        net::UdpSocket,
+        os::fd::AsRawFd as _,
+        time::{Duration, Instant},
+    };
+
+    #[test]
+    fn a_datagram_read_late_is_dated_by_its_arrival() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        stamp_arrivals(rx.as_raw_fd()).expect("SO_TIMESTAMPNS");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sent = Instant::now();
+        tx.send_to(b"advert", rx.local_addr().expect("address"))
+            .expect("send");
+        // Read 200 ms after it arrived: the arrival, not the read, is
+        // what `arrived` says.
+        std::thread::sleep(Duration::from_millis(200));
+        let m = recv(rx.as_raw_fd(), 64).expect("recv");
+        let read = Instant::now();
+        assert_eq!(m.payload, b"advert");
+        let arrived = m.arrived.expect("a timestamp");
+        assert!(
+            arrived >= sent - Duration::from_millis(1),
+            "{arrived:?} before {sent:?}"
+        );
+        assert!(
+            read.duration_since(arrived) >= Duration::from_millis(190),
+            "dated {:?} before it was read: the read, not the arrival",
+            read.duration_since(arrived)
+        );
+        // Without the option there is no stamp (the caller falls back to
+        // the time it read it).
+        let plain = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.send_to(b"x", plain.local_addr().expect("address"))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(recv(plain.as_raw_fd(), 64).expect("recv").arrived, None);
     }
 }

@@ -20,6 +20,7 @@
 //! `arp_announce=2`, and an nginx that answers `GET /` with its own name.
 
 pub mod bpfmap;
+pub mod capture;
 pub mod ecmp;
 pub mod flood;
 pub mod http;

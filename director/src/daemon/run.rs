@@ -42,6 +42,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             .map_err(|e| DaemonError::Bfd(e.to_string()))
     };
     let vmac_hook = LateHook::default();
+    let served = crate::dataplane::Served::default();
     let (quorum_tx, quorum_rx) = watch::channel(BTreeMap::new());
     let (states_tx, vrrp_states) = watch::channel(crate::vrrp::instance::States::new());
     let states_tx = Arc::new(states_tx);
@@ -55,6 +56,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 handover: handover.clone(),
                 states: Some(states_tx.clone()),
                 quorum: Some(quorum_rx.clone()),
+                served: Some(served.clone()),
             },
         )
     };
@@ -121,6 +123,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     checks.update(health::all_specs(&config));
     let board = checks.board();
     vmac_hook.set(dataplane.vmac_hook());
+    dataplane.publish_served(served.clone());
     let (bfd, vrrp) = match early {
         Some(both) => both,
         None => {

@@ -118,8 +118,24 @@ impl Dataplane {
         link: crate::neighbor::LinkInfo,
     ) -> Result<(), DataplaneError> {
         match self {
-            Dataplane::Xdp(d) => Ok(d.apply(plans, udp_timeout, link)?),
+            Dataplane::Xdp(d) => {
+                d.apply(plans, udp_timeout, link)?;
+                if let Some(served) = &d.served
+                    && let Ok(mut s) = served.write()
+                {
+                    *s = plans.iter().map(|p| p.address).collect();
+                }
+                Ok(())
+            }
             Dataplane::Ipvs(d) => Ok(d.apply(plans, udp_timeout)?),
+        }
+    }
+
+    /// Publishes, from now on, the addresses whose services XDP forwards
+    /// (IPVS publishes none: it needs the address local first).
+    pub fn publish_served(&mut self, to: Served) {
+        if let Dataplane::Xdp(d) = self {
+            d.served = Some(to);
         }
     }
 
@@ -210,6 +226,15 @@ impl Dataplane {
         }
     }
 }
+
+/// The virtual addresses whose services the XDP program forwards before
+/// the kernel's stack sees a frame: it needs neither the address on an
+/// interface nor anything else of the host to serve them. A VRRP instance
+/// whose every address is here announces them (gratuitous ARP, unsolicited
+/// NA) as soon as it becomes master and adds them after, so clients move
+/// a netlink round trip sooner. Empty (the safe order: add, then announce)
+/// until the XDP dataplane has applied a plan, and with IPVS.
+pub type Served = std::sync::Arc<std::sync::RwLock<std::collections::BTreeSet<IpAddr>>>;
 
 /// Told when a virtual MAC (`use_vmac`) becomes ours (`true`: we are
 /// master) or stops being ours: the XDP dataplane accepts frames addressed

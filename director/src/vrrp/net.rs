@@ -4,9 +4,8 @@
 
 use std::{
     io,
-    mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::{AsRawFd as _, RawFd},
+    os::fd::AsRawFd as _,
 };
 
 use futures::TryStreamExt as _;
@@ -46,6 +45,10 @@ pub struct Received {
     /// TTL / hop limit on arrival.
     pub ttl: u8,
     pub payload: Vec<u8>,
+    /// When the kernel received it (falls back to when it was read): the
+    /// master-down interval counts from here, not from when this thread
+    /// got to it.
+    pub arrived: std::time::Instant,
 }
 
 /// The raw VRRP sockets of one instance, bound to its interface: one to
@@ -199,6 +202,9 @@ impl VrrpSocket {
             // (~0.5 s at 10,000/s) so that a moment's stall of this thread
             // loses no advert to a full queue. As root the limit of
             // net.core.rmem_max does not apply (SO_RCVBUFFORCE).
+            // The kernel's arrival stamp on each advert: the master-down
+            // interval counts from it, not from when this thread woke up.
+            crate::netmsg::stamp_arrivals(s.as_raw_fd()).map_err(io_err("SO_TIMESTAMPNS"))?;
             let size: libc::c_int = RECV_BUFFER;
             if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err()
             {
@@ -260,56 +266,48 @@ impl VrrpSocket {
     }
 
     fn recv_now(&self, s: &Socket) -> io::Result<Received> {
+        let m = crate::netmsg::recv(s.as_raw_fd(), 2048)?;
+        let arrived = m.arrived.unwrap_or_else(std::time::Instant::now);
         if self.v6 {
-            recv_v6(s.as_raw_fd())
-        } else {
-            let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
-            let (n, _) = s.recv_from(&mut buf)?;
-            // SAFETY: recv_from initialised the first n bytes.
-            let b: Vec<u8> = buf[..n]
-                .iter()
-                .map(|x| unsafe { x.assume_init() })
-                .collect();
-            // An IPv4 raw socket delivers the IP header.
-            if b.len() < 20 || b[0] >> 4 != 4 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "short IPv4 packet",
-                ));
-            }
-            let ihl = usize::from(b[0] & 0x0f) * 4;
-            if ihl < 20 || b.len() < ihl {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "bad IPv4 header length",
-                ));
-            }
-            Ok(Received {
-                src: IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])),
-                dst: IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])),
-                ttl: b[8],
-                payload: b[ihl..].to_vec(),
-            })
+            // The source from the address, the destination and hop limit
+            // from ancillary data.
+            let dst = m.dst6.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "no destination address")
+            })?;
+            let src = m
+                .src
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source address"))?;
+            return Ok(Received {
+                src,
+                dst: IpAddr::V6(dst),
+                ttl: m.ttl,
+                payload: m.payload,
+                arrived,
+            });
         }
+        // An IPv4 raw socket delivers the IP header.
+        let b = m.payload;
+        if b.len() < 20 || b[0] >> 4 != 4 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short IPv4 packet",
+            ));
+        }
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        if ihl < 20 || b.len() < ihl {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad IPv4 header length",
+            ));
+        }
+        Ok(Received {
+            src: IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])),
+            dst: IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])),
+            ttl: b[8],
+            payload: b[ihl..].to_vec(),
+            arrived,
+        })
     }
-}
-
-/// recvmsg on an IPv6 raw socket: the source from the address, the
-/// destination and hop limit from ancillary data.
-fn recv_v6(fd: RawFd) -> io::Result<Received> {
-    let m = crate::netmsg::recv(fd, 2048)?;
-    let dst = m
-        .dst6
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no destination address"))?;
-    let src = m
-        .src
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source address"))?;
-    Ok(Received {
-        src,
-        dst: IpAddr::V6(dst),
-        ttl: m.ttl,
-        payload: m.payload,
-    })
 }
 
 /// The interface's primary address of a family: IPv4 non-secondary, IPv6

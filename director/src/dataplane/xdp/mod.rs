@@ -232,6 +232,9 @@ pub struct XdpDataplane {
     /// Bumped whenever a table, a real-server slot or a service entry is
     /// written: new flow-table exceptions can only appear then.
     version: u64,
+    /// Where the addresses of the services applied are published (VRRP
+    /// announces those before adding them: see [`super::Served`]).
+    pub(super) served: Option<super::Served>,
 }
 
 /// A flow and the real server it is pinned to, in terms both directors
@@ -414,6 +417,7 @@ impl XdpDataplane {
             new_flow_limit: 0,
             index_banks: [None, None],
             index_overflow_said: false,
+            served: None,
             filter: vec![0; VIP_FILTER_WORDS as usize],
             version: 0,
         }

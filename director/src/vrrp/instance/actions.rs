@@ -71,7 +71,35 @@ impl Runner {
         }
     }
 
+    /// Whether the XDP dataplane serves every address of this instance
+    /// without it being local: announced before it is added, clients move
+    /// a netlink round trip sooner.
+    fn served_without_addresses(&self) -> bool {
+        let Some(served) = &self.served else {
+            return false;
+        };
+        let Ok(served) = served.read() else {
+            return false;
+        };
+        !self.vip_set.is_empty() && self.vip_set.iter().all(|a| served.contains(a))
+    }
+
+    /// The first announcement of our addresses, then its delayed second
+    /// burst.
+    fn start_announcing(&mut self) {
+        self.garp_bursts_left = 1;
+        self.announce();
+        self.garp_at =
+            Some(Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_delay)));
+    }
+
     pub(super) async fn perform(&mut self, actions: Vec<Action>) {
+        // Becoming master: when XDP serves every address without it, the
+        // announcement comes before the addresses are added (RFC 5798
+        // 6.4.1 asks only that it follow the first advert).
+        let mut announce_early = actions.contains(&Action::AddAddresses)
+            && actions.contains(&Action::Announce)
+            && self.served_without_addresses();
         for action in actions {
             match action {
                 Action::SendAdvert(priority) => self.send_advert(priority),
@@ -80,6 +108,9 @@ impl Runner {
                     // told the addresses moved.
                     self.own_vmac(true);
                     self.vmac_link(true).await;
+                    if announce_early {
+                        self.start_announcing();
+                    }
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
                         if let Err(e) = net::add_address(&self.handle, index, a).await {
@@ -88,13 +119,8 @@ impl Runner {
                     }
                     self.add_routes().await;
                 }
-                Action::Announce => {
-                    self.garp_bursts_left = 1;
-                    self.announce();
-                    self.garp_at = Some(
-                        Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_delay)),
-                    );
-                }
+                Action::Announce if announce_early => announce_early = false,
+                Action::Announce => self.start_announcing(),
                 Action::RemoveAddresses => {
                     self.garp_at = None;
                     self.remove_routes().await;

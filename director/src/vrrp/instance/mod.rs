@@ -185,6 +185,9 @@ pub struct Inputs {
     pub states: Option<Arc<watch::Sender<States>>>,
     /// Which virtual servers have quorum (`track_virtual_server`).
     pub quorum: Option<QuorumBoard>,
+    /// The addresses the XDP dataplane serves without them being local
+    /// (announced before they are added).
+    pub served: Option<crate::dataplane::Served>,
 }
 
 impl Vrrp {

@@ -9,7 +9,7 @@ impl Runner {
     pub(super) async fn received(&mut self, path: Option<usize>, p: Received) {
         match self.check(path, &p) {
             Ok(advert) => {
-                self.last_advert = Some(std::time::Instant::now());
+                self.last_advert = Some(p.arrived);
                 self.bump(|s| {
                     s.adverts_received += 1;
                     s.peer_seen = true;
@@ -20,7 +20,7 @@ impl Runner {
                         priority: advert.priority,
                         interval_cs: advert.interval_cs,
                     },
-                    std::time::Instant::now(),
+                    p.arrived,
                 );
                 self.perform(actions).await;
             }

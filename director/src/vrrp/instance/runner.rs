@@ -55,6 +55,9 @@ pub(super) struct Runner {
     /// The virtual-MAC interface (`use_vmac`): name and index.
     pub(super) vmac: Option<(String, u32)>,
     pub(super) vmac_hook: Option<VmacHook>,
+    /// What the XDP dataplane serves without the address (see
+    /// [`crate::dataplane::Served`]).
+    pub(super) served: Option<crate::dataplane::Served>,
     /// `master_bfd`: the BFD session to the master.
     pub(super) master_bfd: Option<watch::Receiver<Option<bool>>>,
     /// Taking over from the previous process: the first transition is
@@ -69,6 +72,7 @@ pub(super) struct Shared {
     pub(super) quorum: QuorumBoard,
     pub(super) states: Arc<watch::Sender<States>>,
     pub(super) vmac_hook: Option<VmacHook>,
+    pub(super) served: Option<crate::dataplane::Served>,
 }
 
 impl Runner {
@@ -85,6 +89,7 @@ impl Runner {
         let quorum = shared.quorum.clone();
         let states = shared.states.clone();
         let vmac_hook = shared.vmac_hook.clone();
+        let served = shared.served.clone();
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
             .await
@@ -283,6 +288,7 @@ impl Runner {
             drop_logged: BTreeMap::new(),
             vmac,
             vmac_hook,
+            served,
             master_bfd: cfg
                 .master_bfd
                 .as_ref()

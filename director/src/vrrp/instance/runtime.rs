@@ -33,6 +33,7 @@ pub(super) async fn run_all(
         quorum,
         states,
         vmac_hook: inputs.vmac_hook,
+        served: inputs.served,
     };
     type GroupShared = (
         VrrpSyncGroup,
