@@ -2,6 +2,8 @@
 //! clock: frames from a packet socket with their receive (or transmit)
 //! timestamps, and addresses as rtnetlink reports them being added. Run
 //! each on a thread inside the namespace ([`crate::Netns::spawn_thread`]).
+//! And the other side of a measurement: a link set down at a precise
+//! instant ([`LinkSwitch`]).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -251,4 +253,45 @@ pub fn added_addresses(stop: &AtomicBool, out: &Mutex<Vec<(Instant, IpAddr)>>) -
         }
     }
     Ok(())
+}
+
+/// An interface of a namespace that can be set down within microseconds
+/// of the call (an `ip link set` runs a process: milliseconds, and as
+/// many of jitter): a socket made inside the namespace keeps it, and the
+/// flags ioctl acts there.
+pub struct LinkSwitch {
+    fd: OwnedFd,
+    request: libc::ifreq,
+}
+
+impl LinkSwitch {
+    /// For `interface` of `ns`.
+    pub fn new(ns: &crate::Netns, interface: &str) -> Result<LinkSwitch> {
+        let fd = ns.run(|| socket(libc::AF_INET, libc::SOCK_DGRAM, 0))??;
+        // SAFETY: a zeroed ifreq is valid; the name is copied in below.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        ensure!(
+            interface.len() < request.ifr_name.len(),
+            "interface name too long: {interface}"
+        );
+        for (d, s) in request.ifr_name.iter_mut().zip(interface.bytes()) {
+            *d = s as libc::c_char;
+        }
+        Ok(LinkSwitch { fd, request })
+    }
+
+    /// Sets the interface down.
+    pub fn down(&mut self) -> Result<()> {
+        // SAFETY: an ifreq naming the interface; the kernel fills its flags.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut self.request) };
+        ensure!(r == 0, "SIOCGIFFLAGS: {}", std::io::Error::last_os_error());
+        // SAFETY: the flags the kernel just wrote, in the union it wrote.
+        unsafe {
+            self.request.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        }
+        // SAFETY: the same ifreq, with IFF_UP cleared.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCSIFFLAGS, &self.request) };
+        ensure!(r == 0, "SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
 }

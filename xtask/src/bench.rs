@@ -426,6 +426,7 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Outage> {
             &heard,
         )
     });
+    let mut link = capture::LinkSwitch::new(&lab.directors[0].ns, "eth0")?;
     let (killed_at, tally) =
         director_tests::udp::probe_during(&lab.client.ns, probe, Duration::from_millis(1), || {
             let interval = s.interval_s();
@@ -454,7 +455,10 @@ fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Outage> {
             for pid in &pair.master_pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
-            lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
+            // Microseconds after the kill (not an `ip` process's
+            // milliseconds of jitter): the outage starts when the link
+            // goes, the backup's deadline from the last advert.
+            link.down()?;
             std::thread::sleep(Duration::from_millis(wait));
             Ok(killed_at)
         })?;

@@ -97,9 +97,10 @@ impl Runner {
         // Becoming master: when XDP serves every address without it, the
         // announcement comes before the addresses are added (RFC 5798
         // 6.4.1 asks only that it follow the first advert).
-        let mut announce_early = actions.contains(&Action::AddAddresses)
+        let announce_early = actions.contains(&Action::AddAddresses)
             && actions.contains(&Action::Announce)
             && self.served_without_addresses();
+        let mut announced = false;
         for action in actions {
             match action {
                 Action::SendAdvert(priority) => self.send_advert(priority),
@@ -108,8 +109,9 @@ impl Runner {
                     // told the addresses moved.
                     self.own_vmac(true);
                     self.vmac_link(true).await;
-                    if announce_early {
+                    if announce_early && !announced {
                         self.start_announcing();
+                        announced = true;
                     }
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
@@ -119,8 +121,11 @@ impl Runner {
                     }
                     self.add_routes().await;
                 }
-                Action::Announce if announce_early => announce_early = false,
-                Action::Announce => self.start_announcing(),
+                Action::Announce if announced => {}
+                Action::Announce => {
+                    self.start_announcing();
+                    announced = true;
+                }
                 Action::RemoveAddresses => {
                     self.garp_at = None;
                     self.remove_routes().await;
