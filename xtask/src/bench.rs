@@ -70,14 +70,22 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
         // proven (the prober saw the VIP answer again after the kill).
         let s = &SETTINGS[1];
         for kind in KINDS {
-            let gap = outage(s, kind, 0.5)?.gap;
+            let o = outage(s, kind, 0.5)?;
             ensure!(
-                gap < Duration::from_secs(3),
+                o.gap < Duration::from_secs(3),
                 "{s:?} {kind:?}: no takeover within 3 s",
                 s = s.label
             );
+            // The takeover path's figures are measured: the client saw the
+            // master's last advert, then the new master's advert and its
+            // gratuitous ARP for the VIP.
+            ensure!(
+                o.takeover.is_some(),
+                "{s:?} {kind:?}: the client did not see the master's last advert, the new master's advert and its gratuitous ARP",
+                s = s.label
+            );
             println!(
-                "ok  failover {}: {} pair, master killed, the VIP answered again (no figures in short mode)",
+                "ok  failover {}: {} pair, master killed, the VIP answered again, its advert and gratuitous ARP seen (no figures in short mode)",
                 s.label,
                 kind.name()
             );
