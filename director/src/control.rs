@@ -163,11 +163,13 @@ fn connect_advice(path: &Path, e: &std::io::Error) -> String {
 }
 
 /// Binds the socket (replacing a stale one) and serves it until the
-/// returned task is aborted. Requests go to `tx`.
+/// returned task is aborted, at most `max_connections` at once (more are
+/// closed at once). Requests go to `tx`.
 pub fn serve(
     state_dir: &Path,
     group: Option<&str>,
     tx: mpsc::Sender<Pending>,
+    max_connections: usize,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let path = state_dir.join(SOCKET);
     let err = |source| ControlError::Socket {
@@ -203,18 +205,36 @@ pub fn serve(
     })();
     let _ = std::fs::remove_dir_all(&private);
     let listener = bound.map_err(err)?;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     Ok(tokio::spawn(async move {
+        let mut logged: Option<std::time::Instant> = None;
+        let mut log_once = |what: &str, error: &dyn std::fmt::Display| {
+            if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                warn!(%error, limit = max_connections, "control socket: {what}");
+                logged = Some(std::time::Instant::now());
+            }
+        };
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
+                    // Out of descriptors: wait for some to be freed (the
+                    // listener stays ready; retrying at once would spin).
+                    log_once("accept failed, backing off", &e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            // At most `max_connections` at once: a client that connects
+            // and sends nothing holds one for the 5 s read timeout only,
+            // and a crowd of them cannot take the daemon's descriptors.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                log_once("too many connections, closing new ones", &"at the limit");
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = handle(stream, tx).await {
                     debug!(error = %e, "control connection ended");
                 }

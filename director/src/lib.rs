@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod handover;
 pub mod health;
 pub mod import;
+pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

@@ -292,7 +292,7 @@ fn reload(state_dir: &Path) -> anyhow::Result<()> {
         }
         Err(e) => {
             // The daemon's error already names FILE:LINE:COL.
-            eprintln!("{e}");
+            eprintln!("reload refused, the running configuration is unchanged: {e}");
             std::process::exit(1);
         }
     }

@@ -21,6 +21,7 @@
 
 pub mod bpfmap;
 pub mod capture;
+pub mod connflood;
 pub mod ecmp;
 pub mod flood;
 pub mod http;

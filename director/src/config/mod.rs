@@ -127,6 +127,29 @@ fn key_string(path: &[Seg]) -> String {
     s
 }
 
+/// An error about key `key` of `[[vrrp_instance]]` number `index` of the
+/// file at `path` (re-read), positioned at that key: `FILE:LINE:COL:
+/// \`vrrp_instance[N].KEY\`: MESSAGE`. For problems found past validation
+/// (the host has no such interface, the address is not ours).
+pub fn vrrp_instance_error(
+    path: &Path,
+    index: usize,
+    key: &'static str,
+    message: impl std::fmt::Display,
+) -> ConfigError {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = vec![Seg::Key("vrrp_instance"), Seg::Index(index), Seg::Key(key)];
+    let (line, col) = line_col(&text, locate(&text, &at));
+    let key = key_string(&at);
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        col,
+        message: format!("`{key}`: {message}"),
+        key,
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -87,8 +87,21 @@ impl Daemon {
                 ));
             }
         }
+        // Everything VRRP would need from this host, checked before
+        // anything (the dataplane included) changes.
         if let Some(vrrp) = self.vrrp.as_ref() {
-            vrrp.check_reconfigure(&new).map_err(|e| e.to_string())?;
+            vrrp.preflight(&new).await.map_err(|e| match &e {
+                VrrpError::Refused { instance, key, .. } => {
+                    match new.vrrp_instance.iter().position(|i| &i.name == instance) {
+                        Some(index) => {
+                            crate::config::vrrp_instance_error(&self.config_path, index, key, &e)
+                                .to_string()
+                        }
+                        None => e.to_string(),
+                    }
+                }
+                _ => e.to_string(),
+            })?;
         }
         // The dataplane first (all or nothing, rolled back on a refusal),
         // then VRRP; a VRRP failure rolls the dataplane back too.

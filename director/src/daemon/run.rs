@@ -13,6 +13,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     })?;
     let _instance = lock_state_dir(&g.state_dir)?;
     STARTED_AT.get_or_init(unix_now);
+    // Descriptors: as many as allowed, and a fixed share of them for the
+    // listeners others can reach (the rest is the dataplane's control).
+    let budget = crate::limits::Budget::of(crate::limits::raise_nofile().soft);
     // A restarting predecessor's instances: resumed before anything slow.
     let handover = crate::handover::take(&g.state_dir).map(Arc::new);
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -106,10 +109,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     let dataplane_is_xdp = dataplane.name() == "xdp";
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {
-        Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone()).await?),
+        Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone(), budget).await?),
         None => None,
     };
-    let control = control::serve(&g.state_dir, g.control_group.as_deref(), control_tx)?;
+    let control = control::serve(
+        &g.state_dir,
+        g.control_group.as_deref(),
+        control_tx,
+        budget.control,
+    )?;
     let mut neigh_events = neighbors.events()?;
     let mut link_events = neighbors.link_events()?;
     let shared_link = Arc::new(Mutex::new(link));

@@ -46,6 +46,14 @@ pub enum VrrpError {
     Gone,
     #[error("{0} need a restart of the daemon")]
     NeedsRestart(&'static str),
+    /// A reload's instance cannot start on this host (checked before any
+    /// instance is touched); `key` is the instance's key at fault.
+    #[error("{source}")]
+    Refused {
+        instance: String,
+        key: &'static str,
+        source: Box<VrrpError>,
+    },
 }
 
 /// One instance in the status document (a contract: extend, never rename).
@@ -138,6 +146,7 @@ pub struct Vrrp {
 }
 
 mod actions;
+mod preflight;
 mod receive;
 mod runner;
 mod runtime;
@@ -297,12 +306,46 @@ impl Vrrp {
         Ok(())
     }
 
+    /// The instances of `config` a reconfigure would start (new, or
+    /// changed beyond what a running instance takes in place).
+    fn to_start<'c>(&self, config: &'c Config) -> Vec<&'c VrrpInstance> {
+        config
+            .vrrp_instance
+            .iter()
+            .filter(|inst| {
+                !self.instances.iter().any(|h| {
+                    h.config == **inst
+                        || (h.config.name == inst.name && soft_change(&h.config, inst))
+                })
+            })
+            .collect()
+    }
+
+    /// Checks, before anything changes, that every instance a
+    /// reconfigure to `config` would start can start on this host (its
+    /// interfaces exist, its source addresses are ours). A refusal names
+    /// the instance and what is missing; nothing running is touched.
+    pub async fn preflight(&self, config: &Config) -> Result<(), VrrpError> {
+        self.check_reconfigure(config)?;
+        for inst in self.to_start(config) {
+            let iface = inst
+                .interface
+                .clone()
+                .unwrap_or_else(|| config.global.interface.clone());
+            preflight::preflight(inst, &iface).await?;
+        }
+        Ok(())
+    }
+
     /// Applies a new configuration: unchanged instances keep running (no
     /// flap, no priority-0 advert); removed or changed ones stop gracefully;
     /// new or changed ones start. Script and sync-group changes need a
-    /// restart (the error says so and nothing changes).
+    /// restart (the error says so and nothing changes). What cannot start
+    /// here is refused before any instance is touched
+    /// ([`Vrrp::preflight`]); should a start fail all the same, the
+    /// instances it replaced are started again as they were.
     pub async fn reconfigure(&mut self, config: &Config) -> Result<(), VrrpError> {
-        self.check_reconfigure(config)?;
+        self.preflight(config).await?;
         if self.start_tx.is_none() && !config.vrrp_instance.is_empty() {
             // No VRRP thread yet: start one as `start` would.
             let started = Vrrp::start_with(config, self.inputs.clone())?;
@@ -331,6 +374,7 @@ impl Vrrp {
             .map(|h| config.vrrp_instance.contains(&h.config))
             .collect();
         let mut kept = Vec::new();
+        let mut stopped = Vec::new();
         for (h, keep) in std::mem::take(&mut self.instances).into_iter().zip(keep) {
             if keep {
                 kept.push(h);
@@ -338,12 +382,32 @@ impl Vrrp {
                 info!(instance = %h.config.name, "VRRP instance removed or changed by reload");
                 shutdown(&h).await;
                 self.unpublish(&h.config.name);
+                stopped.push(h.config);
             }
         }
         self.instances = kept;
+        let mut started = Vec::new();
         for inst in &config.vrrp_instance {
             if !self.instances.iter().any(|h| &h.config == inst) {
-                self.start_instance(inst.clone())?;
+                if let Err(e) = self.start_instance(inst.clone()) {
+                    // Back to what ran: the ones started here stop, the
+                    // ones they replaced start again.
+                    error!(instance = %inst.name, error = %e, "VRRP instance could not start: putting back the instances the reload replaced");
+                    for name in started {
+                        if let Some(i) = self.instances.iter().position(|h| h.config.name == name) {
+                            let h = self.instances.remove(i);
+                            shutdown(&h).await;
+                            self.unpublish(&h.config.name);
+                        }
+                    }
+                    for old in stopped {
+                        if let Err(again) = self.start_instance(old.clone()) {
+                            error!(instance = %old.name, error = %again, "could not start the previous VRRP instance again");
+                        }
+                    }
+                    return Err(e);
+                }
+                started.push(inst.name.clone());
             }
         }
         // Keep the config's order.

@@ -1,23 +1,21 @@
 //! Prometheus metrics and the status JSON over HTTP, on
 //! `global.metrics_address`: `/metrics` (Prometheus text format) and
 //! `/status` (the same document as `director status --json`). Both are
-//! built from one status snapshot taken by the event loop.
+//! built from one status snapshot taken by the event loop and shared by
+//! every request for a quarter of a second. The server ([`server`]) is
+//! bounded: no client can take the descriptors or the loop the
+//! dataplane's control needs.
 
 use std::net::SocketAddr;
 
-use axum::{Router, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::{
-    control::{Pending, Request, Response},
-    status::Status,
-};
+use crate::status::Status;
 
 type Labels = Vec<(String, String)>;
 
@@ -304,69 +302,9 @@ pub fn render(s: &Status) -> String {
     out
 }
 
-async fn snapshot(tx: &mpsc::Sender<Pending>) -> Option<Status> {
-    let (reply, answer) = oneshot::channel();
-    tx.send((Request::Status, reply)).await.ok()?;
-    match answer.await.ok()? {
-        Response::Status(s) => Some(*s),
-        _ => None,
-    }
-}
+mod server;
 
-/// Serves `/metrics` and `/status` on `addr` until the task is aborted.
-pub async fn serve(
-    addr: SocketAddr,
-    tx: mpsc::Sender<Pending>,
-) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError { addr, source })?;
-    let t1 = tx.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let tx = t1.clone();
-                async move {
-                    match snapshot(&tx).await {
-                        Some(s) => (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            render(&s),
-                        )
-                            .into_response(),
-                        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-                            .into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/status",
-            get(move || {
-                let tx = tx.clone();
-                async move {
-                    match snapshot(&tx).await {
-                        Some(s) => (
-                            [(header::CONTENT_TYPE, "application/json")],
-                            serde_json::to_string(&s).unwrap_or_default(),
-                        )
-                            .into_response(),
-                        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-                            .into_response(),
-                    }
-                }
-            }),
-        );
-    info!(%addr, "metrics and status served over HTTP");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "metrics server stopped");
-        }
-    }))
-}
+pub use self::server::serve;
 
 #[cfg(test)]
 mod tests {
