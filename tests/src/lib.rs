@@ -28,6 +28,7 @@ pub mod http;
 pub mod inject;
 pub mod lab;
 pub mod netns;
+pub mod peers;
 pub mod scenario;
 pub mod systemd_vm;
 pub mod udp;

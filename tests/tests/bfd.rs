@@ -1,6 +1,8 @@
-//! BFD (`[[bfd_instance]]`) against a real BFD speaker: BIRD 2's `protocol
-//! bfd` (Debian's bird2). The session comes up (three-way handshake, both
-//! sides Up); each side detects the other's death by its detection timer
+//! BFD (`[[bfd_instance]]`) against the real BFD speakers operators run:
+//! BIRD 2's `protocol bfd` (Debian's bird2), FRR 8.4's `bfdd` and
+//! keepalived 2.2's own `bfd_instance`. The session comes up (three-way
+//! handshake, both sides Up) at 10 ms x 3 without a flap; each side
+//! detects the other's death by its detection timer
 //! (diagnostic 1, "control detection time expired"), in about multiplier x
 //! interval; a graceful stop tells the peer at once (AdminDown).
 //! `master_bfd`: with adverts every second, the backup takes over as soon
@@ -202,5 +204,268 @@ fn master_bfd_takes_over_before_the_master_down_interval() -> Result<()> {
     // The master-down interval is 3 x 1 s + skew; BFD's is 30 ms.
     ensure!(took < Duration::from_secs(2), "took over after {took:?}");
     eprintln!("master killed: backup master after {took:?} (adverts every 1 s; BFD 10 ms x 3)");
+    Ok(())
+}
+
+/// What a test needs of a second BFD implementation.
+struct PeerView<'a> {
+    /// Whether the peer sees the session Up.
+    up: &'a dyn Fn() -> Result<bool>,
+    /// Whether it sees it down (or admin down).
+    down: &'a dyn Fn() -> Result<bool>,
+    /// How many times it saw the session go down so far.
+    downs: &'a dyn Fn() -> Result<u64>,
+}
+
+/// A director with one session to the client at 10 ms x 3, notify logged.
+fn director_to_client(lab: &Lab) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let client = lab.client.ip.to_string();
+    let servers = vec![lab.real_servers[0].ip.to_string()];
+    let notified = lab.dir.join("bfd-notify.log");
+    let config = format!(
+        "{}\n[[bfd_instance]]\nname = \"to-client\"\nneighbor_ip = \"{client}\"\nsource_ip = \"{}\"\nmin_rx = 10\nmin_tx = 10\nmultiplier = 3\nnotify = \"/bin/sh -c 'echo $0 $1 $2 >> {}'\"\n",
+        scenario::http_config(lab, "director1", &servers)?,
+        lab.directors[0].ip,
+        notified.display()
+    );
+    Ok((lab.write("d.toml", &config)?, notified))
+}
+
+/// The session comes up and stays up for 3 s at 10 ms x 3 with no flap
+/// at any moment since the peer started: our notify log reads `notes`
+/// (UP once for this bring-up), the peer (a fresh process) counts no
+/// down, our transitions do not move.
+fn comes_up_without_a_flap(
+    state: &Path,
+    notified: &Path,
+    notes: &str,
+    peer: &PeerView<'_>,
+    what: &str,
+) -> Result<()> {
+    wait(
+        &format!("{what}: our session up"),
+        Duration::from_secs(10),
+        || Ok(session(state)?["state"] == "up"),
+    )?;
+    wait(
+        &format!("{what}: the peer's session up"),
+        Duration::from_secs(10),
+        || (peer.up)(),
+    )?;
+    let transitions = session(state)?["transitions"].as_u64();
+    std::thread::sleep(Duration::from_secs(3));
+    let s = session(state)?;
+    ensure!(
+        s["state"] == "up" && s["transitions"].as_u64() == transitions,
+        "{what}: our session flapped: {s}"
+    );
+    let logged = std::fs::read_to_string(notified).unwrap_or_default();
+    ensure!(
+        logged == notes,
+        "{what}: our notify log reads {logged:?}, not {notes:?}"
+    );
+    ensure!(
+        (peer.downs)()? == 0,
+        "{what}: the peer saw the session go down"
+    );
+    ensure!((peer.up)()?, "{what}: the peer's session is not up");
+    ensure!(s["detect_time_ms"].as_f64() == Some(30.0), "{what}: {s}");
+    Ok(())
+}
+
+fn frr_conf(me: &str, peer: &str) -> String {
+    format!(
+        "bfd\n peer {peer} local-address {me} interface eth0\n  receive-interval 10\n  transmit-interval 10\n  detect-multiplier 3\n !\n!\n"
+    )
+}
+
+/// FRR 8.4's bfdd (the peer operators run beside routers): the session
+/// comes up at 10 ms x 3 without a flap (it flapped at every bring-up
+/// while we kept the one-second interval after its Poll), each side
+/// detects the other's death, a graceful stop is seen at once.
+#[test]
+fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
+-> Result<()> {
+    use director_tests::peers::Frr;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
+    let state = lab.state_dir("director1")?;
+    let (path, notified) = director_to_client(&lab)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    let mut frr = Frr::start(&lab.client.ns, &lab.dir, "1", &frr_conf(&client, &director))?;
+    let ns = &lab.client.ns;
+    {
+        let f = &frr;
+        comes_up_without_a_flap(
+            &state,
+            &notified,
+            "BFD to-client UP\n",
+            &PeerView {
+                up: &|| Ok(f.peer(ns)?["status"] == "up"),
+                down: &|| Ok(f.peer(ns)?["status"] == "down"),
+                downs: &|| Ok(f.peer(ns)?["session-down"].as_u64().unwrap_or(0)),
+            },
+            "FRR",
+        )?;
+    }
+
+    // bfdd killed: our detection timer expires (diagnostic 1).
+    frr.bfdd.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    let took = wait("our session down", Duration::from_secs(5), || {
+        Ok(session(&state)?["state"] == "down")
+    })?;
+    ensure!(session(&state)?["diagnostic"] == 1, "{}", session(&state)?);
+    ensure!(took < Duration::from_millis(500), "detected after {took:?}");
+    eprintln!("FRR bfdd killed: director's session down after {took:?}");
+    drop(frr);
+
+    // FRR back: up again without a flap; then the director is killed, and
+    // FRR detects it.
+    let frr = Frr::start(&lab.client.ns, &lab.dir, "2", &frr_conf(&client, &director))?;
+    let f = &frr;
+    let view = PeerView {
+        up: &|| Ok(f.peer(ns)?["status"] == "up"),
+        down: &|| Ok(f.peer(ns)?["status"] == "down"),
+        downs: &|| Ok(f.peer(ns)?["session-down"].as_u64().unwrap_or(0)),
+    };
+    comes_up_without_a_flap(
+        &state,
+        &notified,
+        "BFD to-client UP\nBFD to-client DOWN\nBFD to-client UP\n",
+        &view,
+        "FRR again",
+    )?;
+    let killed = Instant::now();
+    d.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    let took = wait("FRR's session down", Duration::from_secs(5), || {
+        (view.down)()
+    })?;
+    ensure!(
+        took < Duration::from_millis(500),
+        "FRR saw it after {took:?}"
+    );
+    eprintln!(
+        "director killed: FRR's session down after {:?}",
+        killed.elapsed()
+    );
+
+    // A graceful stop: FRR told at once (AdminDown).
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    wait("up after restart", Duration::from_secs(10), || (view.up)())?;
+    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+    wait("FRR told of the stop", Duration::from_secs(1), || {
+        Ok(!(view.up)()?)
+    })?;
+    Ok(())
+}
+
+/// The states keepalived's BFD process logged for instance `director`
+/// (`(director) Entering Up state`), in order.
+fn keepalived_states(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("(director) Entering ").nth(1))
+        .filter_map(|s| s.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn keepalived_conf(me: &str, peer: &str) -> String {
+    format!(
+        "global_defs {{\n  router_id client\n}}\nbfd_instance director {{\n  neighbor_ip {peer}\n  source_ip {me}\n  min_rx 10\n  min_tx 10\n  idle_tx 1000\n  multiplier 3\n}}\n"
+    )
+}
+
+/// keepalived's own BFD (`bfd_instance`: the migration case, a director
+/// beside a keepalived node): up at 10 ms x 3 without a flap, each side
+/// detects the other's death.
+#[test]
+fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
+-> Result<()> {
+    use director_tests::peers::keepalived_bfd;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
+    let state = lab.state_dir("director1")?;
+    let (path, notified) = director_to_client(&lab)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    let conf = keepalived_conf(&client, &director);
+    let mut k = keepalived_bfd(&lab.client.ns, &lab.dir, "1", &conf)?;
+    let log = lab.dir.join("keepalived-1.log");
+    let last_state =
+        || -> Result<String> { Ok(keepalived_states(&log).last().cloned().unwrap_or_default()) };
+    let view = PeerView {
+        up: &|| Ok(last_state()? == "Up"),
+        down: &|| Ok(matches!(last_state()?.as_str(), "Down" | "AdminDown")),
+        downs: &|| {
+            Ok(keepalived_states(&log)
+                .iter()
+                .filter(|s| *s == "Down")
+                .count() as u64)
+        },
+    };
+    comes_up_without_a_flap(&state, &notified, "BFD to-client UP\n", &view, "keepalived")
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+
+    // keepalived killed: we detect it.
+    k.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    let took = wait("our session down", Duration::from_secs(5), || {
+        Ok(session(&state)?["state"] == "down")
+    })?;
+    ensure!(took < Duration::from_millis(500), "detected after {took:?}");
+    eprintln!("keepalived killed: director's session down after {took:?}");
+
+    // keepalived back; the director killed: keepalived detects it.
+    let _k = keepalived_bfd(&lab.client.ns, &lab.dir, "2", &conf)?;
+    let log2 = lab.dir.join("keepalived-2.log");
+    let last2 =
+        || -> Result<String> { Ok(keepalived_states(&log2).last().cloned().unwrap_or_default()) };
+    let view2 = PeerView {
+        up: &|| Ok(last2()? == "Up"),
+        down: &|| Ok(matches!(last2()?.as_str(), "Down" | "AdminDown")),
+        downs: &|| {
+            Ok(keepalived_states(&log2)
+                .iter()
+                .filter(|s| *s == "Down")
+                .count() as u64)
+        },
+    };
+    comes_up_without_a_flap(
+        &state,
+        &notified,
+        "BFD to-client UP\nBFD to-client DOWN\nBFD to-client UP\n",
+        &view2,
+        "keepalived again",
+    )
+    .with_context(|| std::fs::read_to_string(&log2).unwrap_or_default())?;
+    d.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    let took = wait("keepalived's session down", Duration::from_secs(5), || {
+        (view2.down)()
+    })?;
+    ensure!(
+        took < Duration::from_millis(500),
+        "keepalived saw it after {took:?}"
+    );
+    eprintln!("director killed: keepalived's session down after {took:?}");
+
+    // A graceful stop: keepalived told at once (AdminDown from us).
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    wait("up after restart", Duration::from_secs(10), || (view2.up)())?;
+    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+    wait(
+        "keepalived told of the stop",
+        Duration::from_secs(1),
+        || Ok(!(view2.up)()?),
+    )?;
     Ok(())
 }

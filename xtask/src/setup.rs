@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "tests: a real DNS server for dns_check"),
     ("keepalived", "tests: VRRP interop"),
     ("bird2", "tests: BGP announcement of VIPs (ECMP lab)"),
+    ("frr", "tests: BFD interop with FRR's bfdd"),
     ("ipvsadm", "tests: IPVS cross-check"),
     ("bpftool", "benchmarks: BPF_PROG_TEST_RUN"),
     ("qemu-system-x86", "tests: IPVS kernel VM"),

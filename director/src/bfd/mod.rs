@@ -161,6 +161,7 @@ impl Bfd {
                 socket,
                 verdict: tx,
                 next_tx: Instant::now(),
+                last_tx: None,
                 sent: 0,
                 received: 0,
                 dropped: BTreeMap::new(),
@@ -249,6 +250,8 @@ struct Run {
     socket: std::net::UdpSocket,
     verdict: watch::Sender<Option<bool>>,
     next_tx: Instant,
+    /// When our last packet left (periodic or Final).
+    last_tx: Option<Instant>,
     sent: u64,
     received: u64,
     dropped: BTreeMap<Drop, u64>,
@@ -261,7 +264,10 @@ impl Run {
             .socket
             .send_to(&p, SocketAddr::new(self.cfg.neighbor_ip, PORT))
         {
-            Ok(_) => self.sent += 1,
+            Ok(_) => {
+                self.sent += 1;
+                self.last_tx = Some(Instant::now());
+            }
             Err(e) => {
                 tracing::debug!(session = %self.cfg.name, error = %e, "BFD send failed")
             }
@@ -274,6 +280,22 @@ impl Run {
             Some(i) => now + self.session.jittered(i, rand::rng().random::<f64>()),
             None => now + Duration::from_secs(3600),
         };
+    }
+
+    /// After a packet from the peer: a transmit interval that became
+    /// shorter (the peer lowered its Required Min RX, or our own Desired
+    /// Min TX fell) applies at once. RFC 5880 6.8.3: the local system
+    /// "cannot wait longer than the new interval between the previous
+    /// packet transmission and the next one", and sends "as soon as
+    /// practicable" if that is already past. (An interval that grew takes
+    /// effect at the next scheduling: 6.8.3 lets the actual interval grow
+    /// only after the Poll Sequence that announced it, which our packets
+    /// sent meanwhile carry.)
+    fn honor_shorter_interval(&mut self, now: Instant) {
+        if let (Some(interval), Some(last)) = (self.session.tx_interval(), self.last_tx) {
+            let latest = last + self.session.jittered(interval, rand::rng().random::<f64>());
+            self.next_tx = sooner(self.next_tx, latest, now);
+        }
     }
 
     /// Logs and publishes a state change.
@@ -483,12 +505,23 @@ fn deliver(runs: &mut [Run], bytes: &[u8], src: IpAddr, ttl: u8, now: Instant) -
         return true;
     }
     if r.session.send_final {
-        // A Poll is answered at once (RFC 5880 6.5).
+        // A Poll is answered at once (RFC 5880 6.5, 6.8.7: "without respect
+        // to the transmission timer").
         r.send();
-    } else if was_silent {
+    }
+    if was_silent {
         r.schedule(now);
+    } else {
+        r.honor_shorter_interval(now);
     }
     false
+}
+
+/// The next periodic transmission when a shorter interval says it is due
+/// by `latest`: the earlier of the two, and never in the past (RFC 5880
+/// 6.8.3: "as soon as practicable").
+fn sooner(scheduled: Instant, latest: Instant, now: Instant) -> Instant {
+    scheduled.min(latest).max(now)
 }
 
 async fn run(
@@ -642,4 +675,100 @@ async fn hold(
         info!(session = %h.name, neighbor = %h.neighbor_ip, peer_detect_ms = h.peer_detect_time().as_millis() as u64, "BFD session held for the next process");
     }
     handed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u32 = 1000;
+
+    fn run() -> Run {
+        let cfg = BfdInstance {
+            name: "peer".into(),
+            neighbor_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            min_rx: 10,
+            min_tx: 10,
+            idle_tx: 1000,
+            multiplier: 3,
+            passive: false,
+            ttl: 255,
+            weight: 0,
+            notify: None,
+        };
+        Run {
+            session: Session::new(params(&cfg), 7),
+            socket: sender(&cfg).expect("a socket on loopback"),
+            cfg,
+            verdict: watch::channel(None).0,
+            next_tx: Instant::now(),
+            last_tx: None,
+            sent: 0,
+            received: 0,
+            dropped: BTreeMap::new(),
+        }
+    }
+
+    fn from_peer(state: State, poll: bool, desired_tx: u32, required_rx: u32) -> [u8; 24] {
+        Control {
+            diag: 0,
+            state,
+            poll,
+            final_: false,
+            demand: false,
+            detect_mult: 3,
+            my_disc: 99,
+            your_disc: 7,
+            desired_min_tx: desired_tx,
+            required_min_rx: required_rx,
+            required_min_echo_rx: 0,
+        }
+        .encode()
+    }
+
+    /// FRR's bfdd brings a session up this way: its packets while not Up
+    /// ask for one packet a second (Required Min RX 1 s), then, Up, it
+    /// polls with its fast Required Min RX. We answer the Poll at once and
+    /// our next periodic packet follows within the new interval, not a
+    /// second later (the flap FRR showed at every bring-up).
+    #[test]
+    fn a_peer_lowering_its_required_min_rx_is_honoured_at_once() {
+        let mut r = run();
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let t = Instant::now();
+        let init = from_peer(State::Init, false, 1000 * MS, 1000 * MS);
+        assert!(deliver(std::slice::from_mut(&mut r), &init, lo, 255, t));
+        assert_eq!(r.session.state, State::Up);
+        // Up, but the peer still asks for a packet a second.
+        assert!(
+            r.next_tx >= t + Duration::from_millis(700),
+            "{:?}",
+            r.next_tx - t
+        );
+        let sent = r.sent;
+        let poll = from_peer(State::Up, true, 10 * MS, 10 * MS);
+        let now = Instant::now();
+        assert!(!deliver(std::slice::from_mut(&mut r), &poll, lo, 255, now));
+        assert_eq!(r.sent, sent + 1, "the Final went at once");
+        let due = r.next_tx.saturating_duration_since(now);
+        assert!(due <= Duration::from_millis(10), "next packet in {due:?}");
+        assert_eq!(r.session.tx_interval(), Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_shorter_interval_never_schedules_into_the_past() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let past = now.checked_sub(Duration::from_millis(5)).unwrap_or(now);
+        assert_eq!(sooner(later, past, now), now);
+        assert_eq!(
+            sooner(later, now + Duration::from_millis(8), now),
+            now + Duration::from_millis(8)
+        );
+        assert_eq!(
+            sooner(now + Duration::from_millis(3), later, now),
+            now + Duration::from_millis(3)
+        );
+    }
 }

@@ -45,6 +45,10 @@ pub struct Session {
     /// Carried on from the previous process and nothing heard since: the
     /// peer is given [`RESUME_GRACE`] (our own start is the gap).
     resumed: bool,
+    /// Our Desired Min TX before an increase while Up (µs): the interval we
+    /// actually send at until the Poll Sequence announcing the increase
+    /// ends (RFC 5880 6.8.3).
+    tx_before_increase: Option<u32>,
 }
 
 /// How long a session carried on from the previous process waits for the
@@ -99,6 +103,7 @@ impl Session {
             transitions: 0,
             hold: None,
             resumed: false,
+            tx_before_increase: None,
         }
     }
 
@@ -125,8 +130,16 @@ impl Session {
     /// Poll Sequence (RFC 5880 6.8.3): the peer's detection time becomes
     /// our multiplier times it while the next process starts.
     pub fn hold(&mut self, interval: u32) {
+        let before = self.desired_tx();
         self.hold = Some(interval);
         self.poll = true;
+        if self.state == State::Up && self.desired_tx() > before {
+            // RFC 5880 6.8.3: "If bfd.DesiredMinTxInterval is increased
+            // and bfd.SessionState is Up, the actual transmission interval
+            // used MUST NOT change until the Poll Sequence described above
+            // has terminated" (the peer must first grow its Detection Time).
+            self.tx_before_increase = Some(before);
+        }
     }
 
     /// A Poll Sequence waits for the peer's Final.
@@ -170,6 +183,10 @@ impl Session {
         if state == State::Down {
             self.remote_disc = 0;
         }
+        if state != State::Up {
+            // 6.8.3's rule on increases is for a session that is Up.
+            self.tx_before_increase = None;
+        }
         if self.desired_tx() != old_tx {
             // RFC 5880 6.8.3: a changed interval starts a Poll Sequence.
             self.poll = true;
@@ -189,7 +206,9 @@ impl Session {
         self.last_rx = Some(now);
         self.resumed = false;
         if c.final_ {
+            // The Poll Sequence ends: an increased interval now applies.
             self.poll = false;
+            self.tx_before_increase = None;
         }
         if c.poll {
             self.send_final = true;
@@ -243,6 +262,15 @@ impl Session {
     /// the larger of our Desired Min TX and the peer's Required Min RX;
     /// `None` when we must not send (passive and never heard, or the peer
     /// asks for no packets).
+    ///
+    /// While a Poll Sequence runs (RFC 5880 6.8.3), on our side: an
+    /// increase of our Desired Min TX while Up is not used until the
+    /// peer's Final (the value before it is); a decrease is used at once.
+    /// On the peer's side: a lower Required Min RX it announces (in a Poll,
+    /// as FRR's bfdd does when the session comes Up) is honoured at once,
+    /// "the local system cannot wait longer than the new interval between
+    /// the previous packet transmission and the next one" (the caller
+    /// re-schedules after each packet it receives).
     pub fn tx_interval(&self) -> Option<Duration> {
         if self.params.passive && self.remote_disc == 0 {
             return None;
@@ -250,8 +278,12 @@ impl Session {
         if self.remote_min_rx == 0 && self.last_rx.is_some() {
             return None;
         }
+        let own = match self.tx_before_increase {
+            Some(before) => before.min(self.desired_tx()),
+            None => self.desired_tx(),
+        };
         Some(Duration::from_micros(u64::from(
-            self.desired_tx().max(self.remote_min_rx),
+            own.max(self.remote_min_rx),
         )))
     }
 
@@ -403,6 +435,54 @@ mod tests {
             3,
         );
         assert!(one.jittered(i, 1.0) <= Duration::from_millis(90));
+    }
+
+    /// RFC 5880 6.8.3: an increase of our interval while Up waits for the
+    /// peer's Final; the peer's lower Required Min RX applies at once.
+    #[test]
+    fn an_increase_waits_for_the_final_a_decrease_does_not() {
+        let t = Instant::now();
+        let (mut a, mut b) = (Session::new(params(), 1), Session::new(params(), 2));
+        for _ in 0..3 {
+            deliver(&mut a, &mut b, t);
+            deliver(&mut b, &mut a, t);
+        }
+        assert_eq!((a.state, b.state), (State::Up, State::Up));
+        assert_eq!(a.tx_interval(), Some(Duration::from_millis(10)));
+        // (Any Final still owed goes first.)
+        deliver(&mut a, &mut b, t);
+        assert!(!a.send_final && !a.polling());
+        a.hold(2_000_000);
+        // Announced (P, 2 s) but not used until the Final.
+        let p = a.packet();
+        assert!(p.poll && p.desired_min_tx == 2_000_000);
+        assert_eq!(a.tx_interval(), Some(Duration::from_millis(10)));
+        b.receive(&p, t);
+        let f = b.packet();
+        assert!(f.final_);
+        a.receive(&f, t);
+        assert_eq!(a.tx_interval(), Some(Duration::from_secs(2)));
+        // The peer lowering its Required Min RX: used at once.
+        let mut slow = b.packet();
+        slow.required_min_rx = 1_000_000;
+        let mut c = Session::new(params(), 3);
+        c.receive(
+            &Control {
+                state: State::Init,
+                ..slow
+            },
+            t,
+        );
+        assert_eq!(c.state, State::Up);
+        assert_eq!(c.tx_interval(), Some(Duration::from_secs(1)));
+        let fast = Control {
+            state: State::Up,
+            poll: true,
+            required_min_rx: 10_000,
+            ..slow
+        };
+        c.receive(&fast, t);
+        assert_eq!(c.tx_interval(), Some(Duration::from_millis(10)));
     }
 
     #[test]
