@@ -68,6 +68,8 @@ pub enum Drop {
     Misdirected,
     /// A sequence number seen already (or too old for the window).
     Replay,
+    /// From an address that is not a configured peer.
+    NotPeer,
 }
 
 /// An address as 16 bytes (IPv4 mapped).
@@ -263,9 +265,30 @@ pub fn decode(key: &[u8], data: &[u8], now_ms: u64) -> Result<(Envelope, Vec<Pin
 struct Gate {
     windows: std::collections::HashMap<IpAddr, Window>,
     ours: Vec<IpAddr>,
+    /// The configured peers' addresses.
+    peers: Vec<IpAddr>,
 }
 
 impl Gate {
+    /// A datagram from `from` (as the socket reports it: an IPv4 peer
+    /// reaches a dual-stack `[::]` socket as `::ffff:a.b.c.d`, which is
+    /// the same peer): checked and decoded.
+    fn receive(
+        &mut self,
+        key: &[u8],
+        bytes: &[u8],
+        from: IpAddr,
+        now_ms: u64,
+    ) -> Result<Vec<PinnedFlow>, Drop> {
+        let from = from.to_canonical();
+        if !self.peers.contains(&from) {
+            return Err(Drop::NotPeer);
+        }
+        let (envelope, flows) = decode(key, bytes, now_ms)?;
+        self.check(&envelope, from)?;
+        Ok(flows)
+    }
+
     fn check(&mut self, envelope: &Envelope, from: IpAddr) -> Result<(), Drop> {
         if envelope.from != from || !self.ours.contains(&envelope.to) {
             return Err(Drop::Misdirected);
@@ -316,6 +339,7 @@ impl Drop {
             Drop::Stale => "stale",
             Drop::Misdirected => "misdirected",
             Drop::Replay => "replay",
+            Drop::NotPeer => "not_peer",
         }
     }
 }
@@ -359,21 +383,19 @@ impl FlowSync {
         peers: Vec<SocketAddr>,
         key: String,
     ) -> Result<(FlowSync, mpsc::Receiver<Vec<PinnedFlow>>), SyncError> {
-        let socket = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| SyncError::Socket {
-                addr: listen,
-                source,
-            })?;
+        let socket = bind(listen).map_err(|source| SyncError::Socket {
+            addr: listen,
+            source,
+        })?;
         let socket = std::sync::Arc::new(socket);
         let (tx, rx) = mpsc::channel(64);
         let rx_socket = socket.clone();
         let key_bytes = key.into_bytes();
         let rx_key = key_bytes.clone();
-        let allowed: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
         let mut gate = Gate {
             windows: Default::default(),
             ours: local_addresses(listen.ip()),
+            peers: peers.iter().map(|p| p.ip().to_canonical()).collect(),
         };
         let stats = std::sync::Arc::new(SyncStats::default());
         let rx_stats = stats.clone();
@@ -386,12 +408,7 @@ impl FlowSync {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                if !allowed.contains(&from.ip()) {
-                    debug!(%from, "flow sync datagram from a non-peer dropped");
-                    continue;
-                }
-                let verdict = decode(&rx_key, &buf[..n], now_ms())
-                    .and_then(|(envelope, flows)| gate.check(&envelope, from.ip()).map(|()| flows));
+                let verdict = gate.receive(&rx_key, &buf[..n], from.ip(), now_ms());
                 match verdict {
                     Ok(flows) => {
                         rx_stats
@@ -446,6 +463,24 @@ impl FlowSync {
             rx,
         ))
     }
+}
+
+/// The sync socket on `listen`. `[::]` takes IPv4 peers too, whatever
+/// the host's `net.ipv6.bindv6only` (IPV6_V6ONLY off).
+fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if listen.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if listen.is_ipv6() && listen.ip().is_unspecified() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&listen.into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
 }
 
 impl Sender {
@@ -594,6 +629,7 @@ mod tests {
         let mut gate = Gate {
             windows: Default::default(),
             ours: vec![b],
+            peers: vec![a, c],
         };
         let env = |from, to, seq| Envelope { from, to, seq };
         assert_eq!(gate.check(&env(a, b, 100), a), Ok(()));
@@ -611,5 +647,24 @@ mod tests {
         assert_eq!(gate.check(&env(c, b, 700), a), Err(Drop::Misdirected));
         // Each sender has its own window.
         assert_eq!(gate.check(&env(c, b, 1), c), Ok(()));
+    }
+
+    /// A dual-stack `[::]` socket reports an IPv4 peer as
+    /// `::ffff:a.b.c.d`: the same peer, its datagrams taken (they were all
+    /// dropped, uncounted); strangers are counted.
+    #[test]
+    fn an_ipv4_peer_on_a_dual_stack_socket_is_that_peer() {
+        let (a, b) = (ip("10.0.0.10"), ip("10.0.0.11"));
+        let mut gate = Gate {
+            windows: Default::default(),
+            ours: vec![b],
+            peers: vec![a],
+        };
+        let flows: Vec<PinnedFlow> = (0..3).map(sample).collect();
+        let d = encode(b"key", a, b, 9, 5, &flows);
+        let mapped = ip("::ffff:10.0.0.10");
+        assert_eq!(gate.receive(b"key", &d, mapped, 5).map(|f| f.len()), Ok(3));
+        let stranger = ip("::ffff:10.0.0.99");
+        assert_eq!(gate.receive(b"key", &d, stranger, 5), Err(Drop::NotPeer));
     }
 }

@@ -346,3 +346,72 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
     eprintln!("30 downloads completed, {on_rs3} of them on the drained rs3");
     Ok(())
 }
+
+/// Flow sync on a dual-stack socket (`listen = "[::]:PORT"`): an IPv4
+/// peer's datagrams arrive from `::ffff:a.b.c.d` and are that peer's
+/// (they were all dropped, uncounted); an IPv6 peer on the same socket
+/// too. The drained server's flows reach the backup; nothing is dropped.
+#[test]
+fn flow_sync_on_a_dual_stack_socket_takes_ipv4_and_ipv6_peers() -> Result<()> {
+    const SIZE: usize = 4 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let config = |name: &str, priority: u8, peer: u8| -> Result<String> {
+        let global = scenario::global_config(&lab, name)?;
+        let sync = format!(
+            "flow_sync = {{ listen = \"[::]:8848\", peers = [\"10.0.0.{peer}:8848\", \"[fd00::{peer}]:8848\"], key = \"lab-sync-key\", interval = 0.2 }}\n"
+        );
+        Ok(scenario::vrrp_config(&lab, name, priority, FAST)?.replacen(
+            &global,
+            &format!("{global}{sync}"),
+            1,
+        ))
+    };
+    // Each reaches the other over both families, on one socket.
+    let p1 = lab.write("director1.toml", &config("director1", 150, 11)?)?;
+    let p2 = lab.write("director2.toml", &config("director2", 100, 10)?)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 12, SIZE);
+    std::thread::sleep(Duration::from_secs(1));
+    for state in [&s1, &s2] {
+        scenario::drain_real_server("10.0.0.22", state)?;
+    }
+    let s = scenario::wait_status(&s2, Duration::from_secs(5), |s| {
+        s["flow_sync"]["flows_received"].as_u64() > Some(0)
+    })
+    .with_context(|| d2.log())?;
+    // Over both families: twice the flows the master sent to each.
+    ensure!(
+        s["flow_sync"]["flows_received"].as_u64() >= Some(2),
+        "{}",
+        s["flow_sync"]
+    );
+    ensure!(
+        s["flow_sync"]["dropped"]
+            .as_object()
+            .is_none_or(|d| d.is_empty()),
+        "director2 dropped datagrams: {}",
+        s["flow_sync"]
+    );
+    let s = scenario::status(&s1)?;
+    ensure!(
+        s["flow_sync"]["dropped"]
+            .as_object()
+            .is_none_or(|d| d.is_empty()),
+        "director1 dropped datagrams: {}",
+        s["flow_sync"]
+    );
+    downloads.all()?;
+    Ok(())
+}

@@ -448,6 +448,31 @@ protocol = "udp"
     }
 
     #[test]
+    fn flow_sync_peers_must_be_reachable_from_the_listening_socket() {
+        let sync = |listen: &str, peer: &str| {
+            format!(
+                "[global]\ninterface = \"eth0\"\nflow_sync = {{ listen = \"{listen}\", peers = [\"{peer}\"], key = \"longenough\" }}\n"
+            )
+        };
+        let e = err(&sync("10.0.0.10:8848", "[fd00::11]:8848"));
+        assert!(
+            e.contains("flow_sync.peers") && e.contains("[::]:8848"),
+            "{e}"
+        );
+        let e = err(&sync("0.0.0.0:8848", "[fd00::11]:8848"));
+        assert!(e.contains("IPv6"), "{e}");
+        let e = err(&sync("[fd00::10]:8848", "10.0.0.11:8848"));
+        assert!(e.contains("IPv4"), "{e}");
+        for (listen, peer) in [
+            ("[::]:8848", "10.0.0.11:8848"),
+            ("[::]:8848", "[fd00::11]:8848"),
+            ("10.0.0.10:8848", "10.0.0.11:8848"),
+        ] {
+            parse(&sync(listen, peer)).expect("reachable");
+        }
+    }
+
+    #[test]
     fn an_any_port_ipvs_service_needs_persistence() {
         let text = "[global]\ninterface = \"eth0\"\ndataplane = \"ipvs\"\n\n[[virtual_server]]\naddress = \"10.0.0.100\"\nport = 0\n";
         let e = err(text);

@@ -62,6 +62,26 @@ impl Config {
             if fs.peers.is_empty() {
                 return Err(problem(at("peers"), "at least one peer is needed"));
             }
+            // A socket of one family never hears the other's peers (only
+            // `[::]` takes both).
+            let listen = fs.listen.ip();
+            let dual = listen.is_ipv6() && listen.is_unspecified();
+            if let Some(p) = fs
+                .peers
+                .iter()
+                .find(|p| !dual && p.is_ipv4() != listen.is_ipv4())
+            {
+                return Err(problem(
+                    at("peers"),
+                    format!(
+                        "peer {p} is IPv{} but listen {} is IPv{}: listen on \"[::]:{}\" to sync with both families",
+                        if p.is_ipv4() { 4 } else { 6 },
+                        fs.listen,
+                        if listen.is_ipv4() { 4 } else { 6 },
+                        fs.listen.port()
+                    ),
+                ));
+            }
             if !(fs.interval >= 0.05 && fs.interval <= 60.0) {
                 return Err(problem(
                     at("interval"),
