@@ -52,6 +52,19 @@ pub struct Handover {
     /// BFD sessions that were Up, held for the next process.
     #[serde(default)]
     pub bfd: Vec<crate::bfd::Handed>,
+    /// The kernel's boot id when written (`/proc/sys/kernel/random/boot_id`):
+    /// CLOCK_BOOTTIME starts again at a reboot, so a handover from before
+    /// one (a `state_dir` that is not a tmpfs) would read as fresh.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+/// This boot's id (`None` where the kernel does not say).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Milliseconds of CLOCK_BOOTTIME.
@@ -74,6 +87,16 @@ impl Handover {
             pid: std::process::id(),
             instances,
             bfd,
+            boot_id: boot_id(),
+        }
+    }
+
+    /// Whether it was written during this boot: the same boot id, or (a
+    /// file from a version that wrote none) a time not after now.
+    pub fn this_boot(&self) -> bool {
+        match (&self.boot_id, boot_id()) {
+            (Some(then), Some(now)) => *then == now,
+            _ => self.written_ms <= boottime_ms(),
         }
     }
 
@@ -128,6 +151,10 @@ pub fn take(state_dir: &Path) -> Option<Handover> {
     let text = std::fs::read(&p).ok()?;
     let _ = std::fs::remove_file(&p);
     match serde_json::from_slice::<Handover>(&text) {
+        Ok(h) if !h.this_boot() => {
+            warn!(file = %p.display(), from_pid = h.pid, "handover file from before a reboot ignored: starting afresh");
+            None
+        }
         Ok(h) => {
             info!(
                 from_pid = h.pid,
@@ -276,6 +303,21 @@ mod tests {
         let mut stale = taken.clone();
         stale.written_ms = stale.written_ms.saturating_sub(301);
         assert_eq!(stale.resume(&inst, "eth0"), None, "older than 3 intervals");
+        // Written before a reboot: another boot id (its CLOCK_BOOTTIME
+        // stamp says nothing then), or, from a version that recorded none,
+        // a stamp ahead of this boot's clock.
+        let mut before_reboot = h.clone();
+        before_reboot.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        write(&dir, &before_reboot).expect("test setup");
+        assert!(take(&dir).is_none(), "another boot");
+        let mut unmarked = h.clone();
+        unmarked.boot_id = None;
+        unmarked.written_ms = boottime_ms() + 60_000;
+        write(&dir, &unmarked).expect("test setup");
+        assert!(take(&dir).is_none(), "stamped ahead of this boot");
+        unmarked.written_ms = boottime_ms();
+        write(&dir, &unmarked).expect("test setup");
+        assert!(take(&dir).is_some(), "an older version's, this boot");
         std::fs::remove_dir_all(&dir).expect("test setup");
     }
 }

@@ -131,16 +131,41 @@ pub fn edit(
 
 /// Replaces `path` with `text` atomically, keeping its permissions.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), PersistError> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    };
     let werr = |source| PersistError::Write {
         path: path.to_path_buf(),
         source,
     };
+    // The file may hold flow_sync.key and VRRP passwords: the new one is
+    // created with the old one's mode (0600 when there is none), never the
+    // umask's, and given its owner before anything is written into it.
+    let old = std::fs::metadata(path).ok();
+    let mode = old.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o7777);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(werr)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o700)
+            .open(&tmp)?;
+        if let Some(m) = &old {
+            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+        }
+        // (`mode()` is filtered by the umask; the exact mode now.)
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         werr(e)
     })
@@ -191,6 +216,33 @@ protocol = "udp"
             // The test config: port 80 first, then port 53.
             index: usize::from(port != 80),
         }
+    }
+
+    #[test]
+    fn the_written_file_keeps_its_mode_and_a_new_one_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("director-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test setup");
+        let path = dir.join("director.toml");
+        std::fs::write(&path, "old").expect("test setup");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))
+            .expect("test setup");
+        write_atomic(&path, "new").expect("written");
+        let meta = std::fs::metadata(&path).expect("written");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read_to_string(&path).expect("written"), "new");
+        let fresh = dir.join("fresh.toml");
+        write_atomic(&fresh, "x").expect("written");
+        let mode = std::fs::metadata(&fresh).expect("written").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600, "a new file holding secrets is private");
+        // Nothing left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&dir).expect("test setup");
     }
 
     #[test]

@@ -40,6 +40,13 @@ fn the_package_is_lintian_clean_and_complete() -> Result<()> {
     ] {
         ensure!(contents.contains(path), "{path} missing:\n{contents}");
     }
+    // The config may hold flow_sync.key and VRRP passwords: root and its
+    // group only.
+    let conf = contents
+        .lines()
+        .find(|l| l.ends_with("./etc/director/director.toml"))
+        .unwrap_or_default();
+    ensure!(conf.starts_with("-rw-r----- root/root"), "{conf}");
     let conffiles = Command::new("dpkg-deb")
         .args(["-I"])
         .arg(&deb)

@@ -105,7 +105,8 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         0o644,
     )?;
     let example = std::fs::read(root().join("examples/director.toml"))?;
-    write(&stage.join("etc/director/director.toml"), &example, 0o644)?;
+    // 0640: it may hold flow_sync.key and VRRP passwords.
+    write(&stage.join("etc/director/director.toml"), &example, 0o640)?;
 
     // Man pages.
     let man8 = stage.join("usr/share/man/man8");

@@ -152,12 +152,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             {
                 use std::os::unix::fs::PermissionsExt as _;
                 if let Ok(meta) = std::fs::metadata(&config_path)
-                    && meta.permissions().mode() & 0o044 != 0
+                    && meta.permissions().mode() & 0o004 != 0
                 {
                     warn!(
                         file = %config_path.display(),
                         mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                        "the config holds flow_sync.key and others may read it: chmod 600 it"
+                        "the config holds flow_sync.key and anyone may read it: chmod 640 it (as the package installs it)"
                     );
                 }
             }
