@@ -19,6 +19,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbor;
 pub mod netmsg;
+pub mod notify;
 pub mod persist;
 pub mod script;
 pub mod status;

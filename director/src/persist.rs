@@ -143,7 +143,9 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), PersistError> {
     // created with the old one's mode (0600 when there is none), never the
     // umask's, and given its owner before anything is written into it.
     let old = std::fs::metadata(path).ok();
-    let mode = old.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o7777);
+    let mode = old
+        .as_ref()
+        .map_or(0o600, |m| m.permissions().mode() & 0o7777);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let written = (|| {
@@ -233,8 +235,15 @@ protocol = "udp"
         assert_eq!(std::fs::read_to_string(&path).expect("written"), "new");
         let fresh = dir.join("fresh.toml");
         write_atomic(&fresh, "x").expect("written");
-        let mode = std::fs::metadata(&fresh).expect("written").permissions().mode();
-        assert_eq!(mode & 0o7777, 0o600, "a new file holding secrets is private");
+        let mode = std::fs::metadata(&fresh)
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o7777,
+            0o600,
+            "a new file holding secrets is private"
+        );
         // Nothing left behind.
         let names: Vec<_> = std::fs::read_dir(&dir)
             .expect("dir")

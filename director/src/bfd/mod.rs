@@ -162,6 +162,7 @@ impl Bfd {
                 verdict: tx,
                 next_tx: Instant::now(),
                 last_tx: None,
+                notifier: None,
                 sent: 0,
                 received: 0,
                 dropped: BTreeMap::new(),
@@ -252,6 +253,9 @@ struct Run {
     next_tx: Instant,
     /// When our last packet left (periodic or Final).
     last_tx: Option<Instant>,
+    /// Runs `notify` (one waiting notification per session: a flapping
+    /// or spoofed session cannot start processes without bound).
+    notifier: Option<crate::notify::Notifier>,
     sent: u64,
     received: u64,
     dropped: BTreeMap<Drop, u64>,
@@ -320,13 +324,14 @@ impl Run {
             (None, false) => None,
         };
         if next != previous {
-            let _ = self.verdict.send(next);
+            self.verdict.send_replace(next);
             self.notify(next == Some(true));
         }
     }
 
-    /// Runs the session's `notify` command (`BFD NAME UP|DOWN`) off the
-    /// timers: a task of its own, cut at 30 s.
+    /// Queues the session's `notify` command (`BFD NAME UP|DOWN`) off the
+    /// timers, as VRRP's are: one at a time, cut at 30 s, and at most one
+    /// waiting per session (a newer state replaces it).
     fn notify(&self, up: bool) {
         let Some(mut argv) = self.cfg.notify.as_deref().and_then(shlex::split) else {
             return;
@@ -336,7 +341,9 @@ impl Run {
             self.cfg.name.clone(),
             if up { "UP" } else { "DOWN" }.to_string(),
         ]);
-        crate::script::spawn_logged(argv, Duration::from_secs(30), "BFD notify");
+        if let Some(n) = &self.notifier {
+            n.send(&format!("bfd {}", self.cfg.name), vec![argv]);
+        }
     }
 
     fn status(&self) -> BfdStatus {
@@ -531,7 +538,9 @@ async fn run(
     status: Arc<Mutex<Vec<BfdStatus>>>,
     mut stop: mpsc::Receiver<Stop>,
 ) {
+    let notifier = crate::notify::Notifier::start();
     for r in &mut runs {
+        r.notifier = Some(notifier.clone());
         info!(
             session = %r.cfg.name,
             neighbor = %r.cfg.neighbor_ip,
@@ -704,10 +713,59 @@ mod tests {
             verdict: watch::channel(None).0,
             next_tx: Instant::now(),
             last_tx: None,
+            notifier: None,
             sent: 0,
             received: 0,
             dropped: BTreeMap::new(),
         }
+    }
+
+    /// A spoofer cycling a session Up and Down as fast as it can: its
+    /// notify script runs for the first change and the latest at most (it
+    /// spawned a process per change, without bound).
+    #[tokio::test]
+    async fn a_flapping_session_notifies_its_first_and_latest_state_only() {
+        let dir = std::env::temp_dir().join(format!("director-bfd-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test setup");
+        let log = dir.join("log");
+        let mut r = run();
+        r.cfg.notify = Some(format!(
+            "/bin/sh -c 'echo $2 >> {}; sleep 0.3'",
+            log.display()
+        ));
+        r.notifier = Some(crate::notify::Notifier::start());
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for _ in 0..50 {
+            let t = Instant::now();
+            deliver(
+                std::slice::from_mut(&mut r),
+                &from_peer(State::Init, false, 10 * MS, 10 * MS),
+                lo,
+                255,
+                t,
+            );
+            deliver(
+                std::slice::from_mut(&mut r),
+                &from_peer(State::Down, false, 10 * MS, 10 * MS),
+                lo,
+                255,
+                t,
+            );
+        }
+        assert!(r.session.transitions >= 100, "{}", r.session.transitions);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        // (The burst came faster than the first run could start: the
+        // latest state alone may be all that ran.)
+        assert!(
+            (1..=2).contains(&lines.len()) && lines.last().map(String::as_str) == Some("DOWN"),
+            "100 changes notified as {lines:?}: the first and the latest at most"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn from_peer(state: State, poll: bool, desired_tx: u32, required_rx: u32) -> [u8; 24] {

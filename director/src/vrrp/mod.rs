@@ -5,7 +5,6 @@
 pub mod fsm;
 pub mod instance;
 pub mod net;
-pub mod notify;
 pub mod packet;
 pub mod routes;
 pub mod timer;

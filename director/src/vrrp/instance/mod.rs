@@ -19,7 +19,6 @@ use tracing::{debug, error, info, warn};
 use super::{
     fsm::{Action, Event, Machine, Params, State},
     net::{self, NetError, Received, VrrpSocket},
-    notify::Notifier,
     packet::{self, AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, auth_data},
     routes, track,
 };
@@ -29,6 +28,7 @@ use crate::{
         VrrpSyncGroup,
     },
     neighbor::{NeighborError, Neighbors},
+    notify::Notifier,
 };
 
 /// Errors starting VRRP.

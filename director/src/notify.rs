@@ -1,6 +1,7 @@
-//! Notify scripts, run off the VRRP loop: one at a time, each cut at 30 s,
-//! and never late behind stale news. Each subject (an instance, a sync
-//! group, an instance's split-brain reports) has at most one notification
+//! Notify scripts (VRRP's and BFD's), run off the protocol loops: one at a
+//! time, each cut at 30 s, and never late behind stale news. Each subject
+//! (an instance, a sync group, an instance's split-brain reports, a BFD
+//! session) has at most one notification
 //! waiting: a newer one replaces it (the latest state wins), so a slow
 //! script delays the next notification by at most its own run, however
 //! often the state flapped meanwhile. The queue is bounded by the number of
@@ -48,7 +49,7 @@ impl Notifier {
         Self::start_with(SCRIPT_TIMEOUT)
     }
 
-    fn start_with(timeout: Duration) -> Notifier {
+    pub(crate) fn start_with(timeout: Duration) -> Notifier {
         let queue = Arc::new(Queue {
             waiting: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
