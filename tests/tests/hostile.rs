@@ -316,3 +316,103 @@ fn control_socket_refuses_strangers_and_survives_garbage() -> Result<()> {
     ensure!(ok, "the group member was refused: {err}");
     Ok(())
 }
+
+/// A host that knows the PASS password (it travels in clear) floods a
+/// settled master with 10,000 valid lower-priority adverts a second: the
+/// master stays master and answers at most once per advert interval (an
+/// advert, and an announcement at most once a second), and logs the split
+/// brain once per 10 s; it answered every packet with an advert and a
+/// burst of gratuitous ARPs, and a log line each.
+#[test]
+fn a_flood_of_accepted_lower_priority_adverts_gets_a_bounded_answer() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let p1 = lab.write("d1.toml", &config(&lab, "director1", 150, false)?)?;
+    let p2 = lab.write("d2.toml", &config(&lab, "director2", 100, false)?)?;
+    let d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    // Settled: master for longer than a master-down interval (3.6 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let before = vrrp(&s1)?;
+    let t2 = vrrp(&s2)?["transitions"].clone();
+    let mac = lab.directors[0].mac()?;
+    let capture = lab.client.ns.spawn(
+        "tcpdump",
+        &[
+            "-i", "eth0", "-n", "-l", "-e", "arp", "and", "ether", "src", &mac,
+        ],
+        &lab.path("garp.txt"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    const SECONDS: u64 = 5;
+    let sent = lab.client.run(move || -> Result<u64> {
+        let inj = Injector::open("eth0")?;
+        let advert = director_tests::inject::advert_v2(51, 50, 1, VIP, Some(PASSWORD));
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < Duration::from_secs(SECONDS) {
+            let slot = started + Duration::from_millis(10 * (sent / 100 + 1));
+            for _ in 0..100 {
+                inj.send(CLIENT_IP, 255, &advert)?;
+                sent += 1;
+            }
+            if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(sent)
+    })??;
+    std::thread::sleep(Duration::from_millis(500));
+    drop(capture);
+    let after = vrrp(&s1)?;
+    ensure!(sent >= 20_000, "the flood sent only {sent}");
+    ensure!(
+        after["state"] == "master" && vrrp(&s2)?["state"] == "backup",
+        "{after}"
+    );
+    ensure!(vrrp(&s2)?["transitions"] == t2, "the backup moved");
+    ensure!(
+        after["transitions"] == before["transitions"],
+        "the master moved: {after}"
+    );
+    let received = after["adverts_received"].as_u64().unwrap_or(0)
+        - before["adverts_received"].as_u64().unwrap_or(0);
+    ensure!(
+        received >= sent / 2,
+        "the flood was not accepted: {received} of {sent}"
+    );
+    let adverts =
+        after["adverts_sent"].as_u64().unwrap_or(0) - before["adverts_sent"].as_u64().unwrap_or(0);
+    // About 6 s of its own adverts (one a second) and one answer a second.
+    ensure!(
+        adverts <= 2 * (SECONDS + 1) + 4,
+        "{adverts} adverts sent for {sent} received"
+    );
+    let garps = std::fs::read_to_string(lab.path("garp.txt"))?
+        .lines()
+        .filter(|l| l.contains(&VIP.to_string()))
+        .count() as u64;
+    // One announcement a second at most, of garp_master_repeat (5) frames.
+    ensure!(
+        garps <= 5 * (SECONDS + 2),
+        "{garps} gratuitous ARPs for the VIP"
+    );
+    let lines = d1
+        .log()
+        .lines()
+        .filter(|l| l.contains("VRRP split brain"))
+        .count();
+    ensure!(lines <= 2, "{lines} split-brain log lines");
+    eprintln!(
+        "{sent} accepted lower-priority adverts in {SECONDS} s: {adverts} adverts sent, {garps} gratuitous ARPs, {lines} log lines, split_brains {}",
+        after["split_brains"]
+    );
+    Ok(())
+}

@@ -116,8 +116,20 @@ pub struct Machine {
     master: Option<IpAddr>,
     /// When we last became master.
     master_since: Option<Instant>,
+    /// When, as master, we last answered another router's advert (a
+    /// lower-priority master's, a priority 0): at most once per advert
+    /// interval, however many such adverts arrive.
+    answered: Option<Instant>,
+    /// When that answer last announced our addresses: at most once per
+    /// [`ANNOUNCE_GAP`].
+    announced: Option<Instant>,
     transitions: u64,
 }
+
+/// The least time between two re-announcements of our addresses made in
+/// answer to another master's adverts (each is `garp_master_repeat`
+/// gratuitous ARPs per address).
+pub const ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 
 fn cs(n: u64) -> Duration {
     Duration::from_millis(n * 10)
@@ -134,8 +146,25 @@ impl Machine {
             started: None,
             master: None,
             master_since: None,
+            answered: None,
+            announced: None,
             transitions: 0,
         }
+    }
+
+    /// Whether an advert that wants an answer from a master may have one
+    /// now (none in the last advert interval): a flood of accepted adverts
+    /// (a host that knows the password) costs at most one advert per
+    /// interval, not one per packet.
+    fn may_answer(&mut self, now: Instant) -> bool {
+        if self
+            .answered
+            .is_some_and(|t| now.saturating_duration_since(t) < self.advert_interval())
+        {
+            return false;
+        }
+        self.answered = Some(now);
+        true
     }
 
     pub fn state(&self) -> State {
@@ -363,8 +392,12 @@ impl Machine {
                 },
             ) => {
                 if priority == 0 {
-                    actions.push(Action::SendAdvert(self.priority));
-                    self.deadline = Some(now + self.advert_interval());
+                    // RFC 5798 6.4.3: send an advert at once (bounded: at
+                    // most one answer per interval).
+                    if self.may_answer(now) {
+                        actions.push(Action::SendAdvert(self.priority));
+                        self.deadline = Some(now + self.advert_interval());
+                    }
                 } else if priority > self.priority
                     || (priority == self.priority && src > self.params.primary)
                 {
@@ -373,11 +406,14 @@ impl Machine {
                     }
                     self.master = Some(src);
                     self.become_backup(now, &mut actions);
-                } else {
+                } else if self.may_answer(now) {
                     // A lower-priority master: the RFC discards it. We also
                     // assert ourselves at once (it yields on this advert, not
                     // an interval later) and re-announce our addresses, so
-                    // clients that followed the other master come back.
+                    // clients that followed the other master come back; at
+                    // most once per advert interval (the advert) and per
+                    // ANNOUNCE_GAP (the announcement), whatever the rate of
+                    // such adverts: the rest are discarded as the RFC says.
                     let settled = self.master_since.is_some_and(|t| {
                         now.saturating_duration_since(t) > self.master_down_interval()
                     });
@@ -388,7 +424,13 @@ impl Machine {
                         });
                     }
                     actions.push(Action::SendAdvert(self.priority));
-                    actions.push(Action::Announce);
+                    if self
+                        .announced
+                        .is_none_or(|t| now.saturating_duration_since(t) >= ANNOUNCE_GAP)
+                    {
+                        actions.push(Action::Announce);
+                        self.announced = Some(now);
+                    }
                     self.deadline = Some(now + self.advert_interval());
                 }
             }
@@ -582,6 +624,39 @@ mod tests {
         // A preemption (or the other side of a healing split): no report.
         assert!(!a.iter().any(|x| matches!(x, Action::SplitBrain { .. })));
         assert_eq!(m.master(), Some(ip("10.0.0.11")));
+    }
+
+    /// A flood of accepted adverts (a host that knows the PASS password,
+    /// sent in clear) at a settled master: one answer per advert interval,
+    /// one announcement per ANNOUNCE_GAP, one split-brain report per
+    /// answer; the rest discarded.
+    #[test]
+    fn a_flood_of_lower_priority_adverts_is_answered_once_per_interval() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(3, 150, 10));
+        m.step(Event::Startup, t0);
+        let t1 = t0 + m.master_down_interval();
+        m.step(Event::Timer, t1);
+        let start = t1 + Duration::from_secs(5);
+        let (mut adverts, mut announces, mut reports) = (0, 0, 0);
+        // 10,000 adverts a second for 2 s, alternating priority 50 and 0.
+        for i in 0..20_000u64 {
+            let now = start + Duration::from_micros(i * 100);
+            let p = if i % 2 == 0 { 50 } else { 0 };
+            for a in m.step(advert("10.0.0.66", p, 10), now) {
+                match a {
+                    Action::SendAdvert(_) => adverts += 1,
+                    Action::Announce => announces += 1,
+                    Action::SplitBrain { .. } => reports += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(m.state(), State::Master);
+        // 2 s at a 100 ms interval: 20 answers (and no more).
+        assert!((19..=21).contains(&adverts), "{adverts} adverts");
+        assert!((2..=3).contains(&announces), "{announces} announcements");
+        assert!(reports <= adverts, "{reports} reports");
     }
 
     #[test]

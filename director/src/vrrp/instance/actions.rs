@@ -141,15 +141,28 @@ impl Runner {
                     }
                 }
                 Action::SplitBrain { other, yielded } => {
-                    warn!(
-                        instance = %self.cfg.name,
-                        vrid = self.cfg.virtual_router_id,
-                        other = %other,
-                        our_priority = self.machine.priority(),
-                        outcome = if yielded { "we yield" } else { "we stay master" },
-                        "VRRP split brain: another master for our virtual router"
-                    );
-                    self.bump(|s| s.split_brains += 1);
+                    let count = self.bump(|s| {
+                        s.split_brains += 1;
+                        s.split_brains
+                    });
+                    // One line per SPLIT_NOTE_EVERY, with the count so far:
+                    // a lasting split brain (or a host flooding adverts)
+                    // brings one report per advert interval.
+                    if self
+                        .split_logged
+                        .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
+                    {
+                        self.split_logged = Some(std::time::Instant::now());
+                        warn!(
+                            instance = %self.cfg.name,
+                            vrid = self.cfg.virtual_router_id,
+                            other = %other,
+                            our_priority = self.machine.priority(),
+                            outcome = if yielded { "we yield" } else { "we stay master" },
+                            split_brains = count,
+                            "VRRP split brain: another master for our virtual router (logged at most every 10 s)"
+                        );
+                    }
                     // Its own notification (never notify_stop), at most
                     // once per SPLIT_NOTE_EVERY: a lasting split brain
                     // brings one advert per interval.

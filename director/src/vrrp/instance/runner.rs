@@ -43,8 +43,10 @@ pub(super) struct Runner {
     /// Where this instance's state is published.
     pub(super) states: Arc<watch::Sender<States>>,
     pub(super) notifier: Notifier,
-    /// When a split brain was last notified (at most once per SPLIT_NOTE_EVERY).
+    /// When a split brain was last notified and logged (each at most once
+    /// per SPLIT_NOTE_EVERY).
     pub(super) split_noted: Option<std::time::Instant>,
+    pub(super) split_logged: Option<std::time::Instant>,
     pub(super) garp_at: Option<Instant>,
     pub(super) garp_bursts_left: u32,
     /// When the last valid advert from another router arrived.
@@ -282,6 +284,7 @@ impl Runner {
             states,
             notifier,
             split_noted: None,
+            split_logged: None,
             garp_at: None,
             garp_bursts_left: 0,
             last_advert: None,
