@@ -32,15 +32,25 @@ impl Injector {
     /// Sends `vrrp` from `src` with `ttl` (the kernel fills in the IP
     /// checksum and id).
     pub fn send(&self, src: Ipv4Addr, ttl: u8, vrrp: &[u8]) -> Result<()> {
+        self.send_to(src, GROUP, ttl, vrrp)
+    }
+
+    /// [`Injector::send`] to `dst` (a host's unicast address, say).
+    pub fn send_to(&self, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, vrrp: &[u8]) -> Result<()> {
         let mut p = vec![0u8; 20];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&((20 + vrrp.len()) as u16).to_be_bytes());
         p[8] = ttl;
         p[9] = 112;
         p[12..16].copy_from_slice(&src.octets());
-        p[16..20].copy_from_slice(&GROUP.octets());
+        p[16..20].copy_from_slice(&dst.octets());
         p.extend_from_slice(vrrp);
-        self.socket.send_to(&p, &self.to)?;
+        let to = if dst == GROUP {
+            self.to.clone()
+        } else {
+            SockAddr::from(SocketAddrV4::new(dst, 0))
+        };
+        self.socket.send_to(&p, &to)?;
         Ok(())
     }
 }

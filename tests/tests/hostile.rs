@@ -416,3 +416,86 @@ fn a_flood_of_accepted_lower_priority_adverts_gets_a_bounded_answer() -> Result<
     );
     Ok(())
 }
+
+/// One host floods the master's unicast address with IP protocol 112 as
+/// fast as one thread can send (TTL 64 from off the link, and TTL 255
+/// junk that fails decoding) for 5 s: the master's adverts keep their
+/// one-a-second cadence (its timer is served before its socket, and the
+/// drain before a timer is bounded), nothing moves, status answers.
+#[test]
+fn a_protocol_112_flood_at_the_masters_address_keeps_adverts_on_time() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    let p1 = lab.write("d1.toml", &config(&lab, "director1", 150, false)?)?;
+    let p2 = lab.write("d2.toml", &config(&lab, "director2", 100, false)?)?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (b1, b2) = (vrrp(&s1)?, vrrp(&s2)?);
+    let master = lab.directors[0].ip;
+    const SECONDS: u64 = 5;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        lab.client.ns.spawn_thread(move || -> Result<u64> {
+            let inj = Injector::open("eth0")?;
+            let good = director_tests::inject::advert_v2(51, 254, 1, VIP, Some(PASSWORD));
+            let mut junk = good.clone();
+            junk[6] ^= 0xff;
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed() < Duration::from_secs(SECONDS) && !stop.load(Ordering::Relaxed)
+            {
+                // A full send buffer is the kernel's limit, not ours.
+                let _ = inj.send_to(CLIENT_IP, master, 64, &good);
+                let _ = inj.send_to(CLIENT_IP, master, 255, &junk);
+                sent += 2;
+            }
+            Ok(sent)
+        })
+    };
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(SECONDS) {
+        let t = Instant::now();
+        scenario::status(&s1)?;
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood thread panicked"))???;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (a1, a2) = (vrrp(&s1)?, vrrp(&s2)?);
+    ensure!(sent > 100_000, "the flood sent only {sent}");
+    ensure!(
+        a1["state"] == "master" && a2["state"] == "backup",
+        "{a1}\n{a2}"
+    );
+    ensure!(
+        a1["transitions"] == b1["transitions"] && a2["transitions"] == b2["transitions"],
+        "something moved:\n{a1}\n{a2}"
+    );
+    // The backup heard the master's adverts at their cadence.
+    let heard =
+        a2["adverts_received"].as_u64().unwrap_or(0) - b2["adverts_received"].as_u64().unwrap_or(0);
+    ensure!(
+        heard as f64 >= elapsed - 1.5,
+        "the backup heard {heard} adverts in {elapsed:.1} s"
+    );
+    let ttl = a1["rejected"]["ttl"].as_u64().unwrap_or(0);
+    ensure!(ttl > 1000, "the flood was not counted: {a1}");
+    ensure!(worst < Duration::from_secs(1), "status took {worst:?}");
+    eprintln!(
+        "{sent} protocol-112 packets at the master in {elapsed:.1} s ({ttl} counted as TTL drops): backup heard {heard} adverts, worst status {worst:?}"
+    );
+    Ok(())
+}

@@ -225,12 +225,14 @@ pub fn accept(
     if e.own.contains(&src) {
         return Err(Reject::Own);
     }
+    // RFC 5798 7.1's first check, and the cheapest: a packet from off the
+    // link (a flood at our unicast address) is dropped before any decoding.
+    if ttl != TTL {
+        return Err(Reject::Ttl);
+    }
     let advert = Advert::decode(payload, src.is_ipv6(), src, dst)?;
     if advert.vrid != e.vrid {
         return Err(Reject::Vrid);
-    }
-    if ttl != TTL {
-        return Err(Reject::Ttl);
     }
     if advert.version != e.version {
         return Err(Reject::Version);

@@ -374,6 +374,9 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            // Biased, and the protocol's timer before the sockets: a flood
+            // of packets (junk or valid) never keeps an advert from leaving
+            // on time or a deadline from being handled.
             tokio::select! {
                 biased;
                 cmd = commands.recv() => {
@@ -403,34 +406,15 @@ impl Runner {
                     }
                     return;
                 }
-                r = self.socket.recv() => match r {
-                    Ok(p) => self.received(None, p).await,
-                    Err(e) => {
-                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-                (i, r) = recv_paths(&self.paths) => match r {
-                    Ok(p) => self.received(Some(i), p).await,
-                    Err(e) => {
-                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
                 _ = precise_sleep_until(timer.as_ref(), wake) => {
                     if early {
                         self.wait_out(deadline.into_std()).await;
                     }
                     // Adverts that arrived while we were busy count first:
                     // a loaded machine must not declare a live master dead.
-                    while let Ok(Some(p)) = self.socket.try_recv() {
-                        self.received(None, p).await;
-                    }
-                    for i in 0..self.paths.len() {
-                        while let Ok(Some(p)) = self.paths[i].socket.try_recv() {
-                            self.received(Some(i), p).await;
-                        }
-                    }
+                    // Bounded (a flood keeps the socket full): the timer is
+                    // handled after at most DRAIN_BUDGET packets or time.
+                    self.drain_before_timer().await;
                     if self.machine.state() == State::Backup
                         && let Some(due) = self.machine.deadline()
                         && due <= std::time::Instant::now()
@@ -466,6 +450,20 @@ impl Runner {
                     let actions = self.machine.step(Event::Timer, now);
                     self.perform(actions).await;
                 }
+                r = self.socket.recv() => match r {
+                    Ok(p) => self.received(None, p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                (i, r) = recv_paths(&self.paths) => match r {
+                    Ok(p) => self.received(Some(i), p).await,
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
                 _ = sleep_until(garp) => self.garp_burst(),
                 _ = bfd_changed(&mut master_bfd) => {
                     let down = master_bfd.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
@@ -515,7 +513,34 @@ impl Runner {
 /// the rest out on the CPU (see `Runner::wait_out`).
 const TAKEOVER_SPIN: Duration = Duration::from_micros(300);
 
+/// What the timer's drain of queued packets may take at most: this many
+/// packets, or this long, whichever comes first.
+const DRAIN_PACKETS: usize = 512;
+const DRAIN_TIME: Duration = Duration::from_millis(2);
+
 impl Runner {
+    /// Reads the packets queued on the instance's sockets before a timer
+    /// is handled, within [`DRAIN_PACKETS`] and [`DRAIN_TIME`].
+    async fn drain_before_timer(&mut self) {
+        let started = std::time::Instant::now();
+        let mut read = 0;
+        let within = |read: usize| read < DRAIN_PACKETS && started.elapsed() < DRAIN_TIME;
+        while within(read)
+            && let Ok(Some(p)) = self.socket.try_recv()
+        {
+            self.received(None, p).await;
+            read += 1;
+        }
+        for i in 0..self.paths.len() {
+            while within(read)
+                && let Ok(Some(p)) = self.paths[i].socket.try_recv()
+            {
+                self.received(Some(i), p).await;
+                read += 1;
+            }
+        }
+    }
+
     /// Waits on the CPU until `deadline`, reading adverts as they come:
     /// returns once it has passed, or after the first packet (a valid
     /// advert moves the deadline; the loop then sleeps again).
