@@ -265,10 +265,12 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
         let ports: [u8; 4] = read(ctx, packet.l4)?;
         packet.key.sport = [ports[0], ports[1]];
         packet.key.dport = [ports[2], ports[3]];
-        let (id, b, service, new) = choose(ctx, &packet.key, packet.l4)?;
-        if packet.fragment {
+        let (id, b, service, new, recorded) = choose(ctx, &packet.key, packet.l4)?;
+        if packet.fragment && recorded {
             // The first fragment went where its flow goes: the datagram's
-            // other fragments (no ports) follow it.
+            // other fragments (no ports) follow it. Not for a new flow
+            // past the SYN-flood guard's limit: a flood of spoofed first
+            // fragments would push real datagrams out of the LRU table.
             let _ = FRAGS.insert(
                 &frag_key(&packet),
                 &FlowValue::new(id, b.generation, service, 0),
@@ -457,7 +459,11 @@ fn backend(id: u32) -> Option<Backend> {
 /// placement (recorded). Returns the server's id and slot, the service's
 /// counter index, and whether the flow is new.
 #[inline(always)]
-fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u32, bool), Pass> {
+fn choose(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    l4: usize,
+) -> Result<(u32, Backend, u32, bool, bool), Pass> {
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until a new
     // flow needs their way, or, once closing, until idle.
@@ -532,7 +538,13 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
                         (*e).closed = 1;
                     }
                 }
-                return Ok((u32::from(flow.backend), b, u32::from(flow.service), false));
+                return Ok((
+                    u32::from(flow.backend),
+                    b,
+                    u32::from(flow.service),
+                    false,
+                    true,
+                ));
             }
             way = Some(index);
         }
@@ -542,10 +554,14 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
 
     // 2. A new flow (or one whose server left): place it, and record it
     // unless this CPU is past its new-flow limit (a flood), in the way its
-    // key had or the way `victim` picks.
+    // key had or the way `victim` picks. Past the limit nothing of it is
+    // recorded anywhere: not its flow entry, not a persistence entry, not
+    // a fragment entry (a spoofed flood would evict real clients'
+    // affinities from those LRU tables).
     let service = find_service(key).ok_or(Pass)?;
-    let (id, b) = place(key, &service, now)?;
-    if record_new_flow() {
+    let recorded = record_new_flow();
+    let (id, b) = place(key, &service, now, recorded)?;
+    if recorded {
         let way = match way {
             Some(index) => Some(index),
             None => victim(b1, b2, check),
@@ -562,7 +578,7 @@ fn choose(ctx: &XdpContext, key: &FlowKey, l4: usize) -> Result<(u32, Backend, u
             );
         }
     }
-    Ok((id, b, service.id, true))
+    Ok((id, b, service.id, true, recorded))
 }
 
 /// Writes a flow's entry into way `index`, field by field (no 64-byte
@@ -907,9 +923,16 @@ fn closing_goes_on(e: *mut FlowEntry, atime: u64, syn: bool) -> bool {
 }
 
 /// Chooses the real server for a new flow: the client's previous one with
-/// persistence, else the Maglev table.
+/// persistence, else the Maglev table. A new affinity is recorded only
+/// when `record` (the SYN-flood guard's verdict); one that exists is
+/// refreshed either way.
 #[inline(always)]
-fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backend), Pass> {
+fn place(
+    key: &FlowKey,
+    service: &ServiceValue,
+    now: u64,
+    record: bool,
+) -> Result<(u32, Backend), Pass> {
     let persistent = service.flags & SVC_PERSISTENT != 0;
     let pkey = PersistKey {
         src: key.src,
@@ -944,7 +967,7 @@ fn place(key: &FlowKey, service: &ServiceValue, now: u64) -> Result<(u32, Backen
     };
     let id = maglev(service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
-    if persistent {
+    if persistent && record {
         let _ = PERSIST.insert(&pkey, &FlowValue::new(id, b.generation, service.id, now), 0);
     }
     Ok((id, b))
