@@ -3,6 +3,9 @@
 //! and capped, cut at a timeout. Each script runs in its own process group,
 //! so a timeout kills everything it started (a script that forks forever
 //! included), and checks also kill what is left once the script exits.
+//! With `global.script_user` every script runs as that user and its groups
+//! ([`set_identity`]): the kernel clears every capability (the unit's
+//! ambient ones included) when the ids leave root.
 
 use std::{process::Stdio, time::Duration};
 
@@ -39,6 +42,42 @@ pub enum Leftovers {
     Kill,
     /// Leave them (notify scripts may start services in the background).
     Keep,
+}
+
+/// Whom scripts run as (`None`: as the daemon).
+#[cfg(not(test))]
+static IDENTITY: std::sync::RwLock<Option<crate::config::ScriptIdentity>> =
+    std::sync::RwLock::new(None);
+
+/// Sets whom scripts started from now on run as (`global.script_user`;
+/// `None`: as the daemon).
+#[cfg(not(test))]
+pub fn set_identity(identity: Option<crate::config::ScriptIdentity>) {
+    if let Ok(mut i) = IDENTITY.write() {
+        *i = identity;
+    }
+}
+
+#[cfg(not(test))]
+fn identity() -> Option<crate::config::ScriptIdentity> {
+    IDENTITY.read().ok().and_then(|i| i.clone())
+}
+
+// Unit tests run side by side in one process: each thread has its own.
+#[cfg(test)]
+thread_local! {
+    static IDENTITY: std::cell::RefCell<Option<crate::config::ScriptIdentity>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+pub fn set_identity(identity: Option<crate::config::ScriptIdentity>) {
+    IDENTITY.with(|i| *i.borrow_mut() = identity);
+}
+
+#[cfg(test)]
+fn identity() -> Option<crate::config::ScriptIdentity> {
+    IDENTITY.with(|i| i.borrow().clone())
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -80,7 +119,27 @@ pub async fn run(
     let Some((program, args)) = argv.split_first() else {
         return Err("empty command".into());
     };
-    let mut child = tokio::process::Command::new(program)
+    let mut cmd = tokio::process::Command::new(program);
+    if let Some(id) = identity().filter(|i| !i.is_root()) {
+        cmd.env("USER", &id.user).env("LOGNAME", &id.user);
+        let (uid, gid, groups) = (id.uid, id.gid, id.groups);
+        // SAFETY: only async-signal-safe system calls between fork and
+        // exec, on data allocated before the fork. Groups, then the group,
+        // then the user (after which the first two are no longer allowed);
+        // any failure stops the script from running at all.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(if keep > 0 {
@@ -146,6 +205,46 @@ mod tests {
 
     fn sh(s: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), s.into()]
+    }
+
+    /// With a script user, a script runs as that user and its group, with
+    /// no capability left (effective, permitted or ambient).
+    #[tokio::test]
+    async fn scripts_run_as_the_script_user_without_capabilities() {
+        set_identity(Some(
+            crate::config::resolve_script_user("nobody").expect("nobody exists"),
+        ));
+        let r = run(
+            &sh("id -u; id -g; grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status"),
+            Duration::from_secs(5),
+            4096,
+            Leftovers::Kill,
+        )
+        .await;
+        set_identity(None);
+        let r = r.expect("run");
+        let out = String::from_utf8_lossy(&r.output).to_string();
+        let nobody = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .expect("nobody");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], nobody.uid.to_string(), "{out}");
+        assert_eq!(lines[1], nobody.gid.to_string(), "{out}");
+        for l in &lines[2..] {
+            assert!(
+                l.ends_with("0000000000000000"),
+                "a capability is left: {out}"
+            );
+        }
+        // Without one: as the daemon.
+        let r = run(&sh("id -u"), Duration::from_secs(5), 64, Leftovers::Kill)
+            .await
+            .expect("run");
+        assert_eq!(
+            String::from_utf8_lossy(&r.output).trim(),
+            nix::unistd::Uid::effective().to_string()
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -393,4 +393,114 @@ fn a_refused_reload_moves_no_vip() -> Result<()> {
     ensure!(ok, "{err}");
     ensure!(vrrp(&s1)?["transitions"] == t1);
     Ok(())
+}
+
+/// `script_user`: every script (a VRRP notify, a `misc_check`) runs as
+/// that user; `enable_script_security` refuses, at check-config and at
+/// start, a script that would run as root while another user can change
+/// it, naming the key and what is wrong; the same script as the script
+/// user is fine.
+#[test]
+fn scripts_run_as_the_script_user_and_insecure_ones_are_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let out = lab.path("out");
+    std::fs::create_dir_all(&out)?;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))?;
+    let nobody = nix::unistd::User::from_name("nobody")?.context("no user nobody")?;
+    let rs = lab.real_servers[0].ip;
+    let config = |global_extra: &str, misc: &str| -> Result<String> {
+        let mut c = scenario::global_config(&lab, "director1")?;
+        c.push_str(global_extra);
+        c.push_str(&format!(
+            "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\npriority = 150\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP}/32\"]\nnotify_master = \"/bin/sh -c 'id -u >> {}/notify'\"\n",
+            out.display()
+        ));
+        c.push_str(&format!(
+            "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.5\n\n[[virtual_server.real_server]]\naddress = \"{rs}\"\n[virtual_server.real_server.misc_check]\nmisc_path = \"{misc}\"\n"
+        ));
+        Ok(c)
+    };
+    let misc = format!("/bin/sh -c 'id -u >> {}/check'", out.display());
+    let path = lab.write("d.toml", &config("script_user = \"nobody\"\n", &misc)?)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(10))?;
+    let uid = nobody.uid.to_string();
+    let lines = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    let started = Instant::now();
+    while (lines("check").lines().count() < 2 || lines("notify").is_empty())
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for f in ["notify", "check"] {
+        let text = lines(f);
+        ensure!(
+            !text.is_empty() && text.lines().all(|l| l == uid),
+            "{f} ran as {text:?}, not uid {uid}:\n{}",
+            d.log()
+        );
+    }
+    ensure!(
+        d.log().contains("scripts run as the script user"),
+        "{}",
+        d.log()
+    );
+    d.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))?;
+
+    // A misc_path in a directory another group may write to.
+    let dir = PathBuf::from(format!("/run/{}-scripts", lab.id));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("check.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n")?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::chown(&dir, None, Some(100))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775))?;
+    let result = (|| -> Result<()> {
+        let insecure = config("enable_script_security = true\n", &script.to_string_lossy())?;
+        let bad = lab.write("bad.toml", &insecure)?;
+        let check = std::process::Command::new(director_bin()?)
+            .args(["check-config", "--config"])
+            .arg(&bad)
+            .output()?;
+        let err = String::from_utf8_lossy(&check.stderr).to_string();
+        ensure!(!check.status.success(), "check-config accepted it");
+        ensure!(
+            err.contains("misc_check.misc_path")
+                && err.contains("writable by group")
+                && err.contains("bad.toml:"),
+            "{err}"
+        );
+        let mut run = scenario::spawn_director(&lab, 0, &bad)?;
+        ensure!(
+            run.wait_for_exit(Duration::from_secs(10))? == Some(1),
+            "{}",
+            run.log()
+        );
+        // As the script user it is no root code: accepted.
+        let fine = lab.write(
+            "fine.toml",
+            &config(
+                "enable_script_security = true\nscript_user = \"nobody\"\n",
+                &script.to_string_lossy(),
+            )?,
+        )?;
+        let check = std::process::Command::new(director_bin()?)
+            .args(["check-config", "--config"])
+            .arg(&fine)
+            .output()?;
+        ensure!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -54,6 +54,14 @@ pub struct Global {
     /// Group allowed to use the control socket (mode 0660 instead of 0600;
     /// root only by default).
     pub control_group: Option<String>,
+    /// Whom every script runs as (keepalived's `script_user`): `"USER"` or
+    /// `"USER GROUP"`; unset, scripts run as the daemon (root). See
+    /// [`super::scripts`].
+    pub script_user: Option<String>,
+    /// Refuse a script that would run as root when another user could
+    /// change it (keepalived's `enable_script_security`).
+    #[serde(default)]
+    pub enable_script_security: bool,
 }
 
 impl Global {

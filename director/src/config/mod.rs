@@ -37,12 +37,19 @@ pub const MAX_WEIGHT: u32 = 65535;
 mod check;
 mod global;
 pub mod routes;
+mod scripts;
 mod service;
 mod validate;
 mod vrrp;
 mod vrrp_validate;
 
-pub use self::{check::*, global::*, service::*, vrrp::*};
+pub use self::{
+    check::*,
+    global::*,
+    scripts::{ScriptIdentity, insecure, resolve_script_user},
+    service::*,
+    vrrp::*,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -296,6 +296,7 @@ impl Config {
             ));
         }
         self.validate_vrrp()?;
+        self.validate_scripts()?;
         if total > MAX_REAL_SERVERS as usize {
             return Err(problem(
                 vec![Key("virtual_server")],

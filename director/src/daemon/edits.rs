@@ -235,6 +235,9 @@ impl Daemon {
                 .set_new_flow_limit(self.config.global.new_flow_limit);
             return Err(format!("the dataplane refused it: {e}"));
         }
+        if new.global.script_user != self.config.global.script_user {
+            super::run::set_script_identity(&new);
+        }
         let previous = Previous {
             config: std::mem::replace(&mut self.config, new),
             resolver: std::mem::replace(&mut self.resolver, resolver),
@@ -255,6 +258,9 @@ impl Daemon {
 
     /// Undoes an [`Daemon::adopt`] (a later step of the reload failed).
     pub(super) fn restore(&mut self, previous: Previous) {
+        if previous.config.global.script_user != self.config.global.script_user {
+            super::run::set_script_identity(&previous.config);
+        }
         self.config = previous.config;
         self.resolver = previous.resolver;
         self.keys = previous.keys;

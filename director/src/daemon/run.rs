@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// Scripts from now on run as the config's `script_user` (validated when
+/// it loaded); one line says whom, and warns when they run as root
+/// unchecked.
+pub(super) fn set_script_identity(config: &Config) {
+    let identity = config.script_identity().ok().flatten();
+    let scripts = config.has_scripts();
+    match &identity {
+        Some(i) if !i.is_root() => {
+            info!(user = %i.user, uid = i.uid, gid = i.gid, "scripts run as the script user");
+        }
+        _ if scripts && !config.global.enable_script_security => {
+            warn!(
+                "scripts run as root and enable_script_security is off: set global.script_user, or global.enable_script_security to refuse scripts other users can change"
+            );
+        }
+        _ => {}
+    }
+    crate::script::set_identity(identity);
+}
+
 /// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
 /// keeps forwarding; the next `director run` adopts it.
 pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, DaemonError> {
@@ -16,6 +36,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     // Descriptors: as many as allowed, and a fixed share of them for the
     // listeners others can reach (the rest is the dataplane's control).
     let budget = crate::limits::Budget::of(crate::limits::raise_nofile().soft);
+    set_script_identity(&config);
     // A restarting predecessor's instances: resumed before anything slow.
     let handover = crate::handover::take(&g.state_dir).map(Arc::new);
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;

@@ -325,6 +325,32 @@ mod tests {
         ));
     }
 
+    /// keepalived's `script_user USER [GROUP]` and `enable_script_security`
+    /// come across as the same settings (they were dropped with a warning).
+    #[test]
+    fn script_user_and_script_security_come_across() {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert(
+            PathBuf::from("/m/k.conf"),
+            "global_defs {\n  script_user nobody nogroup\n  enable_script_security\n}\nvrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 51\n  virtual_ipaddress {\n    10.0.0.100\n  }\n}\n".to_string(),
+        );
+        let imp = import_from(&InMemory(files), Path::new("/m/k.conf")).expect("imports");
+        let cfg: toml::Table = toml::from_str(&imp.toml).expect("toml");
+        assert_eq!(
+            cfg["global"]["script_user"].as_str(),
+            Some("nobody nogroup")
+        );
+        assert_eq!(
+            cfg["global"]["enable_script_security"].as_bool(),
+            Some(true)
+        );
+        assert!(
+            !imp.warnings.iter().any(|w| w.directive.contains("script")),
+            "{:?}",
+            imp.warnings
+        );
+    }
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -300,11 +300,21 @@ impl Translator {
                 );
                 return;
             }
-            "enable_script_security" | "script_user" => {
-                self.warn(
-                    n,
-                    "scripts run as the daemon's user; run director as the user scripts need",
-                );
+            "enable_script_security" => {
+                global.insert("enable_script_security".into(), Value::Boolean(true));
+                return;
+            }
+            "script_user" => {
+                // `script_user USER [GROUP]`: the same words.
+                match n.args.as_slice() {
+                    [user] | [user, _] => {
+                        global.insert("script_user".into(), string(&n.args.join(" ")));
+                        if user == "root" {
+                            self.warn(n, "scripts run as root with the daemon's capabilities");
+                        }
+                    }
+                    _ => self.warn(n, "expected USER [GROUP]"),
+                }
                 return;
             }
             "vrrp_skip_check_adv_addr" => {
