@@ -86,7 +86,8 @@ done
 t0=$(date +%s.%N)
 apt-get install -y -q /root/install/director_1.deb > /tmp/apt1.log 2>&1 || { echo "RESULT apt_install_failed=1"; cat /tmp/apt1.log; }
 echo "RESULT started_by_install=$(systemctl is-active director)"
-install -m 0644 /root/install/director.toml /etc/director/director.toml
+echo "RESULT conffile_mode=$(stat -c %a /etc/director/director.toml)"
+install -m 0640 /root/install/director.toml /etc/director/director.toml
 director check-config > /dev/null && echo "RESULT config_ok=1"
 systemctl enable --now director 2>&1
 echo "RESULT man=$(man -w director.toml 2>/dev/null | grep -c director.toml)"
@@ -145,6 +146,19 @@ ready kill
 load_stop kill
 echo "RESULT restarts=$(systemctl show -p NRestarts --value director)"
 echo "RESULT adopted=$(journalctl -u director --no-pager | grep -c 'adopted the running dataplane')"
+
+# real-server --persist under the unit (ProtectSystem=strict): the change
+# is applied and written into the config, its mode kept.
+director real-server drain --vip 10.0.0.100 --port 80 --address 10.0.0.21 --persist > /tmp/persist.log 2>&1
+echo "RESULT persist_drain=$?"
+echo "RESULT persisted_weight0=$(grep -c 'weight = 0' /etc/director/director.toml)"
+director real-server enable --vip 10.0.0.100 --port 80 --address 10.0.0.21 --persist >> /tmp/persist.log 2>&1
+echo "RESULT persist_enable=$?"
+echo "RESULT persisted_mode=$(stat -c %a /etc/director/director.toml)"
+echo "RESULT persist_left=$(ls /etc/director | grep -c tmp)"
+echo BEGIN persist
+cat /tmp/persist.log
+echo END persist
 
 load_start upgrade
 apt-get install -y -q /root/install/director_2.deb > /tmp/apt2.log 2>&1 || { echo "RESULT apt_upgrade_failed=1"; cat /tmp/apt2.log; }
@@ -276,6 +290,22 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         "the package started the daemon before the config was edited"
     );
     ensure!(num("config_ok")? == 1, "check-config refused the config");
+    ensure!(
+        num("conffile_mode")? == 640,
+        "the package installed the config as {:?}",
+        get("conffile_mode")
+    );
+    ensure!(
+        num("persist_drain")? == 0 && num("persist_enable")? == 0,
+        "real-server --persist failed under the unit:\n{}",
+        vm::section(&out, "persist")
+    );
+    ensure!(
+        num("persisted_weight0")? == 1,
+        "the drain was not written to the config"
+    );
+    ensure!(num("persisted_mode")? == 640, "the written config lost its mode");
+    ensure!(num("persist_left")? == 0, "a temporary file was left in /etc/director");
     ensure!(num("man")? == 1, "no director.toml(5) man page");
     ensure!(
         get("version").as_deref() == Some("0.1.0~vm2"),
