@@ -304,8 +304,14 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         num("persisted_weight0")? == 1,
         "the drain was not written to the config"
     );
-    ensure!(num("persisted_mode")? == 640, "the written config lost its mode");
-    ensure!(num("persist_left")? == 0, "a temporary file was left in /etc/director");
+    ensure!(
+        num("persisted_mode")? == 640,
+        "the written config lost its mode"
+    );
+    ensure!(
+        num("persist_left")? == 0,
+        "a temporary file was left in /etc/director"
+    );
     ensure!(num("man")? == 1, "no director.toml(5) man page");
     ensure!(
         get("version").as_deref() == Some("0.1.0~vm2"),

@@ -531,6 +531,7 @@ async fn run_probe(
     let mut weight: Option<u32> = None;
     let mut next = tokio::time::Instant::now();
     let late_limit = spec.delay_loop / 10;
+    let mut local_logged: Option<std::time::Instant> = None;
     loop {
         let late = tokio::time::Instant::now().saturating_duration_since(next);
         let mut outcome = Outcome::fail("not run");
@@ -550,47 +551,66 @@ async fn run_probe(
                 break;
             }
         }
-        let weight_changed = outcome.weight != weight;
-        weight = outcome.weight;
-        let changed = verdict.record(outcome.ok, spec.rise, spec.fall);
-        let healthy = verdict.healthy;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .ok();
-        // Updated in place: no allocation per round with thousands of
-        // probes sharing the lock. (The entry exists until the probe is
-        // stopped.)
-        if let Ok(mut b) = board.lock()
-            && let Some(p) = b.get_mut(&key)
-        {
-            p.healthy = healthy;
-            p.weight = outcome.weight;
-            p.last_check = now;
-            p.last_error.clone_from(&outcome.error);
-            p.latency = Some(latency.as_secs_f64());
-            p.rounds += 1;
-            if late > late_limit {
-                p.late_rounds += 1;
+        if !outcome.ok && out_of_descriptors() {
+            // Our failure, not the server's: the round is not counted
+            // (the server keeps its verdict), and said once per 10 s.
+            if local_logged
+                .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(10))
+            {
+                warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "health check could not run: this process is out of file descriptors (the round does not count against the server)");
+                local_logged = Some(std::time::Instant::now());
             }
-            p.max_late = p.max_late.max(late.as_secs_f64());
-        }
-        if changed {
-            if healthy {
-                info!(target_addr = %spec.target, check = kind_name(&spec.kind), "real server healthy");
-            } else {
-                warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "real server failed its check");
+            if let Ok(mut b) = board.lock()
+                && let Some(p) = b.get_mut(&key)
+            {
+                p.last_error = Some(format!(
+                    "not counted (out of file descriptors here): {}",
+                    outcome.error.as_deref().unwrap_or("")
+                ));
             }
-        }
-        // Changes only (health, or a misc_dynamic weight): the daemon
-        // re-plans on each.
-        if changed || weight_changed {
-            let _ = tx
-                .send(Change {
-                    key: key.clone(),
-                    healthy,
-                })
-                .await;
+        } else {
+            let weight_changed = outcome.weight != weight;
+            weight = outcome.weight;
+            let changed = verdict.record(outcome.ok, spec.rise, spec.fall);
+            let healthy = verdict.healthy;
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .ok();
+            // Updated in place: no allocation per round with thousands of
+            // probes sharing the lock. (The entry exists until the probe is
+            // stopped.)
+            if let Ok(mut b) = board.lock()
+                && let Some(p) = b.get_mut(&key)
+            {
+                p.healthy = healthy;
+                p.weight = outcome.weight;
+                p.last_check = now;
+                p.last_error.clone_from(&outcome.error);
+                p.latency = Some(latency.as_secs_f64());
+                p.rounds += 1;
+                if late > late_limit {
+                    p.late_rounds += 1;
+                }
+                p.max_late = p.max_late.max(late.as_secs_f64());
+            }
+            if changed {
+                if healthy {
+                    info!(target_addr = %spec.target, check = kind_name(&spec.kind), "real server healthy");
+                } else {
+                    warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "real server failed its check");
+                }
+            }
+            // Changes only (health, or a misc_dynamic weight): the daemon
+            // re-plans on each.
+            if changed || weight_changed {
+                let _ = tx
+                    .send(Change {
+                        key: key.clone(),
+                        healthy,
+                    })
+                    .await;
+            }
         }
         next += spec.delay_loop;
         let now = tokio::time::Instant::now();
@@ -598,6 +618,15 @@ async fn run_probe(
             next = now;
         }
         tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Whether this process cannot open a socket now (out of descriptors or
+/// memory): a failed probe then says nothing of the server.
+fn out_of_descriptors() -> bool {
+    match socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) {
+        Ok(_) => false,
+        Err(e) => crate::limits::is_exhaustion(&e),
     }
 }
 
