@@ -94,6 +94,35 @@ pub fn run(verbosity: Verbosity) -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
         done.push(format!("packages ({})", missing.join(" ")));
+        // An install may remove a package it conflicts with (Debian's
+        // qemu-system-x86 removes a backported qemu-utils of another
+        // version): what went missing is installed again, at the version
+        // that fits.
+        let removed: Vec<&str> = PACKAGES
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !deb_installed(p))
+            .collect();
+        if !removed.is_empty() {
+            println!(
+                "setup: installing again what the install removed: {}",
+                removed.join(" ")
+            );
+            exec(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(&removed)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            let still: Vec<&str> = PACKAGES
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| !deb_installed(p))
+                .collect();
+            if !still.is_empty() {
+                bail!("setup: packages still missing after install: {}", still.join(" "));
+            }
+        }
     }
 
     // Nightly toolchain with rust-src (the eBPF crate builds core itself).
