@@ -139,9 +139,30 @@ impl Daemon {
         (last, error, latency)
     }
 
-    pub(super) fn answer(&self, request: Request) -> Response {
+    /// The status as the dataplane forwards: the health verdicts are
+    /// frozen for the moment, the dataplane brought up to them, and the
+    /// status built from the same verdicts. (Read live, a verdict a probe
+    /// had just written showed a real server down while new connections
+    /// still went to it, until the loop's next update.)
+    fn consistent_status(&mut self) -> Status {
+        let frozen = self
+            .board
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        let live = std::mem::replace(&mut self.board, Arc::new(Mutex::new(frozen)));
+        if let Err(e) = self.sync() {
+            // Reported (once) by the loop's own update, which retries.
+            tracing::debug!(error = %e, "dataplane update before a status");
+        }
+        let status = self.status();
+        self.board = live;
+        status
+    }
+
+    pub(super) fn answer(&mut self, request: Request) -> Response {
         match request {
-            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Status => Response::Status(Box::new(self.consistent_status())),
             Request::Reload | Request::RealServer(_) | Request::Drain | Request::Restart => {
                 Response::Error {
                     error: "handled by the event loop".into(),
