@@ -120,7 +120,10 @@ pub fn run(verbosity: Verbosity) -> Result<()> {
                 .filter(|p| !deb_installed(p))
                 .collect();
             if !still.is_empty() {
-                bail!("setup: packages still missing after install: {}", still.join(" "));
+                bail!(
+                    "setup: packages still missing after install: {}",
+                    still.join(" ")
+                );
             }
         }
     }

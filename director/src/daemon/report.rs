@@ -145,11 +145,7 @@ impl Daemon {
     /// had just written showed a real server down while new connections
     /// still went to it, until the loop's next update.)
     fn consistent_status(&mut self) -> Status {
-        let frozen = self
-            .board
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or_default();
+        let frozen = self.board.lock().map(|b| b.clone()).unwrap_or_default();
         let live = std::mem::replace(&mut self.board, Arc::new(Mutex::new(frozen)));
         if let Err(e) = self.sync() {
             // Reported (once) by the loop's own update, which retries.
