@@ -79,6 +79,11 @@ pub const VIP_FILTER_BITS: u32 = 65_536;
 pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// Entries of the persistence (client affinity) table.
 pub const MAX_PERSIST: u32 = 65_536;
+/// Entries of the table of affinities not yet confirmed: a client's first
+/// connection placed it, and it moves to the persistence table once that
+/// connection's second packet comes (a spoofed SYN never sends one, so a
+/// flood churns only this table, never the clients' affinities).
+pub const MAX_PERSIST_PENDING: u32 = 16_384;
 /// Entries of the fragment table (datagrams in flight whose first fragment
 /// was placed; an LRU).
 pub const MAX_FRAGS: u32 = 16_384;
@@ -471,8 +476,12 @@ pub struct FlowEntry {
     /// its server (whose TIME_WAIT socket would stall it) when it was
     /// opened through another director.
     pub closed: u8,
+    /// Non-zero while the flow's client affinity (a persistent service) is
+    /// only pending: its next packet confirms it into the persistence
+    /// table. (Zero in entries of older layouts: nothing pending.)
+    pub persist_pending: u8,
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Last time a packet of this flow was seen (coarse clock, ns);
     /// maintained for UDP flows, which expire, and closing TCP ones.
     pub atime: u64,
@@ -558,7 +567,8 @@ impl FlowEntry {
             check: flow_check(hash, backend, service, generation),
             used: 0,
             closed: 0,
-            _pad: [0; 2],
+            persist_pending: 0,
+            _pad: 0,
             atime,
         }
     }

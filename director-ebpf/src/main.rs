@@ -51,12 +51,12 @@ use director_common::{
     BACKEND_DRAINING, BACKEND_FAILED, BACKEND_TUNNEL, BACKEND_USABLE, Backend, CLOSED_FLOW_IDLE_NS,
     Counters, FLOW_V6, FLOW_WAYS, FlowEntry, FlowKey, FlowValue, FragKey, IPPROTO_TCP, IPPROTO_UDP,
     IndexEntry, KEY_FRAGMENT, KEY_V6, MAGLEV_ELEMS, MAGLEV_LANES, MAGLEV_TABLE_SIZE, MAX_FLOWS,
-    MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_REAL_SERVERS, MAX_SERVICES, MAX_VMACS,
-    MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow, SERVICE_INDEX_PROBES,
-    SERVICE_INDEX_SLOTS, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey, ServiceValue, Settings,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VIP_FILTER_WORDS, addr_hash, flow_buckets, flow_hash,
-    flow_table_hash, flow_tag, flow_tag_array_elements, flow_tag_elements, fmix32, fold_addr,
-    service_index_slot, service_index_tail, source_hash, vip_bucket,
+    MAX_FRAGS, MAX_MEMBER_KEYS, MAX_PERSIST, MAX_PERSIST_PENDING, MAX_REAL_SERVERS, MAX_SERVICES,
+    MAX_VMACS, MEMBER_PREFIX_BASE, MemberKey, NO_BACKEND, PersistKey, RateWindow,
+    SERVICE_INDEX_PROBES, SERVICE_INDEX_SLOTS, SVC_PERSISTENT, SVC_SOURCE_HASH, ServiceKey,
+    ServiceValue, Settings, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VIP_FILTER_WORDS, addr_hash,
+    flow_buckets, flow_hash, flow_table_hash, flow_tag, flow_tag_array_elements, flow_tag_elements,
+    fmix32, fold_addr, service_index_slot, service_index_tail, source_hash, vip_bucket,
 };
 
 #[map(name = "SERVICES")]
@@ -99,6 +99,13 @@ static FLOW_BUCKETS: Global<u32> = Global::new(MAX_FLOWS / FLOW_WAYS);
 
 #[map(name = "PERSIST")]
 static PERSIST: LruHashMap<PersistKey, FlowValue> = LruHashMap::with_max_entries(MAX_PERSIST, 0);
+
+/// Affinities placed by a client's first connection, until that
+/// connection's second packet confirms them into `PERSIST` (see
+/// [`director_common::MAX_PERSIST_PENDING`]). Not pinned: seconds-lived.
+#[map(name = "PERSIST_PENDING")]
+static PERSIST_PENDING: LruHashMap<PersistKey, FlowValue> =
+    LruHashMap::with_max_entries(MAX_PERSIST_PENDING, 0);
 
 /// Datagrams whose first fragment was placed: their later fragments (no
 /// ports) follow it.
@@ -522,6 +529,11 @@ fn choose(
                 && b.generation == flow.generation
                 && b.flags & refused == 0
             {
+                if flow.persist_pending != 0 {
+                    // The connection's second packet: its client's affinity
+                    // is confirmed (once per connection).
+                    confirm_affinity(e, key, &flow, b.generation);
+                }
                 // SAFETY: as above; single-word stores.
                 unsafe {
                     if flow.used == 0 {
@@ -560,7 +572,7 @@ fn choose(
     // affinities from those LRU tables).
     let service = find_service(key).ok_or(Pass)?;
     let recorded = record_new_flow();
-    let (id, b) = place(key, &service, now, recorded)?;
+    let (id, b, pending) = place(key, &service, now, recorded)?;
     if recorded {
         let way = match way {
             Some(index) => Some(index),
@@ -575,6 +587,7 @@ fn choose(
                 service.id as u16,
                 b.generation,
                 now,
+                pending,
             );
         }
     }
@@ -584,6 +597,10 @@ fn choose(
 /// Writes a flow's entry into way `index`, field by field (no 64-byte
 /// copy on the BPF stack), then its tag.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the entry's fields, written in place"
+)]
 fn record(
     index: u32,
     key: &FlowKey,
@@ -592,6 +609,7 @@ fn record(
     service: u16,
     generation: u32,
     now: u64,
+    persist_pending: bool,
 ) {
     // Verifier: the index is one of the flow's buckets' ways.
     let Some(e) = FLOWS.get_ptr_mut(index) else {
@@ -606,6 +624,7 @@ fn record(
         (*e).check = director_common::flow_check(hash as u32, backend, service, generation);
         (*e).used = 0;
         (*e).closed = 0;
+        (*e).persist_pending = u8::from(persist_pending);
         (*e).atime = now;
     }
     set_tag_byte(index / FLOW_WAYS, index % FLOW_WAYS, flow_tag(hash));
@@ -923,16 +942,18 @@ fn closing_goes_on(e: *mut FlowEntry, atime: u64, syn: bool) -> bool {
 }
 
 /// Chooses the real server for a new flow: the client's previous one with
-/// persistence, else the Maglev table. A new affinity is recorded only
-/// when `record` (the SYN-flood guard's verdict); one that exists is
-/// refreshed either way.
+/// persistence (confirmed, or pending: parallel first connections of one
+/// client go together), else the Maglev table. Returns whether the flow
+/// leaves an affinity pending: a new one goes to `PERSIST_PENDING` (when
+/// `record`, the SYN-flood guard's verdict) and is confirmed by the flow's
+/// second packet ([`confirm_affinity`]); a confirmed one is refreshed.
 #[inline(always)]
 fn place(
     key: &FlowKey,
     service: &ServiceValue,
     now: u64,
     record: bool,
-) -> Result<(u32, Backend), Pass> {
+) -> Result<(u32, Backend, bool), Pass> {
     let persistent = service.flags & SVC_PERSISTENT != 0;
     let pkey = PersistKey {
         src: key.src,
@@ -945,19 +966,30 @@ fn place(
         now
     };
     if persistent {
-        // SAFETY: copied out at once.
+        let timeout = service.persistence_timeout as u64 * 1_000_000_000;
         // A draining server (weight 0: drained, or failed with
         // inhibit_on_failure) takes no new connection, even from a client
         // it served: the client's affinity moves (IPVS needs
         // expire_quiescent_template for this).
+        let usable = |p: &FlowValue| -> Option<Backend> {
+            if now.wrapping_sub(p.atime) >= timeout {
+                return None;
+            }
+            let b = backend(p.backend)?;
+            (b.generation == p.generation && b.flags & BACKEND_DRAINING == 0).then_some(b)
+        };
+        // SAFETY: copied out at once.
         if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
-            && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
-            && let Some(b) = backend(p.backend)
-            && b.generation == p.generation
-            && b.flags & BACKEND_DRAINING == 0
+            && let Some(b) = usable(&p)
         {
             let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
-            return Ok((p.backend, b));
+            return Ok((p.backend, b, false));
+        }
+        // SAFETY: copied out at once.
+        if let Some(p) = unsafe { PERSIST_PENDING.get(&pkey) }.copied()
+            && let Some(b) = usable(&p)
+        {
+            return Ok((p.backend, b, true));
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
@@ -968,9 +1000,34 @@ fn place(
     let id = maglev(service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     if persistent && record {
-        let _ = PERSIST.insert(&pkey, &FlowValue::new(id, b.generation, service.id, now), 0);
+        let _ =
+            PERSIST_PENDING.insert(&pkey, &FlowValue::new(id, b.generation, service.id, now), 0);
     }
-    Ok((id, b))
+    Ok((id, b, persistent && record))
+}
+
+/// A flow whose affinity was pending sent its second packet (a handshake
+/// completed, a second datagram): the affinity goes to `PERSIST`, once.
+#[inline(always)]
+fn confirm_affinity(e: *mut FlowEntry, key: &FlowKey, flow: &FlowEntry, generation: u32) {
+    let pkey = PersistKey {
+        src: key.src,
+        service: u32::from(flow.service),
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let _ = PERSIST.insert(
+        &pkey,
+        &FlowValue::new(
+            u32::from(flow.backend),
+            generation,
+            u32::from(flow.service),
+            now,
+        ),
+        0,
+    );
+    // SAFETY: a pointer into the table's element; one byte.
+    unsafe { (*e).persist_pending = 0 };
 }
 
 #[inline(always)]
@@ -1031,8 +1088,13 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         };
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // A confirmed affinity, else a pending one (the datagram of a
+        // client's first flow).
         // SAFETY: copied out at once.
-        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
+        let known = unsafe { PERSIST.get(&pkey) }
+            .or_else(|| unsafe { PERSIST_PENDING.get(&pkey) })
+            .copied();
+        if let Some(p) = known
             && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
             && let Some(b) = backend(p.backend)
             && b.generation == p.generation

@@ -1320,3 +1320,58 @@ fn past_the_new_flow_limit_persistence_and_fragments_are_not_recorded() {
         "the datagram's second fragment lost its first to the flood"
     );
 }
+
+/// A client's affinity is confirmed by its connection's second packet
+/// (the handshake's ACK): a spoofed SYN never sends one, so even with no
+/// SYN-flood guard at all (`new_flow_limit = 0`) a flood of more spoofed
+/// sources than the persistence table holds evicts no client's affinity.
+/// A client's parallel first connections (SYNs before any ACK) go to one
+/// server through the pending affinity; a UDP client's second datagram
+/// confirms its own.
+#[test]
+fn affinities_are_confirmed_by_a_second_packet_and_survive_an_unguarded_flood() {
+    let servers = [("10.0.0.20", 1), ("10.0.0.21", 1), ("10.0.0.22", 1)];
+    let mut sticky = service("10.0.0.202", 443, Protocol::Tcp, &servers);
+    sticky.persistence_timeout = 600;
+    let mut dp = XdpDataplane::load_for_test().expect("load the XDP program (as root)");
+    dp.set_new_flow_limit(0);
+    dp.apply(&[sticky], 300, link()).expect("apply");
+    let tcp = |src: [u8; 4], port: u16, flags: u8| {
+        frames::tcp_frame(IpAddr::from(src), port, ip("10.0.0.202"), 443, flags)
+    };
+    // A client's parallel first connections share its pending affinity.
+    for c in 101..=110u8 {
+        let src = [10, 8, 0, c];
+        let opened: BTreeSet<[u8; 6]> = (0..6u16)
+            .map(|p| run(&dp, &tcp(src, 1000 + p, SYN)).1)
+            .collect();
+        assert_eq!(
+            opened.len(),
+            1,
+            "client {c}'s parallel openings went apart: {opened:?}"
+        );
+    }
+    // 30 clients, one connection each: SYN, then the handshake's ACK
+    // (nothing else ever looks their affinity up: the LRU table would
+    // evict it first).
+    let mut first = Vec::new();
+    for c in 1..=30u8 {
+        let src = [10, 8, 0, c];
+        let server = run(&dp, &tcp(src, 1000, SYN)).1;
+        assert_eq!(run(&dp, &tcp(src, 1000, ACK)).1, server);
+        first.push(server);
+    }
+    for i in 0..director_common::MAX_PERSIST + 40_000 {
+        let b = i.to_be_bytes();
+        assert_eq!(run(&dp, &tcp([100, b[1], b[2], b[3]], 5555, SYN)).0, XDP_TX);
+    }
+    for c in 1..=30u8 {
+        for port in [2000, 2001, 2002] {
+            assert_eq!(
+                run(&dp, &tcp([10, 8, 0, c], port, SYN)).1,
+                first[c as usize - 1],
+                "client {c} lost its confirmed affinity to an unguarded flood"
+            );
+        }
+    }
+}

@@ -23,8 +23,36 @@ pub struct Response {
 
 /// `GET path` over a new TCP connection, within `timeout` for each step.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
-    let mut stream =
+    let stream =
         TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    request(stream, addr, path, timeout)
+}
+
+/// [`get`] from the local address `src` (one of the host's addresses).
+pub fn get_from(
+    src: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&addr.into(), timeout)
+        .with_context(|| format!("connect {addr} from {src}"))?;
+    request(s.into(), addr, path, timeout)
+}
+
+fn request(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
