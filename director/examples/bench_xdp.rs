@@ -728,14 +728,14 @@ fn main() -> Result<()> {
                     cpus.len()
                 );
             }
-            (Err(e), _) | (_, Err(e)) => println!("--  live frames not available here: {e}"),
+            (Err(e), _) | (_, Err(e)) => println!("--  live frames not available here: {e:#}"),
         }
         match &new_live {
             Ok(_) => println!(
                 "ok  live frames of new flows: {live_new} SYNs of distinct clients on one CPU, then on each of {} CPUs at once, every one counted a new flow",
                 cpus.len()
             ),
-            Err(e) => println!("--  live frames of new flows not available here: {e}"),
+            Err(e) => println!("--  live frames of new flows not available here: {e:#}"),
         }
         ensure!(
             memlock.is_some(),
