@@ -107,6 +107,16 @@ static PERSIST: LruHashMap<PersistKey, FlowValue> = LruHashMap::with_max_entries
 static PERSIST_PENDING: LruHashMap<PersistKey, FlowValue> =
     LruHashMap::with_max_entries(MAX_PERSIST_PENDING, 0);
 
+/// Where [`confirm_affinity`] builds the entry it inserts (per CPU).
+#[repr(C)]
+struct AffinityScratch {
+    key: PersistKey,
+    value: FlowValue,
+}
+
+#[map(name = "AFFINITY_SCRATCH")]
+static AFFINITY_SCRATCH: PerCpuArray<AffinityScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Datagrams whose first fragment was placed: their later fragments (no
 /// ports) follow it.
 #[map(name = "FRAGS")]
@@ -272,8 +282,9 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
         let ports: [u8; 4] = read(ctx, packet.l4)?;
         packet.key.sport = [ports[0], ports[1]];
         packet.key.dport = [ports[2], ports[3]];
-        let (id, b, service, new, recorded) = choose(ctx, &packet.key, packet.l4)?;
-        if packet.fragment && recorded {
+        let (id, b, service, how) = choose(ctx, &packet.key, packet.l4)?;
+        let new = how & PLACED_NEW != 0;
+        if packet.fragment && how & PLACED_RECORDED != 0 {
             // The first fragment went where its flow goes: the datagram's
             // other fragments (no ports) follow it. Not for a new flow
             // past the SYN-flood guard's limit: a flood of spoofed first
@@ -454,13 +465,19 @@ fn maglev(service: &ServiceValue, hash: u32) -> Option<u32> {
 
 /// A usable backend by id, with the generation it has now.
 #[inline(always)]
-fn backend(id: u32) -> Option<Backend> {
+fn backend(id: u32) -> Option<&'static Backend> {
     let b = BACKENDS.get(id)?;
     if b.flags & BACKEND_USABLE == 0 {
         return None;
     }
-    Some(*b)
+    // In place: the slot is read where it is, never copied to the stack.
+    Some(b)
 }
+
+/// [`choose`]'s verdict bits: the flow is new; it is (or was) recorded in
+/// the flow table (not a new flow past the SYN-flood guard's limit).
+const PLACED_NEW: u8 = 1;
+const PLACED_RECORDED: u8 = 2;
 
 /// The real server for a flow: its entry in the flow table, or a new
 /// placement (recorded). Returns the server's id and slot, the service's
@@ -470,7 +487,7 @@ fn choose(
     ctx: &XdpContext,
     key: &FlowKey,
     l4: usize,
-) -> Result<(u32, Backend, u32, bool, bool), Pass> {
+) -> Result<(u32, &'static Backend, u32, u8), Pass> {
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until a new
     // flow needs their way, or, once closing, until idle.
@@ -516,34 +533,46 @@ fn choose(
     };
     match found {
         Found::Entry(index, e) => {
-            // SAFETY: a pointer into the table's element; fields are read
-            // once (another CPU may rewrite the way: `checks` held).
-            let flow = unsafe { *e };
+            // SAFETY: a pointer into the table's element; each field used
+            // is read once, as a scalar (another CPU may rewrite the way:
+            // `checks` held; no 64-byte copy on the stack).
+            // (`used` and `persist_pending` are read where they are used:
+            // fewer values live at once, fewer stack slots.)
+            let (atime, closed, backend_id, generation, service) = unsafe {
+                (
+                    core::ptr::read_volatile(&raw const (*e).atime),
+                    core::ptr::read_volatile(&raw const (*e).closed),
+                    core::ptr::read_volatile(&raw const (*e).backend),
+                    core::ptr::read_volatile(&raw const (*e).generation),
+                    core::ptr::read_volatile(&raw const (*e).service),
+                )
+            };
             let fresh = if udp {
-                now.wrapping_sub(flow.atime) < udp_timeout()
+                now.wrapping_sub(atime) < udp_timeout()
             } else {
-                flow.closed == 0 || closing_goes_on(e, flow.atime, syn)
+                closed == 0 || closing_goes_on(e, atime, syn)
             };
             if fresh
-                && let Some(b) = backend(u32::from(flow.backend))
-                && b.generation == flow.generation
+                && let Some(b) = backend(u32::from(backend_id))
+                && b.generation == generation
                 && b.flags & refused == 0
             {
-                if flow.persist_pending != 0 {
+                // SAFETY: as above; one byte.
+                if unsafe { core::ptr::read_volatile(&raw const (*e).persist_pending) } != 0 {
                     // The connection's second packet: its client's affinity
                     // is confirmed (once per connection).
-                    confirm_affinity(e, key, &flow, b.generation);
+                    confirm_affinity(e, key);
                 }
                 // SAFETY: as above; single-word stores.
                 unsafe {
-                    if flow.used == 0 {
+                    if core::ptr::read_volatile(&raw const (*e).used) == 0 {
                         (*e).used = 1;
                     }
-                    if udp && now.wrapping_sub(flow.atime) > 1_000_000_000 {
+                    if udp && now.wrapping_sub(atime) > 1_000_000_000 {
                         // Refresh the idle time at most once a second per flow.
                         (*e).atime = now;
                     }
-                    if flags & (TCP_FIN | TCP_RST) != 0 && flow.closed == 0 {
+                    if flags & (TCP_FIN | TCP_RST) != 0 && closed == 0 {
                         // The client closes: from now on the entry lives
                         // only while packets come.
                         (*e).atime = bpf_ktime_get_coarse_ns();
@@ -551,11 +580,10 @@ fn choose(
                     }
                 }
                 return Ok((
-                    u32::from(flow.backend),
+                    u32::from(backend_id),
                     b,
-                    u32::from(flow.service),
-                    false,
-                    true,
+                    u32::from(service),
+                    PLACED_RECORDED,
                 ));
             }
             way = Some(index);
@@ -591,7 +619,12 @@ fn choose(
             );
         }
     }
-    Ok((id, b, service.id, true, recorded))
+    let how = if recorded {
+        PLACED_NEW | PLACED_RECORDED
+    } else {
+        PLACED_NEW
+    };
+    Ok((id, b, service.id, how))
 }
 
 /// Writes a flow's entry into way `index`, field by field (no 64-byte
@@ -953,43 +986,47 @@ fn place(
     service: &ServiceValue,
     now: u64,
     record: bool,
-) -> Result<(u32, Backend, bool), Pass> {
+) -> Result<(u32, &'static Backend, bool), Pass> {
     let persistent = service.flags & SVC_PERSISTENT != 0;
-    let pkey = PersistKey {
-        src: key.src,
-        service: service.id,
-    };
     let now = if persistent && now == 0 {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_coarse_ns() }
     } else {
         now
     };
-    if persistent {
-        let timeout = service.persistence_timeout as u64 * 1_000_000_000;
-        // A draining server (weight 0: drained, or failed with
-        // inhibit_on_failure) takes no new connection, even from a client
-        // it served: the client's affinity moves (IPVS needs
-        // expire_quiescent_template for this).
-        let usable = |p: &FlowValue| -> Option<Backend> {
-            if now.wrapping_sub(p.atime) >= timeout {
-                return None;
-            }
-            let b = backend(p.backend)?;
-            (b.generation == p.generation && b.flags & BACKEND_DRAINING == 0).then_some(b)
-        };
-        // SAFETY: copied out at once.
-        if let Some(p) = unsafe { PERSIST.get(&pkey) }.copied()
-            && let Some(b) = usable(&p)
-        {
-            let _ = PERSIST.insert(&pkey, &FlowValue { atime: now, ..p }, 0);
-            return Ok((p.backend, b, false));
+    // The persistence key and value are built in this CPU's scratch
+    // element, not on the program's stack (which the main path fills to
+    // the limit older verifiers allow).
+    let scratch = if persistent {
+        // Verifier: index 0 of a one-element per-CPU array always exists.
+        let s = AFFINITY_SCRATCH.get_ptr_mut(0).ok_or(Pass)?;
+        // SAFETY: this CPU's element; XDP runs with preemption disabled.
+        unsafe {
+            (*s).key.src = key.src;
+            (*s).key.service = service.id;
         }
-        // SAFETY: copied out at once.
-        if let Some(p) = unsafe { PERSIST_PENDING.get(&pkey) }.copied()
-            && let Some(b) = usable(&p)
-        {
-            return Ok((p.backend, b, true));
+        Some(s)
+    } else {
+        None
+    };
+    if let Some(s) = scratch {
+        let timeout = service.persistence_timeout as u64 * 1_000_000_000;
+        // SAFETY: this CPU's element, as above; map values read in place.
+        unsafe {
+            if let Some(p) = PERSIST.get(&(*s).key)
+                && affinity_holds(p, now, timeout)
+            {
+                let id = p.backend;
+                (*s).value = FlowValue::new(id, p.generation, service.id, now);
+                let _ = PERSIST.insert(&(*s).key, &(*s).value, 0);
+                return Ok((id, backend(id).ok_or(Pass)?, false));
+            }
+            if let Some(p) = PERSIST_PENDING.get(&(*s).key)
+                && affinity_holds(p, now, timeout)
+            {
+                let id = p.backend;
+                return Ok((id, backend(id).ok_or(Pass)?, true));
+            }
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
@@ -999,35 +1036,63 @@ fn place(
     };
     let id = maglev(service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
-    if persistent && record {
-        let _ =
-            PERSIST_PENDING.insert(&pkey, &FlowValue::new(id, b.generation, service.id, now), 0);
+    if let Some(s) = scratch
+        && record
+    {
+        // SAFETY: this CPU's element, as above.
+        unsafe {
+            (*s).value = FlowValue::new(id, b.generation, service.id, now);
+            let _ = PERSIST_PENDING.insert(&(*s).key, &(*s).value, 0);
+        }
     }
     Ok((id, b, persistent && record))
+}
+
+/// Whether a client's affinity `p` still holds at `now`: not older than
+/// the service's `timeout`, its server's slot still the same server, and
+/// not draining (weight 0: drained, or failed with inhibit_on_failure: it
+/// takes no new connection, even from a client it served; the client's
+/// affinity moves, as IPVS's expire_quiescent_template makes it). Reads
+/// the server's slot in place (no copy on the stack).
+#[inline(always)]
+fn affinity_holds(p: &FlowValue, now: u64, timeout: u64) -> bool {
+    if now.wrapping_sub(p.atime) >= timeout {
+        return false;
+    }
+    match BACKENDS.get(p.backend) {
+        Some(b) => {
+            b.flags & BACKEND_USABLE != 0
+                && b.flags & BACKEND_DRAINING == 0
+                && b.generation == p.generation
+        }
+        None => false,
+    }
 }
 
 /// A flow whose affinity was pending sent its second packet (a handshake
 /// completed, a second datagram): the affinity goes to `PERSIST`, once.
 #[inline(always)]
-fn confirm_affinity(e: *mut FlowEntry, key: &FlowKey, flow: &FlowEntry, generation: u32) {
-    let pkey = PersistKey {
-        src: key.src,
-        service: u32::from(flow.service),
+fn confirm_affinity(e: *mut FlowEntry, key: &FlowKey) {
+    // Verifier: index 0 of a one-element per-CPU array always exists.
+    let Some(s) = AFFINITY_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let _ = PERSIST.insert(
-        &pkey,
-        &FlowValue::new(
-            u32::from(flow.backend),
-            generation,
-            u32::from(flow.service),
-            now,
-        ),
-        0,
-    );
-    // SAFETY: a pointer into the table's element; one byte.
-    unsafe { (*e).persist_pending = 0 };
+    // SAFETY: this CPU's scratch element (XDP runs with preemption
+    // disabled), the flow's way in the table, and a helper without
+    // arguments. The key and value are built in the scratch element, not
+    // on the stack.
+    unsafe {
+        let service = u32::from((*e).service);
+        (*s).key.src = key.src;
+        (*s).key.service = service;
+        (*s).value.backend = u32::from((*e).backend);
+        (*s).value.generation = (*e).generation;
+        (*s).value.service = service;
+        (*s).value._pad = 0;
+        (*s).value.atime = bpf_ktime_get_coarse_ns();
+        let _ = PERSIST.insert(&(*s).key, &(*s).value, 0);
+        (*e).persist_pending = 0;
+    }
 }
 
 #[inline(always)]
@@ -1089,18 +1154,22 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         // A confirmed affinity, else a pending one (the datagram of a
-        // client's first flow).
-        // SAFETY: copied out at once.
-        let known = unsafe { PERSIST.get(&pkey) }
-            .or_else(|| unsafe { PERSIST_PENDING.get(&pkey) })
-            .copied();
-        if let Some(p) = known
-            && now.wrapping_sub(p.atime) < service.persistence_timeout as u64 * 1_000_000_000
-            && let Some(b) = backend(p.backend)
-            && b.generation == p.generation
+        // client's first flow); read in place.
+        let timeout = service.persistence_timeout as u64 * 1_000_000_000;
+        // SAFETY: read in place, at once.
+        let known = match unsafe { PERSIST.get(&pkey) } {
+            Some(p) if affinity_holds(p, now, timeout) => Some(p.backend),
+            // SAFETY: as above.
+            _ => match unsafe { PERSIST_PENDING.get(&pkey) } {
+                Some(p) if affinity_holds(p, now, timeout) => Some(p.backend),
+                _ => None,
+            },
+        };
+        if let Some(id) = known
+            && let Some(b) = backend(id)
         {
-            count(ctx, service.id, p.backend, false);
-            return Ok(sent(ctx, p.backend, &b, key));
+            count(ctx, service.id, id, false);
+            return Ok(sent(ctx, id, &b, key));
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
