@@ -296,7 +296,7 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
             );
         }
         count(ctx, service, id, new);
-        Ok(sent(ctx, id, &b, &packet.key))
+        Ok(sent(ctx, id, b, &packet.key))
     } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
         forward_icmp_error(ctx, &packet)
     } else {
@@ -1128,7 +1128,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
         && b.generation == f.generation
     {
         count(ctx, f.service, f.backend, false);
-        return Ok(sent(ctx, f.backend, &b, key));
+        return Ok(sent(ctx, f.backend, b, key));
     }
     let flags = KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 };
     let service = match service(key, [0, 0], flags) {
@@ -1169,7 +1169,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
             && let Some(b) = backend(id)
         {
             count(ctx, service.id, id, false);
-            return Ok(sent(ctx, id, &b, key));
+            return Ok(sent(ctx, id, b, key));
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
@@ -1180,7 +1180,7 @@ fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     let id = maglev(&service, hash).ok_or(Pass)?;
     let b = backend(id).ok_or(Pass)?;
     count(ctx, service.id, id, false);
-    Ok(sent(ctx, id, &b, key))
+    Ok(sent(ctx, id, b, key))
 }
 
 /// ICMP "fragmentation needed" (IPv4 type 3 code 4) or ICMPv6 "packet too
@@ -1251,7 +1251,7 @@ fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
     };
     let b = backend(id).ok_or(Pass)?;
     count(ctx, service.id, id, false);
-    Ok(sent(ctx, id, &b, &key))
+    Ok(sent(ctx, id, b, &key))
 }
 
 #[inline(always)]
