@@ -259,6 +259,22 @@ impl Lab {
         Ok(())
     }
 
+    /// When real server `j`'s HTTP server finished each request from
+    /// `from` (Unix seconds, from its access log), oldest first.
+    pub fn requests_from(&self, j: usize, from: Ipv4Addr) -> Result<Vec<f64>> {
+        let path = self.dir.join(&self.real_servers[j].name).join("access.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let from = from.to_string();
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let t: f64 = f.next()?.parse().ok()?;
+                (f.next()? == from).then_some(t)
+            })
+            .collect())
+    }
+
     /// Starts real server `j`'s HTTP server again.
     pub fn start_http(&mut self, j: usize) -> Result<()> {
         let p = start_nginx(&self.real_servers[j], &self.dir)?;
@@ -407,7 +423,10 @@ pid {b}/nginx.pid;
 error_log {b}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    # Each request, its end time (Unix seconds, ms) and client: what a
+    # test counts of the director's health checks.
+    log_format lab '$msec $remote_addr $request_uri';
+    access_log {b}/access.log lab;
     client_body_temp_path {b}/tmp/body;
     proxy_temp_path {b}/tmp/proxy;
     fastcgi_temp_path {b}/tmp/fastcgi;

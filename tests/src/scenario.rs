@@ -384,3 +384,39 @@ mod tests {
         assert_eq!(forwarded_packets("nothing"), None);
     }
 }
+
+/// The Unix time of a daemon log line (its leading RFC 3339 UTC stamp,
+/// `2026-12-06T20:48:35.257237Z`), from the daemon's own clock.
+pub fn log_time(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+    // days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+#[cfg(test)]
+mod log_time_tests {
+    #[test]
+    fn log_stamps_are_unix_times() {
+        let t = super::log_time("2026-12-06T20:48:35.257237Z  INFO director: x").expect("a stamp");
+        assert!((t - 1_796_590_115.257_237).abs() < 1e-6, "{t}");
+        assert_eq!(super::log_time("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(super::log_time("not a stamp"), None);
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
 
 fn served_by(lab: &Lab, n: usize) -> Result<std::collections::BTreeMap<String, usize>> {
@@ -43,7 +43,7 @@ fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> R
         ));
     }
     let path = lab.write("director.toml", &config)?;
-    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let d = scenario::spawn_director(&lab, 0, &path)?;
     scenario::wait_status(&state, Duration::from_secs(20), |s| {
         scenario::all_resolved(s)
             && s["virtual_servers"][0]["real_servers"][0]["last_check"].is_number()
@@ -80,10 +80,32 @@ fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> R
 
     // rs1 comes back: after rise (3) good rounds it takes traffic again and
     // quorum returns.
+    let restarted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     lab.start_http(0)?;
     scenario::wait_status(&state, Duration::from_secs(5), |s| {
         rs_healthy(s, 0) == Some(true) && s["virtual_servers"][0]["quorum_up"] == true
     })?;
+    // It took exactly 3 good rounds: the checks rs1's nginx answered since
+    // it restarted, up to the daemon's "healthy" line (both stamped by the
+    // same clock; the next round comes 200 ms later).
+    let log = d.log();
+    let healthy_at = log
+        .lines()
+        .filter(|l| {
+            l.contains("real server healthy")
+                && l.contains(&format!("{}:80", lab.real_servers[0].ip))
+        })
+        .filter_map(scenario::log_time)
+        .next_back()
+        .context("no \"real server healthy\" line for rs1")?;
+    let rounds = lab
+        .requests_from(0, lab.directors[0].ip)?
+        .into_iter()
+        .filter(|t| *t > restarted && *t <= healthy_at + 0.05)
+        .count();
+    ensure!(rounds == 3, "healthy after {rounds} good rounds (rise = 3):\n{log}");
     let by = served_by(&lab, 20)?;
     ensure!(by.keys().cloned().collect::<Vec<_>>() == ["rs1"], "{by:?}");
     Ok(())
