@@ -7,7 +7,8 @@
 //! interval; a graceful stop tells the peer at once (AdminDown).
 //! `master_bfd`: with adverts every second, the backup takes over as soon
 //! as its BFD session to a killed master expires, long before the
-//! master-down interval.
+//! master-down interval. `track_bfd`: a weight lowers the priority while
+//! the session is down, weight 0 forces Fault.
 
 use std::{
     path::Path,
@@ -467,5 +468,70 @@ fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_t
         Duration::from_secs(1),
         || Ok(!(view2.up)()?),
     )?;
+    Ok(())
+}
+
+/// `track_bfd` with BIRD as the peer: a weight lowers the master's priority
+/// while its session is down (the backup preempts; the session back, the
+/// master preempts back); weight 0 (the default) forces Fault.
+#[test]
+fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
+    let bfd_table = format!(
+        "\n[[bfd_instance]]\nname = \"to-client\"\nneighbor_ip = \"{client}\"\nmin_rx = 20\nmin_tx = 20\nmultiplier = 5\n"
+    );
+    let c1 = |track: &str| -> Result<String> {
+        Ok(scenario::vrrp_config(
+            &lab,
+            "director1",
+            150,
+            &format!("version = 3\nadvert_int = 0.1\ntrack_bfd = [{track}]"),
+        )? + &bfd_table)
+    };
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, "version = 3\nadvert_int = 0.1")?;
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    let p1 = lab.write("d1.toml", &c1("{ name = \"to-client\", weight = -100 }")?)?;
+    let p2 = lab.write("d2.toml", &c2)?;
+    let (mut b, _) = bird(&lab.client.ns, &lab.dir, "b1", &bird_conf(&client, &director))?;
+    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    wait("BFD up", Duration::from_secs(10), || Ok(session(&s1)?["state"] == "up"))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let prio = |s: &Path| -> Result<u64> {
+        Ok(scenario::status(s)?["vrrp"][0]["effective_priority"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    ensure!(prio(&s1)? == 150);
+
+    // BIRD killed: the session goes down, the master's priority drops to
+    // 50, the backup (100) preempts.
+    b.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
+    ensure!(prio(&s1)? == 50, "effective priority {}", prio(&s1)?);
+    // BIRD back: 150 again, and the master takes the VIP back.
+    let (_b2, _) = bird(&lab.client.ns, &lab.dir, "b2", &bird_conf(&client, &director))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    ensure!(prio(&s1)? == 150);
+    drop(_b2);
+
+    // Weight 0 (the default): the session's death forces Fault.
+    d1.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+    std::fs::write(&p1, c1("\"to-client\"")?)?;
+    let (mut b3, _) = bird(&lab.client.ns, &lab.dir, "b3", &bird_conf(&client, &director))?;
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    wait("BFD up again", Duration::from_secs(10), || Ok(session(&s1)?["state"] == "up"))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    b3.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     Ok(())
 }
