@@ -498,10 +498,17 @@ fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
     let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
     let p1 = lab.write("d1.toml", &c1("{ name = \"to-client\", weight = -100 }")?)?;
     let p2 = lab.write("d2.toml", &c2)?;
-    let (mut b, _) = bird(&lab.client.ns, &lab.dir, "b1", &bird_conf(&client, &director))?;
+    let (mut b, _) = bird(
+        &lab.client.ns,
+        &lab.dir,
+        "b1",
+        &bird_conf(&client, &director),
+    )?;
     let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
     let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
-    wait("BFD up", Duration::from_secs(10), || Ok(session(&s1)?["state"] == "up"))?;
+    wait("BFD up", Duration::from_secs(10), || {
+        Ok(session(&s1)?["state"] == "up")
+    })?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
     scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     let prio = |s: &Path| -> Result<u64> {
@@ -518,7 +525,12 @@ fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
     scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
     ensure!(prio(&s1)? == 50, "effective priority {}", prio(&s1)?);
     // BIRD back: 150 again, and the master takes the VIP back.
-    let (_b2, _) = bird(&lab.client.ns, &lab.dir, "b2", &bird_conf(&client, &director))?;
+    let (_b2, _) = bird(
+        &lab.client.ns,
+        &lab.dir,
+        "b2",
+        &bird_conf(&client, &director),
+    )?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
     ensure!(prio(&s1)? == 150);
     drop(_b2);
@@ -526,9 +538,16 @@ fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
     // Weight 0 (the default): the session's death forces Fault.
     d1.stop(Signal::SIGTERM, Duration::from_secs(10))?;
     std::fs::write(&p1, c1("\"to-client\"")?)?;
-    let (mut b3, _) = bird(&lab.client.ns, &lab.dir, "b3", &bird_conf(&client, &director))?;
+    let (mut b3, _) = bird(
+        &lab.client.ns,
+        &lab.dir,
+        "b3",
+        &bird_conf(&client, &director),
+    )?;
     let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
-    wait("BFD up again", Duration::from_secs(10), || Ok(session(&s1)?["state"] == "up"))?;
+    wait("BFD up again", Duration::from_secs(10), || {
+        Ok(session(&s1)?["state"] == "up")
+    })?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
     b3.stop(Signal::SIGKILL, Duration::from_secs(5))?;
     scenario::wait_vrrp_state(&s1, "VI_1", "fault", Duration::from_secs(5))?;

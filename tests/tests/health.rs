@@ -105,7 +105,10 @@ fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> R
         .into_iter()
         .filter(|t| *t > restarted && *t <= healthy_at + 0.05)
         .count();
-    ensure!(rounds == 3, "healthy after {rounds} good rounds (rise = 3):\n{log}");
+    ensure!(
+        rounds == 3,
+        "healthy after {rounds} good rounds (rise = 3):\n{log}"
+    );
     let by = served_by(&lab, 20)?;
     ensure!(by.keys().cloned().collect::<Vec<_>>() == ["rs1"], "{by:?}");
     Ok(())

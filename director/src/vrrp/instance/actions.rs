@@ -87,10 +87,11 @@ impl Runner {
     /// The first announcement of our addresses, then its delayed second
     /// burst.
     fn start_announcing(&mut self) {
-        self.garp_bursts_left = 1;
         self.announce();
-        self.garp_at =
-            Some(Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_delay)));
+        let now = Instant::now();
+        self.garp_at = Some(now + Duration::from_secs(u64::from(self.cfg.garp_master_delay)));
+        self.refresh_at = (self.cfg.garp_master_refresh > 0)
+            .then(|| now + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
     }
 
     pub(super) async fn perform(&mut self, actions: Vec<Action>) {
@@ -128,6 +129,7 @@ impl Runner {
                 }
                 Action::RemoveAddresses => {
                     self.garp_at = None;
+                    self.refresh_at = None;
                     self.remove_routes().await;
                     self.own_vmac(false);
                     // (Down first: the addresses go without a word from
@@ -350,18 +352,29 @@ impl Runner {
         }
     }
 
-    /// The delayed second burst, then refreshes every garp_master_refresh.
+    /// The delayed second burst (once, `garp_master_delay` after becoming
+    /// master) and the refreshes (every `garp_master_refresh` from becoming
+    /// master): whichever is due; one announcement when both are.
     pub(super) fn garp_burst(&mut self) {
         if self.machine.state() != State::Master {
             self.garp_at = None;
+            self.refresh_at = None;
+            return;
+        }
+        let now = Instant::now();
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        let (delayed, refresh) = (due(self.garp_at), due(self.refresh_at));
+        if !(delayed || refresh) {
             return;
         }
         self.announce();
-        if self.garp_bursts_left > 0 {
-            self.garp_bursts_left -= 1;
+        if delayed {
+            self.garp_at = None;
         }
-        self.garp_at = (self.cfg.garp_master_refresh > 0)
-            .then(|| Instant::now() + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
+        if refresh {
+            self.refresh_at =
+                Some(now + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
+        }
     }
 
     /// Queues the notify scripts for `state` (run in order, off this loop).

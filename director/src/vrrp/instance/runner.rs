@@ -47,8 +47,12 @@ pub(super) struct Runner {
     /// per SPLIT_NOTE_EVERY).
     pub(super) split_noted: Option<std::time::Instant>,
     pub(super) split_logged: Option<std::time::Instant>,
+    /// The delayed second burst after becoming master (`garp_master_delay`).
     pub(super) garp_at: Option<Instant>,
-    pub(super) garp_bursts_left: u32,
+    /// The next refresh while master (`garp_master_refresh`): counted from
+    /// becoming master, whatever the delay (keepalived's refresh timer
+    /// too).
+    pub(super) refresh_at: Option<Instant>,
     /// When the last valid advert from another router arrived.
     pub(super) last_advert: Option<std::time::Instant>,
     /// When each drop reason was last logged (one line per reason per
@@ -286,7 +290,7 @@ impl Runner {
             split_noted: None,
             split_logged: None,
             garp_at: None,
-            garp_bursts_left: 0,
+            refresh_at: None,
             last_advert: None,
             drop_logged: BTreeMap::new(),
             vmac,
@@ -367,7 +371,10 @@ impl Runner {
             } else {
                 deadline
             };
-            let garp = self.garp_at.unwrap_or(far);
+            let garp = match (self.garp_at, self.refresh_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(far),
+            };
             let peer = async {
                 match self.group.as_mut() {
                     Some(g) => g.rx.recv().await.ok(),

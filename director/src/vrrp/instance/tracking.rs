@@ -130,6 +130,14 @@ impl Runner {
             self.rules = rules;
         }
         info!(instance = %new.name, "VRRP instance updated in place by the reload");
+        if new.garp_master_refresh != self.cfg.garp_master_refresh
+            && self.machine.state() == State::Master
+        {
+            // A master refreshes at the new interval from now (none: no
+            // more refreshes).
+            self.refresh_at = (new.garp_master_refresh > 0)
+                .then(|| Instant::now() + Duration::from_secs(u64::from(new.garp_master_refresh)));
+        }
         let priority = new.priority;
         self.cfg = new;
         self.bump(|s| s.priority = priority);
