@@ -143,22 +143,8 @@ impl EcmpLab {
         for (i, d) in lab.directors.iter().enumerate() {
             let state = lab.state_dir(&d.name)?;
             let vips4 = state.join("bird-vips4.conf");
-            std::fs::write(&vips4, "")?;
-            // (BIRD's include must start a line.)
-            let (b, sock) = bird(
-                &d.ns,
-                &dir,
-                &d.name,
-                &format!(
-                    "router id {};\nprotocol device {{}}\nprotocol static director4 {{\n  ipv4;\n  include \"{}\";\n}}\n{bfd_proto}\
-                     protocol bgp up {{ local {} as {}; neighbor {ROUTER} as 65000; hold time 3; connect retry time 1;{bfd_on} ipv4 {{ import none; export where proto = \"director4\"; }}; }}\n",
-                    d.ip,
-                    vips4.display(),
-                    d.ip,
-                    65001 + i
-                ),
-            )?;
-            birds.push(b);
+            // BIRD's control socket (where `bird` puts it).
+            let sock = dir.join(format!("bird-{}.ctl", d.name));
             let mut c = scenario::global_config(&lab, &d.name)?;
             let extra = if options.bgp.is_empty() {
                 String::new()
@@ -186,6 +172,30 @@ impl EcmpLab {
             }
             let path = lab.write(&format!("{}.toml", d.name), &c)?;
             directors.push(scenario::spawn_director(&lab, i, &path)?);
+            // The daemon creates the file BIRD includes (empty until it
+            // announces) before BIRD starts: the lab arranges nothing.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !vips4.exists() {
+                if Instant::now() > deadline {
+                    bail!("{} did not create {}", d.name, vips4.display());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // (BIRD's include must start a line.)
+            let (b, _) = bird(
+                &d.ns,
+                &dir,
+                &d.name,
+                &format!(
+                    "router id {};\nprotocol device {{}}\nprotocol static director4 {{\n  ipv4;\n  include \"{}\";\n}}\n{bfd_proto}\
+                     protocol bgp up {{ local {} as {}; neighbor {ROUTER} as 65000; hold time 3; connect retry time 1;{bfd_on} ipv4 {{ import none; export where proto = \"director4\"; }}; }}\n",
+                    d.ip,
+                    vips4.display(),
+                    d.ip,
+                    65001 + i
+                ),
+            )?;
+            birds.push(b);
         }
         let all: Vec<String> = if options.vrrp {
             vec![lab.directors[0].ip.to_string()]

@@ -87,6 +87,8 @@ t0=$(date +%s.%N)
 apt-get install -y -q /root/install/director_1.deb > /tmp/apt1.log 2>&1 || { echo "RESULT apt_install_failed=1"; cat /tmp/apt1.log; }
 echo "RESULT started_by_install=$(systemctl is-active director)"
 echo "RESULT conffile_mode=$(stat -c %a /etc/director/director.toml)"
+# The files BIRD includes exist from the install on (tmpfiles.d).
+echo "RESULT bird_includes=$(ls /run/director/bird-vips4.conf /run/director/bird-vips6.conf 2>/dev/null | wc -l)"
 install -m 0640 /root/install/director.toml /etc/director/director.toml
 director check-config > /dev/null && echo "RESULT config_ok=1"
 systemctl enable --now director 2>&1
@@ -290,6 +292,10 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         "the package started the daemon before the config was edited"
     );
     ensure!(num("config_ok")? == 1, "check-config refused the config");
+    ensure!(
+        num("bird_includes")? == 2,
+        "the files BIRD includes are not there after the install"
+    );
     ensure!(
         num("conffile_mode")? == 640,
         "the package installed the config as {:?}",

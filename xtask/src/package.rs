@@ -104,6 +104,12 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         &unit,
         0o644,
     )?;
+    let tmpfiles = std::fs::read(root().join("packaging/tmpfiles.conf"))?;
+    write(
+        &stage.join("usr/lib/tmpfiles.d/director.conf"),
+        &tmpfiles,
+        0o644,
+    )?;
     let example = std::fs::read(root().join("examples/director.toml"))?;
     // 0640: it may hold flow_sync.key and VRRP passwords.
     write(&stage.join("etc/director/director.toml"), &example, 0o640)?;
@@ -219,6 +225,10 @@ set -e
 # Installed, never started on its own: the example config serves nobody.
 # An upgrade restarts a running daemon; its pinned dataplane forwards
 # throughout, and the new daemon adopts it.
+# The files BIRD includes exist from now on, and from every boot.
+if [ \"$1\" = \"configure\" ] && command -v systemd-tmpfiles >/dev/null; then
+\tsystemd-tmpfiles --create director.conf >/dev/null || true
+fi
 if [ \"$1\" = \"configure\" ] && [ -d /run/systemd/system ]; then
 \tsystemctl --system daemon-reload >/dev/null || true
 \tif [ -n \"$2\" ]; then
