@@ -290,15 +290,37 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
 fn test_with_summary(cmd: &mut Command) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     let started = std::time::Instant::now();
+    // stdout and stderr in one pipe, in order: cargo's `Running NAME`
+    // lines (stderr) name the result lines (stdout) that follow.
+    let (reader, writer) = std::io::pipe().context("a pipe")?;
     let mut child = cmd
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer.try_clone().context("a pipe")?)
+        .stderr(writer)
         .spawn()
         .with_context(|| format!("cannot run {cmd:?}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
+    // Our copies of the write end go now (else the read never ends).
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let stdout = reader;
     let (mut passed, mut failed) = (0u64, 0u64);
+    // Each test binary's time, for the five slowest.
+    let mut times: Vec<(String, f64)> = Vec::new();
+    let mut current = String::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        if let Some(name) = line.trim_start().strip_prefix("Running ") {
+            current = name.split(" (").next().unwrap_or(name).to_string();
+        }
+        if let Some(rest) = line.strip_prefix("test result: ")
+            && let Some(secs) = rest
+                .rsplit("finished in ")
+                .next()
+                .and_then(|t| t.trim().strip_suffix('s'))
+                .and_then(|t| t.parse::<f64>().ok())
+        {
+            times.push((std::mem::take(&mut current), secs));
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |what: &str| -> u64 {
                 rest.split(';')
@@ -311,6 +333,12 @@ fn test_with_summary(cmd: &mut Command) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    times.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("slowest test binaries:");
+    for (name, secs) in times.iter().take(5) {
+        let name = if name.is_empty() { "(unnamed)" } else { name };
+        println!("  {secs:>7.1} s  {name}");
+    }
     println!("test time: {:.0?}", started.elapsed());
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
