@@ -98,6 +98,10 @@ fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
         "{n1} / {n2}"
     );
 
+    // The backup's state changes so far (its start; and, when its
+    // master-down timer ran out before the master's first advert, a moment
+    // as master): none may follow during the restarts.
+    let changes_before = d2.log().matches("VRRP state change").count();
     let udp = SocketAddr::from((VIP, 7));
     let mut starts = vec![first["started_at"].as_f64().unwrap_or(0.0)];
     let ((), tally) =
@@ -164,10 +168,8 @@ fn twenty_restarts_of_the_master_move_no_vip() -> Result<()> {
     );
     let log2 = d2.log();
     ensure!(
-        // Its one change: Init -> Backup at its start.
-        log2.matches("VRRP state change").count() == 1
-            && log2.contains("old=\"init\" new=\"backup\""),
-        "the backup changed state:\n{log2}"
+        log2.matches("VRRP state change").count() == changes_before,
+        "the backup changed state during the restarts:\n{log2}"
     );
 
     // A plain stop still hands the VIP over at once (priority 0).
