@@ -391,6 +391,24 @@ address = "10.0.0.20"
 [[virtual_server.real_server]]
 address = "10.0.0.21"
 
+# IPVS's wlc; a failed 10.0.0.21 stays at weight 0 (inhibit_on_failure).
+[[virtual_server]]
+address = "10.0.0.130"
+port = 80
+scheduler = "wlc"
+delay_loop = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.20"
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+
+[[virtual_server.real_server]]
+address = "10.0.0.21"
+inhibit_on_failure = true
+[virtual_server.real_server.tcp_check]
+connect_timeout = 1
+
 # What the firewall marks 5 (tcp/80 to 10.0.0.120 and .121).
 [[virtual_server]]
 fwmark = 5
@@ -425,7 +443,7 @@ for h in client:10.0.0.2 director:10.0.0.10 rs1:10.0.0.20 rs2:10.0.0.21; do
   ip -n $name link set eth0 up
   ip -n $name addr add $addr/24 dev eth0
 done
-for a in 100 101 102 110 120 121; do ip -n director addr add 10.0.0.$a/32 dev eth0; done
+for a in 100 101 102 110 120 121 130; do ip -n director addr add 10.0.0.$a/32 dev eth0; done
 # The operator's firewall marks what the fwmark service serves.
 ip netns exec director nft add table ip mangle
 ip netns exec director nft add chain ip mangle pre '{ type filter hook prerouting priority -150; }'
@@ -433,7 +451,7 @@ ip netns exec director nft add rule ip mangle pre ip daddr '{ 10.0.0.120, 10.0.0
 for r in rs1 rs2; do
   # DR: the group's addresses on lo. Tunnelling: the VIP on the IP-in-IP
   # device, which decapsulates what the director sends.
-  for a in 100 101 102 120 121; do ip -n $r addr add 10.0.0.$a/32 dev lo; done
+  for a in 100 101 102 120 121 130; do ip -n $r addr add 10.0.0.$a/32 dev lo; done
   ip netns exec $r sh -c 'for i in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$i/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/$i/arp_announce; done'
   ip -n $r link set tunl0 up
   ip -n $r addr add 10.0.0.110/32 dev tunl0
@@ -441,13 +459,33 @@ for r in rs1 rs2; do
   mkdir -p /www/$r
   echo $r > /www/$r/index.html
   /sbin/ip netns exec $r httpd -f -p 80 -h /www/$r &
+  echo $! > /tmp/$r.pid
 done
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
-wait_for "[ \$(ipvs | grep -c 'Route') -ge 8 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
+echo $! > /tmp/d.pid
+wait_for "[ \$(ipvs | grep -c 'Route') -ge 10 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
 echo BEGIN ipvsadm; ipvs; echo END ipvsadm
-for a in 100 101 102 110 120 121; do
+for a in 100 101 102 110 120 121 130; do
   echo BEGIN req$a; for i in 1 2 3 4; do get 10.0.0.$a; done; echo END req$a
 done
+# A service the daemon did not make (the operator's, or keepalived's while
+# migrating): a reload, a health change, a stop and a flush leave it be.
+ip netns exec director ipvsadm -A -t 10.0.0.200:80 -s rr
+ip netns exec director ipvsadm -a -t 10.0.0.200:80 -r 10.0.0.20 -g
+ip netns exec director /director reload --config /etc/director.toml > /dev/null
+kill $(cat /tmp/rs2.pid)
+# rs2 fails its checks: it leaves every service but the wlc one, where it
+# stays at weight 0.
+wait_for "! ipvs | grep -A2 '10.0.0.100:80' | grep -q 10.0.0.21" 60 || echo "RESULT health=timeout"
+inhibited() { ipvs | awk '/^(TCP|UDP|FWM)/ { s = $2 } s == "10.0.0.130:80" && /10.0.0.21:80/ { print $3 "/" $4 }'; }
+wait_for "[ \"\$(inhibited)\" = Route/0 ]" 30
+echo "RESULT inhibited=$(inhibited)"
+echo BEGIN ipvsadm_failed; ipvs; echo END ipvsadm_failed
+echo BEGIN req130b; for i in 1 2 3 4; do get 10.0.0.130; done; echo END req130b
+kill $(cat /tmp/d.pid)
+wait_for "! kill -0 $(cat /tmp/d.pid) 2>/dev/null" 30
+ip netns exec director /director flush --config /etc/director.toml > /dev/null
+echo BEGIN ipvsadm_flushed; ipvs; echo END ipvsadm_flushed
 echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
 "#;
 
@@ -455,7 +493,10 @@ echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
 /// same real servers), and `lb_kind = "tun"` makes IP-in-IP destinations
 /// that real servers decapsulate; a `fwmark` service serves what the
 /// firewall marks: requests to every member, to the tunnelled service and
-/// to both marked addresses are served by both real servers.
+/// to both marked addresses are served by both real servers. A `wlc`
+/// service keeps a failed `inhibit_on_failure` server at weight 0; an IPVS
+/// service the daemon did not make survives its reload, health changes and
+/// `director flush`.
 #[test]
 fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     let director = director_bin()?;
@@ -468,6 +509,7 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
                 "crc32c_generic",
                 "ip_vs",
                 "ip_vs_rr",
+                "ip_vs_wlc",
                 "tunnel4",
                 "ip_tunnel",
                 "ipip",
@@ -501,13 +543,14 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
         "10.0.0.101:80 rr",
         "10.0.0.102:80 rr",
         "10.0.0.110:80 rr",
+        "10.0.0.130:80 wlc",
     ] {
         ensure!(table.contains(&format!("TCP  {svc}")), "{svc}: {table}");
     }
     ensure!(table.contains("FWM  5 rr"), "{table}");
-    ensure!(table.matches("Route").count() == 8, "{table}");
+    ensure!(table.matches("Route").count() == 10, "{table}");
     ensure!(table.matches("Tunnel").count() == 2, "{table}");
-    for a in [100, 101, 102, 110, 120, 121] {
+    for a in [100, 101, 102, 110, 120, 121, 130] {
         let r = vm::section(&out, &format!("req{a}"));
         ensure!(
             !r.contains("FAILED") && r.contains("rs1") && r.contains("rs2"),
@@ -515,5 +558,33 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
             vm::section(&out, "dlog")
         );
     }
+    // inhibit_on_failure: the failed server stays in the wlc service at
+    // weight 0 (and left the others); the service serves from rs1 alone.
+    let failed = vm::section(&out, "ipvsadm_failed");
+    ensure!(
+        results.iter().all(|(k, _)| k != "health"),
+        "rs2 never left the pool:\n{failed}"
+    );
+    ensure!(
+        results
+            .iter()
+            .any(|(k, v)| k == "inhibited" && v == "Route/0"),
+        "the inhibited server: {results:?}\n{failed}"
+    );
+    let r = vm::section(&out, "req130b");
+    ensure!(!r.contains("FAILED") && !r.contains("rs2"), "{r}");
+    // The foreign service lived through the reload, the health change and
+    // the flush, untouched.
+    for t in [&failed, &vm::section(&out, "ipvsadm_flushed")] {
+        ensure!(
+            t.contains("TCP  10.0.0.200:80 rr") && t.contains("-> 10.0.0.20:80"),
+            "the foreign service was touched:\n{t}"
+        );
+    }
+    let flushed = vm::section(&out, "ipvsadm_flushed");
+    ensure!(
+        flushed.matches("TCP ").count() == 1,
+        "flush left the daemon's services:\n{flushed}"
+    );
     Ok(())
 }

@@ -329,3 +329,71 @@ fn virtual_routes_and_rules_follow_the_master() -> Result<()> {
     );
     Ok(())
 }
+
+/// `quorum_max`: the process check is up only while between `quorum` and
+/// `quorum_max` processes match (one too many is as wrong as one too few);
+/// and an instance that never hears another router, not `standalone`,
+/// warns "peer never seen" after 30 s (status `peer_seen` false).
+#[test]
+fn process_quorum_max_and_the_peer_never_seen_warning() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let tag = format!("{}{}", 7_000_000 + std::process::id(), 31);
+    let mut sleepers = vec![Sleeper::start(&tag)?];
+    let tables = format!(
+        "\n[[track_process]]\nname = \"band\"\nprocess = \"sleep\"\nparameters = \"{tag}\"\nquorum = 1\nquorum_max = 2\nweight = -50\n"
+    );
+    let c = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        &format!("{FAST}\ntrack_process = [\"band\"]"),
+    )? + &tables;
+    let p = lab.write("director1.toml", &c)?;
+    let mut d = scenario::spawn_director(&lab, 0, &p)?;
+    let s = lab.state_dir("director1")?;
+    scenario::wait_vrrp_state(&s, "VI_1", "master", Duration::from_secs(10))?;
+    wait_effective(&s, 150)?;
+    // Two: still within [1, 2].
+    sleepers.push(Sleeper::start(&tag)?);
+    // Three: above quorum_max, down.
+    std::thread::sleep(Duration::from_millis(600));
+    ensure!(effective(&s)? == 150, "two processes are within quorum_max");
+    sleepers.push(Sleeper::start(&tag)?);
+    wait_effective(&s, 100)?;
+    // Back to two: up again; none: down.
+    sleepers.pop();
+    wait_effective(&s, 150)?;
+    sleepers.clear();
+    wait_effective(&s, 100)?;
+
+    // Nobody else speaks VRRP on this lab: the warning comes once, about
+    // 30 s after start (the daemon's own stamps).
+    let started = d
+        .log()
+        .lines()
+        .find_map(scenario::log_time)
+        .context("no stamped line")?;
+    let never = "VRRP peer never seen";
+    d.wait_for_log(Duration::from_secs(40), |l| l.contains(never))?;
+    let log = d.log();
+    let warned: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains(never))
+        .filter_map(scenario::log_time)
+        .collect();
+    ensure!(warned.len() == 1, "{warned:?}:\n{log}");
+    let after = warned[0] - started;
+    ensure!(
+        (29.0..35.0).contains(&after),
+        "warned {after:.1} s after start"
+    );
+    ensure!(
+        scenario::status(&s)?["vrrp"][0]["peer_seen"] == false,
+        "peer_seen"
+    );
+    Ok(())
+}

@@ -216,7 +216,12 @@ impl Runner {
                         if to == State::Fault || from == State::Fault {
                             let _ = g.tx.send((self.cfg.name.clone(), to));
                         }
-                        if let Some(n) = name {
+                        let first = g
+                            .notified
+                            .lock()
+                            .map(|mut last| last.replace(to) != Some(to))
+                            .unwrap_or(true);
+                        if let Some(n) = name.filter(|_| first) {
                             self.notify_group(&g.config, n);
                         }
                     }

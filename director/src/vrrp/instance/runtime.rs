@@ -39,21 +39,23 @@ pub(super) async fn run_all(
         VrrpSyncGroup,
         broadcast::Sender<(String, State)>,
         Arc<Mutex<BTreeMap<String, u8>>>,
+        Arc<Mutex<Option<State>>>,
     );
     let groups: Vec<GroupShared> = groups
         .into_iter()
-        .map(|g| (g, broadcast::channel(64).0, Arc::default()))
+        .map(|g| (g, broadcast::channel(64).0, Arc::default(), Arc::default()))
         .collect();
     let mut tasks = Vec::new();
     while let Some(cmd) = starts.recv().await {
         let group = groups
             .iter()
-            .find(|(g, _, _)| g.group.contains(&cmd.inst.name))
-            .map(|(g, tx, priorities)| SyncGroup {
+            .find(|(g, ..)| g.group.contains(&cmd.inst.name))
+            .map(|(g, tx, priorities, notified)| SyncGroup {
                 config: g.clone(),
                 rx: tx.subscribe(),
                 tx: tx.clone(),
                 priorities: priorities.clone(),
+                notified: notified.clone(),
             });
         match Runner::open(cmd.inst, cmd.iface, cmd.status, &shared, group, cmd.resume).await {
             Ok(runner) => {
@@ -80,6 +82,10 @@ pub(super) struct SyncGroup {
     pub(super) tx: broadcast::Sender<(String, State)>,
     pub(super) rx: broadcast::Receiver<(String, State)>,
     pub(super) priorities: Arc<Mutex<BTreeMap<String, u8>>>,
+    /// The state the group's notify scripts last ran for: the member that
+    /// moves first runs them, the members that follow into the same state
+    /// do not run them again.
+    pub(super) notified: Arc<Mutex<Option<State>>>,
 }
 
 /// One instance with its socket and machine.
