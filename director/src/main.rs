@@ -363,12 +363,24 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 
 /// Logs go to stderr; `DIRECTOR_LOG` (tracing's env-filter syntax) sets the
 /// level, `info` by default. `log` records (aya, the XDP program) join in.
+/// A `DIRECTOR_LOG` that does not parse is said once, and `info` applies.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DIRECTOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, refused) = match std::env::var("DIRECTOR_LOG") {
+        Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new("info"),
+                Some((v, e.to_string())),
+            ),
+        },
+        _ => (tracing_subscriber::EnvFilter::new("info"), None),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    if let Some((value, error)) = refused {
+        tracing::warn!(%value, %error, "DIRECTOR_LOG does not parse as a tracing filter: logging at info");
+    }
 }

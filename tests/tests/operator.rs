@@ -1,6 +1,7 @@
 //! Operator experience in the lab: Prometheus metrics and /status over
 //! HTTP, live reload (success under load with zero failures and zero VRRP
-//! transitions; failure changing nothing), shell completions.
+//! transitions; failure changing nothing), shell completions, the log
+//! level and `status --watch`.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -169,13 +170,114 @@ fn metrics_status_and_live_reload() -> Result<()> {
 
 #[test]
 fn shell_completions() -> Result<()> {
+    // Each shell's own form: a bash function, zsh's #compdef, fish's
+    // `complete -c`; every one knows the subcommands.
+    for (shell, mark) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef director"),
+        ("fish", "complete -c director"),
+    ] {
+        let out = Command::new(director_bin()?)
+            .args(["completions", shell])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains(mark) && text.contains("check-config"),
+            "{shell}: {text}"
+        );
+    }
     let out = Command::new(director_bin()?)
-        .args(["completions", "bash"])
+        .args(["completions", "tcsh"])
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(!out.status.success(), "completions for an unknown shell");
+    Ok(())
+}
+
+/// Starts director1 of `lab` on `config` with `DIRECTOR_LOG` set to `level`.
+fn run_with_log(lab: &Lab, config: &std::path::Path, level: &str) -> Result<director_tests::Proc> {
+    let bin = director_bin()?;
+    lab.directors[0].ns.spawn(
+        "env",
+        &[
+            &format!("DIRECTOR_LOG={level}"),
+            &bin.to_string_lossy(),
+            "run",
+            "--config",
+            &config.to_string_lossy(),
+        ],
+        &lab.path(&format!("director1-{}.log", level.len())),
+    )
+}
+
+/// `DIRECTOR_LOG` sets the level (`warn`: no info line; `debug`: debug
+/// lines; one that does not parse is said and info applies), and `status
+/// --watch SECONDS` redraws the table until the daemon goes away.
+#[test]
+fn the_log_level_and_status_watch() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let rs = vec![lab.real_servers[0].ip.to_string()];
+    let path = lab.write(
+        "director.toml",
+        &scenario::http_config(&lab, "director1", &rs)?,
+    )?;
+    let level = |lvl: &str| format!(" {lvl} ");
+
+    let mut d = run_with_log(&lab, &path, "warn")?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    // `status --watch 0.2`: a frame (screen cleared, the table) every 0.2 s.
+    let mut watch = Command::new(director_bin()?)
+        .args(["status", "--watch", "0.2", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    d.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    let log = d.log();
     ensure!(
-        out.status.success() && text.contains("check-config"),
-        "{text}"
+        !log.contains(&level("INFO")) && log.lines().count() < 5,
+        "DIRECTOR_LOG=warn still logs info:\n{log}"
+    );
+    // The daemon gone, the watch ends with an error instead of drawing
+    // stale numbers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(c) = watch.try_wait()? {
+            break c;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the watch outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = watch.wait_with_output()?;
+    let frames = String::from_utf8_lossy(&out.stdout);
+    let n = frames.matches("\x1b[2J").count();
+    ensure!(!code.success(), "watch exited 0 with the daemon gone");
+    ensure!(
+        n >= 3 && frames.matches(&VIP.to_string()).count() >= n - 1,
+        "{n} frames in 1.5 s at 0.2 s:\n{frames}"
+    );
+
+    let d = run_with_log(&lab, &path, "debug")?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    let log = d.log();
+    ensure!(log.contains(&level("DEBUG")), "DIRECTOR_LOG=debug:\n{log}");
+    drop(d);
+
+    let mut d = run_with_log(&lab, &path, "director=loud")?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    d.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    let log = d.log();
+    ensure!(
+        log.contains("DIRECTOR_LOG does not parse") && log.contains(&level("INFO")),
+        "a bad DIRECTOR_LOG:\n{log}"
     );
     Ok(())
 }
