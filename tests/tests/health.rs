@@ -497,3 +497,93 @@ fn a_failed_server_keeps_its_connections_and_loses_its_udp_flows() -> Result<()>
     ensure!(by.contains_key("rs3"), "rs3 back but unused: {by:?}");
     Ok(())
 }
+
+/// The checkers' common keys on the wire, as the real servers' nginx logs
+/// them (its clock, not ours): `connect_ip` probes another address than
+/// the real server's (rs1's health is rs3's answer), `bindto` sets the
+/// probes' source address, and a failing round makes `retry` more attempts
+/// `delay_before_retry` apart.
+#[test]
+fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 31);
+    lab.directors[0]
+        .ns
+        .ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"])?;
+    let rs: Vec<std::net::Ipv4Addr> = lab.real_servers.iter().map(|r| r.ip).collect();
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.3\n"
+    ));
+    // rs1: probed at rs3's address, from the second address, healthy only
+    // with rs3's answer.
+    c.push_str(&format!(
+        "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.http_get]\nconnect_ip = \"{}\"\nbindto = \"{src}\"\nconnect_timeout = 0.5\nretry = 0\nwarmup = 0\nurl = [{{ path = \"/\", regex = \"^rs3\" }}]\n",
+        rs[0], rs[2]
+    ));
+    // rs2: every attempt fails (the body never matches): a round is two
+    // attempts 0.7 s apart, rounds 2.5 s apart.
+    c.push_str(&format!(
+        "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.http_get]\nconnect_timeout = 0.5\nretry = 1\ndelay_before_retry = 0.7\ndelay_loop = 2.5\nwarmup = 0\nurl = [{{ path = \"/\", regex = \"^never\" }}]\n",
+        rs[1]
+    ));
+    let path = lab.write("director.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let me = lab.directors[0].ip;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.requests_from(1, me)?.len() < 6 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "rs2 saw {:?}",
+            lab.requests_from(1, me)?
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(true)
+            && s["virtual_servers"][0]["real_servers"][0]["last_check"].is_number()
+            && rs_healthy(s, 1) == Some(false)
+    })?;
+    ensure!(
+        s["virtual_servers"][0]["real_servers"][1]["last_error"].is_string(),
+        "{s}"
+    );
+    // connect_ip and bindto: rs3 answered rs1's checks, from the second
+    // address; rs1 itself was never asked.
+    ensure!(
+        lab.requests_from(2, src)?.len() >= 2 && lab.requests_from(2, me)?.is_empty(),
+        "rs3 saw {:?} from {src}, {:?} from {me}",
+        lab.requests_from(2, src)?,
+        lab.requests_from(2, me)?
+    );
+    ensure!(
+        lab.requests_from(0, src)?.is_empty() && lab.requests_from(0, me)?.is_empty(),
+        "rs1 was probed itself"
+    );
+    // delay_before_retry: the gaps alternate, 0.7 s within a round (plus
+    // one exchange), a delay loop between rounds.
+    let t = lab.requests_from(1, me)?;
+    let gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, g) in gaps.iter().enumerate() {
+        let within = i % 2 == 0;
+        ensure!(
+            if within {
+                (0.69..1.0).contains(g)
+            } else {
+                *g > 1.5
+            },
+            "gap {i} is {g:.3} s (retry 0.7 s, rounds 2.5 s): {gaps:?}"
+        );
+    }
+    // rs3's server stops: rs1 fails, though its own server runs on.
+    lab.stop_http(2)?;
+    scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(false)
+    })?;
+    Ok(())
+}
