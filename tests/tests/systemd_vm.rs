@@ -9,7 +9,12 @@
 //! version (apt) loses none; with VRRP and a backup director, ten
 //! `systemctl restart`s and a package reinstall of the master move no VIP
 //! (no transition on the backup, no notification, no failed request);
-//! `director flush` from a root shell removes it all. A request fails if it does not complete within 5 s or needed more
+//! `systemctl reload` applies a changed priority in the same process,
+//! `systemctl try-restart` hands over like a restart; `systemctl restart`
+//! with a config that no longer loads stops the daemon for good with
+//! priority 0 (the backup takes over at once); `director flush` from a
+//! root shell removes it all; removing the package stops the daemon and
+//! the dataplane forwards on until `director flush`. A request fails if it does not complete within 5 s or needed more
 //! than 0.9 s to connect (a SYN lost while nothing forwarded).
 
 use std::{path::PathBuf, time::Duration};
@@ -208,6 +213,46 @@ echo END d2
 echo BEGIN handover
 journalctl -u director --no-pager -o short-precise | grep -E "handing over|handed over|taking over|taken over|too long|state change|Starting|Started|stopping|restart job|cannot ask|no longer loads|stopped" | tail -90
 echo END handover
+
+# systemctl reload: the same process reads the changed file, no VIP moves.
+pid=$(systemctl show -p MainPID --value director)
+before=$(vrrp /run/director-d2 transitions)
+sed -i 's/^priority = 150/priority = 140/' /etc/director/director.toml
+systemctl reload director
+for i in $(seq 60); do [ "$(vrrp /run/director priority)" = 140 ] && break; sleep 0.5; done
+echo "RESULT reload_priority=$(vrrp /run/director priority)"
+echo "RESULT reload_same_pid=$([ "$(systemctl show -p MainPID --value director)" = "$pid" ] && echo 1 || echo 0)"
+# try-restart: a restart (the VIP stays, the state is taken over).
+taken=$(journalctl -u director --no-pager | grep -c 'taken over from the previous process')
+load_start tryrestart
+systemctl try-restart director
+ready tryrestart
+load_stop tryrestart
+echo "RESULT tryrestart_new_pid=$([ "$(systemctl show -p MainPID --value director)" != "$pid" ] && echo 1 || echo 0)"
+echo "RESULT tryrestart_taken_over=$(( $(journalctl -u director --no-pager | grep -c 'taken over from the previous process') - taken ))"
+echo "RESULT tryrestart_state=$(vrrp /run/director state)/$(vrrp /run/director-d2 state)"
+echo "RESULT reload_backup_transitions=$(( $(vrrp /run/director-d2 transitions) - before ))"
+# systemctl restart with a config that no longer loads: the daemon stops for
+# good with priority 0, the backup takes over at once (not after 3 intervals).
+cp /etc/director/director.toml /root/good.toml
+echo 'no_such_key = 1' >> /etc/director/director.toml
+systemctl restart director
+for i in $(seq 100); do [ "$(vrrp /run/director-d2 state)" = master ] && break; sleep 0.1; done
+echo "RESULT broken_backup=$(vrrp /run/director-d2 state)"
+# From the stopping daemon's "stopping for good" to the backup's takeover,
+# by the two daemons' own stamps (one clock).
+stop_t=$(journalctl -u director --no-pager -o short-unix | grep 'stopping for good' | tail -1 | awk '{print $1}')
+took_t=$(date -d "$(grep 'VRRP state change' /tmp/d2.log | grep 'new="master"' | tail -1 | awk '{print $1}')" +%s.%N)
+echo "RESULT broken_takeover_s=$(awk "BEGIN { print $took_t - ${stop_t:-0} }")"
+for i in $(seq 60); do
+  case "$(systemctl is-active director)" in failed|inactive) break;; esac
+  sleep 0.5
+done
+echo "RESULT broken_active=$(systemctl is-active director)"
+echo "RESULT broken_named=$(journalctl -u director --no-pager | grep -c 'no_such_key')"
+echo "RESULT broken_vip=$(ip -4 addr show dev eth0 | grep -c '10.0.0.100/32')"
+install -m 0640 /root/good.toml /etc/director/director.toml
+systemctl reset-failed director
 systemctl stop director
 kill $(pgrep -f vrrp2.toml)
 sleep 1
@@ -215,6 +260,21 @@ director flush --config /root/vrrp2.toml > /dev/null
 director flush
 echo "RESULT flushed_pins=$(ls /sys/fs/bpf/director 2>/dev/null | wc -l)"
 echo "RESULT flushed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
+
+# Removing the package stops the daemon; the dataplane keeps forwarding
+# until `director flush` (the binary kept aside: the package took it).
+install -m 0640 /root/install/director.toml /etc/director/director.toml
+ip addr add 10.0.0.100/32 dev eth0
+systemctl start director
+ready remove
+cp /usr/sbin/director /root/director
+load_start remove
+apt-get remove -y -q director > /tmp/apt4.log 2>&1 || { echo "RESULT apt_remove_failed=1"; cat /tmp/apt4.log; }
+load_stop remove
+echo "RESULT removed_running=$(pgrep -xc director)"
+echo "RESULT removed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
+/root/director flush --config /etc/director/director.toml > /dev/null
+echo "RESULT removed_flushed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
 echo BEGIN journal
 journalctl -u director --no-pager | tail -40
 echo END journal
@@ -325,7 +385,15 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         get("version")
     );
     ensure!(get("after_upgrade").as_deref() == Some("active"));
-    for phase in ["restart", "stop", "kill", "upgrade", "vrrp"] {
+    for phase in [
+        "restart",
+        "stop",
+        "kill",
+        "upgrade",
+        "vrrp",
+        "tryrestart",
+        "remove",
+    ] {
         let (ok, failed, slow) = (
             num(&format!("{phase}_ok"))?,
             num(&format!("{phase}_failed"))?,
@@ -379,6 +447,69 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
         num("vrrp_notified")? == 0,
         "notifications ran during the restarts ({} lines)",
         num("vrrp_notified")?
+    );
+    // systemctl reload: the same process applied the new priority, the
+    // backup saw nothing; try-restart: a new process took the state over.
+    ensure!(
+        num("reload_priority")? == 140 && num("reload_same_pid")? == 1,
+        "systemctl reload: priority {:?}, same process {:?}\n{journal}",
+        get("reload_priority"),
+        get("reload_same_pid")
+    );
+    ensure!(
+        num("tryrestart_new_pid")? == 1 && num("tryrestart_taken_over")? == 1,
+        "systemctl try-restart did not hand over:\n{journal}\n{d2}"
+    );
+    ensure!(
+        get("tryrestart_state").as_deref() == Some("master/backup")
+            && num("reload_backup_transitions")? == 0,
+        "reload and try-restart moved the VIP: {:?}, {:?} backup transitions\n{d2}",
+        get("tryrestart_state"),
+        get("reload_backup_transitions")
+    );
+    // systemctl restart with a config that no longer loads: stopped for
+    // good, with priority 0 (the backup took over at its skew time, 1.2 s,
+    // not after the master-down interval, 7.2 s), the VIP released, the
+    // error in the journal.
+    ensure!(
+        get("broken_backup").as_deref() == Some("master"),
+        "the backup did not take over from a master stopped for good\n{d2}"
+    );
+    let took: f64 = get("broken_takeover_s")
+        .context("broken_takeover_s")?
+        .trim()
+        .parse()?;
+    ensure!(
+        (0.0..4.0).contains(&took),
+        "the backup took over {took:.2} s after the master stopped for good (priority 0 not sent?)\n{journal}\n{d2}"
+    );
+    ensure!(
+        matches!(get("broken_active").as_deref(), Some("failed" | "inactive")),
+        "systemctl restart with a broken config: {:?}\n{journal}",
+        get("broken_active")
+    );
+    ensure!(
+        num("broken_named")? >= 1,
+        "the journal does not name the bad key\n{journal}"
+    );
+    ensure!(num("broken_vip")? == 0, "the stopped master kept the VIP");
+    // Removing the package: the daemon stops, the dataplane forwards on
+    // (the "remove" phase above lost no request) until `director flush`.
+    ensure!(
+        !results.iter().any(|(k, _)| k == "apt_remove_failed"),
+        "apt remove failed:\n{out}"
+    );
+    ensure!(
+        num("removed_running")? == 0,
+        "the daemon runs after the package was removed"
+    );
+    ensure!(
+        num("removed_xdp")? == 1,
+        "removing the package detached XDP"
+    );
+    ensure!(
+        num("removed_flushed_xdp")? == 0,
+        "XDP left after director flush"
     );
     ensure!(num("stopped_xdp")? == 1, "systemctl stop detached XDP");
     ensure!(num("restarts")? >= 1, "systemd did not restart the daemon");

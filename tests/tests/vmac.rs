@@ -282,3 +282,95 @@ fn ipv6_a_pinned_neighbour_entry_for_the_virtual_mac_survives_a_failover() -> Re
         "vrrp.61",
     )
 }
+
+/// The interface index of `iface` in director `i`'s namespace (None: no
+/// such interface).
+fn ifindex(lab: &Lab, i: usize, iface: &str) -> Result<Option<u32>> {
+    let out = lab.directors[i].ns.ip(&["-o", "link", "show"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "7: vrrp.51@eth0: <...> ..."
+    Ok(text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let index = f.next()?.trim().parse().ok()?;
+        let name = f.next()?.trim();
+        (name.split('@').next() == Some(iface)).then_some(index)
+    }))
+}
+
+/// Source MACs of the VRRP adverts that reach the switch from director
+/// `i`'s port in one second.
+fn advert_sources(lab: &Lab, i: usize) -> Result<Vec<String>> {
+    let capture = format!(
+        "timeout 1 tcpdump -n -e -l -Q in -i {} 'ip proto 112' 2>/dev/null; true",
+        lab.directors[i].port
+    );
+    let out = lab.switch().exec("sh", &["-c", &capture])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect())
+}
+
+/// `vmac_xmit_base`: the adverts leave from the interface's own MAC (the
+/// addresses still live on the macvlan with the virtual MAC; without it
+/// they leave from the virtual MAC). The macvlan is kept across a restart
+/// (`director restart`: the same interface, not re-created) and removed at
+/// stop.
+#[test]
+fn vmac_xmit_base_and_the_macvlan_kept_across_a_restart_removed_at_stop() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let fast = "version = 3\nadvert_int = 0.1\nuse_vmac = true";
+    let c1 = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        &format!("{fast}\nvmac_xmit_base = true"),
+    )?;
+    let c2 = scenario::vrrp_config(&lab, "director2", 100, fast)?;
+    let (mut d1, _d2) = scenario::vrrp_pair_of(&lab, &c1, &c2)?;
+    let own = lab.directors[0].mac()?;
+    let m = vmac_interface(&lab, 0)?;
+    ensure!(
+        m.contains(VMAC) && m.contains(&format!("{VIP}/32")),
+        "master: {m}"
+    );
+    let sources = advert_sources(&lab, 0)?;
+    ensure!(
+        sources.len() >= 5 && sources.iter().all(|s| *s == own),
+        "the master's adverts came from {sources:?}, not its own {own}"
+    );
+    let before = ifindex(&lab, 0, "vrrp.51")?.ok_or_else(|| anyhow!("no vrrp.51"))?;
+    let s1 = lab.state_dir("director1")?;
+    let (ok, err) = scenario::director_cli(&["restart"], &s1)?;
+    ensure!(ok, "director restart: {err}");
+    d1.wait_for_log(Duration::from_secs(10), |l| {
+        l.contains("VRRP state taken over from the previous process")
+    })?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
+    ensure!(
+        ifindex(&lab, 0, "vrrp.51")? == Some(before),
+        "the restart re-created the macvlan"
+    );
+    let m = vmac_interface(&lab, 0)?;
+    ensure!(m.contains(&format!("{VIP}/32")), "after the restart: {m}");
+    d1.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;
+    ensure!(
+        ifindex(&lab, 0, "vrrp.51")?.is_none(),
+        "the macvlan outlived the daemon's stop: {}",
+        vmac_interface(&lab, 0)?
+    );
+    // The backup (no vmac_xmit_base) became master: its adverts leave
+    // from the virtual MAC.
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    let sources = advert_sources(&lab, 1)?;
+    ensure!(
+        sources.len() >= 5 && sources.iter().all(|s| s == VMAC),
+        "the new master's adverts came from {sources:?}, not {VMAC}"
+    );
+    Ok(())
+}
