@@ -587,3 +587,78 @@ fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// `hysteresis`: with quorum 2 and hysteresis 1 over three servers of
+/// weight 1, quorum holds down to one healthy server (lost below 2 - 1)
+/// and comes back only with all three (2 + 1); `quorum_down` and
+/// `quorum_up` run once each.
+#[test]
+fn hysteresis_widens_the_quorum_band() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let events = lab.path("quorum.log");
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\nquorum = 2\nhysteresis = 1\nquorum_up = \"/bin/sh -c 'echo up >> {0}'\"\nquorum_down = \"/bin/sh -c 'echo down >> {0}'\"\n",
+        events.display()
+    ));
+    for rs in &lab.real_servers {
+        c.push_str(&format!(
+            "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 0.5\nretry = 0\nwarmup = 0\n",
+            rs.ip
+        ));
+    }
+    let path = lab.write("director.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let healthy = |s: &serde_json::Value| -> Vec<bool> {
+        (0..3).map(|i| rs_healthy(s, i) == Some(true)).collect()
+    };
+    // Waits until the status shows `want` healthy and checked, then says
+    // whether quorum is up.
+    let quorum_with = |want: [bool; 3]| -> Result<bool> {
+        let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+            healthy(s) == want
+                && (0..3)
+                    .all(|i| s["virtual_servers"][0]["real_servers"][i]["last_check"].is_number())
+        })?;
+        s["virtual_servers"][0]["quorum_up"]
+            .as_bool()
+            .context("no quorum_up")
+    };
+    ensure!(quorum_with([true, true, true])?, "up with three");
+    lab.stop_http(0)?;
+    ensure!(quorum_with([false, true, true])?, "lost with two");
+    lab.stop_http(1)?;
+    ensure!(
+        quorum_with([false, false, true])?,
+        "lost with one (below quorum, not below quorum - hysteresis)"
+    );
+    lab.stop_http(2)?;
+    ensure!(!quorum_with([false, false, false])?, "held with none");
+    lab.start_http(0)?;
+    ensure!(!quorum_with([true, false, false])?, "regained with one");
+    lab.start_http(1)?;
+    ensure!(
+        !quorum_with([true, true, false])?,
+        "regained with two (quorum, not quorum + hysteresis)"
+    );
+    lab.start_http(2)?;
+    ensure!(quorum_with([true, true, true])?, "not regained with three");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&events).unwrap_or_default();
+        if log == "down\nup\n" {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "quorum scripts ran as {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
