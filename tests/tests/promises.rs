@@ -1,5 +1,6 @@
 //! Promises of the README that had no test: `track_interface`, the
-//! tracking priority clamp, `garp_master_refresh`, `alpha`, and the XDP
+//! tracking priority clamp, `garp_master_refresh`, `garp_master_repeat` and
+//! `garp_master_delay` on the wire, `alpha`, and the XDP
 //! program running in native mode where the interface supports it.
 
 use std::{net::SocketAddr, time::Duration};
@@ -247,5 +248,83 @@ fn dont_track_primary_opts_out() -> Result<()> {
     lab.directors[1].ns.ip(&["link", "set", "eth0", "down"])?;
     // It hears nothing more and takes over, as keepalived would.
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(3))?;
+    Ok(())
+}
+
+/// `garp_master_repeat` and `garp_master_delay` on the wire, as the
+/// client's kernel stamps what it receives: on becoming master, a burst of
+/// `garp_master_repeat` gratuitous ARPs for the VIP, and after
+/// `garp_master_delay` a second burst of as many; then nothing (no
+/// refresh configured).
+#[test]
+fn garp_master_repeat_and_delay_on_the_wire() -> Result<()> {
+    use director_tests::capture;
+    use std::sync::{Arc, Mutex, atomic::AtomicBool};
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let config = scenario::vrrp_config(
+        &lab,
+        "director1",
+        150,
+        &format!("{FAST}\nstandalone = true\ngarp_master_repeat = 3\ngarp_master_delay = 1"),
+    )?;
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let wire = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        lab.client
+            .ns
+            .spawn_thread(move || capture::frames(&stop, |p, _| p == libc::ETH_P_ARP as u16, &seen))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_vrrp_state(&state, "VI_1", "master", Duration::from_secs(10))?;
+    let garps = || -> Vec<std::time::Instant> {
+        seen.lock()
+            .map(|f| {
+                f.iter()
+                    .filter(|f| !f.outgoing && f.is_garp_for(VIP))
+                    .map(|f| f.at)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while garps().len() < 6 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} gratuitous ARPs in 5 s",
+            garps().len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing more in the next 1.5 s (past where a third burst would be).
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    wire.join()
+        .map_err(|_| anyhow::anyhow!("the capture panicked"))???;
+    let t = garps();
+    ensure!(
+        t.len() == 6,
+        "{} gratuitous ARPs, not 2 bursts of 3",
+        t.len()
+    );
+    let span = |a: usize, b: usize| t[b].duration_since(t[a]).as_secs_f64();
+    ensure!(
+        span(0, 2) < 0.1 && span(3, 5) < 0.1,
+        "bursts spread over {:.3} s and {:.3} s",
+        span(0, 2),
+        span(3, 5)
+    );
+    let delay = span(2, 3);
+    ensure!(
+        (0.95..1.5).contains(&delay),
+        "the second burst came {delay:.3} s after the first (garp_master_delay = 1)"
+    );
     Ok(())
 }
