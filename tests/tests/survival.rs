@@ -453,3 +453,48 @@ fn restarts_and_reloads_lose_no_datagram() -> Result<()> {
     }
     Ok(())
 }
+
+/// VRRP across a re-created interface: the master's `eth0` is deleted and
+/// a new one takes its name (directly, then by a rename). The backup takes
+/// over while it is gone; once it is back the instance follows the new
+/// interface (its socket, adverts and announcements on the new index and
+/// MAC), preempts, and carries the VIP's traffic again.
+#[test]
+fn vrrp_follows_a_recreated_interface() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let (mut d1, _d2) = scenario::vrrp_pair(&lab, "version = 3\nadvert_int = 0.1")?;
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    scenario::assert_carries(&lab, 0, VIP.into(), &s1, 10)?;
+    for (round, by_rename) in [(1, false), (2, true)] {
+        let what = if by_rename { "by a rename" } else { "directly" };
+        lab.recreate_director_link(0, by_rename)?;
+        let needle = "VRRP interface changed: following it";
+        d1.wait_for_log(Duration::from_secs(10), |l| {
+            l.matches(needle).count() >= round
+        })?;
+        // (The backup may not notice a quick re-creation: the master
+        // might be back before its master-down interval.)
+        scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))
+            .with_context(|| format!("re-created {what}"))?;
+        scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))
+            .with_context(|| format!("re-created {what}"))?;
+        ensure!(
+            lab.directors[0].holds_vip()? && !lab.directors[1].holds_vip()?,
+            "re-created {what}: VIP placement"
+        );
+        let heard = scenario::status(&s2)?["vrrp"][0]["adverts_received"].as_u64();
+        std::thread::sleep(Duration::from_millis(500));
+        let now = scenario::status(&s2)?["vrrp"][0]["adverts_received"].as_u64();
+        ensure!(
+            now >= heard.map(|h| h + 3),
+            "re-created {what}: the backup hears no adverts ({heard:?} -> {now:?})"
+        );
+        scenario::assert_carries(&lab, 0, VIP.into(), &s1, 10)
+            .with_context(|| format!("re-created {what}"))?;
+    }
+    Ok(())
+}
