@@ -498,3 +498,90 @@ fn vrrp_follows_a_recreated_interface() -> Result<()> {
     }
     Ok(())
 }
+
+/// A daemon that may not enter the host's mount namespace (here: started
+/// without `CAP_SYS_CHROOT`, inside `ip netns exec`'s private view) cannot
+/// pin its dataplane where it outlives it: it forwards, and says so once
+/// in the log naming the cause, in `status` (a warning), in `status
+/// --json` (`dataplane_survives_restart: false`) and in the metric
+/// (`director_dataplane_survives_restart 0`); stopped, its dataplane goes
+/// with it (no XDP left on the interface).
+#[test]
+fn a_dataplane_that_cannot_outlive_the_daemon_says_so() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    let servers = vec![lab.real_servers[0].ip.to_string()];
+    let mut config = scenario::http_config(&lab, "director1", &servers)?;
+    config = config.replacen(
+        "[global]\n",
+        "[global]\nmetrics_address = \"10.0.0.10:9100\"\n",
+        1,
+    );
+    let path = lab.write("director1.toml", &config)?;
+    let state = lab.state_dir("director1")?;
+    let bin = director_bin()?;
+    let mut daemon = lab.directors[0].ns.spawn(
+        "setpriv",
+        &[
+            "--bounding-set",
+            "-sys_chroot",
+            "--inh-caps",
+            "-sys_chroot",
+            &bin.to_string_lossy(),
+            "run",
+            "--config",
+            &path.to_string_lossy(),
+        ],
+        &lab.path("director1.log"),
+    )?;
+    let status = ready(&state)?;
+    ensure!(
+        status["dataplane_survives_restart"] == false,
+        "survives without the right to reach the host's bpffs? {status}"
+    );
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab.client.run(move || http::hammer(vip, 10, WITHIN))?;
+    ensure!(t.ok == 10, "{t:?}");
+    let log = daemon.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("will NOT survive"))
+        .collect();
+    ensure!(said.len() == 1, "said {} times:\n{log}", said.len());
+    let (ok, table) = {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--state-dir"])
+            .arg(&state)
+            .output()?;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    ensure!(
+        ok && table.to_lowercase().contains("warning"),
+        "director status:\n{table}"
+    );
+    let addr = SocketAddr::from(([10, 0, 0, 10], 9100));
+    let metrics = lab
+        .client
+        .run(move || http::get(addr, "/metrics", Duration::from_secs(3)))??;
+    ensure!(
+        metrics
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("director_dataplane_survives_restart "))
+            .any(|v| v.parse::<f64>() == Ok(0.0)),
+        "{}",
+        metrics.body
+    );
+    daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    ensure!(
+        !lab.directors[0].xdp_attached()?,
+        "XDP outlived a daemon that said it would not"
+    );
+    Ok(())
+}
