@@ -6,7 +6,9 @@
 //! what the config says, a health change updates it, a daemon restart
 //! keeps forwarding (and reconciles without duplicates), `director flush`
 //! removes it; status numbers come from IPVS's statistics. The same run
-//! tries the XDP dataplane on that 6.1 kernel and records the outcome.
+//! tries the XDP dataplane on that 6.1 kernel and records the outcome, and
+//! `dataplane = "auto"` where XDP cannot run (the daemon without the
+//! capabilities it needs) falls back to IPVS and serves.
 
 use std::time::Duration;
 
@@ -165,6 +167,21 @@ ok=0; for i in 1 2 3 4 5 6; do case "$(get)" in rs*) ok=$((ok+1));; esac; done
 echo "RESULT xdp_requests_ok=$ok"
 echo BEGIN xlog; tail -n 30 /tmp/x.log; echo END xlog
 kill $(cat /tmp/x.pid) 2>/dev/null
+wait_for "! kill -0 $(cat /tmp/x.pid) 2>/dev/null" 30
+ip netns exec director /director flush --config /etc/director-xdp.toml > /dev/null
+
+# dataplane = "auto" where XDP cannot run (no CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON
+# for the daemon): it falls back to IPVS, says why, and serves.
+sed -e 's/^dataplane = "ipvs"/dataplane = "auto"/' -e 's|^state_dir = "/run/director"|state_dir = "/run/director-auto"|' /etc/director.toml > /tmp/auto.toml
+/sbin/ip netns exec director /usr/bin/setpriv --bounding-set -bpf,-sys_admin,-perfmon /director run --config /tmp/auto.toml > /tmp/a.log 2>&1 &
+echo $! > /tmp/a.pid
+wait_for "ipvs | grep -q 10.0.0.21" 60 || echo "RESULT auto=timeout"
+ok=0; for i in 1 2 3 4 5 6; do case "$(get)" in rs*) ok=$((ok+1));; esac; done
+echo "RESULT auto_requests_ok=$ok"
+echo "RESULT auto_dataplane=$(ip netns exec director /director status --json --config /tmp/auto.toml | grep -o '"dataplane": "[a-z]*"' | head -1 | sed 's/.*: //; s/"//g')"
+echo "RESULT auto_said=$(grep -c 'falling back to the kernel.s IPVS' /tmp/a.log)"
+echo BEGIN alog; tail -n 30 /tmp/a.log; echo END alog
+kill $(cat /tmp/a.pid)
 "#;
 
 #[test]
@@ -194,7 +211,7 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
                 ("/etc/director.toml", CONFIG.to_string()),
                 ("/etc/director-xdp.toml", XDP_CONFIG.to_string()),
             ],
-            programs: &[],
+            programs: &["/usr/bin/setpriv"],
         },
         Duration::from_secs(420),
     )?;
@@ -347,6 +364,22 @@ fn ipvs_dataplane_in_a_vm_with_a_real_ipvs_kernel() -> Result<()> {
         result("xdp_requests_ok").as_deref() == Some("6"),
         "XDP on 6.1 served {:?} of 6:\n{xlog}",
         result("xdp_requests_ok")
+    );
+
+    // dataplane = "auto" where XDP cannot run: IPVS, said once, serving.
+    let alog = vm::section(&out, "alog");
+    ensure!(
+        result("auto").is_none()
+            && result("auto_dataplane").as_deref() == Some("ipvs")
+            && result("auto_said").as_deref() == Some("1"),
+        "auto did not fall back to IPVS: {:?} {:?}\n{alog}",
+        result("auto_dataplane"),
+        result("auto_said")
+    );
+    ensure!(
+        result("auto_requests_ok").as_deref() == Some("6"),
+        "auto's IPVS served {:?} of 6:\n{alog}",
+        result("auto_requests_ok")
     );
     Ok(())
 }

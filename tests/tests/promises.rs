@@ -328,3 +328,99 @@ fn garp_master_repeat_and_delay_on_the_wire() -> Result<()> {
     );
     Ok(())
 }
+
+/// Director1 of `lab` on a macvlan `mv0` of its `eth0` (a driver without
+/// native XDP), with `extra` lines in `[global]`, run through `wrapper`
+/// (a command prefix such as `setpriv ...`, or nothing).
+fn on_dummy(lab: &Lab, name: &str, extra: &str, wrapper: &[&str]) -> Result<director_tests::Proc> {
+    let ns = &lab.directors[0].ns;
+    if ns.ip(&["link", "show", "mv0"]).is_err() {
+        ns.ip(&[
+            "link", "add", "mv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+        ])?;
+        ns.ip(&["addr", "add", "10.0.5.1/24", "dev", "mv0"])?;
+        ns.ip(&["link", "set", "mv0", "up"])?;
+    }
+    let state = lab.state_dir(name)?;
+    let config = format!(
+        "[global]\nrouter_id = \"{name}\"\ninterface = \"mv0\"\nstate_dir = \"{}\"\n{extra}\n\n[[virtual_server]]\naddress = \"10.0.5.100\"\nport = 80\n\n  [[virtual_server.real_server]]\n  address = \"10.0.5.2\"\n",
+        state.display()
+    );
+    let path = lab.write(&format!("{name}.toml"), &config)?;
+    let bin = director_tests::director_bin()?;
+    let (bin, path) = (bin.to_string_lossy(), path.to_string_lossy());
+    let mut args: Vec<&str> = wrapper.to_vec();
+    args.extend([bin.as_ref(), "run", "--config", path.as_ref()]);
+    ns.spawn(args[0], &args[1..], &lab.path(&format!("{name}.log")))
+}
+
+/// What cannot run says why and exits 1; `auto` falls back: `xdp_mode =
+/// "auto"` on a driver without native XDP attaches in generic mode (one
+/// warning), a forced `native` there is an error naming the interface;
+/// `dataplane = "ipvs"` on this kernel (no IPVS) names the module; a
+/// forced `xdp` without the capabilities names them; `auto` without them
+/// names both reasons (its fallback to IPVS succeeding is tested where
+/// IPVS runs, `tests/tests/ipvs_vm.rs`).
+#[test]
+fn auto_falls_back_and_what_cannot_run_says_why() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let mut d = on_dummy(&lab, "generic", "xdp_mode = \"auto\"", &[])?;
+    d.wait_for_log(Duration::from_secs(20), |l| l.contains("dataplane ready"))?;
+    let st = scenario::status(&lab.state_dir("generic")?)?;
+    ensure!(st["xdp_mode"] == "generic", "{st}");
+    let out = lab.directors[0].ns.ip(&["-d", "link", "show", "mv0"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.contains("xdpgeneric"), "not in generic mode: {text}");
+    let log = d.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("generic"))
+        .count();
+    ensure!(warned == 1, "{warned} warnings about the fallback:\n{log}");
+    d.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;
+    let flushed = std::process::Command::new(director_tests::director_bin()?)
+        .args(["flush", "--state-dir"])
+        .arg(lab.state_dir("generic")?)
+        .status()?;
+    ensure!(flushed.success(), "flush");
+
+    let no_caps = ["setpriv", "--bounding-set", "-bpf,-sys_admin,-perfmon"];
+    for (name, extra, wrapper, says) in [
+        (
+            "native",
+            "xdp_mode = \"native\"",
+            &[][..],
+            &["mv0", "native"][..],
+        ),
+        ("ipvs", "dataplane = \"ipvs\"", &[], &["IPVS", "ip_vs"]),
+        (
+            "xdp-no-caps",
+            "dataplane = \"xdp\"",
+            &no_caps,
+            &["CAP_SYS_ADMIN", "CAP_BPF"],
+        ),
+        (
+            "auto-no-caps",
+            "dataplane = \"auto\"",
+            &no_caps,
+            &["XDP:", "CAP_SYS_ADMIN", "IPVS:", "ip_vs"],
+        ),
+    ] {
+        let mut d = on_dummy(&lab, name, extra, wrapper)?;
+        let code = d.wait_for_exit(Duration::from_secs(20))?;
+        let log = d.log();
+        ensure!(code == Some(1), "{name}: exit {code:?}:\n{log}");
+        let last = log.lines().last().unwrap_or_default();
+        for s in says {
+            ensure!(
+                last.contains(s),
+                "{name}: the error does not say {s:?}:\n{log}"
+            );
+        }
+    }
+    Ok(())
+}

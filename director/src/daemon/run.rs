@@ -92,10 +92,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         }
         _ => None,
     };
-    let pins = match g.dataplane {
+    // `auto` without a bpffs (no right to mount one): XDP cannot run, and
+    // IPVS is the fallback as for any other reason.
+    let mut no_bpffs = None;
+    let prepared = match g.dataplane {
         DataplaneKind::Ipvs => None,
-        DataplaneKind::Xdp | DataplaneKind::Auto => {
-            let pins = bpffs::prepare_for_run(&g.pin_dir())?;
+        DataplaneKind::Xdp => Some(bpffs::prepare_for_run(&g.pin_dir())?),
+        DataplaneKind::Auto => bpffs::prepare_for_run(&g.pin_dir())
+            .map_err(|e| no_bpffs = Some(e))
+            .ok(),
+    };
+    let pins = match prepared {
+        None => None,
+        Some(pins) => {
             bpffs::report(&pins);
             let legacy = legacy_pin_dir(&g.state_dir);
             if bpffs::on_bpffs(&legacy) && legacy.join("link").exists() {
@@ -105,19 +114,22 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             Some(pins)
         }
     };
-    let mut dataplane = Dataplane::open(
-        g.dataplane,
-        &XdpOptions {
-            interface: g.interface.clone(),
-            mode: g.xdp_mode,
-            pins: pins.as_ref().map(|p| PinPaths {
-                dir: p.path.clone(),
-                state_dir: g.state_dir.clone(),
-            }),
-            flow_table_size: g.flow_table_size,
-        },
-        &g.state_dir,
-    )?;
+    let mut dataplane = match no_bpffs {
+        Some(e) => Dataplane::fall_back(e.into(), &g.state_dir)?,
+        None => Dataplane::open(
+            g.dataplane,
+            &XdpOptions {
+                interface: g.interface.clone(),
+                mode: g.xdp_mode,
+                pins: pins.as_ref().map(|p| PinPaths {
+                    dir: p.path.clone(),
+                    state_dir: g.state_dir.clone(),
+                }),
+                flow_table_size: g.flow_table_size,
+            },
+            &g.state_dir,
+        )?,
+    };
     info!(dataplane = dataplane.name(), xdp_mode = ?dataplane.xdp_mode(), "dataplane ready");
     if dataplane.name() == "xdp" {
         info!(

@@ -61,7 +61,7 @@ pub enum BpffsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot mount a bpffs at {path}: {source}")]
+    #[error("cannot mount a bpffs at {path}: {source}{}", if *source == nix::Error::EPERM { " (mounting needs CAP_SYS_ADMIN; the XDP dataplane also needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)" } else { "" })]
     Mount { path: PathBuf, source: nix::Error },
     #[error("pin directory {path}: {what}")]
     Other { path: PathBuf, what: String },

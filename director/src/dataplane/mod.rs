@@ -56,17 +56,21 @@ impl Dataplane {
             DataplaneKind::Ipvs => Ok(Dataplane::Ipvs(ipvs::IpvsDataplane::open(state_dir)?)),
             DataplaneKind::Auto => match xdp::XdpDataplane::open(xdp_options) {
                 Ok(d) => Ok(Dataplane::Xdp(Box::new(d))),
-                Err(xdp) => {
-                    warn!(error = %xdp, "XDP cannot run here: falling back to the kernel's IPVS");
-                    match ipvs::IpvsDataplane::open(state_dir) {
-                        Ok(d) => Ok(Dataplane::Ipvs(d)),
-                        Err(ipvs) => Err(DataplaneError::Neither {
-                            xdp: Box::new(xdp),
-                            ipvs: Box::new(ipvs),
-                        }),
-                    }
-                }
+                Err(xdp) => Self::fall_back(xdp, state_dir),
             },
+        }
+    }
+
+    /// `auto` when XDP cannot run (`xdp` says why): the kernel's IPVS, with
+    /// one log line saying why; both reasons when IPVS cannot run either.
+    pub fn fall_back(xdp: xdp::XdpError, state_dir: &Path) -> Result<Dataplane, DataplaneError> {
+        warn!(error = %xdp, "XDP cannot run here: falling back to the kernel's IPVS");
+        match ipvs::IpvsDataplane::open(state_dir) {
+            Ok(d) => Ok(Dataplane::Ipvs(d)),
+            Err(ipvs) => Err(DataplaneError::Neither {
+                xdp: Box::new(xdp),
+                ipvs: Box::new(ipvs),
+            }),
         }
     }
 

@@ -107,6 +107,9 @@ impl PinPaths {
 pub enum XdpError {
     #[error("the XDP program is missing from this binary (built with AYA_BUILD_SKIP)")]
     NotBuilt,
+    /// No bpffs to pin the dataplane on (checked before anything loads).
+    #[error(transparent)]
+    Bpffs(#[from] crate::dataplane::bpffs::BpffsError),
     #[error(
         "cannot load the XDP program: {0} (if pinned maps from an incompatible version exist, remove them with `director run --flush`)"
     )]
