@@ -172,7 +172,7 @@ ip netns exec director /director flush --config /etc/director-xdp.toml > /dev/nu
 
 # dataplane = "auto" where XDP cannot run (no CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON
 # for the daemon): it falls back to IPVS, says why, and serves.
-sed -e 's/^dataplane = "ipvs"/dataplane = "auto"/' -e 's|^state_dir = "/run/director"|state_dir = "/run/director-auto"|' /etc/director.toml > /tmp/auto.toml
+sed -e '/^scheduler = "wrr"/d' -e 's/^dataplane = "ipvs"/dataplane = "auto"/' -e 's|^state_dir = "/run/director"|state_dir = "/run/director-auto"|' /etc/director.toml > /tmp/auto.toml
 /sbin/ip netns exec director /usr/bin/setpriv --bounding-set -bpf,-sys_admin,-perfmon /director run --config /tmp/auto.toml > /tmp/a.log 2>&1 &
 echo $! > /tmp/a.pid
 wait_for "ipvs | grep -q 10.0.0.21" 60 || echo "RESULT auto=timeout"
