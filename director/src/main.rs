@@ -108,7 +108,12 @@ fn main() -> ExitCode {
             None => director::import::import(&file),
         } {
             Ok(imp) => {
-                print!("{}", imp.toml);
+                // --strict with anything left out prints no config: nothing
+                // half-imported lands where the output was redirected.
+                let refused = strict && !imp.warnings.is_empty();
+                if !refused {
+                    print!("{}", imp.toml);
+                }
                 for n in &imp.notes {
                     eprintln!("{n}");
                 }
@@ -116,13 +121,17 @@ fn main() -> ExitCode {
                     eprintln!("{w}");
                 }
                 if !imp.warnings.is_empty() {
+                    if refused {
+                        eprintln!(
+                            "{} directive(s) not translated (listed above): --strict prints no config",
+                            imp.warnings.len()
+                        );
+                        return ExitCode::FAILURE;
+                    }
                     eprintln!(
                         "{} directive(s) not translated (listed above and as comments in the output)",
                         imp.warnings.len()
                     );
-                    if strict {
-                        return ExitCode::FAILURE;
-                    }
                 }
                 Ok(())
             }

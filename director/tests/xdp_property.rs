@@ -27,11 +27,23 @@ fn frames_per_family() -> usize {
         .unwrap_or(60_000)
 }
 
+/// `DIRECTOR_PROPERTY_SEED`, or a fresh one; said at the start, so even
+/// a run that hangs or crashes names the seed that reproduces it.
 fn seed() -> u64 {
-    std::env::var("DIRECTOR_PROPERTY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::rng().random())
+    let seed = match std::env::var("DIRECTOR_PROPERTY_SEED") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("DIRECTOR_PROPERTY_SEED={v:?} is not a number")),
+        Err(_) => rand::rng().random(),
+    };
+    eprintln!("seed {seed}: {}", rerun(seed));
+    seed
+}
+
+/// How to run exactly this input again.
+fn rerun(seed: u64) -> String {
+    format!("rerun with DIRECTOR_PROPERTY_SEED={seed} cargo test -p director --test xdp_property")
 }
 
 /// Random bytes, as many as `range` draws.
@@ -269,24 +281,32 @@ fn check(
     stats: &mut [u64; 4],
 ) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(dp, frame)));
-    let (verdict, mac) = result
-        .unwrap_or_else(|_| panic!("seed {seed}: the frame that broke a property: {frame:02x?}"));
+    let (verdict, mac) = result.unwrap_or_else(|_| {
+        panic!(
+            "seed {seed}: the frame that broke a property: {frame:02x?} ({})",
+            rerun(seed)
+        )
+    });
     if verdict == XDP_TX {
         let to_vip = matches!(destination(frame), Some(IpAddr::V4(a)) if a.octets() == VIP4)
             || matches!(destination(frame), Some(IpAddr::V6(a)) if a.octets() == VIP6);
         assert!(
             to_vip,
-            "seed {seed}: rewrote a frame not addressed to a VIP: {frame:02x?}"
+            "seed {seed}: rewrote a frame not addressed to a VIP: {frame:02x?} ({})",
+            rerun(seed)
         );
         let allowed = allowed_servers(frame);
         assert!(
             allowed.iter().any(|i| mac_of(*i).0 == mac),
-            "seed {seed}: sent to {mac:02x?}, not a real server of the frame's service (servers {allowed:?}): {frame:02x?}"
+            "seed {seed}: sent to {mac:02x?}, not a real server of the frame's service (servers {allowed:?}): {frame:02x?} ({})",
+            rerun(seed)
         );
     } else {
         assert_eq!(
-            verdict, XDP_PASS,
-            "seed {seed}: verdict {verdict} for {frame:02x?}"
+            verdict,
+            XDP_PASS,
+            "seed {seed}: verdict {verdict} for {frame:02x?} ({})",
+            rerun(seed)
         );
     }
     stats[verdict as usize] += 1;
@@ -346,7 +366,7 @@ fn random_and_crafted_frames_keep_every_property() {
         80,
         SYN,
     );
-    assert_eq!(run(&dp, &syn).0, XDP_TX);
+    assert_eq!(run(&dp, &syn).0, XDP_TX, "seed {seed}: {}", rerun(seed));
     let ack = frames::tcp_frame(
         "10.1.0.1".parse().expect("ip"),
         4242,
@@ -354,7 +374,7 @@ fn random_and_crafted_frames_keep_every_property() {
         80,
         ACK,
     );
-    assert_eq!(run(&dp, &ack).0, XDP_TX);
+    assert_eq!(run(&dp, &ack).0, XDP_TX, "seed {seed}: {}", rerun(seed));
     eprintln!(
         "seed {seed}: {total} frames, {} passed, {} rewritten (XDP_TX), 0 aborted",
         stats[XDP_PASS as usize], stats[XDP_TX as usize]
@@ -364,4 +384,27 @@ fn random_and_crafted_frames_keep_every_property() {
         stats[XDP_TX as usize] > 1000,
         "too few frames reached the rewrite path: {stats:?}"
     );
+}
+
+/// A seed names one input: the generators draw only from the seeded
+/// generator, so two runs of one seed make the same frames, byte for
+/// byte (what makes a printed seed worth rerunning).
+#[test]
+fn a_seed_reproduces_its_frames() {
+    let frames = |seed: u64| -> Vec<Vec<u8>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..300)
+            .map(|i| match i % 4 {
+                0 => ipv4_frame(&mut rng),
+                1 => ipv6_frame(&mut rng),
+                2 => icmp_error(&mut rng),
+                _ => {
+                    let f = ipv4_frame(&mut rng);
+                    vlan(&mut rng, f)
+                }
+            })
+            .collect()
+    };
+    assert_eq!(frames(7), frames(7));
+    assert_ne!(frames(7), frames(8));
 }

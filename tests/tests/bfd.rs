@@ -554,3 +554,137 @@ fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     Ok(())
 }
+
+/// BFD over IPv6 between two directors with `source_ip` and `ttl = 200`:
+/// the session comes up; every packet director1 sends leaves from its
+/// `source_ip` with hop limit 200 (captured at director2); a packet from
+/// the neighbour with hop limit 199 and a 3-byte datagram are dropped and
+/// counted by reason (status `dropped`, the metric), the session staying
+/// Up.
+#[test]
+fn ipv6_source_ip_ttl_and_drop_counters() -> Result<()> {
+    use director_tests::capture;
+    use std::sync::{Arc, Mutex, atomic::AtomicBool};
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 1,
+        vip_on_director: false,
+    })?;
+    let (a1, a2) = (lab.directors[0].ip6(), lab.directors[1].ip6());
+    let config = |me: usize,
+                  mine: std::net::Ipv6Addr,
+                  peer: std::net::Ipv6Addr|
+     -> Result<String> {
+        let name = format!("director{}", me + 1);
+        let mut c = scenario::global_config(&lab, &name)?;
+        if me == 0 {
+            c.push_str("metrics_address = \"10.0.0.10:9100\"\n");
+        }
+        c.push_str(&format!(
+            "\n[[bfd_instance]]\nname = \"peer\"\nneighbor_ip = \"{peer}\"\nsource_ip = \"{mine}\"\nmin_rx = 50\nmin_tx = 50\nmultiplier = 3\nttl = 200\n"
+        ));
+        Ok(c)
+    };
+    let p1 = lab.write("d1.toml", &config(0, a1, a2)?)?;
+    let p2 = lab.write("d2.toml", &config(1, a2, a1)?)?;
+    let (s1, s2) = (lab.state_dir("director1")?, lab.state_dir("director2")?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    for s in [&s1, &s2] {
+        wait("the IPv6 session up", Duration::from_secs(10), || {
+            Ok(session(s)?["state"] == "up")
+        })?;
+    }
+    let transitions = session(&s1)?["transitions"].clone();
+    // What director2 receives from director1, for a second.
+    let wire = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        lab.directors[1].ns.spawn_thread(move || {
+            capture::frames(
+                &stop,
+                |p, d| {
+                    // IPv6, UDP (next header 17), destination port 3784.
+                    p == libc::ETH_P_IPV6 as u16
+                        && d.len() >= 48
+                        && d[6] == 17
+                        && u16::from_be_bytes([d[42], d[43]]) == 3784
+                },
+                &seen,
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    wire.join()
+        .map_err(|_| anyhow::anyhow!("the capture panicked"))???;
+    let frames: Vec<(u8, std::net::Ipv6Addr)> = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .filter(|f| !f.outgoing)
+        .map(|f| {
+            let src: [u8; 16] = f.data[8..24].try_into().unwrap_or_default();
+            (f.data[7], src.into())
+        })
+        .collect();
+    ensure!(
+        frames.len() >= 10,
+        "{} BFD packets in 1 s at 50 ms",
+        frames.len()
+    );
+    ensure!(
+        frames.iter().all(|&(hops, src)| hops == 200 && src == a1),
+        "sent as {:?}, not hop limit 200 from {a1}",
+        frames.iter().take(5).collect::<Vec<_>>()
+    );
+
+    // From the neighbour's address: a valid-looking packet one hop short,
+    // and a runt.
+    let (mine, theirs) = (
+        session(&s2)?["local_discriminator"]
+            .as_u64()
+            .context("disc")? as u32,
+        session(&s1)?["local_discriminator"]
+            .as_u64()
+            .context("disc")? as u32,
+    );
+    let mut packet = vec![0x20, 0xc0, 3, 24];
+    for v in [mine, theirs, 50_000, 50_000, 0] {
+        packet.extend(v.to_be_bytes());
+    }
+    lab.directors[1].ns.run(move || -> Result<()> {
+        let s = std::net::UdpSocket::bind((a2, 0))?;
+        socket2::SockRef::from(&s).set_unicast_hops_v6(199)?;
+        s.send_to(&packet, (a1, 3784))?;
+        s.send_to(&[0x20, 0xc0, 3], (a1, 3784))?;
+        Ok(())
+    })??;
+    let dropped = wait("both drops counted", Duration::from_secs(3), || {
+        let d = &session(&s1)?["dropped"];
+        Ok(d["ttl"].as_u64() >= Some(1) && d["short"].as_u64() >= Some(1))
+    });
+    let s = session(&s1)?;
+    dropped.with_context(|| format!("{s}"))?;
+    ensure!(
+        s["state"] == "up" && s["transitions"] == transitions,
+        "the session moved: {s}"
+    );
+    let addr = std::net::SocketAddr::from(([10, 0, 0, 10], 9100));
+    let metrics = lab
+        .client
+        .run(move || director_tests::http::get(addr, "/metrics", Duration::from_secs(3)))??;
+    for reason in ["ttl", "short"] {
+        ensure!(
+            metrics.body.lines().any(|l| {
+                l.starts_with("director_bfd_packets_dropped_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+                    && !l.ends_with(" 0")
+            }),
+            "no {reason} drops in the metrics:\n{}",
+            metrics.body
+        );
+    }
+    Ok(())
+}

@@ -191,6 +191,47 @@ fn the_corpus_imports_and_passes_check_config() -> Result<()> {
 /// The importer's contract over the whole corpus: each file either
 /// imports into a config `check-config` accepts, or the import exits
 /// non-zero naming the file, the line and the directive that stops it.
+/// `--strict`: a file with directives that do not come across exits 1,
+/// still naming each on stderr (and printing nothing on stdout: no
+/// half-imported config to redirect into place); a file that translates
+/// entirely exits 0 with the same output as without it.
+#[test]
+fn strict_refuses_what_does_not_translate() -> Result<()> {
+    let file = corpus("nginx-pair-a.conf");
+    let out = Command::new(director_bin()?)
+        .args(["import-keepalived", "--strict"])
+        .arg(&file)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "exit {:?}: {stderr}",
+        out.status
+    );
+    let named = stderr
+        .lines()
+        .filter(|l| l.contains("not translated:"))
+        .count();
+    ensure!(named == 4, "{named} directives named:\n{stderr}");
+    ensure!(
+        out.stdout.is_empty(),
+        "--strict printed a config:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_, text, reported) = import(&corpus("trackers-routes.conf"))?;
+    ensure!(reported.is_empty(), "{reported:?}");
+    let out = Command::new(director_bin()?)
+        .args(["import-keepalived", "--strict"])
+        .arg(corpus("trackers-routes.conf"))
+        .output()?;
+    ensure!(
+        out.status.success() && String::from_utf8(out.stdout)? == text,
+        "--strict on a file that translates entirely: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn every_corpus_file_imports_cleanly_or_is_refused_clearly() -> Result<()> {
     let dir = corpus("");

@@ -387,3 +387,132 @@ fn runtime_real_server_changes() -> Result<()> {
     );
     Ok(())
 }
+
+/// A directory made read-only in the mount namespace of process `pid`
+/// (the daemon's: `ip netns exec` gave it its own), unmounted when the
+/// test ends, failed or not.
+struct ReadOnly(String, std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(pid: u32, dir: &std::path::Path) -> Result<ReadOnly> {
+        let (pid, d) = (pid.to_string(), dir.to_string_lossy().to_string());
+        let inside = |args: &[&str]| -> Result<()> {
+            let mut all = vec!["--mount", "--target", &pid, "mount"];
+            all.extend(args);
+            director_tests::netns::sh("nsenter", &all).map(|_| ())
+        };
+        inside(&["--bind", &d, &d])?;
+        let guard = ReadOnly(pid.clone(), dir.to_path_buf());
+        inside(&["-o", "remount,bind,ro", &d, &d])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let d = self.1.to_string_lossy();
+        let _ =
+            director_tests::netns::sh("nsenter", &["--mount", "--target", &self.0, "umount", &d]);
+    }
+}
+
+/// `real-server --persist` when the file cannot take the change: a
+/// service whose real servers are written inline, or a file that no
+/// longer parses (an operator mid-edit), refuses the change before
+/// anything moves (the file and the running weights as they were); a file
+/// that cannot be written (its directory read-only) gets the change
+/// applied and reported "applied, but not persisted", the file untouched.
+#[test]
+fn persist_refuses_or_says_what_it_could_not_write() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let conf_dir = lab.path("conf");
+    std::fs::create_dir_all(&conf_dir)?;
+    let path = conf_dir.join("director.toml");
+    let rs: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let mut config = scenario::http_config(&lab, "director1", &rs)?;
+    config.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 8080\nreal_server = [{{ address = \"{}\" }}]\n",
+        rs[0]
+    ));
+    std::fs::write(&path, &config)?;
+    let mut d = scenario::spawn_director(&lab, 0, &path)?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    let persist = |port: &str, weight: u32| -> Result<(bool, String)> {
+        let out = Command::new(director_bin()?)
+            .args([
+                "real-server",
+                "weight",
+                "--vip",
+                &VIP.to_string(),
+                "--port",
+                port,
+            ])
+            .args([
+                "--address",
+                &rs[0],
+                "--weight",
+                &weight.to_string(),
+                "--persist",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        ))
+    };
+    let weight = |vs: usize| -> Result<u64> {
+        scenario::status(&state)?["virtual_servers"][vs]["real_servers"][0]["weight"]
+            .as_u64()
+            .context("weight")
+    };
+    let unchanged = |what: &str| -> Result<()> {
+        ensure!(
+            std::fs::read_to_string(&path)? == config,
+            "{what}: the file changed"
+        );
+        ensure!(
+            weight(0)? == 1 && weight(1)? == 1,
+            "{what}: the running weights changed"
+        );
+        Ok(())
+    };
+
+    // Inline real servers: refused, nothing changed.
+    let (ok, err) = persist("8080", 3)?;
+    ensure!(!ok && err.contains("not written as"), "inline: {err}");
+    unchanged("inline")?;
+
+    // The file no longer parses: refused, nothing changed.
+    std::fs::write(&path, format!("{config}\n[[virtual_server\n"))?;
+    let (ok, err) = persist("80", 3)?;
+    ensure!(!ok && err.contains("cannot edit"), "mid-edit: {err}");
+    std::fs::write(&path, &config)?;
+    unchanged("mid-edit")?;
+
+    // Its directory read-only: applied, and said not persisted.
+    let ro = ReadOnly::mount(d.pid().context("the daemon's pid")?, &conf_dir)?;
+    let (ok, err) = persist("80", 3)?;
+    ensure!(
+        !ok && err.contains("applied, but not persisted"),
+        "read-only: {err}"
+    );
+    ensure!(weight(0)? == 3, "the change was not applied");
+    ensure!(
+        std::fs::read_to_string(&path)? == config,
+        "the file changed on a read-only mount?"
+    );
+    drop(ro);
+    ensure!(
+        std::fs::read_dir(&conf_dir)?.count() == 1,
+        "a temporary file was left"
+    );
+    d.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    Ok(())
+}

@@ -585,3 +585,55 @@ fn a_dataplane_that_cannot_outlive_the_daemon_says_so() -> Result<()> {
     );
     Ok(())
 }
+
+/// A real server's MAC changes (a replaced NIC, a VM moved to another
+/// host) and the server announces it (gratuitous ARP: Linux's `arp_notify`):
+/// the director follows at once - new flows and established ones reach
+/// the server at its new MAC, the change is logged - while the other real
+/// server is untouched.
+#[test]
+fn a_real_servers_new_mac_is_followed() -> Result<()> {
+    let (lab, path, state) = one_director()?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    ready(&state)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let served = |what: &str| -> Result<()> {
+        let t = lab.client.run(move || http::hammer(vip, 40, WITHIN))?;
+        ensure!(
+            t.ok == 40 && t.by_body.contains_key("rs1") && t.by_body.contains_key("rs2"),
+            "{what}: {t:?}"
+        );
+        Ok(())
+    };
+    served("before")?;
+    // Established connections to rs1 (kept alive across the change).
+    let mut kept = Vec::new();
+    for _ in 0..20 {
+        let mut c = lab
+            .client
+            .run(move || http::KeepAlive::connect(vip, WITHIN))??;
+        if c.get("/")?.body.starts_with("rs1") {
+            kept.push(c);
+        }
+    }
+    ensure!(!kept.is_empty(), "no connection reached rs1");
+    let rs1 = &lab.real_servers[0].ns;
+    rs1.sysctl("net.ipv4.conf.eth0.arp_notify", "1")?;
+    let new_mac = "02:00:00:00:cd:01";
+    rs1.ip(&["link", "set", "eth0", "address", new_mac])?;
+    daemon.wait_for_log(Duration::from_secs(5), |l| {
+        l.contains("real server MAC changed") && l.contains(new_mac)
+    })?;
+    served("after rs1's MAC changed")?;
+    // The established connections go on, to rs1 at its new MAC.
+    for c in &mut kept {
+        let r = c.get("/")?;
+        ensure!(
+            r.status == 200 && r.body.starts_with("rs1"),
+            "a kept connection: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    Ok(())
+}

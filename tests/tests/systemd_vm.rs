@@ -265,6 +265,9 @@ echo "RESULT flushed_xdp=$(ip -d link show eth0 | grep -c 'prog/xdp')"
 # until `director flush` (the binary kept aside: the package took it).
 install -m 0640 /root/install/director.toml /etc/director/director.toml
 ip addr add 10.0.0.100/32 dev eth0
+# (The VIP was d2's a moment ago and a static VIP is not announced: the
+# client forgets d2's MAC, as it would after its cache timeout.)
+ip -n client neigh flush all
 systemctl start director
 ready remove
 cp /usr/sbin/director /root/director
