@@ -2,7 +2,9 @@
 //! under continuous requests: a keepalived pair (keepalived driving VRRP,
 //! director's dataplane beside it, as where IPVS is absent) becomes a
 //! director pair one node at a time, with no failed request and no split
-//! brain at any step.
+//! brain at any step; then `flow_sync` is turned on (step 4's last words)
+//! and established connections to a drained real server survive a
+//! failover.
 
 use std::{
     path::{Path, PathBuf},
@@ -66,6 +68,23 @@ fn a_keepalived_pair_becomes_a_director_pair_without_a_failed_request() -> Resul
     let dp_b = lab.write("beside-b.toml", &toml::to_string(&beside(full_b.clone()))?)?;
     let conf_a = lab.write("director-a.toml", &toml::to_string(&full_a)?)?;
     let conf_b = lab.write("director-b.toml", &toml::to_string(&full_b)?)?;
+    // Step 4's last words: flow_sync on both (what the operator adds).
+    let synced = |mut t: toml::Table, me: &str, peer: &str| -> Result<String> {
+        let sync: toml::Table = toml::from_str(&format!(
+            "listen = \"{me}:7100\"\npeers = [\"{peer}:7100\"]\nkey = \"migration-sync-key\"\ninterval = 0.2\n"
+        ))?;
+        t.get_mut("global")
+            .and_then(toml::Value::as_table_mut)
+            .context("no [global]")?
+            .insert("flow_sync".into(), toml::Value::Table(sync));
+        Ok(toml::to_string(&t)?)
+    };
+    let (ip_a, ip_b) = (
+        lab.directors[0].ip.to_string(),
+        lab.directors[1].ip.to_string(),
+    );
+    let synced_a = synced(full_a.clone(), &ip_a, &ip_b)?;
+    let synced_b = synced(full_b.clone(), &ip_b, &ip_a)?;
     let ka_conf = |f: &str| std::fs::read_to_string(corpus(f));
 
     // Production today: keepalived (VRRP) on both nodes, the dataplane
@@ -126,11 +145,59 @@ fn a_keepalived_pair_becomes_a_director_pair_without_a_failed_request() -> Resul
             let st = scenario::status(s)?;
             ensure!(st["vrrp"][0]["split_brains"] == 0, "a split brain: {st}");
         }
+
+        // flow_sync on both: the file edited, `director restart` (a
+        // restart moves no VIP), then the flows it exists for. Connections
+        // to rs1 are open through A when rs1 is drained on both (their
+        // flows are now exceptions to the Maglev tables: synced to B); A
+        // stops and B, now master, keeps them on rs1.
+        std::fs::write(&conf_a, &synced_a)?;
+        std::fs::write(&conf_b, &synced_b)?;
+        for s in [&s2, &s1] {
+            let (ok, err) = scenario::director_cli(&["restart"], s)?;
+            ensure!(ok, "director restart: {err}");
+            scenario::wait_status(s, Duration::from_secs(10), |st| {
+                st["flow_sync"]["peers"] == 1 && scenario::all_resolved(st)
+            })?;
+        }
+        ensure!(
+            scenario::vrrp_state(&s1, "VI_WEB").as_deref() == Some("master"),
+            "A's restart moved the VIP"
+        );
+        let mut kept = Vec::new();
+        for _ in 0..20 {
+            let mut c = lab
+                .client
+                .run(move || http::KeepAlive::connect(addr, Duration::from_secs(2)))??;
+            if c.get("/")?.body.starts_with("rs1") {
+                kept.push(c);
+            }
+        }
+        ensure!(!kept.is_empty(), "no connection to rs1");
+        let rs1 = lab.real_servers[0].ip.to_string();
+        for s in [&s1, &s2] {
+            scenario::drain_real_server(&rs1, s)?;
+        }
+        scenario::wait_status(&s2, Duration::from_secs(5), |st| {
+            st["flow_sync"]["flows_imported"].as_u64() >= Some(kept.len() as u64)
+        })?;
+        let mut da_full = da_full;
+        da_full.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+        scenario::wait_vrrp_state(&s2, "VI_WEB", "master", Duration::from_secs(5))?;
+        for c in &mut kept {
+            let r = c.get("/")?;
+            ensure!(
+                r.body.starts_with("rs1"),
+                "an established connection moved at the failover: {:?}",
+                r.body
+            );
+        }
+        steps.push("flow sync on: established flows kept across a failover");
         Ok((steps, da_full, db_full))
     })?;
     let (steps, _da_full, _db_full) = steps;
     eprintln!("{steps:?}: {tally:?}");
-    ensure!(steps.len() == 3, "{steps:?}");
+    ensure!(steps.len() == 4, "{steps:?}");
     ensure!(
         tally.failed == 0,
         "failed requests during the migration: {tally:?}"
