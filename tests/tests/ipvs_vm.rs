@@ -494,6 +494,12 @@ for r in rs1 rs2; do
   /sbin/ip netns exec $r httpd -f -p 80 -h /www/$r &
   echo $! > /tmp/$r.pid
 done
+# The migration guide's "keep dataplane = ipvs": keepalived's service for
+# a VIP of the config is still in IPVS (another scheduler, a real server
+# the config does not have, another weight): the director takes it over.
+ip netns exec director ipvsadm -A -t 10.0.0.100:80 -s wlc
+ip netns exec director ipvsadm -a -t 10.0.0.100:80 -r 10.0.0.20 -g -w 5
+ip netns exec director ipvsadm -a -t 10.0.0.100:80 -r 10.0.0.99 -g -w 1
 /sbin/ip netns exec director /director run --config /etc/director.toml > /tmp/d.log 2>&1 &
 echo $! > /tmp/d.pid
 wait_for "[ \$(ipvs | grep -c 'Route') -ge 10 ] && [ \$(ipvs | grep -c 'Tunnel') -ge 2 ]" 90 || echo "RESULT start=timeout"
@@ -529,7 +535,9 @@ echo BEGIN dlog; tail -n 30 /tmp/d.log; echo END dlog
 /// to both marked addresses are served by both real servers. A `wlc`
 /// service keeps a failed `inhibit_on_failure` server at weight 0; an IPVS
 /// service the daemon did not make survives its reload, health changes and
-/// `director flush`.
+/// `director flush`, unless the config has its address (keepalived's
+/// leftover, as the migration guide's `dataplane = "ipvs"` step leaves it):
+/// that one is taken over and made what the config says.
 #[test]
 fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     let director = director_bin()?;
@@ -582,6 +590,22 @@ fn ipvs_groups_and_tunnelling_in_a_vm() -> Result<()> {
     }
     ensure!(table.contains("FWM  5 rr"), "{table}");
     ensure!(table.matches("Route").count() == 10, "{table}");
+    // keepalived's leftover service for 10.0.0.100:80 was taken over: the
+    // config's scheduler, servers and weights, nothing of the old.
+    let taken: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("TCP  10.0.0.100:80 "))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("->"))
+        .collect();
+    ensure!(
+        taken.len() == 2
+            && taken
+                .iter()
+                .all(|l| l.split_whitespace().nth(3) == Some("1"))
+            && !table.contains("10.0.0.99"),
+        "keepalived's service was not taken over: {taken:?}\n{table}"
+    );
     ensure!(table.matches("Tunnel").count() == 2, "{table}");
     for a in [100, 101, 102, 110, 120, 121, 130] {
         let r = vm::section(&out, &format!("req{a}"));
