@@ -72,15 +72,13 @@ fn hostile_vrrp_traffic_changes_nothing_and_is_counted() -> Result<()> {
         }
         Ok(())
     })??;
-    std::thread::sleep(Duration::from_millis(500));
     for state in [&s1, &s2] {
-        let v = vrrp(state)?;
-        for r in &reasons {
-            ensure!(
-                v["rejected"][*r].as_u64() >= Some(20),
-                "reason {r} not counted 20 times: {v}"
-            );
-        }
+        let counted = scenario::wait_status(state, Duration::from_secs(5), |s| {
+            reasons
+                .iter()
+                .all(|r| s["vrrp"][0]["rejected"][*r].as_u64() >= Some(20))
+        });
+        counted.with_context(|| format!("reasons {reasons:?} not each counted 20 times"))?;
     }
 
     // The flood: 10,000 packets a second for 10 s, every kind mixed, while
@@ -350,7 +348,8 @@ fn a_flood_of_accepted_lower_priority_adverts_gets_a_bounded_answer() -> Result<
         ],
         &lab.path("garp.txt"),
     )?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut capture = capture;
+    capture.wait_for_log(Duration::from_secs(5), |l| l.contains("listening on"))?;
     const SECONDS: u64 = 5;
     let sent = lab.client.run(move || -> Result<u64> {
         let inj = Injector::open("eth0")?;

@@ -136,9 +136,8 @@ fn metrics_status_and_live_reload() -> Result<()> {
     // The same through SIGHUP: the daemon logs and carries on.
     let pid = d.pid().context("pid")?;
     kill(Pid::from_raw(pid as i32), Signal::SIGHUP)?;
-    std::thread::sleep(Duration::from_millis(300));
+    d.wait_for_log(Duration::from_secs(5), |l| l.contains("reload refused"))?;
     ensure!(d.running(), "SIGHUP with a bad config killed the daemon");
-    ensure!(d.log().contains("reload refused"), "{}", d.log());
     let s = scenario::status(&state)?;
     ensure!(
         s["virtual_servers"][0]["real_servers"][2]["weight"] == 0,

@@ -66,8 +66,8 @@ fn a_reload_of_check_timings_keeps_health() -> Result<()> {
 }
 
 /// A BIRD that accepts its control connection and never answers delays
-/// only the announcements: the daemon keeps answering (status within
-/// 100 ms) and forwarding. (BIRD was asked on the daemon's loop, with a
+/// only the announcements: the daemon keeps answering (every status well
+/// within BIRD's 10 s timeout) and forwarding. (BIRD was asked on the daemon's loop, with a
 /// 10 s timeout.)
 #[test]
 fn a_hung_bird_never_stalls_the_daemon() -> Result<()> {
@@ -110,9 +110,12 @@ fn a_hung_bird_never_stalls_the_daemon() -> Result<()> {
         worst = worst.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A daemon asking BIRD on its loop would stall for BIRD's 10 s
+    // timeout; the bound is far from both that and from a performance
+    // figure (a status here spawns the CLI on a busy 2-CPU machine).
     ensure!(
-        worst < Duration::from_millis(100),
-        "status took {worst:?} while BIRD hung"
+        worst < Duration::from_secs(2),
+        "status took {worst:?} while BIRD hung (a stall on BIRD takes 10 s)"
     );
     let vip = SocketAddr::from((VIP, 80));
     let t = lab

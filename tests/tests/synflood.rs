@@ -221,8 +221,11 @@ fn a_syn_flood_breaks_no_download_and_the_daemon_answers() -> Result<()> {
         "{} idle connections broke",
         guarded.idle_broken
     );
+    // A loop starved by the flood answers in seconds or not at all; how
+    // fast it answers is not this test's figure (a status here spawns the
+    // CLI on a machine the flood keeps busy).
     ensure!(
-        guarded.worst_status < Duration::from_millis(100),
+        guarded.worst_status < Duration::from_secs(1),
         "the control socket took {:?}",
         guarded.worst_status
     );
