@@ -637,3 +637,75 @@ fn a_real_servers_new_mac_is_followed() -> Result<()> {
     }
     Ok(())
 }
+
+/// An update the kernel refuses outside a reload (here the real-server
+/// and Maglev maps frozen under the daemon, `bpftool map freeze`: every
+/// write from user space now fails) never stops the daemon: a health
+/// change cannot be applied, the last good state keeps forwarding, the
+/// error is logged once however often it is retried, and `status` shows
+/// it as `dataplane_error`.
+#[test]
+fn a_refused_dataplane_update_keeps_the_last_good_state_and_says_so() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let mut c = scenario::global_config(&lab, "director1")?;
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\n"
+    ));
+    for rs in &lab.real_servers {
+        c.push_str(&format!(
+            "\n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nconnect_timeout = 0.5\nretry = 0\nwarmup = 0\n",
+            rs.ip
+        ));
+    }
+    let path = lab.write("director1.toml", &c)?;
+    let state = lab.state_dir("director1")?;
+    let mut daemon = spawn_director(&lab, 0, &path)?;
+    let status = ready(&state)?;
+    ensure!(status["dataplane_error"].is_null(), "{status}");
+    let pins = host_pins(&status)?;
+    for map in ["BACKENDS", "MAGLEV"] {
+        let pin = pins.join(map);
+        ensure!(pin.exists(), "no {}", pin.display());
+        director_tests::netns::sh(
+            "bpftool",
+            &["map", "freeze", "pinned", &pin.to_string_lossy()],
+        )?;
+    }
+    // rs2 fails its checks: the change cannot reach the frozen maps.
+    lab.stop_http(1)?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        s["virtual_servers"][0]["real_servers"][1]["healthy"] == false
+            && s["dataplane_error"].is_string()
+    })?;
+    let error = s["dataplane_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Retried for a second: still one line.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = daemon.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("the dataplane refused an update"))
+        .count();
+    ensure!(said == 1, "said {said} times ({error}):\n{log}");
+    ensure!(daemon.running(), "the daemon stopped:\n{log}");
+    // The last good state forwards: rs1 still gets its flows.
+    let vip = SocketAddr::from((VIP, 80));
+    let t = lab.client.run(move || http::hammer(vip, 20, WITHIN))?;
+    ensure!(t.by_body.get("rs1").copied().unwrap_or(0) > 0, "{t:?}");
+    let st = scenario::status(&state)?;
+    ensure!(st["dataplane_error"] == error.as_str(), "{st}");
+    daemon.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    // The frozen maps go with the pins.
+    let flushed = std::process::Command::new(director_bin()?)
+        .args(["flush", "--state-dir"])
+        .arg(&state)
+        .status()?;
+    ensure!(flushed.success(), "director flush");
+    Ok(())
+}
