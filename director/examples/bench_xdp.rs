@@ -728,14 +728,31 @@ fn main() -> Result<()> {
                     cpus.len()
                 );
             }
-            (Err(e), _) | (_, Err(e)) => println!("--  live frames not available here: {e:#}"),
+            // Not available here only when the machine refuses live frames
+            // to any program: the floor (a MAC swap) fails too. Our program
+            // failing where the floor runs is a failure of the path.
+            (Err(e), _) | (_, Err(e)) => match (&live_floor_one, &live_floor_all) {
+                (Err(f), _) | (_, Err(f)) => println!(
+                    "--  live frames not available here (the floor program is refused too: {f:#}): {e:#}"
+                ),
+                _ => anyhow::bail!(
+                    "live frames: the director's program fails where the floor runs: {e:#}"
+                ),
+            },
         }
         match &new_live {
             Ok(_) => println!(
                 "ok  live frames of new flows: {live_new} SYNs of distinct clients on one CPU, then on each of {} CPUs at once, every one counted a new flow",
                 cpus.len()
             ),
-            Err(e) => println!("--  live frames of new flows not available here: {e:#}"),
+            Err(e) => match (&live_floor_one, &live_floor_all) {
+                (Err(f), _) | (_, Err(f)) => println!(
+                    "--  live frames of new flows not available here (the floor program is refused too: {f:#}): {e:#}"
+                ),
+                _ => anyhow::bail!(
+                    "live frames of new flows: the director's program fails where the floor runs: {e:#}"
+                ),
+            },
         }
         ensure!(
             memlock.is_some(),
@@ -762,6 +779,7 @@ fn main() -> Result<()> {
             r.best / floor_ns
         );
     }
+    let live_floor_ok = live_floor_one.is_ok() && live_floor_all.is_ok();
     match (live_one, live_all, live_floor_one, live_floor_all) {
         (Ok(p1), Ok(pa), Ok(f1), Ok(fa)) => {
             ensure!(
@@ -781,11 +799,19 @@ fn main() -> Result<()> {
                 pa / fa
             );
         }
+        (Err(e), ..) | (_, Err(e), ..) if live_floor_ok => {
+            bail!("live frames: the director's program fails where the floor runs: {e:#}")
+        }
         (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
             println!("live frames: not available here ({e})")
         }
     }
     match new_live {
+        Err(e) if live_floor_ok => {
+            bail!(
+                "live frames of new flows: the director's program fails where the floor runs: {e:#}"
+            )
+        }
         Ok([p1, pa, f1, fa]) => {
             println!(
                 "live frames of new flows ({live_new} IPv4 SYNs per CPU, each from a client of its own, into an empty {table}-entry table; `fresh_client` sets the address and tail-calls the program, for the floor too):"

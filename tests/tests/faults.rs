@@ -405,16 +405,21 @@ fn flow_sync_on_a_dual_stack_socket_takes_ipv4_and_ipv6_peers() -> Result<()> {
     for state in [&s1, &s2] {
         scenario::drain_real_server("10.0.0.22", state)?;
     }
+    // Over both families: at least twice the flows the master sent to
+    // each peer address (the two datagrams of one round arrive one after
+    // the other: a status may come between them, so this is waited for).
     let s = scenario::wait_status(&s2, Duration::from_secs(5), |s| {
-        s["flow_sync"]["flows_received"].as_u64() > Some(0)
+        s["flow_sync"]["flows_received"].as_u64() >= Some(2)
     })
-    .with_context(|| d2.log())?;
-    // Over both families: twice the flows the master sent to each.
-    ensure!(
-        s["flow_sync"]["flows_received"].as_u64() >= Some(2),
-        "{}",
-        s["flow_sync"]
-    );
+    .with_context(|| {
+        format!(
+            "{}\n{}",
+            scenario::status(&s2)
+                .map(|s| s["flow_sync"].to_string())
+                .unwrap_or_default(),
+            d2.log()
+        )
+    })?;
     ensure!(
         s["flow_sync"]["dropped"]
             .as_object()

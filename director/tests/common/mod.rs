@@ -2,12 +2,19 @@
 
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+// What the test files of the program use, imported once here (each file
+// uses a part of it, as of the helpers below).
+#[allow(unused_imports)]
+pub use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use director::{
+#[allow(unused_imports)]
+pub use director::{
     config::{Protocol, Scheduler},
     dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
-    frames::DIRECTOR_MAC,
+    frames::{self, ACK, CLIENT_MAC, DIRECTOR_MAC, FIN, Frag, SYN},
     neighbor::{LinkInfo, Mac},
 };
 
@@ -107,4 +114,70 @@ pub fn web() -> Vec<ServicePlan> {
             &[("fd00::20", 1), ("fd00::21", 1), ("fd00::22", 1)],
         ),
     ]
+}
+
+/// A UDP datagram split in two IPv4 fragments with IP ID `id`: the first
+/// carries the UDP header (ports), the second only data.
+pub fn fragmented(src: [u8; 4], vip: [u8; 4], sport: u16, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut first = frames::ethernet(
+        0x0800,
+        &frames::ipv4(
+            src,
+            vip,
+            17,
+            Frag {
+                more: true,
+                offset: 0,
+            },
+            &[],
+            &frames::udp(sport, 53, &[0u8; 64]),
+        ),
+    );
+    let mut second = frames::ethernet(
+        0x0800,
+        &frames::ipv4(
+            src,
+            vip,
+            17,
+            Frag {
+                more: false,
+                offset: 9,
+            },
+            &[],
+            &[0u8; 40],
+        ),
+    );
+    for f in [&mut first, &mut second] {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+    }
+    (first, second)
+}
+
+/// The one's complement checksum of `data` (0 when it verifies).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+pub fn tunnel_service(vip: &str, servers: &[(&str, u32)]) -> director::dataplane::ServicePlan {
+    let mut s = service(vip, 80, Protocol::Tcp, servers);
+    s.lb_kind = director::config::LbKind::Tun;
+    s
+}
+
+/// A fourth real server (10.0.0.23) in `web()`'s first service.
+pub fn add_fourth_server(plan: &mut [director::dataplane::ServicePlan]) {
+    plan[0].backends.push(director::dataplane::BackendPlan {
+        address: ip("10.0.0.23"),
+        weight: 1,
+        mac: Some(mac_of(4)),
+        failed: false,
+        pool_weight: 1,
+    });
 }
