@@ -17,6 +17,16 @@
 //! replayed to C), and replays (each sender's sequence numbers only grow:
 //! they start at the sender's start time in microseconds; a window of 64
 //! tolerates reordering).
+//!
+//! Only news is sent each round (everything every 20th), so a director
+//! that (re)starts asks for the rest: until a peer answers, each round
+//! sends it a hello (a datagram without entries); a peer that hears one
+//! sends that director every exception it has in its next round, then
+//! the round's end (a datagram whose one entry is the zero flow, protocol
+//! 0: no flow, and a receiver of an older version finds no service for
+//! it). The daemon holds back VRRP preemption until every peer's round
+//! ended, or `flow_sync.preempt_hold` passed: a restarted director takes
+//! the VIP only once it knows the flows placed while it was away.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -70,6 +80,77 @@ pub enum Drop {
     Replay,
     /// From an address that is not a configured peer.
     NotPeer,
+}
+
+/// What the receiving task passes on, in the order it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A peer's flows, to import.
+    Flows(Vec<PinnedFlow>),
+    /// A peer sent everything it had (the answer to our hello): the
+    /// flows of that round came before.
+    Everything(IpAddr),
+}
+
+/// The one entry of a round's end: the zero flow.
+fn round_end() -> PinnedFlow {
+    PinnedFlow {
+        flow: FlowKey::default(),
+        service: ServiceKey::default(),
+        backend: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// What a datagram's flows say, besides flows: a hello (none), a round's
+/// end (the zero flow alone).
+fn classify(flows: Vec<PinnedFlow>, from: IpAddr) -> Result<Received, ()> {
+    match flows.as_slice() {
+        [] => Err(()),
+        [f] if f.flow.protocol == 0 => Ok(Received::Everything(from)),
+        _ => Ok(Received::Flows(flows)),
+    }
+}
+
+/// Which peers asked for everything, and whose everything we wait for
+/// (shared by the receiving task, the sender and the daemon).
+#[derive(Debug, Default)]
+pub struct Peering {
+    /// Peers that said hello: they get every exception next round.
+    wants_all: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
+    /// Peers we said hello to and that have not sent everything yet.
+    awaited: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
+}
+
+impl Peering {
+    /// A peer's everything arrived: no more hellos to it. Returns whether
+    /// no peer is awaited any more.
+    pub fn answered(&self, peer: IpAddr) -> bool {
+        match self.awaited.lock() {
+            Ok(mut a) => {
+                a.remove(&peer.to_canonical());
+                a.is_empty()
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// The peers still awaited.
+    pub fn awaited(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .awaited
+            .lock()
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Stops waiting (and saying hello) to anyone.
+    pub fn give_up(&self) {
+        if let Ok(mut a) = self.awaited.lock() {
+            a.clear();
+        }
+    }
 }
 
 /// An address as 16 bytes (IPv4 mapped).
@@ -353,6 +434,8 @@ pub struct FlowSync {
     /// of the flow table: building and authenticating a full table's
     /// datagrams is milliseconds of work the loop must not do).
     pub sender: std::sync::Arc<std::sync::Mutex<Sender>>,
+    /// Hellos and answers (see the module's documentation).
+    pub peering: std::sync::Arc<Peering>,
 }
 
 /// The sending half: the peers, the key, what was sent.
@@ -370,6 +453,7 @@ pub struct Sender {
     /// What was last sent, to send only news (and everything now and then).
     sent: std::collections::HashSet<(FlowKey, IpAddr)>,
     rounds: u64,
+    peering: std::sync::Arc<Peering>,
 }
 
 /// Drop reasons are logged at most this often (each), with their count.
@@ -382,7 +466,7 @@ impl FlowSync {
         listen: SocketAddr,
         peers: Vec<SocketAddr>,
         key: String,
-    ) -> Result<(FlowSync, mpsc::Receiver<Vec<PinnedFlow>>), SyncError> {
+    ) -> Result<(FlowSync, mpsc::Receiver<Received>), SyncError> {
         let socket = bind(listen).map_err(|source| SyncError::Socket {
             addr: listen,
             source,
@@ -399,6 +483,11 @@ impl FlowSync {
         };
         let stats = std::sync::Arc::new(SyncStats::default());
         let rx_stats = stats.clone();
+        let peering = std::sync::Arc::new(Peering::default());
+        if let Ok(mut a) = peering.awaited.lock() {
+            a.extend(peers.iter().map(|p| p.ip().to_canonical()));
+        }
+        let rx_peering = peering.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let mut logged: std::collections::BTreeMap<Drop, (std::time::Instant, u64)> =
@@ -411,10 +500,24 @@ impl FlowSync {
                 let verdict = gate.receive(&rx_key, &buf[..n], from.ip(), now_ms());
                 match verdict {
                     Ok(flows) => {
-                        rx_stats
-                            .received
-                            .fetch_add(flows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        if tx.send(flows).await.is_err() {
+                        let peer = from.ip().to_canonical();
+                        let received = match classify(flows, peer) {
+                            Ok(r) => r,
+                            // A hello: everything goes to it next round.
+                            Err(()) => {
+                                debug!(%peer, "flow sync hello: the peer gets every exception next round");
+                                if let Ok(mut w) = rx_peering.wants_all.lock() {
+                                    w.insert(peer);
+                                }
+                                continue;
+                            }
+                        };
+                        if let Received::Flows(f) = &received {
+                            rx_stats
+                                .received
+                                .fetch_add(f.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if tx.send(received).await.is_err() {
                             return;
                         }
                     }
@@ -454,11 +557,13 @@ impl FlowSync {
             seq: now_ms().saturating_mul(1000),
             sent: Default::default(),
             rounds: 0,
+            peering: peering.clone(),
         };
         Ok((
             FlowSync {
                 stats,
                 sender: std::sync::Arc::new(std::sync::Mutex::new(sender)),
+                peering,
             },
             rx,
         ))
@@ -485,7 +590,9 @@ fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
 
 impl Sender {
     /// Sends the exceptions that are new since the last round (all of them
-    /// every 20th round, so a restarted peer catches up).
+    /// every 20th round), every one of them (then the round's end) to a
+    /// peer that said hello, and a hello to each peer whose everything we
+    /// still wait for.
     pub fn send(&mut self, flows: &[PinnedFlow]) {
         self.rounds += 1;
         let full = self.rounds % 20 == 1;
@@ -497,26 +604,55 @@ impl Sender {
             .copied()
             .collect();
         self.sent = now;
-        if news.is_empty() {
-            return;
-        }
-        for p in &self.peers {
+        let wants_all = self
+            .peering
+            .wants_all
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        let awaited = self
+            .peering
+            .awaited
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        for p in self.peers.clone() {
+            let ip = p.ip().to_canonical();
+            let all = wants_all.contains(&ip);
+            let list = if all { flows } else { &news[..] };
+            if list.is_empty() && !all && !awaited.contains(&ip) {
+                continue;
+            }
             let from = if self.listen.is_unspecified() {
                 source_towards(p.ip()).unwrap_or(self.listen)
             } else {
                 self.listen
             };
-            for chunk in news.chunks(PER_DATAGRAM) {
-                self.seq += 1;
-                let d = encode(&self.key, from, p.ip(), self.seq, now_ms(), chunk);
-                match send_waiting(&self.socket, &d, *p) {
-                    Ok(()) => {
-                        self.stats
-                            .sent
-                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(e) => debug!(peer = %p, error = %e, "flow sync send failed"),
+            if awaited.contains(&ip) {
+                self.datagram(from, p, &[]);
+            }
+            for chunk in list.chunks(PER_DATAGRAM) {
+                if self.datagram(from, p, chunk) {
+                    self.stats
+                        .sent
+                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
+            }
+            if all {
+                self.datagram(from, p, &[round_end()]);
+            }
+        }
+    }
+
+    /// One datagram of `flows` to `to`: whether it left.
+    fn datagram(&mut self, from: IpAddr, to: SocketAddr, flows: &[PinnedFlow]) -> bool {
+        self.seq += 1;
+        let d = encode(&self.key, from, to.ip(), self.seq, now_ms(), flows);
+        match send_waiting(&self.socket, &d, to) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(peer = %to, error = %e, "flow sync send failed");
+                false
             }
         }
     }
@@ -647,6 +783,63 @@ mod tests {
         assert_eq!(gate.check(&env(c, b, 700), a), Err(Drop::Misdirected));
         // Each sender has its own window.
         assert_eq!(gate.check(&env(c, b, 1), c), Ok(()));
+    }
+
+    /// A director that (re)starts says hello each round until answered;
+    /// the peer that heard it sends every exception (not only news) and
+    /// then the round's end, which the receiver tells apart from flows.
+    #[test]
+    fn a_hello_is_answered_with_everything_then_the_rounds_end() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let peer = rx.local_addr().expect("addr");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.set_nonblocking(true).expect("nonblocking");
+        let peering = std::sync::Arc::new(Peering::default());
+        let mut sender = Sender {
+            stats: Default::default(),
+            socket: tx,
+            peers: vec![peer],
+            key: b"key".to_vec(),
+            listen: ip("127.0.0.1"),
+            seq: 1,
+            sent: Default::default(),
+            rounds: 0,
+            peering: peering.clone(),
+        };
+        let next = || -> Vec<PinnedFlow> {
+            let mut buf = [0u8; 2048];
+            let n = rx.recv(&mut buf).expect("a datagram");
+            decode(b"key", &buf[..n], now_ms()).expect("decodes").1
+        };
+        let flows: Vec<PinnedFlow> = (0..3).map(sample).collect();
+        // Awaited: a hello first, then the news.
+        peering.awaited.lock().expect("lock").insert(peer.ip());
+        sender.send(&flows);
+        assert_eq!(next(), vec![]);
+        assert_eq!(next(), flows);
+        // Answered: no more hellos; nothing new, nothing sent.
+        assert!(peering.answered(peer.ip()));
+        sender.send(&flows);
+        sender.send(&flows[..2]);
+        // The peer said hello: everything, then the round's end.
+        peering.wants_all.lock().expect("lock").insert(peer.ip());
+        sender.send(&flows);
+        assert_eq!(next(), flows, "everything, though nothing is new");
+        let end = next();
+        assert_eq!(
+            classify(end, peer.ip()),
+            Ok(Received::Everything(peer.ip()))
+        );
+        assert_eq!(classify(vec![], peer.ip()), Err(()), "a hello");
+        assert_eq!(
+            classify(flows.clone(), peer.ip()),
+            Ok(Received::Flows(flows))
+        );
+        rx.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 2048];
+        assert!(rx.recv(&mut buf).is_err(), "nothing more was sent");
     }
 
     /// A dual-stack `[::]` socket reports an IPv4 peer as

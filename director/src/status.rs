@@ -73,6 +73,10 @@ pub struct FlowSyncStatus {
     pub flows_received: u64,
     /// Received flows added to our flow table (the others we had).
     pub flows_imported: u64,
+    /// Peers this director still waits for all the flows of (since its
+    /// start; preemption is held meanwhile, up to `preempt_hold`).
+    #[serde(default)]
+    pub awaiting_peers: Vec<String>,
     /// Datagrams dropped, by reason (`malformed`, `bad_mac`, `stale`,
     /// `misdirected`, `replay`).
     pub dropped: std::collections::BTreeMap<String, u64>,

@@ -291,6 +291,34 @@ fn an_isolated_director_gives_up_the_vip() -> Result<()> {
     Ok(())
 }
 
+/// A VRRP config (`FAST`) with flow sync between directors 1 and 2
+/// (`i`: 0 or 1; director1 at priority 150), rs3 drained by `weight = 0`
+/// when `drained`.
+fn synced_config(lab: &Lab, i: usize, drained: bool) -> Result<String> {
+    let (name, priority, me, peer) = match i {
+        0 => ("director1", 150, "10.0.0.10", "10.0.0.11"),
+        _ => ("director2", 100, "10.0.0.11", "10.0.0.10"),
+    };
+    let global = scenario::global_config(lab, name)?;
+    let sync = format!(
+        "flow_sync = {{ listen = \"{me}:8848\", peers = [\"{peer}:8848\"], key = \"lab-sync-key\", interval = 0.2 }}\n"
+    );
+    let c = scenario::vrrp_config(lab, name, priority, FAST)?.replacen(
+        &global,
+        &format!("{global}{sync}"),
+        1,
+    );
+    Ok(if drained {
+        c.replacen(
+            "address = \"10.0.0.22\"\n",
+            "address = \"10.0.0.22\"\n  weight = 0\n",
+            1,
+        )
+    } else {
+        c
+    })
+}
+
 /// Flow sync: connections to a real server that is being drained are no
 /// longer what the Maglev tables say, so a new master could not recompute
 /// them - the master shares them with the backup, and they survive the
@@ -303,25 +331,8 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
         real_servers: 3,
         vip_on_director: false,
     })?;
-    let config = |name: &str, priority: u8, me: &str, peer: &str| -> Result<String> {
-        let global = scenario::global_config(&lab, name)?;
-        let sync = format!(
-            "flow_sync = {{ listen = \"{me}:8848\", peers = [\"{peer}:8848\"], key = \"lab-sync-key\", interval = 0.2 }}\n"
-        );
-        Ok(scenario::vrrp_config(&lab, name, priority, FAST)?.replacen(
-            &global,
-            &format!("{global}{sync}"),
-            1,
-        ))
-    };
-    let p1 = lab.write(
-        "director1.toml",
-        &config("director1", 150, "10.0.0.10", "10.0.0.11")?,
-    )?;
-    let p2 = lab.write(
-        "director2.toml",
-        &config("director2", 100, "10.0.0.11", "10.0.0.10")?,
-    )?;
+    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
+    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
     let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
     let d2 = scenario::spawn_director(&lab, 1, &p2)?;
     let s1 = lab.state_dir("director1")?;
@@ -362,6 +373,79 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
         .all()
         .with_context(|| format!("rs3 had {on_rs3} flows"))?;
     eprintln!("30 downloads completed, {on_rs3} of them on the drained rs3");
+    Ok(())
+}
+
+/// Flow sync and a director that comes back: flows placed while it was
+/// away that its tables would place elsewhere (here: on a real server
+/// drained by a reload meanwhile) reach it before it preempts. The master
+/// sent them while the director was down (lost: nobody listened); the
+/// restarted director asks for everything (a hello), holds back
+/// preemption until the answer ended, and then takes the VIP: every
+/// download goes on. (Before, only news was sent, everything every 20th
+/// round: a director preempting within those 4 s sent the drained
+/// server's connections elsewhere, which reset them.)
+#[test]
+fn a_restarted_director_takes_its_peers_flows_before_it_preempts() -> Result<()> {
+    const SIZE: usize = 3 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
+    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
+    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    // Director1 goes away; director2 carries the traffic.
+    d1.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::assert_carries(&lab, 1, VIP.into(), &s2, 5)?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
+    std::thread::sleep(Duration::from_secs(1));
+    let on_rs3 = scenario::status(&s2)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(on_rs3 > 0, "no download went to rs3");
+    // rs3 is drained by a reload on director2 (its flows are exceptions
+    // now, sent to nobody), and in the config director1 comes back with.
+    lab.write("director2.toml", &synced_config(&lab, 1, true)?)?;
+    let (ok, err) = scenario::director_cli(&["reload"], &s2)?;
+    ensure!(ok, "reload: {err}");
+    lab.write("director1.toml", &synced_config(&lab, 0, true)?)?;
+    std::thread::sleep(Duration::from_millis(500));
+    d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    downloads
+        .all()
+        .with_context(|| format!("rs3 had {on_rs3} flows; director1's log: {}", d1.log()))?;
+    let log = d1.log();
+    let (Some(all_in), Some(master)) = (
+        log.find("every peer's flows are in"),
+        log.find("new=\"master\""),
+    ) else {
+        anyhow::bail!("no `every peer's flows are in` line before the takeover: {log}");
+    };
+    ensure!(
+        all_in < master,
+        "director1 preempted before the flows were in: {log}"
+    );
+    ensure!(
+        scenario::status(&s1)?["flow_sync"]["awaiting_peers"]
+            .as_array()
+            .is_some_and(|a| a.is_empty()),
+        "director1 still awaits a peer"
+    );
+    eprintln!(
+        "30 downloads completed across the restarted director's preemption, {on_rs3} of them on the drained rs3"
+    );
     Ok(())
 }
 

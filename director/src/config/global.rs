@@ -130,10 +130,17 @@ pub struct FlowSyncConfig {
     /// Seconds between rounds (default 0.5).
     #[serde(default = "default_sync_interval")]
     pub interval: f64,
+    /// Seconds a starting director holds back VRRP preemption at most,
+    /// waiting for every peer's exceptions (0: never waits).
+    #[serde(default = "default_preempt_hold")]
+    pub preempt_hold: f64,
 }
 
 pub(super) fn default_sync_interval() -> f64 {
     0.5
+}
+pub(super) fn default_preempt_hold() -> f64 {
+    3.0
 }
 
 /// `global.dataplane`.

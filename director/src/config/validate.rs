@@ -88,6 +88,12 @@ impl Config {
                     "must be between 0.05 and 60 seconds",
                 ));
             }
+            if !(fs.preempt_hold >= 0.0 && fs.preempt_hold <= 60.0) {
+                return Err(problem(
+                    at("preempt_hold"),
+                    "must be between 0 and 60 seconds",
+                ));
+            }
         }
         if let Some(group) = &g.control_group
             && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))

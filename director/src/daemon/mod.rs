@@ -189,7 +189,11 @@ struct Daemon {
     /// The last update the dataplane refused, until one succeeds.
     dataplane_error: Option<String>,
     /// Flow sync's counters, and the flows imported from peers.
-    sync_stats: Option<(usize, Arc<crate::flowsync::SyncStats>)>,
+    sync_stats: Option<(
+        usize,
+        Arc<crate::flowsync::SyncStats>,
+        Arc<crate::flowsync::Peering>,
+    )>,
     imported: u64,
     /// Which virtual servers have quorum, for VRRP.
     quorum_tx: watch::Sender<BTreeMap<crate::config::ServiceAddr, bool>>,

@@ -84,13 +84,14 @@ impl Daemon {
             flows_unrecorded: self.dataplane.unrecorded_flows(),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             dataplane_error: self.dataplane_error.clone(),
-            flow_sync: self.sync_stats.as_ref().map(|(peers, st)| {
+            flow_sync: self.sync_stats.as_ref().map(|(peers, st, peering)| {
                 use std::sync::atomic::Ordering::Relaxed;
                 crate::status::FlowSyncStatus {
                     peers: *peers,
                     flows_sent: st.sent.load(Relaxed),
                     flows_received: st.received.load(Relaxed),
                     flows_imported: self.imported,
+                    awaiting_peers: peering.awaited().iter().map(|a| a.to_string()).collect(),
                     dropped: st
                         .dropped
                         .lock()

@@ -71,6 +71,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     let (states_tx, vrrp_states) = watch::channel(crate::vrrp::instance::States::new());
     let states_tx = Arc::new(states_tx);
     let mut vrrp_changes = vrrp_states.clone();
+    // Flow sync holds back preemption until every peer's flows are in (or
+    // `preempt_hold` passed): set before any instance starts.
+    let hold_for = g
+        .flow_sync
+        .as_ref()
+        .map_or(Duration::ZERO, |f| Duration::from_secs_f64(f.preempt_hold));
+    let (hold_tx, hold_rx) = watch::channel(!hold_for.is_zero());
     let start_vrrp = |bfd: &crate::bfd::Bfd| {
         Vrrp::start_with(
             &config,
@@ -81,6 +88,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                 states: Some(states_tx.clone()),
                 quorum: Some(quorum_rx.clone()),
                 served: Some(served.clone()),
+                preempt_hold: Some(hold_rx.clone()),
             },
         )
     };
@@ -94,13 +102,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     };
     // `auto` without a bpffs (no right to mount one): XDP cannot run, and
     // IPVS is the fallback as for any other reason.
-    let mut no_bpffs = None;
-    let prepared = match g.dataplane {
-        DataplaneKind::Ipvs => None,
-        DataplaneKind::Xdp => Some(bpffs::prepare_for_run(&g.pin_dir())?),
-        DataplaneKind::Auto => bpffs::prepare_for_run(&g.pin_dir())
-            .map_err(|e| no_bpffs = Some(e))
-            .ok(),
+    let (prepared, no_bpffs) = match g.dataplane {
+        DataplaneKind::Ipvs => (None, None),
+        DataplaneKind::Xdp => (Some(bpffs::prepare_for_run(&g.pin_dir())?), None),
+        DataplaneKind::Auto => match bpffs::prepare_for_run(&g.pin_dir()) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        },
     };
     let pins = match prepared {
         None => None,
@@ -206,6 +214,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         }
         None => (None, None, None),
     };
+    if flow_sync.is_none() {
+        hold_tx.send_replace(false);
+    }
+    let sync_started = std::time::Instant::now();
 
     let bird = match &g.bgp {
         Some(b) if b.mode != crate::config::BgpMode::Vrrp => {
@@ -251,6 +263,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             (
                 g.flow_sync.as_ref().map_or(0, |f| f.peers.len()),
                 s.stats.clone(),
+                s.peering.clone(),
             )
         }),
         imported: 0,
@@ -379,6 +392,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             }
             _ = tick(&mut bgp_tick) => {}
             _ = tick(&mut sync_tick) => {
+                if *hold_tx.borrow()
+                    && sync_started.elapsed() >= hold_for
+                    && let Some(s) = &flow_sync
+                {
+                    warn!(
+                        peers = ?s.peering.awaited(),
+                        waited_s = hold_for.as_secs_f64(),
+                        "flow sync: these peers sent not all their flows in time: preemption no longer held (flows placed while this director was away may move)"
+                    );
+                    s.peering.give_up();
+                    hold_tx.send_replace(false);
+                }
                 // The flow table is read on a blocking thread: a full walk
                 // after the tables changed or while a real server is out of
                 // a pool (its new flows are exceptions), else the exceptions
@@ -411,7 +436,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
                     exceptions = flows;
                 }
             }
-            Some(flows) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+            Some(received) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                let flows = match received {
+                    crate::flowsync::Received::Flows(flows) => flows,
+                    crate::flowsync::Received::Everything(peer) => {
+                        let all_in = flow_sync.as_ref().is_none_or(|s| s.peering.answered(peer));
+                        info!(%peer, "flow sync: the peer's flows are all in");
+                        if all_in && *hold_tx.borrow() {
+                            info!(waited_ms = sync_started.elapsed().as_millis() as u64, "flow sync: every peer's flows are in: preemption no longer held");
+                            hold_tx.send_replace(false);
+                        }
+                        continue;
+                    }
+                };
                 let added = daemon.dataplane.import_flows(&flows);
                 daemon.imported += added as u64;
                 imported_unlogged += added as u64;

@@ -124,6 +124,9 @@ pub struct Machine {
     /// [`ANNOUNCE_GAP`].
     announced: Option<Instant>,
     transitions: u64,
+    /// Preemption held back from outside (a starting director waiting for
+    /// its flow-sync peers' flows): a lower-priority master is followed.
+    preempt_hold: bool,
 }
 
 /// The least time between two re-announcements of our addresses made in
@@ -149,7 +152,15 @@ impl Machine {
             answered: None,
             announced: None,
             transitions: 0,
+            preempt_hold: false,
         }
+    }
+
+    /// Holds back preemption (or lets it go): while held, a backup follows
+    /// a lower-priority master as if it did not preempt; once let go, that
+    /// master's next advert is discarded and the backup takes over.
+    pub fn hold_preemption(&mut self, hold: bool) {
+        self.preempt_hold = hold;
     }
 
     /// Whether an advert that wants an answer from a master may have one
@@ -350,9 +361,10 @@ impl Machine {
                     interval_cs,
                 },
             ) => {
-                let preempt_held = self
-                    .started
-                    .is_some_and(|s| now < s + self.params.preempt_delay);
+                let preempt_held = self.preempt_hold
+                    || self
+                        .started
+                        .is_some_and(|s| now < s + self.params.preempt_delay);
                 if priority == 0 {
                     // The master is leaving: take over after the skew time.
                     self.deadline = Some(now + self.skew());
@@ -734,6 +746,27 @@ mod tests {
         let d = b.deadline();
         b.step(advert("10.0.0.11", 100, 100), late);
         assert_eq!(b.deadline(), d);
+        // A hold from outside (flow sync waiting for its peers): accepted
+        // while held, preempts once let go.
+        let mut b = Machine::new(params(3, 200, 100));
+        b.step(Event::Startup, t0);
+        b.hold_preemption(true);
+        b.step(advert("10.0.0.11", 100, 100), t1);
+        assert_eq!(b.deadline(), Some(t1 + b.master_down_interval()));
+        let t2 = t1 + Duration::from_millis(100);
+        b.step(advert("10.0.0.11", 100, 100), t2);
+        assert_eq!(b.deadline(), Some(t2 + b.master_down_interval()));
+        b.hold_preemption(false);
+        let d = b.deadline();
+        b.step(
+            advert("10.0.0.11", 100, 100),
+            t2 + Duration::from_millis(100),
+        );
+        assert_eq!(
+            b.deadline(),
+            d,
+            "once let go, the lower master is discarded"
+        );
     }
 
     #[test]

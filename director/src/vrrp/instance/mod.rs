@@ -197,6 +197,9 @@ pub struct Inputs {
     /// The addresses the XDP dataplane serves without them being local
     /// (announced before they are added).
     pub served: Option<crate::dataplane::Served>,
+    /// True while preemption is held back (flow sync waits for its peers'
+    /// flows).
+    pub preempt_hold: Option<watch::Receiver<bool>>,
 }
 
 impl Vrrp {

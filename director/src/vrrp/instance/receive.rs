@@ -14,6 +14,8 @@ impl Runner {
                     s.adverts_received += 1;
                     s.peer_seen = true;
                 });
+                let hold = self.preempt_hold.as_ref().is_some_and(|h| *h.borrow());
+                self.machine.hold_preemption(hold);
                 let actions = self.machine.step(
                     Event::Advert {
                         src: p.src,

@@ -66,6 +66,8 @@ pub(super) struct Runner {
     pub(super) served: Option<crate::dataplane::Served>,
     /// `master_bfd`: the BFD session to the master.
     pub(super) master_bfd: Option<watch::Receiver<Option<bool>>>,
+    /// Preemption held back by the daemon (see [`Inputs::preempt_hold`]).
+    pub(super) preempt_hold: Option<watch::Receiver<bool>>,
     /// Taking over from the previous process: the first transition is
     /// the state it had, not a change (no notification).
     pub(super) resumed: bool,
@@ -79,6 +81,7 @@ pub(super) struct Shared {
     pub(super) states: Arc<watch::Sender<States>>,
     pub(super) vmac_hook: Option<VmacHook>,
     pub(super) served: Option<crate::dataplane::Served>,
+    pub(super) preempt_hold: Option<watch::Receiver<bool>>,
 }
 
 impl Runner {
@@ -96,6 +99,7 @@ impl Runner {
         let states = shared.states.clone();
         let vmac_hook = shared.vmac_hook.clone();
         let served = shared.served.clone();
+        let preempt_hold = shared.preempt_hold.clone();
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
             .await
@@ -296,6 +300,7 @@ impl Runner {
             vmac,
             vmac_hook,
             served,
+            preempt_hold,
             master_bfd: cfg
                 .master_bfd
                 .as_ref()

@@ -34,6 +34,7 @@ pub(super) async fn run_all(
         states,
         vmac_hook: inputs.vmac_hook,
         served: inputs.served,
+        preempt_hold: inputs.preempt_hold,
     };
     type GroupShared = (
         VrrpSyncGroup,
