@@ -480,8 +480,10 @@ pub struct FlowEntry {
     /// only pending: its next packet confirms it into the persistence
     /// table. (Zero in entries of older layouts: nothing pending.)
     pub persist_pending: u8,
-    /// Always zero.
-    pub _pad: u8,
+    /// Non-zero when a peer director's flow sync wrote the entry (the
+    /// program writes zero when it places a flow): a peer's later word on
+    /// the flow replaces it, never this director's own placement.
+    pub from_peer: u8,
     /// Last time a packet of this flow was seen (coarse clock, ns);
     /// maintained for UDP flows, which expire, and closing TCP ones.
     pub atime: u64,
@@ -568,7 +570,7 @@ impl FlowEntry {
             used: 0,
             closed: 0,
             persist_pending: 0,
-            _pad: 0,
+            from_peer: 0,
             atime,
         }
     }

@@ -33,6 +33,8 @@ pub(crate) fn record(
         (*e).used = 0;
         (*e).closed = 0;
         (*e).persist_pending = u8::from(persist_pending);
+        // Placed here: no peer's import replaces it.
+        (*e).from_peer = 0;
         (*e).atime = now;
     }
     set_tag_byte(index / FLOW_WAYS, index % FLOW_WAYS, flow_tag(hash));

@@ -644,6 +644,15 @@ impl Sender {
         }
     }
 
+    /// Sends every one of `flows` to every peer (then the round's end): a
+    /// director about to stop.
+    pub fn send_everything(&mut self, flows: &[PinnedFlow]) {
+        if let Ok(mut w) = self.peering.wants_all.lock() {
+            w.extend(self.peers.iter().map(|p| p.ip().to_canonical()));
+        }
+        self.send(flows);
+    }
+
     /// One datagram of `flows` to `to`: whether it left.
     fn datagram(&mut self, from: IpAddr, to: SocketAddr, flows: &[PinnedFlow]) -> bool {
         self.seq += 1;

@@ -259,3 +259,70 @@ fn a_closed_connections_entry_gives_way_to_a_new_one() {
     assert_eq!(run(&dp, &frame(open[0], FIN | ACK)).1, was(open[0]));
     assert_eq!(run(&dp, &frame(open[0], SYN)).1, elsewhere(open[0]));
 }
+
+/// A peer's later word on a flow replaces its earlier one (the peer
+/// placed the flow again: a SYN retransmitted after its first server
+/// failed), and the program forwards to the new server; a flow this
+/// director's program placed is never replaced by a peer's; an import
+/// that says the same again is not counted again.
+#[test]
+fn a_peers_later_word_replaces_its_earlier_one_never_an_own_flow() {
+    use director::dataplane::xdp::PinnedFlow;
+    use director_common::FlowKey;
+    let plan = web();
+    let mut dp = XdpDataplane::load_for_test_sized(4096).expect("load (as root)");
+    dp.apply(&plan, 300, link()).expect("apply");
+    let service = plan[0].key();
+    let key = |src: [u8; 4], sport: u16| {
+        let mut k = FlowKey::default();
+        k.src[..4].copy_from_slice(&src);
+        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
+        k.sport = sport.to_be_bytes();
+        k.dport = 80u16.to_be_bytes();
+        k.protocol = 6;
+        k
+    };
+    let pinned = |src: [u8; 4], sport: u16, server: usize| PinnedFlow {
+        flow: key(src, sport),
+        service,
+        backend: plan[0].backends[server].address,
+    };
+    let ack = |src: [u8; 4], sport: u16| {
+        frames::tcp_frame(IpAddr::from(src), sport, ip("10.0.0.100"), 80, ACK)
+    };
+    // A peer's flow on server 3, then on server 2.
+    let peer = [11, 0, 0, 1];
+    assert_eq!(
+        dp.import_flows(&[pinned(peer, 40000, 2)]).expect("import"),
+        1
+    );
+    assert_eq!(run(&dp, &ack(peer, 40000)), (XDP_TX, mac_of(3).0));
+    assert_eq!(
+        dp.import_flows(&[pinned(peer, 40000, 2)]).expect("import"),
+        0,
+        "the same again"
+    );
+    assert_eq!(
+        dp.import_flows(&[pinned(peer, 40000, 1)]).expect("import"),
+        1
+    );
+    assert_eq!(
+        run(&dp, &ack(peer, 40000)),
+        (XDP_TX, mac_of(2).0),
+        "the peer's later word is followed"
+    );
+    // A flow the program placed: a peer's word on it changes nothing.
+    let own = [13, 0, 0, 1];
+    let syn = frames::tcp_frame(IpAddr::from(own), 1000, ip("10.0.0.100"), 80, SYN);
+    let (verdict, placed_on) = run(&dp, &syn);
+    assert_eq!(verdict, XDP_TX);
+    let other = (1..=3u8)
+        .find(|n| mac_of(*n).0 != placed_on)
+        .expect("another server");
+    assert_eq!(
+        dp.import_flows(&[pinned(own, 1000, usize::from(other - 1))])
+            .expect("import"),
+        0
+    );
+    assert_eq!(run(&dp, &ack(own, 1000)), (XDP_TX, placed_on));
+}

@@ -449,6 +449,74 @@ fn a_restarted_director_takes_its_peers_flows_before_it_preempts() -> Result<()>
     Ok(())
 }
 
+/// Flow sync and a master that stops for good (SIGTERM: priority 0, the
+/// backup takes over at once): it sends every exception once more first.
+/// Here the backup lost the drained server's flows when they were news
+/// (its sync port dropped them), and only every 20th round (4 s) sends
+/// everything again: without that last round the backup would send those
+/// connections elsewhere.
+#[test]
+fn a_master_that_stops_sends_every_exception_first() -> Result<()> {
+    const SIZE: usize = 3 << 20;
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
+    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
+    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
+    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
+    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
+    lab.write_big_file(SIZE)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
+    std::thread::sleep(Duration::from_secs(1));
+    let on_rs3 = scenario::status(&s1)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(on_rs3 > 0, "no download went to rs3");
+    // The backup's sync port drops everything while rs3 is drained (its
+    // flows become news then), then takes datagrams again.
+    let ns2 = &lab.directors[1].ns;
+    ns2.exec("nft", &["add table inet lost"])?;
+    ns2.exec(
+        "nft",
+        &["add chain inet lost input { type filter hook input priority 0 ; }"],
+    )?;
+    ns2.exec("nft", &["add rule inet lost input udp dport 8848 drop"])?;
+    for state in [&s1, &s2] {
+        scenario::drain_real_server("10.0.0.22", state)?;
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    ns2.exec("nft", &["delete table inet lost"])?;
+    ensure!(
+        !d2.log().contains("flows taken from a peer director"),
+        "the backup got flows through the dropped port: {}",
+        d2.log()
+    );
+    d1.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    downloads
+        .all()
+        .with_context(|| format!("rs3 had {on_rs3} flows; director1's log: {}", d1.log()))?;
+    ensure!(
+        d1.log()
+            .contains("every exception sent to the peers before stopping"),
+        "{}",
+        d1.log()
+    );
+    eprintln!(
+        "30 downloads completed across the master's stop, {on_rs3} of them on the drained rs3"
+    );
+    Ok(())
+}
+
 /// Flow sync on a dual-stack socket (`listen = "[::]:PORT"`): an IPv4
 /// peer's datagrams arrive from `::ffff:a.b.c.d` and are that peer's
 /// (they were all dropped, uncounted); an IPv6 peer on the same socket

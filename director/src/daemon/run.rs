@@ -480,6 +480,33 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         other => other,
     };
     let handing_over = matches!(result, Ok(Stopped::Restart | Stopped::Reexec));
+    // A director that stops for good sends its peers every exception once
+    // more before its instances hand over (priority 0): a datagram lost
+    // since the flow became an exception is not waited for until the next
+    // full round. (A restart keeps the pinned flow table: nothing moves.)
+    if !handing_over
+        && let Some(s) = &flow_sync
+        && let Some(scan) = daemon.dataplane.exception_scan()
+    {
+        if let Some(task) = scan_task.take() {
+            let _ = task.await;
+        }
+        let sender = s.sender.clone();
+        let last = tokio::task::spawn_blocking(move || {
+            let flows = scan.full(1 << 16);
+            if let Ok(mut sender) = sender.lock() {
+                sender.send_everything(&flows);
+            }
+            flows.len()
+        });
+        match tokio::time::timeout(Duration::from_secs(2), last).await {
+            Ok(Ok(n)) => info!(
+                flows = n,
+                "flow sync: every exception sent to the peers before stopping"
+            ),
+            _ => warn!("flow sync: the last round before stopping did not finish in 2 s"),
+        }
+    }
     // BGP: withdraw, and give the routers time to move traffic away (not
     // for a restart: the next process announces the same).
     if daemon.bird.is_some() && !daemon.draining && !handing_over {

@@ -82,6 +82,7 @@ impl XdpDataplane {
                     installed.id as u16,
                     slot.written.generation,
                     now,
+                    true,
                 )
             })
             .count())
@@ -99,6 +100,7 @@ impl XdpDataplane {
                     f.service as u16,
                     f.generation,
                     f.atime,
+                    false,
                 )
             })
             .count();

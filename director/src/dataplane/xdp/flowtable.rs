@@ -213,10 +213,11 @@ impl FlowTable {
     }
 
     /// Records `key` on real server `backend` unless the table holds it
-    /// already (never overriding what the program decided): in the way
-    /// holding its key, else a free way of its first bucket, else of its
-    /// second; never over another flow. Returns
-    /// whether it was recorded.
+    /// already (never overriding what the program decided; a peer's flow,
+    /// `from_peer`, replaces what a peer said before, which it may have
+    /// placed again since): in the way holding its key, else a free way of
+    /// its first bucket, else of its second; never over another flow.
+    /// Returns whether it was recorded.
     pub fn insert_new(
         &self,
         key: &FlowKey,
@@ -224,9 +225,11 @@ impl FlowTable {
         service: u16,
         generation: u32,
         atime: u64,
+        from_peer: bool,
     ) -> bool {
         let (hash, b1, b2) = self.buckets(key);
-        let entry = FlowEntry::new(*key, hash as u32, backend, service, generation, atime);
+        let mut entry = FlowEntry::new(*key, hash as u32, backend, service, generation, atime);
+        entry.from_peer = u8::from(from_peer);
         let free = |first: u32| {
             let t = self.tag_word(first);
             (0..FLOW_WAYS).find(|w| (t >> (8 * w)) as u8 == 0)
@@ -234,7 +237,16 @@ impl FlowTable {
         let index = match self.find(key, b1, b2) {
             // (A closing connection's entry gives way: the peer has the
             // 5-tuple open.)
-            Some((_, e)) if e.checks(hash as u32) && e.closed == 0 => return false,
+            Some((_, e))
+                if e.checks(hash as u32)
+                    && e.closed == 0
+                    && !(from_peer
+                        && e.from_peer != 0
+                        && (e.backend, e.service, e.generation)
+                            != (backend, service, generation)) =>
+            {
+                return false;
+            }
             Some((index, _)) => index,
             None => match free(b1) {
                 Some(w) => b1 + w,
