@@ -101,13 +101,19 @@ fn round_end() -> PinnedFlow {
     }
 }
 
-/// What a datagram's flows say, besides flows: a hello (none), a round's
-/// end (the zero flow alone).
-fn classify(flows: Vec<PinnedFlow>, from: IpAddr) -> Result<Received, ()> {
+/// What an accepted datagram is: a hello (no entries), for the sender,
+/// or what the daemon is passed (a round's end: the zero flow alone).
+#[derive(Debug, PartialEq, Eq)]
+enum Datagram {
+    Hello,
+    Pass(Received),
+}
+
+fn classify(flows: Vec<PinnedFlow>, from: IpAddr) -> Datagram {
     match flows.as_slice() {
-        [] => Err(()),
-        [f] if f.flow.protocol == 0 => Ok(Received::Everything(from)),
-        _ => Ok(Received::Flows(flows)),
+        [] => Datagram::Hello,
+        [f] if f.flow.protocol == 0 => Datagram::Pass(Received::Everything(from)),
+        _ => Datagram::Pass(Received::Flows(flows)),
     }
 }
 
@@ -502,9 +508,9 @@ impl FlowSync {
                     Ok(flows) => {
                         let peer = from.ip().to_canonical();
                         let received = match classify(flows, peer) {
-                            Ok(r) => r,
-                            // A hello: everything goes to it next round.
-                            Err(()) => {
+                            Datagram::Pass(r) => r,
+                            // Everything goes to it next round.
+                            Datagram::Hello => {
                                 debug!(%peer, "flow sync hello: the peer gets every exception next round");
                                 if let Ok(mut w) = rx_peering.wants_all.lock() {
                                     w.insert(peer);
@@ -839,12 +845,12 @@ mod tests {
         let end = next();
         assert_eq!(
             classify(end, peer.ip()),
-            Ok(Received::Everything(peer.ip()))
+            Datagram::Pass(Received::Everything(peer.ip()))
         );
-        assert_eq!(classify(vec![], peer.ip()), Err(()), "a hello");
+        assert_eq!(classify(vec![], peer.ip()), Datagram::Hello);
         assert_eq!(
             classify(flows.clone(), peer.ip()),
-            Ok(Received::Flows(flows))
+            Datagram::Pass(Received::Flows(flows))
         );
         rx.set_nonblocking(true).expect("nonblocking");
         let mut buf = [0u8; 2048];

@@ -7,6 +7,17 @@ mod common;
 
 use common::*;
 
+/// The flow of a TCP client `src`:`sport` to the VIP's port 80.
+fn vip_key(src: [u8; 4], sport: u16) -> director_common::FlowKey {
+    let mut k = director_common::FlowKey::default();
+    k.src[..4].copy_from_slice(&src);
+    k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
+    k.sport = sport.to_be_bytes();
+    k.dport = 80u16.to_be_bytes();
+    k.protocol = 6;
+    k
+}
+
 /// Flows imported into a table half full (as flow sync imports them), after
 /// new connections the program recorded, are recorded and all found, by user space and by the program: every way
 /// taken is one the tags mark, and the program forwards each to the
@@ -14,20 +25,11 @@ use common::*;
 #[test]
 fn imported_flows_are_recorded_and_found() {
     use director::dataplane::xdp::PinnedFlow;
-    use director_common::FlowKey;
     let plan = web();
     let mut dp = XdpDataplane::load_for_test_sized(3 * 4096).expect("load (as root)");
     dp.apply(&plan, 300, link()).expect("apply");
     let service = plan[0].key();
-    let key = |i: u32| {
-        let mut k = FlowKey::default();
-        k.src[..4].copy_from_slice(&[11, 0, (i >> 8) as u8, i as u8]);
-        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
-        k.sport = 40000u16.to_be_bytes();
-        k.dport = 80u16.to_be_bytes();
-        k.protocol = 6;
-        k
-    };
+    let key = |i: u32| vip_key([11, 0, (i >> 8) as u8, i as u8], 40000);
     let flows: Vec<PinnedFlow> = (0..4096)
         .map(|i| PinnedFlow {
             flow: key(i),
@@ -88,15 +90,7 @@ fn a_new_connection_never_takes_a_flows_way() {
         let table = dp.flow_table();
         (table.seed(), table.entries() / FLOW_WAYS)
     };
-    let key = |src: [u8; 4], sport: u16| {
-        let mut k = FlowKey::default();
-        k.src[..4].copy_from_slice(&src);
-        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
-        k.sport = sport.to_be_bytes();
-        k.dport = 80u16.to_be_bytes();
-        k.protocol = 6;
-        k
-    };
+    let key = vip_key;
     let first_bucket = |k: &FlowKey| flow_buckets(flow_table_hash(k, seed), buckets).0;
     // A client (port 1000) whose flow's first bucket is `b`, from `*next` on.
     let colliding = |b: u32, next: &mut u32| loop {
@@ -268,20 +262,11 @@ fn a_closed_connections_entry_gives_way_to_a_new_one() {
 #[test]
 fn a_peers_later_word_replaces_its_earlier_one_never_an_own_flow() {
     use director::dataplane::xdp::PinnedFlow;
-    use director_common::FlowKey;
     let plan = web();
     let mut dp = XdpDataplane::load_for_test_sized(4096).expect("load (as root)");
     dp.apply(&plan, 300, link()).expect("apply");
     let service = plan[0].key();
-    let key = |src: [u8; 4], sport: u16| {
-        let mut k = FlowKey::default();
-        k.src[..4].copy_from_slice(&src);
-        k.dst[..4].copy_from_slice(&[10, 0, 0, 100]);
-        k.sport = sport.to_be_bytes();
-        k.dport = 80u16.to_be_bytes();
-        k.protocol = 6;
-        k
-    };
+    let key = vip_key;
     let pinned = |src: [u8; 4], sport: u16, server: usize| PinnedFlow {
         flow: key(src, sport),
         service,

@@ -319,6 +319,31 @@ fn synced_config(lab: &Lab, i: usize, drained: bool) -> Result<String> {
     })
 }
 
+/// Directors 1 and 2 with flow sync ([`synced_config`], nothing drained),
+/// director1 master, both resolved.
+fn synced_pair(lab: &Lab) -> Result<(Proc, Proc)> {
+    scenario::vrrp_pair_of(
+        lab,
+        &synced_config(lab, 0, false)?,
+        &synced_config(lab, 1, false)?,
+    )
+}
+
+/// 30 downloads of `size` bytes through the VIP, begun a second ago, with
+/// some on rs3 (as the master's status, `state`, counts them): the
+/// downloads, and how many went to rs3.
+fn downloads_some_on_rs3(lab: &Lab, size: usize, state: &Path) -> Result<(http::Downloads, u64)> {
+    lab.write_big_file(size)?;
+    let vip = SocketAddr::from((VIP, 80));
+    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, size);
+    std::thread::sleep(Duration::from_secs(1));
+    let on_rs3 = scenario::status(state)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(on_rs3 > 0, "no download went to rs3");
+    Ok((downloads, on_rs3))
+}
+
 /// Flow sync: connections to a real server that is being drained are no
 /// longer what the Maglev tables say, so a new master could not recompute
 /// them - the master shares them with the backup, and they survive the
@@ -331,24 +356,10 @@ fn synced_flows_keep_a_drained_servers_connections_across_failover() -> Result<(
         real_servers: 3,
         vip_on_director: false,
     })?;
-    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
-    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
-    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
-    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let (mut d1, d2) = synced_pair(&lab)?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
-    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
-    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
-    lab.write_big_file(SIZE)?;
-    let vip = SocketAddr::from((VIP, 80));
-    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
-    std::thread::sleep(Duration::from_secs(1));
-    let on_rs3 = scenario::status(&s1)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
-        .as_u64()
-        .unwrap_or(0);
-    ensure!(on_rs3 > 0, "no download went to rs3");
+    let (downloads, on_rs3) = downloads_some_on_rs3(&lab, SIZE, &s1)?;
     // rs3 is drained on both directors: its flows are now exceptions.
     for state in [&s1, &s2] {
         scenario::drain_real_server("10.0.0.22", state)?;
@@ -393,27 +404,15 @@ fn a_restarted_director_takes_its_peers_flows_before_it_preempts() -> Result<()>
         real_servers: 3,
         vip_on_director: false,
     })?;
-    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
-    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
-    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
-    let _d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let (mut d1, _d2) = synced_pair(&lab)?;
+    let p1 = lab.path("director1.toml");
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
-    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
     // Director1 goes away; director2 carries the traffic.
     d1.stop(Signal::SIGKILL, Duration::from_secs(5))?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     scenario::assert_carries(&lab, 1, VIP.into(), &s2, 5)?;
-    lab.write_big_file(SIZE)?;
-    let vip = SocketAddr::from((VIP, 80));
-    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
-    std::thread::sleep(Duration::from_secs(1));
-    let on_rs3 = scenario::status(&s2)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
-        .as_u64()
-        .unwrap_or(0);
-    ensure!(on_rs3 > 0, "no download went to rs3");
+    let (downloads, on_rs3) = downloads_some_on_rs3(&lab, SIZE, &s2)?;
     // rs3 is drained by a reload on director2 (its flows are exceptions
     // now, sent to nobody), and in the config director1 comes back with.
     lab.write("director2.toml", &synced_config(&lab, 1, true)?)?;
@@ -463,24 +462,10 @@ fn a_master_that_stops_sends_every_exception_first() -> Result<()> {
         real_servers: 3,
         vip_on_director: false,
     })?;
-    let p1 = lab.write("director1.toml", &synced_config(&lab, 0, false)?)?;
-    let p2 = lab.write("director2.toml", &synced_config(&lab, 1, false)?)?;
-    let mut d1 = scenario::spawn_director(&lab, 0, &p1)?;
-    let d2 = scenario::spawn_director(&lab, 1, &p2)?;
+    let (mut d1, d2) = synced_pair(&lab)?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
-    scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
-    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
-    lab.write_big_file(SIZE)?;
-    let vip = SocketAddr::from((VIP, 80));
-    let downloads = http::Downloads::start(&lab.client.ns, vip, 30, SIZE);
-    std::thread::sleep(Duration::from_secs(1));
-    let on_rs3 = scenario::status(&s1)?["virtual_servers"][0]["real_servers"][2]["new_flows"]
-        .as_u64()
-        .unwrap_or(0);
-    ensure!(on_rs3 > 0, "no download went to rs3");
+    let (downloads, on_rs3) = downloads_some_on_rs3(&lab, SIZE, &s1)?;
     // The backup's sync port drops everything while rs3 is drained (its
     // flows become news then), then takes datagrams again.
     let ns2 = &lab.directors[1].ns;

@@ -237,17 +237,16 @@ impl FlowTable {
         let index = match self.find(key, b1, b2) {
             // (A closing connection's entry gives way: the peer has the
             // 5-tuple open.)
-            Some((_, e))
-                if e.checks(hash as u32)
-                    && e.closed == 0
-                    && !(from_peer
-                        && e.from_peer != 0
-                        && (e.backend, e.service, e.generation)
-                            != (backend, service, generation)) =>
-            {
-                return false;
+            Some((index, e)) => {
+                // A peer's later word on a flow the peer placed again.
+                let renewed = from_peer
+                    && e.from_peer != 0
+                    && (e.backend, e.service, e.generation) != (backend, service, generation);
+                if e.checks(hash as u32) && e.closed == 0 && !renewed {
+                    return false;
+                }
+                index
             }
-            Some((index, _)) => index,
             None => match free(b1) {
                 Some(w) => b1 + w,
                 None => match free(b2) {
