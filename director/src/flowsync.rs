@@ -418,6 +418,16 @@ pub struct SyncStats {
 }
 
 impl Drop {
+    /// Every reason, so that metrics export each (at 0 until it happens).
+    pub const ALL: [Drop; 6] = [
+        Drop::Malformed,
+        Drop::BadMac,
+        Drop::Stale,
+        Drop::Misdirected,
+        Drop::Replay,
+        Drop::NotPeer,
+    ];
+
     /// The reason's name in status and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -15,6 +15,7 @@ pub mod handover;
 pub mod health;
 pub mod import;
 pub mod limits;
+pub mod logging;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

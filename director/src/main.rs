@@ -12,7 +12,7 @@ use director::{
     cli::{Cli, Command, DEFAULT_CONFIG},
     config::{Config, DEFAULT_STATE_DIR},
     control::{self, Request, Response},
-    daemon, status,
+    daemon, logging, status,
 };
 
 fn main() -> ExitCode {
@@ -161,7 +161,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("director: {}", report(&e));
+            let said = format!("director: {}", report(&e));
+            if logging::stderr_is_journal() {
+                // Under systemd: each line an error in the journal.
+                for line in said.lines() {
+                    eprintln!("<{}>{line}", logging::priority(tracing::Level::ERROR));
+                }
+            } else {
+                eprintln!("{said}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -373,6 +381,13 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 /// Logs go to stderr; `DIRECTOR_LOG` (tracing's env-filter syntax) sets the
 /// level, `info` by default. `log` records (aya, the XDP program) join in.
 /// A `DIRECTOR_LOG` that does not parse is said once, and `info` applies.
+/// `DIRECTOR_LOG_FORMAT=json` writes one JSON object per line (`timestamp`,
+/// `level`, `message`, `target` and the event's fields at the top level);
+/// `text` (the default) the usual lines. When stderr is journald's stream
+/// (systemd's `JOURNAL_STREAM` names it), every line starts with its
+/// syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug),
+/// which journald takes off and records: `journalctl -p warning -u
+/// director` shows the warnings and errors.
 fn init_logging() {
     let (filter, refused) = match std::env::var("DIRECTOR_LOG") {
         Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
@@ -384,12 +399,33 @@ fn init_logging() {
         },
         _ => (tracing_subscriber::EnvFilter::new("info"), None),
     };
-    tracing_subscriber::fmt()
+    let format = std::env::var("DIRECTOR_LOG_FORMAT").unwrap_or_default();
+    let json = format.trim().eq_ignore_ascii_case("json");
+    let journal = logging::stderr_is_journal();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if json {
+        let f = tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false);
+        builder
+            .event_format(logging::Priority::new(f, journal))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .init();
+    } else {
+        let f = tracing_subscriber::fmt::format();
+        builder
+            .event_format(logging::Priority::new(f, journal))
+            .init();
+    }
     if let Some((value, error)) = refused {
         tracing::warn!(%value, %error, "DIRECTOR_LOG does not parse as a tracing filter: logging at info");
+    }
+    if !json && !format.trim().is_empty() && !format.trim().eq_ignore_ascii_case("text") {
+        tracing::warn!(value = %format, "DIRECTOR_LOG_FORMAT is neither text nor json: logging as text");
     }
 }

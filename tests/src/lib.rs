@@ -29,6 +29,7 @@ pub mod inject;
 pub mod lab;
 pub mod netns;
 pub mod peers;
+pub mod prometheus;
 pub mod scenario;
 pub mod systemd_vm;
 pub mod udp;

@@ -194,18 +194,78 @@ fn shell_completions() -> Result<()> {
 
 /// Starts director1 of `lab` on `config` with `DIRECTOR_LOG` set to `level`.
 fn run_with_log(lab: &Lab, config: &std::path::Path, level: &str) -> Result<director_tests::Proc> {
+    run_with_env(lab, config, &[&format!("DIRECTOR_LOG={level}")])
+}
+
+/// Starts director1 of `lab` on `config` with the environment `vars`
+/// (`NAME=VALUE`) added.
+fn run_with_env(
+    lab: &Lab,
+    config: &std::path::Path,
+    vars: &[&str],
+) -> Result<director_tests::Proc> {
     let bin = director_bin()?;
+    let (bin, config) = (bin.to_string_lossy(), config.to_string_lossy());
+    let mut args: Vec<&str> = vars.to_vec();
+    args.extend([bin.as_ref(), "run", "--config", config.as_ref()]);
     lab.directors[0].ns.spawn(
         "env",
-        &[
-            &format!("DIRECTOR_LOG={level}"),
-            &bin.to_string_lossy(),
-            "run",
-            "--config",
-            &config.to_string_lossy(),
-        ],
-        &lab.path(&format!("director1-{}.log", level.len())),
+        &args,
+        &lab.path(&format!("director1-{}.log", vars.join("-").len())),
     )
+}
+
+/// `DIRECTOR_LOG_FORMAT=json`: every line the daemon writes, from start to
+/// stop, is one JSON object with `timestamp`, `level`, `message`, `target`
+/// and the event's fields as values of their own (the forwarding line's
+/// `real_servers` a number); a warning (here: a `DIRECTOR_LOG` that does
+/// not parse) is one too, at level `WARN` with its fields.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_fields() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let rs: Vec<String> = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
+    let path = lab.write(
+        "director.toml",
+        &scenario::http_config(&lab, "director1", &rs)?,
+    )?;
+    let mut d = run_with_env(
+        &lab,
+        &path,
+        &["DIRECTOR_LOG_FORMAT=json", "DIRECTOR_LOG=director=loud"],
+    )?;
+    scenario::wait_status(&state, Duration::from_secs(20), scenario::all_resolved)?;
+    d.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    let log = d.log();
+    let mut objects = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("not a JSON line: {line:?}\n{log}"))?;
+        for k in ["timestamp", "level", "message", "target"] {
+            ensure!(v[k].is_string(), "no {k} in {line}");
+        }
+        objects.push(v);
+    }
+    ensure!(objects.len() >= 5, "{log}");
+    ensure!(
+        objects
+            .iter()
+            .any(|o| o["real_servers"] == 2 && o["level"] == "INFO"),
+        "no forwarding line with real_servers = 2 as a number:\n{log}"
+    );
+    ensure!(
+        objects.iter().any(|o| o["level"] == "WARN"
+            && o["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("DIRECTOR_LOG does not parse"))
+            && o["value"] == "director=loud"),
+        "the bad DIRECTOR_LOG's warning with its value:\n{log}"
+    );
+    Ok(())
 }
 
 /// `DIRECTOR_LOG` sets the level (`warn`: no info line; `debug`: debug

@@ -37,6 +37,8 @@ fn the_package_is_lintian_clean_and_complete() -> Result<()> {
         "./usr/share/doc/director/README.md.gz",
         "./usr/share/doc/director/copyright",
         "./usr/share/director/grafana-dashboard.json",
+        "./usr/share/director/prometheus-alerts.yml",
+        "./usr/share/director/prometheus-alerts.test.yml",
         "./usr/lib/tmpfiles.d/director.conf",
     ] {
         ensure!(contents.contains(path), "{path} missing:\n{contents}");

@@ -250,6 +250,12 @@ for i in $(seq 60); do
 done
 echo "RESULT broken_active=$(systemctl is-active director)"
 echo "RESULT broken_named=$(journalctl -u director --no-pager | grep -c 'no_such_key')"
+# Each line's priority reaches the journal: the refusal is an error, the
+# adoption an info line that `-p warning` leaves out.
+echo "RESULT broken_named_as_error=$(journalctl -u director -p err --no-pager | grep -c 'no_such_key')"
+echo "RESULT adopted_as_info=$(journalctl -u director -p info..info --no-pager | grep -c 'adopted the running dataplane')"
+echo "RESULT adopted_as_warning=$(journalctl -u director -p warning --no-pager | grep -c 'adopted the running dataplane')"
+echo "RESULT no_prefix_left=$(journalctl -u director --no-pager -o cat | grep -c '^<[0-9]>')"
 echo "RESULT broken_vip=$(ip -4 addr show dev eth0 | grep -c '10.0.0.100/32')"
 install -m 0640 /root/good.toml /etc/director/director.toml
 systemctl reset-failed director
@@ -494,6 +500,22 @@ fn the_shipped_unit_restarts_stops_and_recovers_without_losing_a_request() -> Re
     ensure!(
         num("broken_named")? >= 1,
         "the journal does not name the bad key\n{journal}"
+    );
+    // Priorities: `journalctl -p err` has the refusal, `-p warning` no info
+    // line, and no `<N>` prefix is left in a message.
+    ensure!(
+        num("broken_named_as_error")? >= 1,
+        "the refused config is not an error in the journal\n{journal}"
+    );
+    ensure!(
+        num("adopted_as_info")? >= 1 && num("adopted_as_warning")? == 0,
+        "info lines' priority: {:?} at info, {:?} at warning or above",
+        get("adopted_as_info"),
+        get("adopted_as_warning")
+    );
+    ensure!(
+        num("no_prefix_left")? == 0,
+        "a <N> prefix reached the journal's text"
     );
     ensure!(num("broken_vip")? == 0, "the stopped master kept the VIP");
     // Removing the package: the daemon stops, the dataplane forwards on

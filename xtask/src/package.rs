@@ -151,12 +151,16 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     );
     write(&doc.join("changelog"), changelog.as_bytes(), 0o644)?;
     gzip(&doc.join("changelog"))?;
-    let dashboard = std::fs::read(root().join("packaging/grafana-dashboard.json"))?;
-    write(
-        &stage.join("usr/share/director/grafana-dashboard.json"),
-        &dashboard,
-        0o644,
-    )?;
+    // Monitoring: the Grafana dashboard, the Prometheus alerting rules and
+    // their unit tests (`promtool test rules` runs them where installed).
+    for file in [
+        "grafana-dashboard.json",
+        "prometheus-alerts.yml",
+        "prometheus-alerts.test.yml",
+    ] {
+        let bytes = std::fs::read(root().join("packaging").join(file))?;
+        write(&stage.join("usr/share/director").join(file), &bytes, 0o644)?;
+    }
 
     // Control files.
     let depends = shlib_depends(&sbin)?;

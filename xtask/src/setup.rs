@@ -27,6 +27,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bird2", "tests: BGP announcement of VIPs (ECMP lab)"),
     ("frr", "tests: BFD interop with FRR's bfdd"),
     ("ipvsadm", "tests: IPVS cross-check"),
+    (
+        "prometheus",
+        "tests: a real Prometheus scrapes the lab; promtool checks the metrics and the alert rules",
+    ),
     ("bpftool", "benchmarks: BPF_PROG_TEST_RUN"),
     ("qemu-system-x86", "tests: IPVS kernel VM"),
     ("busybox-static", "tests: IPVS kernel VM"),

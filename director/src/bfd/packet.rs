@@ -89,6 +89,21 @@ pub enum Drop {
 }
 
 impl Drop {
+    /// Every reason, so that metrics export each (at 0 until it happens).
+    pub const ALL: [Drop; 10] = [
+        Drop::Short,
+        Drop::Version,
+        Drop::Length,
+        Drop::DetectMult,
+        Drop::Multipoint,
+        Drop::MyDiscriminator,
+        Drop::Authentication,
+        Drop::Ttl,
+        Drop::NoSession,
+        Drop::YourDiscriminator,
+    ];
+
+    /// The reason's name in status and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Drop::Short => "short",

@@ -50,6 +50,26 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Counts by reason for a counter family: every `known` reason (0 when it
+/// has not happened, so that queries by reason have series from the
+/// start), then any other reason the snapshot holds.
+fn by_reason<'a>(
+    known: &[&'a str],
+    counts: &'a std::collections::BTreeMap<String, u64>,
+) -> Vec<(&'a str, u64)> {
+    let mut out: Vec<(&str, u64)> = known
+        .iter()
+        .map(|k| (*k, counts.get(*k).copied().unwrap_or(0)))
+        .collect();
+    out.extend(
+        counts
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+            .map(|(k, n)| (k.as_str(), *n)),
+    );
+    out
+}
+
 /// The Prometheus text exposition of a status snapshot.
 pub fn render(s: &Status) -> String {
     let mut reg = Registry::with_prefix("director");
@@ -72,6 +92,17 @@ pub fn render(s: &Status) -> String {
         } else {
             0.0
         });
+    gauge(
+        &mut reg,
+        "dataplane_error",
+        "1 while the dataplane refuses an update (status dataplane_error says why; retried)",
+    )
+    .get_or_create(&Vec::new())
+    .set(if s.dataplane_error.is_some() {
+        1.0
+    } else {
+        0.0
+    });
 
     if let Some(n) = s.flows_unrecorded {
         counter(
@@ -194,8 +225,9 @@ pub fn render(s: &Status) -> String {
         imported
             .get_or_create(&Vec::new())
             .inc_by(fs.flows_imported);
-        for (reason, n) in &fs.dropped {
-            dropped.get_or_create(&l(&[("reason", reason)])).inc_by(*n);
+        let known = crate::flowsync::Drop::ALL.map(|d| d.as_str());
+        for (reason, n) in by_reason(&known, &fs.dropped) {
+            dropped.get_or_create(&l(&[("reason", reason)])).inc_by(n);
         }
     }
     if let Some(b) = &s.bgp {
@@ -248,7 +280,14 @@ pub fn render(s: &Status) -> String {
     );
     for v in &s.vrrp {
         let vrid = v.virtual_router_id.to_string();
-        let base = [("instance", v.name.as_str()), ("vrid", vrid.as_str())];
+        // `instance` is kept for existing queries, but Prometheus stores
+        // it as `exported_instance` (its own `instance` is the scrape
+        // target): `vrrp_instance` is the name to query by.
+        let base = [
+            ("instance", v.name.as_str()),
+            ("vrrp_instance", v.name.as_str()),
+            ("vrid", vrid.as_str()),
+        ];
         for st in ["init", "backup", "master", "fault"] {
             let mut labels = l(&base);
             labels.push(("state".into(), st.into()));
@@ -266,10 +305,11 @@ pub fn render(s: &Status) -> String {
         split.get_or_create(&l(&base)).inc_by(v.split_brains);
         peer.get_or_create(&l(&base))
             .set(if v.peer_seen { 1.0 } else { 0.0 });
-        for (reason, n) in &v.rejected {
+        let known = crate::vrrp::packet::Reject::ALL.map(|r| r.label());
+        for (reason, n) in by_reason(&known, &v.rejected) {
             let mut labels = l(&base);
-            labels.push(("reason".into(), reason.clone()));
-            dropped.get_or_create(&labels).inc_by(*n);
+            labels.push(("reason".into(), reason.into()));
+            dropped.get_or_create(&labels).inc_by(n);
         }
     }
 
@@ -289,10 +329,11 @@ pub fn render(s: &Status) -> String {
             .get_or_create(&l(&base))
             .set(if b.state == "up" { 1.0 } else { 0.0 });
         bfd_trans.get_or_create(&l(&base)).inc_by(b.transitions);
-        for (reason, n) in &b.dropped {
+        let known = crate::bfd::packet::Drop::ALL.map(|d| d.as_str());
+        for (reason, n) in by_reason(&known, &b.dropped) {
             let mut labels = l(&base);
-            labels.push(("reason".into(), reason.clone()));
-            bfd_dropped.get_or_create(&labels).inc_by(*n);
+            labels.push(("reason".into(), reason.into()));
+            bfd_dropped.get_or_create(&labels).inc_by(n);
         }
     }
     let mut out = String::new();
@@ -300,6 +341,66 @@ pub fn render(s: &Status) -> String {
         warn!(error = %e, "cannot encode metrics");
     }
     out
+}
+
+/// The same metrics in Prometheus's text format 0.0.4, for clients that
+/// do not ask for OpenMetrics (`curl`, `promtool check metrics`): a
+/// counter's `# HELP`/`# TYPE` lines name its sample (`..._total`), and
+/// there is no `# UNIT` or `# EOF` line. Prometheus itself asks for
+/// OpenMetrics and gets [`render`]'s output.
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The content type of [`text_format`]'s output.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of [`render`]'s output.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether an HTTP `Accept` header asks for OpenMetrics (Prometheus's
+/// scraper does; `curl` and browsers do not).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut fields = part.split(';').map(str::trim);
+            let kind = fields.next().unwrap_or("");
+            // `q=0` refuses the type (RFC 9110 section 12.4.2).
+            let refused = fields.any(|f| {
+                f.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
+    })
 }
 
 mod server;
@@ -439,6 +540,46 @@ mod help_tests {
               "split_brains":0,"peer_seen":false}]}"#,
         )
         .expect("status json")
+    }
+
+    /// Without an OpenMetrics `Accept`, the text format 0.0.4: a counter's
+    /// HELP and TYPE name its `_total` sample, no `# EOF`; every family
+    /// and sample of the OpenMetrics form is there.
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let om = super::render(&full_status());
+        let text = super::text_format(&om);
+        assert!(om.trim_end().ends_with("# EOF"));
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE director_vrrp_transitions_total counter\n"));
+        assert!(text.contains("# HELP director_vrrp_transitions_total "));
+        assert!(text.contains("# TYPE director_vrrp_state gauge\n"));
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        // Every reason of a drop counter has a series, at 0 when unseen.
+        assert!(text.contains("reason=\"checksum\"} 0\n"), "{text}");
+        assert!(text.contains("reason=\"ttl\"} 1\n"), "{text}");
+        assert!(text.contains("reason=\"bad_mac\"} 0\n"), "{text}");
+    }
+
+    #[test]
+    fn prometheus_scrapers_get_openmetrics_others_the_text_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(super::wants_openmetrics(Some(prometheus)));
+        assert!(super::wants_openmetrics(Some(
+            "Application/OpenMetrics-Text"
+        )));
+        assert!(!super::wants_openmetrics(None));
+        assert!(!super::wants_openmetrics(Some("*/*")));
+        assert!(!super::wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!super::wants_openmetrics(Some(
+            "application/openmetrics-text; q=0, text/plain"
+        )));
     }
 
     #[test]

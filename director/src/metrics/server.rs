@@ -33,7 +33,7 @@ use axum::{Router, http::header, response::IntoResponse, routing::get};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{MetricsError, render};
+use super::{MetricsError, OPENMETRICS, TEXT_FORMAT, render, text_format, wants_openmetrics};
 use crate::{
     control::{Pending, Request, Response},
     limits::Budget,
@@ -58,6 +58,8 @@ struct Snapshot {
     taken: Instant,
     status: Status,
     metrics: OnceLock<String>,
+    /// [`Snapshot::metrics`] in Prometheus's text format 0.0.4.
+    text: OnceLock<String>,
     json: OnceLock<String>,
 }
 
@@ -87,6 +89,7 @@ impl Snapshots {
             taken: Instant::now(),
             status,
             metrics: OnceLock::new(),
+            text: OnceLock::new(),
             json: OnceLock::new(),
         });
         *last = Some(snap.clone());
@@ -291,19 +294,22 @@ fn router(snapshots: Snapshots) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let snapshots = for_metrics.clone();
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 async move {
-                    match snapshots.get().await {
-                        Some(s) => (
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            s.metrics.get_or_init(|| render(&s.status)).clone(),
-                        )
-                            .into_response(),
-                        None => unavailable(),
+                    let Some(s) = snapshots.get().await else {
+                        return unavailable();
+                    };
+                    let openmetrics = s.metrics.get_or_init(|| render(&s.status));
+                    if wants_openmetrics(accept.as_deref()) {
+                        ([(header::CONTENT_TYPE, OPENMETRICS)], openmetrics.clone()).into_response()
+                    } else {
+                        let text = s.text.get_or_init(|| text_format(openmetrics));
+                        ([(header::CONTENT_TYPE, TEXT_FORMAT)], text.clone()).into_response()
                     }
                 }
             }),

@@ -68,6 +68,23 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason, so that metrics export each (at 0 until it happens:
+    /// a query by reason has series before the first drop).
+    pub const ALL: [Reject; 12] = [
+        Reject::Short,
+        Reject::Ttl,
+        Reject::Version,
+        Reject::Type,
+        Reject::Checksum,
+        Reject::Length,
+        Reject::Auth,
+        Reject::Interval,
+        Reject::Addresses,
+        Reject::Vrid,
+        Reject::Own,
+        Reject::Source,
+    ];
+
     /// A stable label for metrics and status.
     pub fn label(self) -> &'static str {
         match self {
