@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    say_error(&e.to_string());
                     return ExitCode::FAILURE;
                 }
             };
@@ -161,17 +161,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let said = format!("director: {}", report(&e));
-            if logging::stderr_is_journal() {
-                // Under systemd: each line an error in the journal.
-                for line in said.lines() {
-                    eprintln!("<{}>{line}", logging::priority(tracing::Level::ERROR));
-                }
-            } else {
-                eprintln!("{said}");
-            }
+            say_error(&format!("director: {}", report(&e)));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints an error that ends the command on stderr; under systemd each of
+/// its lines is an error in the journal (`journalctl -p err`).
+fn say_error(said: &str) {
+    if logging::stderr_is_journal() {
+        for line in said.lines() {
+            eprintln!("<{}>{line}", logging::priority(tracing::Level::ERROR));
+        }
+    } else {
+        eprintln!("{said}");
     }
 }
 
