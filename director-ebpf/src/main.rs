@@ -35,8 +35,10 @@
 //! - `flow`: the flow table's buckets, tags, lookups and eviction;
 //! - `guard`: the SYN-flood guard;
 //! - `frag`: fragments; `icmp`: ICMP errors and packet-too-big;
-//! - `encap`: tunnel encapsulation; `csum`: checksums;
-//! - `bench`: programs only the benchmark harness loads.
+//! - `encap`: tunnel encapsulation; `csum`: checksums.
+//!
+//! The benchmark harness's programs (the floor, fresh clients) are another
+//! object, `bench/main.rs`, which the daemon never embeds.
 #![no_std]
 #![no_main]
 // An atomic OR on a map value (BPF_ATOMIC | BPF_OR): the bpfel target
@@ -53,12 +55,9 @@
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_MMAPABLE, xdp_action},
-    helpers::{
-        bpf_csum_diff, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail,
-    },
+    helpers::{bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
@@ -75,7 +74,6 @@ use director_common::{
     fmix32, fold_addr, service_index_slot, service_index_tail, source_hash, vip_bucket,
 };
 
-mod bench;
 mod choose;
 mod csum;
 mod encap;

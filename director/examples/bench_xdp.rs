@@ -47,12 +47,18 @@ use director::{
     config::{Protocol, Scheduler},
     dataplane::{
         BackendPlan, ServicePlan, Traffic,
-        xdp::{PROGRAM, PinnedFlow, XdpDataplane},
+        xdp::{PinnedFlow, XdpDataplane},
     },
     frames::{self, ACK, DIRECTOR_MAC, SYN},
     neighbor::{LinkInfo, Mac},
 };
 use director_common::{FlowKey, MAP_BENCH_TARGETS, PROG_FLOOR, PROG_FRESH_CLIENT};
+
+/// The harness's own XDP object (the floor, fresh clients), built by the
+/// daemon's build script beside the director's program but embedded only
+/// here: the daemon's object holds no benchmark program.
+static BENCH_PROGRAM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/director-bench"));
 
 /// The benchmark's interface (MTU 1500).
 fn link() -> LinkInfo {
@@ -467,8 +473,8 @@ fn main() -> Result<()> {
     pin_to(cpu)?;
 
     let mut floor_obj = EbpfLoader::new()
-        .load(PROGRAM)
-        .context("loading the object")?;
+        .load(BENCH_PROGRAM)
+        .context("loading the benchmark object")?;
     let mut targets = ProgramArray::try_from(
         floor_obj
             .take_map(MAP_BENCH_TARGETS)

@@ -405,3 +405,28 @@ pub(super) fn spawn_logger(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Whether the ELF object holds `name` (a program's or map's symbol).
+    fn holds(name: &str) -> bool {
+        super::super::PROGRAM
+            .windows(name.len() + 1)
+            .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
+    }
+
+    /// The object the daemon loads carries its program and none of the
+    /// benchmark harness's (those are the `director-bench` object's).
+    #[test]
+    fn the_daemons_object_holds_no_benchmark_program() {
+        assert!(holds(director_common::PROG_DIRECTOR) && holds("SERVICES"));
+        for name in [
+            director_common::PROG_FLOOR,
+            director_common::PROG_FRESH_CLIENT,
+            director_common::MAP_BENCH_TARGETS,
+            "BENCH_FRAMES",
+        ] {
+            assert!(!holds(name), "the daemon's XDP object holds {name}");
+        }
+    }
+}

@@ -1,12 +1,34 @@
-//! Programs of the benchmark harness (`cargo xtask bench xdp`): the floor an XDP program costs, and fresh-client frames; the daemon never attaches them.
+//! The benchmark harness's own XDP object (`cargo xtask bench xdp`), built
+//! beside the director's and never embedded in the daemon: the floor an
+//! XDP program costs, and fresh-client frames for the director's program.
+#![no_std]
+#![no_main]
 
-use super::*;
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_get_smp_processor_id,
+    macros::{map, xdp},
+    maps::{PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+
+/// Ethernet header length (the IPv4 header follows it in the frames the
+/// harness sends).
+const ETH_LEN: usize = 14;
+
+/// A pointer to a `T` at `offset` in the frame, `None` when the frame is
+/// too short (the bounds check the verifier needs for every access).
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    (ctx.data() + offset + core::mem::size_of::<T>() <= ctx.data_end())
+        .then_some((ctx.data() + offset) as *mut T)
+}
 
 /// The benchmark floor: swap the MACs and send the frame back. Not used by
 /// the daemon; `cargo xtask bench xdp` reports costs relative to it.
 #[xdp]
 pub fn floor(ctx: XdpContext) -> u32 {
-    let Ok(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
+    let Some(eth) = ptr_at::<[u8; 12]>(&ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: ptr_at checked both MAC fields are inside the frame.
@@ -23,11 +45,11 @@ pub fn floor(ctx: XdpContext) -> u32 {
 /// Tail-call targets of [`fresh_client`] (benchmark only): slot 0, set by
 /// `cargo xtask bench xdp` to the program it measures.
 #[map(name = "BENCH_TARGETS")]
-pub(crate) static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// This CPU's frames through [`fresh_client`].
 #[map(name = "BENCH_FRAMES")]
-pub(crate) static BENCH_FRAMES: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_FRAMES: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark only (the live-frame rate of new flows, where the kernel
 /// hands the program the same frame over and over): gives an IPv4 frame a
@@ -35,7 +57,7 @@ pub(crate) static BENCH_FRAMES: PerCpuArray<u32> = PerCpuArray::with_max_entries
 /// then tail-calls the measured program. Not used by the daemon.
 #[xdp]
 pub fn fresh_client(ctx: XdpContext) -> u32 {
-    let Ok(src) = ptr_at::<[u8; 4]>(&ctx, ETH_LEN + 12) else {
+    let Some(src) = ptr_at::<[u8; 4]>(&ctx, ETH_LEN + 12) else {
         return xdp_action::XDP_PASS;
     };
     // Verifier: index 0 of a one-element per-CPU array always exists.
@@ -57,3 +79,14 @@ pub fn fresh_client(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_ABORTED
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
