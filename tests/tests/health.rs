@@ -589,20 +589,13 @@ fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
     Ok(())
 }
 
-/// `hysteresis`: with quorum 2 and hysteresis 1 over three servers of
-/// weight 1, quorum holds down to one healthy server (lost below 2 - 1)
-/// and comes back only with all three (2 + 1); `quorum_down` and
-/// `quorum_up` run once each.
-#[test]
-fn hysteresis_widens_the_quorum_band() -> Result<()> {
-    let mut lab = Lab::build(&LabSpec {
-        directors: 1,
-        real_servers: 3,
-        vip_on_director: true,
-    })?;
-    let state = lab.state_dir("director1")?;
-    let events = lab.path("quorum.log");
-    let mut c = scenario::global_config(&lab, "director1")?;
+/// The quorum-2, hysteresis-1 service over the lab's three real servers
+/// (weight 1, TCP checks every 0.2 s), its `quorum_up` / `quorum_down`
+/// scripts appending "up" / "down" to `events`; `before` goes in front of
+/// it in the file.
+fn hysteresis_config(lab: &Lab, events: &std::path::Path, before: &str) -> Result<String> {
+    let mut c = scenario::global_config(lab, "director1")?;
+    c.push_str(before);
     c.push_str(&format!(
         "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.2\nquorum = 2\nhysteresis = 1\nquorum_up = \"/bin/sh -c 'echo up >> {0}'\"\nquorum_down = \"/bin/sh -c 'echo down >> {0}'\"\n",
         events.display()
@@ -613,23 +606,65 @@ fn hysteresis_widens_the_quorum_band() -> Result<()> {
             rs.ip
         ));
     }
-    let path = lab.write("director.toml", &c)?;
-    let _d = scenario::spawn_director(&lab, 0, &path)?;
-    let healthy = |s: &serde_json::Value| -> Vec<bool> {
-        (0..3).map(|i| rs_healthy(s, i) == Some(true)).collect()
-    };
-    // Waits until the status shows `want` healthy and checked, then says
-    // whether quorum is up.
-    let quorum_with = |want: [bool; 3]| -> Result<bool> {
-        let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
-            healthy(s) == want
-                && (0..3)
-                    .all(|i| s["virtual_servers"][0]["real_servers"][i]["last_check"].is_number())
-        })?;
-        s["virtual_servers"][0]["quorum_up"]
-            .as_bool()
-            .context("no quorum_up")
-    };
+    Ok(c)
+}
+
+/// A lab of three real servers and director1 running [`hysteresis_config`]:
+/// the lab, the daemon, its state directory and the scripts' log.
+fn hysteresis_lab() -> Result<(
+    Lab,
+    director_tests::Proc,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 3,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let events = lab.path("quorum.log");
+    let path = lab.write("director.toml", &hysteresis_config(&lab, &events, "")?)?;
+    let d = scenario::spawn_director(&lab, 0, &path)?;
+    Ok((lab, d, state, events))
+}
+
+/// Waits until the status shows the real servers of virtual server `vs`
+/// healthy as `want`, each checked, then says whether it has quorum.
+fn quorum_with(state: &std::path::Path, vs: usize, want: [bool; 3]) -> Result<bool> {
+    let s = scenario::wait_status(state, Duration::from_secs(5), |s| {
+        let r = &s["virtual_servers"][vs]["real_servers"];
+        (0..3).all(|i| r[i]["healthy"].as_bool() == Some(want[i]) && r[i]["last_check"].is_number())
+    })?;
+    s["virtual_servers"][vs]["quorum_up"]
+        .as_bool()
+        .context("no quorum_up")
+}
+
+/// Waits until the quorum scripts' log reads `want`.
+fn quorum_events(events: &std::path::Path, want: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(events).unwrap_or_default();
+        if log == want {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "quorum scripts ran as {log:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `hysteresis`: with quorum 2 and hysteresis 1 over three servers of
+/// weight 1, quorum holds down to one healthy server (lost below 2 - 1)
+/// and comes back only with all three (2 + 1); `quorum_down` and
+/// `quorum_up` run once each.
+#[test]
+fn hysteresis_widens_the_quorum_band() -> Result<()> {
+    let (mut lab, _d, state, events) = hysteresis_lab()?;
+    let quorum_with = |want| quorum_with(&state, 0, want);
     ensure!(quorum_with([true, true, true])?, "up with three");
     lab.stop_http(0)?;
     ensure!(quorum_with([false, true, true])?, "lost with two");
@@ -649,17 +684,61 @@ fn hysteresis_widens_the_quorum_band() -> Result<()> {
     );
     lab.start_http(2)?;
     ensure!(quorum_with([true, true, true])?, "not regained with three");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(&events).unwrap_or_default();
-        if log == "down\nup\n" {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "quorum scripts ran as {log:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    quorum_events(&events, "down\nup\n")
+}
+
+/// A reload keeps the quorum state of the services it keeps, wherever they
+/// move in the list: a service held down by its hysteresis (two of three
+/// healthy: quorum 2, but 2 + 1 to come back) stays down across a reload
+/// that puts another service before it - no silent return, no script -
+/// and comes back, running `quorum_up`, only with the third server.
+#[test]
+fn a_reload_keeps_the_quorum_state_of_the_services_it_keeps() -> Result<()> {
+    let (mut lab, _d, state, events) = hysteresis_lab()?;
+    ensure!(
+        quorum_with(&state, 0, [true, true, true])?,
+        "down with three"
+    );
+    for j in 0..3 {
+        lab.stop_http(j)?;
     }
-    Ok(())
+    ensure!(
+        !quorum_with(&state, 0, [false, false, false])?,
+        "up with none"
+    );
+    lab.start_http(0)?;
+    lab.start_http(1)?;
+    ensure!(
+        !quorum_with(&state, 0, [true, true, false])?,
+        "regained with two (quorum, not quorum + hysteresis)"
+    );
+    quorum_events(&events, "down\n")?;
+
+    let other = format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 8080\n\n  [[virtual_server.real_server]]\n  address = \"{}\"\n",
+        lab.real_servers[0].ip
+    );
+    lab.write("director.toml", &hysteresis_config(&lab, &events, &other)?)?;
+    let (ok, said) = scenario::director_cli(&["reload"], &state)?;
+    ensure!(ok, "reload: {said}");
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        s["virtual_servers"][1]["port"] == 80
+    })?;
+    ensure!(
+        s["virtual_servers"][1]["quorum_up"] == false,
+        "the reload brought quorum back: {s}"
+    );
+    // A few check rounds later: still down, and no script ran.
+    std::thread::sleep(Duration::from_millis(1000));
+    ensure!(
+        !quorum_with(&state, 1, [true, true, false])?,
+        "quorum came back after the reload with two of three"
+    );
+    quorum_events(&events, "down\n")?;
+    lab.start_http(2)?;
+    ensure!(
+        quorum_with(&state, 1, [true, true, true])?,
+        "not regained with three"
+    );
+    quorum_events(&events, "down\nup\n")
 }

@@ -321,6 +321,16 @@ impl VirtualServer {
         }
     }
 
+    /// What the service is, for state kept across reloads (quorum): its
+    /// [`ServiceAddr`] and, for an IPVS fwmark service, its mark (fwmark
+    /// services of one family share the unspecified address).
+    pub fn identity(&self) -> ServiceIdentity {
+        ServiceIdentity {
+            addr: self.id(),
+            fwmark: self.fwmark,
+        }
+    }
+
     /// The service's identity port: `port`, or its group's first.
     pub fn port(&self) -> u16 {
         self.vport
@@ -400,6 +410,13 @@ pub(super) fn default_weight() -> u32 {
 
 pub(super) fn default_udp_timeout() -> u32 {
     DEFAULT_UDP_TIMEOUT
+}
+
+/// A service's identity across reloads: unique within a valid config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceIdentity {
+    pub addr: ServiceAddr,
+    pub fwmark: Option<u32>,
 }
 
 /// Which service: the one identity of a virtual service in logs, status,

@@ -23,8 +23,8 @@ impl Daemon {
         let now = std::time::Instant::now();
         let mut eligible = BTreeMap::new();
         if !self.draining {
-            for (i, vs) in self.config.virtual_server.iter().enumerate() {
-                let up = self.quorum.get(&i).copied().unwrap_or(true);
+            for vs in &self.config.virtual_server {
+                let up = self.quorum_up(vs);
                 let vrrp_ok =
                     b.mode != crate::config::BgpMode::Both || masters.contains(&vs.address());
                 if up && vrrp_ok {

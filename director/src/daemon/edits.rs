@@ -216,8 +216,9 @@ impl Daemon {
             }
         }
         let keys = health::probe_keys(&new);
-        // Quorum state is by service position: start it afresh.
-        let mut quorum = BTreeMap::new();
+        // Quorum state is by service identity: the services that stay keep
+        // theirs (hysteresis and scripts go on from it).
+        let mut quorum = self.quorum.clone();
         let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
         self.dataplane.set_new_flow_limit(new.global.new_flow_limit);
         if let Err(e) = self
@@ -243,13 +244,14 @@ impl Daemon {
             resolver: std::mem::replace(&mut self.resolver, resolver),
             keys: std::mem::replace(&mut self.keys, keys),
             applied: self.applied.replace(next),
+            quorum: self.quorum.clone(),
         };
         if let Some(checks) = self.checks.as_mut() {
             checks.update(health::all_specs(&self.config));
         }
-        self.quorum.clear();
         // Quorum bookkeeping, scripts and VRRP tracking for the new
-        // services (the dataplane has the plan already).
+        // services (the dataplane has the plan already); removed services'
+        // state goes, the others' stays.
         if let Err(e) = self.sync() {
             warn!(error = %e, "dataplane update after the reload");
         }
@@ -267,7 +269,7 @@ impl Daemon {
         if let Some(checks) = self.checks.as_mut() {
             checks.update(health::all_specs(&self.config));
         }
-        self.quorum.clear();
+        self.quorum = previous.quorum;
         self.applied = None;
         self.dataplane
             .set_new_flow_limit(self.config.global.new_flow_limit);
@@ -289,4 +291,5 @@ pub(super) struct Previous {
     resolver: Resolver,
     keys: health::ProbeKeys,
     applied: Option<Vec<ServicePlan>>,
+    quorum: super::plan::QuorumState,
 }

@@ -164,7 +164,7 @@ struct Daemon {
     resolver: Resolver,
     board: Board,
     checks: Option<health::Checks>,
-    quorum: BTreeMap<usize, bool>,
+    quorum: plan::QuorumState,
     dataplane: Dataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,

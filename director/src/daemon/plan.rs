@@ -39,16 +39,23 @@ pub(super) fn quorum_next(vs: &VirtualServer, up: Option<bool>, healthy_weight: 
     }
 }
 
+/// Each service's quorum, by what the service is (so a reload keeps the
+/// state of the services it does not remove, wherever they move in the
+/// list).
+pub(super) type QuorumState = BTreeMap<crate::config::ServiceIdentity, bool>;
+
 /// The dataplane plan for `config` given MACs, health and quorum. Updates
-/// `quorum` with each service's state; returns the services whose quorum
-/// changed (for the quorum_up / quorum_down scripts).
+/// `quorum` with each service's state (and forgets services `config` no
+/// longer has); returns the services (by position in `config`) whose
+/// quorum changed (for the quorum_up / quorum_down scripts).
 pub(super) fn plan(
     config: &Config,
     keys: &health::ProbeKeys,
     resolver: &Resolver,
     board: &Board,
-    quorum: &mut BTreeMap<usize, bool>,
+    quorum: &mut QuorumState,
 ) -> (Vec<ServicePlan>, Vec<(usize, bool)>) {
+    quorum.retain(|id, _| config.virtual_server.iter().any(|vs| vs.identity() == *id));
     let mut changed = Vec::new();
     let plans = config
         .virtual_server
@@ -81,9 +88,9 @@ pub(super) fn plan(
                     }
                 })
                 .collect();
-            let before = quorum.get(&i).copied();
+            let before = quorum.get(&vs.identity()).copied();
             let up = quorum_next(vs, before, healthy_weight);
-            quorum.insert(i, up);
+            quorum.insert(vs.identity(), up);
             if before.is_some() && before != Some(up) {
                 changed.push((i, up));
             }
@@ -117,6 +124,11 @@ pub(super) fn plan(
 }
 
 impl Daemon {
+    /// Whether `vs` has quorum (yes until it has been judged).
+    pub(super) fn quorum_up(&self, vs: &crate::config::VirtualServer) -> bool {
+        self.quorum.get(&vs.identity()).copied().unwrap_or(true)
+    }
+
     /// Re-plans and applies when anything changed.
     pub(super) fn sync(&mut self) -> Result<(), DataplaneError> {
         let (next, quorum_changes) = plan(
@@ -145,8 +157,7 @@ impl Daemon {
             .config
             .virtual_server
             .iter()
-            .enumerate()
-            .map(|(i, vs)| (vs.id(), self.quorum.get(&i).copied().unwrap_or(true)))
+            .map(|vs| (vs.id(), self.quorum_up(vs)))
             .collect();
         self.quorum_tx.send_if_modified(|q| {
             let changed = *q != quorum;

@@ -30,7 +30,7 @@ impl Daemon {
                     } else {
                         Vec::new()
                     },
-                    quorum_up: self.quorum.get(&i).copied().unwrap_or(true),
+                    quorum_up: self.quorum_up(vs),
                     packets: t.packets,
                     bytes: t.bytes,
                     new_flows: t.new_flows,
