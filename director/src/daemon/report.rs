@@ -74,12 +74,16 @@ impl Daemon {
             interface: g.interface.clone(),
             // IPVS services are kernel state: they outlive the daemon.
             dataplane_survives_restart: self.pins.as_ref().is_none_or(|p| p.survives),
-            flow_table_size: (self.dataplane.name() == "xdp")
+            flow_table_size: self
+                .dataplane
+                .is_xdp()
                 .then_some(self.config.global.flow_table_size),
-            flow_table_memory_bytes: (self.dataplane.name() == "xdp").then(|| {
+            flow_table_memory_bytes: self.dataplane.is_xdp().then(|| {
                 crate::dataplane::xdp::flow_table_bytes(self.config.global.flow_table_size)
             }),
-            new_flow_limit: (self.dataplane.name() == "xdp")
+            new_flow_limit: self
+                .dataplane
+                .is_xdp()
                 .then_some(self.config.global.new_flow_limit),
             flows_unrecorded: self.dataplane.unrecorded_flows(),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),

@@ -139,7 +139,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         )?,
     };
     info!(dataplane = dataplane.name(), xdp_mode = ?dataplane.xdp_mode(), "dataplane ready");
-    if dataplane.name() == "xdp" {
+    if dataplane.is_xdp() {
         info!(
             flows = g.flow_table_size,
             memory_mib = crate::dataplane::xdp::flow_table_bytes(g.flow_table_size) / (1 << 20),
@@ -147,7 +147,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         );
     }
     dataplane.set_new_flow_limit(g.new_flow_limit);
-    let dataplane_is_xdp = dataplane.name() == "xdp";
+    let dataplane_is_xdp = dataplane.is_xdp();
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {
         Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone(), budget).await?),
@@ -183,7 +183,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     };
     // Flow-table sharing with peer directors.
     let (flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
-        Some(fs) if dataplane.name() == "xdp" => {
+        Some(fs) if dataplane.is_xdp() => {
             let (sync, rx) =
                 crate::flowsync::FlowSync::start(fs.listen, fs.peers.clone(), fs.key.clone())
                     .await

@@ -82,6 +82,12 @@ impl Dataplane {
         }
     }
 
+    /// Whether the XDP program forwards (not IPVS): what has a flow table,
+    /// the SYN-flood guard and flow sync.
+    pub fn is_xdp(&self) -> bool {
+        matches!(self, Dataplane::Xdp(_))
+    }
+
     /// The XDP attach mode, when XDP runs.
     pub fn xdp_mode(&self) -> Option<&'static str> {
         match self {
