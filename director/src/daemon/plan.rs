@@ -55,7 +55,7 @@ pub(super) fn plan(
     board: &Board,
     quorum: &mut QuorumState,
 ) -> (Vec<ServicePlan>, Vec<(usize, bool)>) {
-    quorum.retain(|id, _| config.virtual_server.iter().any(|vs| vs.identity() == *id));
+    let mut judged = QuorumState::new();
     let mut changed = Vec::new();
     let plans = config
         .virtual_server
@@ -88,9 +88,10 @@ pub(super) fn plan(
                     }
                 })
                 .collect();
-            let before = quorum.get(&vs.identity()).copied();
+            let id = vs.identity();
+            let before = quorum.get(&id).copied();
             let up = quorum_next(vs, before, healthy_weight);
-            quorum.insert(vs.identity(), up);
+            judged.insert(id, up);
             if before.is_some() && before != Some(up) {
                 changed.push((i, up));
             }
@@ -120,6 +121,8 @@ pub(super) fn plan(
             }
         })
         .collect();
+    // Only `config`'s services: a removed one's state goes with it.
+    *quorum = judged;
     (plans, changed)
 }
 
