@@ -110,12 +110,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<Result<T>> {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        std::thread::spawn(move || -> Result<T> {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-            Ok(f())
-        })
+        spawn_in(&self.name, f)
     }
 
     /// Pids of the processes inside the namespace.
@@ -279,4 +274,18 @@ impl Drop for Proc {
             let _ = child.wait();
         }
     }
+}
+
+/// [`Netns::spawn_thread`] by the namespace's name, for holders of a name
+/// rather than the [`Netns`] (which deletes the namespace when dropped).
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = PathBuf::from("/run/netns").join(name);
+    std::thread::spawn(move || -> Result<T> {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f())
+    })
 }

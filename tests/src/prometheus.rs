@@ -24,8 +24,8 @@ pub fn shipped_dashboard() -> PathBuf {
 
 /// A running Prometheus. Dropping it kills it.
 pub struct Prometheus {
-    /// `/run/netns/NAME` of the namespace it runs in.
-    ns: PathBuf,
+    /// The name of the namespace it runs in.
+    ns: String,
     addr: SocketAddr,
     _proc: Proc,
 }
@@ -87,7 +87,7 @@ impl Prometheus {
             &dir.join("prometheus.log"),
         )?;
         let p = Prometheus {
-            ns: Path::new("/run/netns").join(ns.name()),
+            ns: ns.name().to_string(),
             addr,
             _proc: proc,
         };
@@ -106,14 +106,12 @@ impl Prometheus {
 
     /// `GET path` from inside its namespace.
     fn get(&self, path: &str) -> Result<http::Response> {
-        let (addr, path, ns) = (self.addr, path.to_string(), self.ns.clone());
-        std::thread::spawn(move || -> Result<http::Response> {
-            let file = std::fs::File::open(&ns).with_context(|| format!("{}", ns.display()))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let (addr, path) = (self.addr, path.to_string());
+        crate::netns::spawn_in(&self.ns, move || {
             http::get(addr, &path, Duration::from_secs(5))
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the request thread panicked"))??
     }
 
     /// `GET path` on the API, its `data` (the call must succeed).
