@@ -1,4 +1,4 @@
-//! The README's "Migrating from keepalived" guide, followed step by step
+//! The operations guide's "Migrating from keepalived" (docs/operations.md), followed step by step
 //! under continuous requests: a keepalived pair (keepalived driving VRRP,
 //! director's dataplane beside it, as where IPVS is absent) becomes a
 //! director pair one node at a time, with no failed request and no split

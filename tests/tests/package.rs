@@ -35,6 +35,8 @@ fn the_package_is_lintian_clean_and_complete() -> Result<()> {
         "./usr/share/zsh/vendor-completions/_director",
         "./usr/share/fish/vendor_completions.d/director.fish",
         "./usr/share/doc/director/README.md.gz",
+        "./usr/share/doc/director/docs/configuration.md.gz",
+        "./usr/share/doc/director/docs/operations.md.gz",
         "./usr/share/doc/director/copyright",
         "./usr/share/director/grafana-dashboard.json",
         "./usr/share/director/prometheus-alerts.yml",

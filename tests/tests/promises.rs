@@ -1,4 +1,4 @@
-//! Promises of the README that had no test: `track_interface`, the
+//! Promises of the README and docs/ that had no test: `track_interface`, the
 //! tracking priority clamp, `garp_master_refresh`, `garp_master_repeat` and
 //! `garp_master_delay` on the wire, `alpha`, and the XDP
 //! program running in native mode where the interface supports it.

@@ -1,6 +1,6 @@
 //! The Debian package and its systemd unit on a real systemd machine
 //! (Debian 12 under qemu, `director_tests::systemd_vm`): the package built
-//! by `cargo xtask package` is installed with apt as the README's "Install
+//! by `cargo xtask package` is installed with apt as docs/operations.md's "Install
 //! on a server" says, the config edited, the unit enabled; a client and two
 //! real servers in namespaces behind a bridge, continuous requests through
 //! the VIP, and: `systemctl restart` loses none; `systemctl stop` leaves it
@@ -87,7 +87,7 @@ for n in 1 2; do
   ip netns exec rs$n busybox httpd -p 80 -h /srv/rs$n
 done
 
-# Install, as the README says: the package, the config, the unit.
+# Install, as docs/operations.md says: the package, the config, the unit.
 t0=$(date +%s.%N)
 apt-get install -y -q /root/install/director_1.deb > /tmp/apt1.log 2>&1 || { echo "RESULT apt_install_failed=1"; cat /tmp/apt1.log; }
 echo "RESULT started_by_install=$(systemctl is-active director)"

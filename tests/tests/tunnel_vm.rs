@@ -2,7 +2,7 @@
 //! Linux's own decapsulation: this host's kernel has no `ipip` or
 //! `ip6_tunnel`, so the Debian 6.1 kernel boots under qemu. The real
 //! servers sit in another subnet behind a router namespace and hold the
-//! VIPs on `tunl0` / `ip6tnl0`, as the README tells operators to set them
+//! VIPs on `tunl0` / `ip6tnl0`, as docs/tunnels.md tells operators to set them
 //! up; the director (XDP, generic mode) wraps client packets to them.
 //! Checked: IPv4 and IPv6 requests through the VIP are served by both real
 //! servers; the tunnel servers' MAC is the router's (the next hop); an
@@ -83,7 +83,7 @@ address = "fd00:50::20"
 /// The topology both tests share: a LAN (br0) with the client, the
 /// directors `$DIRECTORS` (name:last-byte) and a router, which forwards to
 /// a second subnet (br1, 192.168.50.0/24, fd00:50::/64) with two real
-/// servers holding the VIPs on their tunnel devices (the README's recipe),
+/// servers holding the VIPs on their tunnel devices (docs/tunnels.md's recipe),
 /// each serving its name and a 6 MB file `big` over HTTP.
 const TOPOLOGY: &str = r#"
 wait_for() { i=0; while [ $i -lt $2 ]; do if eval "$1"; then return 0; fi; sleep 1; i=$((i+1)); done; return 1; }
@@ -118,7 +118,7 @@ ip -n router addr add 192.168.50.1/24 dev eth1
 ip -n router addr add fd00:50::1/64 dev eth1 nodad
 ip netns exec router sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding; for i in all default eth0 eth1; do echo 0 > /proc/sys/net/ipv4/conf/$i/rp_filter; done'
 # Real servers in the other subnet: the VIPs on the tunnel devices, which
-# decapsulate what the director sends (the README's recipe).
+# decapsulate what the director sends (docs/tunnels.md's recipe).
 for r in rs1:20 rs2:21; do
   name=${r%%:*}; n=${r##*:}
   ip netns add $name

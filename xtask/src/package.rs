@@ -7,10 +7,11 @@
 //!   an upgrade restarts a running daemon (the pinned dataplane forwards
 //!   throughout, so no request is lost);
 //! - man pages rendered from the clap definitions (`director(8)`, one per
-//!   subcommand) and `director.toml(5)` rendered from the README's
-//!   configuration reference;
+//!   subcommand) and `director.toml(5)` rendered from
+//!   `docs/configuration.md`;
 //! - bash, zsh and fish completions where those shells look for them;
-//! - the README, copyright, changelog and the Grafana dashboard.
+//! - the README and `docs/`, copyright, changelog, the Grafana dashboard
+//!   and the Prometheus alert rules.
 
 use std::{
     path::{Path, PathBuf},
@@ -125,9 +126,14 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     for e in std::fs::read_dir(&man8)?.flatten() {
         gzip(&e.path())?;
     }
-    let readme = std::fs::read_to_string(root().join("README.md"))?;
+    let reference = std::fs::read_to_string(root().join("docs/configuration.md"))
+        .context("docs/configuration.md")?;
     let man5 = stage.join("usr/share/man/man5/director.toml.5");
-    write(&man5, config_man_page(&readme, &version)?.as_bytes(), 0o644)?;
+    write(
+        &man5,
+        config_man_page(&reference, &version)?.as_bytes(),
+        0o644,
+    )?;
     gzip(&man5)?;
 
     // Completions.
@@ -141,8 +147,18 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     }
 
     // Documentation.
-    write(&doc.join("README.md"), readme.as_bytes(), 0o644)?;
+    let readme = std::fs::read(root().join("README.md"))?;
+    write(&doc.join("README.md"), &readme, 0o644)?;
     gzip(&doc.join("README.md"))?;
+    // The docs the README links to, at the same relative place.
+    for e in std::fs::read_dir(root().join("docs"))?.flatten() {
+        let name = e.file_name();
+        if Path::new(&name).extension().is_some_and(|x| x == "md") {
+            let target = doc.join("docs").join(&name);
+            write(&target, &std::fs::read(e.path())?, 0o644)?;
+            gzip(&target)?;
+        }
+    }
     write(&doc.join("copyright"), COPYRIGHT.as_bytes(), 0o644)?;
     let date = String::from_utf8(output(Command::new("date").arg("-R"))?)?;
     let changelog = format!(
@@ -344,15 +360,13 @@ fn roff_line(s: &str) -> String {
     }
 }
 
-/// `director.toml(5)` from the README's "Configuration reference" (one
-/// source for both).
-pub fn config_man_page(readme: &str, version: &str) -> Result<String> {
-    let start = readme
-        .find("## Configuration reference")
-        .context("the README has no configuration reference")?;
-    let rest = &readme[start + "## Configuration reference".len()..];
-    let end = rest.find("\n## ").unwrap_or(rest.len());
-    let section = &rest[..end];
+/// `director.toml(5)` from `docs/configuration.md`, the configuration
+/// reference (one source for both): its `## ` sections become the man
+/// page's sections.
+pub fn config_man_page(reference: &str, version: &str) -> Result<String> {
+    let section = reference
+        .strip_prefix("# Configuration reference")
+        .context("docs/configuration.md does not start with \"# Configuration reference\"")?;
     let mut out = format!(
         ".TH DIRECTOR.TOML 5 \"\" \"director {version}\" \"File Formats\"\n.SH NAME\ndirector.toml \\- configuration of the director load balancer\n.SH SYNOPSIS\n/etc/director/director.toml\n.SH DESCRIPTION\n"
     );
@@ -368,7 +382,7 @@ pub fn config_man_page(readme: &str, version: &str) -> Result<String> {
             out.push_str(&format!("{}\n", roff_line(t)));
             continue;
         }
-        if let Some(h) = t.strip_prefix("### ") {
+        if let Some(h) = t.strip_prefix("## ") {
             out.push_str(&format!(
                 ".SH {}\n",
                 roff_line(&h.replace('`', "").to_uppercase())
@@ -404,4 +418,38 @@ pub fn config_man_page(readme: &str, version: &str) -> Result<String> {
     }
     out.push_str(".SH SEE ALSO\n.BR director (8),\n.BR director\\-check\\-config (8)\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `director.toml(5)` is rendered from docs/configuration.md: every
+    /// section of the reference becomes a man-page section and every key of
+    /// its tables an entry (a reference moved or re-headed would otherwise
+    /// ship an empty page).
+    #[test]
+    fn the_config_man_page_holds_every_section_and_key_of_the_reference() -> Result<()> {
+        let reference = std::fs::read_to_string(root().join("docs/configuration.md"))?;
+        let page = config_man_page(&reference, "0.0.0")?;
+        let mut sections = 0;
+        let mut keys = 0;
+        for line in reference.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                let want = format!(".SH {}", roff_line(&h.replace('`', "").to_uppercase()));
+                ensure!(page.contains(&want), "{want:?} missing from the man page");
+                sections += 1;
+            } else if let Some(row) = line.strip_prefix("| `") {
+                let key = row.split('`').next().unwrap_or_default();
+                ensure!(
+                    page.contains(&roff_line(key)),
+                    "key {key:?} missing from the man page"
+                );
+                keys += 1;
+            }
+        }
+        ensure!(sections >= 10, "only {sections} sections in the reference");
+        ensure!(keys >= 80, "only {keys} keys in the reference");
+        Ok(())
+    }
 }
