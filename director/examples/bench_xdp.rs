@@ -49,8 +49,8 @@ use director::{
         BackendPlan, ServicePlan, Traffic,
         xdp::{PinnedFlow, XdpDataplane},
     },
-    frames::{self, ACK, DIRECTOR_MAC, SYN},
-    neighbor::{LinkInfo, Mac},
+    net::frames::{self, ACK, DIRECTOR_MAC, SYN},
+    net::neighbor::{LinkInfo, Mac},
 };
 use director_common::{FlowKey, MAP_BENCH_TARGETS, PROG_FLOOR, PROG_FRESH_CLIENT};
 

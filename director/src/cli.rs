@@ -89,7 +89,7 @@ pub enum Command {
     /// (a reload reads the file again): add, remove, weight, drain, enable.
     RealServer {
         #[command(flatten)]
-        change: crate::control::RealServerChange,
+        change: crate::manage::control::RealServerChange,
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long, short)]

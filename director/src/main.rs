@@ -11,8 +11,9 @@ use clap::Parser as _;
 use director::{
     cli::{Cli, Command, DEFAULT_CONFIG},
     config::{Config, DEFAULT_STATE_DIR},
-    control::{self, Request, Response},
-    daemon, logging, status,
+    daemon, logging,
+    manage::control::{self, Request, Response},
+    manage::status,
 };
 
 fn main() -> ExitCode {
@@ -274,7 +275,9 @@ fn watch_vrrp(interface: &str, duration: Option<f64>, json: bool) -> anyhow::Res
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let link = director::neighbor::Neighbors::open(interface).await?.link();
+        let link = director::net::neighbor::Neighbors::open(interface)
+            .await?
+            .link();
         let w = watch::watch(
             interface,
             link.index,

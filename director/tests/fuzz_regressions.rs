@@ -8,7 +8,7 @@ use std::path::Path;
 #[test]
 fn corpora_and_regressions_keep_the_invariants() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    for (name, check) in director::fuzzing::TARGETS {
+    for (name, check) in director::testing::fuzzing::TARGETS {
         let mut seeds = 0;
         for dir in ["corpus", "regressions"] {
             let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {

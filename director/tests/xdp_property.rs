@@ -14,7 +14,7 @@ mod common;
 use std::net::IpAddr;
 
 use common::*;
-use director::frames::{self, ACK, Frag, SYN};
+use director::net::frames::{self, ACK, Frag, SYN};
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
 const VIP4: [u8; 4] = [10, 0, 0, 100];

@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::bfd_control`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::bfd_control`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::bfd_control(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::bfd_control(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::config`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::config`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::config(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::import_keepalived`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::import_keepalived`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::import_keepalived(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::import_keepalived(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::ipvs_reply`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::ipvs_reply`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::ipvs_reply(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::ipvs_reply(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::probe_replies`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::probe_replies`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::probe_replies(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::probe_replies(data));

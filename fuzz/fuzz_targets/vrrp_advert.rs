@@ -1,4 +1,4 @@
-//! Fuzz target: the invariants of `director::fuzzing::vrrp_advert`.
+//! Fuzz target: the invariants of `director::testing::fuzzing::vrrp_advert`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| director::fuzzing::vrrp_advert(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| director::testing::fuzzing::vrrp_advert(data));

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::root;
 
-/// Every target (same names as `director::fuzzing::TARGETS`).
+/// Every target (same names as `director::testing::fuzzing::TARGETS`).
 const TARGETS: &[&str] = &[
     "vrrp_advert",
     "config",

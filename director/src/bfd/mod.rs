@@ -31,7 +31,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{config::BfdInstance, netmsg::setsockopt_int};
+use crate::{config::BfdInstance, net::socket::setsockopt_int};
 use packet::{Control, Drop, State};
 pub use session::Handed;
 use session::{Params, Session};
@@ -177,7 +177,7 @@ impl Bfd {
         let thread = std::thread::Builder::new()
             .name("bfd".into())
             .spawn(move || {
-                crate::netmsg::raise_priority();
+                crate::net::socket::raise_priority();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -255,7 +255,7 @@ struct Run {
     last_tx: Option<Instant>,
     /// Runs `notify` (one waiting notification per session: a flapping
     /// or spoofed session cannot start processes without bound).
-    notifier: Option<crate::notify::Notifier>,
+    notifier: Option<crate::scripts::notify::Notifier>,
     sent: u64,
     received: u64,
     dropped: BTreeMap<Drop, u64>,
@@ -435,7 +435,7 @@ fn receiver(v6: bool) -> Result<AsyncFd<Socket>, BfdError> {
 
 /// One datagram: (payload, source, TTL or hop limit).
 fn recv_ttl(fd: RawFd) -> io::Result<(Vec<u8>, IpAddr, u8)> {
-    let m = crate::netmsg::recv(fd, 512)?;
+    let m = crate::net::socket::recv(fd, 512)?;
     let src = m
         .src
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source"))?;
@@ -538,7 +538,7 @@ async fn run(
     status: Arc<Mutex<Vec<BfdStatus>>>,
     mut stop: mpsc::Receiver<Stop>,
 ) {
-    let notifier = crate::notify::Notifier::start();
+    let notifier = crate::scripts::notify::Notifier::start();
     for r in &mut runs {
         r.notifier = Some(notifier.clone());
         info!(
@@ -733,7 +733,7 @@ mod tests {
             "/bin/sh -c 'echo $2 >> {}; sleep 0.3'",
             log.display()
         ));
-        r.notifier = Some(crate::notify::Notifier::start());
+        r.notifier = Some(crate::scripts::notify::Notifier::start());
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         for _ in 0..50 {
             let t = Instant::now();

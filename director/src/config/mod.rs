@@ -34,8 +34,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/director";
 /// Highest real-server weight (as in keepalived and IPVS).
 pub const MAX_WEIGHT: u32 = 65535;
 
-mod check;
 mod global;
+mod health_check;
 pub mod routes;
 mod scripts;
 mod service;
@@ -44,8 +44,8 @@ mod vrrp;
 mod vrrp_validate;
 
 pub use self::{
-    check::*,
     global::*,
+    health_check::*,
     scripts::{ScriptIdentity, insecure, resolve_script_user},
     service::*,
     vrrp::*,

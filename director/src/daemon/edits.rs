@@ -10,7 +10,7 @@ impl Daemon {
     pub(super) async fn follow_link(
         &mut self,
         neighbors: &mut Neighbors,
-        shared: &Arc<Mutex<crate::neighbor::LinkInfo>>,
+        shared: &Arc<Mutex<crate::net::neighbor::LinkInfo>>,
         gone: &mut bool,
     ) {
         let interface = self.config.global.interface.clone();
@@ -124,9 +124,9 @@ impl Daemon {
     /// file); a later reload reads the file again.
     pub(super) fn change_real_server(
         &mut self,
-        c: &crate::control::RealServerChange,
+        c: &crate::manage::control::RealServerChange,
     ) -> Result<(), String> {
-        use crate::control::RealServerAction as Action;
+        use crate::manage::control::RealServerAction as Action;
         let mut new = self.config.clone();
         let protocol = c.protocol;
         let index = new
@@ -170,7 +170,7 @@ impl Daemon {
         // Persisting: the edited file is prepared and validated before
         // anything changes; it is written once the change is live.
         let persisted = if c.persist {
-            let target = crate::persist::Target {
+            let target = crate::manage::writeback::Target {
                 vip: c.vip,
                 port: c.port,
                 protocol,
@@ -182,7 +182,7 @@ impl Daemon {
                 .iter()
                 .find(|r| r.address == c.address);
             Some(
-                crate::persist::prepare(&self.config_path, target, after)
+                crate::manage::writeback::prepare(&self.config_path, target, after)
                     .map_err(|e| e.to_string())?,
             )
         } else {
@@ -190,7 +190,7 @@ impl Daemon {
         };
         self.adopt(new)?;
         if let Some(text) = persisted {
-            crate::persist::write_atomic(&self.config_path, &text)
+            crate::manage::writeback::write_atomic(&self.config_path, &text)
                 .map_err(|e| format!("applied, but not persisted: {e}"))?;
             info!(file = %self.config_path.display(), "real server change written to the config file");
         }
@@ -209,7 +209,7 @@ impl Daemon {
     /// changed. Returns what [`Daemon::restore`] needs to undo it.
     pub(super) fn adopt(&mut self, new: Config) -> Result<Previous, String> {
         // Real servers: keep what is known of those that stay.
-        let mut resolver = Resolver::new(&new);
+        let mut resolver = MacResolver::new(&new);
         for (addr, state) in resolver.servers.iter_mut() {
             if let Some(old) = self.resolver.servers.get(addr) {
                 *state = *old;
@@ -288,7 +288,7 @@ impl Daemon {
 /// What a reload replaced, to put it back.
 pub(super) struct Previous {
     config: Config,
-    resolver: Resolver,
+    resolver: MacResolver,
     keys: health::ProbeKeys,
     applied: Option<Vec<ServicePlan>>,
     quorum: super::plan::QuorumState,

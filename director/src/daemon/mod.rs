@@ -19,14 +19,14 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, DataplaneKind, VirtualServer},
-    control::{self, ControlError, Pending, Request, Response},
     dataplane::{
         BackendPlan, Dataplane, DataplaneError, ServicePlan, bpffs,
         xdp::{PinPaths, XdpError, XdpOptions},
     },
     health::{self, Board},
-    neighbor::{Mac, Neighbor, NeighborError, Neighbors},
-    status::{RealServerStatus, Status, VirtualServerStatus},
+    manage::control::{self, ControlError, Pending, Request, Response},
+    manage::status::{RealServerStatus, Status, VirtualServerStatus},
+    net::neighbor::{Mac, Neighbor, NeighborError, Neighbors},
     vrrp::instance::{VmacHook, Vrrp, VrrpError},
 };
 
@@ -66,7 +66,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Vrrp(#[from] VrrpError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::manage::metrics::MetricsError),
     #[error("{0}")]
     FlowSync(String),
     #[error("BFD: {0}")]
@@ -74,18 +74,18 @@ pub enum DaemonError {
 }
 
 mod announce;
+mod answers;
 mod edits;
 mod hook;
+mod macs;
 mod plan;
-mod report;
-mod resolver;
 mod run;
 
 pub use self::run::run;
 use self::{
     hook::LateHook,
+    macs::MacResolver,
     plan::{plan, server_health},
-    resolver::Resolver,
 };
 
 /// The pin directory of the layout before pins moved to the host's bpffs:
@@ -161,7 +161,7 @@ struct Daemon {
     config: Config,
     /// Where the config came from (reloads read it again).
     config_path: PathBuf,
-    resolver: Resolver,
+    resolver: MacResolver,
     board: Board,
     checks: Option<health::Checks>,
     quorum: plan::QuorumState,
@@ -171,7 +171,7 @@ struct Daemon {
     /// BFD sessions.
     bfd: Option<crate::bfd::Bfd>,
     /// Our interface (its MAC and MTU go to the dataplane).
-    link: crate::neighbor::LinkInfo,
+    link: crate::net::neighbor::LinkInfo,
     /// Weights of drained real servers, for `enable`.
     drained: BTreeMap<(crate::config::ServiceAddr, IpAddr), u32>,
     /// Resolved real-server MACs, shared with `dr_check` probes.
@@ -191,8 +191,8 @@ struct Daemon {
     /// Flow sync's counters, and the flows imported from peers.
     sync_stats: Option<(
         usize,
-        Arc<crate::flowsync::SyncStats>,
-        Arc<crate::flowsync::Peering>,
+        Arc<crate::dataplane::flowsync::SyncStats>,
+        Arc<crate::dataplane::flowsync::Peering>,
     )>,
     imported: u64,
     /// Which virtual servers have quorum, for VRRP.

@@ -51,7 +51,7 @@ pub(super) type QuorumState = BTreeMap<crate::config::ServiceIdentity, bool>;
 pub(super) fn plan(
     config: &Config,
     keys: &health::ProbeKeys,
-    resolver: &Resolver,
+    resolver: &MacResolver,
     board: &Board,
     quorum: &mut QuorumState,
 ) -> (Vec<ServicePlan>, Vec<(usize, bool)>) {
@@ -152,7 +152,7 @@ impl Daemon {
             let script = if up { &vs.quorum_up } else { &vs.quorum_down };
             if let Some(argv) = script.as_deref().and_then(shlex::split) {
                 // Off the loop; cut at 60 s with everything it started.
-                crate::script::spawn_logged(argv, Duration::from_secs(60), "quorum");
+                crate::scripts::spawn_logged(argv, Duration::from_secs(60), "quorum");
             }
         }
         // VRRP's `track_virtual_server` sees quorum changes at once.
@@ -198,7 +198,7 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::resolver::Resolution;
+    use crate::daemon::macs::Resolution;
 
     #[test]
     fn plan_carries_weights_and_known_macs() {
@@ -222,7 +222,7 @@ persistence_timeout = 30
 "#,
         )
         .expect("valid");
-        let mut resolver = Resolver::new(&config);
+        let mut resolver = MacResolver::new(&config);
         let mac = Mac([2, 0, 0, 0, 0, 11]);
         let a11: IpAddr = "10.0.0.11".parse().expect("ip");
         resolver.servers.insert(a11, Resolution::Resolved(mac));

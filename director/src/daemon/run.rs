@@ -20,7 +20,7 @@ pub(super) fn set_script_identity(config: &Config) {
         }
         _ => {}
     }
-    crate::script::set_identity(identity);
+    crate::scripts::set_identity(identity);
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. On exit the pinned dataplane
@@ -35,7 +35,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     STARTED_AT.get_or_init(unix_now);
     // Descriptors: as many as allowed, and a fixed share of them for the
     // listeners others can reach (the rest is the dataplane's control).
-    let budget = crate::limits::Budget::of(crate::limits::raise_nofile().soft);
+    let budget = crate::manage::limits::Budget::of(crate::manage::limits::raise_nofile().soft);
     set_script_identity(&config);
     // A restarting predecessor's instances: resumed before anything slow.
     let handover = crate::handover::take(&g.state_dir).map(Arc::new);
@@ -150,7 +150,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     let dataplane_is_xdp = dataplane.is_xdp();
     let (control_tx, mut control_rx) = mpsc::channel::<Pending>(64);
     let metrics = match g.metrics_address {
-        Some(addr) => Some(crate::metrics::serve(addr, control_tx.clone(), budget).await?),
+        Some(addr) => Some(crate::manage::metrics::serve(addr, control_tx.clone(), budget).await?),
         None => None,
     };
     let control = control::serve(
@@ -184,10 +184,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     // Flow-table sharing with peer directors.
     let (flow_sync, mut sync_rx, mut sync_tick) = match &g.flow_sync {
         Some(fs) if dataplane.is_xdp() => {
-            let (sync, rx) =
-                crate::flowsync::FlowSync::start(fs.listen, fs.peers.clone(), fs.key.clone())
-                    .await
-                    .map_err(|e| DaemonError::FlowSync(e.to_string()))?;
+            let (sync, rx) = crate::dataplane::flowsync::FlowSync::start(
+                fs.listen,
+                fs.peers.clone(),
+                fs.key.clone(),
+            )
+            .await
+            .map_err(|e| DaemonError::FlowSync(e.to_string()))?;
             info!(listen = %fs.listen, peers = fs.peers.len(), "flow sync on");
             // The shared key authenticates flows: others must not read it.
             {
@@ -237,7 +240,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         .as_ref()
         .map(|_| tokio::time::interval(Duration::from_millis(250)));
     let keys = health::probe_keys(&config);
-    let mut resolver = Resolver::new(&config);
+    let mut resolver = MacResolver::new(&config);
     resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
         resolver,
@@ -259,13 +262,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         keys,
         pins: if dataplane_is_xdp { pins } else { None },
         dataplane_error: None,
-        sync_stats: flow_sync.as_ref().map(|s: &crate::flowsync::FlowSync| {
-            (
-                g.flow_sync.as_ref().map_or(0, |f| f.peers.len()),
-                s.stats.clone(),
-                s.peering.clone(),
-            )
-        }),
+        sync_stats: flow_sync
+            .as_ref()
+            .map(|s: &crate::dataplane::flowsync::FlowSync| {
+                (
+                    g.flow_sync.as_ref().map_or(0, |f| f.peers.len()),
+                    s.stats.clone(),
+                    s.peering.clone(),
+                )
+            }),
         imported: 0,
         quorum_tx,
         vrrp_states,
@@ -438,8 +443,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
             }
             Some(received) = async { match sync_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 let flows = match received {
-                    crate::flowsync::Received::Flows(flows) => flows,
-                    crate::flowsync::Received::Everything(peer) => {
+                    crate::dataplane::flowsync::Received::Flows(flows) => flows,
+                    crate::dataplane::flowsync::Received::Everything(peer) => {
                         let all_in = flow_sync.as_ref().is_none_or(|s| s.peering.answered(peer));
                         info!(%peer, "flow sync: the peer's flows are all in");
                         if all_in && *hold_tx.borrow() {

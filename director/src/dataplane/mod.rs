@@ -7,7 +7,9 @@
 //! health checks, status and config never know which one runs.
 
 pub mod bpffs;
+pub mod flowsync;
 pub mod ipvs;
+pub mod maglev;
 pub mod xdp;
 
 use std::{net::IpAddr, path::Path};
@@ -18,7 +20,7 @@ use director_common::ServiceKey;
 
 use crate::{
     config::{DataplaneKind, Protocol, Scheduler, ServiceAddr},
-    neighbor::Mac,
+    net::neighbor::Mac,
 };
 
 /// Errors of either dataplane.
@@ -125,7 +127,7 @@ impl Dataplane {
         &mut self,
         plans: &[ServicePlan],
         udp_timeout: u32,
-        link: crate::neighbor::LinkInfo,
+        link: crate::net::neighbor::LinkInfo,
     ) -> Result<(), DataplaneError> {
         match self {
             Dataplane::Xdp(d) => {

@@ -25,9 +25,9 @@ use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 use super::{CheckSpec, Outcome, PathEnv};
 use crate::{
-    frames,
-    neighbor::Mac,
-    wire::{checksum, link_addr, pseudo_header},
+    net::frames,
+    net::neighbor::Mac,
+    net::wire::{checksum, link_addr, pseudo_header},
 };
 
 const ETH_ARP: u16 = 0x0806;

@@ -40,7 +40,7 @@ pub use self::{
 };
 use crate::{
     config::{CheckCommon, Config, DnsType, HttpCheck, RealServer, VirtualServer},
-    neighbor::Mac,
+    net::neighbor::Mac,
 };
 
 /// What one probe does.
@@ -95,7 +95,7 @@ pub struct TlsSpec {
 #[derive(Debug, Clone)]
 pub struct PathEnv {
     /// Our interface's index and MAC (followed when it is re-created).
-    pub link: Arc<Mutex<crate::neighbor::LinkInfo>>,
+    pub link: Arc<Mutex<crate::net::neighbor::LinkInfo>>,
     pub macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
 }
 
@@ -626,7 +626,7 @@ async fn run_probe(
 fn out_of_descriptors() -> bool {
     match socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) {
         Ok(_) => false,
-        Err(e) => crate::limits::is_exhaustion(&e),
+        Err(e) => crate::manage::limits::is_exhaustion(&e),
     }
 }
 

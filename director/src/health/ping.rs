@@ -32,7 +32,7 @@ pub fn ping(address: IpAddr, seq: u16, wait: Duration) -> bool {
     echo.extend_from_slice(b"director-gateway");
     if !v6 {
         // ICMPv6 checksums are filled in by the kernel; ICMPv4 ones are ours.
-        let sum = crate::wire::checksum(&[&echo]);
+        let sum = crate::net::wire::checksum(&[&echo]);
         echo[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     if socket

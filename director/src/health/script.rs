@@ -9,7 +9,7 @@ use super::Outcome;
 const MAX_SCRIPT_OUTPUT: usize = 4096;
 
 pub(super) async fn misc(argv: &[String], dynamic: bool, timeout: Duration) -> Outcome {
-    use crate::script::{Ended, Leftovers, run};
+    use crate::scripts::{Ended, Leftovers, run};
     let program = argv.first().map(String::as_str).unwrap_or("");
     match run(argv, timeout, MAX_SCRIPT_OUTPUT, Leftovers::Kill).await {
         Err(e) => Outcome::fail(e),

@@ -8,5 +8,5 @@ pub mod net;
 pub mod packet;
 pub mod routes;
 pub mod timer;
-pub mod track;
+pub mod trackers;
 pub mod watch;

@@ -17,9 +17,9 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type}
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
-use crate::netmsg::setsockopt_int;
-use crate::wire::link_addr;
-use crate::{config::VirtualAddress, neighbor::Mac};
+use crate::net::socket::setsockopt_int;
+use crate::net::wire::link_addr;
+use crate::{config::VirtualAddress, net::neighbor::Mac};
 
 /// Errors of the VRRP network layer.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +204,7 @@ impl VrrpSocket {
             // net.core.rmem_max does not apply (SO_RCVBUFFORCE).
             // The kernel's arrival stamp on each advert: the master-down
             // interval counts from it, not from when this thread woke up.
-            crate::netmsg::stamp_arrivals(s.as_raw_fd()).map_err(io_err("SO_TIMESTAMPNS"))?;
+            crate::net::socket::stamp_arrivals(s.as_raw_fd()).map_err(io_err("SO_TIMESTAMPNS"))?;
             let size: libc::c_int = RECV_BUFFER;
             if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err()
             {
@@ -266,7 +266,7 @@ impl VrrpSocket {
     }
 
     fn recv_now(&self, s: &Socket) -> io::Result<Received> {
-        let m = crate::netmsg::recv(s.as_raw_fd(), 2048)?;
+        let m = crate::net::socket::recv(s.as_raw_fd(), 2048)?;
         let arrived = m.arrived.unwrap_or_else(std::time::Instant::now);
         if self.v6 {
             // The source from the address, the destination and hop limit

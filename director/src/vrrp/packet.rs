@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config::Version;
-pub use crate::wire::{checksum, pseudo_header};
+pub use crate::net::wire::{checksum, pseudo_header};
 
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;

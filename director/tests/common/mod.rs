@@ -14,8 +14,8 @@ pub use std::{
 pub use director::{
     config::{Protocol, Scheduler},
     dataplane::{BackendPlan, ServicePlan, xdp::XdpDataplane},
-    frames::{self, ACK, CLIENT_MAC, DIRECTOR_MAC, FIN, Frag, SYN},
-    neighbor::{LinkInfo, Mac},
+    net::frames::{self, ACK, CLIENT_MAC, DIRECTOR_MAC, FIN, Frag, SYN},
+    net::neighbor::{LinkInfo, Mac},
 };
 
 pub const XDP_PASS: u32 = 2;

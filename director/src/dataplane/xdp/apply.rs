@@ -9,7 +9,7 @@ impl XdpDataplane {
         &mut self,
         plan: &[ServicePlan],
         udp_timeout_s: u32,
-        link: crate::neighbor::LinkInfo,
+        link: crate::net::neighbor::LinkInfo,
     ) -> Result<(), XdpError> {
         let settings = Settings {
             udp_timeout_ns: u64::from(udp_timeout_s) * 1_000_000_000,

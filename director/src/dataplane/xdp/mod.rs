@@ -71,7 +71,7 @@ use self::load::*;
 use super::{ServicePlan, Traffic};
 use crate::{
     config::{Scheduler, XdpMode},
-    maglev,
+    dataplane::maglev,
 };
 
 /// The XDP program, built by build.rs and embedded in the binary.
@@ -353,7 +353,7 @@ impl XdpDataplane {
                 Ok(())
             };
             if let Err(e) = result {
-                tracing::error!(vmac = %crate::neighbor::Mac(mac), error = %e, "cannot update the dataplane's virtual MACs");
+                tracing::error!(vmac = %crate::net::neighbor::Mac(mac), error = %e, "cannot update the dataplane's virtual MACs");
             }
         }))
     }
@@ -478,11 +478,11 @@ impl XdpDataplane {
 
     /// MACs of the real servers found in adopted (pinned) maps: the last
     /// ones a previous daemon used.
-    pub fn known_macs(&self) -> Vec<(IpAddr, crate::neighbor::Mac)> {
+    pub fn known_macs(&self) -> Vec<(IpAddr, crate::net::neighbor::Mac)> {
         self.slots
             .iter()
             .filter(|(_, s)| s.written.flags & BACKEND_USABLE != 0)
-            .map(|((_, addr), s)| (*addr, crate::neighbor::Mac(s.written.mac)))
+            .map(|((_, addr), s)| (*addr, crate::net::neighbor::Mac(s.written.mac)))
             .collect()
     }
 

@@ -20,15 +20,15 @@ use super::{
     fsm::{Action, Event, Machine, Params, State},
     net::{self, NetError, Received, VrrpSocket},
     packet::{self, AUTH_PASS, Advert, MULTICAST_V4, MULTICAST_V6, Reject, auth_data},
-    routes, track,
+    routes, trackers,
 };
 use crate::{
     config::{
         Config, InitialState, TrackFile, TrackProcess, Tracked, VrrpInstance, VrrpScript,
         VrrpSyncGroup,
     },
-    neighbor::{NeighborError, Neighbors},
-    notify::Notifier,
+    net::neighbor::{NeighborError, Neighbors},
+    scripts::notify::Notifier,
 };
 
 /// Errors starting VRRP.
@@ -147,14 +147,14 @@ pub struct Vrrp {
 
 mod actions;
 mod preflight;
+mod priority;
 mod receive;
 mod runner;
-mod runtime;
-mod tracking;
+mod thread;
 
-pub(crate) use crate::netmsg::raise_priority;
+pub(crate) use crate::net::socket::raise_priority;
 // The parts see each other through this module.
-use self::{actions::*, runner::*, runtime::*, tracking::*};
+use self::{actions::*, priority::*, runner::*, thread::*};
 
 fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     Arc::new(Mutex::new(InstanceStatus {

@@ -135,7 +135,7 @@ impl Runner {
                     &handle,
                     &vname,
                     link.index,
-                    crate::neighbor::Mac(cfg.vmac()),
+                    crate::net::neighbor::Mac(cfg.vmac()),
                     v6,
                 )
                 .await
@@ -143,7 +143,7 @@ impl Runner {
                     name: name.clone(),
                     source,
                 })?;
-                info!(instance = %name, interface = %vname, vmac = %crate::neighbor::Mac(cfg.vmac()), "virtual MAC interface ready");
+                info!(instance = %name, interface = %vname, vmac = %crate::net::neighbor::Mac(cfg.vmac()), "virtual MAC interface ready");
                 Some((vname, index))
             }
             None => None,
@@ -234,7 +234,7 @@ impl Runner {
             .collect();
         let announcer = match &vmac {
             Some((vname, index)) => {
-                net::Announcer::open(vname, *index, crate::neighbor::Mac(cfg.vmac()), v6)
+                net::Announcer::open(vname, *index, crate::net::neighbor::Mac(cfg.vmac()), v6)
             }
             None => net::Announcer::open(&iface, link.index, link.mac, v6),
         }

@@ -7,6 +7,8 @@
 //! ([`set_identity`]): the kernel clears every capability (the unit's
 //! ambient ones included) when the ids leave root.
 
+pub mod notify;
+
 use std::{process::Stdio, time::Duration};
 
 use nix::{

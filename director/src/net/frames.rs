@@ -1,4 +1,4 @@
-//! Building Ethernet frames for tests and benchmarks of the XDP program
+//! Building Ethernet frames: `dr_check`'s probes, and the XDP program's tests and benchmarks
 //! (BPF_PROG_TEST_RUN). Checksums are left zero: XDP does not check them.
 
 use std::net::IpAddr;

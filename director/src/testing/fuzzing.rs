@@ -91,17 +91,17 @@ pub fn control_request(data: &[u8]) {
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };
-    match crate::control::parse_request(line) {
+    match crate::manage::control::parse_request(line) {
         Ok(request) => {
             let json = serde_json::to_string(&request).expect("requests serialize");
             assert_eq!(
-                crate::control::parse_request(&json).as_ref(),
+                crate::manage::control::parse_request(&json).as_ref(),
                 Ok(&request),
                 "request round trip"
             );
         }
         Err(error) => {
-            let answer = crate::control::Response::Error { error };
+            let answer = crate::manage::control::Response::Error { error };
             serde_json::to_string(&answer).expect("answers serialize");
         }
     }
@@ -113,7 +113,7 @@ pub fn netlink_neighbour(data: &[u8]) {
     use netlink_packet_core::Parseable as _;
     use netlink_packet_route::neighbour::NeighbourMessage;
     if let Ok(msg) = NeighbourMessage::parse(data) {
-        let _ = crate::neighbor::entry(&msg);
+        let _ = crate::net::neighbor::entry(&msg);
     }
 }
 

@@ -16,7 +16,7 @@ pub(super) enum Resolution {
 /// Tracks real-server MACs, asking the kernel to resolve what is missing.
 /// A direct-routing server's MAC is its own; a tunnel server's is its
 /// next hop's (the kernel's route to it, on our interface).
-pub(super) struct Resolver {
+pub(super) struct MacResolver {
     /// Neighbours to resolve: direct-routing servers and next hops.
     pub(super) servers: BTreeMap<IpAddr, Resolution>,
     /// Tunnel real servers and their next hop (`None`: no route to it out
@@ -29,8 +29,8 @@ pub(super) struct Resolver {
     pub(super) seeds: HashMap<IpAddr, Mac>,
 }
 
-impl Resolver {
-    pub(super) fn new(config: &Config) -> Resolver {
+impl MacResolver {
+    pub(super) fn new(config: &Config) -> MacResolver {
         let mut direct = BTreeSet::new();
         let mut tunnels = BTreeMap::new();
         for vs in &config.virtual_server {
@@ -44,7 +44,7 @@ impl Resolver {
             direct.extend(vs.sorry_server);
         }
         let servers = direct.iter().map(|a| (*a, Resolution::Pending)).collect();
-        Resolver {
+        MacResolver {
             servers,
             tunnels,
             direct,

@@ -90,7 +90,7 @@ impl Daemon {
             dataplane_error: self.dataplane_error.clone(),
             flow_sync: self.sync_stats.as_ref().map(|(peers, st, peering)| {
                 use std::sync::atomic::Ordering::Relaxed;
-                crate::status::FlowSyncStatus {
+                crate::manage::status::FlowSyncStatus {
                     peers: *peers,
                     flows_sent: st.sent.load(Relaxed),
                     flows_received: st.received.load(Relaxed),
@@ -105,7 +105,7 @@ impl Daemon {
             }),
             bgp: self.bird.as_ref().map(|b| {
                 let (announced, error) = b.state();
-                crate::status::BgpStatus {
+                crate::manage::status::BgpStatus {
                     announced: announced.iter().map(IpAddr::to_string).collect(),
                     error,
                 }

@@ -2,7 +2,7 @@
 //! clients do.
 //!
 //! - At most `Budget::http` connections, `Budget::http_per_client` from one
-//!   address ([`crate::limits::Budget`]: a fixed share of the descriptor
+//!   address ([`crate::manage::limits::Budget`]: a fixed share of the descriptor
 //!   limit, so the daemon's own work always has the rest).
 //! - At the limit, a new connection takes the place of the oldest one that
 //!   is not being answered (a connection that never sent a request first,
@@ -35,9 +35,9 @@ use tracing::{debug, info, warn};
 
 use super::{MetricsError, OPENMETRICS, TEXT_FORMAT, render, text_format, wants_openmetrics};
 use crate::{
-    control::{Pending, Request, Response},
-    limits::Budget,
-    status::Status,
+    manage::control::{Pending, Request, Response},
+    manage::limits::Budget,
+    manage::status::Status,
 };
 
 /// How long one status snapshot serves HTTP requests.
@@ -372,7 +372,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, budget: Bud
                     warn!(error = %e, "metrics server cannot accept a connection: backing off");
                     error_logged = Some(Instant::now());
                 }
-                let pause = if crate::limits::is_exhaustion(&e) {
+                let pause = if crate::manage::limits::is_exhaustion(&e) {
                     Duration::from_millis(100)
                 } else {
                     Duration::from_millis(5)

@@ -90,7 +90,7 @@ impl Notifier {
 
 async fn run_jobs(jobs: Jobs, timeout: Duration) {
     for argv in jobs {
-        crate::script::run_logged(&argv, timeout, "notify").await;
+        crate::scripts::run_logged(&argv, timeout, "notify").await;
     }
 }
 

@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 use tracing::warn;
 
-use crate::status::Status;
+use crate::manage::status::Status;
 
 type Labels = Vec<(String, String)>;
 
@@ -225,7 +225,7 @@ pub fn render(s: &Status) -> String {
         imported
             .get_or_create(&Vec::new())
             .inc_by(fs.flows_imported);
-        let known = crate::flowsync::Drop::ALL.map(|d| d.as_str());
+        let known = crate::dataplane::flowsync::Drop::ALL.map(|d| d.as_str());
         for (reason, n) in by_reason(&known, &fs.dropped) {
             dropped.get_or_create(&l(&[("reason", reason)])).inc_by(n);
         }
@@ -410,7 +410,7 @@ pub use self::server::serve;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{InstanceStatus, RealServerStatus, VirtualServerStatus};
+    use crate::manage::status::{InstanceStatus, RealServerStatus, VirtualServerStatus};
 
     #[test]
     fn a_real_prometheus_parser_reads_the_metrics() {
@@ -524,7 +524,7 @@ mod tests {
 #[cfg(test)]
 mod help_tests {
     /// A status with every part present (services, real servers, VRRP).
-    pub(crate) fn full_status() -> crate::status::Status {
+    pub(crate) fn full_status() -> crate::manage::status::Status {
         serde_json::from_str(
             r#"{"router_id":"a","dataplane":"xdp","xdp_mode":"native","interface":"eth0",
             "dataplane_survives_restart":true,

@@ -11,11 +11,11 @@ pub(super) async fn run_all(
     inputs: Inputs,
     mut starts: mpsc::UnboundedReceiver<StartCmd>,
 ) {
-    track::init_files(&tracks.files);
+    trackers::init_files(&tracks.files);
     let trackers = Trackers {
         scripts: start_scripts(&tracks.scripts),
-        processes: track::start_processes(&tracks.processes),
-        files: track::start_files(&tracks.files),
+        processes: trackers::start_processes(&tracks.processes),
+        files: trackers::start_files(&tracks.files),
         bfd: tracks
             .bfd_weights
             .iter()

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{config::Protocol, status::Status};
+use crate::{config::Protocol, manage::status::Status};
 
 /// File name of the socket in the state directory.
 pub const SOCKET: &str = "director.sock";

@@ -171,7 +171,7 @@ impl Runner {
         if now.index != old.index {
             // A virtual-MAC interface went with the old one.
             if let Some((vname, _)) = self.vmac.clone() {
-                let mac = crate::neighbor::Mac(self.cfg.vmac());
+                let mac = crate::net::neighbor::Mac(self.cfg.vmac());
                 match net::create_vmac(&self.handle, &vname, now.index, mac, self.cfg.is_ipv6())
                     .await
                 {
@@ -210,7 +210,7 @@ impl Runner {
             Some((vname, index)) => net::Announcer::open(
                 vname,
                 *index,
-                crate::neighbor::Mac(self.cfg.vmac()),
+                crate::net::neighbor::Mac(self.cfg.vmac()),
                 self.cfg.is_ipv6(),
             ),
             None => net::Announcer::open(&self.iface, now.index, now.mac, self.cfg.is_ipv6()),
@@ -401,10 +401,10 @@ pub(super) fn start_scripts(
 }
 
 pub(super) async fn run_check(argv: &[String], timeout: Duration) -> bool {
-    use crate::script::{Ended, Leftovers, run};
+    use crate::scripts::{Ended, Leftovers, run};
     matches!(
         run(argv, timeout, 0, Leftovers::Kill).await,
-        Ok(crate::script::Run {
+        Ok(crate::scripts::Run {
             ended: Ended::Exited(0),
             ..
         })

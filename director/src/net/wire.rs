@@ -5,7 +5,7 @@ use std::{io, net::IpAddr};
 
 use socket2::SockAddr;
 
-use crate::neighbor::Mac;
+use crate::net::neighbor::Mac;
 
 /// The Internet checksum (RFC 1071) of `parts` concatenated.
 pub fn checksum(parts: &[&[u8]]) -> u16 {
