@@ -10,7 +10,7 @@
 //! least any checker must spend, most of it in the kernel's TCP stack.
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -182,7 +182,7 @@ fn main() -> Result<()> {
     if floor {
         return run_floor(&targets, &kind, seconds, delay_loop);
     }
-    let specs: HashMap<String, CheckSpec> = targets
+    let specs: HashSet<health::ProbeKey> = targets
         .iter()
         .map(|target| {
             let kind = match kind.as_str() {
@@ -211,7 +211,7 @@ fn main() -> Result<()> {
                 warmup: delay_loop,
                 alpha: false,
             };
-            (spec.key(), spec)
+            health::ProbeKey::new(spec)
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -221,7 +221,7 @@ fn main() -> Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let mut checks = health::Checks::new(tx);
-        checks.update(specs);
+        checks.update(&specs);
         let board = checks.board();
         // Warm-up: every probe has started (random start within 1 s) and
         // run a few rounds.

@@ -175,7 +175,7 @@ pub(super) fn default_dns_name() -> String {
 
 /// `dns_check.type`: the record types keepalived's DNS_CHECK asks for
 /// (case-insensitive in the file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DnsType {
     #[default]

@@ -11,8 +11,7 @@ impl Daemon {
             .virtual_server
             .iter()
             .zip(plans.iter())
-            .enumerate()
-            .map(|(i, (vs, plan))| {
+            .map(|(vs, plan)| {
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
                 let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
                 let per_server = self.dataplane.backends_traffic(plan, &addresses);
@@ -39,8 +38,7 @@ impl Daemon {
                         .iter()
                         .enumerate()
                         .map(|(j, rs)| {
-                            let none = Vec::new();
-                            let keys = self.keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
+                            let keys = self.probes.of_server(vs.identity(), rs.address);
                             let t = per_server.get(j).copied().unwrap_or_default();
                             let (healthy, _) = server_health(&self.board, vs, keys);
                             let (last_check, last_error, check_latency) = self.last_check(keys);
@@ -121,7 +119,10 @@ impl Daemon {
     }
 
     /// The most recent check of a real server and its error, if any.
-    pub(super) fn last_check(&self, keys: &[String]) -> (Option<f64>, Option<String>, Option<f64>) {
+    pub(super) fn last_check(
+        &self,
+        keys: &[health::ProbeKey],
+    ) -> (Option<f64>, Option<String>, Option<f64>) {
         let Ok(b) = self.board.lock() else {
             return (None, None, None);
         };

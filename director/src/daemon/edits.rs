@@ -215,11 +215,12 @@ impl Daemon {
                 *state = *old;
             }
         }
-        let keys = health::probe_keys(&new);
+        // The new config's probes, compiled once for the plan and the checks.
+        let probes = health::Probes::of(&new);
         // Quorum state is by service identity: the services that stay keep
         // theirs (hysteresis and scripts go on from it).
         let mut quorum = self.quorum.clone();
-        let (next, _) = plan(&new, &keys, &resolver, &self.board, &mut quorum);
+        let (next, _) = plan(&new, &probes, &resolver, &self.board, &mut quorum);
         self.dataplane.set_new_flow_limit(new.global.new_flow_limit);
         if let Err(e) = self
             .dataplane
@@ -242,12 +243,12 @@ impl Daemon {
         let previous = Previous {
             config: std::mem::replace(&mut self.config, new),
             resolver: std::mem::replace(&mut self.resolver, resolver),
-            keys: std::mem::replace(&mut self.keys, keys),
+            probes: std::mem::replace(&mut self.probes, probes),
             applied: self.applied.replace(next),
             quorum: self.quorum.clone(),
         };
         if let Some(checks) = self.checks.as_mut() {
-            checks.update(health::all_specs(&self.config));
+            checks.update(&self.probes.distinct());
         }
         // Quorum bookkeeping, scripts and VRRP tracking for the new
         // services (the dataplane has the plan already); removed services'
@@ -265,9 +266,9 @@ impl Daemon {
         }
         self.config = previous.config;
         self.resolver = previous.resolver;
-        self.keys = previous.keys;
+        self.probes = previous.probes;
         if let Some(checks) = self.checks.as_mut() {
-            checks.update(health::all_specs(&self.config));
+            checks.update(&self.probes.distinct());
         }
         self.quorum = previous.quorum;
         self.applied = None;
@@ -289,7 +290,7 @@ impl Daemon {
 pub(super) struct Previous {
     config: Config,
     resolver: MacResolver,
-    keys: health::ProbeKeys,
+    probes: health::Probes,
     applied: Option<Vec<ServicePlan>>,
     quorum: super::plan::QuorumState,
 }

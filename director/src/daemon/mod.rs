@@ -182,8 +182,8 @@ struct Daemon {
     eligible: BTreeMap<IpAddr, std::time::Instant>,
     /// `director drain` or shutdown: announce nothing.
     draining: bool,
-    /// Probe keys per real server of `config`.
-    keys: health::ProbeKeys,
+    /// The probes of `config`'s real servers, compiled once per load.
+    probes: health::Probes,
     /// Where the XDP dataplane is pinned (none for IPVS).
     pins: Option<bpffs::PinDir>,
     /// The last update the dataplane refused, until one succeeds.

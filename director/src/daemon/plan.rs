@@ -10,7 +10,7 @@ use super::*;
 pub(super) fn server_health(
     board: &Board,
     vs: &VirtualServer,
-    keys: &[String],
+    keys: &[health::ProbeKey],
 ) -> (bool, Option<u32>) {
     let Ok(b) = board.lock() else {
         return (true, None);
@@ -50,7 +50,7 @@ pub(super) type QuorumState = BTreeMap<crate::config::ServiceIdentity, bool>;
 /// quorum changed (for the quorum_up / quorum_down scripts).
 pub(super) fn plan(
     config: &Config,
-    keys: &health::ProbeKeys,
+    probes: &health::Probes,
     resolver: &MacResolver,
     board: &Board,
     quorum: &mut QuorumState,
@@ -62,14 +62,13 @@ pub(super) fn plan(
         .iter()
         .enumerate()
         .map(|(i, vs)| {
+            let id = vs.identity();
             let mut healthy_weight = 0u64;
             let mut backends: Vec<BackendPlan> = vs
                 .real_server
                 .iter()
-                .enumerate()
-                .map(|(j, rs)| {
-                    let none = Vec::new();
-                    let k = keys.get(i).and_then(|v| v.get(j)).unwrap_or(&none);
+                .map(|rs| {
+                    let k = probes.of_server(id, rs.address);
                     let (healthy, dynamic) = server_health(board, vs, k);
                     let weight = dynamic.unwrap_or(rs.weight);
                     if healthy {
@@ -88,7 +87,6 @@ pub(super) fn plan(
                     }
                 })
                 .collect();
-            let id = vs.identity();
             let before = quorum.get(&id).copied();
             let up = quorum_next(vs, before, healthy_weight);
             judged.insert(id, up);
@@ -136,7 +134,7 @@ impl Daemon {
     pub(super) fn sync(&mut self) -> Result<(), DataplaneError> {
         let (next, quorum_changes) = plan(
             &self.config,
-            &self.keys,
+            &self.probes,
             &self.resolver,
             &self.board,
             &mut self.quorum,
@@ -227,8 +225,8 @@ persistence_timeout = 30
         let a11: IpAddr = "10.0.0.11".parse().expect("ip");
         resolver.servers.insert(a11, Resolution::Resolved(mac));
         let board = Board::default();
-        let keys = health::probe_keys(&config);
-        let (p, _) = plan(&config, &keys, &resolver, &board, &mut BTreeMap::new());
+        let probes = health::Probes::of(&config);
+        let (p, _) = plan(&config, &probes, &resolver, &board, &mut BTreeMap::new());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].port, 80);
         assert_eq!(p[0].persistence_timeout, 30);

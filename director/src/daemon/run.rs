@@ -169,7 +169,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         link: shared_link.clone(),
         macs: macs.clone(),
     });
-    checks.update(health::all_specs(&config));
+    // The config's probes, compiled once: the checks run them, the plan
+    // and the status read their verdicts.
+    let probes = health::Probes::of(&config);
+    checks.update(&probes.distinct());
     let board = checks.board();
     vmac_hook.set(dataplane.vmac_hook());
     dataplane.publish_served(served.clone());
@@ -239,7 +242,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
     let mut bgp_tick = bird
         .as_ref()
         .map(|_| tokio::time::interval(Duration::from_millis(250)));
-    let keys = health::probe_keys(&config);
     let mut resolver = MacResolver::new(&config);
     resolver.seed(dataplane.known_macs());
     let mut daemon = Daemon {
@@ -259,7 +261,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Stopped, Daemon
         bird,
         eligible: BTreeMap::new(),
         draining: false,
-        keys,
+        probes,
         pins: if dataplane_is_xdp { pins } else { None },
         dataplane_error: None,
         sync_stats: flow_sync

@@ -1,7 +1,9 @@
 //! Health checks of real servers (keepalived's checkers): `tcp_check`,
 //! `http_get`, `ssl_get`, `misc_check`, `udp_check`, `dns_check`, and our
 //! `dr_check` (through the direct-routing path, see [`drpath`]). One file
-//! per probe kind; this one holds the specs, the verdicts and the tasks.
+//! per probe kind; `spec` compiles the config into probes once per load
+//! (typed keys, shared by every real server listing the same check); this
+//! one holds the verdicts and the tasks.
 //!
 //! One task per distinct probe (kind, target, parameters), however many
 //! services list the server. A round is one attempt plus `retry` more,
@@ -16,20 +18,19 @@ pub mod drpath;
 mod http;
 pub mod ping;
 mod script;
+mod spec;
 mod tcp;
 mod tls;
 mod udp;
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use rand::Rng as _;
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -37,58 +38,11 @@ use tracing::{info, warn};
 pub use self::{
     dns::{dns_answer_ok, dns_query},
     http::parse_http,
+    spec::{
+        CheckSpec, Kind, ProbeIdentity, ProbeKey, ProbeKind, Probes, TlsSpec, UrlSpec, specs_for,
+    },
 };
-use crate::{
-    config::{CheckCommon, Config, DnsType, HttpCheck, RealServer, VirtualServer},
-    net::neighbor::Mac,
-};
-
-/// What one probe does.
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Tcp,
-    Http {
-        urls: Vec<UrlSpec>,
-        host: Option<String>,
-        /// `ssl_get`.
-        tls: Option<TlsSpec>,
-    },
-    Misc {
-        argv: Vec<String>,
-        dynamic: bool,
-    },
-    Udp {
-        payload: Vec<u8>,
-        require_reply: bool,
-    },
-    Dns {
-        qtype: DnsType,
-        name: String,
-    },
-    /// `ping_check`: ICMP echo.
-    Ping,
-    /// `smtp_check`: banner 220, HELO answered 250.
-    Smtp {
-        helo: String,
-    },
-    /// `dr_check`: a SYN to `vip`:port (the target's port) in a frame to
-    /// the real server's MAC.
-    DrPath {
-        vip: IpAddr,
-        arp: bool,
-        /// Through the tunnel (`lb_kind = "tun"`).
-        tunnel: bool,
-    },
-}
-
-/// TLS settings of an `ssl_get`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSpec {
-    /// Server name sent (SNI) and verified.
-    pub sni: Option<String>,
-    pub verify: bool,
-    pub ca_file: Option<PathBuf>,
-}
+use crate::net::neighbor::Mac;
 
 /// What a `dr_check` needs from the daemon: our link, and the real
 /// servers' MACs as the daemon resolved them.
@@ -97,69 +51,6 @@ pub struct PathEnv {
     /// Our interface's index and MAC (followed when it is re-created).
     pub link: Arc<Mutex<crate::net::neighbor::LinkInfo>>,
     pub macs: Arc<Mutex<HashMap<IpAddr, Mac>>>,
-}
-
-/// One URL of an HTTP check.
-#[derive(Debug, Clone)]
-pub struct UrlSpec {
-    pub path: String,
-    pub ranges: Vec<(u16, u16)>,
-    pub digest: Option<String>,
-    pub regex: Option<Regex>,
-}
-
-/// A probe and its timing.
-#[derive(Debug, Clone)]
-pub struct CheckSpec {
-    pub kind: Kind,
-    pub target: SocketAddr,
-    pub bindto: Option<IpAddr>,
-    pub timeout: Duration,
-    pub retry: u32,
-    pub delay_before_retry: Duration,
-    pub delay_loop: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    pub warmup: Duration,
-    /// Start down (keepalived `alpha`).
-    pub alpha: bool,
-}
-
-impl CheckSpec {
-    /// Identity for sharing: the same probe of the same target is run once.
-    /// What a probe checks, whatever its timing: the check's kind, target
-    /// and source. A reload that changes only timing (delay_loop,
-    /// timeouts, retries, rise/fall) keeps the verdict of the probe it
-    /// replaces.
-    pub fn identity(&self) -> String {
-        let kind = match &self.kind {
-            Kind::Tcp => "tcp",
-            Kind::Http { tls: None, .. } => "http",
-            Kind::Http { tls: Some(_), .. } => "https",
-            Kind::Misc { .. } => "misc",
-            Kind::Udp { .. } => "udp",
-            Kind::Dns { .. } => "dns",
-            Kind::DrPath { .. } => "dr",
-            Kind::Ping => "ping",
-            Kind::Smtp { .. } => "smtp",
-        };
-        format!("{kind}|{}|{:?}", self.target, self.bindto)
-    }
-
-    pub fn key(&self) -> String {
-        format!(
-            "{:?}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}",
-            self.kind,
-            self.target,
-            self.bindto,
-            self.timeout,
-            self.retry,
-            self.delay_before_retry,
-            self.delay_loop,
-            self.rise,
-            self.fall
-        )
-    }
 }
 
 /// The result of one attempt.
@@ -263,173 +154,20 @@ impl ProbeState {
     }
 }
 
-/// Probe states by key.
-pub type Board = Arc<Mutex<HashMap<String, ProbeState>>>;
-
-/// Builds the probes of one real server of a service.
-pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
-    let mut out = Vec::new();
-    let base = |c: &CheckCommon, default_port: u16| CheckSpec {
-        kind: Kind::Tcp,
-        target: SocketAddr::new(
-            c.connect_ip.unwrap_or(rs.address),
-            c.connect_port.unwrap_or(default_port),
-        ),
-        bindto: c.bindto,
-        timeout: secs(c.connect_timeout.unwrap_or(5.0)),
-        retry: c.retry.unwrap_or(1),
-        delay_before_retry: secs(c.delay_before_retry.unwrap_or(1.0)),
-        delay_loop: secs(c.delay_loop.unwrap_or(vs.delay_loop)),
-        rise: c.rise.unwrap_or(1).max(1),
-        fall: c.fall.unwrap_or(1).max(1),
-        warmup: secs(c.warmup.unwrap_or(c.delay_loop.unwrap_or(vs.delay_loop))),
-        alpha: vs.alpha,
-    };
-    let port = rs.port.unwrap_or(vs.port());
-    if let Some(c) = &rs.tcp_check {
-        out.push(base(&c.common, port));
-    }
-    let http = |c: &HttpCheck, tls: bool| {
-        let urls = c
-            .url
-            .iter()
-            .map(|u| UrlSpec {
-                path: u.path.clone(),
-                ranges: u
-                    .status_code
-                    .as_ref()
-                    .and_then(|s| s.ranges().ok())
-                    .unwrap_or_else(|| vec![(200, 299)]),
-                digest: u.digest.as_ref().map(|d| d.to_ascii_lowercase()),
-                regex: u.regex.as_deref().and_then(|r| Regex::new(r).ok()),
-            })
-            .collect();
-        let tls = tls.then(|| TlsSpec {
-            sni: c
-                .virtualhost
-                .clone()
-                .filter(|_| c.enable_sni.unwrap_or(true)),
-            verify: c.verify_certificate.unwrap_or(false) || c.ca_file.is_some(),
-            ca_file: c.ca_file.clone(),
-        });
-        CheckSpec {
-            kind: Kind::Http {
-                urls,
-                host: c.virtualhost.clone(),
-                tls,
-            },
-            ..base(&c.common, port)
-        }
-    };
-    if let Some(c) = &rs.http_get {
-        out.push(http(c, false));
-    }
-    if let Some(c) = &rs.ssl_get {
-        out.push(http(c, true));
-    }
-    if let Some(c) = &rs.dr_check {
-        out.push(CheckSpec {
-            kind: Kind::DrPath {
-                vip: vs.address(),
-                arp: c.arp,
-                tunnel: vs.lb_kind == crate::config::LbKind::Tun,
-            },
-            ..base(&c.common, port)
-        });
-    }
-    if let Some(c) = &rs.misc_check {
-        let mut spec = base(&c.common, port);
-        if let Some(t) = c.misc_timeout {
-            spec.timeout = secs(t);
-        }
-        spec.kind = Kind::Misc {
-            argv: shlex::split(&c.misc_path).unwrap_or_default(),
-            dynamic: c.misc_dynamic,
-        };
-        out.push(spec);
-    }
-    if let Some(c) = &rs.udp_check {
-        out.push(CheckSpec {
-            kind: Kind::Udp {
-                payload: c.payload.as_bytes().to_vec(),
-                require_reply: c.require_reply,
-            },
-            ..base(&c.common, port)
-        });
-    }
-    if let Some(c) = &rs.ping_check {
-        out.push(CheckSpec {
-            kind: Kind::Ping,
-            ..base(&c.common, 0)
-        });
-    }
-    if let Some(c) = &rs.smtp_check {
-        let helo = c.helo_name.clone().unwrap_or_else(crate::config::host_name);
-        out.push(CheckSpec {
-            kind: Kind::Smtp { helo },
-            ..base(&c.common, 25)
-        });
-    }
-    if let Some(c) = &rs.dns_check {
-        out.push(CheckSpec {
-            kind: Kind::Dns {
-                qtype: c.r#type,
-                name: c.name.clone(),
-            },
-            ..base(&c.common, 53)
-        });
-    }
-    out
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
-}
-
-/// The probe keys of every real server: `[service][real server]`, computed
-/// once per config (building specs compiles regexes).
-pub type ProbeKeys = Vec<Vec<Vec<String>>>;
-
-/// The probe keys of `config`'s real servers.
-pub fn probe_keys(config: &Config) -> ProbeKeys {
-    config
-        .virtual_server
-        .iter()
-        .map(|vs| {
-            vs.real_server
-                .iter()
-                .map(|rs| specs_for(vs, rs).iter().map(CheckSpec::key).collect())
-                .collect()
-        })
-        .collect()
-}
-
-/// Every distinct probe of a config, by key.
-pub fn all_specs(config: &Config) -> HashMap<String, CheckSpec> {
-    let mut out = HashMap::new();
-    for vs in &config.virtual_server {
-        for rs in &vs.real_server {
-            for spec in specs_for(vs, rs) {
-                out.entry(spec.key()).or_insert(spec);
-            }
-        }
-    }
-    out
-}
+/// Probe states by probe.
+pub type Board = Arc<Mutex<HashMap<ProbeKey, ProbeState>>>;
 
 /// A probe's health changed.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub key: String,
+    pub key: ProbeKey,
     pub healthy: bool,
 }
 
 /// The running probes: one task per distinct probe, their shared board.
 pub struct Checks {
     board: Board,
-    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
-    /// What each running probe checks ([`CheckSpec::identity`]).
-    identities: HashMap<String, String>,
+    tasks: HashMap<ProbeKey, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Change>,
     env: Option<PathEnv>,
 }
@@ -440,7 +178,6 @@ impl Checks {
         Checks {
             board: Board::default(),
             tasks: HashMap::new(),
-            identities: HashMap::new(),
             tx,
             env: None,
         }
@@ -456,49 +193,49 @@ impl Checks {
         self.board.clone()
     }
 
-    /// Runs exactly `specs`: probes that are unchanged keep running (and
+    /// Runs exactly `probes`: probes that are unchanged keep running (and
     /// their state), removed ones stop, new ones start.
-    pub fn update(&mut self, specs: HashMap<String, CheckSpec>) {
-        let gone: Vec<String> = self
+    pub fn update(&mut self, probes: &HashSet<ProbeKey>) {
+        let gone: Vec<ProbeKey> = self
             .tasks
             .keys()
-            .filter(|k| !specs.contains_key(*k))
+            .filter(|k| !probes.contains(*k))
             .cloned()
             .collect();
         // Verdicts of the probes that go, by what they checked: a new probe
         // of the same check (only its timing changed) starts from it.
-        let mut carried: HashMap<String, bool> = HashMap::new();
+        let mut carried: HashMap<ProbeIdentity, bool> = HashMap::new();
         for key in gone {
             if let Some(t) = self.tasks.remove(&key) {
                 t.abort();
             }
             if let Ok(mut b) = self.board.lock()
                 && let Some(state) = b.remove(&key)
-                && let Some(identity) = self.identities.remove(&key)
                 && state.last_check.is_some()
             {
-                carried.insert(identity, state.healthy);
+                carried.insert(key.spec().identity(), state.healthy);
             }
         }
-        for (key, spec) in specs {
-            if self.tasks.contains_key(&key) {
+        for key in probes {
+            if self.tasks.contains_key(key) {
                 continue;
             }
-            let identity = spec.identity();
-            let initial = carried.get(&identity).copied().unwrap_or(!spec.alpha);
+            let spec = key.spec();
+            let initial = carried
+                .get(&spec.identity())
+                .copied()
+                .unwrap_or(!spec.alpha);
             if let Ok(mut b) = self.board.lock() {
                 b.insert(key.clone(), ProbeState::new(initial));
             }
             let task = tokio::spawn(run_probe(
                 key.clone(),
-                spec,
                 initial,
                 self.env.clone(),
                 self.board.clone(),
                 self.tx.clone(),
             ));
             self.tasks.insert(key.clone(), task);
-            self.identities.insert(key, identity);
         }
     }
 }
@@ -512,13 +249,14 @@ impl Drop for Checks {
 }
 
 async fn run_probe(
-    key: String,
-    spec: CheckSpec,
+    key: ProbeKey,
     initial: bool,
     env: Option<PathEnv>,
     board: Board,
     tx: mpsc::Sender<Change>,
 ) {
+    let spec = key.spec();
+    let check = spec.identity().kind.name();
     let warmup = if spec.warmup.is_zero() {
         Duration::ZERO
     } else {
@@ -541,8 +279,7 @@ async fn run_probe(
                 tokio::time::sleep(spec.delay_before_retry).await;
             }
             let started = tokio::time::Instant::now();
-            outcome = match tokio::time::timeout(spec.timeout, probe_in(&spec, env.as_ref())).await
-            {
+            outcome = match tokio::time::timeout(spec.timeout, probe_in(spec, env.as_ref())).await {
                 Ok(o) => o,
                 Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
             };
@@ -557,7 +294,7 @@ async fn run_probe(
             if local_logged
                 .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(10))
             {
-                warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "health check could not run: this process is out of file descriptors (the round does not count against the server)");
+                warn!(target_addr = %spec.target, check, error = ?outcome.error, "health check could not run: this process is out of file descriptors (the round does not count against the server)");
                 local_logged = Some(std::time::Instant::now());
             }
             if let Ok(mut b) = board.lock()
@@ -596,9 +333,9 @@ async fn run_probe(
             }
             if changed {
                 if healthy {
-                    info!(target_addr = %spec.target, check = kind_name(&spec.kind), "real server healthy");
+                    info!(target_addr = %spec.target, check, "real server healthy");
                 } else {
-                    warn!(target_addr = %spec.target, check = kind_name(&spec.kind), error = ?outcome.error, "real server failed its check");
+                    warn!(target_addr = %spec.target, check, error = ?outcome.error, "real server failed its check");
                 }
             }
             // Changes only (health, or a misc_dynamic weight): the daemon
@@ -627,20 +364,6 @@ fn out_of_descriptors() -> bool {
     match socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) {
         Ok(_) => false,
         Err(e) => crate::manage::limits::is_exhaustion(&e),
-    }
-}
-
-fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::Tcp => "tcp_check",
-        Kind::Http { tls: None, .. } => "http_get",
-        Kind::Http { tls: Some(_), .. } => "ssl_get",
-        Kind::DrPath { .. } => "dr_check",
-        Kind::Misc { .. } => "misc_check",
-        Kind::Udp { .. } => "udp_check",
-        Kind::Dns { .. } => "dns_check",
-        Kind::Ping => "ping_check",
-        Kind::Smtp { .. } => "smtp_check",
     }
 }
 
@@ -688,6 +411,10 @@ pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use std::{net::SocketAddr, path::PathBuf};
+
+    use regex::Regex;
+
     use super::*;
     use crate::config::load_ca_file;
     use script::misc;
@@ -958,7 +685,7 @@ mod tests {
         s.fall = 2;
         let (tx, mut rx) = mpsc::channel(16);
         let mut checks = Checks::new(tx);
-        checks.update(HashMap::from([(s.key(), s)]));
+        checks.update(&HashSet::from([ProbeKey::new(s)]));
         let mut seen = Vec::new();
         while seen.len() < 2 {
             let c = tokio::time::timeout(Duration::from_secs(10), rx.recv())
