@@ -7,13 +7,14 @@ impl Daemon {
     /// A link changed somewhere: when it is our interface (re-created,
     /// renamed in place of the old one, its MAC changed), the dataplane,
     /// the neighbour lookups and the DR-path checks follow it.
-    pub(super) async fn follow_link(
-        &mut self,
-        neighbors: &mut Neighbors,
-        shared: &Arc<Mutex<crate::net::neighbor::LinkInfo>>,
-        gone: &mut bool,
-    ) {
+    pub(super) async fn follow_link(&mut self) {
         let interface = self.config.global.interface.clone();
+        let super::events::Links {
+            neighbors,
+            shared,
+            gone,
+            ..
+        } = &mut self.links;
         let old = neighbors.link();
         match neighbors.lookup(&interface).await {
             Ok(Some(now)) => {
@@ -238,7 +239,7 @@ impl Daemon {
             return Err(format!("the dataplane refused it: {e}"));
         }
         if new.global.script_user != self.config.global.script_user {
-            super::run::set_script_identity(&new);
+            super::start::set_script_identity(&new);
         }
         let previous = Previous {
             config: std::mem::replace(&mut self.config, new),
@@ -262,7 +263,7 @@ impl Daemon {
     /// Undoes an [`Daemon::adopt`] (a later step of the reload failed).
     pub(super) fn restore(&mut self, previous: Previous) {
         if previous.config.global.script_user != self.config.global.script_user {
-            super::run::set_script_identity(&previous.config);
+            super::start::set_script_identity(&previous.config);
         }
         self.config = previous.config;
         self.resolver = previous.resolver;

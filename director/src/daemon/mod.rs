@@ -1,6 +1,34 @@
 //! The daemon: one event loop that keeps the dataplane equal to the config
 //! and to what the kernel knows about the real servers, and answers the
-//! control socket.
+//! control socket. Read it top to bottom: `start` (the start-up steps, in
+//! order, with their reasons), `events` (what wakes the loop, and
+//! [`Daemon::handle`]), `stop`; beside them what the handlers do: `plan`
+//! (config + health + MACs -> what the dataplane should hold, a pure
+//! function), `edits` (reload, runtime changes, interface changes),
+//! `answers` (status, control answers), `announce` (BGP), `flows` (flow
+//! sync's rounds), `macs` (real servers' MACs), `hook`.
+//!
+//! Tasks and channels (the loop owns the [`Daemon`]; `-->` is a channel
+//! into it, `<--` one it publishes on):
+//!
+//! ```text
+//!   signals (INT, TERM, HUP) ----------------------------+
+//!   control socket task -------- (Request, reply) -------+
+//!   metrics HTTP task ---------- (Request, reply) -------+
+//!   rtnetlink neighbour / link events -------------------+
+//!   one task per distinct probe -- health::Change -------+--> event loop
+//!   flow sync receiver task ------ Received -------------+    (Daemon)
+//!   flow-table scan (blocking) --- ScanDone -------------+     |  |  |
+//!   VRRP thread (one loop per instance) -- States -------+     |  |  |
+//!                                                              |  |  |
+//!   VRRP thread <-- quorum per service (watch) ----------------+  |  |
+//!   VRRP thread <-- preemption held (watch), the dataplane's      |  |
+//!                   Served / VmacHook handles --------------------+  |
+//!   BIRD task <-- VIPs to announce; the dataplane (maps / IPVS) <----+
+//! ```
+//!
+//! The health board (`health::Board`) is shared memory, not a channel:
+//! probes write their verdicts, the loop reads them when it plans.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -10,7 +38,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -76,12 +103,15 @@ pub enum DaemonError {
 mod announce;
 mod answers;
 mod edits;
+mod events;
+mod flows;
 mod hook;
 mod macs;
 mod plan;
-mod run;
+mod start;
+mod stop;
 
-pub use self::run::run;
+pub use self::start::run;
 use self::{
     hook::LateHook,
     macs::MacResolver,
@@ -172,6 +202,8 @@ struct Daemon {
     bfd: Option<crate::bfd::Bfd>,
     /// Our interface (its MAC and MTU go to the dataplane).
     link: crate::net::neighbor::LinkInfo,
+    /// Our interface and the neighbour table as the loop follows them.
+    links: events::Links,
     /// Weights of drained real servers, for `enable`.
     drained: BTreeMap<(crate::config::ServiceAddr, IpAddr), u32>,
     /// Resolved real-server MACs, shared with `dr_check` probes.
@@ -195,6 +227,12 @@ struct Daemon {
         Arc<crate::dataplane::flowsync::Peering>,
     )>,
     imported: u64,
+    /// Flow sync's rounds (none without flow sync).
+    sync: Option<flows::SyncLoop>,
+    /// Where the flow-table scans report.
+    scans: mpsc::UnboundedSender<flows::ScanDone>,
+    /// The control socket's and the metrics server's tasks.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
     /// Which virtual servers have quorum, for VRRP.
     quorum_tx: watch::Sender<BTreeMap<crate::config::ServiceAddr, bool>>,
     /// The VRRP instances' states, as they publish them.
