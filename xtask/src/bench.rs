@@ -23,13 +23,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{Lab, LabSpec, Proc, capture, http, lab::VIP, scenario};
+use director_tests::{Lab, LabSpec, Proc, capture, lab::VIP, scenario};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 
-struct Setting {
+pub(crate) struct Setting {
     label: &'static str,
     version: u8,
     interval: &'static str,
@@ -42,7 +42,7 @@ impl Setting {
     }
 }
 
-const SETTINGS: [Setting; 3] = [
+pub(crate) const SETTINGS: [Setting; 3] = [
     Setting {
         label: "v2, 1 s",
         version: 2,
@@ -247,7 +247,7 @@ pub fn run(soak: u64, soak_only: bool, short: bool) -> Result<()> {
 }
 
 /// The `p` quantile (0 to 1) of `v` (sorted in place; NaN when empty).
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(((v.len() as f64 - 1.0) * p).round() as usize)
         .copied()
@@ -255,7 +255,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Director,
     /// Director pair with BFD between them (10 ms x 3) and `master_bfd`.
     DirectorBfd,
@@ -273,21 +273,21 @@ impl Kind {
 }
 
 /// The UDP service the failover prober goes through.
-const PROBE_PORT: u16 = 9999;
+pub(crate) const PROBE_PORT: u16 = 9999;
 
 /// The master (director 0) and backup (director 1) of one pair.
-struct Pair {
-    master: Vec<Proc>,
+pub(crate) struct Pair {
+    pub(crate) master: Vec<Proc>,
     _backup: Vec<Proc>,
-    master_pids: Vec<i32>,
+    pub(crate) master_pids: Vec<i32>,
 }
 
-fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
+pub(crate) fn start_pair(lab: &Lab, s: &Setting, kind: Kind) -> Result<Pair> {
     start_pair_with(lab, s, kind, false)
 }
 
 /// A pair; `flow_sync` turns on flow sharing between the directors.
-fn start_pair_with(lab: &Lab, s: &Setting, kind: Kind, flow_sync: bool) -> Result<Pair> {
+pub(crate) fn start_pair_with(lab: &Lab, s: &Setting, kind: Kind, flow_sync: bool) -> Result<Pair> {
     let extra = format!("version = {}\nadvert_int = {}", s.version, s.interval);
     let mut procs = Vec::new();
     let mut pids = Vec::new();
@@ -354,14 +354,14 @@ fn start_pair_with(lab: &Lab, s: &Setting, kind: Kind, flow_sync: bool) -> Resul
 }
 
 /// keepalived for director `i`; returns it and its VRRP child's pid.
-fn keepalived(lab: &Lab, i: usize, prio: u8, s: &Setting) -> Result<(Proc, i32)> {
+pub(crate) fn keepalived(lab: &Lab, i: usize, prio: u8, s: &Setting) -> Result<(Proc, i32)> {
     let conf = scenario::keepalived_conf(&format!("ka{i}"), prio, s.version, s.interval);
     let k = scenario::spawn_keepalived(lab, i, &conf)?;
     let pid = k.vrrp_pid(Duration::from_secs(10))?;
     Ok((k.proc, pid))
 }
 
-fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
+pub(crate) fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
     let s1 = lab.state_dir("director1")?;
     match kind {
         Kind::Director | Kind::DirectorBfd => {
@@ -385,7 +385,7 @@ fn wait_master_serving(lab: &Lab, kind: Kind, pair: &mut Pair) -> Result<()> {
 }
 
 /// What one kill measured.
-struct Outage {
+pub(crate) struct Outage {
     /// The longest run of unanswered datagrams (1 ms each).
     gap: Duration,
     /// From the master's last advert the client saw to the kill.
@@ -397,7 +397,7 @@ struct Outage {
     takeover: Option<(f64, f64)>,
 }
 
-fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Outage> {
+pub(crate) fn outage(s: &Setting, kind: Kind, phase: f64) -> Result<Outage> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 2,
@@ -605,148 +605,4 @@ fn soak_run(seconds: u64) -> Result<()> {
     );
     drop(pair);
     Ok(())
-}
-
-/// One HA scenario's outcome.
-struct HaRun {
-    survived: usize,
-    total: usize,
-    stalls: Vec<Duration>,
-}
-
-/// `cargo xtask bench ha`: 50 streaming downloads open through the VIP when
-/// the master dies (kill -9 + link down), VRRP v3 at 100 ms; with stable
-/// backends and with a real server drained before the failure (its flows
-/// are then exceptions to the Maglev tables), for director pairs with and
-/// without flow sync and for a keepalived pair beside the same XDP
-/// dataplane (no connection sync: the "keepalived without IPVS sync"
-/// baseline).
-pub fn run_ha(short: bool) -> Result<()> {
-    if short {
-        // The claim (a drained server's downloads survive with flow sync)
-        // and the keepalived baseline's harness, with 10 short downloads.
-        let r = ha_once(Kind::Director, true, true, 10, 1 << 20)?;
-        ensure!(
-            r.survived == r.total,
-            "flow sync: {} of {} downloads survived",
-            r.survived,
-            r.total
-        );
-        println!("ok  ha: director pair, rs3 drained, flow sync: every download survived");
-        // The baseline's harness, proven: its downloads ran through the
-        // keepalived pair's failover, and each that survived was timed (its
-        // figure is the full mode's, not a pass mark: a lost download there
-        // is what the baseline measures).
-        let r = ha_once(Kind::Keepalived, false, false, 10, 1 << 20)?;
-        ensure!(
-            r.total == 10 && r.survived > 0 && r.stalls.len() == r.survived,
-            "keepalived baseline: {} of {} downloads survived, {} timed",
-            r.survived,
-            r.total,
-            r.stalls.len()
-        );
-        println!("ok  ha: keepalived pair + XDP measured (no figures in short mode)");
-        return Ok(());
-    }
-    println!(
-        "ha: 50 streaming downloads (4 MiB at 512 KiB/s each) open when the master dies (kill -9 + link down), VRRP v3 100 ms"
-    );
-    println!(
-        "  {:<46} {:>14} {:>12} {:>12}",
-        "setup", "survived", "stall p50", "stall max"
-    );
-    let cases: [(&str, Kind, bool, bool); 5] = [
-        (
-            "director pair, stable backends",
-            Kind::Director,
-            false,
-            false,
-        ),
-        (
-            "director pair, rs3 drained, flow sync",
-            Kind::Director,
-            true,
-            true,
-        ),
-        (
-            "director pair, rs3 drained, no flow sync",
-            Kind::Director,
-            true,
-            false,
-        ),
-        (
-            "keepalived pair + XDP, stable backends",
-            Kind::Keepalived,
-            false,
-            false,
-        ),
-        (
-            "keepalived pair + XDP, rs3 drained",
-            Kind::Keepalived,
-            true,
-            false,
-        ),
-    ];
-    for (label, kind, drain, sync) in cases {
-        let r = ha_once(kind, drain, sync, 50, 4 << 20)?;
-        let mut stalls = r.stalls.clone();
-        stalls.sort();
-        let pick = |q: f64| {
-            stalls
-                .get(((stalls.len().saturating_sub(1)) as f64 * q) as usize)
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-        };
-        println!(
-            "  {:<46} {:>5}/{} {:>4.0}% {:>9.0} ms {:>9.0} ms",
-            label,
-            r.survived,
-            r.total,
-            100.0 * r.survived as f64 / r.total as f64,
-            pick(0.5),
-            pick(1.0)
-        );
-    }
-    println!(
-        "  (stall: the longest wait between two reads of a surviving download, i.e. the outage its client saw)"
-    );
-    Ok(())
-}
-
-fn ha_once(kind: Kind, drain: bool, sync: bool, n: usize, size: usize) -> Result<HaRun> {
-    let lab = Lab::build(&LabSpec {
-        directors: 2,
-        real_servers: 3,
-        vip_on_director: false,
-    })?;
-    let mut pair = start_pair_with(&lab, &SETTINGS[1], kind, sync)?;
-    wait_master_serving(&lab, kind, &mut pair)?;
-    let s2 = lab.state_dir("director2")?;
-    scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
-    lab.write_big_file(size)?;
-    let vip = SocketAddr::from((VIP, 80));
-    let downloads = http::Downloads::start(&lab.client.ns, vip, n, size);
-    std::thread::sleep(Duration::from_secs(1));
-    if drain {
-        for name in ["director1", "director2"] {
-            scenario::drain_real_server("10.0.0.22", &lab.state_dir(name)?)?;
-        }
-        // A few sync rounds.
-        std::thread::sleep(Duration::from_millis(1500));
-    }
-    for pid in &pair.master_pids {
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-    }
-    lab.directors[0].ns.ip(&["link", "set", "eth0", "down"])?;
-    let mut survived = 0;
-    let mut stalls = Vec::new();
-    for r in downloads.outcomes().into_iter().flatten() {
-        survived += 1;
-        stalls.push(r.max_stall);
-    }
-    drop(pair);
-    Ok(HaRun {
-        survived,
-        total: n,
-        stalls,
-    })
 }

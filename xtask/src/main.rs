@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_ecmp;
+mod bench_ha;
 mod bench_health;
 mod bench_soak;
 mod demo;
@@ -241,7 +242,7 @@ fn main() -> Result<()> {
                     let bin = build_director()?;
                     // SAFETY: single-threaded at this point.
                     unsafe { std::env::set_var("DIRECTOR_BIN", &bin) };
-                    bench::run_ha(short)
+                    bench_ha::run_ha(short)
                 }
                 "soak" => {
                     let bin = build_director()?;
