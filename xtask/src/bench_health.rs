@@ -80,6 +80,8 @@ pub fn run(short: bool) -> Result<()> {
     } else {
         (&[(1_000, false), (10_000, true), (10_000, false)], "20")
     };
+    // Goals missed, reported after the table.
+    let mut missed: Vec<String> = Vec::new();
     for kind in ["tcp", "http"] {
         let mut cpu = Vec::new();
         for &(servers, floor) in runs {
@@ -107,12 +109,24 @@ pub fn run(short: bool) -> Result<()> {
                 "{kind} x {servers}: {} servers failing their checks: the farm is broken, not measured",
                 r["unhealthy"]
             );
+            // Keeping up is a goal, and missing it a result: the full run
+            // reports it; only the short run (200 servers, proving the
+            // harness) requires it.
+            let keeps_up = f("rounds_per_second") >= 0.9 * f("expected_per_second");
             ensure!(
-                f("rounds_per_second") >= 0.9 * f("expected_per_second"),
+                keeps_up || !short,
                 "{kind} x {servers}: {} rounds/s of {} expected",
                 f("rounds_per_second"),
                 f("expected_per_second")
             );
+            if !keeps_up {
+                missed.push(format!(
+                    "{kind} x {servers}{}: {:.0} rounds/s of {:.0} expected (below 90%: the checker did not keep up)",
+                    if floor { " (floor)" } else { "" },
+                    f("rounds_per_second"),
+                    f("expected_per_second")
+                ));
+            }
             cpu.push(f("cpu_core_fraction"));
             if short {
                 println!(
@@ -143,6 +157,12 @@ pub fn run(short: bool) -> Result<()> {
                 big / floor.max(1e-9),
                 big / small.max(1e-9)
             );
+            if big > 0.25 {
+                missed.push(format!(
+                    "{kind} x 10000: {:.1}% of one core (goal: under 25%)",
+                    100.0 * big
+                ));
+            }
         }
     }
     if short {
@@ -152,5 +172,11 @@ pub fn run(short: bool) -> Result<()> {
     println!(
         "targets: under 25% of one core, no round more than 10% (100 ms) late; \"late\" is the share of rounds that were"
     );
+    for m in &missed {
+        println!("MISSED  {m}");
+    }
+    if missed.is_empty() {
+        println!("every run kept up: each server checked once per second");
+    }
     Ok(())
 }

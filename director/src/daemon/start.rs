@@ -91,7 +91,7 @@ fn claim(config: &Config) -> Result<Claim, DaemonError> {
 struct Protocols {
     handover: Option<Arc<crate::handover::Handover>>,
     vmac_hook: LateHook,
-    served: crate::dataplane::Served,
+    served: crate::vrrp::Served,
     quorum: watch::Receiver<BTreeMap<crate::config::ServiceAddr, bool>>,
     states: Arc<watch::Sender<crate::vrrp::instance::States>>,
     preempt_hold: watch::Receiver<bool>,
@@ -164,7 +164,7 @@ async fn start(
     let protocols = Protocols {
         handover: claim.handover.clone(),
         vmac_hook: LateHook::default(),
-        served: crate::dataplane::Served::default(),
+        served: crate::vrrp::Served::default(),
         quorum: quorum_rx,
         states: Arc::new(states_tx),
         preempt_hold: hold_rx,

@@ -95,46 +95,27 @@ impl Runner {
     }
 
     pub(super) async fn perform(&mut self, actions: Vec<Action>) {
-        // Becoming master: when XDP serves every address without it, the
-        // announcement comes before the addresses are added (RFC 5798
-        // 6.4.1 asks only that it follow the first advert).
-        let announce_early = actions.contains(&Action::AddAddresses)
-            && actions.contains(&Action::Announce)
-            && self.served_without_addresses();
-        let mut announced = false;
-        for action in actions {
-            match action {
-                Action::SendAdvert(priority) => self.send_advert(priority),
-                Action::AddAddresses => {
-                    // Frames to the virtual MAC are ours before anyone is
-                    // told the addresses moved.
-                    self.own_vmac(true);
-                    self.vmac_link(true).await;
-                    if announce_early && !announced {
-                        self.start_announcing();
-                        announced = true;
-                    }
+        for effect in effects(&actions, self.served_without_addresses()) {
+            match effect {
+                Effect::SendAdvert(priority) => self.send_advert(priority),
+                Effect::OwnVmac(own) => self.own_vmac(own),
+                Effect::VmacLink(up) => self.vmac_link(up).await,
+                Effect::StartAnnouncing => self.start_announcing(),
+                Effect::StopAnnouncing => {
+                    self.garp_at = None;
+                    self.refresh_at = None;
+                }
+                Effect::AddAddresses => {
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
                         if let Err(e) = net::add_address(&self.handle, index, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
                     }
-                    self.add_routes().await;
                 }
-                Action::Announce if announced => {}
-                Action::Announce => {
-                    self.start_announcing();
-                    announced = true;
-                }
-                Action::RemoveAddresses => {
-                    self.garp_at = None;
-                    self.refresh_at = None;
-                    self.remove_routes().await;
-                    self.own_vmac(false);
-                    // (Down first: the addresses go without a word from
-                    // the shared MAC.)
-                    self.vmac_link(false).await;
+                Effect::AddRoutes => self.add_routes().await,
+                Effect::RemoveRoutes => self.remove_routes().await,
+                Effect::RemoveAddresses => {
                     let index = self.address_ifindex();
                     for a in self.vips.clone() {
                         if let Err(e) = net::remove_address(&self.handle, index, a).await {
@@ -142,92 +123,105 @@ impl Runner {
                         }
                     }
                 }
-                Action::SplitBrain { other, yielded } => {
-                    let count = self.bump(|s| {
-                        s.split_brains += 1;
-                        s.split_brains
-                    });
-                    // One line per SPLIT_NOTE_EVERY, with the count so far:
-                    // a lasting split brain (or a host flooding adverts)
-                    // brings one report per advert interval.
-                    if self
-                        .split_logged
-                        .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
-                    {
-                        self.split_logged = Some(std::time::Instant::now());
-                        warn!(
-                            instance = %self.cfg.name,
-                            vrid = self.cfg.virtual_router_id,
-                            other = %other,
-                            our_priority = self.machine.priority(),
-                            outcome = if yielded { "we yield" } else { "we stay master" },
-                            split_brains = count,
-                            "VRRP split brain: another master for our virtual router (logged at most every 10 s)"
-                        );
-                    }
-                    // Its own notification (never notify_stop), at most
-                    // once per SPLIT_NOTE_EVERY: a lasting split brain
-                    // brings one advert per interval.
-                    if self
-                        .split_noted
-                        .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
-                    {
-                        self.split_noted = Some(std::time::Instant::now());
-                        self.notify("SPLIT_BRAIN");
-                    }
-                }
-                Action::Transition {
-                    from: State::Init,
-                    to,
-                } if self.resumed => {
-                    info!(
+                Effect::Report(action) => self.report(action),
+            }
+        }
+        self.publish();
+    }
+
+    /// Logs, counters and notifications of a transition or a split brain.
+    fn report(&mut self, action: Action) {
+        match action {
+            Action::SplitBrain { other, yielded } => {
+                let count = self.bump(|s| {
+                    s.split_brains += 1;
+                    s.split_brains
+                });
+                // One line per SPLIT_NOTE_EVERY, with the count so far:
+                // a lasting split brain (or a host flooding adverts)
+                // brings one report per advert interval.
+                if self
+                    .split_logged
+                    .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
+                {
+                    self.split_logged = Some(std::time::Instant::now());
+                    warn!(
                         instance = %self.cfg.name,
                         vrid = self.cfg.virtual_router_id,
-                        state = to.as_str(),
-                        priority = self.machine.priority(),
-                        "VRRP state taken over from the previous process (no change, no notification)"
+                        other = %other,
+                        our_priority = self.machine.priority(),
+                        outcome = if yielded { "we yield" } else { "we stay master" },
+                        split_brains = count,
+                        "VRRP split brain: another master for our virtual router (logged at most every 10 s)"
                     );
                 }
-                Action::Transition { from, to } => {
-                    let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
-                    info!(
-                        instance = %self.cfg.name,
-                        vrid = self.cfg.virtual_router_id,
-                        old = from.as_str(),
-                        new = to.as_str(),
-                        priority = self.machine.priority(),
-                        master = ?self.machine.master(),
-                        since_last_advert_ms = ?silence_ms,
-                        "VRRP state change"
-                    );
-                    let name = match to {
-                        State::Master => Some("MASTER"),
-                        State::Backup => Some("BACKUP"),
-                        State::Fault => Some("FAULT"),
-                        State::Init => None,
-                    };
-                    if let Some(n) = name {
-                        self.notify(n);
+                // Its own notification (never notify_stop), at most
+                // once per SPLIT_NOTE_EVERY: a lasting split brain
+                // brings one advert per interval.
+                if self
+                    .split_noted
+                    .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
+                {
+                    self.split_noted = Some(std::time::Instant::now());
+                    self.notify("SPLIT_BRAIN");
+                }
+            }
+            Action::Transition {
+                from: State::Init,
+                to,
+            } if self.resumed => {
+                info!(
+                    instance = %self.cfg.name,
+                    vrid = self.cfg.virtual_router_id,
+                    state = to.as_str(),
+                    priority = self.machine.priority(),
+                    "VRRP state taken over from the previous process (no change, no notification)"
+                );
+            }
+            Action::Transition { from, to } => {
+                let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+                info!(
+                    instance = %self.cfg.name,
+                    vrid = self.cfg.virtual_router_id,
+                    old = from.as_str(),
+                    new = to.as_str(),
+                    priority = self.machine.priority(),
+                    master = ?self.machine.master(),
+                    since_last_advert_ms = ?silence_ms,
+                    "VRRP state change"
+                );
+                let name = match to {
+                    State::Master => Some("MASTER"),
+                    State::Backup => Some("BACKUP"),
+                    State::Fault => Some("FAULT"),
+                    State::Init => None,
+                };
+                if let Some(n) = name {
+                    self.notify(n);
+                }
+                if !self.following
+                    && let Some(g) = &self.group
+                {
+                    // Fault spreads to the group, and so does leaving it.
+                    if to == State::Fault || from == State::Fault {
+                        let _ = g.tx.send((self.cfg.name.clone(), to));
                     }
-                    if !self.following
-                        && let Some(g) = &self.group
-                    {
-                        // Fault spreads to the group, and so does leaving it.
-                        if to == State::Fault || from == State::Fault {
-                            let _ = g.tx.send((self.cfg.name.clone(), to));
-                        }
-                        let first = g
-                            .notified
-                            .lock()
-                            .map(|mut last| last.replace(to) != Some(to))
-                            .unwrap_or(true);
-                        if let Some(n) = name.filter(|_| first) {
-                            self.notify_group(&g.config, n);
-                        }
+                    let first = g
+                        .notified
+                        .lock()
+                        .map(|mut last| last.replace(to) != Some(to))
+                        .unwrap_or(true);
+                    if let Some(n) = name.filter(|_| first) {
+                        self.notify_group(&g.config, n);
                     }
                 }
             }
+            _ => {}
         }
+    }
+
+    /// Publishes the instance's state (status, the daemon's watch).
+    fn publish(&mut self) {
         let (state, prio, master, transitions) = (
             self.machine.state(),
             self.machine.priority(),

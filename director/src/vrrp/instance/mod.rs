@@ -146,6 +146,7 @@ pub struct Vrrp {
 }
 
 mod actions;
+mod effects;
 mod preflight;
 mod priority;
 mod receive;
@@ -154,7 +155,7 @@ mod thread;
 
 pub(crate) use crate::net::socket::raise_priority;
 // The parts see each other through this module.
-use self::{actions::*, priority::*, runner::*, thread::*};
+use self::{actions::*, effects::*, priority::*, runner::*, thread::*};
 
 fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     Arc::new(Mutex::new(InstanceStatus {
@@ -177,7 +178,7 @@ fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     }))
 }
 
-pub use crate::dataplane::VmacHook;
+pub use crate::vrrp::VmacHook;
 
 /// What VRRP takes from the rest of the daemon.
 #[derive(Clone, Default)]
@@ -196,7 +197,7 @@ pub struct Inputs {
     pub quorum: Option<QuorumBoard>,
     /// The addresses the XDP dataplane serves without them being local
     /// (announced before they are added).
-    pub served: Option<crate::dataplane::Served>,
+    pub served: Option<crate::vrrp::Served>,
     /// True while preemption is held back (flow sync waits for its peers'
     /// flows).
     pub preempt_hold: Option<watch::Receiver<bool>>,

@@ -62,8 +62,8 @@ pub(super) struct Runner {
     pub(super) vmac: Option<(String, u32)>,
     pub(super) vmac_hook: Option<VmacHook>,
     /// What the XDP dataplane serves without the address (see
-    /// [`crate::dataplane::Served`]).
-    pub(super) served: Option<crate::dataplane::Served>,
+    /// [`crate::vrrp::Served`]).
+    pub(super) served: Option<crate::vrrp::Served>,
     /// `master_bfd`: the BFD session to the master.
     pub(super) master_bfd: Option<watch::Receiver<Option<bool>>>,
     /// Preemption held back by the daemon (see [`Inputs::preempt_hold`]).
@@ -80,7 +80,7 @@ pub(super) struct Shared {
     pub(super) quorum: QuorumBoard,
     pub(super) states: Arc<watch::Sender<States>>,
     pub(super) vmac_hook: Option<VmacHook>,
-    pub(super) served: Option<crate::dataplane::Served>,
+    pub(super) served: Option<crate::vrrp::Served>,
     pub(super) preempt_hold: Option<watch::Receiver<bool>>,
 }
 
