@@ -252,3 +252,108 @@ pub fn pin_name(path: &Path) -> String {
     }
     out
 }
+
+impl Config {
+    /// The checks of `[global]` serde cannot express.
+    pub(super) fn validate_global(&self) -> Result<(), Problem> {
+        use Seg::Key;
+        let g = &self.global;
+        let iface = vec![Key("global"), Key("interface")];
+        if g.interface.is_empty() {
+            return Err(problem(iface, "must not be empty"));
+        }
+        if g.interface.len() > 15 || g.interface.contains(['/', ' ']) {
+            return Err(problem(
+                iface,
+                format!("`{}` is not a valid interface name", g.interface),
+            ));
+        }
+        if g.router_id.is_empty() {
+            return Err(problem(
+                vec![Key("global"), Key("router_id")],
+                "must not be empty",
+            ));
+        }
+        if let Some(dir) = &g.pin_dir
+            && (!dir.is_absolute() || dir == Path::new("/"))
+        {
+            return Err(problem(
+                vec![Key("global"), Key("pin_dir")],
+                format!("`{}` must be an absolute directory path", dir.display()),
+            ));
+        }
+        if g.udp_timeout == 0 {
+            return Err(problem(
+                vec![Key("global"), Key("udp_timeout")],
+                "must be at least 1 second",
+            ));
+        }
+        if !(1024..=16_777_216).contains(&g.flow_table_size) {
+            return Err(problem(
+                vec![Key("global"), Key("flow_table_size")],
+                "must be between 1024 and 16777216 flows",
+            ));
+        }
+        if let Some(b) = &g.bgp {
+            let at = |k: &'static str| vec![Key("global"), Key("bgp"), Key(k)];
+            for (k, v) in [
+                ("announce_delay", b.announce_delay),
+                ("withdraw_wait", b.withdraw_wait),
+            ] {
+                if !(0.0..=3600.0).contains(&v) {
+                    return Err(problem(at(k), "must be between 0 and 3600 seconds"));
+                }
+            }
+        }
+        if let Some(fs) = &g.flow_sync {
+            let at = |k: &'static str| vec![Key("global"), Key("flow_sync"), Key(k)];
+            if fs.key.len() < 8 {
+                return Err(problem(at("key"), "must be at least 8 characters"));
+            }
+            if fs.peers.is_empty() {
+                return Err(problem(at("peers"), "at least one peer is needed"));
+            }
+            // A socket of one family never hears the other's peers (only
+            // `[::]` takes both).
+            let listen = fs.listen.ip();
+            let dual = listen.is_ipv6() && listen.is_unspecified();
+            if let Some(p) = fs
+                .peers
+                .iter()
+                .find(|p| !dual && p.is_ipv4() != listen.is_ipv4())
+            {
+                return Err(problem(
+                    at("peers"),
+                    format!(
+                        "peer {p} is IPv{} but listen {} is IPv{}: listen on \"[::]:{}\" to sync with both families",
+                        if p.is_ipv4() { 4 } else { 6 },
+                        fs.listen,
+                        if listen.is_ipv4() { 4 } else { 6 },
+                        fs.listen.port()
+                    ),
+                ));
+            }
+            if !(fs.interval >= 0.05 && fs.interval <= 60.0) {
+                return Err(problem(
+                    at("interval"),
+                    "must be between 0.05 and 60 seconds",
+                ));
+            }
+            if !(fs.preempt_hold >= 0.0 && fs.preempt_hold <= 60.0) {
+                return Err(problem(
+                    at("preempt_hold"),
+                    "must be between 0 and 60 seconds",
+                ));
+            }
+        }
+        if let Some(group) = &g.control_group
+            && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))
+        {
+            return Err(problem(
+                vec![Key("global"), Key("control_group")],
+                format!("no group named `{group}` on this system"),
+            ));
+        }
+        Ok(())
+    }
+}

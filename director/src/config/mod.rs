@@ -39,7 +39,6 @@ mod health_check;
 pub mod routes;
 mod scripts;
 mod service;
-mod validate;
 mod vrrp;
 mod vrrp_validate;
 
@@ -322,6 +321,18 @@ impl Config {
             .find(|(_, v)| v.address() == vip && v.port() == port)
             .or_else(|| all().find(|(_, v)| v.serves(vip, port)))
             .map(|(i, _)| i)
+    }
+
+    /// The checks serde cannot express, each beside the section it checks:
+    /// `global`, `service` (its real servers' checkers in `health_check`),
+    /// `vrrp_validate`, `scripts`; then the dataplane's capacity. Reports the
+    /// first problem.
+    fn validate(&self) -> Result<(), Problem> {
+        self.validate_global()?;
+        let total = self.validate_services()?;
+        self.validate_vrrp()?;
+        self.validate_scripts()?;
+        self.validate_capacity(total)
     }
 
     /// Validates a configuration built in memory (runtime changes); the

@@ -8,7 +8,7 @@ impl Runner {
     where
         T: Default,
     {
-        match self.status.lock() {
+        match self.outputs.status.lock() {
             Ok(mut s) => f(&mut s),
             Err(_) => T::default(),
         }
@@ -21,28 +21,28 @@ impl Runner {
             Some(d) => std::fs::read_to_string(format!("/sys/class/net/{d}/ifindex"))
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
-            None if r.via.is_none() => Some(self.ifindex),
+            None if r.via.is_none() => Some(self.net.ifindex),
             None => None,
         }
     }
 
     /// Adds `virtual_routes` then `virtual_rules` (on becoming master).
     pub(super) async fn add_routes(&mut self) {
-        for r in self.routes.clone() {
+        for r in self.parsed.routes.clone() {
             let index = self.route_ifindex(&r);
             if r.dev.is_some() && index.is_none() {
                 error!(instance = %self.cfg.name, route = %r.text, "cannot add virtual route: no such interface");
                 continue;
             }
-            match routes::add_route(&self.handle, &r, index).await {
+            match routes::add_route(&self.net.handle, &r, index).await {
                 Ok(()) => debug!(instance = %self.cfg.name, route = %r.text, "virtual route added"),
                 Err(e) => {
                     error!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot add virtual route")
                 }
             }
         }
-        for r in self.rules.clone() {
-            match routes::add_rule(&self.handle, &r).await {
+        for r in self.parsed.rules.clone() {
+            match routes::add_rule(&self.net.handle, &r).await {
                 Ok(()) => debug!(instance = %self.cfg.name, rule = %r.text, "virtual rule added"),
                 Err(e) => {
                     error!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot add virtual rule")
@@ -54,18 +54,18 @@ impl Runner {
     /// Removes `virtual_rules` then `virtual_routes` (on leaving master, and
     /// at start: a daemon that died may have left them).
     pub(super) async fn remove_routes(&mut self) {
-        for r in self.rules.clone() {
-            if let Err(e) = routes::delete_rule(&self.handle, &r).await {
+        for r in self.parsed.rules.clone() {
+            if let Err(e) = routes::delete_rule(&self.net.handle, &r).await {
                 warn!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot remove virtual rule");
             }
         }
-        for r in self.routes.clone() {
+        for r in self.parsed.routes.clone() {
             let index = self.route_ifindex(&r);
             if r.dev.is_some() && index.is_none() {
                 // Its interface is gone, and the route with it.
                 continue;
             }
-            if let Err(e) = routes::delete_route(&self.handle, &r, index).await {
+            if let Err(e) = routes::delete_route(&self.net.handle, &r, index).await {
                 warn!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot remove virtual route");
             }
         }
@@ -75,13 +75,13 @@ impl Runner {
     /// without it being local: announced before it is added, clients move
     /// a netlink round trip sooner.
     fn served_without_addresses(&self) -> bool {
-        let Some(served) = &self.served else {
+        let Some(served) = &self.inputs.served else {
             return false;
         };
         let Ok(served) = served.read() else {
             return false;
         };
-        !self.vip_set.is_empty() && self.vip_set.iter().all(|a| served.contains(a))
+        !self.parsed.vip_set.is_empty() && self.parsed.vip_set.iter().all(|a| served.contains(a))
     }
 
     /// The first announcement of our addresses, then its delayed second
@@ -89,8 +89,8 @@ impl Runner {
     fn start_announcing(&mut self) {
         self.announce();
         let now = Instant::now();
-        self.garp_at = Some(now + Duration::from_secs(u64::from(self.cfg.garp_master_delay)));
-        self.refresh_at = (self.cfg.garp_master_refresh > 0)
+        self.state.garp_at = Some(now + Duration::from_secs(u64::from(self.cfg.garp_master_delay)));
+        self.state.refresh_at = (self.cfg.garp_master_refresh > 0)
             .then(|| now + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
     }
 
@@ -102,13 +102,13 @@ impl Runner {
                 Effect::VmacLink(up) => self.vmac_link(up).await,
                 Effect::StartAnnouncing => self.start_announcing(),
                 Effect::StopAnnouncing => {
-                    self.garp_at = None;
-                    self.refresh_at = None;
+                    self.state.garp_at = None;
+                    self.state.refresh_at = None;
                 }
                 Effect::AddAddresses => {
                     let index = self.address_ifindex();
-                    for a in self.vips.clone() {
-                        if let Err(e) = net::add_address(&self.handle, index, a).await {
+                    for a in self.parsed.vips.clone() {
+                        if let Err(e) = net::add_address(&self.net.handle, index, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
                     }
@@ -117,8 +117,8 @@ impl Runner {
                 Effect::RemoveRoutes => self.remove_routes().await,
                 Effect::RemoveAddresses => {
                     let index = self.address_ifindex();
-                    for a in self.vips.clone() {
-                        if let Err(e) = net::remove_address(&self.handle, index, a).await {
+                    for a in self.parsed.vips.clone() {
+                        if let Err(e) = net::remove_address(&self.net.handle, index, a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
                         }
                     }
@@ -141,10 +141,11 @@ impl Runner {
                 // a lasting split brain (or a host flooding adverts)
                 // brings one report per advert interval.
                 if self
+                    .state
                     .split_logged
                     .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
                 {
-                    self.split_logged = Some(std::time::Instant::now());
+                    self.state.split_logged = Some(std::time::Instant::now());
                     warn!(
                         instance = %self.cfg.name,
                         vrid = self.cfg.virtual_router_id,
@@ -159,17 +160,18 @@ impl Runner {
                 // once per SPLIT_NOTE_EVERY: a lasting split brain
                 // brings one advert per interval.
                 if self
+                    .state
                     .split_noted
                     .is_none_or(|t| t.elapsed() >= SPLIT_NOTE_EVERY)
                 {
-                    self.split_noted = Some(std::time::Instant::now());
+                    self.state.split_noted = Some(std::time::Instant::now());
                     self.notify("SPLIT_BRAIN");
                 }
             }
             Action::Transition {
                 from: State::Init,
                 to,
-            } if self.resumed => {
+            } if self.state.resumed => {
                 info!(
                     instance = %self.cfg.name,
                     vrid = self.cfg.virtual_router_id,
@@ -179,7 +181,10 @@ impl Runner {
                 );
             }
             Action::Transition { from, to } => {
-                let silence_ms = self.last_advert.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+                let silence_ms = self
+                    .state
+                    .last_advert
+                    .map(|t| t.elapsed().as_secs_f64() * 1000.0);
                 info!(
                     instance = %self.cfg.name,
                     vrid = self.cfg.virtual_router_id,
@@ -199,8 +204,8 @@ impl Runner {
                 if let Some(n) = name {
                     self.notify(n);
                 }
-                if !self.following
-                    && let Some(g) = &self.group
+                if !self.state.following
+                    && let Some(g) = &self.state.group
                 {
                     // Fault spreads to the group, and so does leaving it.
                     if to == State::Fault || from == State::Fault {
@@ -236,10 +241,10 @@ impl Runner {
         });
         let published = Published {
             state,
-            addresses: self.vip_set.clone(),
+            addresses: self.parsed.vip_set.clone(),
         };
         let name = &self.cfg.name;
-        self.states.send_if_modified(|m| {
+        self.outputs.states.send_if_modified(|m| {
             if m.get(name) == Some(&published) {
                 return false;
             }
@@ -265,7 +270,7 @@ impl Runner {
         Some(crate::handover::Instance {
             name: self.cfg.name.clone(),
             virtual_router_id: self.cfg.virtual_router_id,
-            interface: self.iface.clone(),
+            interface: self.net.iface.clone(),
             state: state.as_str().to_string(),
             virtual_ipaddress: self.cfg.address_texts(),
             advert_int: self.cfg.advert_int,
@@ -278,14 +283,14 @@ impl Runner {
             vrid: self.cfg.virtual_router_id,
             priority,
             interval_cs: self.cfg.advert_interval_cs(),
-            addresses: self.vips.iter().map(|a| a.address).collect(),
+            addresses: self.parsed.vips.iter().map(|a| a.address).collect(),
             auth: self
                 .cfg
                 .authentication
                 .as_ref()
                 .map(|a| (AUTH_PASS, auth_data(&a.auth_pass))),
         };
-        let src = self.socket.source();
+        let src = self.net.socket.source();
         let targets: Vec<IpAddr> = if self.cfg.unicast_peer.is_empty() {
             vec![if src.is_ipv6() {
                 MULTICAST_V6.into()
@@ -296,7 +301,7 @@ impl Runner {
             self.cfg.unicast_peer.clone()
         };
         for dst in targets {
-            match self.socket.send(dst, &advert.encode(src, dst)) {
+            match self.net.socket.send(dst, &advert.encode(src, dst)) {
                 Ok(()) => {
                     self.bump(|s| s.adverts_sent += 1);
                 }
@@ -304,7 +309,7 @@ impl Runner {
             }
         }
         // The same advert on every heartbeat path.
-        for h in &self.paths {
+        for h in &self.parsed.paths {
             let src = h.socket.source();
             let group: IpAddr = if src.is_ipv6() {
                 MULTICAST_V6.into()
@@ -326,7 +331,7 @@ impl Runner {
 
     /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
     pub(super) fn announce(&self) {
-        let addrs = &self.vips;
+        let addrs = &self.parsed.vips;
         let v4: Vec<_> = addrs
             .iter()
             .filter_map(|a| match a.address {
@@ -342,10 +347,10 @@ impl Runner {
             })
             .collect();
         for _ in 0..self.cfg.garp_master_repeat.max(1) {
-            if let Err(e) = self.announcer.garps(&v4) {
+            if let Err(e) = self.net.announcer.garps(&v4) {
                 warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP failed");
             }
-            if let Err(e) = self.announcer.nas(&v6) {
+            if let Err(e) = self.net.announcer.nas(&v6) {
                 warn!(instance = %self.cfg.name, error = %e, "neighbour advertisement failed");
             }
         }
@@ -356,22 +361,22 @@ impl Runner {
     /// master): whichever is due; one announcement when both are.
     pub(super) fn garp_burst(&mut self) {
         if self.machine.state() != State::Master {
-            self.garp_at = None;
-            self.refresh_at = None;
+            self.state.garp_at = None;
+            self.state.refresh_at = None;
             return;
         }
         let now = Instant::now();
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        let (delayed, refresh) = (due(self.garp_at), due(self.refresh_at));
+        let (delayed, refresh) = (due(self.state.garp_at), due(self.state.refresh_at));
         if !(delayed || refresh) {
             return;
         }
         self.announce();
         if delayed {
-            self.garp_at = None;
+            self.state.garp_at = None;
         }
         if refresh {
-            self.refresh_at =
+            self.state.refresh_at =
                 Some(now + Duration::from_secs(u64::from(self.cfg.garp_master_refresh)));
         }
     }
@@ -407,7 +412,7 @@ impl Runner {
         } else {
             self.cfg.name.clone()
         };
-        self.notifier.send(&subject, jobs);
+        self.outputs.notifier.send(&subject, jobs);
     }
 }
 
@@ -428,7 +433,9 @@ impl Runner {
             cmd.extend(["GROUP".to_string(), g.name.clone(), state.to_string()]);
             jobs.push(cmd);
         }
-        self.notifier.send(&format!("group {}", g.name), jobs);
+        self.outputs
+            .notifier
+            .send(&format!("group {}", g.name), jobs);
     }
 }
 

@@ -96,38 +96,38 @@ impl Runner {
     /// (see [`soft_change`]): notify scripts, tracking, priority, gratuitous
     /// ARP settings. The state, the VIPs and the adverts go on untouched.
     pub(super) async fn update(&mut self, new: VrrpInstance) {
-        (self.checks, self.files) = self.trackers.resolve(&new);
+        (self.inputs.checks, self.inputs.files) = self.inputs.trackers.resolve(&new);
         let (routes, rules) = parse_routes(&new);
-        if (&routes, &rules) != (&self.routes, &self.rules) {
+        if (&routes, &rules) != (&self.parsed.routes, &self.parsed.rules) {
             if self.machine.state() == State::Master {
                 // Those that went, then those that came (the same kept).
-                let old = std::mem::take(&mut self.routes);
-                let old_rules = std::mem::take(&mut self.rules);
-                self.routes = old
+                let old = std::mem::take(&mut self.parsed.routes);
+                let old_rules = std::mem::take(&mut self.parsed.rules);
+                self.parsed.routes = old
                     .iter()
                     .filter(|r| !routes.contains(r))
                     .cloned()
                     .collect();
-                self.rules = old_rules
+                self.parsed.rules = old_rules
                     .iter()
                     .filter(|r| !rules.contains(r))
                     .cloned()
                     .collect();
                 self.remove_routes().await;
-                self.routes = routes
+                self.parsed.routes = routes
                     .iter()
                     .filter(|r| !old.contains(r))
                     .cloned()
                     .collect();
-                self.rules = rules
+                self.parsed.rules = rules
                     .iter()
                     .filter(|r| !old_rules.contains(r))
                     .cloned()
                     .collect();
                 self.add_routes().await;
             }
-            self.routes = routes;
-            self.rules = rules;
+            self.parsed.routes = routes;
+            self.parsed.rules = rules;
         }
         info!(instance = %new.name, "VRRP instance updated in place by the reload");
         if new.garp_master_refresh != self.cfg.garp_master_refresh
@@ -135,7 +135,7 @@ impl Runner {
         {
             // A master refreshes at the new interval from now (none: no
             // more refreshes).
-            self.refresh_at = (new.garp_master_refresh > 0)
+            self.state.refresh_at = (new.garp_master_refresh > 0)
                 .then(|| Instant::now() + Duration::from_secs(u64::from(new.garp_master_refresh)));
         }
         let priority = new.priority;
@@ -148,13 +148,13 @@ impl Runner {
     /// its MAC changed (announcements carry the new one, and a master
     /// announces it at once). Retried every tick until it succeeds.
     pub(super) async fn follow_interface(&mut self) {
-        let old = self.links.link();
-        let now = match self.links.lookup_state(&self.iface).await {
+        let old = self.net.links.link();
+        let now = match self.net.links.lookup_state(&self.net.iface).await {
             Ok(Some((now, up))) => {
-                if up && !self.primary_up {
-                    self.primary_up_since = Some(std::time::Instant::now());
+                if up && !self.state.primary_up {
+                    self.state.primary_up_since = Some(std::time::Instant::now());
                 }
-                self.primary_up = up;
+                self.state.primary_up = up;
                 if now == old {
                     return;
                 }
@@ -162,7 +162,7 @@ impl Runner {
             }
             Ok(None) => {
                 // Deleted: down until it is back.
-                self.primary_up = false;
+                self.state.primary_up = false;
                 return;
             }
             Err(_) => return,
@@ -170,34 +170,34 @@ impl Runner {
         let name = self.cfg.name.clone();
         if now.index != old.index {
             // A virtual-MAC interface went with the old one.
-            if let Some((vname, _)) = self.vmac.clone() {
+            if let Some((vname, _)) = self.net.vmac.clone() {
                 let mac = crate::net::neighbor::Mac(self.cfg.vmac());
-                match net::create_vmac(&self.handle, &vname, now.index, mac, self.cfg.is_ipv6())
+                match net::create_vmac(&self.net.handle, &vname, now.index, mac, self.cfg.is_ipv6())
                     .await
                 {
-                    Ok(i) => self.vmac = Some((vname, i)),
+                    Ok(i) => self.net.vmac = Some((vname, i)),
                     Err(e) => {
                         debug!(instance = %name, error = %e, "virtual MAC interface not re-created yet");
                         return;
                     }
                 }
             }
-            let socket = match &self.vmac {
+            let socket = match &self.net.vmac {
                 Some((n, i)) if self.cfg.adverts_from_vmac() => VrrpSocket::open_on_device(
                     n,
                     *i,
-                    self.socket.source(),
+                    self.net.socket.source(),
                     self.cfg.unicast_peer.is_empty(),
                 ),
                 _ => VrrpSocket::open(
-                    &self.iface,
+                    &self.net.iface,
                     now.index,
-                    self.socket.source(),
+                    self.net.socket.source(),
                     self.cfg.unicast_peer.is_empty(),
                 ),
             };
             match socket {
-                Ok(s) => self.socket = s,
+                Ok(s) => self.net.socket = s,
                 Err(e) => {
                     // For example our address is not on the new interface
                     // yet: the next tick tries again.
@@ -206,17 +206,17 @@ impl Runner {
                 }
             }
         }
-        let announcer = match &self.vmac {
+        let announcer = match &self.net.vmac {
             Some((vname, index)) => net::Announcer::open(
                 vname,
                 *index,
                 crate::net::neighbor::Mac(self.cfg.vmac()),
                 self.cfg.is_ipv6(),
             ),
-            None => net::Announcer::open(&self.iface, now.index, now.mac, self.cfg.is_ipv6()),
+            None => net::Announcer::open(&self.net.iface, now.index, now.mac, self.cfg.is_ipv6()),
         };
         match announcer {
-            Ok(a) => self.announcer = a,
+            Ok(a) => self.net.announcer = a,
             Err(e) => {
                 debug!(instance = %name, error = %e, "announcer not reopened yet");
                 return;
@@ -224,15 +224,15 @@ impl Runner {
         }
         info!(
             instance = %name,
-            interface = %self.iface,
+            interface = %self.net.iface,
             old_ifindex = old.index,
             ifindex = now.index,
             old_mac = %old.mac,
             mac = %now.mac,
             "VRRP interface changed: following it"
         );
-        self.links.set_link(now);
-        self.ifindex = now.index;
+        self.net.links.set_link(now);
+        self.net.ifindex = now.index;
         if self.machine.state() == State::Master {
             // The addresses went with the old device; clients learn the
             // new MAC.
@@ -250,9 +250,10 @@ impl Runner {
         // backup that heard no master meanwhile would claim the VIP (a
         // split brain).
         let settled = self
+            .state
             .primary_up_since
             .is_some_and(|t| t.elapsed() >= PRIMARY_SETTLE);
-        let mut fault = !(self.cfg.dont_track_primary || self.primary_up && settled);
+        let mut fault = !(self.cfg.dont_track_primary || self.state.primary_up && settled);
         let mut priority = i32::from(self.cfg.priority);
         for i in &self.cfg.track_interface {
             let state = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", i.name()))
@@ -266,7 +267,7 @@ impl Runner {
                 Some(_) => {}
             }
         }
-        for (weight, rx) in &self.files {
+        for (weight, rx) in &self.inputs.files {
             let value = *rx.borrow();
             if *weight == 0 {
                 fault |= value != 0;
@@ -280,18 +281,23 @@ impl Runner {
             }
         }
         // An unreachable gateway forces Fault.
-        if self.gateways.iter().any(|g| *g.borrow() == Some(false)) {
+        if self
+            .inputs
+            .gateways
+            .iter()
+            .any(|g| *g.borrow() == Some(false))
+        {
             fault = true;
         }
         let services: Vec<(Option<bool>, i32)> = {
-            let q = self.quorum.borrow();
+            let q = self.inputs.quorum.borrow();
             self.cfg
                 .track_virtual_server
                 .iter()
                 .map(|t| (q.get(&t.id()).copied(), t.weight))
                 .collect()
         };
-        let checks = self.checks.iter().map(|(w, rx)| (*rx.borrow(), *w));
+        let checks = self.inputs.checks.iter().map(|(w, rx)| (*rx.borrow(), *w));
         for (up, weight) in checks.chain(services) {
             match (up, weight) {
                 (Some(false), 0) => fault = true,
@@ -301,7 +307,7 @@ impl Runner {
             }
         }
         let own = priority.clamp(1, 254) as u8;
-        let effective = match &self.group {
+        let effective = match &self.state.group {
             Some(g) => match g.priorities.lock() {
                 Ok(mut p) => {
                     p.insert(self.cfg.name.clone(), own);

@@ -9,12 +9,16 @@ impl Runner {
     pub(super) async fn received(&mut self, path: Option<usize>, p: Received) {
         match self.check(path, &p) {
             Ok(advert) => {
-                self.last_advert = Some(p.arrived);
+                self.state.last_advert = Some(p.arrived);
                 self.bump(|s| {
                     s.adverts_received += 1;
                     s.peer_seen = true;
                 });
-                let hold = self.preempt_hold.as_ref().is_some_and(|h| *h.borrow());
+                let hold = self
+                    .inputs
+                    .preempt_hold
+                    .as_ref()
+                    .is_some_and(|h| *h.borrow());
                 self.machine.hold_preemption(hold);
                 let actions = self.machine.step(
                     Event::Advert {
@@ -36,11 +40,12 @@ impl Runner {
                 // never logged. Others: one line per reason per interval.
                 let now = std::time::Instant::now();
                 let due = self
+                    .state
                     .drop_logged
                     .get(&reason)
                     .is_none_or(|t| now.duration_since(*t) >= DROP_LOG_EVERY);
                 if reason != Reject::Vrid && due {
-                    self.drop_logged.insert(reason, now);
+                    self.state.drop_logged.insert(reason, now);
                     warn!(instance = %self.cfg.name, from = %p.src, %reason, count, "VRRP packet dropped (logged at most every 10 s per reason)");
                 }
             }
@@ -49,9 +54,9 @@ impl Runner {
 
     /// RFC 5798 7.1 / RFC 3768 7.1 receive checks ([`packet::accept`]).
     pub(super) fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
-        let (own, peers) = match path.and_then(|i| self.paths.get(i)) {
-            Some(h) => ([h.socket.source(), self.socket.source()], &h.peers),
-            None => ([self.socket.source(); 2], &self.cfg.unicast_peer),
+        let (own, peers) = match path.and_then(|i| self.parsed.paths.get(i)) {
+            Some(h) => ([h.socket.source(), self.net.socket.source()], &h.peers),
+            None => ([self.net.socket.source(); 2], &self.cfg.unicast_peer),
         };
         let expect = packet::Expect {
             own: &own,
@@ -64,7 +69,7 @@ impl Runner {
                 .as_ref()
                 .map(|a| auth_data(&a.auth_pass)),
             peers,
-            addresses: &self.vip_set,
+            addresses: &self.parsed.vip_set,
         };
         packet::accept(&expect, &p.payload, p.src, p.dst, p.ttl)
     }

@@ -2,47 +2,44 @@
 
 use super::*;
 
+/// One instance's runner, in holo's shape: its config, its state machine,
+/// and its fields grouped by what they are for.
 pub(super) struct Runner {
-    /// Extra heartbeat paths (`heartbeat`).
-    pub(super) paths: Vec<HbPath>,
-    /// `track_gateway` verdicts (`None` until the first).
-    pub(super) gateways: Vec<watch::Receiver<Option<bool>>>,
+    pub(super) cfg: VrrpInstance,
+    /// The parsed parts of `cfg`.
+    pub(super) parsed: Parsed,
+    pub(super) machine: Machine,
+    /// What the runner remembers beside the state machine.
+    pub(super) state: RunState,
+    /// Where the instance meets the network: its interface, sockets and netlink.
+    pub(super) net: Net,
+    /// What it reads: tracked verdicts, quorum, BFD, the daemon's holds.
+    pub(super) inputs: Watched,
+    /// Where it reports: status, published states, notifications, the dataplane's virtual-MAC hook.
+    pub(super) outputs: Reports,
+}
+
+/// What the config says, parsed once (not per packet).
+pub(super) struct Parsed {
     /// The parsed `virtual_ipaddress` list (parsed once, not per packet).
     pub(super) vips: Vec<crate::config::VirtualAddress>,
     /// Their addresses, sorted: what a valid advert must carry.
     pub(super) vip_set: Vec<IpAddr>,
-    pub(super) group: Option<SyncGroup>,
+    /// `virtual_routes` and `virtual_rules`, parsed (held while master).
+    pub(super) routes: Vec<routes::VirtualRoute>,
+    pub(super) rules: Vec<routes::VirtualRule>,
+    /// Extra heartbeat paths (`heartbeat`).
+    pub(super) paths: Vec<HbPath>,
+}
+
+/// What the runner remembers beside the state machine.
+pub(super) struct RunState {
     /// Performing a `Follow`: transitions are not re-broadcast as our own.
     pub(super) following: bool,
-    pub(super) cfg: VrrpInstance,
-    /// The instance's interface, followed when it is re-created or its MAC
-    /// changes.
-    pub(super) iface: String,
-    pub(super) ifindex: u32,
     /// Whether the own interface is up and running (tracked unless
     /// `dont_track_primary`), and since when it is (`None`: down).
     pub(super) primary_up: bool,
     pub(super) primary_up_since: Option<std::time::Instant>,
-    pub(super) handle: rtnetlink::Handle,
-    pub(super) links: Neighbors,
-    pub(super) socket: VrrpSocket,
-    pub(super) announcer: net::Announcer,
-    pub(super) machine: Machine,
-    pub(super) status: Arc<Mutex<InstanceStatus>>,
-    /// This instance's tracked scripts and processes with its weights.
-    pub(super) checks: Vec<(i32, watch::Receiver<Option<bool>>)>,
-    /// This instance's tracked files with its weights.
-    pub(super) files: Vec<(i32, watch::Receiver<i64>)>,
-    /// Every tracked item's verdict, for a reload that changes what the
-    /// instance tracks.
-    pub(super) trackers: Trackers,
-    /// `virtual_routes` and `virtual_rules`, parsed (held while master).
-    pub(super) routes: Vec<routes::VirtualRoute>,
-    pub(super) rules: Vec<routes::VirtualRule>,
-    pub(super) quorum: QuorumBoard,
-    /// Where this instance's state is published.
-    pub(super) states: Arc<watch::Sender<States>>,
-    pub(super) notifier: Notifier,
     /// When a split brain was last notified and logged (each at most once
     /// per SPLIT_NOTE_EVERY).
     pub(super) split_noted: Option<std::time::Instant>,
@@ -58,19 +55,54 @@ pub(super) struct Runner {
     /// When each drop reason was last logged (one line per reason per
     /// DROP_LOG_EVERY, however many packets a flood brings).
     pub(super) drop_logged: BTreeMap<Reject, std::time::Instant>,
+    /// Taking over from the previous process: the first transition is
+    /// the state it had, not a change (no notification).
+    pub(super) resumed: bool,
+    pub(super) group: Option<SyncGroup>,
+}
+
+/// Where the instance meets the network: its interface, sockets and netlink.
+pub(super) struct Net {
+    /// The instance's interface, followed when it is re-created or its MAC
+    /// changes.
+    pub(super) iface: String,
+    pub(super) ifindex: u32,
+    pub(super) handle: rtnetlink::Handle,
+    pub(super) links: Neighbors,
+    pub(super) socket: VrrpSocket,
+    pub(super) announcer: net::Announcer,
     /// The virtual-MAC interface (`use_vmac`): name and index.
     pub(super) vmac: Option<(String, u32)>,
-    pub(super) vmac_hook: Option<VmacHook>,
-    /// What the XDP dataplane serves without the address (see
-    /// [`crate::vrrp::Served`]).
-    pub(super) served: Option<crate::vrrp::Served>,
+}
+
+/// What it reads: tracked verdicts, quorum, BFD, the daemon's holds.
+pub(super) struct Watched {
+    /// `track_gateway` verdicts (`None` until the first).
+    pub(super) gateways: Vec<watch::Receiver<Option<bool>>>,
+    /// This instance's tracked scripts and processes with its weights.
+    pub(super) checks: Vec<(i32, watch::Receiver<Option<bool>>)>,
+    /// This instance's tracked files with its weights.
+    pub(super) files: Vec<(i32, watch::Receiver<i64>)>,
+    /// Every tracked item's verdict, for a reload that changes what the
+    /// instance tracks.
+    pub(super) trackers: Trackers,
+    pub(super) quorum: QuorumBoard,
     /// `master_bfd`: the BFD session to the master.
     pub(super) master_bfd: Option<watch::Receiver<Option<bool>>>,
     /// Preemption held back by the daemon (see [`Inputs::preempt_hold`]).
     pub(super) preempt_hold: Option<watch::Receiver<bool>>,
-    /// Taking over from the previous process: the first transition is
-    /// the state it had, not a change (no notification).
-    pub(super) resumed: bool,
+    /// What the XDP dataplane serves without the address (see
+    /// [`crate::vrrp::Served`]).
+    pub(super) served: Option<crate::vrrp::Served>,
+}
+
+/// Where it reports: status, published states, notifications, the dataplane's virtual-MAC hook.
+pub(super) struct Reports {
+    pub(super) status: Arc<Mutex<InstanceStatus>>,
+    /// Where this instance's state is published.
+    pub(super) states: Arc<watch::Sender<States>>,
+    pub(super) notifier: Notifier,
+    pub(super) vmac_hook: Option<VmacHook>,
 }
 
 /// What every instance of the VRRP thread shares.
@@ -267,70 +299,80 @@ impl Runner {
         let mut vip_set: Vec<IpAddr> = vips.iter().map(|a| a.address).collect();
         vip_set.sort();
         Ok(Runner {
-            paths,
-            gateways,
-            vips,
-            vip_set,
-            group,
-            following: false,
-            iface,
-            ifindex: link.index,
-            primary_up: true,
-            primary_up_since: std::time::Instant::now().checked_sub(PRIMARY_SETTLE),
-            handle,
-            links,
-            socket,
-            announcer,
+            parsed: Parsed {
+                vips,
+                vip_set,
+                routes: vroutes,
+                rules: vrules,
+                paths,
+            },
+            state: RunState {
+                following: false,
+                primary_up: true,
+                primary_up_since: std::time::Instant::now().checked_sub(PRIMARY_SETTLE),
+                split_noted: None,
+                split_logged: None,
+                garp_at: None,
+                refresh_at: None,
+                last_advert: None,
+                drop_logged: BTreeMap::new(),
+                resumed: resume.is_some(),
+                group,
+            },
+            net: Net {
+                iface,
+                ifindex: link.index,
+                handle,
+                links,
+                socket,
+                announcer,
+                vmac,
+            },
+            inputs: Watched {
+                gateways,
+                checks,
+                files,
+                trackers: trackers.clone(),
+                quorum,
+                master_bfd: cfg
+                    .master_bfd
+                    .as_ref()
+                    .and_then(|n| shared.trackers.bfd.get(n))
+                    .map(|(_, rx)| rx.clone()),
+                preempt_hold,
+                served,
+            },
+            outputs: Reports {
+                status,
+                states,
+                notifier,
+                vmac_hook,
+            },
             machine,
-            status,
-            checks,
-            files,
-            trackers: trackers.clone(),
-            routes: vroutes,
-            rules: vrules,
-            quorum,
-            states,
-            notifier,
-            split_noted: None,
-            split_logged: None,
-            garp_at: None,
-            refresh_at: None,
-            last_advert: None,
-            drop_logged: BTreeMap::new(),
-            vmac,
-            vmac_hook,
-            served,
-            preempt_hold,
-            master_bfd: cfg
-                .master_bfd
-                .as_ref()
-                .and_then(|n| shared.trackers.bfd.get(n))
-                .map(|(_, rx)| rx.clone()),
-            resumed: resume.is_some(),
             cfg,
         })
     }
 
     /// Where the virtual addresses go: the virtual-MAC interface, or ours.
     pub(super) fn address_ifindex(&self) -> u32 {
-        self.vmac.as_ref().map_or(self.ifindex, |(_, i)| *i)
+        self.net.vmac.as_ref().map_or(self.net.ifindex, |(_, i)| *i)
     }
 
     /// Tells the dataplane whether our virtual MAC is ours now.
     /// An IPv6 virtual-MAC interface is up only while master (see
     /// [`net::create_vmac`]).
     pub(super) async fn vmac_link(&self, up: bool) {
-        if let Some((vname, index)) = &self.vmac
+        if let Some((vname, index)) = &self.net.vmac
             && self.cfg.is_ipv6()
-            && let Err(e) = net::set_link(&self.handle, *index, up).await
+            && let Err(e) = net::set_link(&self.net.handle, *index, up).await
         {
             warn!(instance = %self.cfg.name, interface = %vname, up, error = %e, "cannot set the virtual MAC interface's state");
         }
     }
 
     pub(super) fn own_vmac(&self, ours: bool) {
-        if self.vmac.is_some()
-            && let Some(hook) = &self.vmac_hook
+        if self.net.vmac.is_some()
+            && let Some(hook) = &self.outputs.vmac_hook
         {
             hook(self.cfg.vmac(), ours);
         }
@@ -343,12 +385,12 @@ impl Runner {
             self.perform(vec![Action::RemoveAddresses]).await;
         }
         self.perform(actions).await;
-        self.resumed = false;
+        self.state.resumed = false;
         let mut tracking = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
         let mut tracked = (false, self.cfg.priority);
-        let mut master_bfd = self.master_bfd.clone();
-        let mut quorum = self.quorum.clone();
+        let mut master_bfd = self.inputs.master_bfd.clone();
+        let mut quorum = self.inputs.quorum.clone();
         // The protocol's deadlines on a timerfd: tokio's wheel would wake
         // up to a millisecond late.
         let timer = match crate::vrrp::timer::PreciseTimer::new() {
@@ -376,12 +418,12 @@ impl Runner {
             } else {
                 deadline
             };
-            let garp = match (self.garp_at, self.refresh_at) {
+            let garp = match (self.state.garp_at, self.state.refresh_at) {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => a.or(b).unwrap_or(far),
             };
             let peer = async {
-                match self.group.as_mut() {
+                match self.state.group.as_mut() {
                     Some(g) => g.rx.recv().await.ok(),
                     None => std::future::pending().await,
                 }
@@ -407,8 +449,8 @@ impl Runner {
                     let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
                     self.perform(actions).await;
                     // The virtual-MAC interface goes with the instance.
-                    if let Some((vname, _)) = &self.vmac
-                        && let Err(e) = net::delete_vmac(&self.handle, vname).await
+                    if let Some((vname, _)) = &self.net.vmac
+                        && let Err(e) = net::delete_vmac(&self.net.handle, vname).await
                     {
                         warn!(instance = %self.cfg.name, interface = %vname, error = %e, "cannot remove the virtual MAC interface");
                     }
@@ -462,14 +504,14 @@ impl Runner {
                     let actions = self.machine.step(Event::Timer, now);
                     self.perform(actions).await;
                 }
-                r = self.socket.recv() => match r {
+                r = self.net.socket.recv() => match r {
                     Ok(p) => self.received(None, p).await,
                     Err(e) => {
                         warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                (i, r) = recv_paths(&self.paths) => match r {
+                (i, r) = recv_paths(&self.parsed.paths) => match r {
                     Ok(p) => self.received(Some(i), p).await,
                     Err(e) => {
                         warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
@@ -492,16 +534,16 @@ impl Runner {
                 Some((member, state)) = peer => {
                     if member != self.cfg.name && state != self.machine.state() {
                         let a = self.machine.step(Event::Follow(state), std::time::Instant::now());
-                        self.following = true;
+                        self.state.following = true;
                         self.perform(a).await;
-                        self.following = false;
+                        self.state.following = false;
                     }
                 }
                 _ = tracking.tick() => {
                     ticks += 1;
                     self.follow_interface().await;
                     // Every 30 s: a router that never heard a peer says so.
-                    if ticks % 300 == 1 && !self.cfg.standalone && self.last_advert.is_none() && ticks > 1 {
+                    if ticks % 300 == 1 && !self.cfg.standalone && self.state.last_advert.is_none() && ticks > 1 {
                         warn!(
                             instance = %self.cfg.name,
                             vrid = self.cfg.virtual_router_id,
@@ -538,14 +580,14 @@ impl Runner {
         let mut read = 0;
         let within = |read: usize| read < DRAIN_PACKETS && started.elapsed() < DRAIN_TIME;
         while within(read)
-            && let Ok(Some(p)) = self.socket.try_recv()
+            && let Ok(Some(p)) = self.net.socket.try_recv()
         {
             self.received(None, p).await;
             read += 1;
         }
-        for i in 0..self.paths.len() {
+        for i in 0..self.parsed.paths.len() {
             while within(read)
-                && let Ok(Some(p)) = self.paths[i].socket.try_recv()
+                && let Ok(Some(p)) = self.parsed.paths[i].socket.try_recv()
             {
                 self.received(Some(i), p).await;
                 read += 1;
@@ -558,7 +600,7 @@ impl Runner {
     /// advert moves the deadline; the loop then sleeps again).
     async fn wait_out(&mut self, deadline: std::time::Instant) {
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(p)) = self.socket.try_recv() {
+            if let Ok(Some(p)) = self.net.socket.try_recv() {
                 self.received(None, p).await;
                 return;
             }
