@@ -15,7 +15,7 @@ pub(crate) fn choose(
     ctx: &XdpContext,
     key: &FlowKey,
     l4: usize,
-) -> Result<(u32, &'static Backend, u32, u8), Pass> {
+) -> Result<(u32, &'static Backend, u32, u8), ToKernel> {
     let udp = key.protocol == IPPROTO_UDP;
     // UDP flows expire (they have no end); TCP flows live until a new
     // flow needs their way, or, once closing, until idle.
@@ -60,7 +60,7 @@ pub(crate) fn choose(
         0
     };
     match found {
-        Found::Entry(index, e) => {
+        InBuckets::Entry(index, e) => {
             // SAFETY: a pointer into the table's element; each field used
             // is read once, as a scalar (another CPU may rewrite the way:
             // `checks` held; no 64-byte copy on the stack).
@@ -116,23 +116,23 @@ pub(crate) fn choose(
             }
             way = Some(index);
         }
-        Found::Torn(index) | Found::Free(index) => way = Some(index),
-        Found::Missing | Found::Full => {}
+        InBuckets::Torn(index) | InBuckets::Free(index) => way = Some(index),
+        InBuckets::Missing | InBuckets::Full => {}
     }
 
     // 2. A new flow (or one whose server left): place it, and record it
     // unless this CPU is past its new-flow limit (a flood), in the way its
-    // key had or the way `victim` picks. Past the limit nothing of it is
+    // key had or the way `way_for_new_flow` picks. Past the limit nothing of it is
     // recorded anywhere: not its flow entry, not a persistence entry, not
     // a fragment entry (a spoofed flood would evict real clients'
     // affinities from those LRU tables).
-    let service = find_service(key).ok_or(Pass)?;
+    let service = find_service(key).ok_or(ToKernel)?;
     let recorded = record_new_flow();
-    let (id, b, pending) = place(key, &service, now, recorded)?;
+    let (id, b, pending) = place_new_flow(key, &service, now, recorded)?;
     if recorded {
         let way = match way {
             Some(index) => Some(index),
-            None => victim(b1, b2, check),
+            None => way_for_new_flow(b1, b2, check),
         };
         if let Some(index) = way {
             record(
@@ -182,12 +182,12 @@ pub(crate) fn closing_goes_on(e: *mut FlowEntry, atime: u64, syn: bool) -> bool 
 /// `record`, the SYN-flood guard's verdict) and is confirmed by the flow's
 /// second packet ([`confirm_affinity`]); a confirmed one is refreshed.
 #[inline(always)]
-pub(crate) fn place(
+pub(crate) fn place_new_flow(
     key: &FlowKey,
     service: &ServiceValue,
     now: u64,
     record: bool,
-) -> Result<(u32, &'static Backend, bool), Pass> {
+) -> Result<(u32, &'static Backend, bool), ToKernel> {
     let persistent = service.flags & SVC_PERSISTENT != 0;
     let now = if persistent && now == 0 {
         // SAFETY: a helper without arguments.
@@ -200,7 +200,7 @@ pub(crate) fn place(
     // the limit older verifiers allow).
     let scratch = if persistent {
         // Verifier: index 0 of a one-element per-CPU array always exists.
-        let s = AFFINITY_SCRATCH.get_ptr_mut(0).ok_or(Pass)?;
+        let s = AFFINITY_SCRATCH.get_ptr_mut(0).ok_or(ToKernel)?;
         // SAFETY: this CPU's element; XDP runs with preemption disabled.
         unsafe {
             (*s).key.src = key.src;
@@ -220,13 +220,13 @@ pub(crate) fn place(
                 let id = p.backend;
                 (*s).value = FlowValue::new(id, p.generation, service.id, now);
                 let _ = PERSIST.insert(&(*s).key, &(*s).value, 0);
-                return Ok((id, backend(id).ok_or(Pass)?, false));
+                return Ok((id, backend(id).ok_or(ToKernel)?, false));
             }
             if let Some(p) = PERSIST_PENDING.get(&(*s).key)
                 && affinity_holds(p, now, timeout)
             {
                 let id = p.backend;
-                return Ok((id, backend(id).ok_or(Pass)?, true));
+                return Ok((id, backend(id).ok_or(ToKernel)?, true));
             }
         }
     }
@@ -235,8 +235,8 @@ pub(crate) fn place(
     } else {
         flow_hash(key)
     };
-    let id = maglev(service, hash).ok_or(Pass)?;
-    let b = backend(id).ok_or(Pass)?;
+    let id = maglev(service, hash).ok_or(ToKernel)?;
+    let b = backend(id).ok_or(ToKernel)?;
     if let Some(s) = scratch
         && record
     {

@@ -5,7 +5,7 @@ use super::*;
 /// Sends the frame through a tunnel to real server `id`: inside an outer
 /// IP header to the server's address, to the next hop's MAC.
 #[inline(always)]
-pub(crate) fn send(ctx: &XdpContext, id: u32, hash: u32) -> u32 {
+pub(crate) fn tunnel_to(ctx: &XdpContext, id: u32, hash: u32) -> u32 {
     let (Some(b), Some(s)) = (BACKENDS.get(id), SETTINGS.get(0)) else {
         return xdp_action::XDP_DROP;
     };
@@ -42,7 +42,7 @@ pub(crate) fn encapsulate4(
     b: &Backend,
     s: &Settings,
     hash: u32,
-) -> Result<u32, Pass> {
+) -> Result<u32, ToKernel> {
     let first: [u8; 8] = read(ctx, ETH_LEN)?;
     let len = ip_len(ctx);
     if len + IPV4_LEN > s.mtu as usize {
@@ -56,7 +56,7 @@ pub(crate) fn encapsulate4(
     }
     // SAFETY: the helper checks the headroom itself.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_LEN as i32)) } != 0 {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     // After adjust_head every pointer is checked again (for the verifier:
     // the helper made the room).
@@ -106,7 +106,7 @@ pub(crate) fn encapsulate6(
     b: &Backend,
     s: &Settings,
     hash: u32,
-) -> Result<u32, Pass> {
+) -> Result<u32, ToKernel> {
     let first: [u8; 2] = read(ctx, ETH_LEN)?;
     let len = ip_len(ctx);
     if len + IPV6_LEN > s.mtu as usize {
@@ -117,7 +117,7 @@ pub(crate) fn encapsulate6(
     }
     // SAFETY: the helper checks the headroom itself.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_LEN as i32)) } != 0 {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     let (Ok(eth), Ok(ip)) = (
         ptr_at::<[u8; ETH_LEN]>(ctx, 0),

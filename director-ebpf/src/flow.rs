@@ -114,10 +114,10 @@ pub(crate) fn table_buckets() -> u32 {
 /// its second `b2` only when `b1` is full (a flow goes to its second
 /// bucket only then, and ways are never emptied).
 #[inline(always)]
-pub(crate) fn find_flow(key: &FlowKey, check: u32, b1: u32, b2: u32) -> Found {
+pub(crate) fn find_flow(key: &FlowKey, check: u32, b1: u32, b2: u32) -> InBuckets {
     match find_in(key, check, b1) {
-        Found::Full => match find_in(key, check, b2) {
-            Found::Full => Found::Missing,
+        InBuckets::Full => match find_in(key, check, b2) {
+            InBuckets::Full => InBuckets::Missing,
             found => found,
         },
         found => found,
@@ -128,39 +128,44 @@ pub(crate) fn find_flow(key: &FlowKey, check: u32, b1: u32, b2: u32) -> Found {
 /// never emptied, so an empty way ends the search, and is where a new
 /// entry for the key goes (no tag word read to find it).
 #[inline(always)]
-pub(crate) fn find_in(key: &FlowKey, check: u32, first: u32) -> Found {
+pub(crate) fn find_in(key: &FlowKey, check: u32, first: u32) -> InBuckets {
     let mut w = 0;
     while w < FLOW_WAYS {
         let index = first + w;
         // Verifier: `first` is below the table's size by construction.
         let Some(e) = FLOWS.get_ptr_mut(index) else {
-            return Found::Missing;
+            return InBuckets::Missing;
         };
         // SAFETY: a pointer into the table's element.
         if unsafe { (*e).key.protocol } == 0 {
-            return Found::Free(index);
+            return InBuckets::Free(index);
         }
-        if let Some(found) = holding(index, e, key, check) {
+        if let Some(found) = way_holding(index, e, key, check) {
             return found;
         }
         w += 1;
     }
-    Found::Full
+    InBuckets::Full
 }
 
 /// What way `index` (at `e`) is for `key` when it holds it: its entry, or
 /// torn when its value does not check; `None` for another key.
 #[inline(always)]
-pub(crate) fn holding(index: u32, e: *mut FlowEntry, key: &FlowKey, check: u32) -> Option<Found> {
+pub(crate) fn way_holding(
+    index: u32,
+    e: *mut FlowEntry,
+    key: &FlowKey,
+    check: u32,
+) -> Option<InBuckets> {
     // SAFETY: a pointer into the table's element.
     let entry = unsafe { &*e };
     if !entry.key.same(key) {
         return None;
     }
     Some(if entry.checks(check) {
-        Found::Entry(index, e)
+        InBuckets::Entry(index, e)
     } else {
-        Found::Torn(index)
+        InBuckets::Torn(index)
     })
 }
 
@@ -170,9 +175,9 @@ pub(crate) fn holding(index: u32, e: *mut FlowEntry, key: &FlowKey, check: u32) 
 /// words say which ways may hold the key and where a free way is, so the
 /// entry's uncached line is written, never read.
 #[inline(always)]
-pub(crate) fn find_opening(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> Found {
+pub(crate) fn find_opening(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> InBuckets {
     if !occupied(b1) {
-        return Found::Free(b1);
+        return InBuckets::Free(b1);
     }
     find_tagged(key, check, tag, b1, b2)
 }
@@ -180,32 +185,32 @@ pub(crate) fn find_opening(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32)
 /// [`find_flow`] through the tag words: only ways tagged with `tag` are
 /// read (a new connection's entry is almost never there).
 #[inline(always)]
-pub(crate) fn find_tagged(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> Found {
+pub(crate) fn find_tagged(key: &FlowKey, check: u32, tag: u8, b1: u32, b2: u32) -> InBuckets {
     let t1 = tags(b1);
     match find_tag(key, check, tag, t1, b1) {
-        Found::Missing if full(t1) => find_tag(key, check, tag, tags(b2), b2),
+        InBuckets::Missing if full(t1) => find_tag(key, check, tag, tags(b2), b2),
         found => found,
     }
 }
 
 /// The way of bucket `first` (tag word `t`) tagged `tag` that holds `key`.
 #[inline(always)]
-pub(crate) fn find_tag(key: &FlowKey, check: u32, tag: u8, t: u32, first: u32) -> Found {
+pub(crate) fn find_tag(key: &FlowKey, check: u32, tag: u8, t: u32, first: u32) -> InBuckets {
     let mut w = 0;
     while w < FLOW_WAYS {
         if (t >> (8 * w)) as u8 == tag {
             let index = first + w;
             // Verifier: as in find_in.
             let Some(e) = FLOWS.get_ptr_mut(index) else {
-                return Found::Missing;
+                return InBuckets::Missing;
             };
-            if let Some(found) = holding(index, e, key, check) {
+            if let Some(found) = way_holding(index, e, key, check) {
                 return found;
             }
         }
         w += 1;
     }
-    Found::Missing
+    InBuckets::Missing
 }
 
 /// The first empty way of a bucket by its tag word.
@@ -226,7 +231,7 @@ pub(crate) fn empty_way(t: u32) -> Option<u32> {
 /// eviction or whose connection is closing, else (all used) one of `b1`
 /// picked by the hash, and every way's use in `b1` starts over.
 #[inline(always)]
-pub(crate) fn victim(b1: u32, b2: u32, check: u32) -> Option<u32> {
+pub(crate) fn way_for_new_flow(b1: u32, b2: u32, check: u32) -> Option<u32> {
     if let Some(w) = empty_way(tags(b1)) {
         return Some(b1 + w);
     }

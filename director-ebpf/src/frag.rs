@@ -19,7 +19,7 @@ pub(crate) fn frag_key(packet: &Packet) -> FragKey {
 /// the VIP's fragment entry by what the addresses tell: the client's
 /// affinity with persistence, the client with `sh`, else both addresses.
 #[inline(always)]
-pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
+pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Forwarded, ToKernel> {
     let key = &packet.key;
     // SAFETY: copied out at once.
     if let Some(f) = unsafe { FRAGS.get(&frag_key(packet)) }.copied()
@@ -27,7 +27,7 @@ pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out,
         && b.generation == f.generation
     {
         count(ctx, f.service, f.backend, false);
-        return Ok(sent(ctx, f.backend, b, key));
+        return Ok(forward_to(ctx, f.backend, b, key));
     }
     let flags = KEY_FRAGMENT | if key.flags & FLOW_V6 != 0 { KEY_V6 } else { 0 };
     let service = match service(key, [0, 0], flags) {
@@ -43,7 +43,7 @@ pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out,
                     port: [0, 0],
                 },
             ))
-            .ok_or(Pass)?,
+            .ok_or(ToKernel)?,
     };
     if service.flags & SVC_PERSISTENT != 0 {
         let pkey = PersistKey {
@@ -68,7 +68,7 @@ pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out,
             && let Some(b) = backend(id)
         {
             count(ctx, service.id, id, false);
-            return Ok(sent(ctx, id, b, key));
+            return Ok(forward_to(ctx, id, b, key));
         }
     }
     let hash = if service.flags & SVC_SOURCE_HASH != 0 {
@@ -76,8 +76,8 @@ pub(crate) fn forward_fragment(ctx: &XdpContext, packet: &Packet) -> Result<Out,
     } else {
         addr_hash(&key.src, &key.dst)
     };
-    let id = maglev(&service, hash).ok_or(Pass)?;
-    let b = backend(id).ok_or(Pass)?;
+    let id = maglev(&service, hash).ok_or(ToKernel)?;
+    let b = backend(id).ok_or(ToKernel)?;
     count(ctx, service.id, id, false);
-    Ok(sent(ctx, id, b, key))
+    Ok(forward_to(ctx, id, b, key))
 }

@@ -7,7 +7,7 @@ use super::*;
 /// the VIP to a client: send it to that real server, so path MTU discovery
 /// works through the director.
 #[inline(always)]
-pub(crate) fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Out, Pass> {
+pub(crate) fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Forwarded, ToKernel> {
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let icmp: [u8; 2] = read(ctx, packet.l4)?;
     let inner = packet.l4 + 8;
@@ -17,7 +17,7 @@ pub(crate) fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Ou
     };
     let ports_at = if v6 {
         if icmp[0] != 2 {
-            return Err(Pass);
+            return Err(ToKernel);
         }
         // SAFETY: ptr_at checked the header is inside the frame; read in
         // place (no copy on the BPF stack).
@@ -29,13 +29,13 @@ pub(crate) fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Ou
         inner + IPV6_LEN
     } else {
         if icmp[0] != 3 || icmp[1] != 4 {
-            return Err(Pass);
+            return Err(ToKernel);
         }
         // SAFETY: as above.
         let h = unsafe { &*ptr_at::<[u8; IPV4_LEN]>(ctx, inner)? };
         let ihl = ((h[0] & 0x0f) as usize) * 4; // masked: bounded for the verifier
         if ihl < IPV4_LEN {
-            return Err(Pass);
+            return Err(ToKernel);
         }
         key.protocol = h[9];
         key.dst[..4].copy_from_slice(&h[12..16]);
@@ -44,33 +44,33 @@ pub(crate) fn forward_icmp_error(ctx: &XdpContext, packet: &Packet) -> Result<Ou
     };
     // The ICMP error must be addressed to the VIP the quoted packet came from.
     if key.dst != packet.key.dst {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     if key.protocol != IPPROTO_TCP && key.protocol != IPPROTO_UDP {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     let ports: [u8; 4] = read(ctx, ports_at)?;
     key.dport = [ports[0], ports[1]];
     key.sport = [ports[2], ports[3]];
-    let service = find_service(&key).ok_or(Pass)?;
+    let service = find_service(&key).ok_or(ToKernel)?;
     let seed = SETTINGS.get(0).map_or(0, |s| s.flow_seed);
     let hash = flow_table_hash(&key, seed);
     let (b1, b2) = flow_buckets(hash, table_buckets());
     let id = match find_flow(&key, hash as u32, b1, b2) {
         // SAFETY: a pointer into the table's element.
-        Found::Entry(_, e) => u32::from(unsafe { (*e).backend }),
-        Found::Torn(_) | Found::Missing | Found::Full | Found::Free(_) => {
+        InBuckets::Entry(_, e) => u32::from(unsafe { (*e).backend }),
+        InBuckets::Torn(_) | InBuckets::Missing | InBuckets::Full | InBuckets::Free(_) => {
             let hash = if service.flags & SVC_SOURCE_HASH != 0 {
                 source_hash(&key.src)
             } else {
                 flow_hash(&key)
             };
-            maglev(&service, hash).ok_or(Pass)?
+            maglev(&service, hash).ok_or(ToKernel)?
         }
     };
-    let b = backend(id).ok_or(Pass)?;
+    let b = backend(id).ok_or(ToKernel)?;
     count(ctx, service.id, id, false);
-    Ok(sent(ctx, id, b, &key))
+    Ok(forward_to(ctx, id, b, &key))
 }
 
 /// Bytes of the client's packet an ICMP "fragmentation needed" quotes
@@ -102,7 +102,7 @@ pub(crate) fn too_big4(ctx: &XdpContext, mtu: u16) -> u32 {
 }
 
 #[inline(always)]
-pub(crate) fn try_too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, Pass> {
+pub(crate) fn try_too_big4(ctx: &XdpContext, mtu: u16) -> Result<u32, ToKernel> {
     let len = ip_len(ctx);
     if len < QUOTE4 {
         return Ok(xdp_action::XDP_DROP);
@@ -170,7 +170,7 @@ pub(crate) fn too_big6(ctx: &XdpContext, mtu: u32) -> u32 {
 }
 
 #[inline(always)]
-pub(crate) fn try_too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, Pass> {
+pub(crate) fn try_too_big6(ctx: &XdpContext, mtu: u32) -> Result<u32, ToKernel> {
     let len = ip_len(ctx);
     if len < QUOTE6 {
         return Ok(xdp_action::XDP_DROP);

@@ -98,7 +98,7 @@ struct AffinityScratch {
 }
 
 /// A frame we do not forward: the caller passes it to the kernel.
-struct Pass;
+struct ToKernel;
 
 #[xdp]
 pub fn director(ctx: XdpContext) -> u32 {
@@ -107,29 +107,29 @@ pub fn director(ctx: XdpContext) -> u32 {
 
 /// The XDP action for what became of a frame.
 #[inline(always)]
-fn action(ctx: &XdpContext, out: Result<Out, Pass>) -> u32 {
+fn action(ctx: &XdpContext, out: Result<Forwarded, ToKernel>) -> u32 {
     match out {
-        Ok(Out::Done(action)) => action,
-        Ok(Out::Tunnel { id, hash }) => send(ctx, id, hash),
-        Err(Pass) => xdp_action::XDP_PASS,
+        Ok(Forwarded::Done(action)) => action,
+        Ok(Forwarded::Tunnel { id, hash }) => tunnel_to(ctx, id, hash),
+        Err(ToKernel) => xdp_action::XDP_PASS,
     }
 }
 
 /// What becomes of a frame: an action taken (the MACs rewritten: direct
 /// routing), or a tunnel to real server `id`, with the flow's hash (the
 /// outer source varies with it).
-enum Out {
+enum Forwarded {
     Done(u32),
     Tunnel { id: u32, hash: u32 },
 }
 
 /// Sends the frame to real server `b` (id `id`): direct routing rewrites
-/// the MACs here; a tunnel is left to [`send`], so the tunnel code is
+/// the MACs here; a tunnel is left to [`tunnel_to`], so the tunnel code is
 /// inlined once (five inlined copies would overflow the BPF stack).
 #[inline(always)]
-fn sent(ctx: &XdpContext, id: u32, b: &Backend, key: &FlowKey) -> Out {
+fn forward_to(ctx: &XdpContext, id: u32, b: &Backend, key: &FlowKey) -> Forwarded {
     if b.flags & BACKEND_TUNNEL == 0 {
-        return Out::Done(rewrite(ctx, b));
+        return Forwarded::Done(rewrite(ctx, b));
     }
     // The client's address and ports: the outer source varies by flow, so
     // the real server's NIC spreads tunnelled flows.
@@ -137,7 +137,7 @@ fn sent(ctx: &XdpContext, id: u32, b: &Backend, key: &FlowKey) -> Out {
         fold_addr(&key.src)
             ^ u32::from_ne_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]),
     );
-    Out::Tunnel { id, hash }
+    Forwarded::Tunnel { id, hash }
 }
 
 /// What the IP layer told us about a frame.
@@ -154,7 +154,7 @@ struct Packet {
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
+fn try_forward(ctx: &XdpContext) -> Result<Forwarded, ToKernel> {
     let ethertype = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
     let mut packet = Packet {
         key: FlowKey::default(),
@@ -167,14 +167,14 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
         ETH_P_IP => parse_ipv4(ctx, &mut packet)?,
         ETH_P_IPV6 => parse_ipv6(ctx, &mut packet)?,
         // ARP, VLAN tags and everything else are the kernel's.
-        _ => return Err(Pass),
+        _ => return Err(ToKernel),
     }
     // Not for a VIP (most of a director's own traffic): one inlined array
     // lookup, no hash-map lookup.
     let bucket = vip_bucket(&packet.key.dst);
     match VIP_FILTER.get(bucket / 64) {
         Some(word) if word & (1u64 << (bucket % 64)) != 0 => {}
-        _ => return Err(Pass),
+        _ => return Err(ToKernel),
     }
     // Only frames addressed to us: under unknown-unicast flooding another
     // director's frames reach us too.
@@ -183,7 +183,7 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
         Some(s) if s.mac == dst_mac => {}
         // A VRRP virtual MAC (00:00:5e:00:0{1,2}:VRID) we are master of.
         Some(_) if is_our_vmac(&dst_mac) => {}
-        _ => return Err(Pass),
+        _ => return Err(ToKernel),
     }
     let v6 = packet.key.flags & FLOW_V6 != 0;
     let protocol = packet.key.protocol;
@@ -208,16 +208,16 @@ fn try_forward(ctx: &XdpContext) -> Result<Out, Pass> {
             );
         }
         count(ctx, service, id, new);
-        Ok(sent(ctx, id, b, &packet.key))
+        Ok(forward_to(ctx, id, b, &packet.key))
     } else if (!v6 && protocol == IPPROTO_ICMP) || (v6 && protocol == IPPROTO_ICMPV6) {
         forward_icmp_error(ctx, &packet)
     } else {
-        Err(Pass)
+        Err(ToKernel)
     }
 }
 
 /// What a flow's buckets hold for it.
-enum Found {
+enum InBuckets {
     /// The flow's entry (its index and place).
     Entry(u32, *mut FlowEntry),
     /// The way with the flow's key, its value half-written (two writers

@@ -20,22 +20,22 @@ pub(crate) const IPV6_DSTOPTS: u8 = 60;
 /// and more than real traffic carries); deeper chains go to the kernel.
 pub(crate) const IPV6_MAX_EXT: usize = 4;
 
-/// Returns a pointer to a `T` at `offset` bytes into the frame, or `Pass`
+/// Returns a pointer to a `T` at `offset` bytes into the frame, or `ToKernel`
 /// when the frame is too short. The bounds check is also what lets the
 /// verifier accept every later access through the pointer.
 #[inline(always)]
-pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Pass> {
+pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ToKernel> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     Ok((start + offset) as *mut T)
 }
 
 /// Reads a `T` (byte array) at `offset`.
 #[inline(always)]
-pub(crate) fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Pass> {
+pub(crate) fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ToKernel> {
     // SAFETY: ptr_at checked that the whole T is inside the frame; T is a
     // byte array, so any alignment is fine.
     Ok(unsafe { *ptr_at::<T>(ctx, offset)? })
@@ -57,17 +57,17 @@ pub(crate) fn is_our_vmac(mac: &[u8; 6]) -> bool {
 /// Fills `p` from an IPv4 header (in place: no copy of the header or of
 /// the packet description on the BPF stack).
 #[inline(always)]
-pub(crate) fn parse_ipv4(ctx: &XdpContext, p: &mut Packet) -> Result<(), Pass> {
+pub(crate) fn parse_ipv4(ctx: &XdpContext, p: &mut Packet) -> Result<(), ToKernel> {
     // SAFETY: ptr_at checked the whole header is inside the frame.
     let h = unsafe { &*ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN)? };
     if h[0] >> 4 != 4 {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     // The header length field is 4 bits, so at most 60 bytes: the mask also
     // gives the verifier a bounded offset.
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if ihl < IPV4_LEN {
-        return Err(Pass); // malformed
+        return Err(ToKernel); // malformed
     }
     p.key.protocol = h[9];
     p.key.src[..4].copy_from_slice(&h[12..16]);
@@ -82,11 +82,11 @@ pub(crate) fn parse_ipv4(ctx: &XdpContext, p: &mut Packet) -> Result<(), Pass> {
 
 /// Fills `p` from an IPv6 header and its extension headers.
 #[inline(always)]
-pub(crate) fn parse_ipv6(ctx: &XdpContext, p: &mut Packet) -> Result<(), Pass> {
+pub(crate) fn parse_ipv6(ctx: &XdpContext, p: &mut Packet) -> Result<(), ToKernel> {
     // SAFETY: as in parse_ipv4.
     let h = unsafe { &*ptr_at::<[u8; IPV6_LEN]>(ctx, ETH_LEN)? };
     if h[0] >> 4 != 6 {
-        return Err(Pass);
+        return Err(ToKernel);
     }
     p.key.flags = FLOW_V6;
     p.key.src.copy_from_slice(&h[8..24]);
@@ -132,6 +132,6 @@ pub(crate) fn tcp_flags(ctx: &XdpContext, key: &FlowKey, l4: usize) -> u8 {
     match ptr_at::<[u8; 14]>(ctx, l4) {
         // SAFETY: ptr_at checked the 14 bytes are inside the frame.
         Ok(h) => unsafe { (*h)[13] },
-        Err(Pass) => 0,
+        Err(ToKernel) => 0,
     }
 }
