@@ -470,28 +470,6 @@ impl fmt::Display for ServiceAddr {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_service_is_one_identity_everywhere() {
-        for (address, port, protocol, shown) in [
-            ("10.0.0.100", 80, Protocol::Tcp, "10.0.0.100:80/tcp"),
-            ("fd00::100", 53, Protocol::Udp, "[fd00::100]:53/udp"),
-            ("10.0.0.101", 0, Protocol::Udp, "10.0.0.101:0/udp"),
-        ] {
-            let s = ServiceAddr {
-                address: address.parse().expect("address"),
-                port,
-                protocol,
-            };
-            assert_eq!(s.to_string(), shown);
-            assert_eq!(ServiceAddr::from_key(&s.key()), Some(s));
-        }
-    }
-}
-
 impl Config {
     /// The checks of the services and groups serde cannot express (their
     /// checkers' included); returns how many real servers they hold in all
@@ -711,5 +689,27 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_is_one_identity_everywhere() {
+        for (address, port, protocol, shown) in [
+            ("10.0.0.100", 80, Protocol::Tcp, "10.0.0.100:80/tcp"),
+            ("fd00::100", 53, Protocol::Udp, "[fd00::100]:53/udp"),
+            ("10.0.0.101", 0, Protocol::Udp, "10.0.0.101:0/udp"),
+        ] {
+            let s = ServiceAddr {
+                address: address.parse().expect("address"),
+                port,
+                protocol,
+            };
+            assert_eq!(s.to_string(), shown);
+            assert_eq!(ServiceAddr::from_key(&s.key()), Some(s));
+        }
     }
 }
