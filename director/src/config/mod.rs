@@ -39,6 +39,7 @@ mod health_check;
 pub mod routes;
 mod scripts;
 mod service;
+mod service_validate;
 mod vrrp;
 mod vrrp_validate;
 
@@ -324,7 +325,7 @@ impl Config {
     }
 
     /// The checks serde cannot express, each beside the section it checks:
-    /// `global`, `service` (its real servers' checkers in `health_check`),
+    /// `global`, `service_validate` (its real servers' checkers in `health_check`),
     /// `vrrp_validate`, `scripts`; then the dataplane's capacity. Reports the
     /// first problem.
     fn validate(&self) -> Result<(), Problem> {
