@@ -46,6 +46,23 @@ impl Daemon {
         }
     }
 
+    /// Withdraws every route for good (nothing is announced again) and
+    /// waits for BIRD to confirm; returns how long the routers should then
+    /// be given to move traffic away (`bgp.withdraw_wait`). A drain and a
+    /// stop for good both end this way.
+    pub(super) async fn withdraw_all(&mut self) -> Duration {
+        self.draining = true;
+        self.announce();
+        self.withdrawn().await;
+        let wait = self
+            .config
+            .global
+            .bgp
+            .as_ref()
+            .map_or(0.0, |b| b.withdraw_wait);
+        Duration::from_secs_f64(wait)
+    }
+
     /// Waits until BIRD has withdrawn every route (bounded: a hung BIRD
     /// must not keep a drain or a shutdown waiting).
     pub(super) async fn withdrawn(&self) {

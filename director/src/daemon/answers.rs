@@ -12,6 +12,7 @@ impl Daemon {
             .iter()
             .zip(plans.iter())
             .map(|(vs, plan)| {
+                let id = vs.identity();
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
                 let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
                 let per_server = self.dataplane.backends_traffic(plan, &addresses);
@@ -38,7 +39,7 @@ impl Daemon {
                         .iter()
                         .enumerate()
                         .map(|(j, rs)| {
-                            let keys = self.probes.of_server(vs.identity(), rs.address);
+                            let keys = self.probes.of_server(id, rs.address);
                             let t = per_server.get(j).copied().unwrap_or_default();
                             let (healthy, _) = server_health(&self.board, vs, keys);
                             let (last_check, last_error, check_latency) = self.last_check(keys);
@@ -86,10 +87,18 @@ impl Daemon {
             flows_unrecorded: self.dataplane.unrecorded_flows(),
             pin_dir: self.pins.as_ref().map(|p| p.path.display().to_string()),
             dataplane_error: self.dataplane_error.clone(),
-            flow_sync: self.sync_stats.as_ref().map(|(peers, st, peering)| {
+            flow_sync: self.sync.as_ref().map(|s| {
                 use std::sync::atomic::Ordering::Relaxed;
+                let (st, peering) = (&s.sync.stats, &s.sync.peering);
                 crate::manage::status::FlowSyncStatus {
-                    peers: *peers,
+                    // Restart-only: the running config's peers are the
+                    // ones flow sync started with.
+                    peers: self
+                        .config
+                        .global
+                        .flow_sync
+                        .as_ref()
+                        .map_or(0, |f| f.peers.len()),
                     flows_sent: st.sent.load(Relaxed),
                     flows_received: st.received.load(Relaxed),
                     flows_imported: self.imported,

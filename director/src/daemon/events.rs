@@ -227,21 +227,13 @@ impl Daemon {
                 Err(e) => Response::Error { error: e },
             },
             Request::Drain => {
-                self.draining = true;
-                self.announce();
-                self.withdrawn().await;
-                let wait = self
-                    .config
-                    .global
-                    .bgp
-                    .as_ref()
-                    .map_or(0.0, |b| b.withdraw_wait);
+                let wait = self.withdraw_all().await;
                 info!(
-                    withdraw_wait = wait,
+                    withdraw_wait = wait.as_secs_f64(),
                     "draining: routes withdrawn, stopping after the wait"
                 );
                 let _ = reply.send(Response::Ok { ok: true });
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                tokio::time::sleep(wait).await;
                 return Some(Stopped::Stop);
             }
             Request::Restart => {

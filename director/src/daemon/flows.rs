@@ -20,8 +20,9 @@ pub(super) struct SyncLoop {
     hold: watch::Sender<bool>,
     hold_for: Duration,
     started: std::time::Instant,
-    /// The scan under way (its result comes as an event).
+    /// The scan under way (its result comes as an event, through `scans`).
     scan: Option<tokio::task::JoinHandle<()>>,
+    scans: mpsc::UnboundedSender<ScanDone>,
     /// The table version last scanned, and the exceptions it held.
     scanned: Option<u64>,
     exceptions: Vec<PinnedFlow>,
@@ -32,8 +33,14 @@ pub(super) struct SyncLoop {
 }
 
 impl SyncLoop {
-    pub(super) fn new(sync: FlowSync, hold: watch::Sender<bool>, hold_for: Duration) -> SyncLoop {
+    pub(super) fn new(
+        sync: FlowSync,
+        hold: watch::Sender<bool>,
+        hold_for: Duration,
+        scans: mpsc::UnboundedSender<ScanDone>,
+    ) -> SyncLoop {
         SyncLoop {
+            scans,
             sync,
             hold,
             hold_for,
@@ -75,7 +82,7 @@ impl Daemon {
         let full = Some(scan.version()) != s.scanned || scan.degraded();
         let known = s.exceptions.clone();
         let sender = s.sync.sender.clone();
-        let done = self.scans.clone();
+        let done = s.scans.clone();
         s.scan = Some(tokio::task::spawn_blocking(move || {
             let flows = if full {
                 scan.full(1 << 16)

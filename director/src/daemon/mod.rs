@@ -220,17 +220,10 @@ struct Daemon {
     pins: Option<bpffs::PinDir>,
     /// The last update the dataplane refused, until one succeeds.
     dataplane_error: Option<String>,
-    /// Flow sync's counters, and the flows imported from peers.
-    sync_stats: Option<(
-        usize,
-        Arc<crate::dataplane::flowsync::SyncStats>,
-        Arc<crate::dataplane::flowsync::Peering>,
-    )>,
+    /// Flows imported from peers.
     imported: u64,
-    /// Flow sync's rounds (none without flow sync).
+    /// Flow sync: its rounds, counters and peering (none without it).
     sync: Option<flows::SyncLoop>,
-    /// Where the flow-table scans report.
-    scans: mpsc::UnboundedSender<flows::ScanDone>,
     /// The control socket's and the metrics server's tasks.
     listeners: Vec<tokio::task::JoinHandle<()>>,
     /// Which virtual servers have quorum, for VRRP.

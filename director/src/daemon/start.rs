@@ -209,10 +209,12 @@ async fn start(
         None => protocols.start(&config)?,
     };
 
+    // The flow-table scans report to the loop on this channel.
+    let (scans_tx, scans) = mpsc::unbounded_channel();
     let (sync, from_peers, sync_tick) =
         match start_flow_sync(&g, &config_path, dataplane.is_xdp()).await? {
             Some((sync, rx, tick)) => (
-                Some(SyncLoop::new(sync, hold_tx, hold_for)),
+                Some(SyncLoop::new(sync, hold_tx, hold_for, scans_tx)),
                 Some(rx),
                 Some(tick),
             ),
@@ -228,7 +230,6 @@ async fn start(
 
     let mut resolver = MacResolver::new(&config);
     resolver.seed(dataplane.known_macs());
-    let (scans_tx, scans) = mpsc::unbounded_channel();
     let inputs = Inputs {
         sigint,
         sigterm,
@@ -263,15 +264,7 @@ async fn start(
         probes,
         pins,
         dataplane_error: None,
-        sync_stats: sync.as_ref().map(|s| {
-            (
-                g.flow_sync.as_ref().map_or(0, |f| f.peers.len()),
-                s.sync.stats.clone(),
-                s.sync.peering.clone(),
-            )
-        }),
         sync,
-        scans: scans_tx,
         imported: 0,
         quorum_tx,
         vrrp_states,

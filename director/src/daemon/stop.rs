@@ -30,16 +30,8 @@ impl Daemon {
         // BGP: withdraw, and give the routers time to move traffic away (not
         // for a restart: the next process announces the same).
         if self.bird.is_some() && !self.draining && !handing_over {
-            self.draining = true;
-            self.announce();
-            self.withdrawn().await;
-            let wait = self
-                .config
-                .global
-                .bgp
-                .as_ref()
-                .map_or(0.0, |b| b.withdraw_wait);
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            let wait = self.withdraw_all().await;
+            tokio::time::sleep(wait).await;
         }
         // For a restart, the next process is handed what we hold: BFD
         // sessions first (their peers are told to wait longer), then VRRP

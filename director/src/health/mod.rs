@@ -38,9 +38,7 @@ use tracing::{info, warn};
 pub use self::{
     dns::{dns_answer_ok, dns_query},
     http::parse_http,
-    spec::{
-        CheckSpec, Kind, ProbeIdentity, ProbeKey, ProbeKind, Probes, TlsSpec, UrlSpec, specs_for,
-    },
+    spec::{CheckSpec, Kind, ProbeIdentity, ProbeKey, ProbeKind, Probes, TlsSpec, UrlSpec},
 };
 use crate::net::neighbor::Mac;
 

@@ -246,7 +246,7 @@ impl Hash for ProbeKey {
 
 /// Builds the probes of one real server of a service (regexes compiled
 /// here, once per load or reload).
-pub fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
+fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     let mut out = Vec::new();
     let base = |c: &CheckCommon, default_port: u16| CheckSpec {
         kind: Kind::Tcp,

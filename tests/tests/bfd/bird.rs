@@ -28,7 +28,7 @@ pub(crate) fn bird_conf(me: &str, peer: &str) -> String {
 }
 
 #[test]
-pub(crate) fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Result<()> {
+fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
         directors: 1,
@@ -128,7 +128,7 @@ pub(crate) fn a_session_with_bird_comes_up_and_each_side_detects_the_others_deat
 /// interval ~3.6 s); the master is killed and the backup holds the VIP
 /// once its BFD session to it expires.
 #[test]
-pub(crate) fn master_bfd_takes_over_before_the_master_down_interval() -> Result<()> {
+fn master_bfd_takes_over_before_the_master_down_interval() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
         directors: 2,

@@ -19,7 +19,7 @@ pub(crate) fn frr_conf(me: &str, peer: &str) -> String {
 /// while we kept the one-second interval after its Poll), each side
 /// detects the other's death, a graceful stop is seen at once.
 #[test]
-pub(crate) fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
+fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::Frr;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -30,7 +30,7 @@ pub(crate) fn keepalived_conf(me: &str, peer: &str) -> String {
 /// beside a keepalived node): up at 10 ms x 3 without a flap, each side
 /// detects the other's death.
 #[test]
-pub(crate) fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
+fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::keepalived_bfd;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +118,7 @@ pub(crate) fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_sid
 /// while its session is down (the backup preempts; the session back, the
 /// master preempts back); weight 0 (the default) forces Fault.
 #[test]
-pub(crate) fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
+fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
         directors: 2,
@@ -205,7 +205,7 @@ pub(crate) fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
 /// counted by reason (status `dropped`, the metric), the session staying
 /// Up.
 #[test]
-pub(crate) fn ipv6_source_ip_ttl_and_drop_counters() -> Result<()> {
+fn ipv6_source_ip_ttl_and_drop_counters() -> Result<()> {
     use director_tests::capture;
     use std::sync::{Arc, Mutex, atomic::AtomicBool};
     let lab = Lab::build(&LabSpec {

@@ -12,7 +12,7 @@ use super::*;
 /// although its own address still answers, and so does one answering ARP
 /// for the VIP.
 #[test]
-pub(crate) fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
+fn dr_check_catches_a_missing_vip_and_arp_answers() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,
@@ -105,7 +105,7 @@ pub(crate) fn checked_by(
 /// (until it is stopped): each server leaves when its check fails and
 /// returns when it passes again.
 #[test]
-pub(crate) fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
+fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,
@@ -162,7 +162,7 @@ pub(crate) fn ping_and_smtp_checks_follow_real_servers() -> Result<()> {
 /// A record: NOERROR, no answer) and a server that stopped answering leave
 /// the pool, and return when they answer again.
 #[test]
-pub(crate) fn dns_check_follows_a_real_dns_server() -> Result<()> {
+fn dns_check_follows_a_real_dns_server() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,
@@ -226,7 +226,7 @@ pub(crate) fn dns_check_follows_a_real_dns_server() -> Result<()> {
 /// probes' source address, and a failing round makes `retry` more attempts
 /// `delay_before_retry` apart.
 #[test]
-pub(crate) fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
+fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
     let mut lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 3,

@@ -8,8 +8,7 @@ use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
 use super::*;
 
 #[test]
-pub(crate) fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> Result<()>
-{
+fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_server() -> Result<()> {
     let mut lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 3,
@@ -110,7 +109,7 @@ pub(crate) fn failed_servers_leave_recover_and_quorum_falls_back_to_the_sorry_se
 /// on it, are placed again at once. Before, its downloads were reset (the
 /// flows were placed on another server, which answered with RST).
 #[test]
-pub(crate) fn a_failed_server_keeps_its_connections_and_loses_its_udp_flows() -> Result<()> {
+fn a_failed_server_keeps_its_connections_and_loses_its_udp_flows() -> Result<()> {
     const SIZE: usize = 2 << 20;
     let lab = Lab::build(&LabSpec {
         directors: 1,

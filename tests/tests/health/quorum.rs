@@ -10,7 +10,7 @@ use super::*;
 /// `track_virtual_server`: a director whose checks see the service lose
 /// quorum lowers its VRRP priority and hands the VIP over.
 #[test]
-pub(crate) fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
+fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 2,
@@ -144,7 +144,7 @@ pub(crate) fn quorum_events(events: &std::path::Path, want: &str) -> Result<()> 
 /// and comes back only with all three (2 + 1); `quorum_down` and
 /// `quorum_up` run once each.
 #[test]
-pub(crate) fn hysteresis_widens_the_quorum_band() -> Result<()> {
+fn hysteresis_widens_the_quorum_band() -> Result<()> {
     let (mut lab, _d, state, events) = hysteresis_lab()?;
     let quorum_with = |want| quorum_with(&state, 0, want);
     ensure!(quorum_with([true, true, true])?, "up with three");
@@ -175,7 +175,7 @@ pub(crate) fn hysteresis_widens_the_quorum_band() -> Result<()> {
 /// that puts another service before it - no silent return, no script -
 /// and comes back, running `quorum_up`, only with the third server.
 #[test]
-pub(crate) fn a_reload_keeps_the_quorum_state_of_the_services_it_keeps() -> Result<()> {
+fn a_reload_keeps_the_quorum_state_of_the_services_it_keeps() -> Result<()> {
     let (mut lab, _d, state, events) = hysteresis_lab()?;
     ensure!(
         quorum_with(&state, 0, [true, true, true])?,

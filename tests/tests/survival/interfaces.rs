@@ -21,7 +21,7 @@ pub(crate) fn wait_log(daemon: &mut Proc, needle: &str) -> Result<()> {
 /// requests are served again; then a daemon started after such a change
 /// (its pinned link now defunct) starts and serves.
 #[test]
-pub(crate) fn the_dataplane_follows_a_recreated_interface() -> Result<()> {
+fn the_dataplane_follows_a_recreated_interface() -> Result<()> {
     let (lab, path, state) = one_director()?;
     let mut daemon = spawn_director(&lab, 0, &path)?;
     ready(&state)?;
@@ -62,7 +62,7 @@ pub(crate) fn the_dataplane_follows_a_recreated_interface() -> Result<()> {
 /// the master announces it at once (the client's entry for the VIP moves
 /// without waiting for its cache to expire).
 #[test]
-pub(crate) fn a_mac_change_is_followed_and_announced() -> Result<()> {
+fn a_mac_change_is_followed_and_announced() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,
@@ -109,7 +109,7 @@ pub(crate) fn a_mac_change_is_followed_and_announced() -> Result<()> {
 /// interface (its socket, adverts and announcements on the new index and
 /// MAC), preempts, and carries the VIP's traffic again.
 #[test]
-pub(crate) fn vrrp_follows_a_recreated_interface() -> Result<()> {
+fn vrrp_follows_a_recreated_interface() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 1,
@@ -154,7 +154,7 @@ pub(crate) fn vrrp_follows_a_recreated_interface() -> Result<()> {
 /// the server at its new MAC, the change is logged - while the other real
 /// server is untouched.
 #[test]
-pub(crate) fn a_real_servers_new_mac_is_followed() -> Result<()> {
+fn a_real_servers_new_mac_is_followed() -> Result<()> {
     let (lab, path, state) = one_director()?;
     let mut daemon = spawn_director(&lab, 0, &path)?;
     ready(&state)?;

@@ -44,7 +44,7 @@ pub(crate) fn dataplane_objects(lab: &Lab) -> Result<(u64, Vec<u64>)> {
 /// fool the daemon: that bpffs dies with the namespace, so the daemon
 /// brings the host's into view over it.
 #[test]
-pub(crate) fn a_private_bpffs_in_the_daemons_view_is_not_trusted() -> Result<()> {
+fn a_private_bpffs_in_the_daemons_view_is_not_trusted() -> Result<()> {
     let (lab, path, state) = one_director()?;
     let bin = director_bin()?;
     let script = format!(
@@ -82,7 +82,7 @@ pub(crate) fn a_private_bpffs_in_the_daemons_view_is_not_trusted() -> Result<()>
 /// (`director_dataplane_survives_restart 0`); stopped, its dataplane goes
 /// with it (no XDP left on the interface).
 #[test]
-pub(crate) fn a_dataplane_that_cannot_outlive_the_daemon_says_so() -> Result<()> {
+fn a_dataplane_that_cannot_outlive_the_daemon_says_so() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 1,
@@ -168,7 +168,7 @@ pub(crate) fn a_dataplane_that_cannot_outlive_the_daemon_says_so() -> Result<()>
 /// error is logged once however often it is retried, and `status` shows
 /// it as `dataplane_error`.
 #[test]
-pub(crate) fn a_refused_dataplane_update_keeps_the_last_good_state_and_says_so() -> Result<()> {
+fn a_refused_dataplane_update_keeps_the_last_good_state_and_says_so() -> Result<()> {
     let mut lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 2,

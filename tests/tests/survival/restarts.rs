@@ -16,7 +16,7 @@ use nix::{
 use super::*;
 
 #[test]
-pub(crate) fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() -> Result<()> {
+fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() -> Result<()> {
     let (lab, path, state) = one_director()?;
     let mut daemon = spawn_director(&lab, 0, &path)?;
     let status = ready(&state)?;
@@ -99,7 +99,7 @@ pub(crate) fn restart_and_kill_9_in_a_private_mount_namespace_lose_no_request() 
 /// gratuitous ARP moves them. Its pinned dataplane keeps forwarding in the
 /// meantime: all 20 long downloads complete, byte for byte.
 #[test]
-pub(crate) fn long_downloads_survive_kill_9_of_the_master() -> Result<()> {
+fn long_downloads_survive_kill_9_of_the_master() -> Result<()> {
     const SIZE: usize = 2 << 20;
     let lab = Lab::build(&LabSpec {
         directors: 2,
@@ -125,7 +125,7 @@ pub(crate) fn long_downloads_survive_kill_9_of_the_master() -> Result<()> {
 /// one sharing only the pin directory from another network namespace is
 /// refused before it touches the first one's XDP link.
 #[test]
-pub(crate) fn a_second_daemon_never_takes_over_the_first_ones_dataplane() -> Result<()> {
+fn a_second_daemon_never_takes_over_the_first_ones_dataplane() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 2,
         real_servers: 2,
@@ -184,7 +184,7 @@ pub(crate) fn a_second_daemon_never_takes_over_the_first_ones_dataplane() -> Res
 /// daemon is restarted (a second with no daemon), reloaded with a changed
 /// weight, and reloaded with a real server added: not one is lost.
 #[test]
-pub(crate) fn restarts_and_reloads_lose_no_datagram() -> Result<()> {
+fn restarts_and_reloads_lose_no_datagram() -> Result<()> {
     let lab = Lab::build(&LabSpec {
         directors: 1,
         real_servers: 3,

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use super::*;
 
 #[test]
-pub(crate) fn failover_preemption_and_graceful_handover() -> Result<()> {
+fn failover_preemption_and_graceful_handover() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -116,7 +116,7 @@ pub(crate) fn failover_preemption_and_graceful_handover() -> Result<()> {
 }
 
 #[test]
-pub(crate) fn nopreempt_keeps_the_current_master() -> Result<()> {
+fn nopreempt_keeps_the_current_master() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -136,7 +136,7 @@ pub(crate) fn nopreempt_keeps_the_current_master() -> Result<()> {
 }
 
 #[test]
-pub(crate) fn unicast_peers_and_authentication() -> Result<()> {
+fn unicast_peers_and_authentication() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -176,7 +176,7 @@ pub(crate) fn unicast_peers_and_authentication() -> Result<()> {
 }
 
 #[test]
-pub(crate) fn wrong_password_is_rejected_and_counted() -> Result<()> {
+fn wrong_password_is_rejected_and_counted() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;

@@ -67,7 +67,7 @@ pub(crate) fn ensure_vip6_flags(lab: &Lab, i: usize) -> Result<()> {
 }
 
 #[test]
-pub(crate) fn ipv6_failover() -> Result<()> {
+fn ipv6_failover() -> Result<()> {
     use director_tests::lab::VIP6;
     let lab = lab()?;
     let s2 = lab.state_dir("director2")?;
@@ -98,7 +98,7 @@ pub(crate) fn ipv6_failover() -> Result<()> {
 /// announces the VIP with an unsolicited NA and serves; nothing else could
 /// have answered.
 #[test]
-pub(crate) fn ipv6_failover_with_the_masters_link_down() -> Result<()> {
+fn ipv6_failover_with_the_masters_link_down() -> Result<()> {
     use director_tests::lab::VIP6;
     let lab = lab()?;
     let s2 = lab.state_dir("director2")?;

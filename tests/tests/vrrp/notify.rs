@@ -12,7 +12,7 @@ use super::*;
 /// moves nothing: no transition on either side, the VIP stays; the new
 /// tracking is in force (its script failing then moves the VIP).
 #[test]
-pub(crate) fn reloading_notify_or_tracking_does_not_bounce_the_master() -> Result<()> {
+fn reloading_notify_or_tracking_does_not_bounce_the_master() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -86,7 +86,7 @@ pub(crate) fn wait_lines(
 }
 
 #[test]
-pub(crate) fn every_notify_script_runs_on_its_state_with_its_arguments() -> Result<()> {
+fn every_notify_script_runs_on_its_state_with_its_arguments() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;

@@ -8,7 +8,7 @@ use director_tests::{lab::VIP, scenario};
 use super::*;
 
 #[test]
-pub(crate) fn split_brain_is_detected_reported_and_healed() -> Result<()> {
+fn split_brain_is_detected_reported_and_healed() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -104,7 +104,7 @@ pub(crate) fn split_brain_is_detected_reported_and_healed() -> Result<()> {
 /// through the generic `notify` with SPLIT_BRAIN, and never runs
 /// `notify_stop`.
 #[test]
-pub(crate) fn a_lasting_split_brain_is_notified_once_and_never_as_a_stop() -> Result<()> {
+fn a_lasting_split_brain_is_notified_once_and_never_as_a_stop() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;

@@ -8,7 +8,7 @@ use director_tests::scenario;
 use super::*;
 
 #[test]
-pub(crate) fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
+fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
@@ -42,7 +42,7 @@ pub(crate) fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
 }
 
 #[test]
-pub(crate) fn sync_group_moves_instances_together_and_notifies() -> Result<()> {
+fn sync_group_moves_instances_together_and_notifies() -> Result<()> {
     let lab = lab()?;
     let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
