@@ -22,9 +22,13 @@ pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commands (argv) to run for one notification, in order.
 pub type Jobs = Vec<Vec<String>>;
 
+use std::sync::atomic::Ordering;
+
 struct Queue {
     waiting: Mutex<VecDeque<(String, Jobs)>>,
     wake: Notify,
+    /// A notification's scripts are running.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// A handle on the notifier task (cheap to clone; the task ends when the
@@ -53,13 +57,23 @@ impl Notifier {
         let queue = Arc::new(Queue {
             waiting: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            busy: std::sync::atomic::AtomicBool::new(false),
         });
         let q = queue.clone();
         let task = tokio::spawn(async move {
             loop {
-                let next = q.waiting.lock().ok().and_then(|mut w| w.pop_front());
+                let next = q.waiting.lock().ok().and_then(|mut w| {
+                    let next = w.pop_front();
+                    // Set under the lock: `settle` never sees an empty
+                    // queue with the popped job not yet marked running.
+                    q.busy.store(next.is_some(), Ordering::SeqCst);
+                    next
+                });
                 match next {
-                    Some((_, jobs)) => run_jobs(jobs, timeout).await,
+                    Some((_, jobs)) => {
+                        run_jobs(jobs, timeout).await;
+                        q.busy.store(false, Ordering::SeqCst);
+                    }
                     None => q.wake.notified().await,
                 }
             }
@@ -88,6 +102,26 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Waits (at most `within`) until every queued notification has run:
+    /// a stopping daemon's last ones (`notify_stop`) must not die with it.
+    pub async fn settle(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.queue.waiting.lock().map_or(true, |w| w.is_empty())
+                && !self.queue.busy.load(Ordering::SeqCst);
+            if idle {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("notify scripts still running at stop: cut");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 async fn run_jobs(jobs: Jobs, timeout: Duration) {
     for argv in jobs {
         crate::scripts::run_logged(&argv, timeout, "notify").await;
@@ -97,6 +131,24 @@ async fn run_jobs(jobs: Jobs, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A notification queued as the daemon stops runs before `settle`
+    /// returns (dropped at once, its script would be aborted unrun).
+    #[tokio::test]
+    async fn settle_waits_for_the_queued_notifications() {
+        let dir = std::env::temp_dir().join(format!("director-settle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("log");
+        let _ = std::fs::remove_file(&log);
+        let n = Notifier::start();
+        n.send("VI_1", job(&log, "MASTER", 0.3));
+        n.send("VI_2", job(&log, "STOP", 0.0));
+        n.settle(Duration::from_secs(10)).await;
+        drop(n);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(text, "MASTER\nSTOP\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn job(log: &std::path::Path, word: &str, sleep: f64) -> Jobs {
         vec![vec![

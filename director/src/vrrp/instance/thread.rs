@@ -72,6 +72,12 @@ pub(super) async fn run_all(
     for t in tasks {
         let _ = t.await;
     }
+    // Their last notifications (notify_stop) run before the thread's
+    // runtime, and the notifier with it, goes.
+    shared
+        .notifier
+        .settle(crate::scripts::notify::SCRIPT_TIMEOUT)
+        .await;
 }
 
 /// This instance's `vrrp_sync_group`, if any. Members advertise the
