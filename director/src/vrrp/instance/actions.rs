@@ -18,10 +18,8 @@ impl Runner {
     /// interface), or their `dev`'s.
     pub(super) fn route_ifindex(&self, r: &routes::VirtualRoute) -> Option<u32> {
         match &r.dev {
-            Some(d) => std::fs::read_to_string(format!("/sys/class/net/{d}/ifindex"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok()),
-            None if r.via.is_none() => Some(self.net.ifindex),
+            Some(d) => self.net.ifindex_of(d),
+            None if r.via.is_none() => Some(self.net.ifindex()),
             None => None,
         }
     }
@@ -34,7 +32,7 @@ impl Runner {
                 error!(instance = %self.cfg.name, route = %r.text, "cannot add virtual route: no such interface");
                 continue;
             }
-            match routes::add_route(&self.net.handle, &r, index).await {
+            match self.net.add_route(&r, index).await {
                 Ok(()) => debug!(instance = %self.cfg.name, route = %r.text, "virtual route added"),
                 Err(e) => {
                     error!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot add virtual route")
@@ -42,7 +40,7 @@ impl Runner {
             }
         }
         for r in self.parsed.rules.clone() {
-            match routes::add_rule(&self.net.handle, &r).await {
+            match self.net.add_rule(&r).await {
                 Ok(()) => debug!(instance = %self.cfg.name, rule = %r.text, "virtual rule added"),
                 Err(e) => {
                     error!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot add virtual rule")
@@ -55,7 +53,7 @@ impl Runner {
     /// at start: a daemon that died may have left them).
     pub(super) async fn remove_routes(&mut self) {
         for r in self.parsed.rules.clone() {
-            if let Err(e) = routes::delete_rule(&self.net.handle, &r).await {
+            if let Err(e) = self.net.delete_rule(&r).await {
                 warn!(instance = %self.cfg.name, rule = %r.text, error = %e, "cannot remove virtual rule");
             }
         }
@@ -65,7 +63,7 @@ impl Runner {
                 // Its interface is gone, and the route with it.
                 continue;
             }
-            if let Err(e) = routes::delete_route(&self.net.handle, &r, index).await {
+            if let Err(e) = self.net.delete_route(&r, index).await {
                 warn!(instance = %self.cfg.name, route = %r.text, error = %e, "cannot remove virtual route");
             }
         }
@@ -106,9 +104,8 @@ impl Runner {
                     self.state.refresh_at = None;
                 }
                 Effect::AddAddresses => {
-                    let index = self.address_ifindex();
                     for a in self.parsed.vips.clone() {
-                        if let Err(e) = net::add_address(&self.net.handle, index, a).await {
+                        if let Err(e) = self.net.add_address(a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot add virtual address");
                         }
                     }
@@ -116,9 +113,8 @@ impl Runner {
                 Effect::AddRoutes => self.add_routes().await,
                 Effect::RemoveRoutes => self.remove_routes().await,
                 Effect::RemoveAddresses => {
-                    let index = self.address_ifindex();
                     for a in self.parsed.vips.clone() {
-                        if let Err(e) = net::remove_address(&self.net.handle, index, a).await {
+                        if let Err(e) = self.net.remove_address(a).await {
                             error!(instance = %self.cfg.name, address = %a.address, error = %e, "cannot remove virtual address");
                         }
                     }
@@ -270,7 +266,7 @@ impl Runner {
         Some(crate::handover::Instance {
             name: self.cfg.name.clone(),
             virtual_router_id: self.cfg.virtual_router_id,
-            interface: self.net.iface.clone(),
+            interface: self.net.iface().to_string(),
             state: state.as_str().to_string(),
             virtual_ipaddress: self.cfg.address_texts(),
             advert_int: self.cfg.advert_int,
@@ -290,43 +286,41 @@ impl Runner {
                 .as_ref()
                 .map(|a| (AUTH_PASS, auth_data(&a.auth_pass))),
         };
-        let src = self.net.socket.source();
-        let targets: Vec<IpAddr> = if self.cfg.unicast_peer.is_empty() {
-            vec![if src.is_ipv6() {
-                MULTICAST_V6.into()
-            } else {
-                MULTICAST_V4.into()
-            }]
-        } else {
-            self.cfg.unicast_peer.clone()
-        };
-        for dst in targets {
-            match self.net.socket.send(dst, &advert.encode(src, dst)) {
-                Ok(()) => {
-                    self.bump(|s| s.adverts_sent += 1);
-                }
-                Err(e) => warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent"),
-            }
-        }
-        // The same advert on every heartbeat path.
-        for h in &self.parsed.paths {
-            let src = h.socket.source();
+        // The instance's socket to its peers (none: the group), then the
+        // same advert on every heartbeat path to its own.
+        let paths = std::iter::once((None, &self.cfg.unicast_peer)).chain(
+            self.parsed
+                .path_peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (Some(i), p)),
+        );
+        let mut sent = 0;
+        for (path, peers) in paths {
+            let Some(src) = self.net.source(path) else {
+                continue;
+            };
             let group: IpAddr = if src.is_ipv6() {
                 MULTICAST_V6.into()
             } else {
                 MULTICAST_V4.into()
             };
-            let targets = if h.peers.is_empty() {
-                vec![group]
+            let targets = if peers.is_empty() {
+                std::slice::from_ref(&group)
             } else {
-                h.peers.clone()
+                peers.as_slice()
             };
             for dst in targets {
-                if let Err(e) = h.socket.send(dst, &advert.encode(src, dst)) {
-                    warn!(instance = %self.cfg.name, error = %e, "VRRP advert not sent on a heartbeat path");
+                match self.net.send(path, *dst, &advert.encode(src, *dst)) {
+                    Ok(()) if path.is_none() => sent += 1,
+                    Ok(()) => {}
+                    Err(e) => {
+                        warn!(instance = %self.cfg.name, heartbeat_path = ?path, error = %e, "VRRP advert not sent")
+                    }
                 }
             }
         }
+        self.bump(|s| s.adverts_sent += sent);
     }
 
     /// One burst of `garp_master_repeat` gratuitous ARPs / unsolicited NAs.
@@ -347,10 +341,10 @@ impl Runner {
             })
             .collect();
         for _ in 0..self.cfg.garp_master_repeat.max(1) {
-            if let Err(e) = self.net.announcer.garps(&v4) {
+            if let Err(e) = self.net.garps(&v4) {
                 warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP failed");
             }
-            if let Err(e) = self.net.announcer.nas(&v6) {
+            if let Err(e) = self.net.nas(&v6) {
                 warn!(instance = %self.cfg.name, error = %e, "neighbour advertisement failed");
             }
         }

@@ -147,15 +147,18 @@ pub struct Vrrp {
 
 mod actions;
 mod effects;
+mod host;
 mod preflight;
 mod priority;
 mod receive;
+#[cfg(test)]
+mod replay;
 mod runner;
 mod thread;
 
 pub(crate) use crate::net::socket::raise_priority;
 // The parts see each other through this module.
-use self::{actions::*, effects::*, priority::*, runner::*, thread::*};
+use self::{actions::*, effects::*, host::*, priority::*, runner::*, thread::*};
 
 fn new_status(inst: &VrrpInstance, iface: &str) -> Arc<Mutex<InstanceStatus>> {
     Arc::new(Mutex::new(InstanceStatus {

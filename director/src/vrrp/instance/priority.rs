@@ -74,12 +74,12 @@ impl Trackers {
 impl Runner {
     /// Re-evaluates tracking (fault, effective priority) and feeds what
     /// changed since `tracked` to the state machine.
-    pub(super) async fn retrack(&mut self, tracked: &mut (bool, u8)) {
+    pub(super) async fn retrack(&mut self, t: std::time::Instant) {
         let now = self.tracking();
-        if now == *tracked {
+        let tracked = self.state.tracked;
+        if now == tracked {
             return;
         }
-        let t = std::time::Instant::now();
         if now.1 != tracked.1 {
             info!(instance = %self.cfg.name, old = tracked.1, new = now.1, "effective priority changed");
             let a = self.machine.step(Event::Priority(now.1), t);
@@ -89,7 +89,7 @@ impl Runner {
             let a = self.machine.step(Event::Fault(now.0), t);
             self.perform(a).await;
         }
-        *tracked = now;
+        self.state.tracked = now;
     }
 
     /// Takes a reload's changes that need no restart of the instance
@@ -147,97 +147,22 @@ impl Runner {
     /// the sockets are opened again, a master puts its addresses back) or
     /// its MAC changed (announcements carry the new one, and a master
     /// announces it at once). Retried every tick until it succeeds.
-    pub(super) async fn follow_interface(&mut self) {
-        let old = self.net.links.link();
-        let now = match self.net.links.lookup_state(&self.net.iface).await {
-            Ok(Some((now, up))) => {
+    pub(super) async fn follow_interface(&mut self, now: std::time::Instant) {
+        match self.net.follow(&self.cfg).await {
+            Followed::Present { up, moved } => {
                 if up && !self.state.primary_up {
-                    self.state.primary_up_since = Some(std::time::Instant::now());
+                    self.state.primary_up_since = Some(now);
                 }
                 self.state.primary_up = up;
-                if now == old {
-                    return;
-                }
-                now
-            }
-            Ok(None) => {
-                // Deleted: down until it is back.
-                self.state.primary_up = false;
-                return;
-            }
-            Err(_) => return,
-        };
-        let name = self.cfg.name.clone();
-        if now.index != old.index {
-            // A virtual-MAC interface went with the old one.
-            if let Some((vname, _)) = self.net.vmac.clone() {
-                let mac = crate::net::neighbor::Mac(self.cfg.vmac());
-                match net::create_vmac(&self.net.handle, &vname, now.index, mac, self.cfg.is_ipv6())
-                    .await
-                {
-                    Ok(i) => self.net.vmac = Some((vname, i)),
-                    Err(e) => {
-                        debug!(instance = %name, error = %e, "virtual MAC interface not re-created yet");
-                        return;
-                    }
+                if moved && self.machine.state() == State::Master {
+                    // The addresses went with the old device; clients learn
+                    // the new MAC.
+                    self.perform(vec![Action::AddAddresses, Action::Announce])
+                        .await;
                 }
             }
-            let socket = match &self.net.vmac {
-                Some((n, i)) if self.cfg.adverts_from_vmac() => VrrpSocket::open_on_device(
-                    n,
-                    *i,
-                    self.net.socket.source(),
-                    self.cfg.unicast_peer.is_empty(),
-                ),
-                _ => VrrpSocket::open(
-                    &self.net.iface,
-                    now.index,
-                    self.net.socket.source(),
-                    self.cfg.unicast_peer.is_empty(),
-                ),
-            };
-            match socket {
-                Ok(s) => self.net.socket = s,
-                Err(e) => {
-                    // For example our address is not on the new interface
-                    // yet: the next tick tries again.
-                    debug!(instance = %name, error = %e, "VRRP socket not reopened yet");
-                    return;
-                }
-            }
-        }
-        let announcer = match &self.net.vmac {
-            Some((vname, index)) => net::Announcer::open(
-                vname,
-                *index,
-                crate::net::neighbor::Mac(self.cfg.vmac()),
-                self.cfg.is_ipv6(),
-            ),
-            None => net::Announcer::open(&self.net.iface, now.index, now.mac, self.cfg.is_ipv6()),
-        };
-        match announcer {
-            Ok(a) => self.net.announcer = a,
-            Err(e) => {
-                debug!(instance = %name, error = %e, "announcer not reopened yet");
-                return;
-            }
-        }
-        info!(
-            instance = %name,
-            interface = %self.net.iface,
-            old_ifindex = old.index,
-            ifindex = now.index,
-            old_mac = %old.mac,
-            mac = %now.mac,
-            "VRRP interface changed: following it"
-        );
-        self.net.links.set_link(now);
-        self.net.ifindex = now.index;
-        if self.machine.state() == State::Master {
-            // The addresses went with the old device; clients learn the
-            // new MAC.
-            self.perform(vec![Action::AddAddresses, Action::Announce])
-                .await;
+            Followed::Gone => self.state.primary_up = false,
+            Followed::Unknown => {}
         }
     }
 
@@ -256,8 +181,7 @@ impl Runner {
         let mut fault = !(self.cfg.dont_track_primary || self.state.primary_up && settled);
         let mut priority = i32::from(self.cfg.priority);
         for i in &self.cfg.track_interface {
-            let state = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", i.name()))
-                .unwrap_or_default();
+            let state = self.net.operstate(i.name());
             let up = matches!(state.trim(), "up" | "unknown");
             match i.weight() {
                 // No weight (or 0): a tracked interface down means Fault.

@@ -54,9 +54,15 @@ impl Runner {
 
     /// RFC 5798 7.1 / RFC 3768 7.1 receive checks ([`packet::accept`]).
     pub(super) fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
-        let (own, peers) = match path.and_then(|i| self.parsed.paths.get(i)) {
-            Some(h) => ([h.socket.source(), self.net.socket.source()], &h.peers),
-            None => ([self.net.socket.source(); 2], &self.cfg.unicast_peer),
+        let main = self
+            .net
+            .source(None)
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let (own, peers) = match path
+            .and_then(|i| Some((self.net.source(Some(i))?, self.parsed.path_peers.get(i)?)))
+        {
+            Some((on_path, peers)) => ([on_path, main], peers),
+            None => ([main; 2], &self.cfg.unicast_peer),
         };
         let expect = packet::Expect {
             own: &own,

@@ -12,7 +12,7 @@ pub(super) struct Runner {
     /// What the runner remembers beside the state machine.
     pub(super) state: RunState,
     /// Where the instance meets the network: its interface, sockets and netlink.
-    pub(super) net: Net,
+    pub(super) net: Box<dyn Host>,
     /// What it reads: tracked verdicts, quorum, BFD, the daemon's holds.
     pub(super) inputs: Watched,
     /// Where it reports: status, published states, notifications, the dataplane's virtual-MAC hook.
@@ -28,8 +28,9 @@ pub(super) struct Parsed {
     /// `virtual_routes` and `virtual_rules`, parsed (held while master).
     pub(super) routes: Vec<routes::VirtualRoute>,
     pub(super) rules: Vec<routes::VirtualRule>,
-    /// Extra heartbeat paths (`heartbeat`).
-    pub(super) paths: Vec<HbPath>,
+    /// Each heartbeat path's unicast peers (none: multicast), in the
+    /// host's path order.
+    pub(super) path_peers: Vec<Vec<IpAddr>>,
 }
 
 /// What the runner remembers beside the state machine.
@@ -59,20 +60,8 @@ pub(super) struct RunState {
     /// the state it had, not a change (no notification).
     pub(super) resumed: bool,
     pub(super) group: Option<SyncGroup>,
-}
-
-/// Where the instance meets the network: its interface, sockets and netlink.
-pub(super) struct Net {
-    /// The instance's interface, followed when it is re-created or its MAC
-    /// changes.
-    pub(super) iface: String,
-    pub(super) ifindex: u32,
-    pub(super) handle: rtnetlink::Handle,
-    pub(super) links: Neighbors,
-    pub(super) socket: VrrpSocket,
-    pub(super) announcer: net::Announcer,
-    /// The virtual-MAC interface (`use_vmac`): name and index.
-    pub(super) vmac: Option<(String, u32)>,
+    /// (fault, effective priority) as last fed to the state machine.
+    pub(super) tracked: (bool, u8),
 }
 
 /// What it reads: tracked verdicts, quorum, BFD, the daemon's holds.
@@ -125,13 +114,6 @@ impl Runner {
         group: Option<SyncGroup>,
         resume: Option<String>,
     ) -> Result<Runner, VrrpError> {
-        let trackers = &shared.trackers;
-        let notifier = shared.notifier.clone();
-        let quorum = shared.quorum.clone();
-        let states = shared.states.clone();
-        let vmac_hook = shared.vmac_hook.clone();
-        let served = shared.served.clone();
-        let preempt_hold = shared.preempt_hold.clone();
         let name = cfg.name.clone();
         let links = Neighbors::open(&iface)
             .await
@@ -255,15 +237,9 @@ impl Runner {
             info!(instance = %name, interface = %h.interface, source = %src, "VRRP heartbeat path");
             paths.push(HbPath {
                 socket,
-                peers: h.unicast_peer.clone(),
                 _link: hb_link,
             });
         }
-        let gateways = cfg
-            .track_gateway
-            .iter()
-            .map(|g| start_gateway(&name, g.clone()))
-            .collect();
         let announcer = match &vmac {
             Some((vname, index)) => {
                 net::Announcer::open(vname, *index, crate::net::neighbor::Mac(cfg.vmac()), v6)
@@ -274,6 +250,48 @@ impl Runner {
             name: name.clone(),
             source,
         })?;
+        info!(
+            instance = %cfg.name,
+            vrid = cfg.virtual_router_id,
+            interface = %iface,
+            source = %src,
+            version = cfg.version.number(),
+            mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
+            "VRRP instance starting"
+        );
+        let host = Net {
+            iface,
+            ifindex: link.index,
+            handle,
+            links,
+            socket,
+            announcer,
+            vmac,
+            vmac_follows_state: v6,
+            paths,
+        };
+        Ok(Runner::on(
+            cfg,
+            Box::new(host),
+            status,
+            shared,
+            group,
+            resume,
+        ))
+    }
+
+    /// An instance on `host`, its adverts from `host.source(None)`.
+    pub(super) fn on(
+        cfg: VrrpInstance,
+        host: Box<dyn Host>,
+        status: Arc<Mutex<InstanceStatus>>,
+        shared: &Shared,
+        group: Option<SyncGroup>,
+        resume: Option<String>,
+    ) -> Runner {
+        let src = host
+            .source(None)
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let machine = Machine::new(Params {
             version: cfg.version,
             priority: cfg.priority,
@@ -284,27 +302,27 @@ impl Runner {
                 || resume.as_deref() == Some("master"),
             primary: src,
         });
-        let (checks, files) = trackers.resolve(&cfg);
+        let (checks, files) = shared.trackers.resolve(&cfg);
         let (vroutes, vrules) = parse_routes(&cfg);
-        info!(
-            instance = %cfg.name,
-            vrid = cfg.virtual_router_id,
-            interface = %iface,
-            source = %src,
-            version = cfg.version.number(),
-            mode = if cfg.unicast_peer.is_empty() { "multicast" } else { "unicast" },
-            "VRRP instance starting"
-        );
+        let gateways = cfg
+            .track_gateway
+            .iter()
+            .map(|g| start_gateway(&cfg.name, g.clone()))
+            .collect();
         let vips = cfg.addresses();
         let mut vip_set: Vec<IpAddr> = vips.iter().map(|a| a.address).collect();
         vip_set.sort();
-        Ok(Runner {
+        Runner {
             parsed: Parsed {
                 vips,
                 vip_set,
                 routes: vroutes,
                 rules: vrules,
-                paths,
+                path_peers: cfg
+                    .heartbeat
+                    .iter()
+                    .map(|h| h.unicast_peer.clone())
+                    .collect(),
             },
             state: RunState {
                 following: false,
@@ -318,60 +336,45 @@ impl Runner {
                 drop_logged: BTreeMap::new(),
                 resumed: resume.is_some(),
                 group,
+                tracked: (false, cfg.priority),
             },
-            net: Net {
-                iface,
-                ifindex: link.index,
-                handle,
-                links,
-                socket,
-                announcer,
-                vmac,
-            },
+            net: host,
             inputs: Watched {
                 gateways,
                 checks,
                 files,
-                trackers: trackers.clone(),
-                quorum,
+                trackers: shared.trackers.clone(),
+                quorum: shared.quorum.clone(),
                 master_bfd: cfg
                     .master_bfd
                     .as_ref()
                     .and_then(|n| shared.trackers.bfd.get(n))
                     .map(|(_, rx)| rx.clone()),
-                preempt_hold,
-                served,
+                preempt_hold: shared.preempt_hold.clone(),
+                served: shared.served.clone(),
             },
             outputs: Reports {
                 status,
-                states,
-                notifier,
-                vmac_hook,
+                states: shared.states.clone(),
+                notifier: shared.notifier.clone(),
+                vmac_hook: shared.vmac_hook.clone(),
             },
             machine,
             cfg,
-        })
-    }
-
-    /// Where the virtual addresses go: the virtual-MAC interface, or ours.
-    pub(super) fn address_ifindex(&self) -> u32 {
-        self.net.vmac.as_ref().map_or(self.net.ifindex, |(_, i)| *i)
+        }
     }
 
     /// Tells the dataplane whether our virtual MAC is ours now.
     /// An IPv6 virtual-MAC interface is up only while master (see
     /// [`net::create_vmac`]).
     pub(super) async fn vmac_link(&self, up: bool) {
-        if let Some((vname, index)) = &self.net.vmac
-            && self.cfg.is_ipv6()
-            && let Err(e) = net::set_link(&self.net.handle, *index, up).await
-        {
-            warn!(instance = %self.cfg.name, interface = %vname, up, error = %e, "cannot set the virtual MAC interface's state");
+        if let Err(e) = self.net.vmac_link(up).await {
+            warn!(instance = %self.cfg.name, up, error = %e, "cannot set the virtual MAC interface's state");
         }
     }
 
     pub(super) fn own_vmac(&self, ours: bool) {
-        if self.net.vmac.is_some()
+        if self.cfg.vmac_name().is_some()
             && let Some(hook) = &self.outputs.vmac_hook
         {
             hook(self.cfg.vmac(), ours);
@@ -379,16 +382,9 @@ impl Runner {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let actions = self.machine.step(Event::Startup, std::time::Instant::now());
-        if !actions.contains(&Action::AddAddresses) {
-            // Not master: addresses left by a daemon that died must go.
-            self.perform(vec![Action::RemoveAddresses]).await;
-        }
-        self.perform(actions).await;
-        self.state.resumed = false;
+        self.start().await;
         let mut tracking = tokio::time::interval(Duration::from_millis(100));
         let mut ticks = 0u64;
-        let mut tracked = (false, self.cfg.priority);
         let mut master_bfd = self.inputs.master_bfd.clone();
         let mut quorum = self.inputs.quorum.clone();
         // The protocol's deadlines on a timerfd: tokio's wheel would wake
@@ -433,33 +429,22 @@ impl Runner {
             // on time or a deadline from being handled.
             tokio::select! {
                 biased;
-                cmd = commands.recv() => {
-                    let done = match cmd {
-                        Some(Command::Update(new)) => {
-                            self.update(*new).await;
-                            continue;
-                        }
-                        Some(Command::Shutdown(done)) => Some(done),
-                        Some(Command::HandOver(done)) => {
-                            let _ = done.send(self.hand_over());
-                            return;
-                        }
-                        None => None,
-                    };
-                    let actions = self.machine.step(Event::Shutdown, std::time::Instant::now());
-                    self.perform(actions).await;
-                    // The virtual-MAC interface goes with the instance.
-                    if let Some((vname, _)) = &self.net.vmac
-                        && let Err(e) = net::delete_vmac(&self.net.handle, vname).await
-                    {
-                        warn!(instance = %self.cfg.name, interface = %vname, error = %e, "cannot remove the virtual MAC interface");
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Update(new)) => self.update(*new).await,
+                    Some(Command::HandOver(done)) => {
+                        let _ = done.send(self.hand_over());
+                        return;
                     }
-                    self.notify("STOP");
-                    if let Some(done) = done {
+                    Some(Command::Shutdown(done)) => {
+                        self.stop().await;
                         let _ = done.send(());
+                        return;
                     }
-                    return;
-                }
+                    None => {
+                        self.stop().await;
+                        return;
+                    }
+                },
                 _ = precise_sleep_until(timer.as_ref(), wake) => {
                     if early {
                         self.wait_out(deadline.into_std()).await;
@@ -469,97 +454,139 @@ impl Runner {
                     // Bounded (a flood keeps the socket full): the timer is
                     // handled after at most DRAIN_BUDGET packets or time.
                     self.drain_before_timer().await;
-                    if self.machine.state() == State::Backup
-                        && let Some(due) = self.machine.deadline()
-                        && due <= std::time::Instant::now()
-                    {
-                        // Woken far later than due: we were starved, and so
-                        // may the master have been. The silence we measured
-                        // is not evidence; wait one more interval.
-                        let late = std::time::Instant::now().saturating_duration_since(due);
-                        if self.machine.deadline() == Some(due)
-                            && late > self.machine.master_adver_interval()
-                        {
-                            warn!(
-                                instance = %self.cfg.name,
-                                late_ms = late.as_secs_f64() * 1000.0,
-                                "VRRP timer fired late: this machine is overloaded; giving the master one more interval"
-                            );
-                            let a = self.machine.step(Event::Starved, std::time::Instant::now());
-                            self.perform(a).await;
-                            continue;
-                        }
-                    }
-                    let now = std::time::Instant::now();
-                    if self.machine.state() == State::Master
-                        && let Some(due) = self.machine.deadline()
-                        && now.saturating_duration_since(due) > self.machine.master_adver_interval()
-                    {
-                        warn!(
-                            instance = %self.cfg.name,
-                            late_ms = now.saturating_duration_since(due).as_secs_f64() * 1000.0,
-                            "VRRP advert sent late: this machine is overloaded"
-                        );
-                    }
-                    let actions = self.machine.step(Event::Timer, now);
-                    self.perform(actions).await;
+                    self.on_timer(std::time::Instant::now()).await;
                 }
-                r = self.net.socket.recv() => match r {
-                    Ok(p) => self.received(None, p).await,
+                (path, r) = self.net.recv() => match r {
+                    Ok(p) => self.received(path, p).await,
                     Err(e) => {
-                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-                (i, r) = recv_paths(&self.parsed.paths) => match r {
-                    Ok(p) => self.received(Some(i), p).await,
-                    Err(e) => {
-                        warn!(instance = %self.cfg.name, error = %e, "VRRP receive failed on a heartbeat path");
+                        warn!(instance = %self.cfg.name, heartbeat_path = ?path, error = %e, "VRRP receive failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
                 _ = sleep_until(garp) => self.garp_burst(),
                 _ = bfd_changed(&mut master_bfd) => {
                     let down = master_bfd.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
-                    if down && self.machine.state() == State::Backup {
-                        info!(
-                            instance = %self.cfg.name,
-                            session = ?self.cfg.master_bfd,
-                            "BFD session to the master is down: taking over without waiting for the master-down interval"
-                        );
-                        let a = self.machine.step(Event::MasterDown, std::time::Instant::now());
-                        self.perform(a).await;
-                    }
+                    self.on_master_bfd(down, std::time::Instant::now()).await;
                 }
                 Some((member, state)) = peer => {
-                    if member != self.cfg.name && state != self.machine.state() {
-                        let a = self.machine.step(Event::Follow(state), std::time::Instant::now());
-                        self.state.following = true;
-                        self.perform(a).await;
-                        self.state.following = false;
-                    }
+                    self.on_group(&member, state, std::time::Instant::now()).await;
                 }
                 _ = tracking.tick() => {
                     ticks += 1;
-                    self.follow_interface().await;
-                    // Every 30 s: a router that never heard a peer says so.
-                    if ticks % 300 == 1 && !self.cfg.standalone && self.state.last_advert.is_none() && ticks > 1 {
-                        warn!(
-                            instance = %self.cfg.name,
-                            vrid = self.cfg.virtual_router_id,
-                            state = self.machine.state().as_str(),
-                            "VRRP peer never seen: no other router's advert has arrived since start; if this router has peers, their adverts are being dropped (firewall?) or misconfigured (set standalone = true if it is alone)"
-                        );
-                    }
-                    self.retrack(&mut tracked).await;
+                    self.on_tick(ticks, std::time::Instant::now()).await;
                 }
                 Ok(()) = quorum.changed() => {
                     // A tracked virtual server's quorum: at once, not at
                     // the next tick.
-                    self.retrack(&mut tracked).await;
+                    self.retrack(std::time::Instant::now()).await;
                 }
             }
         }
+    }
+}
+
+/// What the runner does with each input, the run loop's arms one by one
+/// (the replay tests call them in its place, with the time they choose).
+impl Runner {
+    /// The first step: not master, addresses left by a daemon that died
+    /// go.
+    pub(super) async fn start(&mut self) {
+        let actions = self.machine.step(Event::Startup, std::time::Instant::now());
+        if !actions.contains(&Action::AddAddresses) {
+            self.perform(vec![Action::RemoveAddresses]).await;
+        }
+        self.perform(actions).await;
+        self.state.resumed = false;
+    }
+
+    /// The instance stops for good: what it holds goes, the virtual-MAC
+    /// interface with it, and notify_stop runs.
+    pub(super) async fn stop(&mut self) {
+        let actions = self
+            .machine
+            .step(Event::Shutdown, std::time::Instant::now());
+        self.perform(actions).await;
+        if let Err(e) = self.net.remove_vmac().await {
+            warn!(instance = %self.cfg.name, error = %e, "cannot remove the virtual MAC interface");
+        }
+        self.notify("STOP");
+    }
+
+    /// The protocol's timer fired at `now` (adverts queued before it were
+    /// read first).
+    pub(super) async fn on_timer(&mut self, now: std::time::Instant) {
+        if self.machine.state() == State::Backup
+            && let Some(due) = self.machine.deadline()
+            && due <= now
+        {
+            // Woken far later than due: we were starved, and so may the
+            // master have been. The silence we measured is not evidence;
+            // wait one more interval.
+            let late = now.saturating_duration_since(due);
+            if late > self.machine.master_adver_interval() {
+                warn!(
+                    instance = %self.cfg.name,
+                    late_ms = late.as_secs_f64() * 1000.0,
+                    "VRRP timer fired late: this machine is overloaded; giving the master one more interval"
+                );
+                let a = self.machine.step(Event::Starved, now);
+                self.perform(a).await;
+                return;
+            }
+        }
+        if self.machine.state() == State::Master
+            && let Some(due) = self.machine.deadline()
+            && now.saturating_duration_since(due) > self.machine.master_adver_interval()
+        {
+            warn!(
+                instance = %self.cfg.name,
+                late_ms = now.saturating_duration_since(due).as_secs_f64() * 1000.0,
+                "VRRP advert sent late: this machine is overloaded"
+            );
+        }
+        let actions = self.machine.step(Event::Timer, now);
+        self.perform(actions).await;
+    }
+
+    /// `master_bfd` changed: a backup whose session to the master went
+    /// down takes over without waiting for the master-down interval.
+    pub(super) async fn on_master_bfd(&mut self, down: bool, now: std::time::Instant) {
+        if down && self.machine.state() == State::Backup {
+            info!(
+                instance = %self.cfg.name,
+                session = ?self.cfg.master_bfd,
+                "BFD session to the master is down: taking over without waiting for the master-down interval"
+            );
+            let a = self.machine.step(Event::MasterDown, now);
+            self.perform(a).await;
+        }
+    }
+
+    /// Another member of the sync group moved to `state`: follow it.
+    pub(super) async fn on_group(&mut self, member: &str, state: State, now: std::time::Instant) {
+        if member != self.cfg.name && state != self.machine.state() {
+            let a = self.machine.step(Event::Follow(state), now);
+            self.state.following = true;
+            self.perform(a).await;
+            self.state.following = false;
+        }
+    }
+
+    /// The tracking tick (every 100 ms, `ticks` so far): the interface
+    /// followed, tracking re-evaluated.
+    pub(super) async fn on_tick(&mut self, ticks: u64, now: std::time::Instant) {
+        self.follow_interface(now).await;
+        // Every 30 s: a router that never heard a peer says so.
+        if ticks % 300 == 1 && !self.cfg.standalone && self.state.last_advert.is_none() && ticks > 1
+        {
+            warn!(
+                instance = %self.cfg.name,
+                vrid = self.cfg.virtual_router_id,
+                state = self.machine.state().as_str(),
+                "VRRP peer never seen: no other router's advert has arrived since start; if this router has peers, their adverts are being dropped (firewall?) or misconfigured (set standalone = true if it is alone)"
+            );
+        }
+        self.retrack(now).await;
     }
 }
 
@@ -579,17 +606,12 @@ impl Runner {
         let started = std::time::Instant::now();
         let mut read = 0;
         let within = |read: usize| read < DRAIN_PACKETS && started.elapsed() < DRAIN_TIME;
-        while within(read)
-            && let Ok(Some(p)) = self.net.socket.try_recv()
-        {
-            self.received(None, p).await;
-            read += 1;
-        }
-        for i in 0..self.parsed.paths.len() {
+        let paths = std::iter::once(None).chain((0..self.net.paths()).map(Some));
+        for path in paths {
             while within(read)
-                && let Ok(Some(p)) = self.parsed.paths[i].socket.try_recv()
+                && let Ok(Some(p)) = self.net.try_recv(path)
             {
-                self.received(Some(i), p).await;
+                self.received(path, p).await;
                 read += 1;
             }
         }
@@ -600,7 +622,7 @@ impl Runner {
     /// advert moves the deadline; the loop then sleeps again).
     async fn wait_out(&mut self, deadline: std::time::Instant) {
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(p)) = self.net.socket.try_recv() {
+            if let Ok(Some(p)) = self.net.try_recv(None) {
                 self.received(None, p).await;
                 return;
             }

@@ -95,15 +95,6 @@ pub(super) struct SyncGroup {
     pub(super) notified: Arc<Mutex<Option<State>>>,
 }
 
-/// One instance with its socket and machine.
-/// One extra heartbeat path: its socket and peers (none: multicast).
-pub(super) struct HbPath {
-    pub(super) socket: VrrpSocket,
-    pub(super) peers: Vec<IpAddr>,
-    pub(super) _link: Neighbors,
-}
-
-/// The next advert from any extra path (never, without any).
 /// At most one split-brain notification per instance this often.
 pub(super) const SPLIT_NOTE_EVERY: Duration = Duration::from_secs(10);
 
@@ -160,15 +151,4 @@ pub(super) async fn bfd_changed(rx: &mut Option<watch::Receiver<Option<bool>>>) 
         }
         None => std::future::pending().await,
     }
-}
-
-pub(super) async fn recv_paths(paths: &[HbPath]) -> (usize, Result<Received, NetError>) {
-    if paths.is_empty() {
-        return std::future::pending().await;
-    }
-    let futures = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Box::pin(async move { (i, p.socket.recv().await) }));
-    futures::future::select_all(futures).await.0
 }
