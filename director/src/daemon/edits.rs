@@ -221,7 +221,7 @@ impl Daemon {
         // Quorum state is by service identity: the services that stay keep
         // theirs (hysteresis and scripts go on from it).
         let mut quorum = self.quorum.clone();
-        let (next, _) = plan(&new, &probes, &resolver, &self.board, &mut quorum);
+        let (next, quorum_changes) = plan(&new, &probes, &resolver, &self.board, &mut quorum);
         self.dataplane.set_new_flow_limit(new.global.new_flow_limit);
         if let Err(e) = self
             .dataplane
@@ -246,17 +246,15 @@ impl Daemon {
             resolver: std::mem::replace(&mut self.resolver, resolver),
             probes: std::mem::replace(&mut self.probes, probes),
             applied: self.applied.replace(next),
-            quorum: self.quorum.clone(),
+            quorum: std::mem::replace(&mut self.quorum, quorum),
         };
         if let Some(checks) = self.checks.as_mut() {
             checks.update(&self.probes.distinct());
         }
-        // Quorum bookkeeping, scripts and VRRP tracking for the new
-        // services (the dataplane has the plan already); removed services'
-        // state goes, the others' stays.
-        if let Err(e) = self.sync() {
-            warn!(error = %e, "dataplane update after the reload");
-        }
+        // Quorum scripts and VRRP tracking for the new services, from the
+        // one plan the dataplane has (removed services' state went with
+        // it, the others' stays).
+        self.quorum_changed(quorum_changes);
         Ok(previous)
     }
 

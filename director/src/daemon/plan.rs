@@ -139,6 +139,14 @@ impl Daemon {
             &self.board,
             &mut self.quorum,
         );
+        self.quorum_changed(quorum_changes);
+        self.install(next)
+    }
+
+    /// Runs the quorum scripts of the services (by position in the
+    /// running config) whose quorum changed, and tells VRRP every
+    /// service's quorum.
+    pub(super) fn quorum_changed(&mut self, quorum_changes: Vec<(usize, bool)>) {
         for (i, up) in quorum_changes {
             let vs = &self.config.virtual_server[i];
             let name = vs.id();
@@ -165,6 +173,10 @@ impl Daemon {
             *q = quorum;
             changed
         });
+    }
+
+    /// Applies `next` to the dataplane unless it is what is applied.
+    fn install(&mut self, next: Vec<ServicePlan>) -> Result<(), DataplaneError> {
         if self.applied.as_ref() == Some(&next) {
             return Ok(());
         }
