@@ -277,11 +277,13 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+/// A status document for tests: one service with one healthy real server.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn sample() -> Status {
+    /// One service, one real server (healthy, MAC unknown), no VRRP.
+    pub(crate) fn sample() -> Status {
         Status {
             router_id: "lb1".into(),
             pid: 1,
@@ -330,6 +332,11 @@ mod tests {
             bfd: vec![],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::sample, *};
 
     #[test]
     fn json_has_the_contract_fields() {

@@ -1,9 +1,9 @@
 //! Against FRR 8.4's `bfdd`: up without a flap, each side detects the other's death.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, ensure};
-use director_tests::{Lab, LabSpec, scenario};
+use anyhow::Result;
+use director_tests::scenario;
 use nix::sys::signal::Signal;
 
 use super::*;
@@ -22,12 +22,7 @@ pub(crate) fn frr_conf(me: &str, peer: &str) -> String {
 fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::Frr;
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::build(&LabSpec {
-        directors: 1,
-        real_servers: 1,
-        vip_on_director: true,
-    })?;
+    let (_one, lab) = one_director_lab()?;
     let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
     let state = lab.state_dir("director1")?;
     let (path, notified) = director_to_client(&lab)?;
@@ -50,13 +45,9 @@ fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_oth
     }
 
     // bfdd killed: our detection timer expires (diagnostic 1).
-    frr.bfdd.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-    let took = wait("our session down", Duration::from_secs(5), || {
-        Ok(session(&state)?["state"] == "down")
+    we_detect_the_peers_death(&state, "FRR bfdd", || {
+        frr.bfdd.stop(Signal::SIGKILL, Duration::from_secs(5))
     })?;
-    ensure!(session(&state)?["diagnostic"] == 1, "{}", session(&state)?);
-    ensure!(took < Duration::from_millis(500), "detected after {took:?}");
-    eprintln!("FRR bfdd killed: director's session down after {took:?}");
     drop(frr);
 
     // FRR back: up again without a flap; then the director is killed, and
@@ -75,26 +66,8 @@ fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_oth
         &view,
         "FRR again",
     )?;
-    let killed = Instant::now();
-    d.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-    let took = wait("FRR's session down", Duration::from_secs(5), || {
-        (view.down)()
-    })?;
-    ensure!(
-        took < Duration::from_millis(500),
-        "FRR saw it after {took:?}"
-    );
-    eprintln!(
-        "director killed: FRR's session down after {:?}",
-        killed.elapsed()
-    );
-
+    the_peer_detects_our_death(&mut d, "FRR", view.down)?;
     // A graceful stop: FRR told at once (AdminDown).
-    let mut d = scenario::spawn_director(&lab, 0, &path)?;
-    wait("up after restart", Duration::from_secs(10), || (view.up)())?;
-    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
-    wait("FRR told of the stop", Duration::from_secs(1), || {
-        Ok(!(view.up)()?)
-    })?;
+    the_peer_is_told_of_a_graceful_stop(&lab, &path, "FRR", view.up)?;
     Ok(())
 }

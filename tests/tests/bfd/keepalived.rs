@@ -33,12 +33,7 @@ pub(crate) fn keepalived_conf(me: &str, peer: &str) -> String {
 fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::keepalived_bfd;
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::build(&LabSpec {
-        directors: 1,
-        real_servers: 1,
-        vip_on_director: true,
-    })?;
+    let (_one, lab) = one_director_lab()?;
     let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
     let state = lab.state_dir("director1")?;
     let (path, notified) = director_to_client(&lab)?;
@@ -62,12 +57,9 @@ fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_t
         .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
 
     // keepalived killed: we detect it.
-    k.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-    let took = wait("our session down", Duration::from_secs(5), || {
-        Ok(session(&state)?["state"] == "down")
+    we_detect_the_peers_death(&state, "keepalived", || {
+        k.stop(Signal::SIGKILL, Duration::from_secs(5))
     })?;
-    ensure!(took < Duration::from_millis(500), "detected after {took:?}");
-    eprintln!("keepalived killed: director's session down after {took:?}");
 
     // keepalived back; the director killed: keepalived detects it.
     let _k = keepalived_bfd(&lab.client.ns, &lab.dir, "2", &conf)?;
@@ -92,25 +84,9 @@ fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_t
         "keepalived again",
     )
     .with_context(|| std::fs::read_to_string(&log2).unwrap_or_default())?;
-    d.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-    let took = wait("keepalived's session down", Duration::from_secs(5), || {
-        (view2.down)()
-    })?;
-    ensure!(
-        took < Duration::from_millis(500),
-        "keepalived saw it after {took:?}"
-    );
-    eprintln!("director killed: keepalived's session down after {took:?}");
-
+    the_peer_detects_our_death(&mut d, "keepalived", view2.down)?;
     // A graceful stop: keepalived told at once (AdminDown from us).
-    let mut d = scenario::spawn_director(&lab, 0, &path)?;
-    wait("up after restart", Duration::from_secs(10), || (view2.up)())?;
-    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
-    wait(
-        "keepalived told of the stop",
-        Duration::from_secs(1),
-        || Ok(!(view2.up)()?),
-    )?;
+    the_peer_is_told_of_a_graceful_stop(&lab, &path, "keepalived", view2.up)?;
     Ok(())
 }
 

@@ -22,7 +22,8 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use director_tests::{Lab, scenario};
+use director_tests::{Lab, LabSpec, Proc, scenario};
+use nix::sys::signal::Signal;
 
 /// The tests of this file run one at a time: each runs sessions at 10 ms
 /// x 3 (a 30 ms detection time) that two labs competing for the CPUs make
@@ -113,5 +114,81 @@ fn comes_up_without_a_flap(
     );
     ensure!((peer.up)()?, "{what}: the peer's session is not up");
     ensure!(s["detect_time_ms"].as_f64() == Some(30.0), "{what}: {s}");
+    Ok(())
+}
+
+/// One director, one real server, the client as the BFD peer; the lock
+/// that runs these tests one at a time held.
+fn one_director_lab() -> Result<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 1,
+        vip_on_director: true,
+    })?;
+    Ok((one, lab))
+}
+
+/// The peer killed by `kill`: our detection timer expires (diagnostic 1)
+/// within 500 ms. (Not a speed figure: a 30 ms detection that takes half a
+/// second is broken; the poll itself spawns a process per status.)
+fn we_detect_the_peers_death<T>(
+    state: &Path,
+    what: &str,
+    kill: impl FnOnce() -> Result<T>,
+) -> Result<()> {
+    kill()?;
+    let took = wait("our session down", Duration::from_secs(5), || {
+        Ok(session(state)?["state"] == "down")
+    })?;
+    let s = session(state)?;
+    ensure!(s["diagnostic"] == 1, "{s}");
+    ensure!(took < Duration::from_millis(500), "detected after {took:?}");
+    eprintln!(
+        "{what} killed: director's session down after {took:?} (detection time 30 ms; polled)"
+    );
+    Ok(())
+}
+
+/// The director killed: the peer's session goes down within 500 ms.
+fn the_peer_detects_our_death(
+    director: &mut Proc,
+    what: &str,
+    down: impl Fn() -> Result<bool>,
+) -> Result<()> {
+    let killed = Instant::now();
+    director.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    let took = wait(
+        &format!("{what}'s session down"),
+        Duration::from_secs(5),
+        down,
+    )?;
+    ensure!(
+        took < Duration::from_millis(500),
+        "{what} saw it after {took:?}"
+    );
+    eprintln!(
+        "director killed: {what}'s session down after {:?}",
+        killed.elapsed()
+    );
+    Ok(())
+}
+
+/// The director started again from `config`, then stopped gracefully:
+/// the peer is told at once (AdminDown), whatever the timers.
+fn the_peer_is_told_of_a_graceful_stop(
+    lab: &Lab,
+    config: &Path,
+    what: &str,
+    up: impl Fn() -> Result<bool>,
+) -> Result<()> {
+    let mut d = scenario::spawn_director(lab, 0, config)?;
+    wait("up after restart", Duration::from_secs(10), &up)?;
+    d.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+    wait(
+        &format!("{what} told of the stop"),
+        Duration::from_secs(1),
+        || Ok(!up()?),
+    )?;
     Ok(())
 }

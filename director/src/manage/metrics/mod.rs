@@ -414,70 +414,36 @@ mod tests {
 
     #[test]
     fn a_real_prometheus_parser_reads_the_metrics() {
-        let s = Status {
-            router_id: "lb1".into(),
-            pid: 1,
-            started_at: 0.0,
-            dataplane: "xdp".into(),
-            xdp_mode: Some("native".into()),
+        let mut s = crate::manage::status::fixtures::sample();
+        s.flows_unrecorded = Some(3);
+        let vs = &mut s.virtual_servers[0];
+        (vs.packets, vs.bytes, vs.new_flows) = (42, 4200, 7);
+        let rs = &mut vs.real_servers[0];
+        rs.weight = 3;
+        rs.mac = Some("02:00:00:00:00:01".into());
+        rs.healthy = false;
+        rs.last_check = Some(1.0);
+        rs.last_error = Some("refused".into());
+        rs.check_latency = Some(0.002);
+        (rs.packets, rs.bytes, rs.new_flows) = (40, 4000, 6);
+        s.vrrp = vec![InstanceStatus {
+            name: "VI_1".into(),
+            state: "master".into(),
+            priority: 150,
+            effective_priority: 130,
+            virtual_router_id: 51,
+            master_address: Some("10.0.0.10".into()),
+            transitions: 2,
+            version: 3,
+            advert_int: 0.1,
             interface: "eth0".into(),
-            dataplane_survives_restart: true,
-            flow_table_size: None,
-            flow_table_memory_bytes: None,
-            new_flow_limit: None,
-            flows_unrecorded: Some(3),
-            pin_dir: Some("/sys/fs/bpf/director/run-director".into()),
-            dataplane_error: None,
-            flow_sync: None,
-            bgp: None,
-            virtual_servers: vec![VirtualServerStatus {
-                address: "10.0.0.100".into(),
-                port: 80,
-                protocol: "tcp".into(),
-                scheduler: "mh".into(),
-                persistence_timeout: 0,
-                lb_kind: "dr".into(),
-                group: None,
-                members: Vec::new(),
-                fwmark: None,
-                quorum_up: true,
-                packets: 42,
-                bytes: 4200,
-                new_flows: 7,
-                real_servers: vec![RealServerStatus {
-                    address: "10.0.0.20".into(),
-                    port: 80,
-                    weight: 3,
-                    mac: Some("02:00:00:00:00:01".into()),
-                    healthy: false,
-                    last_check: Some(1.0),
-                    last_error: Some("refused".into()),
-                    check_latency: Some(0.002),
-                    packets: 40,
-                    bytes: 4000,
-                    new_flows: 6,
-                }],
-            }],
-            vrrp: vec![InstanceStatus {
-                name: "VI_1".into(),
-                state: "master".into(),
-                priority: 150,
-                effective_priority: 130,
-                virtual_router_id: 51,
-                master_address: Some("10.0.0.10".into()),
-                transitions: 2,
-                version: 3,
-                advert_int: 0.1,
-                interface: "eth0".into(),
-                virtual_ipaddress: vec!["10.0.0.100".into()],
-                adverts_sent: 100,
-                adverts_received: 5,
-                rejected: [("checksum".to_string(), 3u64)].into(),
-                split_brains: 1,
-                peer_seen: true,
-            }],
-            bfd: vec![],
-        };
+            virtual_ipaddress: vec!["10.0.0.100".into()],
+            adverts_sent: 100,
+            adverts_received: 5,
+            rejected: [("checksum".to_string(), 3u64)].into(),
+            split_brains: 1,
+            peer_seen: true,
+        }];
         let text = render(&s);
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
