@@ -18,10 +18,7 @@ fn failover_preemption_and_graceful_handover() -> Result<()> {
     let s2 = lab.state_dir("director2")?;
     let c1 = scenario::vrrp_config(&lab, "director1", 150, FAST)?;
     let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
-    let mut d1 = start(&lab, 0, &c1)?;
-    let mut d2 = start(&lab, 1, &c2)?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let (mut d1, mut d2) = pair(&lab, &c1, &c2)?;
     scenario::wait_status(&s1, Duration::from_secs(10), scenario::all_resolved)?;
     scenario::wait_status(&s2, Duration::from_secs(10), scenario::all_resolved)?;
     ensure!(
@@ -138,7 +135,6 @@ fn nopreempt_keeps_the_current_master() -> Result<()> {
 #[test]
 fn unicast_peers_and_authentication() -> Result<()> {
     let lab = lab()?;
-    let s1 = lab.state_dir("director1")?;
     let s2 = lab.state_dir("director2")?;
     let extra = |peer: &str, pass: &str| {
         format!(
@@ -147,10 +143,7 @@ fn unicast_peers_and_authentication() -> Result<()> {
     };
     let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra("10.0.0.11", "s3cret"))?;
     let c2 = scenario::vrrp_config(&lab, "director2", 100, &extra("10.0.0.10", "s3cret"))?;
-    let mut d1 = start(&lab, 0, &c1)?;
-    let _d2 = start(&lab, 1, &c2)?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let (mut d1, _d2) = pair(&lab, &c1, &c2)?;
     let st = scenario::status(&s2)?;
     ensure!(st["vrrp"][0]["adverts_received"].as_u64() > Some(0), "{st}");
     // Unicast means unicast: on the master's switch port, adverts go to

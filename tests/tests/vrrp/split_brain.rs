@@ -17,18 +17,11 @@ fn split_brain_is_detected_reported_and_healed() -> Result<()> {
         "{FAST}\nnotify = \"/bin/sh -c 'echo \\\"$*\\\" >> {}' notify\"",
         log.display()
     );
-    let d1 = start(
+    let (d1, d2) = pair(
         &lab,
-        0,
         &scenario::vrrp_config(&lab, "director1", 150, &extra)?,
-    )?;
-    let d2 = start(
-        &lab,
-        1,
         &scenario::vrrp_config(&lab, "director2", 100, &extra)?,
     )?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     scenario::wait_status(&s2, Duration::from_secs(5), |s| {
         s["vrrp"][0]["peer_seen"] == true
     })?;
@@ -115,18 +108,11 @@ fn a_lasting_split_brain_is_notified_once_and_never_as_a_stop() -> Result<()> {
         log.display(),
         stop.display()
     );
-    let _d1 = start(
+    let (_d1, _d2) = pair(
         &lab,
-        0,
         &scenario::vrrp_config(&lab, "director1", 150, &extra)?,
-    )?;
-    let _d2 = start(
-        &lab,
-        1,
         &scenario::vrrp_config(&lab, "director2", 100, FAST)?,
     )?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_secs(2));
     let nft = |args: &str| -> Result<()> {
         lab.directors[1].ns.exec("nft", &[args])?;

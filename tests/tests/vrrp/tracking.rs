@@ -22,10 +22,7 @@ fn a_failing_tracked_script_moves_the_vip() -> Result<()> {
     let extra = format!("{FAST}\ntrack_script = [\"chk_nginx\"]");
     let c1 = scenario::vrrp_config(&lab, "director1", 150, &extra)? + &script;
     let c2 = scenario::vrrp_config(&lab, "director2", 100, FAST)?;
-    let _d1 = start(&lab, 0, &c1)?;
-    let _d2 = start(&lab, 1, &c2)?;
-    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
-    scenario::wait_vrrp_state(&s2, "VI_1", "backup", Duration::from_secs(10))?;
+    let (_d1, _d2) = pair(&lab, &c1, &c2)?;
     // The check fails on the master: its priority drops to 50, the backup
     // (100) preempts and takes the VIP.
     std::fs::remove_file(&flag)?;
