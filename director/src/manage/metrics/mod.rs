@@ -410,7 +410,7 @@ pub use self::server::serve;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manage::status::{InstanceStatus, RealServerStatus, VirtualServerStatus};
+    use crate::manage::status::InstanceStatus;
 
     #[test]
     fn a_real_prometheus_parser_reads_the_metrics() {
