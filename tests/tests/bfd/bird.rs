@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{Lab, LabSpec, ecmp::bird, scenario};
+use director_tests::{ecmp::bird, scenario};
 use nix::sys::signal::Signal;
 
 use super::*;
@@ -29,7 +29,7 @@ pub(crate) fn bird_conf(me: &str, peer: &str) -> String {
 
 #[test]
 fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Result<()> {
-    let (_one, lab) = one_director_lab()?;
+    let (_one, lab) = locked_lab(1)?;
     let client = lab.client.ip.to_string();
     let director = lab.directors[0].ip.to_string();
     let state = lab.state_dir("director1")?;
@@ -101,12 +101,7 @@ fn a_session_with_bird_comes_up_and_each_side_detects_the_others_death() -> Resu
 /// once its BFD session to it expires.
 #[test]
 fn master_bfd_takes_over_before_the_master_down_interval() -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::build(&LabSpec {
-        directors: 2,
-        real_servers: 1,
-        vip_on_director: false,
-    })?;
+    let (_one, lab) = locked_lab(2)?;
     let (ip1, ip2) = (lab.directors[0].ip, lab.directors[1].ip);
     let bfd = |peer: std::net::Ipv4Addr| {
         format!(

@@ -22,7 +22,7 @@ pub(crate) fn frr_conf(me: &str, peer: &str) -> String {
 fn a_session_with_frr_bfdd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::Frr;
-    let (_one, lab) = one_director_lab()?;
+    let (_one, lab) = locked_lab(1)?;
     let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
     let state = lab.state_dir("director1")?;
     let (path, notified) = director_to_client(&lab)?;

@@ -33,7 +33,7 @@ pub(crate) fn keepalived_conf(me: &str, peer: &str) -> String {
 fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_the_others_death()
 -> Result<()> {
     use director_tests::peers::keepalived_bfd;
-    let (_one, lab) = one_director_lab()?;
+    let (_one, lab) = locked_lab(1)?;
     let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
     let state = lab.state_dir("director1")?;
     let (path, notified) = director_to_client(&lab)?;
@@ -95,12 +95,7 @@ fn a_session_with_keepalived_bfd_comes_up_without_a_flap_and_each_side_detects_t
 /// master preempts back); weight 0 (the default) forces Fault.
 #[test]
 fn track_bfd_lowers_the_priority_or_forces_fault() -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::build(&LabSpec {
-        directors: 2,
-        real_servers: 1,
-        vip_on_director: false,
-    })?;
+    let (_one, lab) = locked_lab(2)?;
     let (client, director) = (lab.client.ip.to_string(), lab.directors[0].ip.to_string());
     let bfd_table = format!(
         "\n[[bfd_instance]]\nname = \"to-client\"\nneighbor_ip = \"{client}\"\nmin_rx = 20\nmin_tx = 20\nmultiplier = 5\n"

@@ -117,14 +117,15 @@ fn comes_up_without_a_flap(
     Ok(())
 }
 
-/// One director, one real server, the client as the BFD peer; the lock
-/// that runs these tests one at a time held.
-fn one_director_lab() -> Result<(std::sync::MutexGuard<'static, ()>, Lab)> {
+/// A lab of `directors` and one real server, the lock that runs these
+/// tests one at a time held. One director holds the VIP itself (its BFD
+/// peer is the client); a pair leaves the VIP to VRRP.
+fn locked_lab(directors: usize) -> Result<(std::sync::MutexGuard<'static, ()>, Lab)> {
     let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&LabSpec {
-        directors: 1,
+        directors,
         real_servers: 1,
-        vip_on_director: true,
+        vip_on_director: directors == 1,
     })?;
     Ok((one, lab))
 }

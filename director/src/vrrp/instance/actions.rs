@@ -297,7 +297,8 @@ impl Runner {
         );
         let mut sent = 0;
         for (path, peers) in paths {
-            let Some(src) = self.net.source(path) else {
+            let Some(src) = path.map_or(Some(self.net.source()), |i| self.net.path_source(i))
+            else {
                 continue;
             };
             let group: IpAddr = if src.is_ipv6() {

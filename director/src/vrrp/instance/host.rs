@@ -26,8 +26,11 @@ pub(super) trait Host: Send + Sync {
     fn ifindex(&self) -> u32;
     /// Where the virtual addresses go: the virtual-MAC interface, or ours.
     fn address_ifindex(&self) -> u32;
-    /// The address adverts leave from on `path` (`None`: no such path).
-    fn source(&self, path: Option<usize>) -> Option<IpAddr>;
+    /// The address adverts leave from on the instance's own socket.
+    fn source(&self) -> IpAddr;
+    /// The address adverts leave from on heartbeat path `i` (`None`: no
+    /// such path).
+    fn path_source(&self, i: usize) -> Option<IpAddr>;
     /// The number of heartbeat paths.
     fn paths(&self) -> usize;
     fn send(&self, path: Option<usize>, dst: IpAddr, message: &[u8]) -> Result<(), NetError>;
@@ -134,8 +137,12 @@ impl Host for Net {
         self.vmac.as_ref().map_or(self.ifindex, |(_, i)| *i)
     }
 
-    fn source(&self, path: Option<usize>) -> Option<IpAddr> {
-        self.socket(path).map(VrrpSocket::source)
+    fn source(&self) -> IpAddr {
+        self.socket.source()
+    }
+
+    fn path_source(&self, i: usize) -> Option<IpAddr> {
+        self.paths.get(i).map(|p| p.socket.source())
     }
 
     fn paths(&self) -> usize {

@@ -54,12 +54,9 @@ impl Runner {
 
     /// RFC 5798 7.1 / RFC 3768 7.1 receive checks ([`packet::accept`]).
     pub(super) fn check(&self, path: Option<usize>, p: &Received) -> Result<Advert, Reject> {
-        let main = self
-            .net
-            .source(None)
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let main = self.net.source();
         let (own, peers) = match path
-            .and_then(|i| Some((self.net.source(Some(i))?, self.parsed.path_peers.get(i)?)))
+            .and_then(|i| Some((self.net.path_source(i)?, self.parsed.path_peers.get(i)?)))
         {
             Some((on_path, peers)) => ([on_path, main], peers),
             None => ([main; 2], &self.cfg.unicast_peer),

@@ -74,12 +74,11 @@ impl Host for Recorder {
     fn address_ifindex(&self) -> u32 {
         2
     }
-    fn source(&self, path: Option<usize>) -> Option<IpAddr> {
-        match path {
-            None => Some(self.source),
-            Some(i) if i < self.paths => Some(self.source),
-            Some(_) => None,
-        }
+    fn source(&self) -> IpAddr {
+        self.source
+    }
+    fn path_source(&self, i: usize) -> Option<IpAddr> {
+        (i < self.paths).then_some(self.source)
     }
     fn paths(&self) -> usize {
         self.paths

@@ -280,7 +280,7 @@ impl Runner {
         ))
     }
 
-    /// An instance on `host`, its adverts from `host.source(None)`.
+    /// An instance on `host`, its adverts from `host.source()`.
     pub(super) fn on(
         cfg: VrrpInstance,
         host: Box<dyn Host>,
@@ -289,9 +289,7 @@ impl Runner {
         group: Option<SyncGroup>,
         resume: Option<String>,
     ) -> Runner {
-        let src = host
-            .source(None)
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let src = host.source();
         let machine = Machine::new(Params {
             version: cfg.version,
             priority: cfg.priority,
