@@ -33,6 +33,8 @@ pub const DEFAULT_UDP_TIMEOUT: u32 = 300;
 pub const DEFAULT_STATE_DIR: &str = "/run/director";
 /// Highest real-server weight (as in keepalived and IPVS).
 pub const MAX_WEIGHT: u32 = 65535;
+/// The longest `slow_start`, seconds (a day).
+pub const MAX_SLOW_START: u32 = 86_400;
 
 mod global;
 mod health_check;
@@ -523,6 +525,33 @@ protocol = "udp"
         let e = err(&text);
         assert!(e.starts_with("test.toml:15:3: "), "{e}");
         assert!(e.contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn fail_open_and_slow_start_out_of_range_name_their_line() {
+        let text = GOOD.replace(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\nfail_open = 101\n",
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("test.toml:11:") && e.contains("fail_open"),
+            "{e}"
+        );
+        let text = GOOD.replace("weight = 2", "weight = 2\n  slow_start = 90000");
+        let e = err(&text);
+        assert!(
+            e.starts_with("test.toml:16:") && e.contains("slow_start"),
+            "{e}"
+        );
+        let text = GOOD.replace(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\nfail_open = 50\nslow_start = 30\n",
+        );
+        let c = Config::parse(Path::new("test.toml"), &text).expect("valid");
+        assert_eq!(c.virtual_server[0].fail_open, Some(50));
+        let rs = &c.virtual_server[0].real_server[0];
+        assert_eq!(c.virtual_server[0].slow_start_of(rs).as_secs(), 30);
     }
 
     #[test]

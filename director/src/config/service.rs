@@ -203,6 +203,18 @@ pub struct VirtualServer {
     /// Real servers start down until their checks pass (keepalived `alpha`).
     #[serde(default)]
     pub alpha: bool,
+    /// Fail open (percent of the pool's weight, off when unset): when more
+    /// than this share of the real servers' weight fails its checks at
+    /// once, every real server keeps receiving new flows (the checker, or
+    /// its path, is what more likely failed) until enough pass again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<u8>,
+    /// Seconds over which a real server that comes back (its checks pass
+    /// again, `enable`, or a reload adds it) ramps from a tenth of its
+    /// weight to all of it, in ten steps (0: at once). A real server's own
+    /// `slow_start` overrides it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slow_start: u32,
     #[serde(default)]
     pub real_server: Vec<RealServer>,
 }
@@ -301,6 +313,11 @@ pub enum IpFamily {
 }
 
 impl VirtualServer {
+    /// `rs`'s slow start (its own, or the service's), 0 when off.
+    pub fn slow_start_of(&self, rs: &RealServer) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(rs.slow_start.unwrap_or(self.slow_start)))
+    }
+
     /// The service's identity address: `address`, or its group's first
     /// (a `fwmark` service: the unspecified address of its family).
     pub fn address(&self) -> IpAddr {
@@ -367,6 +384,9 @@ pub struct RealServer {
     /// A failed server keeps its flows with weight 0 instead of leaving.
     #[serde(default)]
     pub inhibit_on_failure: bool,
+    /// This server's slow start, seconds (overrides the virtual server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<u32>,
     pub tcp_check: Option<TcpCheck>,
     pub http_get: Option<HttpCheck>,
     /// `http_get` over TLS (rustls).
@@ -391,6 +411,7 @@ impl RealServer {
             port: None,
             weight,
             inhibit_on_failure: false,
+            slow_start: None,
             tcp_check: None,
             http_get: None,
             ssl_get: None,
@@ -402,6 +423,10 @@ impl RealServer {
             dr_check: None,
         }
     }
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 pub(super) fn default_weight() -> u32 {

@@ -128,6 +128,18 @@ impl Config {
                     "must be of the virtual address's family",
                 ));
             }
+            if vs.fail_open.is_some_and(|p| p > 100) {
+                return Err(problem(
+                    at("fail_open"),
+                    "must be a percentage of the pool's weight, 0 to 100",
+                ));
+            }
+            if vs.slow_start > MAX_SLOW_START {
+                return Err(problem(
+                    at("slow_start"),
+                    format!("must be between 0 and {MAX_SLOW_START} seconds"),
+                ));
+            }
             if vs.real_server.len() > MAX_REAL_SERVERS_PER_SERVICE as usize {
                 return Err(problem(
                     at("real_server"),
@@ -183,6 +195,12 @@ impl Config {
                                 vs.port()
                             )
                         },
+                    ));
+                }
+                if rs.slow_start.is_some_and(|s| s > MAX_SLOW_START) {
+                    return Err(problem(
+                        at("slow_start"),
+                        format!("must be between 0 and {MAX_SLOW_START} seconds"),
                     ));
                 }
                 if rs.weight > MAX_WEIGHT {

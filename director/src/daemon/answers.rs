@@ -13,6 +13,9 @@ impl Daemon {
             .zip(plans.iter())
             .map(|(vs, plan)| {
                 let id = vs.identity();
+                let memory = self.memory.get(&id);
+                // The sorry server has the traffic: no real server gets any.
+                let quorum_lost = vs.sorry_server.is_some() && !self.quorum_up(vs);
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
                 let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
                 let per_server = self.dataplane.backends_traffic(plan, &addresses);
@@ -31,6 +34,8 @@ impl Daemon {
                         Vec::new()
                     },
                     quorum_up: self.quorum_up(vs),
+                    failing_open: memory.is_some_and(|m| m.failing_open.is_some()),
+                    fail_open_reason: memory.and_then(|m| m.failing_open.clone()),
                     packets: t.packets,
                     bytes: t.bytes,
                     new_flows: t.new_flows,
@@ -41,7 +46,9 @@ impl Daemon {
                         .map(|(j, rs)| {
                             let keys = self.probes.of_server(id, rs.address);
                             let t = per_server.get(j).copied().unwrap_or_default();
-                            let (healthy, _) = server_health(&self.board, vs, keys);
+                            let healthy = server_health(&self.board, vs, keys).healthy;
+                            let server = memory.and_then(|m| m.servers.get(&rs.address));
+                            let ramp = vs.slow_start_of(rs);
                             let (last_check, last_error, check_latency) = self.last_check(keys);
                             RealServerStatus {
                                 healthy,
@@ -51,6 +58,14 @@ impl Daemon {
                                 address: rs.address.to_string(),
                                 port: rs.port.unwrap_or(vs.port()),
                                 weight: rs.weight,
+                                effective_weight: if quorum_lost {
+                                    0.0
+                                } else {
+                                    server.map_or(0.0, |m| m.effective_weight)
+                                },
+                                slow_start_remaining: server
+                                    .and_then(|m| m.ramp_since)
+                                    .map(|t| ramp.saturating_sub(t.elapsed()).as_secs_f64()),
                                 mac: self
                                     .resolver
                                     .mac(&rs.address, vs.lb_kind == crate::config::LbKind::Tun)

@@ -218,10 +218,19 @@ impl Daemon {
         }
         // The new config's probes, compiled once for the plan and the checks.
         let probes = health::Probes::of(&new);
-        // Quorum state is by service identity: the services that stay keep
-        // theirs (hysteresis and scripts go on from it).
-        let mut quorum = self.quorum.clone();
-        let (next, quorum_changes) = plan(&new, &probes, &resolver, &self.board, &mut quorum);
+        // Quorum, failing open and slow starts are by service identity:
+        // the services that stay keep theirs (hysteresis and scripts go on
+        // from it, a ramp goes on; a server the reload adds ramps).
+        let mut memory = self.memory.clone();
+        let planned = plan(
+            &new,
+            &probes,
+            &resolver,
+            &self.board,
+            &mut memory,
+            std::time::Instant::now(),
+        );
+        let next = planned.plans;
         self.dataplane.set_new_flow_limit(new.global.new_flow_limit);
         if let Err(e) = self
             .dataplane
@@ -246,7 +255,8 @@ impl Daemon {
             resolver: std::mem::replace(&mut self.resolver, resolver),
             probes: std::mem::replace(&mut self.probes, probes),
             applied: self.applied.replace(next),
-            quorum: std::mem::replace(&mut self.quorum, quorum),
+            memory: std::mem::replace(&mut self.memory, memory),
+            next_step: std::mem::replace(&mut self.next_step, planned.next_step),
         };
         if let Some(checks) = self.checks.as_mut() {
             checks.update(&self.probes.distinct());
@@ -254,7 +264,7 @@ impl Daemon {
         // Quorum scripts and VRRP tracking for the new services, from the
         // one plan the dataplane has (removed services' state went with
         // it, the others' stays).
-        self.quorum_changed(quorum_changes);
+        self.planned_changes(planned.quorum_changes, planned.fail_open_changes);
         Ok(previous)
     }
 
@@ -269,7 +279,8 @@ impl Daemon {
         if let Some(checks) = self.checks.as_mut() {
             checks.update(&self.probes.distinct());
         }
-        self.quorum = previous.quorum;
+        self.memory = previous.memory;
+        self.next_step = previous.next_step;
         self.applied = None;
         self.dataplane
             .set_new_flow_limit(self.config.global.new_flow_limit);
@@ -291,5 +302,6 @@ pub(super) struct Previous {
     resolver: MacResolver,
     probes: health::Probes,
     applied: Option<Vec<ServicePlan>>,
-    quorum: super::plan::QuorumState,
+    memory: super::plan::Memory,
+    next_step: Option<std::time::Instant>,
 }

@@ -55,11 +55,18 @@ pub(super) enum Event {
     FromPeer(crate::dataplane::flowsync::Received),
     /// The neighbour table is due to be read again.
     RefreshDue,
+    /// A slow start's next step is due: the plan changes with it.
+    StepDue,
 }
 
 impl Inputs {
-    /// The next event; `refresh_at` is when the neighbour table is due.
-    pub(super) async fn next(&mut self, refresh_at: tokio::time::Instant) -> Event {
+    /// The next event; `refresh_at` is when the neighbour table is due,
+    /// `step_at` when a slow start steps.
+    pub(super) async fn next(
+        &mut self,
+        refresh_at: tokio::time::Instant,
+        step_at: Option<std::time::Instant>,
+    ) -> Event {
         use futures::StreamExt as _;
         tokio::select! {
             _ = self.sigint.recv() => Event::Interrupt,
@@ -84,6 +91,12 @@ impl Inputs {
                 Event::HealthChanged
             }
             _ = tokio::time::sleep_until(refresh_at) => Event::RefreshDue,
+            _ = async {
+                match step_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => Event::StepDue,
         }
     }
 }
@@ -124,7 +137,7 @@ impl Daemon {
     pub(super) async fn serve(&mut self, inputs: &mut Inputs) -> Stopped {
         loop {
             self.in_step().await;
-            let event = inputs.next(self.links.next_refresh).await;
+            let event = inputs.next(self.links.next_refresh, self.next_step).await;
             if let Some(stopped) = self.handle(event).await {
                 return stopped;
             }
@@ -207,7 +220,11 @@ impl Daemon {
                 self.links.refresh_now = true;
                 self.follow_link().await;
             }
-            Event::VrrpChanged | Event::HealthChanged | Event::BgpTick | Event::RefreshDue => {}
+            Event::VrrpChanged
+            | Event::HealthChanged
+            | Event::BgpTick
+            | Event::RefreshDue
+            | Event::StepDue => {}
             Event::SyncTick => self.sync_round(),
             Event::Scanned(done) => self.scanned(done),
             Event::FromPeer(received) => self.peer_sent(received),

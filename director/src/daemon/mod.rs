@@ -194,7 +194,11 @@ struct Daemon {
     resolver: MacResolver,
     board: Board,
     checks: Option<health::Checks>,
-    quorum: plan::QuorumState,
+    /// What each service's plans remember: quorum, failing open, slow
+    /// starts.
+    memory: plan::Memory,
+    /// When a slow start takes its next step (the plan is due again).
+    next_step: Option<std::time::Instant>,
     dataplane: Dataplane,
     applied: Option<Vec<ServicePlan>>,
     vrrp: Option<Vrrp>,

@@ -138,7 +138,7 @@ pub struct ProbeState {
 }
 
 impl ProbeState {
-    fn new(healthy: bool) -> ProbeState {
+    pub(crate) fn new(healthy: bool) -> ProbeState {
         ProbeState {
             healthy,
             weight: None,

@@ -115,6 +115,13 @@ pub struct VirtualServerStatus {
     pub fwmark: Option<u32>,
     /// Whether the healthy real servers' weights reach `quorum`.
     pub quorum_up: bool,
+    /// More than `fail_open` percent of the pool's weight fails its checks:
+    /// every real server keeps receiving new flows.
+    #[serde(default)]
+    pub failing_open: bool,
+    /// Why it fails open (`null` while it does not).
+    #[serde(default)]
+    pub fail_open_reason: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -131,6 +138,16 @@ pub struct RealServerStatus {
     pub address: String,
     pub port: u16,
     pub weight: u32,
+    /// The weight new flows see now: `weight` (or a `misc_dynamic`
+    /// check's), the share of it a slow start has reached, 0 while it
+    /// gets no new flows (failed, drained, or its service on the sorry
+    /// server).
+    #[serde(default)]
+    pub effective_weight: f64,
+    /// Seconds until its slow start reaches its whole weight (`null`
+    /// when it is not ramping).
+    #[serde(default)]
+    pub slow_start_remaining: Option<f64>,
     /// `null` until the kernel has resolved it.
     pub mac: Option<String>,
     /// Passing its health checks (true when it has none).
@@ -257,6 +274,9 @@ pub fn render(s: &Status) -> String {
         for m in &vs.members {
             let _ = writeln!(out, "   = {m}");
         }
+        if let Some(why) = &vs.fail_open_reason {
+            let _ = writeln!(out, "   ! failing open: {why}");
+        }
         for rs in &vs.real_servers {
             let _ = writeln!(
                 out,
@@ -267,7 +287,11 @@ pub fn render(s: &Status) -> String {
                     (true, Some(m)) => m,
                     (true, None) => "(unresolved)",
                 },
-                rs.weight,
+                if rs.effective_weight == f64::from(rs.weight) {
+                    rs.weight.to_string()
+                } else {
+                    format!("{}/{}", rs.effective_weight, rs.weight)
+                },
                 rs.packets,
                 rs.bytes,
                 rs.new_flows
@@ -311,6 +335,8 @@ pub(crate) mod fixtures {
                 members: Vec::new(),
                 fwmark: None,
                 quorum_up: true,
+                failing_open: false,
+                fail_open_reason: None,
                 packets: 10,
                 bytes: 1000,
                 new_flows: 2,
@@ -318,6 +344,8 @@ pub(crate) mod fixtures {
                     address: "10.0.0.20".into(),
                     port: 80,
                     weight: 1,
+                    effective_weight: 1.0,
+                    slow_start_remaining: None,
                     mac: None,
                     healthy: true,
                     last_check: None,

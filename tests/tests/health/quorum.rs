@@ -43,13 +43,7 @@ fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
 
     // director1 loses its path to the real servers (its checks are
     // dropped on the way out; forwarded client traffic is not affected).
-    let nft = |args: &str| -> Result<()> {
-        lab.directors[0].ns.exec("nft", &[args])?;
-        Ok(())
-    };
-    nft("add table inet lab")?;
-    nft("add chain inet lab out { type filter hook output priority 0 ; }")?;
-    nft("add rule inet lab out tcp dport 80 drop")?;
+    cut_the_checkers_path(&lab, 0)?;
     scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
     scenario::wait_vrrp_state(&s1, "VI_1", "backup", Duration::from_secs(5))?;
     let st = scenario::status(&s1)?;
@@ -60,7 +54,9 @@ fn a_virtual_server_losing_quorum_moves_the_vip() -> Result<()> {
     ensure!(by.len() == 2, "{by:?}");
 
     // The path returns: quorum back, priority 150, director1 preempts.
-    nft("delete table inet lab")?;
+    lab.directors[0]
+        .ns
+        .exec("nft", &["delete table inet lab"])?;
     scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(5))?;
     let st = scenario::status(&s1)?;
     ensure!(st["vrrp"][0]["effective_priority"] == 150, "{st}");

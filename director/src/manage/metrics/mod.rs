@@ -134,6 +134,11 @@ pub fn render(s: &Status) -> String {
         "virtual_server_quorum_up",
         "1 while the virtual server has quorum",
     );
+    let vs_open = gauge(
+        &mut reg,
+        "virtual_server_failing_open",
+        "1 while more than fail_open percent of the pool fails its checks (every real server keeps receiving new flows)",
+    );
     let rs_packets = counter(
         &mut reg,
         "real_server_packets",
@@ -155,6 +160,11 @@ pub fn render(s: &Status) -> String {
         "1 while the real server passes its checks",
     );
     let rs_weight = gauge(&mut reg, "real_server_weight", "Configured weight");
+    let rs_effective = gauge(
+        &mut reg,
+        "real_server_effective_weight",
+        "Weight new flows see now (a slow start's share of it, 0 while out of the pool)",
+    );
     let rs_latency = gauge(
         &mut reg,
         "real_server_check_latency_seconds",
@@ -178,6 +188,9 @@ pub fn render(s: &Status) -> String {
         vs_quorum
             .get_or_create(&l(&base))
             .set(if vs.quorum_up { 1.0 } else { 0.0 });
+        vs_open
+            .get_or_create(&l(&base))
+            .set(if vs.failing_open { 1.0 } else { 0.0 });
         for rs in &vs.real_servers {
             let mut labels = l(&base);
             labels.push(("real_server".into(), rs.address.clone()));
@@ -188,6 +201,7 @@ pub fn render(s: &Status) -> String {
                 .get_or_create(&labels)
                 .set(if rs.healthy { 1.0 } else { 0.0 });
             rs_weight.get_or_create(&labels).set(f64::from(rs.weight));
+            rs_effective.get_or_create(&labels).set(rs.effective_weight);
             rs_resolved
                 .get_or_create(&labels)
                 .set(if rs.mac.is_some() { 1.0 } else { 0.0 });
@@ -418,8 +432,10 @@ mod tests {
         s.flows_unrecorded = Some(3);
         let vs = &mut s.virtual_servers[0];
         (vs.packets, vs.bytes, vs.new_flows) = (42, 4200, 7);
+        vs.failing_open = true;
         let rs = &mut vs.real_servers[0];
         rs.weight = 3;
+        rs.effective_weight = 0.3;
         rs.mac = Some("02:00:00:00:00:01".into());
         rs.healthy = false;
         rs.last_check = Some(1.0);
@@ -469,6 +485,8 @@ mod tests {
             0.0
         );
         assert_eq!(value("director_real_server_weight", None), 3.0);
+        assert_eq!(value("director_real_server_effective_weight", None), 0.3);
+        assert_eq!(value("director_virtual_server_failing_open", None), 1.0);
         assert_eq!(value("director_vrrp_state", Some(("state", "master"))), 1.0);
         assert_eq!(value("director_vrrp_state", Some(("state", "backup"))), 0.0);
         assert_eq!(value("director_vrrp_effective_priority", None), 130.0);
