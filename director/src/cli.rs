@@ -124,6 +124,28 @@ pub enum Command {
     /// (for packaging).
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Which real server a flow goes to now and why: the flow table, the
+    /// client's persistence, the Maglev slot and the pool it was built
+    /// from, the sorry server. Reads the pinned XDP dataplane (its daemon
+    /// running or stopped).
+    Explain {
+        /// The client: ADDR, or ADDR:PORT ([ADDR]:PORT for IPv6) to look
+        /// its flow up in the flow table.
+        client: String,
+        /// The service: VIP:PORT, optionally /tcp (default) or /udp.
+        service: String,
+        /// Print one JSON object (`real_server`, `reason`, ...).
+        #[arg(long)]
+        json: bool,
+        /// Explain a new connection's first packet (a SYN) rather than the
+        /// flow's next packet.
+        #[arg(long)]
+        syn: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
     Flush {
         #[arg(long)]
@@ -157,4 +179,38 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
         page(sub.clone().name(leaked), name)?;
     }
     Ok(written)
+}
+
+/// `ADDR`, `ADDR:PORT` or `[ADDR]:PORT` (IPv6); with `port_required`, a
+/// port must be there.
+pub fn parse_endpoint(
+    text: &str,
+    port_required: bool,
+) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(a) = text.parse::<std::net::IpAddr>() {
+        if port_required {
+            return Err("a port is needed".into());
+        }
+        return Ok((a, None));
+    }
+    let s: std::net::SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an address"))?;
+    Ok((s.ip(), Some(s.port())))
+}
+
+/// `VIP:PORT`, `VIP:PORT/tcp`, `[VIP6]:PORT/udp`.
+pub fn parse_service(text: &str) -> Result<crate::config::ServiceAddr, String> {
+    let (endpoint, protocol) = match text.rsplit_once('/') {
+        Some((e, "tcp")) => (e, crate::config::Protocol::Tcp),
+        Some((e, "udp")) => (e, crate::config::Protocol::Udp),
+        Some((_, other)) => return Err(format!("protocol `{other}`: tcp or udp")),
+        None => (text, crate::config::Protocol::Tcp),
+    };
+    let (address, port) = parse_endpoint(endpoint, true)?;
+    Ok(crate::config::ServiceAddr {
+        address,
+        port: port.unwrap_or(0),
+        protocol,
+    })
 }

@@ -66,6 +66,14 @@ fn main() -> ExitCode {
                 std::thread::sleep(std::time::Duration::from_secs_f64(every.clamp(0.1, 3600.0)));
             },
         }),
+        Command::Explain {
+            client,
+            service,
+            json,
+            syn,
+            state_dir,
+            config,
+        } => explain(&client, &service, json, syn, state_dir, config),
         Command::Flush { state_dir, config } => {
             target_of(state_dir, config).and_then(|t| flush_state(&t))
         }
@@ -348,6 +356,71 @@ fn restart(state_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+}
+
+/// `director explain CLIENT[:PORT] VIP:PORT[/PROTO]`.
+fn explain(
+    client: &str,
+    service: &str,
+    json: bool,
+    syn: bool,
+    state_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use director::dataplane::xdp::explain::{self, Explainer, Query};
+    let (client, client_port) = director::cli::parse_endpoint(client, false).map_err(|e| {
+        anyhow::anyhow!("client `{client}`: {e} (ADDR or ADDR:PORT, [ADDR]:PORT for IPv6)")
+    })?;
+    let service = director::cli::parse_service(service).map_err(|e| {
+        anyhow::anyhow!("service `{service}`: {e} (VIP:PORT, optionally /tcp or /udp)")
+    })?;
+    // The sorry server, when the configuration can be read.
+    let loaded = match (&state_dir, &config) {
+        (None, Some(path)) => Some(Config::load(path)?),
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(Path::new(DEFAULT_CONFIG)).ok()
+        }
+        _ => None,
+    };
+    let sorry = loaded.as_ref().and_then(|c| {
+        c.virtual_server
+            .iter()
+            .find(|vs| {
+                vs.protocol == service.protocol
+                    && vs.members.iter().any(|m| {
+                        m.addresses().contains(&service.address)
+                            && (m.ports == (0, 0)
+                                || (m.ports.0..=m.ports.1).contains(&service.port))
+                    })
+            })
+            .and_then(|vs| vs.sorry_server)
+    });
+    let target = target_of(state_dir, config)?;
+    let pins = director::dataplane::bpffs::prepare(
+        &target.pin_dir,
+        director::dataplane::bpffs::Purpose::Find,
+    )?
+    .filter(|p| p.path.join(director_common::MAP_SERVICES).exists())
+    .with_context(|| {
+        format!(
+            "no pinned XDP dataplane under {} (explain reads the XDP dataplane; with dataplane = \"ipvs\" see ipvsadm -Lnc)",
+            target.pin_dir.display()
+        )
+    })?;
+    let explainer = Explainer::from_pins(&pins.path)?;
+    let q = Query {
+        client,
+        client_port,
+        service,
+        syn,
+    };
+    let e = explainer.explain(&q, explain::coarse_now(), sorry);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{}", explain::render(&e));
+    }
+    Ok(())
 }
 
 fn flush_state(target: &Target) -> anyhow::Result<()> {

@@ -35,13 +35,25 @@ pub fn get_from(
     path: &str,
     timeout: Duration,
 ) -> Result<Response> {
+    get_from_endpoint(SocketAddr::new(src, 0), addr, path, timeout)
+}
+
+/// `GET path` from the local endpoint `src` (a chosen port: that flow's
+/// 5-tuple).
+pub fn get_from_endpoint(
+    src: SocketAddr,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
         socket2::Domain::IPV6
     };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.set_reuse_address(true)?;
+    s.bind(&src.into())?;
     s.connect_timeout(&addr.into(), timeout)
         .with_context(|| format!("connect {addr} from {src}"))?;
     request(s.into(), addr, path, timeout)
@@ -110,6 +122,11 @@ impl KeepAlive {
             reader: BufReader::new(stream),
             addr,
         })
+    }
+
+    /// The connection's local port (its flow's client port).
+    pub fn local_port(&self) -> Result<u16> {
+        Ok(self.reader.get_ref().local_addr()?.port())
     }
 
     /// `GET path` on this connection.

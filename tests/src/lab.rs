@@ -151,6 +151,15 @@ pub struct Lab {
 
 impl Lab {
     /// Builds the topology and starts the real servers' HTTP servers.
+    /// One director holding the VIP and `real_servers` real servers.
+    pub fn one_director(real_servers: usize) -> Result<Lab> {
+        Lab::build(&LabSpec {
+            directors: 1,
+            real_servers,
+            vip_on_director: true,
+        })
+    }
+
     pub fn build(spec: &LabSpec) -> Result<Lab> {
         if !nix::unistd::Uid::effective().is_root() {
             bail!("the lab needs root (network namespaces, XDP)");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
+use director_tests::{Lab, http, lab::VIP, scenario};
 use nix::sys::signal::Signal;
 
 /// `max_entries` of the pinned flow table, from bpftool.
@@ -23,11 +23,7 @@ fn pinned_flows(pin_dir: &str) -> Result<u64> {
 /// A lab of one director and two real servers: the lab, the director's
 /// state directory, the servers' addresses.
 fn one_director() -> Result<(Lab, std::path::PathBuf, Vec<String>)> {
-    let lab = Lab::build(&LabSpec {
-        directors: 1,
-        real_servers: 2,
-        vip_on_director: true,
-    })?;
+    let lab = Lab::one_director(2)?;
     let state = lab.state_dir("director1")?;
     let servers = lab.real_servers.iter().map(|r| r.ip.to_string()).collect();
     Ok((lab, state, servers))

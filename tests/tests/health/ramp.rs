@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use director_tests::{Lab, LabSpec, http, lab::VIP, scenario};
+use director_tests::{Lab, http, lab::VIP, scenario};
 
 /// The lab's real servers behind one service whose TCP checks run every
 /// 0.2 s; `extra` goes into the `[[virtual_server]]` table.
@@ -22,14 +22,6 @@ fn config(lab: &Lab, extra: &str) -> Result<String> {
         ));
     }
     Ok(c)
-}
-
-fn one_director(real_servers: usize) -> Result<Lab> {
-    Lab::build(&LabSpec {
-        directors: 1,
-        real_servers,
-        vip_on_director: true,
-    })
 }
 
 /// `n` requests, each on a new connection: the tally.
@@ -52,7 +44,7 @@ fn wait_health(state: &std::path::Path, want: bool) -> Result<serde_json::Value>
 
 #[test]
 fn with_fail_open_a_checker_cut_off_from_the_pool_keeps_the_service_up() -> Result<()> {
-    let lab = one_director(2)?;
+    let lab = Lab::one_director(2)?;
     let state = lab.state_dir("director1")?;
     let path = lab.write("director.toml", &config(&lab, "fail_open = 50")?)?;
     let _d = scenario::spawn_director(&lab, 0, &path)?;
@@ -87,7 +79,7 @@ fn with_fail_open_a_checker_cut_off_from_the_pool_keeps_the_service_up() -> Resu
 /// the service goes dark.
 #[test]
 fn without_fail_open_the_same_cut_takes_the_service_down() -> Result<()> {
-    let lab = one_director(2)?;
+    let lab = Lab::one_director(2)?;
     let state = lab.state_dir("director1")?;
     let path = lab.write("director.toml", &config(&lab, "")?)?;
     let _d = scenario::spawn_director(&lab, 0, &path)?;
@@ -128,7 +120,7 @@ fn fits(got: usize, n: usize, p: f64) -> bool {
 
 #[test]
 fn a_server_that_comes_back_ramps_its_new_flows_and_established_flows_stay() -> Result<()> {
-    let mut lab = one_director(2)?;
+    let mut lab = Lab::one_director(2)?;
     let state = lab.state_dir("director1")?;
     let path = lab.write("director.toml", &config(&lab, "slow_start = 20")?)?;
     let _d = scenario::spawn_director(&lab, 0, &path)?;

@@ -57,6 +57,7 @@ use tracing::{info, warn};
 
 mod apply;
 mod exceptions;
+pub mod explain;
 mod flows;
 mod flowtable;
 mod link;
