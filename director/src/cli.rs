@@ -146,6 +146,21 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check every real server's direct-routing setup from the director:
+    /// ARP for its address, the VIP answered on its MAC (or through its
+    /// tunnel), no ARP answer for the VIP; and the XDP attach mode. Each
+    /// problem names the real server and the fix; exit status 1 when any
+    /// is found.
+    Doctor {
+        /// Only the services of this VIP.
+        #[arg(long)]
+        vip: Option<std::net::IpAddr>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Remove the pinned dataplane of a state directory (same as `run --flush`).
     Flush {
         #[arg(long)]

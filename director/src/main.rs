@@ -74,6 +74,11 @@ fn main() -> ExitCode {
             state_dir,
             config,
         } => explain(&client, &service, json, syn, state_dir, config),
+        Command::Doctor { vip, json, config } => match doctor(&config, vip, json) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Flush { state_dir, config } => {
             target_of(state_dir, config).and_then(|t| flush_state(&t))
         }
@@ -356,6 +361,30 @@ fn restart(state_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+}
+
+/// `director doctor`: whether every check passed.
+fn doctor(config: &Path, vip: Option<std::net::IpAddr>, json: bool) -> anyhow::Result<bool> {
+    use director::manage::doctor;
+    let config = Config::load(config)?;
+    if let Some(v) = vip
+        && !config
+            .virtual_server
+            .iter()
+            .any(|vs| vs.members.iter().any(|m| m.addresses().contains(&v)))
+    {
+        bail!("no virtual server of {v} in the configuration");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let findings = runtime.block_on(doctor::check(&config, vip))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!("{}", doctor::render(&findings));
+    }
+    Ok(findings.iter().all(|f| f.level != "fail"))
 }
 
 /// `director explain CLIENT[:PORT] VIP:PORT[/PROTO]`.

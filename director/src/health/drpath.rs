@@ -59,9 +59,51 @@ pub struct PathProbe {
     pub timeout: Duration,
 }
 
+/// How the real server answered a SYN through the VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A SYN-ACK: it holds the VIP and serves the port.
+    Accepted,
+    /// A RST: it holds the VIP but nothing listens on the port there.
+    Refused,
+    /// Nothing within the timeout.
+    Silent,
+}
+
+/// What one probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathReport {
+    pub answer: Answer,
+    /// The real server answered ARP for the VIP (IPv4 DR, `arp`).
+    pub arp_answered: bool,
+}
+
 /// Runs one probe: Ok when the real server answered through the VIP (and
 /// did not answer ARP for it).
 pub fn probe(p: &PathProbe) -> Result<(), String> {
+    let report = probe_report(p)?;
+    if report.arp_answered {
+        return Err(format!(
+            "answers ARP for the VIP {} (set arp_ignore=1 and arp_announce=2 on the real server)",
+            p.vip
+        ));
+    }
+    match report.answer {
+        Answer::Accepted => Ok(()),
+        Answer::Refused => Err(format!(
+            "connection refused through the VIP {} port {}",
+            p.vip, p.port
+        )),
+        Answer::Silent => Err(format!(
+            "no answer through the VIP {} port {} (does the real server hold the VIP on lo?)",
+            p.vip, p.port
+        )),
+    }
+}
+
+/// Runs one probe and says what it saw (`Err`: the probe itself could not
+/// run here).
+pub fn probe_report(p: &PathProbe) -> Result<PathReport, String> {
     let src = match p.src {
         Some(s) => s,
         None => source_for(p.rs).map_err(|e| format!("no source address towards {}: {e}", p.rs))?,
@@ -101,7 +143,8 @@ pub fn probe(p: &PathProbe) -> Result<(), String> {
 
     let started = Instant::now();
     let mut deadline = started + p.timeout;
-    let mut answer: Option<Result<(), String>> = None;
+    let mut answer: Option<Answer> = None;
+    let mut arp_answered = false;
     let mut buf = [MaybeUninit::<u8>::uninit(); 256];
     loop {
         let now = Instant::now();
@@ -131,25 +174,22 @@ pub fn probe(p: &PathProbe) -> Result<(), String> {
             .collect();
         match classify(&frame, p.vip) {
             Seen::ArpReply(mac) if mac == p.rs_mac => {
-                return Err(format!(
-                    "answers ARP for the VIP {} (set arp_ignore=1 and arp_announce=2 on the real server)",
-                    p.vip
-                ));
+                arp_answered = true;
+                if answer.is_some() {
+                    break;
+                }
             }
             Seen::ArpReply(_) | Seen::Other => {}
             Seen::Tcp { flags, ack } if answer.is_none() => {
                 if flags & RST != 0 {
-                    answer = Some(Err(format!(
-                        "connection refused through the VIP {} port {}",
-                        p.vip, p.port
-                    )));
+                    answer = Some(Answer::Refused);
                 } else if flags & SYN_ACK == SYN_ACK {
                     // Reset the half-open connection on the real server.
                     let rst = tcp_frame(p, src, sport, ack, 0, RST);
                     let _ = socket.send_to(&rst, &to(ethertype)?);
-                    answer = Some(Ok(()));
+                    answer = Some(Answer::Accepted);
                 }
-                if !check_arp {
+                if !check_arp || arp_answered {
                     break;
                 }
                 deadline = deadline.min(Instant::now() + ARP_GRACE);
@@ -157,11 +197,9 @@ pub fn probe(p: &PathProbe) -> Result<(), String> {
             Seen::Tcp { .. } => {}
         }
     }
-    answer.unwrap_or_else(|| {
-        Err(format!(
-            "no answer through the VIP {} port {} (does the real server hold the VIP on lo?)",
-            p.vip, p.port
-        ))
+    Ok(PathReport {
+        answer: answer.unwrap_or(Answer::Silent),
+        arp_answered,
     })
 }
 
