@@ -135,10 +135,54 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         table.split("\n\n").next().unwrap_or("")
     );
 
+    // The operator's tools: doctor checks every real server's DR setup
+    // from director1; explain says where an open connection goes and why.
+    let doctor = std::process::Command::new("ip")
+        .args(["netns", "exec", d.ns.name()])
+        .arg(bin)
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()?;
+    println!(
+        "== director doctor (director1) ==\n{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+    let vip4 = SocketAddr::from((VIP, 80));
+    let (held, held_port, held_by) = lab.client.run(move || -> Result<_> {
+        let mut c = http::KeepAlive::connect(vip4, Duration::from_secs(2))?;
+        let by = c.get("/")?.body.trim().to_string();
+        let port = c.local_port()?;
+        Ok((c, port, by))
+    })??;
+    let explain = std::process::Command::new(bin)
+        .args([
+            "explain",
+            &format!("{}:{held_port}", lab.client.ip),
+            &format!("{VIP}:80"),
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()?;
+    let explained = String::from_utf8_lossy(&explain.stdout).into_owned();
+    println!(
+        "== director explain: the client's open connection (answered by {held_by}) ==\n{explained}"
+    );
+    let held_ip = lab
+        .real_servers
+        .iter()
+        .find(|r| r.name == held_by)
+        .map(|r| r.ip.to_string())
+        .unwrap_or_default();
+    let explain_ok = explain.status.success()
+        && explained
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(&held_ip) && l.contains("(flow table)"));
+    drop(held);
+
     // Restart the backup's daemon while the client keeps sending requests:
     // its pinned dataplane forwards on its own, the new daemon adopts it.
     println!("== restarting director2's daemon under load ==");
-    let vip4 = SocketAddr::from((VIP, 80));
     let ((), restart_load) = http::under_load(&lab.client.ns, vip4, || {
         daemon2.stop(Signal::SIGTERM, Duration::from_secs(5))?;
         std::thread::sleep(Duration::from_millis(300));
@@ -263,6 +307,23 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         ok &= tally.failed == 0 && by.values().all(|n| *n > 0);
     }
     println!(
+        "  director doctor                {}",
+        if doctor.status.success() {
+            "every real server answers the VIP on its MAC and none answers ARP for it"
+        } else {
+            "PROBLEMS FOUND (see above)"
+        }
+    );
+    println!(
+        "  director explain               {}:{held_port} -> {held_by} ({})",
+        lab.client.ip,
+        if explain_ok {
+            "flow table: the server that answered the connection"
+        } else {
+            "WRONG OR MISSING ANSWER"
+        }
+    );
+    println!(
         "  daemon restart under load      {} requests during director2's restart, {} failed",
         restart_load.ok + restart_load.failed,
         restart_load.failed
@@ -356,11 +417,19 @@ pub fn run(bin: &Path, requests: usize, keep: bool) -> Result<()> {
         "traffic reached a failed server"
     );
     ensure!(!samples.is_empty(), "no metrics");
+    ensure!(
+        doctor.status.success(),
+        "director doctor found problems in the lab"
+    );
+    ensure!(
+        explain_ok,
+        "director explain did not name the connection's server"
+    );
     ensure!(takeover < Duration::from_secs(2), "the takeover was slow");
     ensure!(still_attached, "the dataplane stopped with the daemon");
     ensure!(!after_flush, "flush left the XDP program attached");
     println!(
-        "\nOK: two directors shared the VIPs with VRRP and load-balanced them over three real servers in DR mode; a daemon restart lost no request, the backup took over when the master died, the master preempted on its return, a failed real server left the pool and came back, metrics were served, and the flush left nothing behind."
+        "\nOK: two directors shared the VIPs with VRRP and load-balanced them over three real servers in DR mode; a daemon restart lost no request, the backup took over when the master died, the master preempted on its return, a failed real server left the pool and came back, doctor found the real servers well set up, explain named an open connection's server, metrics were served, and the flush left nothing behind."
     );
     drop(lab);
     active_active()
