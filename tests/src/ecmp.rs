@@ -59,6 +59,8 @@ pub struct EcmpOptions {
     /// VRRP between the directors for the VIP (priorities 150, 100, ...):
     /// with `mode = "both"` only the master announces.
     pub vrrp: bool,
+    /// Extra keys of each director's `[global]` (for example `flow_sync`).
+    pub global: String,
     /// BFD between the router's BIRD and each director's (10 ms x 3,
     /// `bfd on` in BGP): a dead director is withdrawn in tens of
     /// milliseconds instead of after the BGP hold time (3 s here).
@@ -155,6 +157,7 @@ impl EcmpLab {
                 "bgp = {{ bird_socket = \"{}\", withdraw_wait = 3{extra} }}\n",
                 sock.display()
             ));
+            c.push_str(&options.global);
             if options.vrrp {
                 c.push_str(&format!(
                     "\n[[vrrp_instance]]\nname = \"VI_1\"\nvirtual_router_id = 51\npriority = {}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP}/32\"]\n",

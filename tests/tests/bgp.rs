@@ -105,6 +105,7 @@ fn mode_both_announces_from_the_vrrp_master_after_the_delay() -> Result<()> {
             bgp: "mode = \"both\", announce_delay = 2".into(),
             vrrp: true,
             bfd: false,
+            ..Default::default()
         },
     )?;
     // Only the master's route, and it stays so.
@@ -144,6 +145,43 @@ fn mode_both_announces_from_the_vrrp_master_after_the_delay() -> Result<()> {
         .far
         .run(move || http::hammer(vip, 20, Duration::from_secs(2)))?;
     ensure!(t.ok == 20, "through the new master: {t:?}");
+    Ok(())
+}
+
+/// A starting director with flow sync announces its VIPs only once its
+/// peers' flows are in, or `preempt_sync_timeout` passed (the gate that
+/// holds its VRRP preemption): the router would otherwise send it
+/// connections its peers placed while it was away. Here the peer never
+/// answers: the first announcement comes after the wait is given up.
+#[test]
+fn a_starting_director_announces_only_once_its_peers_flows_are_in_or_the_wait_ends() -> Result<()> {
+    let e = EcmpLab::start_with(
+        1,
+        2,
+        &EcmpOptions {
+            global: "flow_sync = { listen = \"10.0.0.10:8848\", peers = [\"10.0.0.99:8848\"], key = \"lab-sync-key\", interval = 0.2, preempt_sync_timeout = 2 }\n".into(),
+            ..Default::default()
+        },
+    )?;
+    let log = e.directors[0].log();
+    let gave_up = log
+        .find("preemption no longer held")
+        .context(format!("the wait for the peer never ended: {log}"))?;
+    let announced = log
+        .lines()
+        .scan(0, |at, l| {
+            let start = *at;
+            *at += l.len() + 1;
+            Some((start, l))
+        })
+        .find(|(_, l)| l.contains("BGP: announced VIPs changed") && l.contains(&VIP.to_string()))
+        .map(|(at, _)| at)
+        .context(format!("never announced: {log}"))?;
+    ensure!(
+        gave_up < announced,
+        "announced before the peers' flows were in (or the wait ended): {log}"
+    );
+    ensure!(e.next_hops()? == ["10.0.0.10"], "{:?}", e.next_hops()?);
     Ok(())
 }
 

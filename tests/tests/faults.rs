@@ -448,6 +448,112 @@ fn a_restarted_director_takes_its_peers_flows_before_it_preempts() -> Result<()>
     Ok(())
 }
 
+/// Drops every datagram to the flow-sync port (8848) in `ns`, in the nft
+/// table `table` (`nft delete table inet TABLE` lifts it).
+fn deafen_sync_port(ns: &director_tests::Netns, table: &str) -> Result<()> {
+    ns.exec("nft", &[&format!("add table inet {table}")])?;
+    ns.exec(
+        "nft",
+        &[&format!(
+            "add chain inet {table} input {{ type filter hook input priority 0 ; }}"
+        )],
+    )?;
+    ns.exec(
+        "nft",
+        &[&format!("add rule inet {table} input udp dport 8848 drop")],
+    )?;
+    Ok(())
+}
+
+/// Director1 away, downloads placed by director2 on rs3, rs3 drained by a
+/// reload on director2 (its flows are exceptions now, sent to nobody);
+/// director1 comes back with `extra` in its flow_sync, its sync port
+/// deaf for its first 1.5 s (the peer's answer to its first hello is
+/// lost), and preempts. The downloads' outcomes, and how many were on rs3.
+fn return_with_lost_answers(
+    lab: &Lab,
+    extra: &str,
+) -> Result<(Vec<Result<http::Download>>, u64, String)> {
+    const SIZE: usize = 4 << 20;
+    let (mut d1, _d2) = synced_pair(lab)?;
+    let p1 = lab.path("director1.toml");
+    let s1 = lab.state_dir("director1")?;
+    let s2 = lab.state_dir("director2")?;
+    d1.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+    scenario::wait_vrrp_state(&s2, "VI_1", "master", Duration::from_secs(5))?;
+    scenario::assert_carries(lab, 1, VIP.into(), &s2, 5)?;
+    let (downloads, on_rs3) = downloads_some_on_rs3(lab, SIZE, &s2)?;
+    lab.write("director2.toml", &synced_config(lab, 1, true)?)?;
+    let (ok, err) = scenario::director_cli(&["reload"], &s2)?;
+    ensure!(ok, "reload: {err}");
+    let config = synced_config(lab, 0, true)?.replacen(
+        "interval = 0.2",
+        &format!("interval = 0.2{extra}"),
+        1,
+    );
+    lab.write("director1.toml", &config)?;
+    let ns1 = &lab.directors[0].ns;
+    deafen_sync_port(ns1, "deaf")?;
+    std::thread::sleep(Duration::from_millis(500));
+    d1 = scenario::spawn_director(lab, 0, &p1)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    ns1.exec("nft", &["delete table inet deaf"])?;
+    scenario::wait_vrrp_state(&s1, "VI_1", "master", Duration::from_secs(10))?;
+    Ok((downloads.outcomes(), on_rs3, d1.log()))
+}
+
+/// The gate when the peer's first answer is lost: the hello goes again
+/// each round until answered, and the returning master preempts only with
+/// the flows in (preempt_sync_timeout, the gate's bound, is 8 s here).
+#[test]
+fn a_returning_master_whose_first_hello_went_unanswered_still_waits_for_the_flows() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let (outcomes, on_rs3, log) = return_with_lost_answers(&lab, ", preempt_sync_timeout = 8")?;
+    let broken: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    ensure!(
+        broken.is_empty(),
+        "{} of 30 downloads broke ({on_rs3} were on rs3): {broken:?}\n{log}",
+        broken.len()
+    );
+    let (Some(all_in), Some(master)) = (
+        log.find("every peer's flows are in"),
+        log.find("new=\"master\""),
+    ) else {
+        anyhow::bail!("no `every peer's flows are in` line before the takeover: {log}");
+    };
+    ensure!(all_in < master, "preempted before the flows were in: {log}");
+    Ok(())
+}
+
+/// The control: the same return without the gate (`preempt_sync_timeout
+/// = 0`) preempts while the peer's flows are still missing, and the
+/// downloads on the drained server break.
+#[test]
+fn without_the_gate_a_returning_master_breaks_the_flows_placed_while_it_was_away() -> Result<()> {
+    let lab = Lab::build(&LabSpec {
+        directors: 2,
+        real_servers: 3,
+        vip_on_director: false,
+    })?;
+    let (outcomes, on_rs3, log) = return_with_lost_answers(&lab, ", preempt_sync_timeout = 0")?;
+    let broken = outcomes.iter().filter(|o| o.is_err()).count();
+    ensure!(
+        broken > 0,
+        "no download broke without the gate ({on_rs3} were on rs3): the control shows nothing\n{log}"
+    );
+    eprintln!(
+        "without the gate: {broken} of 30 downloads broke ({on_rs3} were on the drained rs3)"
+    );
+    Ok(())
+}
+
 /// Flow sync and a master that stops for good (SIGTERM: priority 0, the
 /// backup takes over at once): it sends every exception once more first.
 /// Here the backup lost the drained server's flows when they were news
@@ -469,12 +575,7 @@ fn a_master_that_stops_sends_every_exception_first() -> Result<()> {
     // The backup's sync port drops everything while rs3 is drained (its
     // flows become news then), then takes datagrams again.
     let ns2 = &lab.directors[1].ns;
-    ns2.exec("nft", &["add table inet lost"])?;
-    ns2.exec(
-        "nft",
-        &["add chain inet lost input { type filter hook input priority 0 ; }"],
-    )?;
-    ns2.exec("nft", &["add rule inet lost input udp dport 8848 drop"])?;
+    deafen_sync_port(ns2, "lost")?;
     for state in [&s1, &s2] {
         scenario::drain_real_server("10.0.0.22", state)?;
     }

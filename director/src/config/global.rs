@@ -130,9 +130,10 @@ pub struct FlowSyncConfig {
     /// Seconds between rounds (default 0.5).
     #[serde(default = "default_sync_interval")]
     pub interval: f64,
-    /// Seconds a starting director holds back VRRP preemption at most,
-    /// waiting for every peer's exceptions (0: never waits).
-    #[serde(default = "default_preempt_hold")]
+    /// Seconds a starting director holds back VRRP preemption (and its
+    /// first BGP announcements) at most, waiting for every peer's
+    /// exceptions (0: never waits). Also spelt `preempt_sync_timeout`.
+    #[serde(default = "default_preempt_hold", alias = "preempt_sync_timeout")]
     pub preempt_hold: f64,
 }
 

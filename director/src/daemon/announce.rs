@@ -5,7 +5,8 @@ use super::*;
 impl Daemon {
     /// Makes BIRD announce the VIPs that should be: virtual servers with
     /// quorum (and, in `both` mode, whose VRRP instance is master here),
-    /// each after `announce_delay`; nothing while draining.
+    /// each after `announce_delay`; nothing while draining, nor while flow
+    /// sync still awaits the peers' flows after a start.
     pub(super) fn announce(&mut self) {
         let Some(b) = self.config.global.bgp.clone() else {
             return;
@@ -22,7 +23,11 @@ impl Daemon {
             .collect();
         let now = std::time::Instant::now();
         let mut eligible = BTreeMap::new();
-        if !self.draining {
+        // A starting director announces nothing before its peers' flows
+        // are in (or `preempt_hold` passed), as it does not preempt: the
+        // router would send it connections it cannot place yet.
+        let awaiting_flows = self.sync.as_ref().is_some_and(|s| s.holding());
+        if !self.draining && !awaiting_flows {
             for vs in &self.config.virtual_server {
                 let up = self.quorum_up(vs);
                 let vrrp_ok =

@@ -54,6 +54,14 @@ impl SyncLoop {
     }
 }
 
+impl SyncLoop {
+    /// Preemption (and BGP announcement) is held: the peers' flows are
+    /// not all in and `preempt_hold` has not passed.
+    pub(super) fn holding(&self) -> bool {
+        *self.hold.borrow()
+    }
+}
+
 impl Daemon {
     /// A round: give up holding preemption when `preempt_hold` passed, and
     /// scan the flow table on a blocking thread - a full walk after the
