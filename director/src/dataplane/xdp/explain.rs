@@ -135,6 +135,13 @@ pub struct Explainer {
     /// Not pinned: only a loaded dataplane's.
     pending: Option<BpfHashMap<MapData, PersistKey, FlowValue>>,
     flows: Arc<FlowTable>,
+    /// The Maglev tables read so far, by first element: an explainer is a
+    /// view of the tables at its making (make another after the
+    /// dataplane's tables change); the flow table and the affinities are
+    /// read afresh each time.
+    tables: std::cell::RefCell<std::collections::HashMap<u32, Arc<Vec<u16>>>>,
+    /// The real-server slots, read once (as the tables).
+    slots: std::cell::OnceCell<Vec<Option<Backend>>>,
 }
 
 fn typed<T>(map: aya::maps::Map) -> Result<T, XdpError>
@@ -176,6 +183,8 @@ impl Explainer {
             persist: typed(Map::LruHashMap(pin(director_common::MAP_PERSIST)?))?,
             pending: None,
             flows: Arc::new(flows),
+            tables: Default::default(),
+            slots: Default::default(),
         })
     }
 
@@ -206,12 +215,20 @@ impl Explainer {
             persist: typed(Map::LruHashMap(persist))?,
             pending,
             flows: dp.flows.clone(),
+            tables: Default::default(),
+            slots: Default::default(),
         })
     }
 
     fn backend(&self, id: u32) -> Option<Backend> {
-        (id < MAX_REAL_SERVERS)
-            .then(|| self.backends.get(&id, 0).ok())
+        self.slots
+            .get_or_init(|| {
+                (0..MAX_REAL_SERVERS)
+                    .map(|i| self.backends.get(&i, 0).ok())
+                    .collect()
+            })
+            .get(id as usize)
+            .copied()
             .flatten()
     }
 
@@ -469,30 +486,42 @@ impl Explainer {
     }
 
     /// The service's active Maglev table, slot by slot.
-    fn table(&self, service: &ServiceValue) -> Vec<u16> {
+    fn table(&self, service: &ServiceValue) -> Arc<Vec<u16>> {
+        if let Some(t) = self.tables.borrow().get(&service.table) {
+            return t.clone();
+        }
         let elems = MAGLEV_TABLE_SIZE.div_ceil(MAGLEV_LANES);
-        (0..elems)
-            .flat_map(|i| {
-                self.maglev
-                    .get(&(service.table + i), 0)
-                    .unwrap_or([NO_BACKEND; 4])
-            })
-            .take(MAGLEV_TABLE_SIZE as usize)
-            .collect()
+        let table: Arc<Vec<u16>> = Arc::new(
+            (0..elems)
+                .flat_map(|i| {
+                    self.maglev
+                        .get(&(service.table + i), 0)
+                        .unwrap_or([NO_BACKEND; 4])
+                })
+                .take(MAGLEV_TABLE_SIZE as usize)
+                .collect(),
+        );
+        self.tables
+            .borrow_mut()
+            .insert(service.table, table.clone());
+        table
     }
 
     /// The service's real servers, their state and share of `table`.
     fn pool(&self, service: &ServiceValue, table: &[u16]) -> Vec<PoolMember> {
-        let mut slots = std::collections::HashMap::<u16, u32>::new();
+        // Slots per real-server id (the ids are below MAX_REAL_SERVERS).
+        let mut slots = vec![0u32; MAX_REAL_SERVERS as usize];
         for id in table {
-            *slots.entry(*id).or_default() += 1;
+            if let Some(n) = slots.get_mut(usize::from(*id)) {
+                *n += 1;
+            }
         }
         (0..MAX_REAL_SERVERS)
             .filter_map(|id| Some((id, self.backend(id)?)))
             .filter(|(_, b)| b.family != 0 && b.service == service.id)
             .filter_map(|(id, b)| {
                 let address = address_of(&b)?.to_string();
-                let n = slots.get(&(id as u16)).copied().unwrap_or(0);
+                let n = slots.get(id as usize).copied().unwrap_or(0);
                 let state = if b.flags & BACKEND_USABLE == 0 {
                     "unresolved"
                 } else if b.flags & BACKEND_FAILED != 0 {
