@@ -185,6 +185,7 @@ echo BEGIN req4; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get 10.0.0.100; done; e
 echo BEGIN req6; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do get fd00::100; done; echo END req6
 echo BEGIN status; st; echo; echo END status
 echo BEGIN routermac; ip -n router -j link show eth0; echo END routermac
+echo BEGIN doctor; /sbin/ip netns exec director /director doctor --config /etc/director.toml; echo "RESULT doctor=$?"; echo END doctor
 # Path MTU: 300 kB of full-size segments; the client must learn 1480 / 1460.
 # (cut at 30 s: without path MTU discovery the upload stalls)
 timeout 30 /sbin/ip netns exec client sh -c 'dd if=/dev/zero bs=1000 count=300 2>/dev/null | nc -w 3 10.0.0.100 9000'
@@ -200,6 +201,7 @@ echo BEGIN pmtu6; ip -n client -6 route get fd00::100; echo END pmtu6
 rs2() { st | tr -d ' \n' | grep -q "\"address\":\"192.168.50.21\"[^}]*\"healthy\":$1"; }
 ip -n rs2 addr del 10.0.0.100/32 dev tunl0
 wait_for "rs2 false" 20 || echo "RESULT health=timeout"
+echo BEGIN doctordown; /sbin/ip netns exec director /director doctor --config /etc/director.toml --vip 10.0.0.100; echo "RESULT doctordown=$?"; echo END doctordown
 echo BEGIN req4down; for i in 1 2 3 4 5 6; do get 10.0.0.100; done; echo END req4down
 echo BEGIN down; st; echo; echo END down
 ip -n rs2 addr add 10.0.0.100/32 dev tunl0
@@ -258,6 +260,42 @@ fn xdp_tunnel_services_reach_real_servers_in_another_subnet() -> Result<()> {
             );
         }
     }
+    // doctor: both servers decapsulate and answer the VIPs through the
+    // tunnel; the one that lost its VIP is named, with the fix.
+    let doctor = vm::section(&out, "doctor");
+    ensure!(result("doctor").as_deref() == Some("0"), "{doctor}");
+    for (rs, vip) in [
+        ("192.168.50.20", "10.0.0.100"),
+        ("192.168.50.21", "10.0.0.100"),
+        ("fd00:50::20", "fd00::100"),
+        ("fd00:50::21", "fd00::100"),
+    ] {
+        ensure!(
+            doctor.lines().any(|l| l.starts_with("ok")
+                && l.split_whitespace().nth(1) == Some(rs)
+                && l.contains(&format!(
+                    "decapsulates the tunnel and answers {vip} port 80"
+                ))),
+            "{rs} {vip}: {doctor}"
+        );
+    }
+    ensure!(
+        doctor.contains("fragmentation needed") && doctor.contains("packet too big"),
+        "{doctor}"
+    );
+    ensure!(
+        doctor.contains("generic (SKB) mode, as configured"),
+        "{doctor}"
+    );
+    let down = vm::section(&out, "doctordown");
+    ensure!(result("doctordown").as_deref() == Some("1"), "{down}");
+    ensure!(
+        down.lines().any(|l| l.starts_with("FAIL")
+            && l.split_whitespace().nth(1) == Some("192.168.50.21")
+            && l.contains("does not decapsulate")),
+        "{down}"
+    );
+    ensure!(!down.contains("FAIL  192.168.50.20"), "{down}");
     // Path MTU discovery through the tunnel.
     let pmtu = format!(
         "{}\n{}",

@@ -80,7 +80,11 @@ pub async fn check(config: &Config, vip: Option<IpAddr>) -> Result<Vec<Finding>,
     let link = neighbors.link();
     let mut out = Vec::new();
     if g.dataplane != DataplaneKind::Ipvs {
-        out.push(xdp_mode(&g.state_dir, &g.interface));
+        out.push(xdp_mode(
+            &g.state_dir,
+            &g.interface,
+            g.xdp_mode == crate::config::XdpMode::Generic,
+        ));
     }
     for vs in &config.virtual_server {
         let Some(vaddr) = vs.members.first().map(|m| m.first) else {
@@ -92,6 +96,9 @@ pub async fn check(config: &Config, vip: Option<IpAddr>) -> Result<Vec<Finding>,
         let vaddr = vip.unwrap_or(vaddr);
         let service = format!("{}", vs.id());
         let tunnel = vs.lb_kind == LbKind::Tun;
+        if tunnel {
+            out.push(tunnel_mtu(&service, vaddr, link.mtu));
+        }
         for rs in &vs.real_server {
             let port = rs.port.unwrap_or(vs.port());
             // The MAC the dataplane frames its packets to.
@@ -261,6 +268,29 @@ fn judge(
     out
 }
 
+/// What a tunnel service's clients must let through: the ICMP the
+/// program answers packets that no longer fit once wrapped.
+fn tunnel_mtu(service: &str, vip: IpAddr, mtu: u32) -> Finding {
+    let (overhead, icmp) = if vip.is_ipv6() {
+        (40, "ICMPv6 packet too big (type 2)")
+    } else {
+        (20, "ICMP fragmentation needed (type 3 code 4)")
+    };
+    let fits = mtu.saturating_sub(overhead);
+    Finding {
+        level: "note",
+        real_server: None,
+        service: Some(service.to_string()),
+        what: format!(
+            "tunnel: a client's packet over {fits} bytes (MTU {mtu} less the {overhead}-byte outer header) is answered with {icmp} by the director; a client whose firewall drops it stalls on large transfers"
+        ),
+        fix: Some(format!(
+            "let {icmp} reach the clients, or clamp the real servers' MSS to fit (on each: ip route change ROUTE advmss {})",
+            fits.saturating_sub(if vip.is_ipv6() { 60 } else { 40 })
+        )),
+    }
+}
+
 /// The MAC of `addr` on our link: the kernel's entry, after asking it to
 /// resolve the address (`None`: no answer within [`RESOLVE_TIMEOUT`]).
 async fn resolve(n: &Neighbors, addr: IpAddr) -> Result<Option<Mac>, DoctorError> {
@@ -284,7 +314,7 @@ async fn resolve(n: &Neighbors, addr: IpAddr) -> Result<Option<Mac>, DoctorError
 }
 
 /// The XDP attach mode the daemon recorded, and why when it is generic.
-fn xdp_mode(state_dir: &Path, interface: &str) -> Finding {
+fn xdp_mode(state_dir: &Path, interface: &str, configured_generic: bool) -> Finding {
     let recorded = std::fs::read_to_string(state_dir.join("xdp-link")).unwrap_or_default();
     let mode = recorded.split_whitespace().nth(1).map(str::to_string);
     let driver = std::fs::read_link(format!("/sys/class/net/{interface}/device/driver"))
@@ -292,6 +322,9 @@ fn xdp_mode(state_dir: &Path, interface: &str) -> Finding {
         .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
     let what = match mode.as_deref() {
         None => format!("{interface}: no XDP program attached by a daemon of {} (is it running?)", state_dir.display()),
+        Some("generic") if configured_generic => {
+            format!("{interface}: XDP in generic (SKB) mode, as configured (xdp_mode = \"generic\")")
+        }
         Some("generic") => format!(
             "{interface}: XDP in generic (SKB) mode: {} (every packet pays for an skb; forwarding runs far below line rate)",
             match &driver {
@@ -305,7 +338,7 @@ fn xdp_mode(state_dir: &Path, interface: &str) -> Finding {
         level: "note",
         real_server: None,
         service: None,
-        fix: (mode.as_deref() == Some("generic")).then(|| {
+        fix: (mode.as_deref() == Some("generic") && !configured_generic).then(|| {
             "use a NIC whose driver has native XDP (mlx5, ice, i40e, ixgbe, bnxt, virtio_net, veth...), or set xdp_mode = \"native\" to refuse generic mode".to_string()
         }),
         what,
