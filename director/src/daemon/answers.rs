@@ -14,8 +14,6 @@ impl Daemon {
             .map(|(vs, plan)| {
                 let id = vs.identity();
                 let memory = self.memory.get(&id);
-                // The sorry server has the traffic: no real server gets any.
-                let quorum_lost = vs.sorry_server.is_some() && !self.quorum_up(vs);
                 let t = self.dataplane.service_traffic(plan).unwrap_or_default();
                 let addresses: Vec<IpAddr> = vs.real_server.iter().map(|r| r.address).collect();
                 let per_server = self.dataplane.backends_traffic(plan, &addresses);
@@ -58,11 +56,7 @@ impl Daemon {
                                 address: rs.address.to_string(),
                                 port: rs.port.unwrap_or(vs.port()),
                                 weight: rs.weight,
-                                effective_weight: if quorum_lost {
-                                    0.0
-                                } else {
-                                    server.map_or(0.0, |m| m.effective_weight)
-                                },
+                                effective_weight: server.map_or(0.0, |m| m.effective_weight),
                                 slow_start_remaining: server
                                     .and_then(|m| m.ramp_since)
                                     .map(|t| ramp.saturating_sub(t.elapsed()).as_secs_f64()),

@@ -183,7 +183,7 @@ pub(super) fn plan(
                 out.next_step = Some(out.next_step.map_or(due, |n| n.min(due)));
                 k + 1
             });
-            steps.push((serving, step));
+            steps.push((healthy, serving, step));
             servers.insert(
                 rs.address,
                 ServerMemory {
@@ -195,7 +195,7 @@ pub(super) fn plan(
         }
         // While a server ramps, weights count in tenths (Maglev's shares
         // are relative: the table of the others is the same).
-        let scale = if steps.iter().any(|(_, s)| s.is_some()) {
+        let scale = if steps.iter().any(|(_, _, s)| s.is_some()) {
             RAMP_STEPS
         } else {
             1
@@ -205,7 +205,7 @@ pub(super) fn plan(
             .iter()
             .zip(&verdicts)
             .zip(&steps)
-            .map(|((rs, (weight, h)), (serving, step))| {
+            .map(|((rs, (weight, _)), (healthy, serving, step))| {
                 let pool_weight = weight.saturating_mul(scale);
                 let planned = match (serving, step) {
                     (false, _) => 0,
@@ -215,7 +215,6 @@ pub(super) fn plan(
                 if let Some(m) = servers.get_mut(&rs.address) {
                     m.effective_weight = f64::from(planned) / f64::from(scale);
                 }
-                let healthy = h.healthy || failing_open.is_some();
                 BackendPlan {
                     address: rs.address,
                     weight: planned,
@@ -233,6 +232,10 @@ pub(super) fn plan(
             out.quorum_changes.push((i, up));
         }
         if !up && let Some(sorry) = vs.sorry_server {
+            // The sorry server has every new flow: no real server any.
+            for m in servers.values_mut() {
+                m.effective_weight = 0.0;
+            }
             backends = vec![BackendPlan {
                 address: sorry,
                 weight: 1,
@@ -558,6 +561,31 @@ slow_start = 10
         let p = b.plan(t);
         assert!(p.fail_open_changes.is_empty());
         assert!(p.plans[0].backends.iter().all(|x| x.weight == 0));
+    }
+
+    #[test]
+    fn with_the_sorry_server_in_no_real_server_has_a_weight() {
+        let text = POOL.replace(
+            "fail_open = 50\n",
+            "quorum = 2\nsorry_server = \"10.0.0.30\"\n",
+        );
+        let mut b = Bench::new(&text);
+        let t = std::time::Instant::now();
+        b.plan(t);
+        b.set(11, false);
+        b.set(12, false);
+        let p = b.plan(t);
+        assert_eq!(p.plans[0].backends[0].address, IpAddr::from([10, 0, 0, 30]));
+        let weights: Vec<f64> = b
+            .memory
+            .values()
+            .next()
+            .expect("service")
+            .servers
+            .values()
+            .map(|m| m.effective_weight)
+            .collect();
+        assert_eq!(weights, [0.0; 3]);
     }
 
     #[test]
