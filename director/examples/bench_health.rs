@@ -3,8 +3,9 @@
 //! on the same multi-threaded runtime) against N real servers, and reports
 //! its own CPU time and how punctual the rounds were, as one JSON line.
 //!
-//! Usage: bench_health --servers N --kind tcp|http --seconds S --net A.B
-//! [--floor] (targets are A.B.x.y:80, which the harness routes to a server
+//! Usage: bench_health --servers N --kind tcp|tcp-connect|http --seconds S --net A.B
+//! [--floor] [--cpu C] (`--cpu`: run on CPU C only, and report how busy C
+//! was) (targets are A.B.x.y:80, which the harness routes to a server
 //! farm). `--floor` runs the baseline instead: one thread doing the same
 //! connections (and requests) with blocking calls at the same pace, the
 //! least any checker must spend, most of it in the kernel's TCP stack.
@@ -38,6 +39,69 @@ fn cpu_seconds() -> (f64, f64) {
     (t(u.ru_utime), t(u.ru_stime))
 }
 
+/// Busy and total jiffies of CPU `cpu` (/proc/stat: everything but idle
+/// and iowait is busy), or of all CPUs when `None`.
+fn cpu_jiffies(cpu: Option<usize>) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = cpu.map_or("cpu".to_string(), |c| format!("cpu{c}"));
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// A window's share of CPU `cpu` that was busy.
+struct Busy {
+    cpu: Option<usize>,
+    at: (u64, u64),
+}
+
+impl Busy {
+    fn start(cpu: Option<usize>) -> Busy {
+        Busy {
+            cpu,
+            at: cpu_jiffies(cpu),
+        }
+    }
+    fn fraction(&self) -> f64 {
+        let (busy, total) = cpu_jiffies(self.cpu);
+        let (b, t) = (busy - self.at.0, total - self.at.1);
+        if t == 0 {
+            f64::NAN
+        } else {
+            b as f64 / t as f64
+        }
+    }
+}
+
+/// Runs this process (and the threads it starts from now on) on `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, passed by pointer with
+    // its size.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        bail!(
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 #[derive(Default, Clone, Copy)]
 struct Totals {
     rounds: u64,
@@ -61,7 +125,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The baseline: blocking connects (and HTTP requests) from one thread,
 /// spread evenly over each interval, for `seconds` (after a 1 s warm-up).
-fn run_floor(targets: &[SocketAddr], kind: &str, seconds: f64, interval: Duration) -> Result<()> {
+fn run_floor(
+    targets: &[SocketAddr],
+    kind: &str,
+    seconds: f64,
+    interval: Duration,
+    cpu: Option<usize>,
+) -> Result<()> {
     use std::io::{Read as _, Write as _};
     let step = interval / targets.len().max(1) as u32;
     let mut next = Instant::now();
@@ -72,9 +142,9 @@ fn run_floor(targets: &[SocketAddr], kind: &str, seconds: f64, interval: Duratio
     'outer: loop {
         for t in targets {
             if measured.is_none() && started.elapsed() >= Duration::from_secs(1) {
-                measured = Some((Instant::now(), cpu_seconds(), rounds));
+                measured = Some((Instant::now(), cpu_seconds(), rounds, Busy::start(cpu)));
             }
-            if let Some((t0, _, _)) = measured
+            if let Some((t0, _, _, _)) = measured
                 && t0.elapsed().as_secs_f64() >= seconds
             {
                 break 'outer;
@@ -98,8 +168,8 @@ fn run_floor(targets: &[SocketAddr], kind: &str, seconds: f64, interval: Duratio
             failed += u64::from(!ok);
         }
     }
-    let (t0, c0, r0) = measured.context("the run was too short")?;
-    let (wall, c1) = (t0.elapsed().as_secs_f64(), cpu_seconds());
+    let (t0, c0, r0, busy) = measured.context("the run was too short")?;
+    let (wall, c1, busy) = (t0.elapsed().as_secs_f64(), cpu_seconds(), busy.fraction());
     let (user, system) = (c1.0 - c0.0, c1.1 - c0.1);
     print_report(&Report {
         servers: targets.len(),
@@ -112,6 +182,7 @@ fn run_floor(targets: &[SocketAddr], kind: &str, seconds: f64, interval: Duratio
         max_late: &[],
         latency: &[],
         unhealthy: failed,
+        cpu_busy: busy,
     });
     Ok(())
 }
@@ -131,6 +202,8 @@ struct Report<'a> {
     /// Sorted.
     latency: &'a [f64],
     unhealthy: u64,
+    /// The share of the pinned CPU (all CPUs unpinned) that was busy.
+    cpu_busy: f64,
 }
 
 /// Prints a run as one JSON line (what the harness reads).
@@ -155,6 +228,7 @@ fn print_report(r: &Report) {
             "latency_p99": percentile(r.latency, 0.99),
             "latency_max": percentile(r.latency, 1.0),
             "unhealthy": r.unhealthy,
+            "cpu_busy_fraction": r.cpu_busy,
         })
     );
 }
@@ -173,6 +247,13 @@ fn main() -> Result<()> {
     };
     let delay_loop = Duration::from_secs(1);
     let floor = args.iter().any(|a| a == "--floor");
+    let cpu: Option<usize> = match arg(&args, "--cpu") {
+        Ok(c) => Some(c.parse()?),
+        Err(_) => None,
+    };
+    if let Some(c) = cpu {
+        pin_to(c)?;
+    }
     let targets: Vec<SocketAddr> = (0..servers)
         .map(|i| {
             let ip = Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250 + 1) as u8);
@@ -180,7 +261,7 @@ fn main() -> Result<()> {
         })
         .collect();
     if floor {
-        return run_floor(&targets, &kind, seconds, delay_loop);
+        return run_floor(&targets, &kind, seconds, delay_loop, cpu);
     }
     let specs: HashSet<health::ProbeKey> = targets
         .iter()
@@ -196,7 +277,8 @@ fn main() -> Result<()> {
                     host: None,
                     tls: None,
                 },
-                _ => Kind::Tcp,
+                "tcp-connect" => Kind::Tcp { half_open: false },
+                _ => Kind::Tcp { half_open: true },
             };
             let spec = CheckSpec {
                 kind,
@@ -214,9 +296,13 @@ fn main() -> Result<()> {
             health::ProbeKey::new(spec)
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The daemon's runtime; pinned to one CPU, with one worker on it (more
+    // would only take turns there).
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cpu.is_some() {
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -226,9 +312,19 @@ fn main() -> Result<()> {
         // Warm-up: every probe has started (random start within 1 s) and
         // run a few rounds.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (t0, c0, r0) = (Instant::now(), cpu_seconds(), totals(&board));
+        let (t0, c0, r0, busy) = (
+            Instant::now(),
+            cpu_seconds(),
+            totals(&board),
+            Busy::start(cpu),
+        );
         tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-        let (wall, c1, r1) = (t0.elapsed().as_secs_f64(), cpu_seconds(), totals(&board));
+        let (wall, c1, r1, busy) = (
+            t0.elapsed().as_secs_f64(),
+            cpu_seconds(),
+            totals(&board),
+            busy.fraction(),
+        );
         let (user, system) = (c1.0 - c0.0, c1.1 - c0.1);
         let b = board.lock().expect("board").clone();
         let mut latency: Vec<f64> = b.values().filter_map(|p| p.latency).collect();
@@ -246,6 +342,7 @@ fn main() -> Result<()> {
             max_late: &max_late,
             latency: &latency,
             unhealthy: b.values().filter(|p| !p.healthy).count() as u64,
+            cpu_busy: busy,
         });
         drop(checks);
     });

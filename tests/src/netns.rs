@@ -68,6 +68,28 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// A counter of the namespace's /proc/net/snmp, e.g. `("Tcp",
+    /// "PassiveOpens")`: connections its kernel accepted (a connection
+    /// counts once its handshake completes).
+    pub fn snmp(&self, group: &str, field: &str) -> Result<u64> {
+        let out = self.exec("cat", &["/proc/net/snmp"])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let prefix = format!("{group}:");
+        let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            anyhow::bail!("no {group} lines in /proc/net/snmp");
+        };
+        let at = names
+            .split_whitespace()
+            .position(|n| n == field)
+            .ok_or_else(|| anyhow::anyhow!("no {group} {field} in /proc/net/snmp"))?;
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{group} {field} unreadable"))
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])?;

@@ -31,12 +31,17 @@ pub struct CheckCommon {
     pub warmup: Option<f64>,
 }
 
-/// `tcp_check`: a TCP connection succeeds.
+/// `tcp_check`: the server accepts a TCP connection.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {
     #[serde(flatten)]
     pub common: CheckCommon,
+    /// Probe half-open (default true): a SYN, the server's SYN-ACK, and a
+    /// RST instead of the handshake's last ACK (no connection reaches the
+    /// server's application, no socket or TIME_WAIT here); `false`: a full
+    /// connect and close, as keepalived does. Same verdict either way.
+    pub half_open: Option<bool>,
 }
 
 /// `http_get`: each URL answers with an accepted status (and body).

@@ -204,7 +204,7 @@ pub fn probe_report(p: &PathProbe) -> Result<PathReport, String> {
 }
 
 /// The address the kernel would use to reach `dst`.
-fn source_for(dst: IpAddr) -> io::Result<IpAddr> {
+pub(super) fn source_for(dst: IpAddr) -> io::Result<IpAddr> {
     let any: IpAddr = if dst.is_ipv4() {
         IpAddr::from([0u8; 4])
     } else {
@@ -247,7 +247,7 @@ fn encapsulate(src: IpAddr, rs: IpAddr, inner: &[u8]) -> Vec<u8> {
 
 /// An IP packet from `src` to `dst` around `payload` (IPv4: don't
 /// fragment, header checksum filled in).
-fn ip_packet(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn ip_packet(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut h = frames::ipv4(
@@ -335,13 +335,7 @@ enum Op {
     Unless(u32, u8),
 }
 
-const LD_W_ABS: u16 = 0x20;
-const LD_H_ABS: u16 = 0x28;
-const LD_B_ABS: u16 = 0x30;
-const LD_H_IND: u16 = 0x48;
-const LDX_B_MSH: u16 = 0xb1;
-const JEQ_K: u16 = 0x15;
-const RET_K: u16 = 0x06;
+use crate::net::cbpf::{JEQ_K, LD_B_ABS, LD_H_ABS, LD_H_IND, LD_W_ABS, LDX_B_MSH, RET_K};
 
 fn assemble(ops: &[Op]) -> Vec<SockFilter> {
     let accept = ops.len();

@@ -15,6 +15,7 @@
 
 mod dns;
 pub mod drpath;
+pub mod halfopen;
 mod http;
 pub mod ping;
 mod script;
@@ -168,6 +169,8 @@ pub struct Checks {
     tasks: HashMap<ProbeKey, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Change>,
     env: Option<PathEnv>,
+    /// Opened with the first half-open `tcp_check`.
+    half_open: Option<Arc<halfopen::HalfOpen>>,
 }
 
 impl Checks {
@@ -178,6 +181,7 @@ impl Checks {
             tasks: HashMap::new(),
             tx,
             env: None,
+            half_open: None,
         }
     }
 
@@ -226,10 +230,14 @@ impl Checks {
             if let Ok(mut b) = self.board.lock() {
                 b.insert(key.clone(), ProbeState::new(initial));
             }
+            if matches!(spec.kind, Kind::Tcp { half_open: true }) && self.half_open.is_none() {
+                self.half_open = Some(Arc::new(halfopen::HalfOpen::new()));
+            }
             let task = tokio::spawn(run_probe(
                 key.clone(),
                 initial,
                 self.env.clone(),
+                self.half_open.clone(),
                 self.board.clone(),
                 self.tx.clone(),
             ));
@@ -250,6 +258,7 @@ async fn run_probe(
     key: ProbeKey,
     initial: bool,
     env: Option<PathEnv>,
+    half_open: Option<Arc<halfopen::HalfOpen>>,
     board: Board,
     tx: mpsc::Sender<Change>,
 ) {
@@ -267,6 +276,9 @@ async fn run_probe(
     let mut weight: Option<u32> = None;
     let mut next = tokio::time::Instant::now();
     let late_limit = spec.delay_loop / 10;
+    // A `tcp_check` ends each attempt at its timeout itself (one timer
+    // less per round, with thousands of them).
+    let self_bounded = matches!(spec.kind, Kind::Tcp { .. });
     let mut local_logged: Option<std::time::Instant> = None;
     loop {
         let late = tokio::time::Instant::now().saturating_duration_since(next);
@@ -277,9 +289,14 @@ async fn run_probe(
                 tokio::time::sleep(spec.delay_before_retry).await;
             }
             let started = tokio::time::Instant::now();
-            outcome = match tokio::time::timeout(spec.timeout, probe_in(spec, env.as_ref())).await {
-                Ok(o) => o,
-                Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
+            let attempt = probe_in(spec, env.as_ref(), half_open.as_deref());
+            outcome = if self_bounded {
+                attempt.await
+            } else {
+                match tokio::time::timeout(spec.timeout, attempt).await {
+                    Ok(o) => o,
+                    Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
+                }
             };
             latency = started.elapsed();
             if outcome.ok {
@@ -365,18 +382,38 @@ fn out_of_descriptors() -> bool {
     }
 }
 
-/// One attempt (the caller bounds it with the timeout).
+/// One attempt (the caller bounds it with the timeout; `tcp_check`
+/// connects).
 pub async fn probe(spec: &CheckSpec) -> Outcome {
-    probe_in(spec, None).await
+    probe_in(spec, None, None).await
 }
 
-/// One attempt, with what `dr_check` needs.
-pub async fn probe_in(spec: &CheckSpec, env: Option<&PathEnv>) -> Outcome {
+/// One attempt, with what `dr_check` needs and the half-open prober
+/// `tcp_check` uses (it connects without one).
+pub async fn probe_in(
+    spec: &CheckSpec,
+    env: Option<&PathEnv>,
+    half_open_prober: Option<&halfopen::HalfOpen>,
+) -> Outcome {
     match &spec.kind {
-        Kind::Tcp => match tcp::connect(spec).await {
-            Ok(_) => Outcome::ok(),
-            Err(e) => Outcome::fail(e),
-        },
+        Kind::Tcp { half_open } => {
+            if *half_open
+                && let Some(prober) = half_open_prober
+                && let Some(r) = prober.check(spec.target, spec.bindto, spec.timeout).await
+            {
+                return match r {
+                    Ok(()) => Outcome::ok(),
+                    Err(e) => Outcome::fail(e),
+                };
+            }
+            // Bounded here too: a half-open check is not bounded by its
+            // caller (it bounds itself).
+            match tokio::time::timeout(spec.timeout, tcp::connect(spec)).await {
+                Ok(Ok(_)) => Outcome::ok(),
+                Ok(Err(e)) => Outcome::fail(e),
+                Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
+            }
+        }
         Kind::Http { urls, host, tls } => {
             for u in urls {
                 if let Err(e) = http::http_once(spec, u, host.as_deref(), tls.as_ref()).await {
@@ -457,7 +494,7 @@ mod tests {
                 let _ = s.write_all(resp.as_bytes()).await;
             }
         });
-        assert!(probe(&spec(Kind::Tcp, addr)).await.ok);
+        assert!(probe(&spec(Kind::Tcp { half_open: false }, addr)).await.ok);
         let url = |path: &str, digest: Option<&str>, regex: Option<&str>| UrlSpec {
             path: path.into(),
             ranges: vec![(200, 299)],
@@ -491,7 +528,11 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        assert!(!probe(&spec(Kind::Tcp, closed)).await.ok);
+        assert!(
+            !probe(&spec(Kind::Tcp { half_open: false }, closed))
+                .await
+                .ok
+        );
     }
 
     /// A real TLS server (rustls) with a fresh self-signed certificate for

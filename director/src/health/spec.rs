@@ -22,7 +22,11 @@ use crate::config::{
 /// What one probe does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Kind {
-    Tcp,
+    /// `tcp_check`: half-open (SYN, SYN-ACK, our kernel's RST) or a full
+    /// connect.
+    Tcp {
+        half_open: bool,
+    },
     Http {
         urls: Vec<UrlSpec>,
         host: Option<String>,
@@ -124,7 +128,7 @@ impl CheckSpec {
     /// What this probe checks, whatever its timing.
     pub fn identity(&self) -> ProbeIdentity {
         let kind = match &self.kind {
-            Kind::Tcp => ProbeKind::Tcp,
+            Kind::Tcp { .. } => ProbeKind::Tcp,
             Kind::Http { tls: None, .. } => ProbeKind::Http,
             Kind::Http { tls: Some(_), .. } => ProbeKind::Https,
             Kind::Misc { .. } => ProbeKind::Misc,
@@ -218,21 +222,32 @@ pub struct ProbeIdentity {
 /// ([`CheckSpec::probe_parts`]). Real servers of several services whose
 /// specs are equal share one probe. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct ProbeKey(Arc<CheckSpec>);
+pub struct ProbeKey {
+    spec: Arc<CheckSpec>,
+    /// The hash of its parts, computed once: every round looks its probe
+    /// up on the board.
+    hash: u64,
+}
 
 impl ProbeKey {
     pub fn new(spec: CheckSpec) -> ProbeKey {
-        ProbeKey(Arc::new(spec))
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        spec.probe_parts().hash(&mut h);
+        ProbeKey {
+            spec: Arc::new(spec),
+            hash: h.finish(),
+        }
     }
 
     pub fn spec(&self) -> &CheckSpec {
-        &self.0
+        &self.spec
     }
 }
 
 impl PartialEq for ProbeKey {
     fn eq(&self, other: &ProbeKey) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.probe_parts() == other.0.probe_parts()
+        Arc::ptr_eq(&self.spec, &other.spec)
+            || (self.hash == other.hash && self.spec.probe_parts() == other.spec.probe_parts())
     }
 }
 
@@ -240,7 +255,7 @@ impl Eq for ProbeKey {}
 
 impl Hash for ProbeKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.probe_parts().hash(state);
+        state.write_u64(self.hash);
     }
 }
 
@@ -249,7 +264,7 @@ impl Hash for ProbeKey {
 fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     let mut out = Vec::new();
     let base = |c: &CheckCommon, default_port: u16| CheckSpec {
-        kind: Kind::Tcp,
+        kind: Kind::Tcp { half_open: false },
         target: SocketAddr::new(
             c.connect_ip.unwrap_or(rs.address),
             c.connect_port.unwrap_or(default_port),
@@ -266,7 +281,12 @@ fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
     };
     let port = rs.port.unwrap_or(vs.port());
     if let Some(c) = &rs.tcp_check {
-        out.push(base(&c.common, port));
+        out.push(CheckSpec {
+            kind: Kind::Tcp {
+                half_open: c.half_open.unwrap_or(true),
+            },
+            ..base(&c.common, port)
+        });
     }
     let http = |c: &HttpCheck, tls: bool| {
         let urls = c
@@ -450,7 +470,10 @@ mod tests {
         let first = probes.of_server(c.virtual_server[0].identity(), a11);
         let second = probes.of_server(c.virtual_server[1].identity(), a11);
         assert_eq!(first.len(), 1);
-        assert!(Arc::ptr_eq(&first[0].0, &second[0].0), "compiled once");
+        assert!(
+            Arc::ptr_eq(&first[0].spec, &second[0].spec),
+            "compiled once"
+        );
     }
 
     /// A server's probes are found by what the service and the server are,

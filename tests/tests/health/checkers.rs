@@ -309,3 +309,109 @@ fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// `tcp_check` probes half-open by default (SYN, SYN-ACK, RST): rs1's
+/// kernel, checked over IPv4 from `bindto` and over IPv6, accepts no
+/// connection from its checks while rs2, checked with `half_open = false`,
+/// accepts one per round (the control). The verdicts stay keepalived's:
+/// rs1 with its HTTP server stopped is refused and leaves, its SYN-ACKs
+/// dropped it times out and leaves, and it returns each time.
+#[test]
+fn tcp_check_probes_half_open_with_keepalived_verdicts() -> Result<()> {
+    let mut lab = Lab::build(&LabSpec {
+        directors: 1,
+        real_servers: 2,
+        vip_on_director: true,
+    })?;
+    let state = lab.state_dir("director1")?;
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 31);
+    let director = &lab.directors[0];
+    director
+        .ns
+        .ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"])?;
+    // rs1 answers the checks only from `bindto`.
+    let rs1 = &lab.real_servers[0].ns;
+    for rule in [
+        "add table inet lab".to_string(),
+        "add chain inet lab in { type filter hook input priority 0 ; }".to_string(),
+        format!(
+            "add rule inet lab in ip saddr {} tcp dport 80 drop",
+            director.ip
+        ),
+    ] {
+        rs1.exec("nft", &[&rule])?;
+    }
+    let (rs, rs6) = (lab.real_servers[0].ip, lab.real_servers[0].ip6());
+    let mut c = scenario::global_config(&lab, "director1")?;
+    let check = "connect_timeout = 0.5\nretry = 0\nwarmup = 0\n";
+    c.push_str(&format!(
+        "\n[[virtual_server]]\naddress = \"{VIP}\"\nport = 80\ndelay_loop = 0.3\n\
+         \n[[virtual_server.real_server]]\naddress = \"{rs}\"\n[virtual_server.real_server.tcp_check]\nbindto = \"{src}\"\n{check}\
+         \n[[virtual_server.real_server]]\naddress = \"{}\"\n[virtual_server.real_server.tcp_check]\nhalf_open = false\n{check}\
+         \n[[virtual_server]]\naddress = \"{}\"\nport = 80\ndelay_loop = 0.3\n\
+         \n[[virtual_server.real_server]]\naddress = \"{rs6}\"\n[virtual_server.real_server.tcp_check]\n{check}",
+        lab.real_servers[1].ip,
+        director_tests::lab::VIP6,
+    ));
+    let path = lab.write("director.toml", &c)?;
+    let _d = scenario::spawn_director(&lab, 0, &path)?;
+    let v6_healthy =
+        |s: &serde_json::Value| s["virtual_servers"][1]["real_servers"][0]["healthy"].as_bool();
+    let ready = |s: &serde_json::Value| {
+        both(true, true)(s)
+            && v6_healthy(s) == Some(true)
+            && s["virtual_servers"][0]["real_servers"][1]["last_check"].is_number()
+    };
+    scenario::wait_status(&state, Duration::from_secs(15), ready)?;
+
+    // Four rounds of each check: none opened a connection on rs1, every
+    // one of rs2's did.
+    let before = (
+        lab.real_servers[0].ns.snmp("Tcp", "PassiveOpens")?,
+        lab.real_servers[1].ns.snmp("Tcp", "PassiveOpens")?,
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let after = (
+        lab.real_servers[0].ns.snmp("Tcp", "PassiveOpens")?,
+        lab.real_servers[1].ns.snmp("Tcp", "PassiveOpens")?,
+    );
+    ensure!(
+        after.0 == before.0,
+        "rs1 accepted {} connections from half-open checks",
+        after.0 - before.0
+    );
+    ensure!(
+        after.1 >= before.1 + 3,
+        "rs2's connecting check opened {} connections in 1.3 s (the control)",
+        after.1 - before.1
+    );
+
+    // Refused: nothing listens on port 80 (its kernel answers RST).
+    lab.stop_http(0)?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(false) && v6_healthy(s) == Some(false)
+    })?;
+    let err = s["virtual_servers"][0]["real_servers"][0]["last_error"].to_string();
+    ensure!(err.contains("refused"), "{err}");
+    lab.start_http(0)?;
+    scenario::wait_status(&state, Duration::from_secs(10), ready)?;
+
+    // Silent: rs1's answers are dropped on their way out.
+    let rs1 = &lab.real_servers[0].ns;
+    rs1.exec(
+        "nft",
+        &["add chain inet lab out { type filter hook output priority 0 ; }"],
+    )?;
+    rs1.exec("nft", &["add rule inet lab out tcp sport 80 drop"])?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(false) && v6_healthy(s) == Some(false)
+    })?;
+    let err = s["virtual_servers"][0]["real_servers"][0]["last_error"].to_string();
+    ensure!(err.contains("timed out"), "{err}");
+    ensure!(rs_healthy(&s, 1) == Some(true), "rs2 left too");
+    rs1.exec("nft", &["delete chain inet lab out"])?;
+    scenario::wait_status(&state, Duration::from_secs(10), ready)?;
+    let by = served_by(&lab, 40)?;
+    ensure!(by.len() == 2, "{by:?}");
+    Ok(())
+}
