@@ -3,7 +3,7 @@
 //! on the same multi-threaded runtime) against N real servers, and reports
 //! its own CPU time and how punctual the rounds were, as one JSON line.
 //!
-//! Usage: bench_health --servers N --kind tcp|tcp-connect|http --seconds S --net A.B
+//! Usage: bench_health --servers N --kind tcp|tcp-connect|http|http-reuse --seconds S --net A.B
 //! [--floor] [--cpu C] (`--cpu`: run on CPU C only, and report how busy C
 //! was) (targets are A.B.x.y:80, which the harness routes to a server
 //! farm). `--floor` runs the baseline instead: one thread doing the same
@@ -155,7 +155,7 @@ fn run_floor(
             }
             rounds += 1;
             let ok = match std::net::TcpStream::connect_timeout(t, Duration::from_secs(2)) {
-                Ok(mut s) if kind == "http" => {
+                Ok(mut s) if kind.starts_with("http") => {
                     let mut raw = Vec::new();
                     s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n")
                         .and_then(|_| s.read_to_end(&mut raw))
@@ -267,7 +267,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|target| {
             let kind = match kind.as_str() {
-                "http" => Kind::Http {
+                "http" | "http-reuse" => Kind::Http {
                     urls: vec![UrlSpec {
                         path: "/".into(),
                         ranges: vec![(200, 299)],
@@ -276,6 +276,7 @@ fn main() -> Result<()> {
                     }],
                     host: None,
                     tls: None,
+                    reuse: kind == "http-reuse",
                 },
                 "tcp-connect" => Kind::Tcp { half_open: false },
                 _ => Kind::Tcp { half_open: true },

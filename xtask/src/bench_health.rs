@@ -1,7 +1,8 @@
 //! `cargo xtask bench health`: the health checker against 10,000 real
 //! servers, each checked every second: `tcp_check` half-open (the
 //! default: SYN, SYN-ACK, RST from raw sockets), `tcp_check` with
-//! `half_open = false` (a full connect, keepalived's way), then HTTP. The servers are one
+//! `half_open = false` (a full connect, keepalived's way), then HTTP with a
+//! connection per round (keepalived's way) and with `reuse_connection`. The servers are one
 //! real nginx in a lab real server that answers on every address of a /16
 //! (an AnyIP route on its loopback), routed from the director's namespace;
 //! the checker is the daemon's engine (`director::health::Checks`) in the
@@ -115,7 +116,7 @@ pub fn run(short: bool) -> Result<()> {
     };
     // Goals missed, reported after the table.
     let mut missed: Vec<String> = Vec::new();
-    for kind in ["tcp", "tcp-connect", "http"] {
+    for kind in ["tcp", "tcp-connect", "http", "http-reuse"] {
         let mut cpu = Vec::new();
         for &(servers, floor) in runs {
             let opened_before = rs.ns.snmp("Tcp", "PassiveOpens")?;
@@ -170,6 +171,15 @@ pub fn run(short: bool) -> Result<()> {
                 ensure!(
                     accepted == 0,
                     "tcp (half-open) x {servers}: the farm accepted {accepted} connections: the checker connected"
+                );
+            }
+            // With reuse_connection: one connection per server for the whole
+            // run (nginx keeps one for 1,000 requests by default), not one
+            // per round.
+            if kind == "http-reuse" && !floor {
+                ensure!(
+                    accepted as f64 <= f64::from(servers) + rounds / 100.0,
+                    "http-reuse x {servers}: the farm accepted {accepted} connections in {rounds} rounds: connections were not reused"
                 );
             }
             if kind == "tcp-connect" && !floor {

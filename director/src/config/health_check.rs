@@ -62,6 +62,10 @@ pub struct HttpCheck {
     /// `ssl_get` only: PEM file of the CAs to trust (implies
     /// `verify_certificate`; default: the system's store).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Keep the connection (and TLS session) for the next round while the
+    /// server keeps it open (HTTP/1.1 keep-alive; default false: a new
+    /// connection per round, as keepalived).
+    pub reuse_connection: Option<bool>,
 }
 
 /// One URL of an `http_get`.

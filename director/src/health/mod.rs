@@ -16,7 +16,7 @@
 mod dns;
 pub mod drpath;
 pub mod halfopen;
-mod http;
+pub mod http;
 pub mod ping;
 mod script;
 mod spec;
@@ -279,6 +279,8 @@ async fn run_probe(
     // A `tcp_check` ends each attempt at its timeout itself (one timer
     // less per round, with thousands of them).
     let self_bounded = matches!(spec.kind, Kind::Tcp { .. });
+    // The connection an HTTP check with `reuse_connection` keeps.
+    let mut kept = http::Kept::default();
     let mut local_logged: Option<std::time::Instant> = None;
     loop {
         let late = tokio::time::Instant::now().saturating_duration_since(next);
@@ -289,7 +291,7 @@ async fn run_probe(
                 tokio::time::sleep(spec.delay_before_retry).await;
             }
             let started = tokio::time::Instant::now();
-            let attempt = probe_in(spec, env.as_ref(), half_open.as_deref());
+            let attempt = probe_in(spec, env.as_ref(), half_open.as_deref(), Some(&mut kept));
             outcome = if self_bounded {
                 attempt.await
             } else {
@@ -385,15 +387,18 @@ fn out_of_descriptors() -> bool {
 /// One attempt (the caller bounds it with the timeout; `tcp_check`
 /// connects).
 pub async fn probe(spec: &CheckSpec) -> Outcome {
-    probe_in(spec, None, None).await
+    probe_in(spec, None, None, None).await
 }
 
-/// One attempt, with what `dr_check` needs and the half-open prober
-/// `tcp_check` uses (it connects without one).
+/// One attempt, with what `dr_check` needs, the half-open prober
+/// `tcp_check` uses (it connects without one) and the connection an HTTP
+/// check with `reuse_connection` keeps between rounds (a new one per
+/// attempt without it).
 pub async fn probe_in(
     spec: &CheckSpec,
     env: Option<&PathEnv>,
     half_open_prober: Option<&halfopen::HalfOpen>,
+    kept: Option<&mut http::Kept>,
 ) -> Outcome {
     match &spec.kind {
         Kind::Tcp { half_open } => {
@@ -414,9 +419,17 @@ pub async fn probe_in(
                 Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
             }
         }
-        Kind::Http { urls, host, tls } => {
+        Kind::Http {
+            urls,
+            host,
+            tls,
+            reuse,
+        } => {
+            let mut kept = kept.filter(|_| *reuse);
             for u in urls {
-                if let Err(e) = http::http_once(spec, u, host.as_deref(), tls.as_ref()).await {
+                let kept = kept.as_deref_mut();
+                if let Err(e) = http::http_once(spec, u, host.as_deref(), tls.as_ref(), kept).await
+                {
                     return Outcome::fail(format!("{}: {e}", u.path));
                 }
             }
@@ -507,6 +520,7 @@ mod tests {
                     urls: vec![u],
                     host: None,
                     tls: None,
+                    reuse: false,
                 },
                 addr,
             )
@@ -594,6 +608,77 @@ mod tests {
         (addr, key.cert.pem(), names)
     }
 
+    /// `reuse_connection`: rounds share a connection while the server keeps
+    /// it; one the server closed (here after every third response) is
+    /// replaced within the attempt, which still passes; a failing status
+    /// on a kept connection still fails.
+    #[tokio::test]
+    async fn http_checks_reuse_the_connection_while_the_server_keeps_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(Mutex::new("200 OK"));
+        let (a, st) = (accepted.clone(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    for _ in 0..3 {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        let line = *st.lock().expect("status");
+                        let resp = format!(
+                            "HTTP/1.1 {line}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                        );
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let check = spec(
+            Kind::Http {
+                urls: vec![UrlSpec {
+                    path: "/".into(),
+                    ranges: vec![(200, 299)],
+                    digest: None,
+                    regex: Some(Regex::new("^hello$").expect("regex")),
+                }],
+                host: None,
+                tls: None,
+                reuse: true,
+            },
+            addr,
+        );
+        let mut kept = http::Kept::default();
+        for round in 0..7 {
+            let o = probe_in(&check, None, None, Some(&mut kept)).await;
+            assert!(o.ok, "round {round}: {o:?}");
+            // A moment for the server to close after its third answer.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "7 rounds, 3 per connection"
+        );
+        *status.lock().expect("status") = "503 Busy";
+        let o = probe_in(&check, None, None, Some(&mut kept)).await;
+        assert!(
+            !o.ok && o.error.as_deref().is_some_and(|e| e.contains("status 503")),
+            "{o:?}"
+        );
+    }
+
     #[tokio::test]
     async fn ssl_get_against_a_real_tls_server() {
         let (addr, pem, names) = tls_server().await;
@@ -612,6 +697,7 @@ mod tests {
                         verify,
                         ca_file: ca,
                     }),
+                    reuse: false,
                 },
                 addr,
             )
@@ -674,6 +760,7 @@ mod tests {
                 }],
                 host: None,
                 tls: None,
+                reuse: false,
             },
             addr,
         );

@@ -32,6 +32,8 @@ pub enum Kind {
         host: Option<String>,
         /// `ssl_get`.
         tls: Option<TlsSpec>,
+        /// `reuse_connection`: keep the connection between rounds.
+        reuse: bool,
     },
     Misc {
         argv: Vec<String>,
@@ -316,6 +318,7 @@ fn specs_for(vs: &VirtualServer, rs: &RealServer) -> Vec<CheckSpec> {
                 urls,
                 host: c.virtualhost.clone(),
                 tls,
+                reuse: c.reuse_connection.unwrap_or(false),
             },
             ..base(&c.common, port)
         }
