@@ -254,6 +254,8 @@ fn main() -> Result<()> {
     if let Some(c) = cpu {
         pin_to(c)?;
     }
+    // As the daemon does at start: kept connections need a descriptor each.
+    director::manage::limits::raise_nofile();
     let targets: Vec<SocketAddr> = (0..servers)
         .map(|i| {
             let ip = Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250 + 1) as u8);

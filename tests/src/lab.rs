@@ -428,9 +428,11 @@ fn start_nginx(rs: &Node, dir: &Path) -> Result<Proc> {
     let b = base.display();
     let conf = format!(
         r#"worker_processes 1;
+# Room for a connection kept by each of 10,000 checks (bench health).
+worker_rlimit_nofile 40000;
 pid {b}/nginx.pid;
 error_log {b}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 16384; }}
 http {{
     # Each request, its end time (Unix seconds, ms) and client: what a
     # test counts of the director's health checks.
