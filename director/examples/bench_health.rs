@@ -4,7 +4,7 @@
 //! its own CPU time and how punctual the rounds were, as one JSON line.
 //!
 //! Usage: bench_health --servers N --kind tcp|tcp-connect|http|http-reuse --seconds S --net A.B
-//! [--floor] [--cpu C] (`--cpu`: run on CPU C only, and report how busy C
+//! [--floor] [--cpu C] [--warmup SECONDS] (`--cpu`: run on CPU C only, and report how busy C
 //! was) (targets are A.B.x.y:80, which the harness routes to a server
 //! farm). `--floor` runs the baseline instead: one thread doing the same
 //! connections (and requests) with blocking calls at the same pace, the
@@ -247,6 +247,12 @@ fn main() -> Result<()> {
     };
     let delay_loop = Duration::from_secs(1);
     let floor = args.iter().any(|a| a == "--floor");
+    // Before measuring: every probe has started (random start within the
+    // delay loop) and run a round or two.
+    let warmup = match arg(&args, "--warmup") {
+        Ok(w) => Duration::from_secs_f64(w.parse()?),
+        Err(_) => Duration::from_secs(3),
+    };
     let cpu: Option<usize> = match arg(&args, "--cpu") {
         Ok(c) => Some(c.parse()?),
         Err(_) => None,
@@ -314,7 +320,7 @@ fn main() -> Result<()> {
         let board = checks.board();
         // Warm-up: every probe has started (random start within 1 s) and
         // run a few rounds.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(warmup).await;
         let (t0, c0, r0, busy) = (
             Instant::now(),
             cpu_seconds(),

@@ -9,13 +9,16 @@
 //! One [`HalfOpen`] per [`super::Checks`]: per family a sending socket
 //! (`IPPROTO_RAW`, the IP header ours so the source is `bindto` or the
 //! route's), a receiving `IPPROTO_TCP` raw socket whose classic BPF filter
-//! only lets through SYN-ACKs and RSTs to our ports, and a few local ports
+//! only lets through SYN-ACKs and RSTs to our ports, an ICMP (ICMPv6) raw
+//! socket filtered to destination unreachables, and a few local ports
 //! reserved by bound (never listening) TCP sockets so no connection of
 //! this host uses them. Each attempt waits on its own (server, port, our
 //! port) with a random sequence number the answer must acknowledge; the
 //! SYN is sent again after 1 s, 2 s, 4 s... as the kernel's connect does,
-//! until the caller's `connect_timeout`. An ICMP error is not read: such an
-//! attempt fails at its timeout (a connect may fail sooner).
+//! until the caller's `connect_timeout`. A destination unreachable quoting
+//! the SYN (its sequence number) ends the attempt at once with the error a
+//! connect would give (RFC 1122 4.2.3.9 lets TCP treat them as soft; Linux
+//! fails a connect in SYN-SENT on them, and keepalived's checks with it).
 
 use std::{
     collections::HashMap,
@@ -63,6 +66,9 @@ type Key = (IpAddr, u16, u16);
 enum Answer {
     Accepted,
     Refused,
+    /// An ICMP destination unreachable quoting our SYN: what a connect
+    /// would fail with at once (the errno's text), and who sent it.
+    Unreachable(&'static str, IpAddr),
 }
 
 struct Waiter {
@@ -95,9 +101,22 @@ impl HalfOpen {
     pub fn new() -> HalfOpen {
         let mut tasks = Vec::new();
         let mut open = |v6: bool| match Family::open(v6) {
-            Ok((family, receive)) => {
+            Ok((family, receive, icmp)) => {
                 let family = Arc::new(family);
-                tasks.push(tokio::spawn(receive_loop(family.clone(), receive, v6)));
+                tasks.push(tokio::spawn(receive_loop(
+                    family.clone(),
+                    receive,
+                    v6,
+                    false,
+                )));
+                match icmp {
+                    Ok(icmp) => {
+                        tasks.push(tokio::spawn(receive_loop(family.clone(), icmp, v6, true)))
+                    }
+                    Err(e) => {
+                        warn!(family = if v6 { "ipv6" } else { "ipv4" }, error = %e, "tcp_check cannot read ICMP errors: an unreachable server fails at its connect_timeout")
+                    }
+                }
                 Some(family)
             }
             Err(e) => {
@@ -168,6 +187,9 @@ impl HalfOpen {
                 Ok(Ok(Answer::Refused)) => {
                     return Some(Err(format!("connect {target}: Connection refused")));
                 }
+                Ok(Ok(Answer::Unreachable(what, from))) => {
+                    return Some(Err(format!("connect {target}: {what} (ICMP from {from})")));
+                }
                 Ok(Err(_)) => return Some(Err("the half-open prober stopped".into())),
                 Err(_) => {
                     // No answer yet: the route may have changed too.
@@ -212,8 +234,10 @@ impl Drop for Pending<'_> {
 }
 
 impl Family {
-    /// The sending socket, the port reservations and the receiving socket.
-    fn open(v6: bool) -> io::Result<(Family, AsyncFd<Socket>)> {
+    /// The sending socket, the port reservations, the receiving socket and
+    /// the ICMP one.
+    #[allow(clippy::type_complexity)]
+    fn open(v6: bool) -> io::Result<(Family, AsyncFd<Socket>, io::Result<AsyncFd<Socket>>)> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         // IPPROTO_RAW: the IP header is ours (IP_HDRINCL; IPV6_HDRINCL is
         // implied for IPv6 since Linux 4.5).
@@ -256,6 +280,18 @@ impl Family {
         // and closed only when it is dropped.
         let send = unsafe { AsyncFd::register_with_interest(send, Interest::WRITABLE)? };
         let receive = unsafe { AsyncFd::register_with_interest(receive, Interest::READABLE)? };
+        let icmp = (|| -> io::Result<AsyncFd<Socket>> {
+            let (domain, protocol) = if v6 {
+                (Domain::IPV6, Protocol::ICMPV6)
+            } else {
+                (Domain::IPV4, Protocol::ICMPV4)
+            };
+            let icmp = Socket::new(domain, Type::RAW, Some(protocol))?;
+            icmp.attach_filter(&unreachable_filter(v6))?;
+            icmp.set_nonblocking(true)?;
+            // SAFETY: as above.
+            Ok(unsafe { AsyncFd::register_with_interest(icmp, Interest::READABLE)? })
+        })();
         Ok((
             Family {
                 send,
@@ -265,6 +301,7 @@ impl Family {
                 sources: Mutex::new(HashMap::new()),
             },
             receive,
+            icmp,
         ))
     }
 
@@ -376,6 +413,109 @@ impl Family {
     }
 }
 
+impl Family {
+    /// Hands an ICMP destination unreachable quoting one of our SYNs to its
+    /// attempt.
+    fn deliver_unreachable(&self, u: Unreachable) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        let key = (u.server, u.dport, u.sport);
+        // Only for the SYN we sent: the quote carries its sequence number.
+        if pending.get(&key).is_none_or(|w| w.seq != u.seq) {
+            return;
+        }
+        if let Some(w) = pending.remove(&key) {
+            let _ = w.tx.send(Answer::Unreachable(u.what, u.from));
+        }
+    }
+}
+
+/// An ICMP destination unreachable about a TCP segment of ours.
+#[derive(Debug, PartialEq, Eq)]
+struct Unreachable {
+    /// Who sent the error (the server, a router, this host).
+    from: IpAddr,
+    /// The quoted segment's destination, ports and sequence number.
+    server: IpAddr,
+    dport: u16,
+    sport: u16,
+    seq: u32,
+    /// What a connect fails with for it (strerror of the kernel's errno).
+    what: &'static str,
+}
+
+/// Reads an ICMP (IPv4: from the IP header on) or ICMPv6 (from its header
+/// on; the sender in `from`) destination unreachable that quotes a TCP
+/// segment. Bounds from the datagram, not from the filter.
+fn parse_unreachable(data: &[u8], from: Option<IpAddr>, v6: bool) -> Option<Unreachable> {
+    let (from, icmp) = if v6 {
+        (from?, data)
+    } else {
+        let ihl = usize::from(data.first()? & 0x0f) * 4;
+        let src = data.get(12..16)?;
+        (
+            IpAddr::from([src[0], src[1], src[2], src[3]]),
+            data.get(ihl..)?,
+        )
+    };
+    let (kind, code) = (*icmp.first()?, *icmp.get(1)?);
+    let quoted = icmp.get(8..)?;
+    let (server, tcp) = if v6 {
+        // The quoted IPv6 header, TCP right after it (a SYN of ours carries
+        // no extension header).
+        if kind != 1 || *quoted.get(6)? != TCP {
+            return None;
+        }
+        let d: [u8; 16] = quoted.get(24..40)?.try_into().ok()?;
+        (IpAddr::from(d), quoted.get(40..)?)
+    } else {
+        if kind != 3 || *quoted.get(9)? != TCP {
+            return None;
+        }
+        let ihl = usize::from(quoted.first()? & 0x0f) * 4;
+        let d = quoted.get(16..20)?;
+        (IpAddr::from([d[0], d[1], d[2], d[3]]), quoted.get(ihl..)?)
+    };
+    let t = tcp.get(..8)?;
+    // As the kernel's errno for a connect in SYN_SENT (icmp_err_convert,
+    // icmpv6_err_convert).
+    let what = match (v6, code) {
+        (false, 0) | (true, 0) => "Network is unreachable",
+        (false, 2) => "Protocol not available",
+        (false, 3) | (true, 4) => "Connection refused",
+        (true, 1) => "Permission denied",
+        _ => "No route to host",
+    };
+    Some(Unreachable {
+        from,
+        server,
+        sport: u16::from_be_bytes([t[0], t[1]]),
+        dport: u16::from_be_bytes([t[2], t[3]]),
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        what,
+    })
+}
+
+/// Keeps, from the ICMP socket, destination unreachables only (type 3 for
+/// IPv4, whose data starts at the IP header; type 1 for ICMPv6, whose data
+/// starts at its header).
+fn unreachable_filter(v6: bool) -> Vec<SockFilter> {
+    use crate::net::cbpf::{JEQ_K, LD_B_ABS, LD_B_IND, LDX_B_MSH, RET_K};
+    let mut f = Vec::with_capacity(4);
+    if v6 {
+        f.push(SockFilter::new(LD_B_ABS, 0, 0, 0));
+        f.push(SockFilter::new(JEQ_K, 0, 1, 1));
+    } else {
+        f.push(SockFilter::new(LDX_B_MSH, 0, 0, 0));
+        f.push(SockFilter::new(LD_B_IND, 0, 0, 0));
+        f.push(SockFilter::new(JEQ_K, 0, 1, 3));
+    }
+    f.push(SockFilter::new(RET_K, 0, 0, 256));
+    f.push(SockFilter::new(RET_K, 0, 0, 0));
+    f
+}
+
 /// What a SYN-ACK or RST to one of our ports says.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
@@ -412,7 +552,8 @@ fn split_received(buf: &[u8], from: Option<IpAddr>, v6: bool) -> Option<(IpAddr,
     Some((src, buf.get(ihl..)?))
 }
 
-async fn receive_loop(family: Arc<Family>, socket: AsyncFd<Socket>, v6: bool) {
+/// Reads the TCP answers (or, `icmp`, the ICMP errors) of one family.
+async fn receive_loop(family: Arc<Family>, socket: AsyncFd<Socket>, v6: bool, icmp: bool) {
     let mut buf = [MaybeUninit::<u8>::uninit(); 256];
     loop {
         let Ok(mut ready) = socket.readable().await else {
@@ -425,7 +566,11 @@ async fn receive_loop(family: Arc<Family>, socket: AsyncFd<Socket>, v6: bool) {
                     let data: &[u8] =
                         unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
                     let from = addr.as_socket().map(|a| a.ip());
-                    if let Some((src, tcp)) = split_received(data, from, v6) {
+                    if icmp {
+                        if let Some(u) = parse_unreachable(data, from, v6) {
+                            family.deliver_unreachable(u);
+                        }
+                    } else if let Some((src, tcp)) = split_received(data, from, v6) {
                         family.deliver(src, tcp);
                     }
                 }
@@ -520,6 +665,10 @@ mod tests {
                     (Some(h), Some(l)) => a = (h << 8) | l,
                     _ => return 0,
                 },
+                0x30 => match byte(k as usize) {
+                    Some(b) => a = b,
+                    None => return 0,
+                },
                 0x50 => match byte((x + k) as usize) {
                     Some(b) => a = b,
                     None => return 0,
@@ -574,6 +723,71 @@ mod tests {
             assert_eq!(run(&prog, &segment(v6, 80, RST)), 0, "another port");
             assert_eq!(run(&prog, &[0x45, 0, 0]), 0, "truncated");
         }
+    }
+
+    #[test]
+    fn icmp_unreachables_quoting_our_syn_are_read() {
+        let target: SocketAddr = "10.0.0.9:8080".parse().expect("addr");
+        let src: IpAddr = "10.0.0.1".parse().expect("addr");
+        let syn = syn_packet(src, 40001, target, 77);
+        let icmp4 = |kind: u8, code: u8| {
+            let mut m = vec![kind, code, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&syn[..28]);
+            frames::ipv4(
+                [10, 0, 0, 254],
+                [10, 0, 0, 1],
+                1,
+                frames::Frag::default(),
+                &[],
+                &m,
+            )
+        };
+        let u = parse_unreachable(&icmp4(3, 3), None, false).expect("port unreachable");
+        assert_eq!(
+            u,
+            Unreachable {
+                from: IpAddr::from([10, 0, 0, 254]),
+                server: target.ip(),
+                dport: 8080,
+                sport: 40001,
+                seq: 77,
+                what: "Connection refused",
+            }
+        );
+        assert_eq!(
+            parse_unreachable(&icmp4(3, 1), None, false).map(|u| u.what),
+            Some("No route to host")
+        );
+        assert_eq!(
+            parse_unreachable(&icmp4(0, 0), None, false),
+            None,
+            "an echo reply"
+        );
+        assert_eq!(
+            parse_unreachable(&icmp4(3, 3)[..40], None, false),
+            None,
+            "quote cut short"
+        );
+        let prog = unreachable_filter(false);
+        assert_eq!(run(&prog, &icmp4(3, 3)), 256);
+        assert_eq!(run(&prog, &icmp4(11, 0)), 0, "time exceeded");
+        // ICMPv6: from its header on, the sender beside it.
+        let target6: SocketAddr = "[fd00::9]:443".parse().expect("addr");
+        let src6: IpAddr = "fd00::1".parse().expect("addr");
+        let syn6 = syn_packet(src6, 40002, target6, 78);
+        let mut m6 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        m6.extend_from_slice(&syn6[..48]);
+        let from6: IpAddr = "fd00::fe".parse().expect("addr");
+        let u6 = parse_unreachable(&m6, Some(from6), true).expect("v6");
+        assert_eq!(
+            (u6.server, u6.dport, u6.sport, u6.seq, u6.what),
+            (target6.ip(), 443, 40002, 78, "Connection refused")
+        );
+        let prog6 = unreachable_filter(true);
+        assert_eq!(run(&prog6, &m6), 256);
+        m6[0] = 129; // echo reply
+        assert_eq!(run(&prog6, &m6), 0);
+        assert_eq!(parse_unreachable(&m6, Some(from6), true), None);
     }
 
     #[test]

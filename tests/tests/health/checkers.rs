@@ -315,7 +315,8 @@ fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
 /// connection from its checks while rs2, checked with `half_open = false`,
 /// accepts one per round (the control). The verdicts stay keepalived's:
 /// rs1 with its HTTP server stopped is refused and leaves, its SYN-ACKs
-/// dropped it times out and leaves, and it returns each time.
+/// dropped it times out and leaves, rejected with ICMP it leaves on the
+/// ICMP error, and it returns each time.
 #[test]
 fn tcp_check_probes_half_open_with_keepalived_verdicts() -> Result<()> {
     let mut lab = Lab::build(&LabSpec {
@@ -410,6 +411,26 @@ fn tcp_check_probes_half_open_with_keepalived_verdicts() -> Result<()> {
     ensure!(err.contains("timed out"), "{err}");
     ensure!(rs_healthy(&s, 1) == Some(true), "rs2 left too");
     rs1.exec("nft", &["delete chain inet lab out"])?;
+    scenario::wait_status(&state, Duration::from_secs(10), ready)?;
+
+    // Rejected with ICMP (nft's default reject: port unreachable): read, as
+    // a connect would fail on it, not waited out.
+    rs1.exec(
+        "nft",
+        &["add chain inet lab rej { type filter hook input priority 1 ; }"],
+    )?;
+    rs1.exec("nft", &["add rule inet lab rej tcp dport 80 reject"])?;
+    let s = scenario::wait_status(&state, Duration::from_secs(5), |s| {
+        rs_healthy(s, 0) == Some(false) && v6_healthy(s) == Some(false)
+    })?;
+    for vs in [0, 1] {
+        let err = s["virtual_servers"][vs]["real_servers"][0]["last_error"].to_string();
+        ensure!(
+            err.contains("Connection refused (ICMP from"),
+            "service {vs}: {err}"
+        );
+    }
+    rs1.exec("nft", &["delete chain inet lab rej"])?;
     scenario::wait_status(&state, Duration::from_secs(10), ready)?;
     let by = served_by(&lab, 40)?;
     ensure!(by.len() == 2, "{by:?}");
