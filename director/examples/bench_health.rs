@@ -84,21 +84,16 @@ impl Busy {
     }
 }
 
-/// Runs this process (and the threads it starts from now on) on `cpu`.
+/// Runs this process (and the threads it starts from now on) on `cpu` (as
+/// bench_xdp pins its measuring thread).
 fn pin_to(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with one CPU set, passed by pointer with
-    // its size.
-    let r = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    use nix::{
+        sched::{CpuSet, sched_setaffinity},
+        unistd::Pid,
     };
-    if r != 0 {
-        bail!(
-            "sched_setaffinity({cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    let mut one = CpuSet::new();
+    one.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &one)?;
     Ok(())
 }
 

@@ -153,7 +153,9 @@ pub fn run(short: bool) -> Result<()> {
             // 1,000 servers a failing one means the farm is broken; past
             // that it can be the checker overloaded (its probes time out):
             // a result, reported.
-            let unhealthy = r["unhealthy"].as_u64().unwrap_or(u64::MAX);
+            let unhealthy = r["unhealthy"]
+                .as_u64()
+                .with_context(|| format!("{kind} x {servers}: no failing count in {r}"))?;
             ensure!(
                 unhealthy == 0 || (!short && servers > 1_000),
                 "{kind} x {servers}: {unhealthy} servers failing their checks: the farm is broken, not measured"

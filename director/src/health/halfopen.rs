@@ -389,44 +389,41 @@ impl Family {
         let Some(seen) = parse_answer(tcp) else {
             return;
         };
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        let key = (from, seen.sport, seen.dport);
-        let Some(w) = pending.get(&key) else {
-            return;
-        };
-        // Only an answer to our SYN: it acknowledges our sequence number.
-        if seen.ack != w.seq.wrapping_add(1) || seen.flags & ACK == 0 {
-            return;
-        }
-        let answer = if seen.flags & RST != 0 {
-            Answer::Refused
-        } else if seen.flags & SYN != 0 {
-            Answer::Accepted
-        } else {
-            return;
-        };
-        if let Some(w) = pending.remove(&key) {
-            let _ = w.tx.send(answer);
-        }
+        self.settle((from, seen.sport, seen.dport), |seq| {
+            // Only an answer to our SYN: it acknowledges our sequence number.
+            if seen.ack != seq.wrapping_add(1) || seen.flags & ACK == 0 {
+                None
+            } else if seen.flags & RST != 0 {
+                Some(Answer::Refused)
+            } else if seen.flags & SYN != 0 {
+                Some(Answer::Accepted)
+            } else {
+                None
+            }
+        });
     }
-}
 
-impl Family {
     /// Hands an ICMP destination unreachable quoting one of our SYNs to its
     /// attempt.
     fn deliver_unreachable(&self, u: Unreachable) {
+        self.settle((u.server, u.dport, u.sport), |seq| {
+            // Only for the SYN we sent: the quote carries its sequence number.
+            (seq == u.seq).then_some(Answer::Unreachable(u.what, u.from))
+        });
+    }
+
+    /// Ends the attempt waiting on `key` with what `answer` makes of it
+    /// (given the attempt's sequence number; `None`: not an answer to it,
+    /// the attempt waits on).
+    fn settle(&self, key: Key, answer: impl FnOnce(u32) -> Option<Answer>) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        let key = (u.server, u.dport, u.sport);
-        // Only for the SYN we sent: the quote carries its sequence number.
-        if pending.get(&key).is_none_or(|w| w.seq != u.seq) {
+        let Some(a) = pending.get(&key).and_then(|w| answer(w.seq)) else {
             return;
-        }
+        };
         if let Some(w) = pending.remove(&key) {
-            let _ = w.tx.send(Answer::Unreachable(u.what, u.from));
+            let _ = w.tx.send(a);
         }
     }
 }
@@ -449,16 +446,7 @@ struct Unreachable {
 /// on; the sender in `from`) destination unreachable that quotes a TCP
 /// segment. Bounds from the datagram, not from the filter.
 fn parse_unreachable(data: &[u8], from: Option<IpAddr>, v6: bool) -> Option<Unreachable> {
-    let (from, icmp) = if v6 {
-        (from?, data)
-    } else {
-        let ihl = usize::from(data.first()? & 0x0f) * 4;
-        let src = data.get(12..16)?;
-        (
-            IpAddr::from([src[0], src[1], src[2], src[3]]),
-            data.get(ihl..)?,
-        )
-    };
+    let (from, icmp) = split_received(data, from, v6)?;
     let (kind, code) = (*icmp.first()?, *icmp.get(1)?);
     let quoted = icmp.get(8..)?;
     let (server, tcp) = if v6 {
@@ -536,9 +524,9 @@ fn parse_answer(tcp: &[u8]) -> Option<Seen> {
     })
 }
 
-/// The sender and TCP header of a datagram from the receiving socket: for
-/// IPv4 it starts with the IP header, for IPv6 with the TCP header (the
-/// sender is in the socket address).
+/// The sender and payload (the TCP header, or the ICMP message) of a
+/// datagram from one of our raw sockets: for IPv4 it starts with the IP
+/// header, for IPv6 with the payload (the sender is in the socket address).
 fn split_received(buf: &[u8], from: Option<IpAddr>, v6: bool) -> Option<(IpAddr, &[u8])> {
     if v6 {
         return Some((from?, buf));

@@ -36,13 +36,6 @@ impl std::fmt::Debug for Kept {
     }
 }
 
-impl Kept {
-    /// Whether a connection is kept now.
-    pub fn is_open(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
 /// A new connection (TLS handshake included).
 async fn open(spec: &CheckSpec, tls: Option<&TlsSpec>) -> Result<Box<dyn Io>, String> {
     let s = connect(spec).await?;
@@ -73,15 +66,17 @@ pub(super) async fn http_once(
     let host = host
         .map(str::to_string)
         .unwrap_or_else(|| spec.target.to_string());
-    let (status, body) = match kept {
+    // The response as read (a connection per check): its body is borrowed.
+    let raw;
+    let (status, body): (u16, std::borrow::Cow<'_, [u8]>) = match kept {
         None => {
             let req = format!(
                 "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: director-check\r\nConnection: close\r\n\r\n",
                 u.path
             );
-            let raw = exchange(open(spec, tls).await?, req.as_bytes()).await?;
+            raw = exchange(open(spec, tls).await?, req.as_bytes()).await?;
             let (status, body) = parse_http(&raw)?;
-            (status, body.to_vec())
+            (status, body.into())
         }
         Some(kept) => {
             let req = format!(
@@ -109,7 +104,7 @@ pub(super) async fn http_once(
             if r.keep {
                 kept.0 = Some(conn);
             }
-            (r.status, r.body)
+            (r.status, r.body.into())
         }
     };
     if !u.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {

@@ -276,9 +276,6 @@ async fn run_probe(
     let mut weight: Option<u32> = None;
     let mut next = tokio::time::Instant::now();
     let late_limit = spec.delay_loop / 10;
-    // A `tcp_check` ends each attempt at its timeout itself (one timer
-    // less per round, with thousands of them).
-    let self_bounded = matches!(spec.kind, Kind::Tcp { .. });
     // The connection an HTTP check with `reuse_connection` keeps.
     let mut kept = http::Kept::default();
     let mut local_logged: Option<std::time::Instant> = None;
@@ -292,13 +289,9 @@ async fn run_probe(
             }
             let started = tokio::time::Instant::now();
             let attempt = probe_in(spec, env.as_ref(), half_open.as_deref(), Some(&mut kept));
-            outcome = if self_bounded {
-                attempt.await
-            } else {
-                match tokio::time::timeout(spec.timeout, attempt).await {
-                    Ok(o) => o,
-                    Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
-                }
+            outcome = match tokio::time::timeout(spec.timeout, attempt).await {
+                Ok(o) => o,
+                Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
             };
             latency = started.elapsed();
             if outcome.ok {
@@ -411,12 +404,9 @@ pub async fn probe_in(
                     Err(e) => Outcome::fail(e),
                 };
             }
-            // Bounded here too: a half-open check is not bounded by its
-            // caller (it bounds itself).
-            match tokio::time::timeout(spec.timeout, tcp::connect(spec)).await {
-                Ok(Ok(_)) => Outcome::ok(),
-                Ok(Err(e)) => Outcome::fail(e),
-                Err(_) => Outcome::fail(format!("timed out after {:?}", spec.timeout)),
+            match tcp::connect(spec).await {
+                Ok(_) => Outcome::ok(),
+                Err(e) => Outcome::fail(e),
             }
         }
         Kind::Http {

@@ -220,6 +220,15 @@ fn dns_check_follows_a_real_dns_server() -> Result<()> {
     Ok(())
 }
 
+/// A second address on director1's link, for `bindto`.
+fn second_address(lab: &Lab) -> Result<std::net::Ipv4Addr> {
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 31);
+    lab.directors[0]
+        .ns
+        .ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"])?;
+    Ok(src)
+}
+
 /// The checkers' common keys on the wire, as the real servers' nginx logs
 /// them (its clock, not ours): `connect_ip` probes another address than
 /// the real server's (rs1's health is rs3's answer), `bindto` sets the
@@ -233,10 +242,7 @@ fn connect_ip_bindto_and_delay_before_retry_on_the_wire() -> Result<()> {
         vip_on_director: true,
     })?;
     let state = lab.state_dir("director1")?;
-    let src = std::net::Ipv4Addr::new(10, 0, 0, 31);
-    lab.directors[0]
-        .ns
-        .ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"])?;
+    let src = second_address(&lab)?;
     let rs: Vec<std::net::Ipv4Addr> = lab.real_servers.iter().map(|r| r.ip).collect();
     let mut c = scenario::global_config(&lab, "director1")?;
     c.push_str(&format!(
@@ -325,11 +331,8 @@ fn tcp_check_probes_half_open_with_keepalived_verdicts() -> Result<()> {
         vip_on_director: true,
     })?;
     let state = lab.state_dir("director1")?;
-    let src = std::net::Ipv4Addr::new(10, 0, 0, 31);
+    let src = second_address(&lab)?;
     let director = &lab.directors[0];
-    director
-        .ns
-        .ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"])?;
     // rs1 answers the checks only from `bindto`.
     let rs1 = &lab.real_servers[0].ns;
     for rule in [
